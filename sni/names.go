@@ -1,0 +1,292 @@
+package sni
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// The keyword labels Consul puts between a name's routing parts and its trust
+// domain (agent/connect/sni.go).
+const (
+	labelInternal   = "internal"
+	labelInternalV1 = "internal-v1"
+	labelExternal   = "external"
+	labelQuery      = "query"
+	labelPeering    = "peering"
+	labelServer     = "server"
+
+	// DefaultNamespace and DefaultPartition are what Consul writes for an
+	// empty namespace or partition.
+	DefaultNamespace = "default"
+	// DefaultPartition is the partition Consul uses when none is named.
+	DefaultPartition = "default"
+)
+
+// Errors returned by ParseName. Both are wrapped with the offending name.
+var (
+	// ErrForeignTrustDomain means the name does not end in the expected trust
+	// domain: it belongs to another Consul cluster, or is not a Consul name.
+	ErrForeignTrustDomain = errors.New("sni: name is not in the trust domain")
+	// ErrMalformedName means the name ends in the trust domain but its labels
+	// do not form any of Consul's SNI kinds.
+	ErrMalformedName = errors.New("sni: malformed Consul name")
+)
+
+// Kind says which of Consul's SNI formats a Name was parsed from.
+type Kind uint8
+
+// The kinds of Consul SNI names.
+const (
+	// KindInvalid is the zero Kind.
+	KindInvalid Kind = iota
+	// KindService is a service in this cluster: [subset.]svc.ns.dc.internal.<td>
+	// or [subset.]svc.ns.part.dc.internal-v1.<td>.
+	KindService
+	// KindPeeredService is a service exported to a peer: svc.ns.part.peer.external.<td>.
+	KindPeeredService
+	// KindQuery is a prepared query: query.default.dc.query.<td>.
+	KindQuery
+	// KindGateway is a whole datacenter or partition, as gateways address one
+	// another: dc.internal.<td> or part.dc.internal-v1.<td>.
+	KindGateway
+	// KindPeeringServer is the peering control plane: server.dc.peering.<td>.
+	KindPeeringServer
+)
+
+var kindNames = [...]string{"invalid", "service", "peered-service", "query", "gateway", "peering-server"}
+
+// String returns the kind's name as used in logs: "service", "peered-service",
+// "query", "gateway" or "peering-server".
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", k)
+}
+
+// Name is a Consul SNI name split into its parts. Parts a kind does not have
+// are empty; Namespace and Partition are "default" when Consul's format implies
+// it (a service in the default partition has Partition "default").
+type Name struct {
+	Kind        Kind
+	Service     string // KindService, KindPeeredService
+	Subset      string // KindService, may be empty
+	Namespace   string // KindService, KindPeeredService, KindQuery
+	Partition   string // KindService, KindPeeredService, KindGateway
+	Datacenter  string // every kind but KindPeeredService
+	Peer        string // KindPeeredService: the exporting cluster's name for the importing peer
+	Query       string // KindQuery
+	TrustDomain string // the trust domain the name ended in
+}
+
+// String rebuilds the SNI name from its parts with the builder for its kind.
+func (n Name) String() string {
+	switch n.Kind {
+	case KindService:
+		return ServiceSNI(n.Service, n.Subset, n.Namespace, n.Partition, n.Datacenter, n.TrustDomain)
+	case KindPeeredService:
+		return PeeredServiceSNI(n.Service, n.Namespace, n.Partition, n.Peer, n.TrustDomain)
+	case KindQuery:
+		return QuerySNI(n.Query, n.Datacenter, n.TrustDomain)
+	case KindGateway:
+		return GatewaySNI(n.Datacenter, n.Partition, n.TrustDomain)
+	case KindPeeringServer:
+		return PeeringServerSNI(n.Datacenter, n.TrustDomain)
+	}
+	return ""
+}
+
+func orDefault(s string) string {
+	if s == "" {
+		return "default"
+	}
+	return s
+}
+
+func join(labels ...string) string { return strings.Join(labels, ".") }
+
+// ServiceSNI returns the SNI a sidecar sends to reach service (optionally its
+// subset) in namespace, partition and datacenter, as Consul's
+// connect.ServiceSNI: [subset.]service.namespace.datacenter.internal.<td> in the
+// default partition, [subset.]service.namespace.partition.datacenter.internal-v1.<td>
+// in any other. An empty namespace or partition means "default".
+//
+// Builders do not validate: an empty service or datacenter yields a name that
+// ParseName rejects.
+func ServiceSNI(service, subset, namespace, partition, datacenter, trustDomain string) string {
+	namespace, partition = orDefault(namespace), orDefault(partition)
+	var labels []string
+	if subset != "" {
+		labels = append(labels, subset)
+	}
+	labels = append(labels, service, namespace)
+	if partition == DefaultPartition {
+		labels = append(labels, datacenter, labelInternal, trustDomain)
+	} else {
+		labels = append(labels, partition, datacenter, labelInternalV1, trustDomain)
+	}
+	return join(labels...)
+}
+
+// PeeredServiceSNI returns the SNI of a service exported to a peer, as
+// Consul's connect.PeeredServiceSNI: service.namespace.partition.peerName.external.<td>.
+// The exporting cluster builds it with its own trust domain and the name it
+// gave the importing peer. An empty namespace or partition means "default".
+// Unlike Consul's, it does not panic on an empty peerName: the result simply
+// fails ParseName.
+func PeeredServiceSNI(service, namespace, partition, peerName, trustDomain string) string {
+	return join(service, orDefault(namespace), orDefault(partition), peerName, labelExternal, trustDomain)
+}
+
+// GatewaySNI returns the name that addresses a whole datacenter (or a partition
+// in it) through its mesh gateways, as Consul's connect.GatewaySNI:
+// datacenter.internal.<td>, or partition.datacenter.internal-v1.<td>. Gateways
+// match every name under it (*.dc.internal.<td>).
+func GatewaySNI(datacenter, partition, trustDomain string) string {
+	if orDefault(partition) == DefaultPartition {
+		return join(datacenter, labelInternal, trustDomain)
+	}
+	return join(partition, datacenter, labelInternalV1, trustDomain)
+}
+
+// QuerySNI returns the SNI of a prepared query, as Consul's connect.QuerySNI:
+// query.default.datacenter.query.<td>.
+func QuerySNI(query, datacenter, trustDomain string) string {
+	return join(query, DefaultNamespace, datacenter, labelQuery, trustDomain)
+}
+
+// PeeringServerSNI returns the name a cluster's servers present on their gRPC
+// TLS port to peers, and that a gateway routes to them when peering traffic
+// goes through mesh gateways: server.datacenter.peering.<td>.
+func PeeringServerSNI(datacenter, trustDomain string) string {
+	return join(labelServer, datacenter, labelPeering, trustDomain)
+}
+
+// ServerSNI returns the name of Consul servers for WAN federation through mesh
+// gateways: server.datacenter.domain, or nodeName.server.datacenter.domain for
+// one server. domain is the DNS domain (default "consul"), not the trust
+// domain; a trailing dot on it is dropped.
+func ServerSNI(datacenter, nodeName, domain string) string {
+	domain = strings.TrimSuffix(domain, ".")
+	if nodeName == "" {
+		return join(labelServer, datacenter, domain)
+	}
+	return join(nodeName, labelServer, datacenter, domain)
+}
+
+// ParseName splits a Consul SNI name of trustDomain into its parts. It is the
+// exact inverse of the builders: for every name they build from non-empty
+// labels without dots, ParseName returns the same parts, and it accepts no form
+// they never build (internal-v1 with the default partition, a query outside
+// namespace default). The trust domain is
+// matched without regard to ASCII case and the kind is decided by the keyword
+// label right before it, so a service may itself be called "internal".
+//
+// A name outside trustDomain fails with ErrForeignTrustDomain; one whose
+// labels fit no kind, or has an empty label, fails with ErrMalformedName. Both
+// errors name the offending value. ParseName does not allocate on success.
+func ParseName(name, trustDomain string) (Name, error) {
+	if trustDomain == "" {
+		return Name{}, fmt.Errorf("%w: empty trust domain given for %q", ErrForeignTrustDomain, name)
+	}
+	rest, ok := cutSuffixFold(name, trustDomain)
+	if ok {
+		rest, ok = strings.CutSuffix(rest, ".")
+	}
+	if !ok {
+		return Name{}, fmt.Errorf("%w %q: %q", ErrForeignTrustDomain, trustDomain, name)
+	}
+	if rest == "" {
+		return Name{}, malformed(name, "no labels before the trust domain")
+	}
+	td := name[len(rest)+1:]
+
+	// Labels, right to left: keyword first.
+	var labels [6]string
+	n := 0
+	for rest != "" {
+		i := strings.LastIndexByte(rest, '.')
+		label := rest[i+1:]
+		if label == "" {
+			return Name{}, malformed(name, "empty label")
+		}
+		if n == len(labels) {
+			return Name{}, malformed(name, "too many labels")
+		}
+		labels[n] = label
+		n++
+		if i < 0 {
+			break
+		}
+		rest = rest[:i]
+		if rest == "" {
+			return Name{}, malformed(name, "empty label")
+		}
+	}
+	keyword, parts := labels[0], labels[1:n] // parts right to left
+	out := Name{TrustDomain: td}
+	switch keyword {
+	case labelInternal:
+		out.Partition = DefaultPartition
+		switch len(parts) {
+		case 1:
+			out.Kind, out.Datacenter = KindGateway, parts[0]
+		case 3, 4:
+			out.Kind, out.Datacenter, out.Namespace, out.Service = KindService, parts[0], parts[1], parts[2]
+			if len(parts) == 4 {
+				out.Subset = parts[3]
+			}
+		default:
+			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 1, 3 or 4", len(parts), keyword))
+		}
+	case labelInternalV1:
+		switch len(parts) {
+		case 2:
+			out.Kind, out.Datacenter, out.Partition = KindGateway, parts[0], parts[1]
+		case 4, 5:
+			out.Kind, out.Datacenter, out.Partition, out.Namespace, out.Service = KindService, parts[0], parts[1], parts[2], parts[3]
+			if len(parts) == 5 {
+				out.Subset = parts[4]
+			}
+		default:
+			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 2, 4 or 5", len(parts), keyword))
+		}
+		if out.Partition == DefaultPartition {
+			return Name{}, malformed(name, fmt.Sprintf("partition %q is written with %q, not %q", DefaultPartition, labelInternal, keyword))
+		}
+	case labelExternal:
+		if len(parts) != 4 {
+			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 4", len(parts), keyword))
+		}
+		out.Kind, out.Peer, out.Partition, out.Namespace, out.Service = KindPeeredService, parts[0], parts[1], parts[2], parts[3]
+	case labelQuery:
+		if len(parts) != 3 {
+			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 3", len(parts), keyword))
+		}
+		if parts[1] != DefaultNamespace {
+			return Name{}, malformed(name, fmt.Sprintf("query names have namespace %q, not %q", DefaultNamespace, parts[1]))
+		}
+		out.Kind, out.Datacenter, out.Namespace, out.Query = KindQuery, parts[0], parts[1], parts[2]
+	case labelPeering:
+		if len(parts) != 2 || parts[1] != labelServer {
+			return Name{}, malformed(name, fmt.Sprintf("want %q before %q", "server.<datacenter>", keyword))
+		}
+		out.Kind, out.Datacenter = KindPeeringServer, parts[0]
+	default:
+		return Name{}, malformed(name, fmt.Sprintf("unknown keyword label %q before the trust domain", keyword))
+	}
+	return out, nil
+}
+
+func malformed(name, why string) error {
+	return fmt.Errorf("%w %q: %s", ErrMalformedName, name, why)
+}
+
+// cutSuffixFold is strings.CutSuffix with ASCII case folding.
+func cutSuffixFold(s, suffix string) (string, bool) {
+	if len(s) < len(suffix) || !strings.EqualFold(s[len(s)-len(suffix):], suffix) {
+		return s, false
+	}
+	return s[:len(s)-len(suffix)], true
+}
