@@ -1,0 +1,392 @@
+// Package config loads the files people give Consul (config entries and agent
+// service definitions) and meshgate's topology document, from HCL, JSON or
+// YAML, into consul/api types.
+//
+// It accepts what Consul accepts: CamelCase or snake_case keys, HCL blocks
+// that decode as one-element lists, the YAML shape of Consul's documentation
+// (MeshGateway: [ {Mode: local} ]), one or several documents per file. It is
+// strict where silence would hurt: an unknown key, an invalid mesh-gateway
+// mode, an upstream with both datacenter and destination_peer, a second
+// proxy-defaults; each error names the value, the file and the line, and
+// every problem of a load is reported at once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-multierror"
+	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/modes"
+)
+
+// Set is everything loaded from a group of files.
+type Set struct {
+	// ProxyDefaults is the proxy-defaults "global" entry, or nil.
+	ProxyDefaults *api.ProxyConfigEntry
+	// ServiceDefaults holds the service-defaults entries by service name.
+	ServiceDefaults map[string]*api.ServiceConfigEntry
+	// Mesh is the mesh entry, or nil.
+	Mesh *api.MeshConfigEntry
+	// Other holds config entries of other kinds (service-resolver, ...),
+	// checked as strictly but not used by meshgate.
+	Other []api.ConfigEntry
+	// Services are the agent service definitions, in file order.
+	Services []Service
+	// Topology is the merged topology documents, or nil if there were none.
+	Topology *Topology
+}
+
+// Service is one agent service definition and where it came from.
+type Service struct {
+	*api.AgentServiceRegistration
+	File string
+	Line int
+}
+
+// Origin returns "file:line" for messages.
+func (s Service) Origin() string { return fmt.Sprintf("%s:%d", s.File, s.Line) }
+
+// Load reads every path: a file, or a directory whose *.hcl, *.json, *.yaml
+// and *.yml files are read in name order (not recursively). All problems in
+// all files are returned together as a *multierror.Error whose entries are
+// *decode.Error values ("file:line: path: message").
+func Load(paths ...string) (*Set, error) {
+	var files []string
+	var errs *multierror.Error
+	for _, p := range paths {
+		info, err := os.Stat(p)
+		if err != nil {
+			errs = multierror.Append(errs, err)
+			continue
+		}
+		if !info.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			errs = multierror.Append(errs, err)
+			continue
+		}
+		var found []string
+		for _, e := range entries {
+			if !e.IsDir() && decode.FormatOf(e.Name()) != "" {
+				found = append(found, filepath.Join(p, e.Name()))
+			}
+		}
+		sort.Strings(found)
+		files = append(files, found...)
+	}
+	set := newSet()
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			errs = multierror.Append(errs, err)
+			continue
+		}
+		if err := set.add(f, src); err != nil {
+			errs = multierror.Append(errs, err)
+		}
+	}
+	if err := errs.ErrorOrNil(); err != nil {
+		return nil, flatten(err)
+	}
+	return set, nil
+}
+
+// Parse reads one file's contents; name gives the format by its extension
+// (.hcl, .json, .yaml, .yml) and names the file in errors.
+func Parse(name string, src []byte) (*Set, error) {
+	set := newSet()
+	if err := set.add(name, src); err != nil {
+		return nil, flatten(err)
+	}
+	return set, nil
+}
+
+func newSet() *Set { return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}} }
+
+// flatten turns nested multierrors into one flat list, formatted one per line.
+func flatten(err error) error {
+	var out *multierror.Error
+	var walk func(error)
+	walk = func(e error) {
+		var me *multierror.Error
+		if errors.As(e, &me) {
+			for _, c := range me.Errors {
+				walk(c)
+			}
+			return
+		}
+		out = multierror.Append(out, e)
+	}
+	walk(err)
+	out.ErrorFormat = func(errs []error) string {
+		if len(errs) == 1 {
+			return errs[0].Error()
+		}
+		lines := make([]string, len(errs))
+		for i, e := range errs {
+			lines[i] = "  " + e.Error()
+		}
+		return fmt.Sprintf("%d problems:\n%s", len(errs), strings.Join(lines, "\n"))
+	}
+	return out
+}
+
+func (s *Set) add(file string, src []byte) error {
+	f := decode.FormatOf(file)
+	if f == "" {
+		return fmt.Errorf("%s: unknown file type (want .hcl, .json, .yaml or .yml)", file)
+	}
+	docs, err := decode.Parse(f, src)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	d := newDecoder(file)
+	for _, doc := range docs {
+		s.addDocument(d, doc)
+	}
+	return d.Err()
+}
+
+// The top-level keys that say what a document is.
+const (
+	keyKind          = "Kind"
+	keyService       = "service"
+	keyServices      = "services"
+	keyConfigEntries = "config_entries"
+	keyTopology      = "topology"
+)
+
+func (s *Set) addDocument(d *decode.Decoder, doc *decode.Node) {
+	if doc.Kind != decode.Map {
+		d.Errorf(doc.Line, "", "want a config entry, service definition or topology, got a %s", kindName(doc))
+		return
+	}
+	switch {
+	case doc.Get(keyKind) != nil:
+		s.addEntry(d, doc, "")
+	case doc.Get(keyService) != nil || doc.Get(keyServices) != nil || doc.Get(keyConfigEntries) != nil || doc.Get(keyTopology) != nil:
+		for _, k := range doc.Keys {
+			switch decode.Normalize(k.Name) {
+			case decode.Normalize(keyService), decode.Normalize(keyServices):
+				s.addServices(d, k)
+			case decode.Normalize(keyConfigEntries):
+				s.addBootstrap(d, k)
+			case decode.Normalize(keyTopology):
+				s.addTopology(d, k.Val)
+			default:
+				d.Errorf(k.Line, "", "unknown top-level key %q (want %s, %s, %s or %s)", k.Name, keyService, keyServices, keyConfigEntries, keyTopology)
+			}
+		}
+	default:
+		d.Errorf(doc.Line, "", "neither a config entry (no %q key) nor a service definition, config_entries or topology; keys: %s", keyKind, keyNames(doc))
+	}
+}
+
+func (s *Set) addServices(d *decode.Decoder, k decode.Key) {
+	items := []*decode.Node{k.Val}
+	if k.Val.Kind == decode.List {
+		items = k.Val.Items
+	}
+	for i, item := range items {
+		reg := &api.AgentServiceRegistration{}
+		path := k.Name
+		if len(items) > 1 {
+			path = fmt.Sprintf("%s[%d]", k.Name, i)
+		}
+		before := d.Err()
+		d.Decode(item, reg, path)
+		if reg.Name == "" {
+			d.Errorf(item.Line, path, "service definition has no name")
+		}
+		if reg.Kind != "" && reg.Kind != api.ServiceKindTypical && reg.Kind != api.ServiceKindConnectProxy && reg.Kind != api.ServiceKindMeshGateway &&
+			reg.Kind != api.ServiceKindTerminatingGateway && reg.Kind != api.ServiceKindIngressGateway && reg.Kind != api.ServiceKindAPIGateway {
+			d.Errorf(item.Line, path, "unknown service kind %q", reg.Kind)
+		}
+		if reg.Kind == api.ServiceKindConnectProxy && (reg.Proxy == nil || reg.Proxy.DestinationServiceName == "") {
+			d.Errorf(item.Line, path, "connect-proxy %q has no proxy.destination_service_name", reg.Name)
+		}
+		if errorCount(d.Err()) == errorCount(before) {
+			s.Services = append(s.Services, Service{AgentServiceRegistration: reg, File: d.File, Line: item.Line})
+		}
+	}
+}
+
+func errorCount(err error) int {
+	var me *multierror.Error
+	if errors.As(err, &me) {
+		return len(me.Errors)
+	}
+	return 0
+}
+
+// addBootstrap reads an agent's config_entries { bootstrap = [ ... ] }.
+func (s *Set) addBootstrap(d *decode.Decoder, k decode.Key) {
+	n := k.Val
+	if n.Kind == decode.List && len(n.Items) == 1 {
+		n = n.Items[0]
+	}
+	if n.Kind != decode.Map {
+		d.Errorf(k.Line, k.Name, "want a block with a bootstrap list")
+		return
+	}
+	for _, bk := range n.Keys {
+		if decode.Normalize(bk.Name) != "bootstrap" {
+			d.Errorf(bk.Line, k.Name, "unknown key %q (want \"bootstrap\")", bk.Name)
+			continue
+		}
+		items := []*decode.Node{bk.Val}
+		if bk.Val.Kind == decode.List {
+			items = bk.Val.Items
+		}
+		for i, item := range items {
+			s.addEntry(d, item, fmt.Sprintf("%s.bootstrap[%d]", k.Name, i))
+		}
+	}
+}
+
+func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
+	if n.Kind != decode.Map {
+		d.Errorf(n.Line, path, "want a config entry block, got a %s", kindName(n))
+		return
+	}
+	kindNode := n.Get(keyKind)
+	kind, _ := scalarString(kindNode)
+	name, _ := scalarString(n.Get("Name"))
+	entry, err := api.MakeConfigEntry(kind, name)
+	if err != nil || kindNode == nil {
+		d.Errorf(n.Line, path, "unknown config entry Kind %q%s", kind, suggestKind(kind))
+		return
+	}
+	drop := []string{keyKind}
+	if kind == api.MeshConfig || kind == api.ExportedServices {
+		drop = append(drop, "Name") // fixed names, no Name field
+	}
+	before := errorCount(d.Err())
+	d.Decode(n.Without(drop...), entry, join(path, kind))
+	if errorCount(d.Err()) != before {
+		return
+	}
+	line := n.Line
+	switch e := entry.(type) {
+	case *api.ProxyConfigEntry:
+		if e.Name != api.ProxyConfigGlobal {
+			d.Errorf(line, path, "proxy-defaults must be named %q, not %q", api.ProxyConfigGlobal, e.Name)
+			return
+		}
+		if s.ProxyDefaults != nil {
+			d.Errorf(line, path, "a second proxy-defaults entry")
+			return
+		}
+		s.ProxyDefaults = e
+	case *api.ServiceConfigEntry:
+		if e.Name == "" {
+			d.Errorf(line, path, "service-defaults has no Name")
+			return
+		}
+		if s.ServiceDefaults[e.Name] != nil {
+			d.Errorf(line, path, "a second service-defaults for %q", e.Name)
+			return
+		}
+		s.ServiceDefaults[e.Name] = e
+	case *api.MeshConfigEntry:
+		if s.Mesh != nil {
+			d.Errorf(line, path, "a second mesh entry")
+			return
+		}
+		s.Mesh = e
+	default:
+		s.Other = append(s.Other, entry)
+	}
+}
+
+func suggestKind(kind string) string {
+	known := []string{api.ServiceDefaults, api.ProxyDefaults, api.MeshConfig, api.ServiceRouter, api.ServiceSplitter,
+		api.ServiceResolver, api.IngressGateway, api.TerminatingGateway, api.ServiceIntentions, api.ExportedServices}
+	for _, k := range known {
+		if strings.EqualFold(strings.ReplaceAll(k, "-", ""), strings.ReplaceAll(strings.ReplaceAll(kind, "-", ""), "_", "")) {
+			return fmt.Sprintf(" (did you mean %q?)", k)
+		}
+	}
+	return fmt.Sprintf(" (known: %s)", strings.Join(known, ", "))
+}
+
+func scalarString(n *decode.Node) (string, bool) {
+	if n == nil || n.Kind != decode.Scalar {
+		return "", false
+	}
+	s, ok := n.Value.(string)
+	return s, ok
+}
+
+func kindName(n *decode.Node) string {
+	switch n.Kind {
+	case decode.List:
+		return "list"
+	case decode.Scalar:
+		return "value"
+	case decode.Null:
+		return "null"
+	}
+	return "block"
+}
+
+func keyNames(n *decode.Node) string {
+	var names []string
+	for _, k := range n.Keys {
+		names = append(names, fmt.Sprintf("%q", k.Name))
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// newDecoder returns a decoder that applies Consul's rules as it goes.
+func newDecoder(file string) *decode.Decoder {
+	return &decode.Decoder{
+		File: file,
+		// An agent service definition may carry its ACL token; it is read
+		// by Consul's agent, never needed here, and never kept or logged.
+		Ignore: []string{"token"},
+		Checks: map[reflect.Type]decode.Check{
+			reflect.TypeFor[api.MeshGatewayMode](): func(v reflect.Value) error {
+				return modes.Validate(v.Interface().(api.MeshGatewayMode))
+			},
+			reflect.TypeFor[api.Upstream](): func(v reflect.Value) error {
+				return CheckUpstream(v.Interface().(api.Upstream))
+			},
+		},
+	}
+}
+
+// ErrUpstreamDatacenterAndPeer is wrapped by CheckUpstream's error for an
+// upstream that names both a datacenter and a peer.
+var ErrUpstreamDatacenterAndPeer = errors.New("config: upstream sets both datacenter and destination_peer")
+
+// CheckUpstream applies Consul's rules to one upstream definition.
+func CheckUpstream(up api.Upstream) error {
+	if up.DestinationName == "" {
+		return fmt.Errorf("config: upstream has no destination_name")
+	}
+	if up.Datacenter != "" && up.DestinationPeer != "" {
+		return fmt.Errorf("%w (datacenter %q, destination_peer %q for %q)", ErrUpstreamDatacenterAndPeer, up.Datacenter, up.DestinationPeer, up.DestinationName)
+	}
+	return nil
+}

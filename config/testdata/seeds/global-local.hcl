@@ -1,0 +1,5 @@
+Kind = "proxy-defaults"
+Name = "global"
+MeshGateway {
+Mode = "local"
+}

@@ -1,0 +1,144 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/meshgate/meshgate/internal/decode"
+)
+
+// Topology is meshgate's own document: where things are, for planning and
+// routing without a Consul agent. In HCL:
+//
+//	topology {
+//	  datacenter   = "dc1"
+//	  trust_domain = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+//	  services = [
+//	    { name = "api", datacenter = "dc2", addresses = ["10.0.2.10:21000"], wan_addresses = ["203.0.113.7:21000"] },
+//	  ]
+//	  gateways = [
+//	    { datacenter = "dc1", addresses = ["10.0.1.5:8443"], wan_addresses = ["198.51.100.5:8443"] },
+//	  ]
+//	  peers = [
+//	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"] },
+//	  ]
+//	}
+//
+// JSON and YAML use the same keys. Several topology documents merge: scalar
+// fields must agree, lists are appended.
+type Topology struct {
+	// Datacenter is the local datacenter.
+	Datacenter string
+	// Partition is the local admin partition; empty means "default".
+	Partition string
+	// TrustDomain is the cluster's trust domain, "<cluster-id>.consul".
+	TrustDomain string
+	// Services lists each service's mesh endpoints (its sidecar proxies or
+	// Connect-native instances) per datacenter.
+	Services []TopologyService
+	// Gateways lists the mesh gateways of each datacenter and partition.
+	Gateways []TopologyGateway
+	// Peers lists the cluster peers.
+	Peers []TopologyPeer
+}
+
+// TopologyService is one service's healthy mesh endpoints in one datacenter.
+type TopologyService struct {
+	Name       string
+	Namespace  string // empty means "default"
+	Partition  string // empty means "default"
+	Datacenter string // empty means the local datacenter
+	// Addresses are LAN "host:port" addresses; WANAddresses, where set, the
+	// ones reachable from other datacenters, in the same order.
+	Addresses    []string
+	WANAddresses []string `alias:"wan_addresses"`
+}
+
+// TopologyGateway is the mesh gateways of one datacenter and partition.
+type TopologyGateway struct {
+	Datacenter   string
+	Partition    string // empty means "default"
+	Addresses    []string
+	WANAddresses []string `alias:"wan_addresses"`
+}
+
+// TopologyPeer is one cluster peer.
+type TopologyPeer struct {
+	// Name is the local name of the peering.
+	Name string
+	// TrustDomain is the peer's trust domain: the peer builds its exported
+	// services' SNI with it.
+	TrustDomain string `alias:"trust_domain"`
+	// NameAtPeer is the name the peer gave this cluster; it is the peer label
+	// of the SNI of services the peer exports to us.
+	NameAtPeer string `alias:"name_at_peer"`
+	// Gateways are the peer's mesh gateway addresses.
+	Gateways []string
+	// ServerName and ServerAddresses are the peer's servers for the peering
+	// control plane (api.Peering's PeerServerName and PeerServerAddresses).
+	ServerName      string   `alias:"server_name"`
+	ServerAddresses []string `alias:"server_addresses"`
+}
+
+func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
+	var t Topology
+	before := errorCount(d.Err())
+	d.Decode(n, &t, keyTopology)
+	if errorCount(d.Err()) != before {
+		return
+	}
+	check := func(what string, addrs []string) {
+		for _, a := range addrs {
+			if err := checkHostPort(a); err != nil {
+				d.Errorf(n.Line, keyTopology, "%s: %v", what, err)
+			}
+		}
+	}
+	for _, sv := range t.Services {
+		if sv.Name == "" {
+			d.Errorf(n.Line, keyTopology, "a service without a name")
+		}
+		check("service "+sv.Name, append(sv.Addresses, sv.WANAddresses...))
+	}
+	for _, g := range t.Gateways {
+		if g.Datacenter == "" {
+			d.Errorf(n.Line, keyTopology, "gateways without a datacenter")
+		}
+		check("gateways of "+g.Datacenter, append(g.Addresses, g.WANAddresses...))
+	}
+	for _, p := range t.Peers {
+		if p.Name == "" {
+			d.Errorf(n.Line, keyTopology, "a peer without a name")
+		}
+		check("peer "+p.Name, append(p.Gateways, p.ServerAddresses...))
+	}
+	if s.Topology == nil {
+		s.Topology = &t
+		return
+	}
+	merge := func(field string, dst *string, src string) {
+		if src != "" && *dst != "" && *dst != src {
+			d.Errorf(n.Line, keyTopology, "%s %q disagrees with %q from an earlier topology document", field, src, *dst)
+		} else if src != "" {
+			*dst = src
+		}
+	}
+	merge("datacenter", &s.Topology.Datacenter, t.Datacenter)
+	merge("partition", &s.Topology.Partition, t.Partition)
+	merge("trust_domain", &s.Topology.TrustDomain, t.TrustDomain)
+	s.Topology.Services = append(s.Topology.Services, t.Services...)
+	s.Topology.Gateways = append(s.Topology.Gateways, t.Gateways...)
+	s.Topology.Peers = append(s.Topology.Peers, t.Peers...)
+}
+
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %v", addr, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 || host == "" {
+		return fmt.Errorf("address %q: want host:port with a port from 1 to 65535", addr)
+	}
+	return nil
+}

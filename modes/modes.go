@@ -1,0 +1,181 @@
+// Package modes decides a Consul upstream's mesh-gateway mode: the value
+// (api.MeshGatewayMode: "", "none", "local" or "remote"), its validation, and
+// the precedence between the layers that may set it, reporting which layer
+// decided.
+//
+// Layers, highest first (Consul's order, with the two finer service-defaults
+// layers in their places):
+//
+//	upstream            the upstream definition's mesh_gateway
+//	upstream-override   the downstream's service-defaults UpstreamConfig.Overrides entry for this upstream
+//	instance            the proxy registration's proxy.mesh_gateway
+//	upstream-defaults   the downstream's service-defaults UpstreamConfig.Defaults
+//	service-defaults    the downstream's service-defaults MeshGateway
+//	proxy-defaults      proxy-defaults "global" MeshGateway
+//
+// An empty mode means "not set here" and defers to the next layer; when no
+// layer sets one the result is "" from source "default", which behaves as
+// "none".
+package modes
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-multierror"
+)
+
+// Source names the layer that decided a mode.
+type Source string
+
+// The layers, as named in output.
+const (
+	SourceUpstream         Source = "upstream"
+	SourceUpstreamOverride Source = "upstream-override"
+	SourceInstance         Source = "instance"
+	SourceUpstreamDefaults Source = "upstream-defaults"
+	SourceServiceDefaults  Source = "service-defaults"
+	SourceProxyDefaults    Source = "proxy-defaults"
+	SourceDefault          Source = "default"
+)
+
+// Precedence lists the layers that can set a mode, highest first.
+func Precedence() []Source {
+	return []Source{SourceUpstream, SourceUpstreamOverride, SourceInstance, SourceUpstreamDefaults, SourceServiceDefaults, SourceProxyDefaults}
+}
+
+// ErrInvalidMode is wrapped by the error for a mode Consul does not know.
+var ErrInvalidMode = errors.New("modes: invalid mesh gateway mode")
+
+// Validate returns nil for the four modes Consul knows and otherwise an error
+// that wraps ErrInvalidMode, names the value and lists the valid ones. As in
+// Consul, the comparison is case-sensitive.
+func Validate(m api.MeshGatewayMode) error {
+	switch m {
+	case api.MeshGatewayModeDefault, api.MeshGatewayModeNone, api.MeshGatewayModeLocal, api.MeshGatewayModeRemote:
+		return nil
+	}
+	return fmt.Errorf("%w %q (valid: \"\", \"none\", \"local\", \"remote\")", ErrInvalidMode, string(m))
+}
+
+// Parse returns s as a mode, or Validate's error.
+func Parse(s string) (api.MeshGatewayMode, error) {
+	m := api.MeshGatewayMode(s)
+	return m, Validate(m)
+}
+
+// Layers holds the mode each layer sets; "" means the layer does not set one.
+type Layers struct {
+	Upstream         api.MeshGatewayMode
+	UpstreamOverride api.MeshGatewayMode
+	Instance         api.MeshGatewayMode
+	UpstreamDefaults api.MeshGatewayMode
+	ServiceDefaults  api.MeshGatewayMode
+	ProxyDefaults    api.MeshGatewayMode
+}
+
+// Get returns the mode layer s sets.
+func (l Layers) Get(s Source) api.MeshGatewayMode {
+	switch s {
+	case SourceUpstream:
+		return l.Upstream
+	case SourceUpstreamOverride:
+		return l.UpstreamOverride
+	case SourceInstance:
+		return l.Instance
+	case SourceUpstreamDefaults:
+		return l.UpstreamDefaults
+	case SourceServiceDefaults:
+		return l.ServiceDefaults
+	case SourceProxyDefaults:
+		return l.ProxyDefaults
+	}
+	return ""
+}
+
+// Validate checks every layer and reports each invalid one, naming its layer.
+func (l Layers) Validate() error {
+	var errs *multierror.Error
+	for _, s := range Precedence() {
+		if err := Validate(l.Get(s)); err != nil {
+			errs = multierror.Append(errs, fmt.Errorf("%s: %w", s, err))
+		}
+	}
+	return errs.ErrorOrNil()
+}
+
+// Decision is a resolved mode and the layer that decided it.
+type Decision struct {
+	Mode   api.MeshGatewayMode
+	Source Source
+}
+
+// Effective returns the mode as it behaves: "" behaves as "none".
+func (d Decision) Effective() api.MeshGatewayMode {
+	if d.Mode == api.MeshGatewayModeDefault {
+		return api.MeshGatewayModeNone
+	}
+	return d.Mode
+}
+
+// Resolve returns the mode of the highest layer that sets one, or "" from
+// SourceDefault. It does not validate; call Layers.Validate first where the
+// values come from users.
+func Resolve(l Layers) Decision {
+	for _, s := range Precedence() {
+		if m := l.Get(s); m != api.MeshGatewayModeDefault {
+			return Decision{Mode: m, Source: s}
+		}
+	}
+	return Decision{Source: SourceDefault}
+}
+
+// ForUpstream builds the layers for one upstream of a proxy from the consul/api
+// types, so callers never pick fields by hand. proxy is the proxy
+// registration's configuration (for a sidecar_service, its proxy block);
+// serviceDefaults is the downstream service's service-defaults entry and
+// proxyDefaults the proxy-defaults "global" entry. Any of the three may be nil.
+func ForUpstream(up api.Upstream, proxy *api.AgentServiceConnectProxyConfig, serviceDefaults *api.ServiceConfigEntry, proxyDefaults *api.ProxyConfigEntry) Layers {
+	l := Layers{Upstream: up.MeshGateway.Mode}
+	if proxy != nil {
+		l.Instance = proxy.MeshGateway.Mode
+	}
+	if serviceDefaults != nil {
+		l.ServiceDefaults = serviceDefaults.MeshGateway.Mode
+		if uc := serviceDefaults.UpstreamConfig; uc != nil {
+			if uc.Defaults != nil {
+				l.UpstreamDefaults = uc.Defaults.MeshGateway.Mode
+			}
+			if o := OverrideFor(up, uc.Overrides); o != nil {
+				l.UpstreamOverride = o.MeshGateway.Mode
+			}
+		}
+	}
+	if proxyDefaults != nil {
+		l.ProxyDefaults = proxyDefaults.MeshGateway.Mode
+	}
+	return l
+}
+
+// OverrideFor returns the entry of overrides that applies to up: the same
+// service name, namespace, partition and peer, where empty namespace and
+// partition mean "default". It returns nil when none applies.
+func OverrideFor(up api.Upstream, overrides []*api.UpstreamConfig) *api.UpstreamConfig {
+	for _, o := range overrides {
+		if o != nil && o.Name == up.DestinationName &&
+			orDefault(o.Namespace) == orDefault(up.DestinationNamespace) &&
+			orDefault(o.Partition) == orDefault(up.DestinationPartition) &&
+			o.Peer == up.DestinationPeer {
+			return o
+		}
+	}
+	return nil
+}
+
+func orDefault(s string) string {
+	if s == "" {
+		return "default"
+	}
+	return s
+}
