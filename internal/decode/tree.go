@@ -193,8 +193,10 @@ func hclObject(list *ast.ObjectList, line int) (*Node, error) {
 
 func hclKey(k *ast.ObjectKey) string {
 	if k.Token.Type == hcltoken.STRING {
-		if s, ok := k.Token.Value().(string); ok {
-			return s
+		if v, err := hclLiteral(k.Token); err == nil {
+			if s, ok := v.(string); ok {
+				return s
+			}
 		}
 	}
 	return k.Token.Text
@@ -203,7 +205,11 @@ func hclKey(k *ast.ObjectKey) string {
 func hclValue(n ast.Node) (*Node, error) {
 	switch v := n.(type) {
 	case *ast.LiteralType:
-		return &Node{Kind: Scalar, Line: v.Pos().Line, Value: v.Token.Value()}, nil
+		val, err := hclLiteral(v.Token)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", v.Pos().Line, err)
+		}
+		return &Node{Kind: Scalar, Line: v.Pos().Line, Value: val}, nil
 	case *ast.ListType:
 		out := &Node{Kind: List, Line: v.Pos().Line}
 		for _, item := range v.List {
@@ -218,6 +224,18 @@ func hclValue(n ast.Node) (*Node, error) {
 		return hclObject(v.List, v.Pos().Line)
 	}
 	return nil, fmt.Errorf("line %d: unsupported HCL value %T", n.Pos().Line, n)
+}
+
+// hclLiteral returns a literal's value. The HCL v1 library panics on some
+// malformed literals its lexer lets through (a number like 0eA); that becomes
+// an error naming the text.
+func hclLiteral(tok hcltoken.Token) (val any, err error) {
+	defer func() {
+		if recover() != nil {
+			err = fmt.Errorf("invalid %s literal %q", strings.ToLower(tok.Type.String()), tok.Text)
+		}
+	}()
+	return tok.Value(), nil
 }
 
 func parseJSON(src []byte) ([]*Node, error) {

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func seed(name string) string { return filepath.Join("..", "..", "config", "testdata", "seeds", name) }
+
+var topology = filepath.Join("..", "..", "resolve", "testdata", "topology.hcl")
+
+func explainJSON(t *testing.T, args ...string) []map[string]any {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	require.Equal(t, 0, code, errOut.String())
+	var rows []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var row map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &row), line)
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func TestExplainSeedUpstreams(t *testing.T) {
+	rows := explainJSON(t, seed("upstreams.yaml"), seed("global-local.hcl"))
+	require.Len(t, rows, 3)
+	for _, key := range []string{"service", "upstream", "datacenter", "mode", "source", "sni", "dial", "hops", "warnings"} {
+		assert.Contains(t, rows[0], key)
+	}
+	assert.Equal(t, "web", rows[0]["service"])
+	assert.Equal(t, "api", rows[0]["upstream"])
+	assert.Equal(t, "dc1", rows[0]["datacenter"])
+	assert.Equal(t, "remote", rows[0]["mode"])
+	assert.Equal(t, "upstream", rows[0]["source"])
+	assert.Equal(t, "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul", rows[0]["sni"])
+	assert.Equal(t, []any{}, rows[0]["dial"], "no topology: addresses unknown, an empty list")
+	assert.Equal(t, "local", rows[1]["mode"])
+	assert.Equal(t, "none", rows[2]["mode"])
+}
+
+func TestExplainWithTopologyAndFlags(t *testing.T) {
+	rows := explainJSON(t, "-datacenter", "dc1", seed("instance-remote.yaml"), topology)
+	require.Len(t, rows, 1)
+	assert.Equal(t, "secondary", rows[0]["datacenter"])
+	assert.Equal(t, "instance", rows[0]["source"])
+	assert.Equal(t, []any{"127.0.2.105:8443"}, rows[0]["dial"])
+	assert.Equal(t, []any{"web sidecar", "gateway secondary", "api secondary"}, rows[0]["hops"])
+
+	rows = explainJSON(t, "-datacenter", "secondary", "-trust-domain", "abc.consul", seed("instance-remote.yaml"))
+	assert.Equal(t, "direct", rows[0]["route"], "secondary is now the local datacenter")
+	assert.Equal(t, "api.default.secondary.internal.abc.consul", rows[0]["sni"])
+}
+
+func TestExplainText(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"-format", "text", seed("upstreams.hcl"), topology}, &out, &errOut), errOut.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 4)
+	assert.True(t, strings.HasPrefix(lines[0], "SERVICE"))
+	assert.Equal(t, strings.Index(lines[0], "MODE"), strings.Index(lines[1], "remote"), "columns are aligned")
+	assert.Contains(t, lines[3], "logging")
+}
+
+func TestExplainBadInput(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.hcl")
+	require.NoError(t, os.WriteFile(bad, []byte("service {\n  name = \"web\"\n  proxy { mesh_gatway { mode = \"local\" } }\n  conect {}\n}\n"), 0o644))
+	typo := filepath.Join("..", "..", "config", "testdata", "bad", "mesh-peering-typo.yaml")
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{bad, typo}, []string{`bad.hcl:3`, `"mesh_gatway" (did you mean "mesh_gateway"?)`, `bad.hcl:4`, `mesh-peering-typo.yaml:2`, `did you mean "Peering"?`}},
+		{[]string{filepath.Join(dir, "missing.hcl")}, []string{"missing.hcl"}},
+		{[]string{"-datacenter", "dc9", topology, seed("upstreams.hcl")}, []string{`-datacenter "dc9" disagrees`}},
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 1, run(c.args, &out, &errOut))
+		assert.Empty(t, out.String(), "nothing on stdout on bad input")
+		for _, w := range c.want {
+			assert.Contains(t, errOut.String(), w)
+		}
+	}
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 2, run([]string{"-format", "xml", topology}, &out, &errOut))
+	assert.Equal(t, 2, run(nil, &out, &errOut))
+}

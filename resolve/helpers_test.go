@@ -1,0 +1,5 @@
+package resolve_test
+
+import "os"
+
+var readFile = os.ReadFile

@@ -1,0 +1,213 @@
+package resolve
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/modes"
+	"github.com/meshgate/meshgate/sni"
+)
+
+// Route says which way an upstream's connections go.
+type Route string
+
+// Routes.
+const (
+	// RouteDirect dials the destination's endpoints (WAN addresses across
+	// datacenters).
+	RouteDirect Route = "direct"
+	// RouteLocalGateway dials a mesh gateway of the local datacenter, which
+	// forwards to the destination's gateways.
+	RouteLocalGateway Route = "local-gateway"
+	// RouteRemoteGateway dials a mesh gateway of the destination (another
+	// datacenter, partition or peer).
+	RouteRemoteGateway Route = "remote-gateway"
+)
+
+// Plan is where one upstream's bytes go, and why.
+type Plan struct {
+	// Service is the downstream service; Proxy its proxy's name.
+	Service string `json:"service"`
+	Proxy   string `json:"proxy"`
+	// Upstream is the destination service's name.
+	Upstream string `json:"upstream"`
+	// Datacenter and Partition are where the destination is; for a peered
+	// upstream Datacenter is empty and Peer names the peer.
+	Datacenter string `json:"datacenter"`
+	Partition  string `json:"partition"`
+	Namespace  string `json:"namespace"`
+	Peer       string `json:"peer,omitempty"`
+	// Mode and Source are the mode decision: the value as set ("" when no
+	// layer sets one) and the layer that decided.
+	Mode   api.MeshGatewayMode `json:"mode"`
+	Source modes.Source        `json:"source"`
+	// Route is what the mode means for this upstream.
+	Route Route `json:"route"`
+	// SNI is the server name the sidecar sends.
+	SNI string `json:"sni"`
+	// Dial lists the addresses to try, in order; empty when the view does not
+	// know them.
+	Dial []string `json:"dial"`
+	// Hops describes the path, such as ["web sidecar", "gateway dc1",
+	// "gateway dc2", "api dc2"].
+	Hops []string `json:"hops"`
+	// Warnings says what a careful operator should know.
+	Warnings []string `json:"warnings"`
+	// LocalBindPort is the upstream's local listener port.
+	LocalBindPort int `json:"local_bind_port,omitempty"`
+}
+
+// PlanAll plans every upstream of every instance in the view, in order.
+func PlanAll(v *View) []Plan {
+	var out []Plan
+	for _, inst := range v.Instances {
+		out = append(out, PlanInstance(v, inst)...)
+	}
+	return out
+}
+
+// PlanInstance plans every upstream of one proxy instance.
+func PlanInstance(v *View, inst Instance) []Plan {
+	if inst.Proxy == nil {
+		return nil
+	}
+	out := make([]Plan, 0, len(inst.Proxy.Upstreams))
+	for _, up := range inst.Proxy.Upstreams {
+		out = append(out, PlanUpstream(v, inst, up))
+	}
+	return out
+}
+
+// PlanUpstream applies Consul's semantics to one upstream of inst:
+//   - the mode comes from modes.Resolve over the upstream, the downstream's
+//     service-defaults (overrides, defaults, its own mode), the instance and
+//     proxy-defaults;
+//   - an upstream in the local datacenter and partition is dialled directly
+//     whatever the mode;
+//   - "none" (or no mode) dials the destination's endpoints, their WAN
+//     addresses across datacenters; "local" dials the local gateways;
+//     "remote" the destination's gateways;
+//   - a peered upstream always crosses a gateway: "none" there becomes
+//     "remote", with a warning, as in Consul.
+//
+// It is a pure function of its arguments.
+func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
+	local := v.Local()
+	p := Plan{
+		Service:       inst.Service,
+		Proxy:         inst.Name,
+		Upstream:      up.DestinationName,
+		Namespace:     orDefault(up.DestinationNamespace),
+		Partition:     orDefault(firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition)),
+		Peer:          up.DestinationPeer,
+		LocalBindPort: up.LocalBindPort,
+		Dial:          []string{},
+		Warnings:      []string{},
+	}
+	if p.Peer == "" {
+		p.Datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)
+	}
+	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaults[inst.Service], v.ProxyDefaults)
+	d := modes.Resolve(layers)
+	p.Mode, p.Source = d.Mode, d.Source
+	if err := layers.Validate(); err != nil {
+		p.Warnings = append(p.Warnings, err.Error())
+	}
+	if err := config.CheckUpstream(up); err != nil {
+		p.Warnings = append(p.Warnings, err.Error())
+	}
+	self := inst.Service + " sidecar"
+
+	if p.Peer != "" {
+		planPeered(v, &p, d, self)
+		return p
+	}
+
+	dest := Location{p.Datacenter, p.Partition}
+	destHop := p.Upstream + " " + dest.String()
+	p.SNI = sni.ServiceSNI(p.Upstream, "", p.Namespace, p.Partition, p.Datacenter, v.TrustDomain)
+	crossDC := dest.Datacenter != local.Datacenter
+	switch {
+	case dest == local:
+		p.Route = RouteDirect
+		if d.Mode != api.MeshGatewayModeDefault && d.Mode != api.MeshGatewayModeNone {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored: %s is in the local datacenter and partition", d.Mode, d.Source, p.Upstream))
+		}
+		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), false)
+		p.Hops = []string{self, destHop}
+	case d.Effective() == api.MeshGatewayModeLocal:
+		p.Route = RouteLocalGateway
+		p.Dial = addrs(v.GatewaysIn(local), false)
+		p.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
+	case d.Effective() == api.MeshGatewayModeRemote:
+		p.Route = RouteRemoteGateway
+		p.Dial = addrs(v.GatewaysIn(dest), crossDC)
+		p.Hops = []string{self, "gateway " + dest.String(), destHop}
+	default:
+		p.Route = RouteDirect
+		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), crossDC)
+		p.Hops = []string{self, destHop}
+	}
+	if len(p.Dial) == 0 {
+		p.Warnings = append(p.Warnings, "no addresses known for "+p.Hops[1])
+	}
+	return p
+}
+
+func planPeered(v *View, p *Plan, d modes.Decision, self string) {
+	peer, known := v.Peers[p.Peer]
+	destHop := p.Upstream + " peer " + p.Peer
+	peerHop := "gateway peer " + p.Peer
+	switch d.Mode {
+	case api.MeshGatewayModeNone:
+		p.Warnings = append(p.Warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Source))
+		fallthrough
+	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
+		p.Route = RouteRemoteGateway
+		p.Dial = append(p.Dial, peer.Gateways...)
+		p.Hops = []string{self, peerHop, destHop}
+	case api.MeshGatewayModeLocal:
+		p.Route = RouteLocalGateway
+		p.Dial = addrs(v.GatewaysIn(v.Local()), false)
+		p.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
+	default:
+		p.Route = RouteRemoteGateway
+		p.Hops = []string{self, peerHop, destHop}
+	}
+	switch {
+	case !known:
+		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q is unknown: its trust domain, and so the SNI, and its gateways are not known", p.Peer))
+	case peer.TrustDomain == "" || peer.NameAtPeer == "":
+		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q lacks trust_domain or name_at_peer: the SNI is not known", p.Peer))
+	default:
+		p.SNI = sni.PeeredServiceSNI(p.Upstream, p.Namespace, p.Partition, peer.NameAtPeer, peer.TrustDomain)
+	}
+	if len(p.Dial) == 0 && known {
+		p.Warnings = append(p.Warnings, "no addresses known for "+p.Hops[1])
+	}
+}
+
+// addrs returns the endpoints' addresses, preferring WAN ones when wan is set.
+func addrs(eps []Endpoint, wan bool) []string {
+	out := make([]string, 0, len(eps))
+	for _, e := range eps {
+		a := e.Address
+		if wan && e.WAN != "" || a == "" {
+			a = e.WAN
+		}
+		if a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

@@ -1,0 +1,217 @@
+package resolve_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/modes"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const (
+	td     = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+	peerTD = "11111111-2222-3333-4444-555555555555.consul"
+)
+
+var topology = filepath.Join("testdata", "topology.hcl")
+
+func seed(name string) string { return filepath.Join("..", "config", "testdata", "seeds", name) }
+
+// webProxy is a sidecar registration for web with the given upstreams (HCL).
+func webProxy(instanceMode, upstreams string) string {
+	mg := ""
+	if instanceMode != "" {
+		mg = `mesh_gateway { mode = "` + instanceMode + `" }`
+	}
+	return `service {
+  name = "web-sidecar-proxy"
+  kind = "connect-proxy"
+  port = 21000
+  proxy {
+    destination_service_name = "web"
+    ` + mg + `
+    upstreams = [` + upstreams + `]
+  }
+}`
+}
+
+// The seed's "service instance" example: remote mode on the instance, an
+// upstream in datacenter "secondary".
+func TestSeedInstanceRemote(t *testing.T) {
+	for _, f := range []string{"instance-remote.hcl", "instance-remote.yaml"} {
+		src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed(f))
+		plans := resolve.PlanAll(src.View())
+		require.NotEmpty(t, plans, f)
+		for _, p := range plans {
+			assert.Equal(t, "web", p.Service)
+			assert.Equal(t, "api", p.Upstream)
+			assert.Equal(t, api.MeshGatewayModeRemote, p.Mode, f)
+			assert.Equal(t, modes.SourceInstance, p.Source, f)
+			assert.Equal(t, resolve.RouteRemoteGateway, p.Route, f)
+			assert.Equal(t, "secondary", p.Datacenter, f)
+			assert.Equal(t, sni.ServiceSNI("api", "", "", "", "secondary", td), p.SNI, f)
+			assert.Equal(t, []string{"127.0.2.105:8443"}, p.Dial, "remote: the destination's gateways, WAN addresses")
+			assert.Equal(t, []string{"web sidecar", "gateway secondary", "api secondary"}, p.Hops)
+			assert.Empty(t, p.Warnings)
+		}
+	}
+}
+
+// The inline sidecar_service alternative of the same seed example plans the
+// same way.
+func TestSeedInstanceInlineSidecar(t *testing.T) {
+	src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed("instance-remote.hcl"))
+	plans := resolve.PlanAll(src.View())
+	require.Len(t, plans, 2)
+	assert.Equal(t, "web-sidecar-proxy", plans[1].Proxy)
+	plans[0].Proxy = plans[1].Proxy
+	assert.Equal(t, plans[0], plans[1])
+}
+
+// The seed's "proxy upstream" example: each upstream sets its own mode. The
+// upstreams name no datacenter, so they are local and dialled directly.
+func TestSeedUpstreamModesInLocalDatacenter(t *testing.T) {
+	for _, f := range []string{"upstreams.hcl", "upstreams.yaml"} {
+		src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed(f))
+		api_ := resolvetest.Plan(t, src, "web", "api")
+		assert.Equal(t, api.MeshGatewayModeRemote, api_.Mode)
+		assert.Equal(t, modes.SourceUpstream, api_.Source)
+		assert.Equal(t, resolve.RouteDirect, api_.Route)
+		assert.Equal(t, []string{"127.0.1.10:21000"}, api_.Dial)
+		require.Len(t, api_.Warnings, 1)
+		assert.Contains(t, api_.Warnings[0], `mode "remote" from upstream is ignored`)
+
+		logging := resolvetest.Plan(t, src, "web", "logging")
+		assert.Equal(t, api.MeshGatewayModeNone, logging.Mode)
+		assert.Empty(t, logging.Dial)
+		assert.Contains(t, logging.Warnings, "no addresses known for logging dc1")
+	}
+}
+
+// The same three upstreams pointed at datacenter "secondary" show what each
+// mode means across datacenters.
+func TestUpstreamModesAcrossDatacenters(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{"web.hcl": webProxy("", `
+		{ destination_name = "api", datacenter = "secondary", mesh_gateway { mode = "remote" } },
+		{ destination_name = "db", datacenter = "secondary", mesh_gateway { mode = "local" } },
+		{ destination_name = "logging", datacenter = "secondary", mesh_gateway { mode = "none" } },
+		{ destination_name = "api", datacenter = "nowhere", local_bind_port = 9 },
+	`)})
+	src := resolvetest.Load(t, resolve.StaticOptions{}, topology, dir)
+	plans := resolve.PlanAll(src.View())
+	require.Len(t, plans, 4)
+
+	remote, local, none, unknown := plans[0], plans[1], plans[2], plans[3]
+	assert.Equal(t, []string{"127.0.2.105:8443"}, remote.Dial)
+	assert.Equal(t, []string{"web sidecar", "gateway secondary", "api secondary"}, remote.Hops)
+
+	assert.Equal(t, resolve.RouteLocalGateway, local.Route)
+	assert.Equal(t, []string{"127.0.1.5:8443"}, local.Dial, "local: the local gateways, LAN addresses")
+	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway secondary", "db secondary"}, local.Hops)
+	assert.Equal(t, sni.ServiceSNI("db", "", "", "", "secondary", td), local.SNI)
+
+	assert.Equal(t, resolve.RouteDirect, none.Route)
+	assert.Empty(t, none.Dial, "logging has no endpoints in secondary")
+
+	assert.Equal(t, modes.SourceDefault, unknown.Source)
+	assert.Equal(t, api.MeshGatewayModeDefault, unknown.Mode)
+	assert.Equal(t, 9, unknown.LocalBindPort)
+	assert.Contains(t, unknown.Warnings, "no addresses known for api nowhere")
+}
+
+// With no mode on the upstream, each lower layer in turn decides.
+func TestLowerLayersDecide(t *testing.T) {
+	up := `{ destination_name = "api", datacenter = "secondary" }`
+	cases := []struct {
+		name   string
+		files  map[string]string
+		mode   api.MeshGatewayMode
+		source modes.Source
+		dial   []string
+	}{
+		{"nothing set: direct to WAN addresses", map[string]string{"web.hcl": webProxy("", up)}, "", modes.SourceDefault, []string{"127.0.2.110:21000"}},
+		{"proxy-defaults (seed)", map[string]string{"web.hcl": webProxy("", up), "g.hcl": mustRead(t, seed("global-local.hcl"))}, "local", modes.SourceProxyDefaults, []string{"127.0.1.5:8443"}},
+		{"service-defaults (seed) over proxy-defaults", map[string]string{"web.hcl": webProxy("", up), "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n", "s.yaml": mustRead(t, seed("web-defaults-local.yaml"))}, "local", modes.SourceServiceDefaults, []string{"127.0.1.5:8443"}},
+		{"upstream-defaults over service-defaults", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
+Name = "web"
+MeshGateway { Mode = "local" }
+UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "remote", modes.SourceUpstreamDefaults, []string{"127.0.2.105:8443"}},
+		{"instance over upstream-defaults", map[string]string{"web.hcl": webProxy("none", up), "s.hcl": `Kind = "service-defaults"
+Name = "web"
+UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "none", modes.SourceInstance, []string{"127.0.2.110:21000"}},
+		{"upstream-override over instance", map[string]string{"web.hcl": webProxy("none", up), "s.hcl": `Kind = "service-defaults"
+Name = "web"
+UpstreamConfig { Overrides = [{ Name = "api", MeshGateway { Mode = "local" } }] }`}, "local", modes.SourceUpstreamOverride, []string{"127.0.1.5:8443"}},
+		{"service-defaults of another service do not apply", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
+Name = "api"
+MeshGateway { Mode = "local" }`}, "", modes.SourceDefault, []string{"127.0.2.110:21000"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src := resolvetest.Load(t, resolve.StaticOptions{}, topology, resolvetest.Dir(t, c.files))
+			p := resolvetest.Plan(t, src, "web", "api")
+			assert.Equal(t, c.mode, p.Mode)
+			assert.Equal(t, c.source, p.Source)
+			assert.Equal(t, c.dial, p.Dial)
+		})
+	}
+}
+
+func TestPeeredUpstreams(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{"web.hcl": webProxy("", `
+		{ destination_name = "billing", destination_peer = "webstuff" },
+		{ destination_name = "billing", destination_peer = "webstuff", destination_namespace = "ns1", mesh_gateway { mode = "none" } },
+		{ destination_name = "billing", destination_peer = "webstuff", mesh_gateway { mode = "local" } },
+		{ destination_name = "billing", destination_peer = "stranger" },
+	`)})
+	plans := resolve.PlanAll(resolvetest.Load(t, resolve.StaticOptions{}, topology, dir).View())
+	require.Len(t, plans, 4)
+	def, none, local, stranger := plans[0], plans[1], plans[2], plans[3]
+
+	assert.Equal(t, resolve.RouteRemoteGateway, def.Route)
+	assert.Equal(t, sni.PeeredServiceSNI("billing", "", "", "dc1-default", peerTD), def.SNI, "built with the peer's trust domain and its name for us")
+	assert.Equal(t, []string{"127.0.3.5:8443"}, def.Dial)
+	assert.Equal(t, []string{"web sidecar", "gateway peer webstuff", "billing peer webstuff"}, def.Hops)
+	assert.Empty(t, def.Warnings)
+	assert.Empty(t, def.Datacenter)
+
+	assert.Equal(t, resolve.RouteRemoteGateway, none.Route)
+	assert.Equal(t, api.MeshGatewayModeNone, none.Mode)
+	assert.Contains(t, none.Warnings[0], `mode "none" from upstream is treated as "remote"`)
+	assert.Equal(t, sni.PeeredServiceSNI("billing", "ns1", "", "dc1-default", peerTD), none.SNI)
+
+	assert.Equal(t, resolve.RouteLocalGateway, local.Route)
+	assert.Equal(t, []string{"127.0.1.5:8443"}, local.Dial)
+	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway peer webstuff", "billing peer webstuff"}, local.Hops)
+
+	assert.Empty(t, stranger.SNI)
+	assert.Contains(t, stranger.Warnings[0], `peer "stranger" is unknown`)
+}
+
+func TestStaticDefaults(t *testing.T) {
+	src := resolvetest.Load(t, resolve.StaticOptions{}, seed("global-local.hcl"))
+	v := src.View()
+	assert.Equal(t, "dc1", v.Datacenter)
+	assert.Equal(t, resolve.DefaultTrustDomain, v.TrustDomain)
+	assert.Equal(t, "default", v.Partition)
+
+	src = resolvetest.Load(t, resolve.StaticOptions{Datacenter: "east", TrustDomain: "x.consul"}, seed("global-local.hcl"))
+	assert.Equal(t, "east", src.View().Datacenter)
+	assert.Equal(t, "x.consul", src.View().TrustDomain)
+
+	src = resolvetest.Load(t, resolve.StaticOptions{Datacenter: "east"}, topology)
+	assert.Equal(t, "dc1", src.View().Datacenter, "the topology's datacenter wins")
+	assert.Equal(t, []string{"dc1", "secondary"}, src.View().Datacenters())
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := readFile(path)
+	require.NoError(t, err)
+	return string(b)
+}

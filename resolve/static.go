@@ -1,0 +1,139 @@
+package resolve
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
+)
+
+// DefaultTrustDomain is the trust domain used when neither the topology nor
+// the caller names one: the example of Consul's documentation.
+const DefaultTrustDomain = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+
+// StaticOptions fills in what the files leave out.
+type StaticOptions struct {
+	// Datacenter is the local datacenter when the topology names none;
+	// empty means "dc1".
+	Datacenter string
+	// TrustDomain is the trust domain when the topology names none; empty
+	// means DefaultTrustDomain.
+	TrustDomain string
+}
+
+// Static is a Source whose view never changes: built once from files.
+type Static struct {
+	view *View
+}
+
+var _ Source = (*Static)(nil)
+
+// View returns the static view.
+func (s *Static) View() *View { return s.view }
+
+// LoadStatic loads files with config.Load and builds a Static source.
+func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
+	set, err := config.Load(paths...)
+	if err != nil {
+		return nil, err
+	}
+	return NewStatic(set, opts)
+}
+
+// NewStatic builds a Static source from loaded files: config entries and
+// service definitions, and the topology document when there is one. A
+// topology's datacenter and trust domain take precedence over opts.
+func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
+	v := &View{
+		Datacenter:      opts.Datacenter,
+		TrustDomain:     opts.TrustDomain,
+		ProxyDefaults:   set.ProxyDefaults,
+		ServiceDefaults: set.ServiceDefaults,
+		Mesh:            set.Mesh,
+		Services:        map[ServiceKey][]Endpoint{},
+		Gateways:        map[Location][]Endpoint{},
+		Peers:           map[string]Peer{},
+	}
+	if t := set.Topology; t != nil {
+		if t.Datacenter != "" {
+			v.Datacenter = t.Datacenter
+		}
+		if t.TrustDomain != "" {
+			v.TrustDomain = t.TrustDomain
+		}
+		v.Partition = t.Partition
+	}
+	if v.Datacenter == "" {
+		v.Datacenter = "dc1"
+	}
+	if v.TrustDomain == "" {
+		v.TrustDomain = DefaultTrustDomain
+	}
+	v.Partition = orDefault(v.Partition)
+	if t := set.Topology; t != nil {
+		for _, s := range t.Services {
+			dc := s.Datacenter
+			if dc == "" {
+				dc = v.Datacenter
+			}
+			k := ServiceKey{s.Name, orDefault(s.Namespace), orDefault(s.Partition), dc}
+			v.Services[k] = append(v.Services[k], endpoints(s.Addresses, s.WANAddresses)...)
+		}
+		for _, g := range t.Gateways {
+			l := Location{g.Datacenter, orDefault(g.Partition)}
+			v.Gateways[l] = append(v.Gateways[l], endpoints(g.Addresses, g.WANAddresses)...)
+		}
+		for _, p := range t.Peers {
+			if _, dup := v.Peers[p.Name]; dup {
+				return nil, fmt.Errorf("resolve: peer %q listed twice in the topology", p.Name)
+			}
+			v.Peers[p.Name] = Peer{Name: p.Name, TrustDomain: p.TrustDomain, NameAtPeer: p.NameAtPeer,
+				Gateways: p.Gateways, ServerName: p.ServerName, ServerAddresses: p.ServerAddresses}
+		}
+	}
+	for _, s := range set.Services {
+		if inst, ok := InstanceOf(s.AgentServiceRegistration, s.Origin()); ok {
+			v.Instances = append(v.Instances, inst)
+		}
+	}
+	return &Static{view: v}, v.Validate()
+}
+
+// endpoints pairs LAN addresses with the WAN addresses at the same index;
+// WAN addresses beyond the LAN list stand alone.
+func endpoints(lan, wan []string) []Endpoint {
+	out := make([]Endpoint, 0, max(len(lan), len(wan)))
+	for i := range max(len(lan), len(wan)) {
+		var e Endpoint
+		if i < len(lan) {
+			e.Address = lan[i]
+		}
+		if i < len(wan) {
+			e.WAN = wan[i]
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// InstanceOf returns the proxy instance a service registration defines: the
+// registration itself when it is a connect-proxy, or its sidecar_service.
+func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, bool) {
+	switch {
+	case reg.Kind == api.ServiceKindConnectProxy && reg.Proxy != nil:
+		return Instance{Service: reg.Proxy.DestinationServiceName, Name: reg.Name,
+			Namespace: reg.Namespace, Partition: reg.Partition, Proxy: reg.Proxy, Origin: origin}, true
+	case reg.Connect != nil && reg.Connect.SidecarService != nil:
+		sc := reg.Connect.SidecarService
+		name := sc.Name
+		if name == "" {
+			name = reg.Name + "-sidecar-proxy"
+		}
+		proxy := sc.Proxy
+		if proxy == nil {
+			proxy = &api.AgentServiceConnectProxyConfig{}
+		}
+		return Instance{Service: reg.Name, Name: name, Namespace: reg.Namespace, Partition: reg.Partition, Proxy: proxy, Origin: origin}, true
+	}
+	return Instance{}, false
+}

@@ -1,0 +1,159 @@
+package resolve
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Source provides the current View of the mesh. Static and the live Consul
+// source implement it. A View is immutable once returned, so a caller takes
+// one per decision and never sees half an update.
+type Source interface {
+	View() *View
+}
+
+// Endpoint is one address to dial: a service's sidecar or Connect-native
+// instance, or a mesh gateway.
+type Endpoint struct {
+	// Address is the LAN "host:port".
+	Address string
+	// WAN is the "host:port" reachable from other datacenters, or "".
+	WAN string
+}
+
+// Location is a datacenter and an admin partition ("default" when empty).
+type Location struct {
+	Datacenter string
+	Partition  string
+}
+
+func (l Location) String() string {
+	if l.Partition == "" || l.Partition == "default" {
+		return l.Datacenter
+	}
+	return l.Datacenter + "/" + l.Partition
+}
+
+// ServiceKey identifies a service in a datacenter. Empty Namespace and
+// Partition are stored as "default".
+type ServiceKey struct {
+	Name       string
+	Namespace  string
+	Partition  string
+	Datacenter string
+}
+
+// Peer is a cluster peer as this cluster knows it.
+type Peer struct {
+	// Name is the local name of the peering.
+	Name string
+	// TrustDomain is the peer's trust domain.
+	TrustDomain string
+	// NameAtPeer is the name the peer gave this cluster: the peer label in the
+	// SNI of services the peer exports to us.
+	NameAtPeer string
+	// Gateways are the peer's mesh gateway addresses.
+	Gateways []string
+	// ServerName and ServerAddresses are the peer's servers for the peering
+	// control plane.
+	ServerName      string
+	ServerAddresses []string
+}
+
+// Instance is a proxy whose upstreams can be planned: a connect-proxy
+// registration, or the sidecar_service of a service definition.
+type Instance struct {
+	// Service is the downstream service the proxy fronts.
+	Service string
+	// Name is the proxy's own service name, such as "web-sidecar-proxy".
+	Name      string
+	Namespace string
+	Partition string
+	// Proxy is the proxy configuration: upstreams and the instance's
+	// mesh_gateway.
+	Proxy *api.AgentServiceConnectProxyConfig
+	// Origin says where the instance came from ("file:line", or the node in
+	// Consul), for messages.
+	Origin string
+}
+
+// View is one consistent picture of the mesh, as a Consul mesh gateway or
+// sidecar would see it: the local cluster's identity, the config entries that
+// decide modes, and where services, gateways and peers are.
+type View struct {
+	Datacenter  string
+	Partition   string
+	TrustDomain string
+
+	ProxyDefaults   *api.ProxyConfigEntry
+	ServiceDefaults map[string]*api.ServiceConfigEntry
+	Mesh            *api.MeshConfigEntry
+
+	// Services holds each service's healthy mesh endpoints.
+	Services map[ServiceKey][]Endpoint
+	// Gateways holds the mesh gateways of each datacenter and partition.
+	Gateways map[Location][]Endpoint
+	// Peers holds the cluster peers by local name.
+	Peers map[string]Peer
+	// Instances are the proxies whose upstreams can be planned.
+	Instances []Instance
+	// LocalServers are the local Consul servers' gRPC TLS addresses, for the
+	// peering control plane through mesh gateways.
+	LocalServers []string
+}
+
+// Local returns the view's own location.
+func (v *View) Local() Location { return Location{v.Datacenter, orDefault(v.Partition)} }
+
+// Endpoints returns the mesh endpoints of a service; empty namespace and
+// partition mean "default", empty datacenter the local one.
+func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoint {
+	if datacenter == "" {
+		datacenter = v.Datacenter
+	}
+	return v.Services[ServiceKey{name, orDefault(namespace), orDefault(partition), datacenter}]
+}
+
+// GatewaysIn returns the mesh gateways of a location.
+func (v *View) GatewaysIn(l Location) []Endpoint {
+	return v.Gateways[Location{l.Datacenter, orDefault(l.Partition)}]
+}
+
+// Datacenters lists the datacenters the view knows of, sorted.
+func (v *View) Datacenters() []string {
+	seen := map[string]bool{v.Datacenter: true}
+	for k := range v.Services {
+		seen[k.Datacenter] = true
+	}
+	for l := range v.Gateways {
+		seen[l.Datacenter] = true
+	}
+	out := make([]string, 0, len(seen))
+	for dc := range seen {
+		if dc != "" {
+			out = append(out, dc)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Validate reports a view that cannot be used: no datacenter or trust domain.
+func (v *View) Validate() error {
+	if v.Datacenter == "" {
+		return fmt.Errorf("resolve: the view has no local datacenter")
+	}
+	if v.TrustDomain == "" {
+		return fmt.Errorf("resolve: the view has no trust domain")
+	}
+	return nil
+}
+
+func orDefault(s string) string {
+	if s == "" {
+		return "default"
+	}
+	return s
+}
