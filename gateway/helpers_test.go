@@ -1,0 +1,185 @@
+package gateway
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(emfileChildEnv) != "" {
+		emfileChild()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+const longName = "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+
+// selfSigned returns a certificate for name and a pool that trusts it.
+func selfSigned(t testing.TB, name string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// backend is a real server on loopback that counts its connections and runs
+// handle on each.
+type backend struct {
+	ln       net.Listener
+	accepted atomic.Int64
+	wg       sync.WaitGroup
+}
+
+func startBackend(t testing.TB, handle func(net.Conn)) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	b := &backend{ln: ln}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.accepted.Add(1)
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); b.wg.Wait() })
+	return b
+}
+
+func (b *backend) addr() string { return b.ln.Addr().String() }
+
+// echo copies everything back through a buffer, then half-closes. (Not
+// io.Copy: on TCP it splices, and an idle splice holds a pipe pair, which
+// would muddle the descriptor counts of the gateway's tests.)
+func echo(c net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+}
+
+// tlsEcho terminates TLS with cert and echoes the plaintext.
+func tlsEcho(cert tls.Certificate) func(net.Conn) {
+	return func(c net.Conn) {
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		io.Copy(tc, tc)
+		tc.CloseWrite()
+	}
+}
+
+// startGateway runs s on a loopback listener until the test ends.
+func startGateway(t testing.TB, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		s.Close()
+		require.ErrorIs(t, <-errc, ErrServerClosed)
+	})
+	return ln.Addr().String()
+}
+
+func tableFor(t testing.TB, routes map[string][]string) *Table {
+	t.Helper()
+	tab, err := NewTable(routes)
+	require.NoError(t, err)
+	return tab
+}
+
+// helloBytes is a real ClientHello from crypto/tls for name.
+func helloBytes(t testing.TB, name string) []byte {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+		}
+	}()
+	c, err := ln.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var buf [16 << 10]byte
+	n, err := io.ReadAtLeast(c, buf[:], 5)
+	require.NoError(t, err)
+	for n < 5+(int(buf[3])<<8|int(buf[4])) {
+		m, err := c.Read(buf[n:])
+		require.NoError(t, err)
+		n += m
+	}
+	return append([]byte(nil), buf[:n]...)
+}
+
+// waitFor polls cond for up to 10 s; tests assert outcomes, not timings.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var bg = context.Background()
+
+func (b *backend) Load2() int { return int(b.accepted.Load()) }
+
+func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }

@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Observer receives the events of a Server, for metrics. Its methods are
+// called concurrently from connection goroutines and must not block.
+type Observer interface {
+	// Accepted is called for each accepted connection.
+	Accepted(remote net.Addr)
+	// Rejected is called when a connection is closed without being routed:
+	// reason is one of the Reason constants or a Router's Rejection reason.
+	Rejected(reason string, err error)
+	// DialFailed is called for each target that could not be dialled.
+	DialFailed(route, target string, err error)
+	// Forwarded is called when a routed connection ends.
+	Forwarded(route, target string, s Stats)
+}
+
+// Stats describes one forwarded connection.
+type Stats struct {
+	// ClientToUpstream and UpstreamToClient count the bytes moved each way,
+	// including the replayed ClientHello.
+	ClientToUpstream int64
+	UpstreamToClient int64
+	// Spliced reports whether the bytes moved with splice(2), in the kernel,
+	// rather than through a user-space buffer.
+	Spliced bool
+	// Duration is the time from accept to close.
+	Duration time.Duration
+	// Err is the first error that ended the connection other than a clean
+	// close by either side (for example ErrIdleTimeout), or nil.
+	Err error
+}
+
+// Counters is an Observer that counts events, safe for concurrent use. Its
+// zero value is ready.
+type Counters struct {
+	accepted, forwarded, dialFailures atomic.Int64
+	bytesUp, bytesDown                atomic.Int64
+	spliced                           atomic.Int64
+
+	mu       sync.Mutex
+	rejected map[string]int64
+}
+
+var _ Observer = (*Counters)(nil)
+
+// Accepted counts an accepted connection.
+func (c *Counters) Accepted(net.Addr) { c.accepted.Add(1) }
+
+// Rejected counts a rejection by reason.
+func (c *Counters) Rejected(reason string, _ error) {
+	c.mu.Lock()
+	if c.rejected == nil {
+		c.rejected = map[string]int64{}
+	}
+	c.rejected[reason]++
+	c.mu.Unlock()
+}
+
+// DialFailed counts a failed dial.
+func (c *Counters) DialFailed(string, string, error) { c.dialFailures.Add(1) }
+
+// Forwarded counts a finished connection and its bytes.
+func (c *Counters) Forwarded(_, _ string, s Stats) {
+	c.forwarded.Add(1)
+	c.bytesUp.Add(s.ClientToUpstream)
+	c.bytesDown.Add(s.UpstreamToClient)
+	if s.Spliced {
+		c.spliced.Add(1)
+	}
+}
+
+// Snapshot is a copy of the Counters at one moment.
+type Snapshot struct {
+	Accepted, Forwarded, Spliced, DialFailures int64
+	BytesUp, BytesDown                         int64
+	Rejected                                   map[string]int64
+}
+
+// Snapshot returns the current counts.
+func (c *Counters) Snapshot() Snapshot {
+	c.mu.Lock()
+	rej := make(map[string]int64, len(c.rejected))
+	for k, v := range c.rejected {
+		rej[k] = v
+	}
+	c.mu.Unlock()
+	return Snapshot{
+		Accepted: c.accepted.Load(), Forwarded: c.forwarded.Load(), Spliced: c.spliced.Load(),
+		DialFailures: c.dialFailures.Load(), BytesUp: c.bytesUp.Load(), BytesDown: c.bytesDown.Load(), Rejected: rej,
+	}
+}
+
+// RejectedTotal sums the rejections over all reasons.
+func (s Snapshot) RejectedTotal() int64 {
+	var n int64
+	for _, v := range s.Rejected {
+		n += v
+	}
+	return n
+}
+
+// Reasons lists the rejection reasons seen, sorted.
+func (s Snapshot) Reasons() []string {
+	out := make([]string, 0, len(s.Rejected))
+	for r := range s.Rejected {
+		out = append(out, r)
+	}
+	sort.Strings(out)
+	return out
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Accepted(net.Addr)                {}
+func (nopObserver) Rejected(string, error)           {}
+func (nopObserver) DialFailed(string, string, error) {}
+func (nopObserver) Forwarded(string, string, Stats)  {}

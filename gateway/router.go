@@ -1,0 +1,145 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/meshgate/meshgate/sni"
+)
+
+// Route is where a connection goes: a name for logs and metrics and the
+// addresses to dial, in order; the server tries the next when one fails.
+type Route struct {
+	Name    string
+	Targets []string
+}
+
+// Router decides where a connection goes from its ClientHello. It returns a
+// Route with at least one target, or an error: a *Rejection (see Reject) to
+// refuse the connection with a reason. The hello and its strings may be kept.
+// Route is called concurrently.
+type Router interface {
+	Route(ctx context.Context, hello *sni.ClientHello) (Route, error)
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(ctx context.Context, hello *sni.ClientHello) (Route, error)
+
+// Route calls f.
+func (f RouterFunc) Route(ctx context.Context, hello *sni.ClientHello) (Route, error) {
+	return f(ctx, hello)
+}
+
+// ErrRejected is wrapped by every *Rejection.
+var ErrRejected = errors.New("gateway: connection rejected")
+
+// Rejection is a refused connection: a short Reason for metrics (such as
+// "no-route", "foreign-trust-domain") and the error that explains it.
+type Rejection struct {
+	Reason string
+	Err    error
+}
+
+// Reject returns a *Rejection with reason and a message formatted from format
+// and args (which may wrap an error with %w).
+func Reject(reason, format string, args ...any) error {
+	return &Rejection{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+func (r *Rejection) Error() string { return "gateway: rejected (" + r.Reason + "): " + r.Err.Error() }
+
+// Unwrap returns ErrRejected and the underlying error.
+func (r *Rejection) Unwrap() []error { return []error{ErrRejected, r.Err} }
+
+// Reasons the server itself reports to the Observer, besides the Router's.
+const (
+	ReasonNotTLS      = "not-tls"
+	ReasonMalformed   = "malformed-hello"
+	ReasonBadName     = "invalid-server-name"
+	ReasonTooLarge    = "hello-too-large"
+	ReasonPeekTimeout = "peek-timeout"
+	ReasonClosed      = "closed-before-hello"
+	ReasonNoRoute     = "no-route"
+	ReasonDialFailed  = "dial-failed"
+	ReasonShutdown    = "shutdown"
+)
+
+// Table is a Router for users who do not use Consul: exact server names and
+// "*.suffix" wildcards. An exact name wins over a wildcard, and a longer
+// suffix over a shorter one; "*.example.com" matches "a.example.com" and
+// "a.b.example.com" but not "example.com". Names are matched lower-case.
+type Table struct {
+	exact    map[string][]string
+	suffixes []suffixRoute // longest first
+}
+
+type suffixRoute struct {
+	suffix  string // ".example.com"
+	targets []string
+}
+
+var _ Router = (*Table)(nil)
+
+// NewTable builds a Table from patterns to targets. It fails on an empty
+// pattern, a wildcard other than a leading "*.", or a pattern without targets.
+func NewTable(routes map[string][]string) (*Table, error) {
+	t := &Table{exact: map[string][]string{}}
+	var errs []error
+	for pattern, targets := range routes {
+		p := strings.ToLower(pattern)
+		switch {
+		case len(targets) == 0:
+			errs = append(errs, fmt.Errorf("gateway: route %q has no targets", pattern))
+		case strings.HasPrefix(p, "*.") && len(p) > 2 && !strings.Contains(p[1:], "*"):
+			t.suffixes = append(t.suffixes, suffixRoute{p[1:], targets})
+		case p == "" || strings.Contains(p, "*"):
+			errs = append(errs, fmt.Errorf("gateway: route pattern %q: want a name or *.suffix", pattern))
+		default:
+			t.exact[p] = targets
+		}
+	}
+	sort.Slice(t.suffixes, func(i, j int) bool { return len(t.suffixes[i].suffix) > len(t.suffixes[j].suffix) })
+	return t, errors.Join(errs...)
+}
+
+// Route returns the targets for hello's server name, or a rejection with
+// reason "no-route".
+func (t *Table) Route(_ context.Context, hello *sni.ClientHello) (Route, error) {
+	name := hello.ServerName
+	if targets, ok := t.exact[name]; ok {
+		return Route{Name: name, Targets: targets}, nil
+	}
+	for _, s := range t.suffixes {
+		if strings.HasSuffix(name, s.suffix) {
+			return Route{Name: "*" + s.suffix, Targets: s.targets}, nil
+		}
+	}
+	if name == "" {
+		return Route{}, Reject(ReasonNoRoute, "no server name")
+	}
+	return Route{}, Reject(ReasonNoRoute, "no route for %q", name)
+}
+
+// Switch is a Router that forwards to another Router which can be replaced
+// at any time, for reloading routes without touching the listener. New
+// connections use the new Router; established ones are not affected. The zero
+// Switch rejects everything until Store is called.
+type Switch struct {
+	r atomic.Pointer[Router]
+}
+
+// Store replaces the Router.
+func (s *Switch) Store(r Router) { s.r.Store(&r) }
+
+// Route calls the current Router.
+func (s *Switch) Route(ctx context.Context, hello *sni.ClientHello) (Route, error) {
+	r := s.r.Load()
+	if r == nil {
+		return Route{}, Reject(ReasonNoRoute, "no router configured")
+	}
+	return (*r).Route(ctx, hello)
+}

@@ -1,0 +1,445 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/meshgate/meshgate/sni"
+)
+
+// DefaultConnectTimeout is Consul's connect timeout for upstream dials.
+const DefaultConnectTimeout = 5 * time.Second
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("gateway: server closed")
+
+// Server accepts TLS connections, reads each ClientHello without consuming it,
+// asks its Router where the connection goes, dials the route's targets in
+// order and forwards the still-encrypted bytes both ways. It never decrypts
+// anything and never dials a connection its Router did not route.
+//
+// Fields are read when Serve starts; zero values are useful defaults, as
+// described on each. A Server must not be copied after first use.
+type Server struct {
+	// Router decides each connection's route. Required.
+	Router Router
+	// PeekTimeout bounds reading the ClientHello: zero means sni.DefaultTimeout
+	// (15 s); negative means no bound.
+	PeekTimeout time.Duration
+	// MaxHelloSize bounds the ClientHello: zero means sni.DefaultMaxSize (64 KiB).
+	MaxHelloSize int
+	// ConnectTimeout bounds each dial: zero means DefaultConnectTimeout (5 s).
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a forwarded connection on which no byte moved in
+	// either direction for this long: zero means DefaultIdleTimeout (1 h);
+	// negative means never.
+	IdleTimeout time.Duration
+	// MaxConns bounds the connections open at once; when it is reached the
+	// server stops accepting (new clients wait in the listen backlog) until
+	// one closes. Zero means no bound.
+	MaxConns int
+	// Logger receives one line per rejected connection (Info), per accept
+	// error (Warn) and per forwarded connection that ended with an error such
+	// as a reset or the idle timeout (Debug); nil discards.
+	Logger *slog.Logger
+	// Observer receives events for metrics; nil means none.
+	Observer Observer
+	// Dial opens upstream connections; nil means net.Dialer.DialContext.
+	// Return a bare *net.TCPConn to keep the zero-copy path.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+
+	initOnce   sync.Once
+	done       chan struct{} // closed on Shutdown or Close
+	doneOnce   sync.Once
+	slots      chan struct{} // MaxConns semaphore, or nil
+	mu         sync.Mutex
+	listeners  map[*net.Listener]struct{}
+	conns      map[*conn]struct{}
+	active     atomic.Int64
+	hardClosed atomic.Bool
+}
+
+// conn is one accepted connection, tracked from accept to close.
+type conn struct {
+	client   net.Conn
+	upstream atomic.Pointer[net.Conn]
+}
+
+var (
+	helloBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+	helloPool    = sync.Pool{New: func() any { return new(sni.ClientHello) }}
+)
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.done = make(chan struct{})
+		s.listeners = map[*net.Listener]struct{}{}
+		s.conns = map[*conn]struct{}{}
+		if s.MaxConns > 0 {
+			s.slots = make(chan struct{}, s.MaxConns)
+		}
+	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return discardLogger
+}
+
+var discardLogger = slog.New(slog.DiscardHandler)
+
+func (s *Server) observer() Observer {
+	if s.Observer != nil {
+		return s.Observer
+	}
+	return nopObserver{}
+}
+
+func (s *Server) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// ListenAndServe listens on the TCP address addr and calls Serve.
+func (s *Server) ListenAndServe(addr string) error {
+	if s.closing0() {
+		return ErrServerClosed
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+func (s *Server) closing0() bool { s.init(); return s.closing() }
+
+// Serve accepts connections on l and handles each in its own goroutine. It
+// always returns a non-nil error and closes l; after Shutdown or Close the
+// error is ErrServerClosed. Temporary accept errors, such as running out of
+// file descriptors, are logged and retried with a backoff from 5 ms to 1 s,
+// and connections already open keep being served.
+func (s *Server) Serve(l net.Listener) error {
+	s.init()
+	if s.Router == nil {
+		l.Close()
+		return errors.New("gateway: Server.Router is nil")
+	}
+	l = &onceCloseListener{Listener: l}
+	defer l.Close()
+	if !s.trackListener(&l, true) {
+		return ErrServerClosed
+	}
+	defer s.trackListener(&l, false)
+
+	var delay time.Duration
+	for {
+		if s.slots != nil {
+			select {
+			case s.slots <- struct{}{}:
+			case <-s.done:
+				return ErrServerClosed
+			}
+		}
+		c, err := l.Accept()
+		if err != nil {
+			s.releaseSlot()
+			if s.closing() {
+				return ErrServerClosed
+			}
+			if !temporary(err) {
+				return err
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			s.logger().Warn("gateway: accept error; retrying", "err", err, "retry_in", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-s.done:
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
+		}
+		delay = 0
+		cc := &conn{client: c}
+		if !s.trackConn(cc, true) { // registered before its goroutine starts
+			c.Close()
+			s.releaseSlot()
+			return ErrServerClosed
+		}
+		go s.handle(cc)
+	}
+}
+
+// temporary reports whether an Accept error is worth retrying.
+func temporary(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Temporary() || errno == syscall.ENOBUFS || errno == syscall.ENOMEM
+	}
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Server) releaseSlot() {
+	if s.slots != nil {
+		<-s.slots
+	}
+}
+
+func (s *Server) trackListener(l *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing() {
+			return false
+		}
+		s.listeners[l] = struct{}{}
+	} else {
+		delete(s.listeners, l)
+	}
+	return true
+}
+
+func (s *Server) trackConn(c *conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing() {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		s.active.Add(1)
+	} else {
+		delete(s.conns, c)
+		s.active.Add(-1)
+	}
+	return true
+}
+
+// ActiveConns returns how many connections are open.
+func (s *Server) ActiveConns() int { return int(s.active.Load()) }
+
+func (s *Server) handle(c *conn) {
+	defer func() {
+		s.trackConn(c, false)
+		s.releaseSlot()
+	}()
+	start := time.Now()
+	obs := s.observer()
+	obs.Accepted(c.client.RemoteAddr())
+	ctx := context.Background()
+
+	bp := helloBuffers.Get().(*[]byte)
+	hello := helloPool.Get().(*sni.ClientHello)
+	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
+	if err != nil {
+		s.reject(c, hello, peekReason(err), err)
+		s.putHello(bp, raw, hello)
+		return
+	}
+	route, err := s.Router.Route(ctx, hello)
+	if err == nil && len(route.Targets) == 0 {
+		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
+	}
+	if err != nil {
+		reason := ReasonNoRoute
+		var rej *Rejection
+		if errors.As(err, &rej) {
+			reason = rej.Reason
+		}
+		s.reject(c, hello, reason, err)
+		s.putHello(bp, raw, hello)
+		return
+	}
+	upstream, target, err := s.dial(route)
+	if err != nil {
+		s.reject(c, hello, ReasonDialFailed, err)
+		s.putHello(bp, raw, hello)
+		return
+	}
+	c.upstream.Store(&upstream)
+	if s.hardClosed.Load() {
+		upstream.Close() // Close ran while we dialled
+	}
+	// Replay the peeked bytes, then hand back the buffer before the
+	// connection's long life starts.
+	n, err := upstream.Write(raw)
+	s.putHello(bp, raw, hello)
+	if err != nil {
+		c.client.Close()
+		upstream.Close()
+		obs.Forwarded(route.Name, target, Stats{ClientToUpstream: int64(n), Duration: time.Since(start), Err: err})
+		return
+	}
+	f := Forwarder{IdleTimeout: s.IdleTimeout}
+	st := f.Forward(c.client, upstream, nil)
+	st.ClientToUpstream += int64(n)
+	st.Duration = time.Since(start)
+	obs.Forwarded(route.Name, target, st)
+	if st.Err != nil {
+		if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
+			l.Debug("gateway: connection ended with an error", "route", route.Name, "target", target, "err", st.Err.Error())
+		}
+	}
+}
+
+func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
+	if cap(raw) <= 64<<10 {
+		*bp = raw[:0]
+		helloBuffers.Put(bp)
+	}
+	helloPool.Put(hello)
+}
+
+func (s *Server) reject(c *conn, hello *sni.ClientHello, reason string, err error) {
+	c.client.Close()
+	s.observer().Rejected(reason, err)
+	if l := s.logger(); l.Enabled(context.Background(), slog.LevelInfo) {
+		l.Info("gateway: connection rejected", "remote", c.client.RemoteAddr().String(),
+			"server_name", hello.ServerName, "reason", reason, "err", err.Error())
+	}
+}
+
+func peekReason(err error) string {
+	switch {
+	case errors.Is(err, sni.ErrNotTLS):
+		return ReasonNotTLS
+	case errors.Is(err, sni.ErrTooLarge):
+		return ReasonTooLarge
+	case errors.Is(err, sni.ErrTimeout):
+		return ReasonPeekTimeout
+	case errors.Is(err, sni.ErrInvalidServerName):
+		return ReasonBadName
+	case errors.Is(err, sni.ErrMalformed):
+		return ReasonMalformed
+	}
+	return ReasonClosed
+}
+
+// dial tries the route's targets in order, each within the connect timeout.
+func (s *Server) dial(r Route) (net.Conn, string, error) {
+	timeout := s.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	dial := s.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	var errs []error
+	for _, t := range r.Targets {
+		if s.closing() {
+			errs = append(errs, ErrServerClosed)
+			break
+		}
+		up, err := dialRetryingEMFILE(dial, t, timeout)
+		if err == nil {
+			return up, t, nil
+		}
+		s.observer().DialFailed(r.Name, t, err)
+		errs = append(errs, err)
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+// dialRetryingEMFILE dials addr within timeout; while the process is out of
+// file descriptors it waits and retries (5 ms doubling), so a connection
+// accepted at the limit is not lost when another one frees a descriptor.
+func dialRetryingEMFILE(dial func(context.Context, string, string) (net.Conn, error), addr string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	wait := 5 * time.Millisecond
+	for {
+		up, err := dial(ctx, "tcp", addr)
+		if err == nil || !(errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+			return up, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// Shutdown stops accepting, then waits for open connections to end on their
+// own; it returns nil once none is left, or ctx.Err() if ctx ends first (call
+// Close then to end them). Connections still reading their ClientHello finish
+// within the peek timeout.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.stop()
+	wait := time.Millisecond
+	for {
+		if s.ActiveConns() == 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// Close stops accepting and closes every open connection, both sides, at once.
+func (s *Server) Close() error {
+	s.init()
+	s.hardClosed.Store(true)
+	s.stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.client.Close()
+		if up := c.upstream.Load(); up != nil {
+			(*up).Close()
+		}
+	}
+	return nil
+}
+
+func (s *Server) stop() {
+	s.mu.Lock()
+	s.doneOnce.Do(func() { close(s.done) })
+	for l := range s.listeners {
+		(*l).Close()
+	}
+	s.mu.Unlock()
+}
+
+// onceCloseListener lets Serve's deferred Close and Shutdown both close it.
+type onceCloseListener struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *onceCloseListener) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
+}
