@@ -1,0 +1,256 @@
+// Command meshgateway is a Consul mesh gateway without Envoy: it reads the
+// SNI of each service-mesh mTLS connection and forwards the still-encrypted
+// bytes where Consul's own gateway would. It holds no keys and decrypts
+// nothing.
+//
+//	go run ./examples/meshgateway -service api=127.0.0.1:21000 -remote-gateway dc2=127.0.0.2:8443
+//	go run ./examples/meshgateway -demo     # with a built-in TLS backend for "api"
+//
+// Where things are comes from flags and, optionally, files (-config: a
+// topology document and config entries, see package config). Connections it
+// cannot route are closed without any dial, one log line each. SIGINT or
+// SIGTERM stop accepting and drain open connections for -drain, then close
+// them.
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "meshgateway:", err)
+		os.Exit(1)
+	}
+}
+
+// addrList is a repeatable NAME=ADDR[,ADDR...] flag.
+type addrList map[string][]string
+
+func (a addrList) String() string { return fmt.Sprint(map[string][]string(a)) }
+
+func (a addrList) Set(v string) error {
+	name, list, ok := strings.Cut(v, "=")
+	if !ok || name == "" || list == "" {
+		return fmt.Errorf("want NAME=ADDR[,ADDR...], got %q", v)
+	}
+	for _, addr := range strings.Split(list, ",") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%q: %v", addr, err)
+		}
+		a[name] = append(a[name], addr)
+	}
+	return nil
+}
+
+// run serves until ctx ends. ready, if not nil, receives the listen address.
+func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- string) error {
+	fs := flag.NewFlagSet("meshgateway", flag.ContinueOnError)
+	fs.SetOutput(logOut)
+	services, remotes := addrList{}, addrList{}
+	listen := fs.String("listen", "127.0.0.1:8443", "address to accept mesh connections on")
+	datacenter := fs.String("datacenter", "dc1", "local datacenter")
+	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
+	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable)")
+	fs.Var(remotes, "remote-gateway", "another datacenter's mesh gateways, DC=ADDR[,ADDR...] (repeatable)")
+	var configs stringList
+	fs.Var(&configs, "config", "a topology or config file or directory (repeatable)")
+	peekTimeout := fs.Duration("peek-timeout", sni.DefaultTimeout, "bound on reading a ClientHello")
+	connectTimeout := fs.Duration("connect-timeout", gateway.DefaultConnectTimeout, "bound on each upstream dial")
+	idleTimeout := fs.Duration("idle-timeout", gateway.DefaultIdleTimeout, "close connections idle both ways this long")
+	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
+	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
+	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	var demoCert tls.Certificate
+	if *demo {
+		var addr string
+		var err error
+		demoCert, addr, err = startDemoBackend(ctx, sni.ServiceSNI("api", "", "", "", *datacenter, *trustDomain))
+		if err != nil {
+			return err
+		}
+		services["api"] = append(services["api"], addr)
+		log.Info("demo: TLS echo server for service api", "addr", addr)
+	}
+	src, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
+	if err != nil {
+		return err
+	}
+	v := src.View()
+	s := &gateway.Server{
+		Router:         &resolve.MeshRouter{Source: src},
+		PeekTimeout:    *peekTimeout,
+		MaxHelloSize:   *maxHello,
+		ConnectTimeout: *connectTimeout,
+		IdleTimeout:    *idleTimeout,
+		MaxConns:       *maxConns,
+		Logger:         log,
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Info("meshgateway: serving", "listen", ln.Addr().String(), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
+		"services", len(v.Services), "gateway_locations", len(v.Gateways))
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	if *demo {
+		go demoCheck(log, ln.Addr().String(), sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
+	}
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("meshgateway: shutting down", "open_connections", s.ActiveConns(), "drain", *drain)
+	sctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil {
+		log.Warn("meshgateway: drain ended; closing the rest", "open_connections", s.ActiveConns())
+		s.Close()
+	}
+	if err := <-served; !errors.Is(err, gateway.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// buildSource merges the files' topology with the flags.
+func buildSource(paths []string, datacenter, trustDomain string, services, remotes addrList) (*resolve.Static, error) {
+	set := &config.Set{}
+	if len(paths) > 0 {
+		var err error
+		if set, err = config.Load(paths...); err != nil {
+			return nil, err
+		}
+	}
+	if set.Topology == nil {
+		set.Topology = &config.Topology{}
+	}
+	t := set.Topology
+	if t.Datacenter == "" {
+		t.Datacenter = datacenter
+	}
+	if t.TrustDomain == "" {
+		t.TrustDomain = trustDomain
+	}
+	for name, addrs := range services {
+		t.Services = append(t.Services, config.TopologyService{Name: name, Addresses: addrs})
+	}
+	for dc, addrs := range remotes {
+		if dc == t.Datacenter {
+			return nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
+		}
+		t.Gateways = append(t.Gateways, config.TopologyGateway{Datacenter: dc, WANAddresses: addrs})
+	}
+	return resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
+}
+
+// startDemoBackend serves TLS for name with a fresh self-signed certificate
+// and echoes what it receives, until ctx ends.
+func startDemoBackend(ctx context.Context, name string) (tls.Certificate, string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	context.AfterFunc(ctx, func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return cert, ln.Addr().String(), nil
+}
+
+// demoCheck makes one real TLS connection through the gateway and logs it.
+func demoCheck(log *slog.Logger, gw, name string, cert tls.Certificate) {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	d := tls.Dialer{Config: &tls.Config{ServerName: name, RootCAs: pool}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", gw)
+	if err != nil {
+		log.Error("demo: TLS through the gateway failed", "err", err)
+		return
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		log.Error("demo: echo through the gateway failed", "err", err)
+		return
+	}
+	log.Info("demo: TLS 1.3 through the gateway verified the backend's certificate and echoed",
+		"server_name", name, "reply", string(buf))
+	log.Info("demo: try it yourself", "command", fmt.Sprintf("openssl s_client -connect %s -servername %s", gw, name))
+}

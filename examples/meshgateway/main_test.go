@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func start(t *testing.T, args ...string) (string, *syncBuffer, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, append([]string{"-listen", "127.0.0.1:0"}, args...), &logs, ready) }()
+	select {
+	case addr := <-ready:
+		return addr, &logs, func() error { cancel(); return <-done }
+	case err := <-done:
+		cancel()
+		t.Fatalf("run: %v\n%s", err, logs.String())
+	}
+	return "", nil, nil
+}
+
+func TestDemoRoutesARealTLSConnection(t *testing.T) {
+	_, logs, stop := start(t, "-demo")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "echoed") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.Contains(t, logs.String(), `reply=ping`)
+	require.NoError(t, stop())
+	assert.Contains(t, logs.String(), "shutting down")
+}
+
+func TestFlagsRouteAndReject(t *testing.T) {
+	backend, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, io.EOF }})
+	require.NoError(t, err)
+	defer backend.Close()
+	accepted := make(chan string, 4)
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- "yes"
+			c.Close()
+		}
+	}()
+	gw, logs, stop := start(t, "-service", "web="+backend.Addr().String(), "-remote-gateway", "dc2=127.0.0.1:1", "-peek-timeout", "1s")
+
+	dial := func(name string) {
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		defer c.Close()
+		tc := tls.Client(c, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		tc.Handshake()
+	}
+	dial(sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain))
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the web backend was never dialled")
+	}
+	dial(sni.ServiceSNI("db", "", "", "", "dc1", resolve.DefaultTrustDomain))
+	dial("www.example.com")
+	require.NoError(t, stop())
+	out := logs.String()
+	assert.Contains(t, out, "reason=unknown-service")
+	assert.Contains(t, out, "reason=foreign-trust-domain")
+	assert.Len(t, accepted, 0, "rejected names are never dialled")
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-service", "api"},
+		{"-service", "api=nohost"},
+		{"-remote-gateway", "dc1=127.0.0.1:1"},
+		{"-log-level", "loud"},
+		{"-config", "/nonexistent/meshgate.hcl"},
+		{"extra"},
+	} {
+		var logs bytes.Buffer
+		err := run(context.Background(), append([]string{"-listen", "127.0.0.1:0"}, args...), &logs, nil)
+		assert.Error(t, err, "%v", args)
+	}
+}

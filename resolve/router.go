@@ -1,0 +1,95 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/sni"
+)
+
+// Rejection reasons of MeshRouter, as reported to the gateway's Observer.
+const (
+	ReasonNoServerName       = "no-server-name"
+	ReasonForeignTrustDomain = "foreign-trust-domain"
+	ReasonMalformedName      = "malformed-name"
+	ReasonUnknownService     = "unknown-service"
+	ReasonUnknownDatacenter  = "unknown-datacenter"
+	ReasonUnsupportedName    = "unsupported-name"
+)
+
+// MeshRouter is a gateway.Router with the semantics of a Consul mesh gateway
+// (agent/xds listeners.go): the SNI of a service in the local datacenter and
+// partition routes to that service's healthy mesh endpoints; the SNI of a
+// service or gateway of another datacenter (or partition) routes to that
+// location's mesh gateways, by WAN address across datacenters. Everything
+// else is rejected and never dialled, so the gateway is no open relay: no SNI,
+// another trust domain, a malformed name, a service or datacenter the view
+// does not know, and the kinds this router does not serve (prepared queries,
+// service subsets, peered services and peering servers; see package peering).
+//
+// Targets are rotated per connection so load spreads over the endpoints; the
+// gateway tries the rest in order when one fails. Each connection reads the
+// Source's current View once.
+type MeshRouter struct {
+	Source Source
+	next   atomic.Uint32
+}
+
+var _ gateway.Router = (*MeshRouter)(nil)
+
+// Route implements gateway.Router.
+func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+	v := r.Source.View()
+	if hello.ServerName == "" {
+		return gateway.Route{}, gateway.Reject(ReasonNoServerName, "no server name in the ClientHello")
+	}
+	name, err := sni.ParseName(hello.ServerName, v.TrustDomain)
+	switch {
+	case errors.Is(err, sni.ErrForeignTrustDomain):
+		return gateway.Route{}, gateway.Reject(ReasonForeignTrustDomain, "%w", err)
+	case err != nil:
+		return gateway.Route{}, gateway.Reject(ReasonMalformedName, "%w", err)
+	}
+	local := v.Local()
+	switch name.Kind {
+	case sni.KindService:
+		dest := Location{name.Datacenter, name.Partition}
+		if dest != local {
+			return r.toGateways(v, dest, hello.ServerName)
+		}
+		if name.Subset != "" {
+			return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "service subset %q of %q: subsets need service-resolver data this router does not have", name.Subset, name.Service)
+		}
+		eps := v.Endpoints(name.Service, name.Namespace, name.Partition, name.Datacenter)
+		if len(eps) == 0 {
+			return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for service %q (namespace %q) in %s", name.Service, name.Namespace, local)
+		}
+		return gateway.Route{Name: "service " + name.Service, Targets: r.rotate(addrs(eps, false))}, nil
+	case sni.KindGateway:
+		dest := Location{name.Datacenter, name.Partition}
+		if dest == local {
+			return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "%q addresses this gateway's own datacenter", hello.ServerName)
+		}
+		return r.toGateways(v, dest, hello.ServerName)
+	}
+	return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "%s name %q is not routed by MeshRouter", name.Kind, hello.ServerName)
+}
+
+func (r *MeshRouter) toGateways(v *View, dest Location, serverName string) (gateway.Route, error) {
+	eps := v.GatewaysIn(dest)
+	if len(eps) == 0 {
+		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter, "no mesh gateways known for %s (server name %q)", dest, serverName)
+	}
+	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.rotate(addrs(eps, dest.Datacenter != v.Datacenter))}, nil
+}
+
+// rotate starts the list at the next position of a shared counter.
+func (r *MeshRouter) rotate(t []string) []string {
+	if len(t) < 2 {
+		return t
+	}
+	i := int(r.next.Add(1) % uint32(len(t)))
+	return append(t[i:], t[:i]...)
+}
