@@ -50,8 +50,13 @@ type Server struct {
 	Logger *slog.Logger
 	// Observer receives events for metrics; nil means none.
 	Observer Observer
-	// Dial opens upstream connections; nil means net.Dialer.DialContext.
-	// Return a bare *net.TCPConn to keep the zero-copy path.
+	// TCPKeepAlive turns on TCP keepalive probes on both sockets of a
+	// forwarded connection, idle for this long before the first probe. Zero
+	// means off, as Envoy under Consul; probes cost system calls on every
+	// connection and the idle timeout already ends dead ones.
+	TCPKeepAlive time.Duration
+	// Dial opens upstream connections; nil means a net.Dialer with
+	// TCPKeepAlive. Return a bare *net.TCPConn to keep the zero-copy path.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	initOnce   sync.Once
@@ -238,13 +243,18 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 
 func (s *Server) handle(c *conn) {
+	handed := false // the connection went on to s.forward, which finishes it
 	defer func() {
-		s.trackConn(c, false)
-		s.releaseSlot()
+		if !handed {
+			s.done1(c)
+		}
 	}()
 	start := time.Now()
 	obs := s.observer()
 	obs.Accepted(c.client.RemoteAddr())
+	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
+	}
 	ctx := context.Background()
 
 	bp := helloBuffers.Get().(*[]byte)
@@ -289,16 +299,31 @@ func (s *Server) handle(c *conn) {
 		obs.Forwarded(route.Name, target, Stats{ClientToUpstream: int64(n), Duration: time.Since(start), Err: err})
 		return
 	}
+	// The connection's long life runs in fresh goroutines: this one's stack
+	// grew through the peek and the dial, and an idle connection should not
+	// keep that.
+	handed = true
+	go s.forward(c, upstream, route.Name, target, int64(n), start)
+}
+
+func (s *Server) forward(c *conn, upstream net.Conn, route, target string, replayed int64, start time.Time) {
+	defer s.done1(c)
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
 	st := f.Forward(c.client, upstream, nil)
-	st.ClientToUpstream += int64(n)
+	st.ClientToUpstream += replayed
 	st.Duration = time.Since(start)
-	obs.Forwarded(route.Name, target, st)
+	s.observer().Forwarded(route, target, st)
 	if st.Err != nil {
-		if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
-			l.Debug("gateway: connection ended with an error", "route", route.Name, "target", target, "err", st.Err.Error())
+		if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("gateway: connection ended with an error", "route", route, "target", target, "err", st.Err.Error())
 		}
 	}
+}
+
+// done1 forgets a finished connection and frees its MaxConns slot.
+func (s *Server) done1(c *conn) {
+	s.trackConn(c, false)
+	s.releaseSlot()
 }
 
 func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
@@ -342,7 +367,10 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 	}
 	dial := s.Dial
 	if dial == nil {
-		var d net.Dialer
+		d := net.Dialer{KeepAlive: -1}
+		if s.TCPKeepAlive > 0 {
+			d.KeepAlive = s.TCPKeepAlive
+		}
 		dial = d.DialContext
 	}
 	var errs []error

@@ -30,6 +30,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -100,6 +102,16 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	var demoCert tls.Certificate
 	if *demo {
 		var addr string
@@ -125,7 +137,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		MaxConns:       *maxConns,
 		Logger:         log,
 	}
-	ln, err := net.Listen("tcp", *listen)
+	// Keepalive is the Server's to set (TCPKeepAlive); the listener's default
+	// would add system calls to every connection.
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", *listen)
 	if err != nil {
 		return err
 	}

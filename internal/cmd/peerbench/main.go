@@ -41,6 +41,8 @@ func main() {
 	bulk := flag.Duration("bulk", 3*time.Second, "length of each throughput run")
 	idle := flag.Int("idle", 5000, "idle connections for the memory and descriptor measurement")
 	concurrency := flag.Int("c", 16, "concurrent clients for the connection-rate run")
+	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
 	log.SetFlags(0)
@@ -64,9 +66,20 @@ func main() {
 			p.stop()
 		}
 	}()
-	targets := []*target{{name: "direct", addr: be.addr}}
-	for _, start := range []func(string, string, string) (*target, *proc, error){startMeshgate, startNginx, startHAProxy} {
-		t, p, err := start(dir, be.addr, name)
+	extraFlags = strings.Fields(*meshgateFlags)
+	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
+	var targets []*target
+	if want("direct") {
+		targets = append(targets, &target{name: "direct", addr: be.addr})
+	}
+	for _, st := range []struct {
+		name  string
+		start func(string, string, string) (*target, *proc, error)
+	}{{"meshgate", startMeshgate}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
+		if !want(st.name) {
+			continue
+		}
+		t, p, err := st.start(dir, be.addr, name)
 		if err != nil {
 			log.Printf("SKIPPED, LOUDLY: %v", err)
 			continue
@@ -106,7 +119,10 @@ func main() {
 			}
 		}
 	}
-	for _, t := range targets[1:] {
+	for _, t := range targets {
+		if t.pids == nil {
+			continue // direct: no proxy process to measure
+		}
 		log.Printf("idle connections: %s", t.name)
 		kb, fds, err := idleCost(t, be, hello, *idle)
 		if err != nil {
@@ -281,6 +297,8 @@ func startProc(name string, argv []string, logFile string) (*proc, error) {
 	return &proc{cmd: cmd, name: name, log: logFile}, nil
 }
 
+var extraFlags []string
+
 func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
 	bin := filepath.Join(dir, "meshgateway")
 	build := exec.Command("go", "build", "-o", bin, "./examples/meshgateway")
@@ -290,7 +308,7 @@ func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
 	}
 	svc := strings.SplitN(name, ".", 2)[0]
 	addr := freePort()
-	p, err := startProc("meshgate", []string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, filepath.Join(dir, "meshgate.log"))
+	p, err := startProc("meshgate", append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, "meshgate.log"))
 	if err != nil {
 		return nil, nil, err
 	}
