@@ -1,0 +1,331 @@
+// Package consultest starts real Consul agents for tests: a pinned Consul
+// built from the Go module proxy by scripts/build-consul.sh and cached outside
+// the repository, run as single-server clusters on random loopback ports.
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// BinaryEnv names a Consul binary to use instead of building one.
+const BinaryEnv = "MESHGATE_CONSUL_BIN"
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// Binary returns a Consul binary: $MESHGATE_CONSUL_BIN, or the cached build
+// of scripts/build-consul.sh, building it the first time (about 5 CPU-minutes
+// on 2 cores, from the Go module proxy). It fails the test, loudly, if
+// neither works: tests that need Consul are never skipped.
+func Binary(tb testing.TB) string {
+	tb.Helper()
+	binOnce.Do(func() {
+		if p := os.Getenv(BinaryEnv); p != "" {
+			binPath = p
+			return
+		}
+		root, err := repoRoot()
+		if err != nil {
+			binErr = err
+			return
+		}
+		var stderr bytes.Buffer
+		cmd := exec.Command("bash", filepath.Join(root, "scripts", "build-consul.sh"))
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			binErr = fmt.Errorf("building Consul with scripts/build-consul.sh: %v\n%s", err, tail(stderr.String(), 2000))
+			return
+		}
+		binPath = strings.TrimSpace(string(out))
+	})
+	if binErr != nil {
+		tb.Fatalf("consultest: no Consul binary (set %s or let scripts/build-consul.sh build one): %v", BinaryEnv, binErr)
+	}
+	return binPath
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "scripts", "build-consul.sh")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("scripts/build-consul.sh not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// Options configures an agent.
+type Options struct {
+	// Datacenter defaults to "dc1"; PrimaryDatacenter to Datacenter.
+	Datacenter        string
+	PrimaryDatacenter string
+	// JoinWAN is another agent to WAN-join (federation).
+	JoinWAN *Agent
+	// ACL turns on ACLs with default deny; the management token is
+	// ManagementToken.
+	ACL bool
+}
+
+// ManagementToken is the initial management token of agents with ACL.
+const ManagementToken = "8f2c2b7a-9a3e-4a50-8c0e-6a9d3c1f0b11"
+
+// Agent is one running Consul server agent.
+type Agent struct {
+	Datacenter string
+	HTTPAddr   string
+	GRPCTLS    string
+	SerfWAN    string
+	// Client talks to the agent (with the management token under ACL).
+	Client *api.Client
+
+	tb      testing.TB
+	bin     string
+	dir     string
+	cfgFile string
+	cmd     *exec.Cmd
+	log     *syncBuffer
+	acl     bool
+}
+
+// Start starts an agent and waits until it has a leader and a Connect CA.
+// It stops when the test ends.
+func Start(tb testing.TB, opts Options) *Agent {
+	tb.Helper()
+	if opts.Datacenter == "" {
+		opts.Datacenter = "dc1"
+	}
+	if opts.PrimaryDatacenter == "" {
+		opts.PrimaryDatacenter = opts.Datacenter
+	}
+	a := &Agent{Datacenter: opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
+	ports := freePorts(tb, 6)
+	a.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	a.GRPCTLS = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	a.SerfWAN = fmt.Sprintf("127.0.0.1:%d", ports[3])
+	cfg := fmt.Sprintf(`datacenter = %q
+primary_datacenter = %q
+node_name = "node-%s"
+data_dir = %q
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+server = true
+bootstrap_expect = 1
+log_level = "warn"
+connect { enabled = true }
+ports {
+  http = %d
+  https = -1
+  grpc = -1
+  grpc_tls = %d
+  dns = -1
+  serf_lan = %d
+  serf_wan = %d
+  server = %d
+}
+performance { raft_multiplier = 1 }
+`, opts.Datacenter, opts.PrimaryDatacenter, opts.Datacenter, filepath.Join(a.dir, "data"), ports[0], ports[1], ports[2], ports[3], ports[4])
+	if opts.JoinWAN != nil {
+		cfg += fmt.Sprintf("retry_join_wan = [%q]\n", opts.JoinWAN.SerfWAN)
+	}
+	if opts.ACL {
+		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens { initial_management = %q }\n}\n", ManagementToken)
+	}
+	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
+	if err := os.WriteFile(a.cfgFile, []byte(cfg), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	cc := api.DefaultConfig()
+	cc.Address = a.HTTPAddr
+	cc.Token = ""
+	if opts.ACL {
+		cc.Token = ManagementToken
+	}
+	client, err := api.NewClient(cc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a.Client = client
+	tb.Cleanup(a.Stop)
+	a.start()
+	return a
+}
+
+func (a *Agent) start() {
+	a.tb.Helper()
+	a.log = &syncBuffer{}
+	a.cmd = exec.Command(a.bin, "agent", "-config-file", a.cfgFile)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		a.tb.Fatalf("consultest: starting consul: %v", err)
+	}
+	a.waitReady()
+}
+
+// waitReady waits for a leader, the Connect CA and the agent's own node.
+func (a *Agent) waitReady() {
+	a.tb.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		if a.cmd.ProcessState != nil {
+			break
+		}
+		leader, err := a.Client.Status().Leader()
+		if err == nil && leader != "" {
+			roots, _, err2 := a.Client.Connect().CARoots(nil)
+			if err2 == nil && roots.TrustDomain != "" {
+				if _, _, err3 := a.Client.Catalog().Node("node-"+a.Datacenter, nil); err3 == nil {
+					return
+				} else {
+					last = err3
+				}
+			} else {
+				last = err2
+			}
+		} else {
+			last = err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.tb.Fatalf("consultest: agent %s not ready: %v\n%s", a.Datacenter, last, tail(a.log.String(), 3000))
+}
+
+// Stop stops the agent (SIGTERM, then SIGKILL). Its data stays for Restart.
+func (a *Agent) Stop() {
+	if a.cmd == nil || a.cmd.Process == nil || a.cmd.ProcessState != nil {
+		return
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { a.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		a.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart starts a stopped agent again, with the same ports and data.
+func (a *Agent) Restart() {
+	a.tb.Helper()
+	a.start()
+}
+
+// TrustDomain returns the cluster's trust domain.
+func (a *Agent) TrustDomain() string {
+	a.tb.Helper()
+	roots, _, err := a.Client.Connect().CARoots(nil)
+	if err != nil {
+		a.tb.Fatal(err)
+	}
+	return roots.TrustDomain
+}
+
+// Log returns what the agent printed.
+func (a *Agent) Log() string { return a.log.String() }
+
+// ClientWithToken returns a client of this agent that uses token.
+func (a *Agent) ClientWithToken(token string) *api.Client {
+	cc := api.DefaultConfig()
+	cc.Address = a.HTTPAddr
+	cc.Token = token
+	c, err := api.NewClient(cc)
+	if err != nil {
+		a.tb.Fatal(err)
+	}
+	return c
+}
+
+// freePorts returns n distinct loopback ports that were free a moment ago
+// (TCP and UDP, as serf needs both).
+func freePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	var out []int
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for len(out) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			l.Close()
+			continue
+		}
+		u.Close()
+		held = append(held, l)
+		out = append(out, port)
+	}
+	return out
+}
+
+// WaitFor polls cond for up to timeout; tests assert outcomes, not timings.
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

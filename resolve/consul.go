@@ -1,0 +1,622 @@
+package resolve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// ErrPermissionDenied wraps Consul's 403 answers, with the permission a
+// gateway's token needs.
+var ErrPermissionDenied = errors.New("resolve: Consul denied the request")
+
+// ErrAgentUnreachable wraps a failed first load from an agent that does not
+// answer.
+var ErrAgentUnreachable = errors.New("resolve: Consul agent unreachable")
+
+// ConsulOptions configures a Consul source. Zero values are useful.
+type ConsulOptions struct {
+	// Datacenter is the local datacenter. Empty means: ask the agent
+	// (/v1/agent/self, which needs agent:read on the agent's node).
+	Datacenter string
+	// Logger receives a line when a watch fails (the view goes stale) and
+	// when it recovers; nil discards. Tokens are never logged.
+	Logger *slog.Logger
+	// GatewayService is the service name of mesh gateways in every
+	// datacenter; empty means "mesh-gateway", the name Consul's own tooling
+	// registers.
+	GatewayService string
+	// WaitForAgent makes NewConsul keep retrying the first load until ctx
+	// ends, instead of failing at once when the agent does not answer.
+	WaitForAgent bool
+	// OnStale, if set, is called with the error each time a watch fails and
+	// the view stops being current, and with nil when every watch is current
+	// again.
+	OnStale func(err error)
+	// DatacenterRefresh is how often the list of datacenters is re-read;
+	// zero means 30 s.
+	DatacenterRefresh time.Duration
+	// MaxBackoff bounds the wait between retries of a failing watch; zero
+	// means 10 s. The first retry waits 100 ms.
+	MaxBackoff time.Duration
+}
+
+// Consul is a Source kept current from a live Consul agent through blocking
+// queries: the local datacenter and trust domain, proxy-defaults,
+// service-defaults and mesh entries, every local service's healthy mesh
+// endpoints (its sidecar proxies or Connect-native instances), and the mesh
+// gateways of every datacenter with their WAN addresses. Each change is
+// published as a new immutable View, so routing never sees half an update and
+// established connections are untouched. When the agent fails, the last good
+// view stays in force (Stale reports it) and the watches retry with backoff.
+type Consul struct {
+	client *api.Client
+	opts   ConsulOptions
+	log    *slog.Logger
+
+	view atomic.Pointer[View]
+
+	mu       sync.Mutex
+	state    consulState
+	failing  map[string]error // watch name -> its last error
+	services map[string]context.CancelFunc
+	dcs      map[string]context.CancelFunc
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ Source = (*Consul)(nil)
+
+// consulState is what the watches have gathered; each publish copies it into
+// a new View.
+type consulState struct {
+	datacenter, partition, trustDomain string
+	proxyDefaults                      *api.ProxyConfigEntry
+	serviceDefaults                    map[string]*api.ServiceConfigEntry
+	mesh                               *api.MeshConfigEntry
+	endpoints                          map[string][]Endpoint // local service -> endpoints
+	gateways                           map[string][]Endpoint // datacenter -> gateways
+}
+
+// NewConsul loads the first view from the agent client talks to (configured
+// the standard way with api.DefaultConfig: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN
+// and the TLS variables) and starts the watches that keep it current. It
+// fails if the first load fails (unless opts.WaitForAgent), with an error
+// wrapping ErrAgentUnreachable or ErrPermissionDenied.
+func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Consul, error) {
+	if opts.GatewayService == "" {
+		opts.GatewayService = "mesh-gateway"
+	}
+	if opts.DatacenterRefresh <= 0 {
+		opts.DatacenterRefresh = 30 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 10 * time.Second
+	}
+	c := &Consul{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
+		services: map[string]context.CancelFunc{}, dcs: map[string]context.CancelFunc{}}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
+	c.state.endpoints = map[string][]Endpoint{}
+	c.state.gateways = map[string][]Endpoint{}
+
+	wait := 100 * time.Millisecond
+	for {
+		err := c.loadIdentity()
+		if err == nil {
+			break
+		}
+		if !opts.WaitForAgent || errors.Is(err, ErrPermissionDenied) {
+			return nil, err
+		}
+		c.log.Warn("resolve: waiting for the Consul agent", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, opts.MaxBackoff)
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// First, every piece once, synchronously, so the first view is whole.
+	first := []struct {
+		name string
+		load func(uint64) (uint64, error)
+	}{
+		{"proxy-defaults", c.loadProxyDefaults},
+		{"service-defaults", c.loadServiceDefaults},
+		{"mesh", c.loadMesh},
+		{"services", c.loadServices},
+		{"datacenters", func(uint64) (uint64, error) { return 0, c.loadDatacenters() }},
+	}
+	indexes := make([]uint64, len(first))
+	for i, w := range first {
+		idx, err := w.load(0)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("resolve: first load of %s: %w", w.name, err)
+		}
+		indexes[i] = idx
+	}
+	c.mu.Lock()
+	for name := range c.services {
+		if err := c.firstEndpoints(name); err != nil {
+			c.mu.Unlock()
+			c.Close()
+			return nil, err
+		}
+	}
+	for dc := range c.dcs {
+		if err := c.firstGateways(dc); err != nil {
+			c.mu.Unlock()
+			c.Close()
+			return nil, err
+		}
+	}
+	c.publishLocked()
+	c.mu.Unlock()
+	for i, w := range first[:4] {
+		c.watch(c.ctx, w.name, indexes[i], w.load)
+	}
+	c.wg.Add(1)
+	go c.refreshDatacenters()
+	return c, nil
+}
+
+// View returns the current view.
+func (c *Consul) View() *View { return c.view.Load() }
+
+// Stale returns nil while every watch is current, or an error naming the
+// failing watches while the view is kept from before the failure.
+func (c *Consul) Stale() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.staleLocked()
+}
+
+func (c *Consul) staleLocked() error {
+	var errs []error
+	for name, err := range c.failing {
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the watches.
+func (c *Consul) Close() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+}
+
+func (c *Consul) loadIdentity() error {
+	dc, part := c.opts.Datacenter, ""
+	if dc == "" {
+		self, err := c.client.Agent().Self()
+		if err != nil {
+			return classify("reading /v1/agent/self (needs agent:read, or set ConsulOptions.Datacenter)", err)
+		}
+		cfg := self["Config"]
+		dc, _ = cfg["Datacenter"].(string)
+		part, _ = cfg["Partition"].(string)
+		if dc == "" {
+			return fmt.Errorf("resolve: /v1/agent/self names no datacenter")
+		}
+	}
+	roots, _, err := c.client.Connect().CARoots(nil)
+	if err != nil {
+		return classify("reading the Connect CA roots", err)
+	}
+	if roots.TrustDomain == "" {
+		return fmt.Errorf("resolve: Consul has no Connect CA yet (is connect enabled?)")
+	}
+	c.mu.Lock()
+	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, orDefault(part), roots.TrustDomain
+	c.mu.Unlock()
+	return nil
+}
+
+// classify wraps err as ErrPermissionDenied (naming what a gateway's token
+// needs) or ErrAgentUnreachable where it is one of those.
+func classify(what string, err error) error {
+	var se api.StatusError
+	msg := err.Error()
+	if errors.As(err, &se) && se.Code == 403 || strings.Contains(msg, "403") || strings.Contains(msg, "Permission denied") {
+		return fmt.Errorf("%w while %s: a mesh gateway's token needs service:read on all services and node:read (and service:write on its own name to register itself): %v", ErrPermissionDenied, what, err)
+	}
+	var ne net.Error
+	var oe *net.OpError
+	if errors.As(err, &ne) || errors.As(err, &oe) || strings.Contains(msg, "connection refused") {
+		return fmt.Errorf("%w while %s: %v", ErrAgentUnreachable, what, err)
+	}
+	return fmt.Errorf("resolve: %s: %w", what, err)
+}
+
+// filtered turns an answer that Consul filtered by ACLs into an error: a
+// gateway that silently saw only part of the mesh would route wrongly.
+func filtered(what string, meta *api.QueryMeta) error {
+	if meta != nil && meta.ResultsFilteredByACLs {
+		return fmt.Errorf("%w while %s: results were filtered by ACLs; a mesh gateway's token needs service:read on all services and node:read", ErrPermissionDenied, what)
+	}
+	return nil
+}
+
+func (c *Consul) opts0(index uint64) *api.QueryOptions {
+	return (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(c.ctxOrBackground())
+}
+
+func (c *Consul) ctxOrBackground() context.Context {
+	if c.ctx != nil {
+		return c.ctx
+	}
+	return context.Background()
+}
+
+func (c *Consul) loadProxyDefaults(index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.opts0(index))
+	if err != nil {
+		return index, classify("listing proxy-defaults", err)
+	}
+	if err := filtered("listing proxy-defaults", meta); err != nil {
+		return index, err
+	}
+	var global *api.ProxyConfigEntry
+	for _, e := range entries {
+		if p, ok := e.(*api.ProxyConfigEntry); ok && p.Name == api.ProxyConfigGlobal {
+			global = p
+		}
+	}
+	c.mu.Lock()
+	c.state.proxyDefaults = global
+	c.publishLocked()
+	c.mu.Unlock()
+	return meta.LastIndex, nil
+}
+
+func (c *Consul) loadServiceDefaults(index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.opts0(index))
+	if err != nil {
+		return index, classify("listing service-defaults", err)
+	}
+	if err := filtered("listing service-defaults", meta); err != nil {
+		return index, err
+	}
+	m := make(map[string]*api.ServiceConfigEntry, len(entries))
+	for _, e := range entries {
+		if s, ok := e.(*api.ServiceConfigEntry); ok {
+			m[s.Name] = s
+		}
+	}
+	c.mu.Lock()
+	c.state.serviceDefaults = m
+	c.publishLocked()
+	c.mu.Unlock()
+	return meta.LastIndex, nil
+}
+
+func (c *Consul) loadMesh(index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.opts0(index))
+	if err != nil {
+		return index, classify("reading the mesh entry", err)
+	}
+	if err := filtered("reading the mesh entry", meta); err != nil {
+		return index, err
+	}
+	var mesh *api.MeshConfigEntry
+	for _, e := range entries {
+		if m, ok := e.(*api.MeshConfigEntry); ok {
+			mesh = m
+		}
+	}
+	c.mu.Lock()
+	c.state.mesh = mesh
+	c.publishLocked()
+	c.mu.Unlock()
+	return meta.LastIndex, nil
+}
+
+// loadServices reads the service list and starts or stops one endpoint
+// watch per service.
+func (c *Consul) loadServices(index uint64) (uint64, error) {
+	services, meta, err := c.client.Catalog().Services(c.opts0(index))
+	if err != nil {
+		return index, classify("listing services", err)
+	}
+	if err := filtered("listing services", meta); err != nil {
+		return index, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, stop := range c.services {
+		if _, ok := services[name]; !ok {
+			stop()
+			delete(c.services, name)
+			delete(c.state.endpoints, name)
+			delete(c.failing, "endpoints of "+name)
+		}
+	}
+	for name := range services {
+		if _, ok := c.services[name]; ok || name == "consul" {
+			continue
+		}
+		if c.ctx == nil || index == 0 {
+			c.services[name] = func() {} // replaced when the watches start
+			continue
+		}
+		c.startEndpointWatch(name, 0)
+	}
+	c.publishLocked()
+	return meta.LastIndex, nil
+}
+
+func (c *Consul) startEndpointWatch(name string, index uint64) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.services[name] = cancel
+	c.watch(ctx, "endpoints of "+name, index, func(idx uint64) (uint64, error) { return c.loadEndpoints(ctx, name, idx) })
+}
+
+// firstEndpoints loads a service's endpoints during NewConsul and starts its
+// watch. c.mu is held.
+func (c *Consul) firstEndpoints(name string) error {
+	c.mu.Unlock()
+	idx, err := c.loadEndpoints(c.ctx, name, 0)
+	c.mu.Lock()
+	if err != nil {
+		return err
+	}
+	c.startEndpointWatch(name, idx)
+	return nil
+}
+
+// loadEndpoints reads a service's healthy mesh endpoints: its sidecar
+// proxies and Connect-native instances (/v1/health/connect).
+func (c *Consul) loadEndpoints(ctx context.Context, name string, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+	entries, meta, err := c.client.Health().Connect(name, "", true, q)
+	if err != nil {
+		return index, classify("reading the mesh endpoints of "+name, err)
+	}
+	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
+		return index, err
+	}
+	eps := make([]Endpoint, 0, len(entries))
+	for _, e := range entries {
+		eps = append(eps, endpointOf(e))
+	}
+	c.mu.Lock()
+	if _, live := c.services[name]; live && ctx.Err() == nil {
+		if len(eps) == 0 {
+			delete(c.state.endpoints, name)
+		} else {
+			c.state.endpoints[name] = eps
+		}
+		c.publishLocked()
+	}
+	c.mu.Unlock()
+	return meta.LastIndex, nil
+}
+
+func endpointOf(e *api.ServiceEntry) Endpoint {
+	host := e.Service.Address
+	if host == "" && e.Node != nil {
+		host = e.Node.Address
+	}
+	ep := Endpoint{Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))}
+	if wan, ok := e.Service.TaggedAddresses["wan"]; ok && wan.Address != "" && wan.Port != 0 {
+		ep.WAN = net.JoinHostPort(wan.Address, strconv.Itoa(wan.Port))
+	}
+	return ep
+}
+
+func (c *Consul) loadDatacenters() error {
+	dcs, err := c.client.Catalog().Datacenters()
+	if err != nil {
+		return classify("listing datacenters", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[string]bool{}
+	for _, dc := range dcs {
+		seen[dc] = true
+		if _, ok := c.dcs[dc]; ok {
+			continue
+		}
+		if c.ctx == nil || c.view.Load() == nil {
+			c.dcs[dc] = func() {}
+			continue
+		}
+		c.startGatewayWatch(dc, 0)
+	}
+	for dc, stop := range c.dcs {
+		if !seen[dc] {
+			stop()
+			delete(c.dcs, dc)
+			delete(c.state.gateways, dc)
+		}
+	}
+	return nil
+}
+
+func (c *Consul) refreshDatacenters() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.opts.DatacenterRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+			if err := c.loadDatacenters(); err != nil {
+				c.setFailing("datacenters", err)
+			} else {
+				c.setFailing("datacenters", nil)
+			}
+		}
+	}
+}
+
+func (c *Consul) startGatewayWatch(dc string, index uint64) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.dcs[dc] = cancel
+	c.watch(ctx, "gateways of "+dc, index, func(idx uint64) (uint64, error) { return c.loadGateways(ctx, dc, idx) })
+}
+
+func (c *Consul) firstGateways(dc string) error {
+	c.mu.Unlock()
+	idx, err := c.loadGateways(c.ctx, dc, 0)
+	c.mu.Lock()
+	if err != nil {
+		return err
+	}
+	c.startGatewayWatch(dc, idx)
+	return nil
+}
+
+// loadGateways reads the healthy mesh gateways of a datacenter.
+func (c *Consul) loadGateways(ctx context.Context, dc string, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+	entries, meta, err := c.client.Health().Service(c.opts.GatewayService, "", true, q)
+	if err != nil {
+		return index, classify("reading the mesh gateways of "+dc, err)
+	}
+	if err := filtered("reading the mesh gateways of "+dc, meta); err != nil {
+		return index, err
+	}
+	var eps []Endpoint
+	for _, e := range entries {
+		if e.Service.Kind == api.ServiceKindMeshGateway {
+			eps = append(eps, endpointOf(e))
+		}
+	}
+	c.mu.Lock()
+	if _, live := c.dcs[dc]; live && ctx.Err() == nil {
+		c.state.gateways[dc] = eps
+		c.publishLocked()
+	}
+	c.mu.Unlock()
+	return meta.LastIndex, nil
+}
+
+// watch runs load as a blocking query loop until ctx ends, retrying failures
+// with backoff and keeping the last good view meanwhile.
+func (c *Consul) watch(ctx context.Context, name string, index uint64, load func(uint64) (uint64, error)) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		wait := 100 * time.Millisecond
+		for ctx.Err() == nil {
+			next, err := load(index)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				c.setFailing(name, err)
+				// Retry without blocking: the first answer after an outage
+				// refreshes what changed and shows the watch is current.
+				index = 0
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, c.opts.MaxBackoff)
+				continue
+			}
+			c.setFailing(name, nil)
+			wait = 100 * time.Millisecond
+			if next < index {
+				next = 0 // the index went backwards (a restored agent): start over
+			}
+			index = next
+		}
+	}()
+}
+
+func (c *Consul) setFailing(name string, err error) {
+	c.mu.Lock()
+	_, was := c.failing[name]
+	before := len(c.failing)
+	if err != nil {
+		c.failing[name] = err
+	} else {
+		delete(c.failing, name)
+	}
+	after := len(c.failing)
+	c.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		c.log.Warn("resolve: Consul watch failing; routing on the last good view", "watch", name, "err", err.Error())
+		if c.opts.OnStale != nil {
+			c.opts.OnStale(err)
+		}
+	case err == nil && was && after == 0 && before > 0:
+		c.log.Info("resolve: Consul watches current again")
+		if c.opts.OnStale != nil {
+			c.opts.OnStale(nil)
+		}
+	}
+}
+
+// publishLocked builds a new View from the state and publishes it. c.mu is
+// held.
+func (c *Consul) publishLocked() {
+	s := &c.state
+	v := &View{
+		Datacenter:      s.datacenter,
+		Partition:       s.partition,
+		TrustDomain:     s.trustDomain,
+		ProxyDefaults:   s.proxyDefaults,
+		ServiceDefaults: make(map[string]*api.ServiceConfigEntry, len(s.serviceDefaults)),
+		Mesh:            s.mesh,
+		Services:        make(map[ServiceKey][]Endpoint, len(s.endpoints)),
+		Gateways:        make(map[Location][]Endpoint, len(s.gateways)),
+		Peers:           map[string]Peer{},
+	}
+	for k, e := range s.serviceDefaults {
+		v.ServiceDefaults[k] = e
+	}
+	for name, eps := range s.endpoints {
+		v.Services[ServiceKey{name, "default", orDefault(s.partition), s.datacenter}] = eps
+	}
+	for dc, eps := range s.gateways {
+		if len(eps) > 0 {
+			v.Gateways[Location{dc, "default"}] = eps
+		}
+	}
+	if old := c.view.Load(); old != nil {
+		v.Instances = old.Instances
+	}
+	c.view.Store(v)
+}
+
+// AgentInstances returns the proxies registered with the agent client talks
+// to (connect-proxy services with their upstreams), for planning.
+func AgentInstances(client *api.Client) ([]Instance, error) {
+	services, err := client.Agent().Services()
+	if err != nil {
+		return nil, classify("listing the agent's services", err)
+	}
+	var out []Instance
+	for _, s := range services {
+		if s.Kind != api.ServiceKindConnectProxy || s.Proxy == nil {
+			continue
+		}
+		out = append(out, Instance{Service: s.Proxy.DestinationServiceName, Name: s.Service,
+			Namespace: s.Namespace, Partition: s.Partition, Proxy: s.Proxy, Origin: "consul agent service " + s.ID})
+	}
+	return out, nil
+}

@@ -1,0 +1,346 @@
+package resolve_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const eventually = 30 * time.Second
+
+// echoServer is a real TCP server standing in for a sidecar: it echoes.
+func echoServer(t *testing.T) (host string, port int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						c.Write(buf[:n])
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	a := ln.Addr().(*net.TCPAddr)
+	return a.IP.String(), a.Port
+}
+
+// registerWithSidecar registers svc and its connect-proxy at port; ttl adds a
+// TTL check to the proxy (initially passing).
+func registerWithSidecar(t *testing.T, c *api.Client, svc string, port int, ttl bool, upstreams ...api.Upstream) {
+	t.Helper()
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: svc, Port: port}))
+	reg := &api.AgentServiceRegistration{
+		Kind: api.ServiceKindConnectProxy, Name: svc + "-sidecar-proxy", Address: "127.0.0.1", Port: port,
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: svc, Upstreams: upstreams},
+	}
+	if ttl {
+		reg.Check = &api.AgentServiceCheck{CheckID: svc + "-ttl", TTL: "10m"}
+	}
+	require.NoError(t, c.Agent().ServiceRegister(reg))
+	if ttl {
+		require.NoError(t, c.Agent().UpdateTTL(svc+"-ttl", "", api.HealthPassing))
+	}
+}
+
+func routeReason(r gateway.Router, name string) ([]string, string) {
+	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+	var rej *gateway.Rejection
+	if errors.As(err, &rej) {
+		return nil, rej.Reason
+	}
+	return got.Targets, ""
+}
+
+func newConsul(t *testing.T, c *api.Client, opts resolve.ConsulOptions) *resolve.Consul {
+	t.Helper()
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 500 * time.Millisecond
+	}
+	if opts.DatacenterRefresh == 0 {
+		opts.DatacenterRefresh = 200 * time.Millisecond
+	}
+	src, err := resolve.NewConsul(context.Background(), c, opts)
+	require.NoError(t, err)
+	t.Cleanup(src.Close)
+	return src
+}
+
+// A service with a sidecar routes to the sidecar; a failing health check or a
+// deregistration takes it out; and a real connection goes through a gateway
+// routed from the live view.
+func TestConsulSidecarRouting(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	td := agent.TrustDomain()
+	host, port := echoServer(t)
+	registerWithSidecar(t, agent.Client, "web", port, true)
+
+	src := newConsul(t, agent.Client, resolve.ConsulOptions{})
+	v := src.View()
+	assert.Equal(t, "dc1", v.Datacenter)
+	assert.Equal(t, td, v.TrustDomain)
+	router := &resolve.MeshRouter{Source: src}
+	name := sni.ServiceSNI("web", "", "", "", "dc1", td)
+	want := net.JoinHostPort(host, strconv.Itoa(port))
+	consultest.WaitFor(t, eventually, "web to route", func() bool { got, _ := routeReason(router, name); return len(got) == 1 && got[0] == want })
+
+	// A real connection through a gateway that routes from the live view.
+	gw := &gateway.Server{Router: router}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go gw.Serve(ln)
+	defer gw.Close()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	hello := clientHello(t, name)
+	conn.Write(hello)
+	buf := make([]byte, len(hello))
+	_, err = io.ReadFull(conn, buf)
+	require.NoError(t, err)
+	assert.Equal(t, hello, buf, "echoed by the registered sidecar's address")
+	conn.Close()
+
+	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "failing on purpose", api.HealthCritical))
+	consultest.WaitFor(t, eventually, "an unhealthy sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == resolve.ReasonUnknownService })
+	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "", api.HealthPassing))
+	consultest.WaitFor(t, eventually, "a healthy sidecar to return", func() bool { _, r := routeReason(router, name); return r == "" })
+
+	require.NoError(t, agent.Client.Agent().ServiceDeregister("web-sidecar-proxy"))
+	consultest.WaitFor(t, eventually, "a deregistered sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == resolve.ReasonUnknownService })
+	assert.NoError(t, src.Stale())
+}
+
+// clientHello returns a real ClientHello from crypto/tls for name.
+func clientHello(t *testing.T, name string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var h sni.ClientHello
+	raw, err := sni.Reader{}.Read(context.Background(), b, nil, &h)
+	require.NoError(t, err)
+	require.Equal(t, name, h.ServerName)
+	return raw
+}
+
+// Two WAN-joined datacenters: dc2's mesh gateway is found from dc1, an SNI
+// for dc2 goes to it, and upstreams in local and remote mode plan through the
+// right gateways; changing proxy-defaults changes the plan without a restart.
+func TestConsulTwoDatacenters(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
+	td := dc1.TrustDomain()
+	for _, g := range []struct {
+		a        *consultest.Agent
+		lan, wan string
+	}{{dc1, "127.0.1.5:8443", "127.0.1.105:8443"}, {dc2, "127.0.2.5:8443", "127.0.2.105:8443"}} {
+		lanHost, lanPort, _ := net.SplitHostPort(g.lan)
+		wanHost, wanPort, _ := net.SplitHostPort(g.wan)
+		lp, _ := strconv.Atoi(lanPort)
+		wp, _ := strconv.Atoi(wanPort)
+		require.NoError(t, g.a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			Kind: api.ServiceKindMeshGateway, Name: "mesh-gateway", Address: lanHost, Port: lp,
+			TaggedAddresses: map[string]api.ServiceAddress{"lan": {Address: lanHost, Port: lp}, "wan": {Address: wanHost, Port: wp}},
+		}))
+	}
+	_, port := echoServer(t)
+	registerWithSidecar(t, dc1.Client, "web", port, false,
+		api.Upstream{DestinationName: "api", Datacenter: "dc2", LocalBindPort: 9191, MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}},
+		api.Upstream{DestinationName: "db", Datacenter: "dc2", LocalBindPort: 9192, MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}},
+		api.Upstream{DestinationName: "cache", Datacenter: "dc2", LocalBindPort: 9193})
+
+	src := newConsul(t, dc1.Client, resolve.ConsulOptions{})
+	router := &resolve.MeshRouter{Source: src}
+	consultest.WaitFor(t, eventually, "dc2's gateway to be found from dc1", func() bool {
+		got, _ := routeReason(router, sni.ServiceSNI("api", "", "", "", "dc2", td))
+		return len(got) == 1 && got[0] == "127.0.2.105:8443"
+	})
+	got, _ := routeReason(router, sni.GatewaySNI("dc2", "", td))
+	assert.Equal(t, []string{"127.0.2.105:8443"}, got)
+
+	instances, err := resolve.AgentInstances(dc1.Client)
+	require.NoError(t, err)
+	require.Len(t, instances, 1)
+	plan := func() map[string]resolve.Plan {
+		out := map[string]resolve.Plan{}
+		for _, p := range resolve.PlanInstance(src.View(), instances[0]) {
+			out[p.Upstream] = p
+		}
+		return out
+	}
+	plans := plan()
+	assert.Equal(t, []string{"127.0.1.5:8443"}, plans["api"].Dial, "local: dc1's gateway, LAN")
+	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway dc2", "api dc2"}, plans["api"].Hops)
+	assert.Equal(t, []string{"127.0.2.105:8443"}, plans["db"].Dial, "remote: dc2's gateway, WAN")
+	assert.Equal(t, resolve.RouteDirect, plans["cache"].Route)
+
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "proxy-defaults to change the plan", func() bool { return plan()["cache"].Route == resolve.RouteRemoteGateway })
+	assert.Equal(t, "proxy-defaults", string(plan()["cache"].Source))
+
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "service-defaults to change the plan", func() bool { return plan()["cache"].Source == "service-defaults" })
+	assert.Equal(t, resolve.RouteLocalGateway, plan()["cache"].Route)
+}
+
+// With the agent stopped, existing and new connections keep being routed
+// from the last view and the source says it is stale; once the agent is back,
+// changes made after its return are picked up.
+func TestConsulAgentOutage(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	td := agent.TrustDomain()
+	_, port := echoServer(t)
+	registerWithSidecar(t, agent.Client, "web", port, false)
+	var staleEvents []error
+	events := make(chan error, 16)
+	src := newConsul(t, agent.Client, resolve.ConsulOptions{OnStale: func(err error) { events <- err }})
+	router := &resolve.MeshRouter{Source: src}
+	webName := sni.ServiceSNI("web", "", "", "", "dc1", td)
+	consultest.WaitFor(t, eventually, "web to route", func() bool { _, r := routeReason(router, webName); return r == "" })
+
+	gw := &gateway.Server{Router: router}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go gw.Serve(ln)
+	defer gw.Close()
+	roundTrip := func(c net.Conn, msg []byte) error {
+		if _, err := c.Write(msg); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadFull(c, buf)
+		return err
+	}
+	hello := clientHello(t, webName)
+	open, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer open.Close()
+	require.NoError(t, roundTrip(open, hello))
+
+	agent.Stop()
+	consultest.WaitFor(t, eventually, "the source to notice the outage", func() bool { return src.Stale() != nil })
+	staleEvents = append(staleEvents, <-events)
+	require.Error(t, staleEvents[0])
+	assert.NoError(t, roundTrip(open, []byte("existing connection")), "established connections are untouched")
+	fresh, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	assert.NoError(t, roundTrip(fresh, hello), "new connections route from the last good view")
+	fresh.Close()
+
+	agent.Restart()
+	consultest.WaitFor(t, eventually, "the source to catch up", func() bool { return src.Stale() == nil })
+	_, port2 := echoServer(t)
+	registerWithSidecar(t, agent.Client, "db", port2, false)
+	dbName := sni.ServiceSNI("db", "", "", "", "dc1", td)
+	consultest.WaitFor(t, eventually, "a service registered after the return to route", func() bool { _, r := routeReason(router, dbName); return r == "" })
+}
+
+// With ACLs, a token with the documented permissions works (reading the mesh
+// and registering the gateway); one without fails and names what it lacks.
+func TestConsulACL(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{ACL: true})
+	policy, _, err := agent.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "mesh-gateway", Rules: `
+service "mesh-gateway" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }
+`}, nil)
+	require.NoError(t, err)
+	good, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	require.NoError(t, err)
+	weak, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Description: "no permissions"}, nil)
+	require.NoError(t, err)
+
+	src := newConsul(t, agent.ClientWithToken(good.SecretID), resolve.ConsulOptions{})
+	assert.Equal(t, "dc1", src.View().Datacenter)
+	dereg, err := resolve.RegisterGateway(context.Background(), agent.ClientWithToken(good.SecretID), resolve.GatewayRegistration{Address: "127.0.0.1:18443"})
+	require.NoError(t, err)
+	require.NoError(t, dereg())
+
+	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.ConsulOptions{})
+	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	assert.Contains(t, err.Error(), "agent:read")
+	assert.NotContains(t, err.Error(), weak.SecretID, "a token is never in an error")
+
+	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.ConsulOptions{Datacenter: "dc1"})
+	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	assert.Contains(t, err.Error(), "service:read on all services and node:read")
+	_, err = resolve.RegisterGateway(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.GatewayRegistration{Address: "127.0.0.1:18443"})
+	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+}
+
+func TestConsulUnreachable(t *testing.T) {
+	cc := api.DefaultConfig()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	cc.Address = ln.Addr().String()
+	ln.Close() // nothing listens there now
+	client, err := api.NewClient(cc)
+	require.NoError(t, err)
+	_, err = resolve.NewConsul(context.Background(), client, resolve.ConsulOptions{})
+	require.ErrorIs(t, err, resolve.ErrAgentUnreachable)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = resolve.NewConsul(ctx, client, resolve.ConsulOptions{WaitForAgent: true})
+	require.ErrorIs(t, err, context.DeadlineExceeded, "WaitForAgent retries until the context ends")
+}
+
+// The registration helper registers a mesh-gateway service with lan and wan
+// addresses and a TCP check on the listener, and removes it.
+func TestRegisterGateway(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	dereg, err := resolve.RegisterGateway(context.Background(), agent.Client, resolve.GatewayRegistration{
+		Address: ln.Addr().String(), WANAddress: "127.0.9.9:443", CheckInterval: 200 * time.Millisecond})
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "the gateway's check to pass", func() bool {
+		entries, _, err := agent.Client.Health().Service("mesh-gateway", "", true, nil)
+		return err == nil && len(entries) == 1
+	})
+	entries, _, err := agent.Client.Health().Service("mesh-gateway", "", true, nil)
+	require.NoError(t, err)
+	s := entries[0].Service
+	assert.Equal(t, api.ServiceKindMeshGateway, s.Kind)
+	assert.Equal(t, api.ServiceAddress{Address: "127.0.9.9", Port: 443}, s.TaggedAddresses["wan"])
+	require.NoError(t, dereg())
+	services, err := agent.Client.Agent().Services()
+	require.NoError(t, err)
+	assert.NotContains(t, services, "mesh-gateway")
+}
