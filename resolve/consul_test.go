@@ -344,3 +344,20 @@ func TestRegisterGateway(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, services, "mesh-gateway")
 }
+
+func TestUnmergeCentralConfig(t *testing.T) {
+	v := &resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		ProxyDefaults:   &api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: "global", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},
+		ServiceDefaults: map[string]*api.ServiceConfigEntry{}}
+	merged := resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{
+		MeshGateway: api.MeshGatewayConfig{Mode: "local"},
+		Upstreams: []api.Upstream{
+			{DestinationName: "a", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},
+			{DestinationName: "b", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "remote"}},
+		}}}
+	plans := resolve.PlanInstance(v, resolve.UnmergeCentralConfig(v, merged))
+	assert.Equal(t, "proxy-defaults", string(plans[0].Source), "merged copies are attributed to proxy-defaults")
+	assert.Equal(t, api.MeshGatewayModeLocal, plans[0].Mode)
+	assert.Equal(t, "upstream", string(plans[1].Source), "a value that differs is the upstream's own")
+	assert.Equal(t, api.MeshGatewayModeLocal, merged.Proxy.Upstreams[0].MeshGateway.Mode, "the input is not modified")
+}

@@ -4,6 +4,7 @@
 // take.
 //
 //	go run ./examples/explain [flags] PATH...
+//	go run ./examples/explain -consul [flags]
 //
 // PATH is a file or a directory of *.hcl, *.json, *.yaml and *.yml files:
 // Consul config entries (proxy-defaults, service-defaults, mesh), agent
@@ -14,6 +15,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +25,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/resolve"
 )
@@ -37,6 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	datacenter := fs.String("datacenter", "dc1", "local datacenter (a topology document's datacenter must agree)")
 	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul (a topology document's must agree)")
 	format := fs.String("format", "json", "output format: json (one object per line) or text (a table)")
+	useConsul := fs.Bool("consul", false, "plan from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...): its config entries, proxy registrations and catalog")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: explain [flags] PATH...\n\nPlans every upstream of every service definition in PATH (files or directories).\n\n")
 		fs.PrintDefaults()
@@ -48,11 +52,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "explain: -format %q: want json or text\n", *format)
 		return 2
 	}
-	if fs.NArg() == 0 {
+	if fs.NArg() == 0 && !*useConsul {
 		fs.Usage()
 		return 2
 	}
-	plans, err := explain(fs, *datacenter, *trustDomain)
+	var plans []resolve.Plan
+	var err error
+	if *useConsul {
+		plans, err = explainConsul(fs)
+	} else {
+		plans, err = explain(fs, *datacenter, *trustDomain)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "explain: %v\n", err)
 		return 1
@@ -99,6 +109,33 @@ func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, 
 		return nil, err
 	}
 	return resolve.PlanAll(src.View()), nil
+}
+
+// explainConsul plans every upstream of every proxy registered with the
+// local agent, from the agent's live view.
+func explainConsul(fs *flag.FlagSet) ([]resolve.Plan, error) {
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("-consul reads the agent, not files: drop %q", fs.Args())
+	}
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		return nil, err
+	}
+	src, err := resolve.NewConsul(context.Background(), client, resolve.ConsulOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	instances, err := resolve.AgentInstances(client)
+	if err != nil {
+		return nil, err
+	}
+	var plans []resolve.Plan
+	v := src.View()
+	for _, inst := range instances {
+		plans = append(plans, resolve.PlanInstance(v, resolve.UnmergeCentralConfig(v, inst))...)
+	}
+	return plans, nil
 }
 
 func writeTable(w io.Writer, plans []resolve.Plan) {

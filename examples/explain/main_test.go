@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -94,4 +96,31 @@ func TestExplainBadInput(t *testing.T) {
 	var out, errOut bytes.Buffer
 	assert.Equal(t, 2, run([]string{"-format", "xml", topology}, &out, &errOut))
 	assert.Equal(t, 2, run(nil, &out, &errOut))
+}
+
+// -consul plans from a live agent's registrations and config entries, with
+// the same output as from files.
+func TestExplainConsul(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "web", Port: 8080}))
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
+		Name: "web-sidecar-proxy", Port: 21000, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web",
+			Upstreams: []api.Upstream{{DestinationName: "api", Datacenter: "dc2", LocalBindPort: 10000}}}}))
+	_, _, err := agent.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
+	require.NoError(t, err)
+
+	rows := explainJSON(t, "-consul")
+	require.Len(t, rows, 1)
+	assert.Equal(t, "web", rows[0]["service"])
+	assert.Equal(t, "api", rows[0]["upstream"])
+	assert.Equal(t, "dc2", rows[0]["datacenter"])
+	assert.Equal(t, "local", rows[0]["mode"])
+	assert.Equal(t, "proxy-defaults", rows[0]["source"])
+	assert.Equal(t, "api.default.dc2.internal."+agent.TrustDomain(), rows[0]["sni"])
+
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 1, run([]string{"-consul", "extra.hcl"}, &out, &errOut))
+	assert.Empty(t, out.String())
 }

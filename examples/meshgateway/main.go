@@ -5,6 +5,7 @@
 //
 //	go run ./examples/meshgateway -service api=127.0.0.1:21000 -remote-gateway dc2=127.0.0.2:8443
 //	go run ./examples/meshgateway -demo     # with a built-in TLS backend for "api"
+//	go run ./examples/meshgateway -consul   # from the local agent, registering itself
 //
 // Where things are comes from flags and, optionally, files (-config: a
 // topology document and config entries, see package config). Connections it
@@ -35,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/resolve"
@@ -88,6 +90,10 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
+	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
+	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
+	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
 	if err := fs.Parse(args); err != nil {
@@ -112,6 +118,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
+	var registerWith func(addr string) error
+	var deregister func() error
 	var demoCert tls.Certificate
 	if *demo {
 		var addr string
@@ -123,9 +131,38 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		services["api"] = append(services["api"], addr)
 		log.Info("demo: TLS echo server for service api", "addr", addr)
 	}
-	src, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
-	if err != nil {
-		return err
+	var src resolve.Source
+	if *useConsul {
+		if len(services) > 0 || len(remotes) > 0 || len(configs) > 0 {
+			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
+		}
+		client, err := api.NewClient(api.DefaultConfig())
+		if err != nil {
+			return err
+		}
+		cs, err := resolve.NewConsul(ctx, client, resolve.ConsulOptions{Logger: log, WaitForAgent: *consulWait, GatewayService: *serviceName})
+		if err != nil {
+			return err
+		}
+		defer cs.Close()
+		src = cs
+		defer func() {
+			if deregister != nil {
+				if err := deregister(); err != nil {
+					log.Warn("meshgateway: deregistering", "err", err)
+				}
+			}
+		}()
+		registerWith = func(addr string) error {
+			deregister, err = resolve.RegisterGateway(ctx, client, resolve.GatewayRegistration{Name: *serviceName, Address: addr, WANAddress: *wanAddress})
+			return err
+		}
+	} else {
+		s, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
+		if err != nil {
+			return err
+		}
+		src = s
 	}
 	v := src.View()
 	s := &gateway.Server{
@@ -145,6 +182,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	log.Info("meshgateway: serving", "listen", ln.Addr().String(), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways))
+	if registerWith != nil {
+		if err := registerWith(ln.Addr().String()); err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("meshgateway: registered with Consul", "service", *serviceName, "address", ln.Addr().String())
+	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	if *demo {

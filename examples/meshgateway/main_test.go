@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -110,4 +112,52 @@ func TestBadFlags(t *testing.T) {
 		err := run(context.Background(), append([]string{"-listen", "127.0.0.1:0"}, args...), &logs, nil)
 		assert.Error(t, err, "%v", args)
 	}
+}
+
+// With -consul the gateway routes from the live agent, registers itself as a
+// mesh-gateway, and deregisters on shutdown.
+func TestConsulMode(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
+	td := agent.TrustDomain()
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer backend.Close()
+	forwarded := make(chan struct{}, 8)
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			forwarded <- struct{}{}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	port := backend.Addr().(*net.TCPAddr).Port
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "web", Port: port}))
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
+		Name: "web-sidecar-proxy", Address: "127.0.0.1", Port: port, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web"}}))
+
+	gw, logs, stop := start(t, "-consul", "-wan-address", "127.0.5.5:443")
+	services, err := agent.Client.Agent().Services()
+	require.NoError(t, err)
+	require.Contains(t, services, "mesh-gateway", logs.String())
+	assert.Equal(t, api.ServiceKindMeshGateway, services["mesh-gateway"].Kind)
+	assert.Equal(t, api.ServiceAddress{Address: "127.0.5.5", Port: 443}, services["mesh-gateway"].TaggedAddresses["wan"])
+
+	c, err := tls.Dial("tcp", gw, &tls.Config{ServerName: sni.ServiceSNI("web", "", "", "", "dc1", td), InsecureSkipVerify: true})
+	if err == nil {
+		c.Close()
+		t.Fatal("the echo backend is not TLS; the handshake must fail after being forwarded")
+	}
+	select {
+	case <-forwarded:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the web sidecar was never dialled:\n%s", logs.String())
+	}
+	require.NoError(t, stop())
+	services, err = agent.Client.Agent().Services()
+	require.NoError(t, err)
+	assert.NotContains(t, services, "mesh-gateway", "deregistered on shutdown")
 }
