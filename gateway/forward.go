@@ -44,60 +44,106 @@ type Forwarder struct {
 // call on.
 func (f *Forwarder) Forward(client, upstream net.Conn, replay []byte) Stats {
 	start := time.Now()
+	var replayed int64
+	if len(replay) > 0 {
+		n, err := upstream.Write(replay)
+		replayed = int64(n)
+		if err != nil {
+			client.Close()
+			upstream.Close()
+			return Stats{ClientToUpstream: replayed, Err: err, Duration: time.Since(start)}
+		}
+	}
+	done := make(chan Stats, 1)
+	f.Start(client, upstream, func(s Stats) { done <- s })
+	s := <-done
+	s.ClientToUpstream += replayed
+	s.Duration = time.Since(start)
+	return s
+}
+
+// Start forwards both ways like Forward but returns at once: the two
+// directions run in goroutines of their own, and the last one to end closes
+// both connections and calls done with the stats. No goroutine waits for
+// them, so an idle connection costs two small goroutines.
+func (f *Forwarder) Start(client, upstream net.Conn, done func(Stats)) {
 	idle := f.IdleTimeout
 	if idle == 0 {
 		idle = DefaultIdleTimeout
 	}
-	l := &link{idle: idle, a: client, b: upstream}
-	l.touch()
-	var s Stats
-	if len(replay) > 0 {
-		n, err := upstream.Write(replay)
-		s.ClientToUpstream += int64(n)
-		if err != nil {
-			l.closeBoth()
-			s.Err, s.Duration = err, time.Since(start)
-			return s
-		}
-	}
+	p := &pumps{link: link{idle: idle, a: client, b: upstream}, done: done, start: time.Now()}
+	p.touch()
 	ct, ok1 := client.(*net.TCPConn)
 	ut, ok2 := upstream.(*net.TCPConn)
-	s.Spliced = ok1 && ok2
+	p.spliced = ok1 && ok2
 	if idle > 0 {
-		client.SetReadDeadline(start.Add(idle))
-		upstream.SetReadDeadline(start.Add(idle))
+		client.SetReadDeadline(p.start.Add(idle))
+		upstream.SetReadDeadline(p.start.Add(idle))
 	}
-
-	var down int64
-	var downErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if s.Spliced {
-			down, downErr = l.spliceDirection(ct, ut)
-		} else {
-			down, downErr = l.copyDirection(client, upstream)
-		}
-	}()
-	var up int64
-	var upErr error
-	if s.Spliced {
-		up, upErr = l.spliceDirection(ut, ct)
+	p.remaining.Store(2)
+	if p.spliced {
+		p.ct, p.ut = ct, ut
+		go p.spliceUp()
+		go p.spliceDown()
 	} else {
-		up, upErr = l.copyDirection(upstream, client)
+		go p.copyUp()
+		go p.copyDown()
 	}
-	wg.Wait()
-	l.closeBoth()
-	s.ClientToUpstream += up
-	s.UpstreamToClient = down
+}
+
+// pumps is one forwarded connection: its two directions and what they found.
+type pumps struct {
+	link
+	done      func(Stats)
+	start     time.Time
+	spliced   bool
+	ct, ut    *net.TCPConn
+	remaining atomic.Int32
+	up, down  int64
+	upErr     error
+	downErr   error
+}
+
+// The four goroutine entry points are plain methods, so a parked direction's
+// stack holds as few frames as possible.
+func (p *pumps) spliceUp() {
+	p.up, p.upErr = p.spliceDirection(p.ut, p.ct)
+	p.finish()
+}
+
+func (p *pumps) spliceDown() {
+	p.down, p.downErr = p.spliceDirection(p.ct, p.ut)
+	p.finish()
+}
+
+func (p *pumps) copyUp() {
+	p.up, p.upErr = p.copyDirection(p.b, p.a)
+	p.finish()
+}
+
+func (p *pumps) copyDown() {
+	p.down, p.downErr = p.copyDirection(p.a, p.b)
+	p.finish()
+}
+
+// finish runs in whichever direction ends last: it closes both sides and
+// reports.
+func (p *pumps) finish() {
+	if p.remaining.Add(-1) != 0 {
+		return
+	}
+	p.closeBoth()
 	var cause error
-	if c := l.cause.Load(); c != nil {
+	if c := p.cause.Load(); c != nil {
 		cause = *c
 	}
-	s.Err = firstReal(cause, upErr, downErr)
-	s.Duration = time.Since(start)
-	return s
+	p.done(Stats{
+		ClientToUpstream: p.up,
+		UpstreamToClient: p.down,
+		Spliced:          p.spliced,
+		Duration:         time.Since(p.start),
+		Err:              firstReal(cause, p.upErr, p.downErr),
+	})
 }
 
 // link is the state both directions of one connection share.

@@ -299,25 +299,23 @@ func (s *Server) handle(c *conn) {
 		obs.Forwarded(route.Name, target, Stats{ClientToUpstream: int64(n), Duration: time.Since(start), Err: err})
 		return
 	}
-	// The connection's long life runs in fresh goroutines: this one's stack
-	// grew through the peek and the dial, and an idle connection should not
-	// keep that.
+	// The connection's long life runs in two fresh goroutines and this one
+	// ends: its stack grew through the peek and the dial, and an idle
+	// connection should not keep that.
 	handed = true
-	go s.forward(c, upstream, route.Name, target, int64(n), start)
-}
-
-func (s *Server) forward(c *conn, upstream net.Conn, route, target string, replayed int64, start time.Time) {
-	defer s.done1(c)
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	st := f.Forward(c.client, upstream, nil)
-	st.ClientToUpstream += replayed
-	st.Duration = time.Since(start)
-	s.observer().Forwarded(route, target, st)
-	if st.Err != nil {
-		if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
-			l.Debug("gateway: connection ended with an error", "route", route, "target", target, "err", st.Err.Error())
+	routeName := route.Name
+	f.Start(c.client, upstream, func(st Stats) {
+		st.ClientToUpstream += int64(n)
+		st.Duration = time.Since(start)
+		s.observer().Forwarded(routeName, target, st)
+		if st.Err != nil {
+			if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug("gateway: connection ended with an error", "route", routeName, "target", target, "err", st.Err.Error())
+			}
 		}
-	}
+		s.done1(c)
+	})
 }
 
 // done1 forgets a finished connection and frees its MaxConns slot.

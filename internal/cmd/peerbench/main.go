@@ -42,6 +42,7 @@ func main() {
 	idle := flag.Int("idle", 5000, "idle connections for the memory and descriptor measurement")
 	concurrency := flag.Int("c", 16, "concurrent clients for the connection-rate run")
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
+	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -67,6 +68,7 @@ func main() {
 		}
 	}()
 	extraFlags = strings.Fields(*meshgateFlags)
+	extraEnv = strings.Fields(*meshgateEnv)
 	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
 	var targets []*target
 	if want("direct") {
@@ -285,7 +287,12 @@ func (p *proc) waitListening(addr string) error {
 }
 
 func startProc(name string, argv []string, logFile string) (*proc, error) {
+	return startProcEnv(name, nil, argv, logFile)
+}
+
+func startProcEnv(name string, env, argv []string, logFile string) (*proc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
@@ -297,7 +304,7 @@ func startProc(name string, argv []string, logFile string) (*proc, error) {
 	return &proc{cmd: cmd, name: name, log: logFile}, nil
 }
 
-var extraFlags []string
+var extraFlags, extraEnv []string
 
 func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
 	bin := filepath.Join(dir, "meshgateway")
@@ -308,7 +315,7 @@ func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
 	}
 	svc := strings.SplitN(name, ".", 2)[0]
 	addr := freePort()
-	p, err := startProc("meshgate", append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, "meshgate.log"))
+	p, err := startProcEnv("meshgate", extraEnv, append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, "meshgate.log"))
 	if err != nil {
 		return nil, nil, err
 	}
