@@ -126,12 +126,13 @@ func main() {
 			continue // direct: no proxy process to measure
 		}
 		log.Printf("idle connections: %s", t.name)
-		kb, fds, err := idleCost(t, be, hello, *idle)
+		kb, marginal, fds, err := idleCost(t, be, hello, *idle)
 		if err != nil {
 			log.Printf("  %s: %v", t.name, err)
 			continue
 		}
 		set("RSS KiB / idle conn", t.name, kb)
+		set("  marginal, 2nd half", t.name, marginal)
 		set("fds / idle conn", t.name, fds)
 	}
 	report(os.Stdout, targets, res, *concurrency, *idle, len(hello), name)
@@ -517,8 +518,10 @@ func throughput(addr string, hello []byte, dir byte, streams int, d time.Duratio
 }
 
 // idleCost opens n idle connections through t and returns the proxy's
-// resident memory and descriptors per connection.
-func idleCost(t *target, be *backend, hello []byte, n int) (kbPerConn, fdsPerConn float64, err error) {
+// resident memory and descriptors per connection over all n, and its memory
+// per connection over the second half alone (the marginal cost, without the
+// one-off growth of pools and heap that the first connections pay).
+func idleCost(t *target, be *backend, hello []byte, n int) (kbPerConn, marginalKB, fdsPerConn float64, err error) {
 	time.Sleep(2 * time.Second) // let earlier connections finish closing
 	rss0, fd0 := usage(t.pids())
 	msg := append(append([]byte(nil), hello...), 'I')
@@ -529,26 +532,36 @@ func idleCost(t *target, be *backend, hello []byte, n int) (kbPerConn, fdsPerCon
 		}
 	}()
 	base := be.idle.Load()
-	for range n {
-		c, err := net.Dial("tcp", t.addr)
-		if err != nil {
-			return 0, 0, fmt.Errorf("after %d connections: %w", len(conns), err)
+	open := func(upTo int) error {
+		for len(conns) < upTo {
+			c, err := net.Dial("tcp", t.addr)
+			if err != nil {
+				return fmt.Errorf("after %d connections: %w", len(conns), err)
+			}
+			conns = append(conns, c)
+			if _, err := c.Write(msg); err != nil {
+				return err
+			}
 		}
-		conns = append(conns, c)
-		if _, err := c.Write(msg); err != nil {
-			return 0, 0, err
+		deadline := time.Now().Add(60 * time.Second)
+		for be.idle.Load()-base < int64(upTo) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("only %d of %d connections reached the backend", be.idle.Load()-base, upTo)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
+		time.Sleep(2 * time.Second)
+		return nil
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for be.idle.Load()-base < int64(n) {
-		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("only %d of %d connections reached the backend", be.idle.Load()-base, n)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := open(n / 2); err != nil {
+		return 0, 0, 0, err
 	}
-	time.Sleep(2 * time.Second)
+	rssHalf, _ := usage(t.pids())
+	if err := open(n); err != nil {
+		return 0, 0, 0, err
+	}
 	rss1, fd1 := usage(t.pids())
-	return float64(rss1-rss0) / float64(n), float64(fd1-fd0) / float64(n), nil
+	return float64(rss1-rss0) / float64(n), float64(rss1-rssHalf) / float64(n-n/2), float64(fd1-fd0) / float64(n), nil
 }
 
 // usage sums VmRSS (KiB) and open descriptors over pids.
@@ -574,7 +587,7 @@ func usage(pids []int) (rssKB, fds int) {
 func report(w io.Writer, targets []*target, res map[string]map[string]float64, conc, idle, helloLen int, name string) {
 	metrics := []string{"conn/s", "p50 ms", "p99 ms",
 		"upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
-		"RSS KiB / idle conn", "fds / idle conn"}
+		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn"}
 	fmt.Fprintf(w, "\n%s, %d cores, %s; %d concurrent clients; %d idle connections; %d-byte ClientHello for %s\n\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), conc, idle, helloLen, name)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
