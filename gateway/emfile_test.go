@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/syncbuf"
 	"io"
 	"log/slog"
 	"net"
@@ -62,7 +63,7 @@ func TestOutOfDescriptorsBacksOffAndRecovers(t *testing.T) {
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	defer cmd.Process.Kill()

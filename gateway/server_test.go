@@ -2,12 +2,12 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"github.com/meshgate/meshgate/internal/syncbuf"
 	"io"
 	"net"
 	"os/exec"
@@ -62,7 +62,7 @@ func TestTLSEndToEndOpenSSL(t *testing.T) {
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	_, err = io.WriteString(stdin, "ping from openssl\n")
@@ -358,7 +358,7 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 }
 
 func TestLogsOneLinePerRejection(t *testing.T) {
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{"a.b": {"127.0.0.1:1"}}), Logger: newTextLogger(&buf)})
 	c, err := net.Dial("tcp", gw)
 	require.NoError(t, err)
@@ -371,15 +371,3 @@ func TestLogsOneLinePerRejection(t *testing.T) {
 	assert.Contains(t, line, "reason=no-route")
 	assert.Contains(t, line, "server_name=unknown.example")
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

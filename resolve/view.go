@@ -99,9 +99,6 @@ type View struct {
 	Peers map[string]Peer
 	// Instances are the proxies whose upstreams can be planned.
 	Instances []Instance
-	// LocalServers are the local Consul servers' gRPC TLS addresses, for the
-	// peering control plane through mesh gateways.
-	LocalServers []string
 }
 
 // Local returns the view's own location.

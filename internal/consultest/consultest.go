@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
@@ -114,7 +115,7 @@ type Agent struct {
 	dir     string
 	cfgFile string
 	cmd     *exec.Cmd
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 	acl     bool
 }
 
@@ -184,7 +185,7 @@ performance { raft_multiplier = 1 }
 
 func (a *Agent) start() {
 	a.tb.Helper()
-	a.log = &syncBuffer{}
+	a.log = &syncbuf.Buffer{}
 	a.cmd = exec.Command(a.bin, "agent", "-config-file", a.cfgFile)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -311,21 +312,4 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
