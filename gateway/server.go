@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -44,7 +45,8 @@ type Server struct {
 	// server stops accepting (new clients wait in the listen backlog) until
 	// one closes. Zero means no bound.
 	MaxConns int
-	// Logger receives one line per rejected connection (Info), per accept
+	// Logger receives one line per rejected connection (Info; Debug for one
+	// closed before sending any byte, such as a TCP health check), per accept
 	// error (Warn) and per forwarded connection that ended with an error such
 	// as a reset or the idle timeout (Debug); nil discards.
 	Logger *slog.Logger
@@ -261,7 +263,8 @@ func (s *Server) handle(c *conn) {
 	hello := helloPool.Get().(*sni.ClientHello)
 	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
 	if err != nil {
-		s.reject(c, hello, peekReason(err), err)
+		// hello holds a pooled, earlier connection's name: log none.
+		s.reject(c, "", peekReason(err), err)
 		s.putHello(bp, raw, hello)
 		return
 	}
@@ -275,13 +278,13 @@ func (s *Server) handle(c *conn) {
 		if errors.As(err, &rej) {
 			reason = rej.Reason
 		}
-		s.reject(c, hello, reason, err)
+		s.reject(c, hello.ServerName, reason, err)
 		s.putHello(bp, raw, hello)
 		return
 	}
 	upstream, target, err := s.dial(route)
 	if err != nil {
-		s.reject(c, hello, ReasonDialFailed, err)
+		s.reject(c, hello.ServerName, ReasonDialFailed, err)
 		s.putHello(bp, raw, hello)
 		return
 	}
@@ -332,12 +335,20 @@ func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
 	helloPool.Put(hello)
 }
 
-func (s *Server) reject(c *conn, hello *sni.ClientHello, reason string, err error) {
+// reject closes a connection that is not forwarded, counts it, and logs it:
+// at Info, except a connection closed before sending any byte (a TCP health
+// check, such as the one Consul runs on a registered gateway, or a port
+// scan), which is logged at Debug.
+func (s *Server) reject(c *conn, serverName, reason string, err error) {
 	c.client.Close()
 	s.observer().Rejected(reason, err)
-	if l := s.logger(); l.Enabled(context.Background(), slog.LevelInfo) {
-		l.Info("gateway: connection rejected", "remote", c.client.RemoteAddr().String(),
-			"server_name", hello.ServerName, "reason", reason, "err", err.Error())
+	level := slog.LevelInfo
+	if reason == ReasonClosed && errors.Is(err, io.EOF) {
+		level = slog.LevelDebug
+	}
+	if l := s.logger(); l.Enabled(context.Background(), level) {
+		l.Log(context.Background(), level, "gateway: connection rejected", "remote", c.client.RemoteAddr().String(),
+			"server_name", serverName, "reason", reason, "err", err.Error())
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"github.com/meshgate/meshgate/internal/syncbuf"
 	"io"
+	"log/slog"
 	"net"
 	"os/exec"
 	"strings"
@@ -355,6 +356,44 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 		c.(*net.TCPConn).CloseWrite()
 		assert.Equal(t, len(hello)+48, <-got, "every tick arrived: the connection outlived 4 idle timeouts")
 	})
+}
+
+// A rejected connection's log line names only its own server name, and a
+// connection that sends nothing (a health check) is counted but logged at
+// Debug, not Info.
+func TestRejectionLogsAreTheConnectionsOwn(t *testing.T) {
+	var info, debug syncbuf.Buffer
+	var counters Counters
+	gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{"a.b": {"127.0.0.1:1"}}), Logger: newTextLogger(&info), Observer: &counters})
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	c.Write(helloBytes(t, "first.example"))
+	io.ReadAll(c)
+	c.Close()
+	waitFor(t, "the first rejection", func() bool { return strings.Contains(info.String(), "first.example") })
+
+	for _, send := range [][]byte{nil, []byte("GET / HTTP/1.0\r\n\r\n")} {
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		c.Write(send)
+		c.(*net.TCPConn).CloseWrite()
+		io.ReadAll(c)
+		c.Close()
+	}
+	waitFor(t, "both rejections", func() bool { return counters.Snapshot().RejectedTotal() == 3 })
+	waitFor(t, "the not-tls line", func() bool { return strings.Contains(info.String(), "reason=not-tls") })
+	lines := strings.Split(strings.TrimSpace(info.String()), "\n")
+	require.Len(t, lines, 2, "the silent connection is not an Info line:\n%s", info.String())
+	assert.Contains(t, lines[1], `server_name=""`, "a connection whose hello was not parsed has no name, not a pooled earlier one")
+	assert.Equal(t, int64(1), counters.Snapshot().Rejected[ReasonClosed], "the silent connection is still counted")
+
+	gw2 := startGateway(t, &Server{Router: tableFor(t, map[string][]string{"a.b": {"127.0.0.1:1"}}),
+		Logger: slog.New(slog.NewTextHandler(&debug, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	c, err = net.Dial("tcp", gw2)
+	require.NoError(t, err)
+	c.Close()
+	waitFor(t, "the debug line", func() bool { return strings.Contains(debug.String(), "reason=closed-before-hello") })
+	assert.Contains(t, debug.String(), "level=DEBUG")
 }
 
 func TestLogsOneLinePerRejection(t *testing.T) {
