@@ -50,6 +50,7 @@ func Reject(reason, format string, args ...any) error {
 	return &Rejection{Reason: reason, Err: fmt.Errorf(format, args...)}
 }
 
+// Error describes the rejection with its reason.
 func (r *Rejection) Error() string { return "gateway: rejected (" + r.Reason + "): " + r.Err.Error() }
 
 // Unwrap returns ErrRejected and the underlying error.

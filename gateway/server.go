@@ -284,7 +284,11 @@ func (s *Server) handle(c *conn) {
 	}
 	upstream, target, err := s.dial(route)
 	if err != nil {
-		s.reject(c, hello.ServerName, ReasonDialFailed, err)
+		reason := ReasonDialFailed
+		if errors.Is(err, ErrServerClosed) {
+			reason = ReasonShutdown // Close or Shutdown came while dialling
+		}
+		s.reject(c, hello.ServerName, reason, err)
 		s.putHello(bp, raw, hello)
 		return
 	}

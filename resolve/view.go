@@ -29,6 +29,7 @@ type Location struct {
 	Partition  string
 }
 
+// String returns "dc", or "dc/partition" outside the default partition.
 func (l Location) String() string {
 	if l.Partition == "" || l.Partition == "default" {
 		return l.Datacenter
