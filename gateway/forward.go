@@ -25,9 +25,11 @@ var ErrIdleTimeout = errors.New("gateway: idle timeout")
 // in the kernel, without copying through user space. Unlike io.Copy, which
 // holds a pipe pair while it waits in splice, a direction takes a pipe from a
 // shared pool only while data is ready and gives it back as soon as the
-// socket has nothing more, so an idle forwarded connection costs its two
-// sockets and nothing else. Other connections are copied through a pooled
-// 32 KiB buffer.
+// socket has nothing more. A direction that has had no data for a second
+// parks in a shared epoll set and its goroutine ends; a new one starts when
+// data, EOF or an error arrives. An idle forwarded connection therefore
+// costs its two sockets and no goroutine. Other connections are copied
+// through a pooled 32 KiB buffer by a goroutine per direction.
 type Forwarder struct {
 	// IdleTimeout closes the connection when no byte has moved in either
 	// direction for this long. Zero means DefaultIdleTimeout; negative means
@@ -62,71 +64,117 @@ func (f *Forwarder) Forward(client, upstream net.Conn, replay []byte) Stats {
 	return s
 }
 
-// Start forwards both ways like Forward but returns at once: the two
-// directions run in goroutines of their own, and the last one to end closes
-// both connections and calls done with the stats. No goroutine waits for
-// them, so an idle connection costs two small goroutines.
-func (f *Forwarder) Start(client, upstream net.Conn, done func(Stats)) {
+// ErrStopped is the Stats.Err of a connection ended by Start's stop function.
+var ErrStopped = errors.New("gateway: forwarding stopped")
+
+// Start forwards both ways like Forward but returns at once; done is called
+// once, with the stats, after both directions have ended and both
+// connections are closed. No goroutine waits for them. stop ends the
+// connection at once (done is still called, with ErrStopped); it must be used
+// instead of closing the connections directly, which would leave a parked
+// direction unfinished.
+func (f *Forwarder) Start(client, upstream net.Conn, done func(Stats)) (stop func()) {
 	idle := f.IdleTimeout
 	if idle == 0 {
 		idle = DefaultIdleTimeout
 	}
-	p := &pumps{link: link{idle: idle, a: client, b: upstream}, done: done, start: time.Now()}
+	p := &pumps{idle: idle, a: client, b: upstream, done: done, start: time.Now()}
 	p.touch()
+	p.remaining.Store(2)
 	ct, ok1 := client.(*net.TCPConn)
 	ut, ok2 := upstream.(*net.TCPConn)
-	p.spliced = ok1 && ok2
-	if idle > 0 {
-		client.SetReadDeadline(p.start.Add(idle))
-		upstream.SetReadDeadline(p.start.Add(idle))
-	}
-	p.remaining.Store(2)
-	if p.spliced {
-		p.ct, p.ut = ct, ut
-		go p.spliceUp()
-		go p.spliceDown()
+	if p.spliced = ok1 && ok2; p.spliced {
+		p.up = direction{p: p, src: ct, dst: ut, lastOwn: p.start.UnixNano()}
+		p.down = direction{p: p, src: ut, dst: ct, lastOwn: p.start.UnixNano()}
+		first := p.start.Add(idleGrace)
+		if idle > 0 && idle < idleGrace {
+			first = p.start.Add(idle)
+		}
+		ct.SetReadDeadline(first)
+		ut.SetReadDeadline(first)
+		go p.up.run()
+		go p.down.run()
 	} else {
+		if idle > 0 {
+			client.SetReadDeadline(p.start.Add(idle))
+			upstream.SetReadDeadline(p.start.Add(idle))
+		}
 		go p.copyUp()
 		go p.copyDown()
 	}
+	return func() { p.abort(ErrStopped) }
 }
 
-// pumps is one forwarded connection: its two directions and what they found.
+// pumps is one forwarded connection: what both directions share.
 type pumps struct {
-	link
+	idle      time.Duration
+	last      atomic.Int64 // unix nanoseconds of the last byte moved either way
+	a, b      net.Conn     // client, upstream
+	once      sync.Once
+	cause     atomic.Pointer[error] // why the connection was ended early
 	done      func(Stats)
 	start     time.Time
 	spliced   bool
-	ct, ut    *net.TCPConn
 	remaining atomic.Int32
-	up, down  int64
-	upErr     error
-	downErr   error
+
+	up, down direction // the splice path
+
+	copied    [2]int64 // the copy path: up, down
+	copiedErr [2]error
+
+	parkedN atomic.Int32
+	timerMu sync.Mutex
+	timer   *time.Timer // idle timeout while both directions are parked
 }
 
-// The four goroutine entry points are plain methods, so a parked direction's
-// stack holds as few frames as possible.
-func (p *pumps) spliceUp() {
-	p.up, p.upErr = p.spliceDirection(p.ut, p.ct)
-	p.finish()
+func (p *pumps) touch() { p.last.Store(time.Now().UnixNano()) }
+
+// abort records why the connection ends early and closes it.
+func (p *pumps) abort(err error) {
+	p.cause.CompareAndSwap(nil, &err)
+	p.closeBoth()
 }
 
-func (p *pumps) spliceDown() {
-	p.down, p.downErr = p.spliceDirection(p.ct, p.ut)
-	p.finish()
+// closeBoth closes both sides (which ends any running direction) and
+// finishes any parked one, which closing would otherwise leave asleep.
+func (p *pumps) closeBoth() {
+	p.once.Do(func() {
+		p.a.Close()
+		p.b.Close()
+		p.timerMu.Lock()
+		if p.timer != nil {
+			p.timer.Stop()
+		}
+		p.timerMu.Unlock()
+	})
+	if !p.spliced {
+		return
+	}
+	for _, d := range [2]*direction{&p.up, &p.down} {
+		if idlePark.remove(d) {
+			p.parkedN.Add(-1)
+			d.err = net.ErrClosed
+			p.finish()
+		}
+	}
 }
 
-func (p *pumps) copyUp() {
-	p.up, p.upErr = p.copyDirection(p.b, p.a)
-	p.finish()
+// end finishes a direction: a clean EOF half-closes dst; anything else aborts.
+func (p *pumps) end(dst net.Conn, err error) error {
+	if err == nil || err == io.EOF {
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			if cerr := cw.CloseWrite(); cerr == nil {
+				return nil
+			}
+		}
+		p.closeBoth()
+		return nil
+	}
+	p.abort(err)
+	return err
 }
 
-func (p *pumps) copyDown() {
-	p.down, p.downErr = p.copyDirection(p.a, p.b)
-	p.finish()
-}
-
-// finish runs in whichever direction ends last: it closes both sides and
+// finish runs when a direction ends; the last one closes both sides and
 // reports.
 func (p *pumps) finish() {
 	if p.remaining.Add(-1) != 0 {
@@ -137,99 +185,119 @@ func (p *pumps) finish() {
 	if c := p.cause.Load(); c != nil {
 		cause = *c
 	}
-	p.done(Stats{
-		ClientToUpstream: p.up,
-		UpstreamToClient: p.down,
-		Spliced:          p.spliced,
-		Duration:         time.Since(p.start),
-		Err:              firstReal(cause, p.upErr, p.downErr),
-	})
-}
-
-// link is the state both directions of one connection share.
-type link struct {
-	idle  time.Duration
-	last  atomic.Int64 // unix nanoseconds of the last byte moved either way
-	a, b  net.Conn
-	once  sync.Once
-	cause atomic.Pointer[error] // why closeBoth was called early
-}
-
-func (l *link) touch() { l.last.Store(time.Now().UnixNano()) }
-
-// renew decides, once a deadline has fired, whether the connection is idle;
-// if it is not, it returns the new deadline.
-func (l *link) renew() (time.Time, bool) {
-	next := time.Unix(0, l.last.Load()).Add(l.idle)
-	return next, time.Now().Before(next)
-}
-
-// abort records why the connection ends early and closes both sides, which
-// unblocks the other direction.
-func (l *link) abort(err error) {
-	l.cause.CompareAndSwap(nil, &err)
-	l.closeBoth()
-}
-
-func (l *link) closeBoth() {
-	l.once.Do(func() {
-		l.a.Close()
-		l.b.Close()
-	})
-}
-
-// end finishes a direction: a clean EOF half-closes dst; anything else aborts.
-func (l *link) end(dst net.Conn, n int64, err error) (int64, error) {
-	if err == nil || err == io.EOF {
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			if cerr := cw.CloseWrite(); cerr == nil {
-				return n, nil
-			}
-		}
-		l.closeBoth()
-		return n, nil
+	s := Stats{Spliced: p.spliced, Duration: time.Since(p.start)}
+	if p.spliced {
+		s.ClientToUpstream, s.UpstreamToClient = p.up.total, p.down.total
+		s.Err = firstReal(cause, p.up.err, p.down.err)
+	} else {
+		s.ClientToUpstream, s.UpstreamToClient = p.copied[0], p.copied[1]
+		s.Err = firstReal(cause, p.copiedErr[0], p.copiedErr[1])
 	}
-	l.abort(err)
-	return n, err
+	p.done(s)
+}
+
+// armIdleTimer watches the idle timeout while both directions are parked,
+// when no goroutine's read deadline does.
+func (p *pumps) armIdleTimer() {
+	if p.idle <= 0 {
+		return
+	}
+	wait := time.Until(time.Unix(0, p.last.Load()).Add(p.idle))
+	p.timerMu.Lock()
+	defer p.timerMu.Unlock()
+	if p.timer == nil {
+		p.timer = time.AfterFunc(wait, p.idleCheck)
+	} else {
+		p.timer.Reset(wait)
+	}
+}
+
+func (p *pumps) idleCheck() {
+	if p.parkedN.Load() < 2 {
+		return // a direction is awake; its read deadline watches
+	}
+	if time.Since(time.Unix(0, p.last.Load())) >= p.idle {
+		p.abort(ErrIdleTimeout)
+		return
+	}
+	p.armIdleTimer()
+}
+
+// direction is one way of a spliced connection.
+type direction struct {
+	p            *pumps
+	src, dst     *net.TCPConn
+	srcRC, dstRC syscall.RawConn
+	total        int64
+	err          error
+	lastOwn      int64 // unix nanoseconds of this direction's last byte
+	registered   bool  // src is in the parker's epoll set
+	parkID       uint64
+}
+
+// run is a direction's goroutine: it pumps until the direction ends, or
+// parks (and a later goroutine resumes it).
+func (d *direction) run() {
+	if parked := d.pump(); parked {
+		return
+	}
+	d.p.finish()
+}
+
+// resume continues a parked direction whose socket became readable.
+func (d *direction) resume() {
+	d.p.parkedN.Add(-1)
+	next := time.Now().Add(idleGrace)
+	if d.p.idle > 0 {
+		if end := time.Unix(0, d.p.last.Load()).Add(d.p.idle); end.Before(next) {
+			next = end
+		}
+	}
+	d.src.SetReadDeadline(next)
+	d.run()
 }
 
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 
-// spliceDirection moves src's bytes to dst with splice(2) until src's EOF.
-func (l *link) spliceDirection(dst, src *net.TCPConn) (int64, error) {
-	srcRC, err := src.SyscallConn()
-	if err != nil {
-		return l.end(dst, 0, err)
+// pump moves src's bytes to dst with splice(2) until src's EOF or an error
+// (d.err is set, it returns false), or until the direction parks (it returns
+// true and the goroutine must end).
+func (d *direction) pump() (parked bool) {
+	p := d.p
+	if d.srcRC == nil {
+		var err error
+		if d.srcRC, err = d.src.SyscallConn(); err == nil {
+			d.dstRC, err = d.dst.SyscallConn()
+		}
+		if err != nil {
+			d.err = p.end(d.dst, err)
+			return false
+		}
 	}
-	dstRC, err := dst.SyscallConn()
-	if err != nil {
-		return l.end(dst, 0, err)
-	}
-	var total int64
-	var p *pipe
+	var pp *pipe
 	for {
 		var n int64
 		var serr error
 		noPipe := false
-		err := srcRC.Read(func(fd uintptr) bool {
+		err := d.srcRC.Read(func(fd uintptr) bool {
 			n, serr, noPipe = 0, nil, false // called again after each wait
-			if p == nil {
+			if pp == nil {
 				var perr error
-				if p, perr = pipes.get(); perr != nil {
+				if pp, perr = pipes.get(); perr != nil {
 					noPipe = true // out of descriptors: copy this chunk instead
 					return true
 				}
 			}
 			for {
-				n, serr = syscall.Splice(int(fd), nil, p.w, nil, p.size, spliceFlags)
+				n, serr = syscall.Splice(int(fd), nil, pp.w, nil, pp.size, spliceFlags)
 				if serr != syscall.EINTR {
 					break
 				}
 			}
 			if serr == syscall.EAGAIN {
 				// Nothing to move: give the (empty) pipe back before waiting.
-				pipes.put(p)
-				p = nil
+				pipes.put(pp)
+				pp = nil
 				return false
 			}
 			return true
@@ -239,41 +307,120 @@ func (l *link) spliceDirection(dst, src *net.TCPConn) (int64, error) {
 		}
 		if err == nil && noPipe {
 			var m int64
-			m, err = l.copyChunk(dst, src)
+			m, err = p.copyChunk(d.dst, d.src)
 			if err == nil {
-				total += m
+				d.total += m
+				d.lastOwn = time.Now().UnixNano()
 				continue
 			}
 		}
 		if err != nil {
-			if l.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				if next, busy := l.renew(); busy {
-					src.SetReadDeadline(next)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				switch d.onDeadline() {
+				case keepWaiting:
+					continue
+				case parkNow:
+					if d.park() {
+						return true
+					}
 					continue
 				}
 				err = ErrIdleTimeout
 			}
-			if p != nil {
-				p.close() // may hold bytes; never reuse it
+			if pp != nil {
+				pp.close() // may hold bytes; never reuse it
 			}
-			return l.end(dst, total, err)
+			d.err = p.end(d.dst, err)
+			return false
 		}
 		if n == 0 { // EOF
-			pipes.put(p)
-			return l.end(dst, total, nil)
+			pipes.put(pp)
+			d.err = p.end(d.dst, nil)
+			return false
 		}
-		l.touch()
-		if err := l.drain(dst, dstRC, p, n); err != nil {
-			p.close()
-			return l.end(dst, total, err)
+		now := time.Now().UnixNano()
+		p.last.Store(now)
+		d.lastOwn = now
+		if err := p.drain(d.dst, d.dstRC, pp, n); err != nil {
+			pp.close()
+			d.err = p.end(d.dst, err)
+			return false
 		}
-		total += n
+		d.total += n
 	}
+}
+
+type deadlineAction int
+
+const (
+	keepWaiting deadlineAction = iota
+	parkNow
+	idleOut
+)
+
+// onDeadline decides, when src's read deadline fires: the connection is idle
+// (idleOut), this direction has waited a grace period (parkNow), or it waits
+// on with a new deadline (keepWaiting).
+func (d *direction) onDeadline() deadlineAction {
+	p := d.p
+	now := time.Now()
+	last := time.Unix(0, p.last.Load())
+	if p.idle > 0 && now.Sub(last) >= p.idle {
+		return idleOut
+	}
+	own := time.Unix(0, d.lastOwn)
+	if now.Sub(own) >= idleGrace && idlePark.ready() {
+		return parkNow
+	}
+	next := own.Add(idleGrace)
+	if !next.After(now) {
+		next = now.Add(idleGrace)
+	}
+	if p.idle > 0 {
+		if end := last.Add(p.idle); end.Before(next) {
+			next = end
+		}
+	}
+	d.src.SetReadDeadline(next)
+	return keepWaiting
+}
+
+// park puts the direction to sleep in the shared poller. It returns true if
+// the direction now belongs to the poller (or to a closer); the goroutine
+// must then touch nothing more of it. On false the direction goes on waiting
+// in Go's poller.
+func (d *direction) park() bool {
+	p := d.p
+	d.src.SetReadDeadline(time.Time{}) // a resumed direction sets a fresh one
+	if p.parkedN.Add(1) == 2 {
+		p.armIdleTimer()
+	}
+	id := idlePark.add(d)
+	op := syscall.EPOLL_CTL_MOD
+	if !d.registered {
+		op = syscall.EPOLL_CTL_ADD
+	}
+	d.registered = true
+	ev := syscall.EpollEvent{Events: epollIn | epollRDHUP | epollOneShot, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	var cerr error
+	err := d.srcRC.Control(func(fd uintptr) {
+		// Level-triggered: data that came since the last read fires at once.
+		cerr = syscall.EpollCtl(idlePark.epfd, op, int(fd), &ev)
+	})
+	if err == nil && cerr == nil {
+		return true
+	}
+	if !idlePark.remove(d) {
+		return true // a closer took it and finishes it
+	}
+	p.parkedN.Add(-1)
+	d.src.SetReadDeadline(time.Now().Add(idleGrace))
+	return false
 }
 
 // drain splices n bytes from p into dst, waiting for dst to be writable (with
 // the idle timeout as write deadline) when its buffer is full.
-func (l *link) drain(dst *net.TCPConn, dstRC syscall.RawConn, p *pipe, n int64) error {
+func (l *pumps) drain(dst *net.TCPConn, dstRC syscall.RawConn, p *pipe, n int64) error {
 	armed := false
 	defer func() {
 		if armed && l.idle > 0 {
@@ -331,7 +478,7 @@ func (l *link) drain(dst *net.TCPConn, dstRC syscall.RawConn, p *pipe, n int64) 
 // copyChunk moves what src has ready through a pooled buffer: the fallback
 // when no pipe can be had (the process is out of descriptors). EOF is
 // returned as io.EOF.
-func (l *link) copyChunk(dst, src net.Conn) (int64, error) {
+func (l *pumps) copyChunk(dst, src net.Conn) (int64, error) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	n, err := src.Read(*bp)
@@ -344,11 +491,28 @@ func (l *link) copyChunk(dst, src net.Conn) (int64, error) {
 	return int64(n), err
 }
 
+// renew decides, once a deadline has fired, whether the connection is idle;
+// if it is not, it returns the new deadline.
+func (l *pumps) renew() (time.Time, bool) {
+	next := time.Unix(0, l.last.Load()).Add(l.idle)
+	return next, time.Now().Before(next)
+}
+
+func (p *pumps) copyUp() {
+	p.copied[0], p.copiedErr[0] = p.copyDirection(p.b, p.a)
+	p.finish()
+}
+
+func (p *pumps) copyDown() {
+	p.copied[1], p.copiedErr[1] = p.copyDirection(p.a, p.b)
+	p.finish()
+}
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // copyDirection moves src's bytes to dst through a pooled buffer, for
 // connections that are not bare TCP.
-func (l *link) copyDirection(dst, src net.Conn) (int64, error) {
+func (l *pumps) copyDirection(dst, src net.Conn) (int64, error) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
@@ -360,7 +524,7 @@ func (l *link) copyDirection(dst, src net.Conn) (int64, error) {
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
-				return l.end(dst, total, werr)
+				return total, l.end(dst, werr)
 			}
 		}
 		if err != nil {
@@ -371,7 +535,7 @@ func (l *link) copyDirection(dst, src net.Conn) (int64, error) {
 				}
 				err = ErrIdleTimeout
 			}
-			return l.end(dst, total, err)
+			return total, l.end(dst, err)
 		}
 	}
 }

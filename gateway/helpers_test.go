@@ -27,7 +27,8 @@ func TestMain(m *testing.M) {
 		emfileChild()
 		return
 	}
-	goleak.VerifyTestMain(m)
+	// The idle poller is a process-wide goroutine, like Go's own netpoller.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/meshgate/meshgate/gateway.(*parker).loop"))
 }
 
 const longName = "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"

@@ -76,6 +76,7 @@ type Server struct {
 type conn struct {
 	client   net.Conn
 	upstream atomic.Pointer[net.Conn]
+	stop     atomic.Pointer[func()] // set once forwarding started
 }
 
 var (
@@ -312,7 +313,7 @@ func (s *Server) handle(c *conn) {
 	handed = true
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
 	routeName := route.Name
-	f.Start(c.client, upstream, func(st Stats) {
+	stop := f.Start(c.client, upstream, func(st Stats) {
 		st.ClientToUpstream += int64(n)
 		st.Duration = time.Since(start)
 		s.observer().Forwarded(routeName, target, st)
@@ -323,6 +324,10 @@ func (s *Server) handle(c *conn) {
 		}
 		s.done1(c)
 	})
+	c.stop.Store(&stop)
+	if s.hardClosed.Load() {
+		stop() // Close ran while forwarding started
+	}
 }
 
 // done1 forgets a finished connection and frees its MaxConns slot.
@@ -453,13 +458,23 @@ func (s *Server) Close() error {
 	s.init()
 	s.hardClosed.Store(true)
 	s.stop()
+	var stops []func()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for c := range s.conns {
+		if stop := c.stop.Load(); stop != nil {
+			stops = append(stops, *stop)
+			continue
+		}
 		c.client.Close()
 		if up := c.upstream.Load(); up != nil {
 			(*up).Close()
 		}
+	}
+	s.mu.Unlock()
+	// Outside the lock: stopping finishes parked directions, whose reports
+	// untrack their connections.
+	for _, stop := range stops {
+		stop() // also finishes a parked direction
 	}
 	return nil
 }
