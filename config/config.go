@@ -128,16 +128,7 @@ func flatten(err error) error {
 		out = multierror.Append(out, e)
 	}
 	walk(err)
-	out.ErrorFormat = func(errs []error) string {
-		if len(errs) == 1 {
-			return errs[0].Error()
-		}
-		lines := make([]string, len(errs))
-		for i, e := range errs {
-			lines[i] = "  " + e.Error()
-		}
-		return fmt.Sprintf("%d problems:\n%s", len(errs), strings.Join(lines, "\n"))
-	}
+	out.ErrorFormat = decode.ListFormat
 	return out
 }
 

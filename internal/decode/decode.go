@@ -63,11 +63,13 @@ func (d *Decoder) Err() error {
 	if d.errs == nil {
 		return nil
 	}
-	d.errs.ErrorFormat = listFormat
+	d.errs.ErrorFormat = ListFormat
 	return d.errs
 }
 
-func listFormat(errs []error) string {
+// ListFormat is a multierror.ErrorFormatFunc: one problem as itself, several
+// as "N problems:" followed by one indented line each.
+func ListFormat(errs []error) string {
 	if len(errs) == 1 {
 		return errs[0].Error()
 	}
