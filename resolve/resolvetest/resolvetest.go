@@ -43,8 +43,9 @@ func Plan(tb testing.TB, src resolve.Source, service, upstream string) resolve.P
 		tb.Fatalf("resolvetest: no upstream %q of service %q; the files define: %s", upstream, service, strings.Join(all, ", "))
 	case 1:
 		return found[0]
+	default:
+		tb.Fatalf("resolvetest: upstream %q of service %q is defined %d times", upstream, service, len(found))
 	}
-	tb.Fatalf("resolvetest: upstream %q of service %q is defined %d times", upstream, service, len(found))
 	return resolve.Plan{}
 }
 
