@@ -21,6 +21,13 @@ func directionGoroutines() int {
 	return strings.Count(buf.String(), "gateway.(*direction).run(")
 }
 
+// quiet waits until no spliced direction of an earlier test is still
+// running (closing is asynchronous), so counts start from zero.
+func quiet(t *testing.T) {
+	t.Helper()
+	waitFor(t, "earlier tests' directions to end", func() bool { return directionGoroutines() == 0 })
+}
+
 // openIdle opens n forwarded connections through gw and checks each echoes.
 func openIdle(t *testing.T, gw string, n int) []net.Conn {
 	t.Helper()
@@ -45,15 +52,15 @@ func TestIdleDirectionsParkAndResume(t *testing.T) {
 	b := startBackend(t, echo)
 	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})}
 	gw := startGateway(t, s)
-	base := directionGoroutines()
+	quiet(t)
 	conns := openIdle(t, gw, n)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	assert.GreaterOrEqual(t, directionGoroutines()-base, n, "busy connections have their goroutines")
-	waitFor(t, "idle directions to park", func() bool { return directionGoroutines() == base })
+	assert.GreaterOrEqual(t, directionGoroutines(), n, "busy connections have their goroutines")
+	waitFor(t, "idle directions to park", func() bool { return directionGoroutines() == 0 })
 
 	// Data wakes a parked connection: the client's direction carries it up,
 	// the upstream's brings the echo back.
@@ -69,7 +76,7 @@ func TestIdleDirectionsParkAndResume(t *testing.T) {
 	}
 	// Half-close from the parked state reaches the backend, whose echo loop
 	// then ends and closes: the client sees EOF.
-	waitFor(t, "parked again", func() bool { return directionGoroutines() == base })
+	waitFor(t, "parked again", func() bool { return directionGoroutines() == 0 })
 	c := conns[20]
 	require.NoError(t, c.(*net.TCPConn).CloseWrite())
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -101,9 +108,9 @@ func TestCloseAndShutdownWithParkedConnections(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go s.Serve(ln)
-	base := directionGoroutines()
+	quiet(t)
 	conns := openIdle(t, ln.Addr().String(), 10)
-	waitFor(t, "idle directions to park", func() bool { return directionGoroutines() == base })
+	waitFor(t, "idle directions to park", func() bool { return directionGoroutines() == 0 })
 
 	// Shutdown waits; a peer closing a parked connection lets it finish.
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
