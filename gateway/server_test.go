@@ -342,19 +342,21 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 		// client direction is idle throughout, yet must not time out.
 		got := make(chan int, 1)
 		b := startBackend(t, func(c net.Conn) { n, _ := io.Copy(io.Discard, c); got <- int(n) })
-		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 150 * time.Millisecond})
+		// Ticks every 100 ms against a 600 ms timeout: a generous margin for a
+		// loaded machine, and still four idle periods in all.
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 600 * time.Millisecond})
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()
 		hello := helloBytes(t, longName)
 		c.Write(hello)
-		for range 12 {
-			time.Sleep(50 * time.Millisecond)
+		for range 24 {
+			time.Sleep(100 * time.Millisecond)
 			_, err := c.Write([]byte("tick"))
 			require.NoError(t, err)
 		}
 		c.(*net.TCPConn).CloseWrite()
-		assert.Equal(t, len(hello)+48, <-got, "every tick arrived: the connection outlived 4 idle timeouts")
+		assert.Equal(t, len(hello)+24*4, <-got, "every tick arrived: the connection outlived 4 idle timeouts")
 	})
 }
 
