@@ -154,14 +154,14 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 	}
 	c.mu.Lock()
 	for name := range c.services {
-		if err := c.firstEndpoints(name); err != nil {
+		if err := c.firstKeyed(c.services, "endpoints of ", name, c.loadEndpoints); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
 		}
 	}
 	for dc := range c.dcs {
-		if err := c.firstGateways(dc); err != nil {
+		if err := c.firstKeyed(c.dcs, "gateways of ", dc, c.loadGateways); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
@@ -358,28 +358,34 @@ func (c *Consul) loadServices(index uint64) (uint64, error) {
 			c.services[name] = func() {} // replaced when the watches start
 			continue
 		}
-		c.startEndpointWatch(name, 0)
+		c.startKeyed(c.services, "endpoints of ", name, 0, c.loadEndpoints)
 	}
 	c.publishLocked()
 	return meta.LastIndex, nil
 }
 
-func (c *Consul) startEndpointWatch(name string, index uint64) {
+// keyedLoad is a watch of one member of a family: a service's endpoints, a
+// datacenter's gateways.
+type keyedLoad func(ctx context.Context, key string, index uint64) (uint64, error)
+
+// startKeyed starts the watch of key, recording its cancel func in set.
+// c.mu is held.
+func (c *Consul) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
 	ctx, cancel := context.WithCancel(c.ctx)
-	c.services[name] = cancel
-	c.watch(ctx, "endpoints of "+name, index, func(idx uint64) (uint64, error) { return c.loadEndpoints(ctx, name, idx) })
+	set[key] = cancel
+	c.watch(ctx, what+key, index, func(idx uint64) (uint64, error) { return load(ctx, key, idx) })
 }
 
-// firstEndpoints loads a service's endpoints during NewConsul and starts its
-// watch. c.mu is held.
-func (c *Consul) firstEndpoints(name string) error {
+// firstKeyed loads key once during NewConsul, then starts its watch. c.mu
+// is held, and released during the load.
+func (c *Consul) firstKeyed(set map[string]context.CancelFunc, what, key string, load keyedLoad) error {
 	c.mu.Unlock()
-	idx, err := c.loadEndpoints(c.ctx, name, 0)
+	idx, err := load(c.ctx, key, 0)
 	c.mu.Lock()
 	if err != nil {
 		return err
 	}
-	c.startEndpointWatch(name, idx)
+	c.startKeyed(set, what, key, idx, load)
 	return nil
 }
 
@@ -440,7 +446,7 @@ func (c *Consul) loadDatacenters() error {
 			c.dcs[dc] = func() {}
 			continue
 		}
-		c.startGatewayWatch(dc, 0)
+		c.startKeyed(c.dcs, "gateways of ", dc, 0, c.loadGateways)
 	}
 	for dc, stop := range c.dcs {
 		if !seen[dc] {
@@ -468,23 +474,6 @@ func (c *Consul) refreshDatacenters() {
 			}
 		}
 	}
-}
-
-func (c *Consul) startGatewayWatch(dc string, index uint64) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	c.dcs[dc] = cancel
-	c.watch(ctx, "gateways of "+dc, index, func(idx uint64) (uint64, error) { return c.loadGateways(ctx, dc, idx) })
-}
-
-func (c *Consul) firstGateways(dc string) error {
-	c.mu.Unlock()
-	idx, err := c.loadGateways(c.ctx, dc, 0)
-	c.mu.Lock()
-	if err != nil {
-		return err
-	}
-	c.startGatewayWatch(dc, idx)
-	return nil
 }
 
 // loadGateways reads the healthy mesh gateways of a datacenter.
