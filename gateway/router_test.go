@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 
 	"github.com/meshgate/meshgate/sni"
@@ -65,4 +66,37 @@ func TestSwitch(t *testing.T) {
 	require.ErrorAs(t, err, &rej)
 	assert.Equal(t, "custom", rej.Reason)
 	assert.Equal(t, "gateway: rejected (custom): because reasons", err.Error())
+}
+
+// A Router sees which connection it routes: its addresses and a number.
+func TestRouterSeesTheConnection(t *testing.T) {
+	seen := make(chan ConnInfo, 2)
+	router := RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (Route, error) {
+		ci, ok := ConnInfoFrom(ctx)
+		if !ok {
+			return Route{}, Reject("test", "no ConnInfo")
+		}
+		seen <- ci
+		return Route{}, Reject("test", "seen")
+	})
+	srv := &Server{Router: router}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(ln)
+	defer srv.Close()
+	var locals []string
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		locals = append(locals, c.LocalAddr().String())
+		_, err = c.Write(helloBytes(t, "a.example"))
+		require.NoError(t, err)
+		ci := <-seen
+		c.Close()
+		assert.Equal(t, c.LocalAddr().String(), ci.Remote.String())
+		assert.Equal(t, ln.Addr().String(), ci.Local.String())
+		assert.Equal(t, uint64(len(locals)), ci.ID)
+	}
+	_, ok := ConnInfoFrom(context.Background())
+	assert.False(t, ok)
 }

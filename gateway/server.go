@@ -70,6 +70,7 @@ type Server struct {
 	conns      map[*conn]struct{}
 	active     atomic.Int64
 	hardClosed atomic.Bool
+	lastID     atomic.Uint64
 }
 
 // conn is one accepted connection, tracked from accept to close.
@@ -258,7 +259,8 @@ func (s *Server) handle(c *conn) {
 	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
 	}
-	ctx := context.Background()
+	ctx := context.WithValue(context.Background(), connInfoKey{},
+		&ConnInfo{ID: s.lastID.Add(1), Remote: c.client.RemoteAddr(), Local: c.client.LocalAddr()})
 
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
