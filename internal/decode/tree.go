@@ -350,23 +350,69 @@ func parseYAML(src []byte) ([]*Node, error) {
 	return docs, nil
 }
 
+// Limits on what a YAML document may expand to. Aliases are expanded in
+// place, so a few hundred bytes of nested aliases (an "alias bomb") could
+// otherwise stand for billions of nodes, and an alias inside its own anchor
+// for an infinite tree. Consul's files are small and shallow.
+const (
+	// MaxYAMLNodes bounds the nodes one YAML file expands to, aliases
+	// expanded.
+	MaxYAMLNodes = 100_000
+	// MaxDepth bounds the nesting of maps and lists in a YAML file.
+	MaxDepth = 100
+)
+
+// ErrYAMLTooLarge is wrapped by the errors of YAML files that expand beyond
+// MaxYAMLNodes or MaxDepth, or whose aliases refer to themselves.
+var ErrYAMLTooLarge = errors.New("YAML document too large")
+
+// yamlWalker turns a yaml.Node tree into a Node tree within the limits.
+type yamlWalker struct {
+	nodes  int
+	active map[*yaml.Node]bool // anchors being expanded on the current path
+}
+
 func yamlValue(y *yaml.Node) (*Node, error) {
+	w := &yamlWalker{active: map[*yaml.Node]bool{}}
+	return w.value(y, 0)
+}
+
+func (w *yamlWalker) value(y *yaml.Node, depth int) (*Node, error) {
+	w.nodes++
+	switch {
+	case w.nodes > MaxYAMLNodes:
+		return nil, fmt.Errorf("line %d: %w: more than %d values once aliases are expanded", y.Line, ErrYAMLTooLarge, MaxYAMLNodes)
+	case depth > MaxDepth:
+		return nil, fmt.Errorf("line %d: %w: nested more than %d deep", y.Line, ErrYAMLTooLarge, MaxDepth)
+	}
 	switch y.Kind {
 	case yaml.DocumentNode:
 		if len(y.Content) == 0 {
 			return &Node{Kind: Null}, nil
 		}
-		return yamlValue(y.Content[0])
+		return w.value(y.Content[0], depth)
 	case yaml.AliasNode:
-		return yamlValue(y.Alias)
+		if y.Alias == nil {
+			return nil, fmt.Errorf("line %d: alias *%s has no anchor", y.Line, y.Value)
+		}
+		if w.active[y.Alias] {
+			return nil, fmt.Errorf("line %d: %w: alias *%s refers to itself (its anchor &%s is on line %d)", y.Line, ErrYAMLTooLarge, y.Value, y.Alias.Anchor, y.Alias.Line)
+		}
+		w.active[y.Alias] = true
+		defer delete(w.active, y.Alias)
+		return w.value(y.Alias, depth)
 	case yaml.MappingNode:
+		if y.Anchor != "" {
+			w.active[y] = true
+			defer delete(w.active, y)
+		}
 		out := &Node{Kind: Map, Line: y.Line}
 		for i := 0; i+1 < len(y.Content); i += 2 {
 			k, v := y.Content[i], y.Content[i+1]
 			if k.Tag == "!!merge" {
 				return nil, fmt.Errorf("line %d: YAML merge keys are not supported", k.Line)
 			}
-			val, err := yamlValue(v)
+			val, err := w.value(v, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -374,9 +420,13 @@ func yamlValue(y *yaml.Node) (*Node, error) {
 		}
 		return out, nil
 	case yaml.SequenceNode:
+		if y.Anchor != "" {
+			w.active[y] = true
+			defer delete(w.active, y)
+		}
 		out := &Node{Kind: List, Line: y.Line}
 		for _, c := range y.Content {
-			v, err := yamlValue(c)
+			v, err := w.value(c, depth+1)
 			if err != nil {
 				return nil, err
 			}
