@@ -34,6 +34,9 @@ type Set struct {
 	ServiceDefaults map[string]*api.ServiceConfigEntry
 	// Mesh is the mesh entry, or nil.
 	Mesh *api.MeshConfigEntry
+	// ExportedServices is the exported-services entry of the default
+	// partition, or nil: which services peers may consume.
+	ExportedServices *api.ExportedServicesConfigEntry
 	// Other holds config entries of other kinds (service-resolver, ...),
 	// checked as strictly but not used by meshgate.
 	Other []api.ConfigEntry
@@ -295,6 +298,22 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 			return
 		}
 		s.Mesh = e
+	case *api.ExportedServicesConfigEntry:
+		if s.ExportedServices != nil {
+			d.Errorf(line, path, "a second exported-services entry")
+			return
+		}
+		for i, svc := range e.Services {
+			if svc.Name == "" {
+				d.Errorf(line, path, "exported-services: Services[%d] has no Name", i)
+			}
+			for _, c := range svc.Consumers {
+				if c.Peer == "" && c.Partition == "" && c.SamenessGroup == "" {
+					d.Errorf(line, path, "exported-services: service %q has a consumer with no Peer, Partition or SamenessGroup", svc.Name)
+				}
+			}
+		}
+		s.ExportedServices = e
 	default:
 		s.Other = append(s.Other, entry)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/meshgate/meshgate/internal/decode"
 )
@@ -20,8 +21,10 @@ import (
 //	  gateways = [
 //	    { datacenter = "dc1", addresses = ["10.0.1.5:8443"], wan_addresses = ["198.51.100.5:8443"] },
 //	  ]
+//	  servers = ["10.0.1.2:8503"]
 //	  peers = [
-//	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"] },
+//	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"],
+//	      imports = ["billing"] },
 //	  ]
 //	}
 //
@@ -41,6 +44,10 @@ type Topology struct {
 	Gateways []TopologyGateway
 	// Peers lists the cluster peers.
 	Peers []TopologyPeer
+	// Servers are the local Consul servers' gRPC TLS addresses, where peering
+	// control-plane traffic goes when the mesh entry routes peering through
+	// mesh gateways.
+	Servers []string
 }
 
 // TopologyService is one service's healthy mesh endpoints in one datacenter.
@@ -79,6 +86,10 @@ type TopologyPeer struct {
 	// control plane (api.Peering's PeerServerName and PeerServerAddresses).
 	ServerName      string   `alias:"server_name"`
 	ServerAddresses []string `alias:"server_addresses"`
+	// Imports names the services the peer exports to this cluster
+	// ("name", or "namespace/name"): their SNI is built with TrustDomain and
+	// NameAtPeer, and they are dialled through Gateways.
+	Imports []string
 }
 
 func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
@@ -112,7 +123,19 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 			d.Errorf(n.Line, keyTopology, "a peer without a name")
 		}
 		check("peer "+p.Name, append(p.Gateways, p.ServerAddresses...))
+		if (p.ServerName == "") != (len(p.ServerAddresses) == 0) {
+			d.Errorf(n.Line, keyTopology, "peer %q: server_name and server_addresses go together", p.Name)
+		}
+		if len(p.Imports) > 0 && (p.TrustDomain == "" || p.NameAtPeer == "" || len(p.Gateways) == 0) {
+			d.Errorf(n.Line, keyTopology, "peer %q: imports need trust_domain, name_at_peer and gateways", p.Name)
+		}
+		for _, im := range p.Imports {
+			if _, _, err := SplitImport(im); err != nil {
+				d.Errorf(n.Line, keyTopology, "peer %q: %v", p.Name, err)
+			}
+		}
 	}
+	check("servers", t.Servers)
 	if s.Topology == nil {
 		s.Topology = &t
 		return
@@ -130,6 +153,20 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 	s.Topology.Services = append(s.Topology.Services, t.Services...)
 	s.Topology.Gateways = append(s.Topology.Gateways, t.Gateways...)
 	s.Topology.Peers = append(s.Topology.Peers, t.Peers...)
+	s.Topology.Servers = append(s.Topology.Servers, t.Servers...)
+}
+
+// SplitImport splits a peer's import, "name" or "namespace/name", into its
+// namespace ("" for the default) and name.
+func SplitImport(s string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(s, "/")
+	if !ok {
+		namespace, name = "", s
+	}
+	if name == "" || strings.Contains(name, "/") || ok && namespace == "" {
+		return "", "", fmt.Errorf("import %q: want a service name or namespace/name", s)
+	}
+	return namespace, name, nil
 }
 
 func checkHostPort(addr string) error {

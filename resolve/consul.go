@@ -71,6 +71,8 @@ type Consul struct {
 	failing  map[string]error // watch name -> its last error
 	services map[string]context.CancelFunc
 	dcs      map[string]context.CancelFunc
+	imports  map[string]context.CancelFunc // "peer/service" -> its watch
+	started  bool                          // the first load is done; new keys get watches at once
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -88,6 +90,10 @@ type consulState struct {
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]Endpoint // local service -> endpoints
 	gateways                           map[string][]Endpoint // datacenter -> gateways
+	servers                            []string              // local servers' gRPC TLS addresses
+	peerings                           map[string]*api.Peering
+	exports                            map[ServiceKey][]string    // datacenter left empty
+	imports                            map[string]ImportedService // "peer/service" -> import
 }
 
 // NewConsul loads the first view from the agent client talks to (configured
@@ -106,13 +112,15 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 		opts.MaxBackoff = 10 * time.Second
 	}
 	c := &Consul{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
-		services: map[string]context.CancelFunc{}, dcs: map[string]context.CancelFunc{}}
+		services: map[string]context.CancelFunc{}, dcs: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
 	c.state.endpoints = map[string][]Endpoint{}
 	c.state.gateways = map[string][]Endpoint{}
+	c.state.peerings = map[string]*api.Peering{}
+	c.state.imports = map[string]ImportedService{}
 
 	wait := 100 * time.Millisecond
 	for {
@@ -141,6 +149,9 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 		{"service-defaults", c.loadServiceDefaults},
 		{"mesh", c.loadMesh},
 		{"services", c.loadServices},
+		{"consul servers", c.loadServers},
+		{"peerings", c.loadPeerings},
+		{"exported services", c.loadExports},
 		{"datacenters", func(uint64) (uint64, error) { return 0, c.loadDatacenters() }},
 	}
 	indexes := make([]uint64, len(first))
@@ -167,9 +178,17 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 			return nil, err
 		}
 	}
+	for key := range c.imports {
+		if err := c.firstKeyed(c.imports, "imports of ", key, c.loadImport); err != nil {
+			c.mu.Unlock()
+			c.Close()
+			return nil, err
+		}
+	}
+	c.started = true
 	c.publishLocked()
 	c.mu.Unlock()
-	for i, w := range first[:4] {
+	for i, w := range first[:len(first)-1] {
 		c.watch(c.ctx, w.name, indexes[i], w.load)
 	}
 	c.wg.Add(1)
@@ -354,8 +373,8 @@ func (c *Consul) loadServices(index uint64) (uint64, error) {
 		if _, ok := c.services[name]; ok || name == "consul" {
 			continue
 		}
-		if c.ctx == nil || index == 0 {
-			c.services[name] = func() {} // replaced when the watches start
+		if !c.started {
+			c.services[name] = func() {} // NewConsul loads it, then starts its watch
 			continue
 		}
 		c.startKeyed(c.services, "endpoints of ", name, 0, c.loadEndpoints)
@@ -442,8 +461,8 @@ func (c *Consul) loadDatacenters() error {
 		if _, ok := c.dcs[dc]; ok {
 			continue
 		}
-		if c.ctx == nil || c.view.Load() == nil {
-			c.dcs[dc] = func() {}
+		if !c.started {
+			c.dcs[dc] = func() {} // NewConsul loads it, then starts its watch
 			continue
 		}
 		c.startKeyed(c.dcs, "gateways of ", dc, 0, c.loadGateways)
@@ -574,7 +593,13 @@ func (c *Consul) publishLocked() {
 		Mesh:            s.mesh,
 		Services:        make(map[ServiceKey][]Endpoint, len(s.endpoints)),
 		Gateways:        make(map[Location][]Endpoint, len(s.gateways)),
-		Peers:           map[string]Peer{},
+		Peers:           c.peersLocked(),
+		Exports:         make(map[ServiceKey][]string, len(s.exports)),
+		Servers:         s.servers,
+	}
+	for k, peers := range s.exports {
+		k.Datacenter = s.datacenter
+		v.Exports[k] = peers
 	}
 	for k, e := range s.serviceDefaults {
 		v.ServiceDefaults[k] = e

@@ -278,6 +278,8 @@ service "mesh-gateway" { policy = "write" }
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
 agent_prefix "" { policy = "read" }
+peering = "read"
+mesh = "read"
 `}, nil)
 	require.NoError(t, err)
 	good, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
@@ -290,6 +292,20 @@ agent_prefix "" { policy = "read" }
 	dereg, err := resolve.RegisterGateway(context.Background(), agent.ClientWithToken(good.SecretID), resolve.GatewayRegistration{Address: "127.0.0.1:18443"})
 	require.NoError(t, err)
 	require.NoError(t, dereg())
+
+	// A datacenter gateway's permissions without peering's.
+	noPeering, _, err := agent.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "no-peering", Rules: `
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+mesh = "read"
+`}, nil)
+	require.NoError(t, err)
+	partial, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: noPeering.ID}}}, nil)
+	require.NoError(t, err)
+	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(partial.SecretID), resolve.ConsulOptions{Datacenter: "dc1"})
+	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	assert.Contains(t, err.Error(), "peerings")
+	assert.Contains(t, err.Error(), "peering:read")
 
 	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.ConsulOptions{})
 	require.ErrorIs(t, err, resolve.ErrPermissionDenied)

@@ -157,6 +157,11 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 
 func planPeered(v *View, p *Plan, d modes.Decision, self string) {
 	peer, known := v.Peers[p.Peer]
+	gateways := peer.Gateways
+	im, imported := peer.Import(p.Upstream, p.Namespace)
+	if imported && len(im.Gateways) > 0 {
+		gateways = im.Gateways
+	}
 	destHop := p.Upstream + " peer " + p.Peer
 	peerHop := "gateway peer " + p.Peer
 	switch d.Mode {
@@ -165,7 +170,7 @@ func planPeered(v *View, p *Plan, d modes.Decision, self string) {
 		fallthrough
 	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
 		p.Route = RouteRemoteGateway
-		p.Dial = append(p.Dial, peer.Gateways...)
+		p.Dial = append(p.Dial, gateways...)
 		p.Hops = []string{self, peerHop, destHop}
 	case api.MeshGatewayModeLocal:
 		p.Route = RouteLocalGateway
@@ -176,6 +181,8 @@ func planPeered(v *View, p *Plan, d modes.Decision, self string) {
 		p.Hops = []string{self, peerHop, destHop}
 	}
 	switch {
+	case imported && im.SNI != "":
+		p.SNI = im.SNI
 	case !known:
 		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q is unknown: its trust domain, and so the SNI, and its gateways are not known", p.Peer))
 	case peer.TrustDomain == "" || peer.NameAtPeer == "":

@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/sni"
 )
 
 // DefaultTrustDomain is the trust domain used when neither the topology nor
@@ -53,6 +54,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 		Services:        map[ServiceKey][]Endpoint{},
 		Gateways:        map[Location][]Endpoint{},
 		Peers:           map[string]Peer{},
+		Exports:         map[ServiceKey][]string{},
 	}
 	if t := set.Topology; t != nil {
 		if t.Datacenter != "" {
@@ -87,8 +89,28 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 			if _, dup := v.Peers[p.Name]; dup {
 				return nil, fmt.Errorf("resolve: peer %q listed twice in the topology", p.Name)
 			}
-			v.Peers[p.Name] = Peer{Name: p.Name, TrustDomain: p.TrustDomain, NameAtPeer: p.NameAtPeer,
+			peer := Peer{Name: p.Name, TrustDomain: p.TrustDomain, NameAtPeer: p.NameAtPeer,
 				Gateways: p.Gateways, ServerName: p.ServerName, ServerAddresses: p.ServerAddresses}
+			for _, im := range p.Imports {
+				ns, name, err := config.SplitImport(im)
+				if err != nil {
+					return nil, fmt.Errorf("resolve: peer %q: %w", p.Name, err)
+				}
+				peer.Imports = append(peer.Imports, ImportedService{Name: name, Namespace: orDefault(ns), Partition: "default",
+					SNI: sni.PeeredServiceSNI(name, ns, "", p.NameAtPeer, p.TrustDomain), Gateways: p.Gateways})
+			}
+			v.Peers[p.Name] = peer
+		}
+		v.Servers = t.Servers
+	}
+	if e := set.ExportedServices; e != nil {
+		for _, svc := range e.Services {
+			k := ServiceKey{svc.Name, orDefault(svc.Namespace), v.Partition, v.Datacenter}
+			for _, c := range svc.Consumers {
+				if c.Peer != "" {
+					v.Exports[k] = append(v.Exports[k], c.Peer)
+				}
+			}
 		}
 	}
 	for _, s := range set.Services {

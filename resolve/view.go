@@ -58,9 +58,38 @@ type Peer struct {
 	// Gateways are the peer's mesh gateway addresses.
 	Gateways []string
 	// ServerName and ServerAddresses are the peer's servers for the peering
-	// control plane.
+	// control plane, set only on the side that dials the peer (the cluster
+	// that established the peering with a token); the accepting side leaves
+	// them empty.
 	ServerName      string
 	ServerAddresses []string
+	// Imports are the services the peer exports to this cluster.
+	Imports []ImportedService
+}
+
+// ImportedService is a service a peer exports to this cluster, as this
+// cluster's sidecars reach it: with SNI, through Gateways (the peer's mesh
+// gateways, by WAN address).
+type ImportedService struct {
+	Name      string
+	Namespace string
+	Partition string
+	// SNI is the server name the peer expects for the service:
+	// <svc>.<ns>.<partition>.<the peer's name for us>.external.<peer td>.
+	SNI string
+	// Gateways are the addresses to dial, the exporting peer's mesh gateways.
+	Gateways []string
+}
+
+// Import returns the peer's import of service name in namespace (empty
+// means "default"), and whether there is one.
+func (p Peer) Import(name, namespace string) (ImportedService, bool) {
+	for _, im := range p.Imports {
+		if im.Name == name && orDefault(im.Namespace) == orDefault(namespace) {
+			return im, true
+		}
+	}
+	return ImportedService{}, false
 }
 
 // Instance is a proxy whose upstreams can be planned: a connect-proxy
@@ -98,6 +127,14 @@ type View struct {
 	Gateways map[Location][]Endpoint
 	// Peers holds the cluster peers by local name.
 	Peers map[string]Peer
+	// Exports holds, for each local service exported to peers, the local
+	// names of the peers that may consume it (Consul's resolved
+	// exported-services).
+	Exports map[ServiceKey][]string
+	// Servers are the local Consul servers' gRPC TLS addresses (read
+	// replicas excluded): where peers' control-plane traffic goes when the
+	// mesh entry routes peering through mesh gateways.
+	Servers []string
 	// Instances are the proxies whose upstreams can be planned.
 	Instances []Instance
 }
@@ -117,6 +154,23 @@ func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoi
 // GatewaysIn returns the mesh gateways of a location.
 func (v *View) GatewaysIn(l Location) []Endpoint {
 	return v.Gateways[Location{l.Datacenter, orDefault(l.Partition)}]
+}
+
+// PeerThroughMeshGateways reports whether the mesh entry routes peering
+// control-plane traffic through mesh gateways.
+func (v *View) PeerThroughMeshGateways() bool {
+	return v.Mesh != nil && v.Mesh.Peering != nil && v.Mesh.Peering.PeerThroughMeshGateways
+}
+
+// ExportedTo reports whether the local service name (in namespace; empty
+// means "default") is exported to the peer this cluster calls peer.
+func (v *View) ExportedTo(name, namespace, peer string) bool {
+	for _, p := range v.Exports[ServiceKey{name, orDefault(namespace), v.Local().Partition, v.Datacenter}] {
+		if p == peer {
+			return true
+		}
+	}
+	return false
 }
 
 // Datacenters lists the datacenters the view knows of, sorted.
