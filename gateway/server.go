@@ -47,8 +47,9 @@ type Server struct {
 	MaxConns int
 	// Logger receives one line per rejected connection (Info; Debug for one
 	// closed before sending any byte, such as a TCP health check), per accept
-	// error (Warn) and per forwarded connection that ended with an error such
-	// as a reset or the idle timeout (Debug); nil discards.
+	// error (Warn), per forwarded connection when it starts (Debug: route,
+	// target, server name) and when it ended with an error such as a reset or
+	// the idle timeout (Debug); nil discards.
 	Logger *slog.Logger
 	// Observer receives events for metrics; nil means none.
 	Observer Observer
@@ -294,6 +295,10 @@ func (s *Server) handle(c *conn) {
 		s.reject(c, hello.ServerName, reason, err)
 		s.putHello(bp, raw, hello)
 		return
+	}
+	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
+		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
+			"route", route.Name, "target", target)
 	}
 	c.upstream.Store(&upstream)
 	if s.hardClosed.Load() {

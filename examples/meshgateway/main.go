@@ -8,7 +8,10 @@
 //	go run ./examples/meshgateway -consul   # from the local agent, registering itself
 //
 // Where things are comes from flags and, optionally, files (-config: a
-// topology document and config entries, see package config). Connections it
+// topology document and config entries, see package config). It routes
+// cluster peering too (package peering): exported and imported services,
+// and, when the mesh config entry says PeerThroughMeshGateways, the peering
+// control plane. Connections it
 // cannot route are closed without any dial, one log line each. SIGINT or
 // SIGTERM stop accepting and drain open connections for -drain, then close
 // them.
@@ -39,6 +42,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -166,7 +170,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	v := src.View()
 	s := &gateway.Server{
-		Router:         &resolve.MeshRouter{Source: src},
+		Router:         &peering.Router{Source: src},
 		PeekTimeout:    *peekTimeout,
 		MaxHelloSize:   *maxHello,
 		ConnectTimeout: *connectTimeout,

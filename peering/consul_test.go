@@ -1,0 +1,441 @@
+package peering_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// eventually bounds every wait on Consul; the waits poll a condition.
+const eventually = 60 * time.Second
+
+// meshGateway is a meshgate gateway serving one cluster: a peering.Router
+// over a live resolve.Consul, registered with the cluster's agent. It
+// records which local addresses its upstream dials came from, and which
+// client addresses each server name arrived from.
+type meshGateway struct {
+	t        *testing.T
+	agent    *consultest.Agent
+	addr     string
+	src      *resolve.Consul
+	srv      *gateway.Server
+	counters *gateway.Counters
+	dereg    func() error
+
+	mu     sync.Mutex
+	dialed map[string]bool     // local addresses of upstream dials
+	seen   map[string][]string // server name -> remote addresses
+}
+
+// startGateway starts (or, with addr set, restarts on that address) a
+// gateway for agent.
+func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGateway {
+	t.Helper()
+	g := &meshGateway{t: t, agent: agent, counters: &gateway.Counters{}, dialed: map[string]bool{}, seen: map[string][]string{}}
+	src, err := resolve.NewConsul(context.Background(), agent.Client, resolve.ConsulOptions{})
+	require.NoError(t, err)
+	g.src = src
+	router := &peering.Router{Source: src}
+	g.srv = &gateway.Server{
+		Router: gateway.RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+			if ci, ok := gateway.ConnInfoFrom(ctx); ok {
+				g.mu.Lock()
+				g.seen[hello.ServerName] = append(g.seen[hello.ServerName], ci.Remote.String())
+				g.mu.Unlock()
+			}
+			return router.Route(ctx, hello)
+		}),
+		Observer:       g.counters,
+		ConnectTimeout: 2 * time.Second,
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, address)
+			if err == nil {
+				g.mu.Lock()
+				g.dialed[c.LocalAddr().String()] = true
+				g.mu.Unlock()
+			}
+			return c, err
+		},
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	consultest.WaitFor(t, eventually, "the gateway's address to be free", func() bool {
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	g.addr = ln.Addr().String()
+	go g.srv.Serve(ln)
+	g.dereg, err = resolve.RegisterGateway(context.Background(), agent.Client, resolve.GatewayRegistration{
+		Address: g.addr, CheckInterval: time.Second})
+	require.NoError(t, err)
+	t.Cleanup(g.stop)
+	return g
+}
+
+// stop closes the gateway but leaves it registered, as a crash would.
+func (g *meshGateway) stop() {
+	g.srv.Close()
+	g.src.Close()
+}
+
+// remotesOf returns the client addresses that connections for serverName
+// came from.
+func (g *meshGateway) remotesOf(serverName string) []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.seen[serverName]...)
+}
+
+func (g *meshGateway) dialedFrom(addr string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dialed[addr]
+}
+
+func routeOf(r gateway.Router, name string) (gateway.Route, string) {
+	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+	var rej *gateway.Rejection
+	if errors.As(err, &rej) {
+		return gateway.Route{}, rej.Reason
+	}
+	return got, ""
+}
+
+func peerThroughGateways(t *testing.T, a *consultest.Agent) {
+	t.Helper()
+	_, _, err := a.Client.ConfigEntries().Set(&api.MeshConfigEntry{Peering: &api.PeeringMeshConfig{PeerThroughMeshGateways: true}}, nil)
+	require.NoError(t, err)
+}
+
+func peeringState(t *testing.T, a *consultest.Agent, name string) api.PeeringState {
+	p, _, err := a.Client.Peerings().Read(context.Background(), name, nil)
+	if err != nil || p == nil {
+		return ""
+	}
+	return p.State
+}
+
+// connectService serves mTLS for a Connect-native service on agent: its leaf
+// certificate from the agent, client certificates verified against
+// clientRoots (the peer's CA, as the service would get it from Consul), and
+// an echo.
+func connectService(t *testing.T, agent *consultest.Agent, name string, clientRoots func() *x509.CertPool) (port int, accepted *int64Counter) {
+	t.Helper()
+	leaf, _, err := agent.Client.Agent().ConnectCALeaf(name, nil)
+	require.NoError(t, err)
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	require.NoError(t, err)
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyChain(raw, clientRoots(), "")
+		},
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	accepted = &int64Counter{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.add()
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	port = ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true}}))
+	return port, accepted
+}
+
+type int64Counter struct {
+	mu sync.Mutex
+	n  int64
+}
+
+func (c *int64Counter) add() { c.mu.Lock(); c.n++; c.mu.Unlock() }
+func (c *int64Counter) get() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// verifyChain verifies a peer's certificate chain against roots and, when
+// spiffeID is set, that the leaf carries exactly that URI SAN.
+func verifyChain(raw [][]byte, roots *x509.CertPool, spiffeID string) error {
+	if len(raw) == 0 {
+		return errors.New("no certificate")
+	}
+	certs := make([]*x509.Certificate, len(raw))
+	for i, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return err
+		}
+		certs[i] = c
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return err
+	}
+	if spiffeID == "" {
+		return nil
+	}
+	for _, u := range certs[0].URIs {
+		if u.String() == spiffeID {
+			return nil
+		}
+	}
+	return fmt.Errorf("certificate is for %v, not %s", certs[0].URIs, spiffeID)
+}
+
+// peerRoots returns the CA roots agent holds for its peer.
+func peerRoots(t *testing.T, agent *consultest.Agent, peer string) *x509.CertPool {
+	p, _, err := agent.Client.Peerings().Read(context.Background(), peer, nil)
+	if err != nil || p == nil {
+		t.Errorf("reading peering %q: %v", peer, err)
+		return x509.NewCertPool()
+	}
+	pool := x509.NewCertPool()
+	for _, pemText := range p.PeerCAPems {
+		pool.AppendCertsFromPEM([]byte(pemText))
+	}
+	return pool
+}
+
+// dialPeered opens mTLS through addr with serverName, as a sidecar of
+// service "web" in agent's cluster, expecting the server to be spiffeID
+// under roots, and checks an echo both ways.
+func dialPeered(agent *consultest.Agent, addr, serverName, spiffeID string, roots *x509.CertPool) error {
+	leaf, _, err := agent.Client.Agent().ConnectCALeaf("web", nil)
+	if err != nil {
+		return err
+	}
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		return err
+	}
+	d := tls.Dialer{Config: &tls.Config{
+		ServerName:         serverName,
+		Certificates:       []tls.Certificate{cert},
+		InsecureSkipVerify: true, // the SPIFFE identity is checked below instead of a DNS name
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyChain(raw, roots, spiffeID)
+		},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := []byte(strings.Repeat("through the gateways ", 4096))
+	go c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return errors.New("echo differs")
+	}
+	return nil
+}
+
+// Two clusters peer through meshgate gateways only, and a service exported
+// by one is reached from the other through them, in local and remote mode.
+func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
+	a := consultest.Start(t, consultest.Options{})
+	b := consultest.Start(t, consultest.Options{})
+	tdA, tdB := a.TrustDomain(), b.TrustDomain()
+	require.NotEqual(t, tdA, tdB, "two clusters, two trust domains")
+	peerThroughGateways(t, a)
+	peerThroughGateways(t, b)
+	gwA := startGateway(t, a, "")
+	gwB := startGateway(t, b, "")
+	bServers := sni.PeeringServerSNI("dc1", tdB)
+
+	// B's gateway routes B's server name to B's gRPC TLS port.
+	consultest.WaitFor(t, eventually, "B's gateway to know B's servers", func() bool {
+		r, reason := routeOf(&peering.Router{Source: gwB.src}, bServers)
+		return reason == "" && len(r.Targets) == 1 && r.Targets[0] == b.GRPCTLS
+	})
+
+	// B generates a token for A: its server addresses are B's gateway only.
+	tok, _, err := b.Client.Peerings().GenerateToken(context.Background(), api.PeeringGenerateTokenRequest{PeerName: "cluster-a"}, nil)
+	require.NoError(t, err)
+	raw, err := base64.StdEncoding.DecodeString(tok.PeeringToken)
+	require.NoError(t, err)
+	var token struct {
+		ServerAddresses []string
+		ServerName      string
+	}
+	require.NoError(t, json.Unmarshal(raw, &token))
+	assert.Equal(t, []string{gwB.addr}, token.ServerAddresses, "the token names only B's meshgate gateway")
+	assert.Equal(t, bServers, token.ServerName)
+
+	start := time.Now()
+	_, _, err = a.Client.Peerings().Establish(context.Background(), api.PeeringEstablishRequest{PeerName: "cluster-b", PeeringToken: tok.PeeringToken}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "the peering to be ACTIVE on both sides", func() bool {
+		return peeringState(t, a, "cluster-b") == api.PeeringStateActive && peeringState(t, b, "cluster-a") == api.PeeringStateActive
+	})
+	t.Logf("peering ACTIVE on both sides %v after Establish", time.Since(start).Round(time.Millisecond))
+
+	// Every control-plane connection that reached B's gateway came from A's
+	// gateway: none from A's servers directly, which Consul falls back to
+	// when its local gateway does not route the peer's server name.
+	remotes := gwB.remotesOf(bServers)
+	require.NotEmpty(t, remotes, "A's servers reached B's through B's gateway")
+	for _, r := range remotes {
+		assert.True(t, gwA.dialedFrom(r), "connection to B's servers from %s did not come through A's gateway", r)
+	}
+	assert.NotEmpty(t, gwA.remotesOf(bServers), "A's servers dialled A's gateway")
+	snapA := gwA.counters.Snapshot()
+	assert.Zero(t, snapA.Rejected[peering.ReasonNotThroughGateways]+snapA.Rejected[resolve.ReasonForeignTrustDomain],
+		"A's gateway refused none of A's servers' connections: %v", snapA.Rejected)
+
+	// The data plane: B exports a Connect-native api to A.
+	_, apiAccepted := connectService(t, b, "api", func() *x509.CertPool { return peerRoots(t, b, "cluster-a") })
+	_, _, err = b.Client.ConfigEntries().Set(&api.ExportedServicesConfigEntry{Name: "default",
+		Services: []api.ExportedService{{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}}, nil)
+	require.NoError(t, err)
+	apiSNI := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
+	apiID := "spiffe://" + tdB + "/ns/default/dc/dc1/svc/api"
+	var imported resolve.ImportedService
+	consultest.WaitFor(t, eventually, "A's gateway to learn api imported from B, with B's gateway as address", func() bool {
+		var ok bool
+		imported, ok = gwA.src.View().Peers["cluster-b"].Import("api", "")
+		return ok && imported.SNI == apiSNI && len(imported.Gateways) == 1 && imported.Gateways[0] == gwB.addr
+	})
+	// A sidecar of web in A with api from B as an upstream is planned with
+	// the SNI and addresses learned from A's agent, in each mode.
+	web := resolve.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
+	for mode, want := range map[api.MeshGatewayMode]string{api.MeshGatewayModeRemote: gwB.addr, api.MeshGatewayModeLocal: gwA.addr} {
+		plan := resolve.PlanUpstream(gwA.src.View(), web, api.Upstream{DestinationName: "api", DestinationPeer: "cluster-b",
+			MeshGateway: api.MeshGatewayConfig{Mode: mode}})
+		assert.Equal(t, apiSNI, plan.SNI, mode)
+		assert.Equal(t, []string{want}, plan.Dial, mode)
+		assert.Empty(t, plan.Warnings, mode)
+	}
+	checkDataPath := func(what string) {
+		t.Helper()
+		before := apiAccepted.get()
+		// local mode: A's gateway, then B's gateway, then api.
+		consultest.WaitFor(t, eventually, what+": api through A's gateway (local mode)", func() bool {
+			return dialPeered(a, gwA.addr, imported.SNI, apiID, peerRoots(t, a, "cluster-b")) == nil
+		})
+		// remote mode: B's gateway, as the imported entry's WAN address says.
+		require.NoError(t, dialPeered(a, imported.Gateways[0], imported.SNI, apiID, peerRoots(t, a, "cluster-b")), what+": remote mode")
+		assert.GreaterOrEqual(t, apiAccepted.get()-before, int64(2))
+	}
+	checkDataPath("first")
+	assert.NotEmpty(t, gwA.remotesOf(apiSNI), "local mode went through A's gateway")
+	for _, r := range gwB.remotesOf(apiSNI)[:1] {
+		assert.True(t, gwA.dialedFrom(r), "the first api connection reached B's gateway from A's gateway")
+	}
+	wrongID := "spiffe://" + tdB + "/ns/default/dc/dc1/svc/billing"
+	assert.Error(t, dialPeered(a, gwA.addr, imported.SNI, wrongID, peerRoots(t, a, "cluster-b")), "the client checks the server's SPIFFE identity")
+
+	// A service B does not export to A is refused by B's gateway, without a dial.
+	_, billingAccepted := connectService(t, b, "billing", func() *x509.CertPool { return peerRoots(t, b, "cluster-a") })
+	consultest.WaitFor(t, eventually, "B's gateway to know billing", func() bool {
+		return len(gwB.src.View().Endpoints("billing", "", "", "")) == 1
+	})
+	before := gwB.counters.Snapshot()
+	billingSNI := sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB)
+	assert.Error(t, dialPeered(a, gwB.addr, billingSNI, wrongID, peerRoots(t, a, "cluster-b")))
+	after := gwB.counters.Snapshot()
+	assert.Equal(t, before.Rejected[peering.ReasonNotExported]+1, after.Rejected[peering.ReasonNotExported])
+	assert.Equal(t, before.DialFailures, after.DialFailures)
+	assert.Equal(t, before.Forwarded, after.Forwarded)
+	assert.Zero(t, billingAccepted.get())
+
+	// B's gateway restarts on its address, then B's agent restarts: the
+	// peering and the data path come back.
+	addrB := gwB.addr
+	gwB.stop()
+	gwB = startGateway(t, b, addrB)
+	checkDataPath("after B's gateway restarted")
+	b.Stop()
+	b.Restart()
+	consultest.WaitFor(t, eventually, "the peering to be ACTIVE again after B's agent restarted", func() bool {
+		return peeringState(t, a, "cluster-b") == api.PeeringStateActive && peeringState(t, b, "cluster-a") == api.PeeringStateActive
+	})
+	checkDataPath("after B's agent restarted")
+
+	// Deleting the export removes the routes on both sides.
+	_, err = b.Client.ConfigEntries().Delete(api.ExportedServices, "default", nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "B's gateway to stop routing api to A", func() bool {
+		_, reason := routeOf(&peering.Router{Source: gwB.src}, apiSNI)
+		return reason == peering.ReasonNotExported
+	})
+	consultest.WaitFor(t, eventually, "A's gateway to forget api", func() bool {
+		_, reason := routeOf(&peering.Router{Source: gwA.src}, apiSNI)
+		return reason == resolve.ReasonForeignTrustDomain
+	})
+
+	// Deleting the peering removes the control-plane route on A's side.
+	_, err = a.Client.Peerings().Delete(context.Background(), "cluster-b", nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "A's gateway to stop routing B's servers", func() bool {
+		_, reason := routeOf(&peering.Router{Source: gwA.src}, bServers)
+		return reason == resolve.ReasonForeignTrustDomain
+	})
+}
+
+// Without the mesh entry, the gateway does not route the local servers.
+func TestControlPlaneFollowsTheMeshEntry(t *testing.T) {
+	a := consultest.Start(t, consultest.Options{})
+	src, err := resolve.NewConsul(context.Background(), a.Client, resolve.ConsulOptions{})
+	require.NoError(t, err)
+	defer src.Close()
+	r := &peering.Router{Source: src}
+	name := sni.PeeringServerSNI("dc1", a.TrustDomain())
+	_, reason := routeOf(r, name)
+	assert.Equal(t, peering.ReasonNotThroughGateways, reason)
+	peerThroughGateways(t, a)
+	consultest.WaitFor(t, eventually, "the servers to route once the mesh entry says so", func() bool {
+		got, reason := routeOf(r, name)
+		return reason == "" && len(got.Targets) == 1 && got.Targets[0] == a.GRPCTLS
+	})
+	_, err = a.Client.ConfigEntries().Delete(api.MeshConfig, api.MeshConfigMesh, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "the servers to stop routing once the entry is gone", func() bool {
+		_, reason := routeOf(r, name)
+		return reason == peering.ReasonNotThroughGateways
+	})
+}

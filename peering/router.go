@@ -1,0 +1,170 @@
+package peering
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+)
+
+// Rejection reasons of Router, besides those of resolve.MeshRouter.
+const (
+	// ReasonNotThroughGateways: a peering control-plane name while the mesh
+	// entry does not route peering through mesh gateways.
+	ReasonNotThroughGateways = "peering-not-through-gateways"
+	// ReasonNoServers: the local servers' gRPC TLS addresses are not known.
+	ReasonNoServers = "no-peering-servers"
+	// ReasonNotExported: an exported-service name for a service that is not
+	// exported to the peer the name carries.
+	ReasonNotExported = "not-exported"
+)
+
+// Router is a gateway.Router for a mesh gateway that takes part in cluster
+// peering: it routes the peering names described in the package comment and
+// hands every other name to Mesh. The zero value is not usable: set Source.
+//
+// Targets are rotated per connection; the gateway tries the rest in order
+// when one fails. Each connection reads the Source's current View once.
+type Router struct {
+	// Source provides the view. Required.
+	Source resolve.Source
+	// Mesh routes the names that are not peering's; nil means a
+	// resolve.MeshRouter over Source.
+	Mesh gateway.Router
+
+	mesh  atomic.Pointer[gateway.Router]
+	next  atomic.Uint32
+	index atomic.Pointer[peerIndex]
+}
+
+var _ gateway.Router = (*Router)(nil)
+
+// Route implements gateway.Router.
+func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+	v := r.Source.View()
+	if hello.ServerName != "" {
+		name, err := sni.ParseName(hello.ServerName, v.TrustDomain)
+		switch {
+		case errors.Is(err, sni.ErrForeignTrustDomain):
+			return r.toPeer(v, hello.ServerName)
+		case err == nil && name.Kind == sni.KindPeeringServer:
+			return r.toServers(v, name)
+		case err == nil && name.Kind == sni.KindPeeredService:
+			return r.toExported(v, name)
+		}
+	}
+	return r.meshRouter().Route(ctx, hello)
+}
+
+func (r *Router) meshRouter() gateway.Router {
+	if r.Mesh != nil {
+		return r.Mesh
+	}
+	if m := r.mesh.Load(); m != nil {
+		return *m
+	}
+	var m gateway.Router = &resolve.MeshRouter{Source: r.Source}
+	r.mesh.CompareAndSwap(nil, &m)
+	return *r.mesh.Load()
+}
+
+// toServers routes server.<dc>.peering.<local td>: a peer's servers dialling
+// ours through this gateway.
+func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error) {
+	switch {
+	case name.Datacenter != v.Datacenter:
+		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownDatacenter,
+			"peering servers of datacenter %q: this gateway serves the peering control plane of %q only", name.Datacenter, v.Datacenter)
+	case !v.PeerThroughMeshGateways():
+		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
+			"%q: the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", name.String())
+	case len(v.Servers) == 0:
+		return gateway.Route{}, gateway.Reject(ReasonNoServers, "%q: no Consul server with a gRPC TLS port is known in %s", name.String(), v.Datacenter)
+	}
+	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.rotate(v.Servers)}, nil
+}
+
+// toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
+// sidecar or gateway reaching a service this cluster exports to it.
+func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, error) {
+	local := v.Local()
+	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
+		return gateway.Route{}, gateway.Reject(ReasonNotExported,
+			"service %q (namespace %q, partition %q) is not exported to peer %q", name.Service, name.Namespace, name.Partition, name.Peer)
+	}
+	eps := v.Endpoints(name.Service, name.Namespace, name.Partition, "")
+	targets := make([]string, 0, len(eps))
+	for _, e := range eps {
+		if e.Address != "" {
+			targets = append(targets, e.Address)
+		}
+	}
+	if len(targets) == 0 {
+		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
+			"exported service %q (namespace %q) has no healthy mesh endpoints in %s", name.Service, name.Namespace, local)
+	}
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.rotate(targets)}, nil
+}
+
+// toPeer routes a name in another cluster's trust domain, only if it is
+// exactly one the view learned: a peer's server name or an imported
+// service's SNI.
+func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, error) {
+	pr, ok := r.indexOf(v).routes[strings.ToLower(serverName)]
+	switch {
+	case !ok:
+		return gateway.Route{}, gateway.Reject(resolve.ReasonForeignTrustDomain,
+			"%q is neither in trust domain %q nor a peer's server or imported service name known to this gateway", serverName, v.TrustDomain)
+	case pr.server && !v.PeerThroughMeshGateways():
+		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
+			"%q is the servers of peer %q, but the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", serverName, pr.peer)
+	}
+	return gateway.Route{Name: pr.name, Targets: r.rotate(pr.targets)}, nil
+}
+
+// peerIndex maps the exact foreign names of one view to their routes.
+type peerIndex struct {
+	view   *resolve.View
+	routes map[string]peerRoute
+}
+
+type peerRoute struct {
+	name    string
+	peer    string
+	server  bool // a peer's control plane, routed only with PeerThroughMeshGateways
+	targets []string
+}
+
+// indexOf returns the index of v, building it once per view.
+func (r *Router) indexOf(v *resolve.View) *peerIndex {
+	if idx := r.index.Load(); idx != nil && idx.view == v {
+		return idx
+	}
+	idx := &peerIndex{view: v, routes: map[string]peerRoute{}}
+	for _, p := range v.Peers {
+		if p.ServerName != "" && len(p.ServerAddresses) > 0 {
+			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, peer: p.Name, server: true, targets: p.ServerAddresses}
+		}
+		for _, im := range p.Imports {
+			if im.SNI != "" && len(im.Gateways) > 0 {
+				idx.routes[strings.ToLower(im.SNI)] = peerRoute{name: "imported " + im.Name + " from peer " + p.Name, peer: p.Name, targets: im.Gateways}
+			}
+		}
+	}
+	r.index.Store(idx)
+	return idx
+}
+
+// rotate returns targets starting at the next position of a shared counter,
+// in a new slice.
+func (r *Router) rotate(targets []string) []string {
+	if len(targets) < 2 {
+		return targets
+	}
+	i := int(r.next.Add(1) % uint32(len(targets)))
+	return append(append(make([]string, 0, len(targets)), targets[i:]...), targets[:i]...)
+}
