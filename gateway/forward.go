@@ -328,7 +328,7 @@ func (d *direction) pump() (parked bool) {
 				err = ErrIdleTimeout
 			}
 			if pp != nil {
-				pp.close() // may hold bytes; never reuse it
+				pipes.discard(pp) // may hold bytes; never reuse it
 			}
 			d.err = p.end(d.dst, err)
 			return false
@@ -342,7 +342,7 @@ func (d *direction) pump() (parked bool) {
 		p.last.Store(now)
 		d.lastOwn = now
 		if err := p.drain(d.dst, d.dstRC, pp, n); err != nil {
-			pp.close()
+			pipes.discard(pp)
 			d.err = p.end(d.dst, err)
 			return false
 		}

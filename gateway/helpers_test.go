@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,10 +22,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(emfileChildEnv) != "" {
-		emfileChild()
-		return
-	}
 	// The idle poller is a process-wide goroutine, like Go's own netpoller.
 	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/meshgate/meshgate/gateway.(*parker).loop"))
 }

@@ -22,6 +22,26 @@ type Observer interface {
 	Forwarded(route, target string, s Stats)
 }
 
+// LimitObserver is an Observer that is also told when a limit holds new
+// connections back: the Server stops accepting, and clients wait in the
+// listen backlog, until a connection closes. A Server looks for it on its
+// Observer.
+type LimitObserver interface {
+	Observer
+	// HeldBack is called each time accepting starts to wait, with the limit
+	// that holds it: LimitMaxConns or LimitOpenFiles.
+	HeldBack(limit string)
+}
+
+// The limits a LimitObserver hears of.
+const (
+	// LimitMaxConns is Server.MaxConns.
+	LimitMaxConns = "max-conns"
+	// LimitOpenFiles is the process's share of its open-file limit for
+	// connections (see Server.ConnLimit).
+	LimitOpenFiles = "open-files"
+)
+
 // Stats describes one forwarded connection.
 type Stats struct {
 	// ClientToUpstream and UpstreamToClient count the bytes moved each way,
@@ -44,12 +64,13 @@ type Counters struct {
 	accepted, forwarded, dialFailures atomic.Int64
 	bytesUp, bytesDown                atomic.Int64
 	spliced                           atomic.Int64
+	heldMaxConns, heldOpenFiles       atomic.Int64
 
 	mu       sync.Mutex
 	rejected map[string]int64
 }
 
-var _ Observer = (*Counters)(nil)
+var _ LimitObserver = (*Counters)(nil)
 
 // Accepted counts an accepted connection.
 func (c *Counters) Accepted(net.Addr) { c.accepted.Add(1) }
@@ -77,11 +98,24 @@ func (c *Counters) Forwarded(_, _ string, s Stats) {
 	}
 }
 
+// HeldBack counts a wait on a limit.
+func (c *Counters) HeldBack(limit string) {
+	switch limit {
+	case LimitMaxConns:
+		c.heldMaxConns.Add(1)
+	case LimitOpenFiles:
+		c.heldOpenFiles.Add(1)
+	}
+}
+
 // Snapshot is a copy of the Counters at one moment.
 type Snapshot struct {
 	Accepted, Forwarded, Spliced, DialFailures int64
 	BytesUp, BytesDown                         int64
 	Rejected                                   map[string]int64
+	// HeldBackMaxConns and HeldBackOpenFiles count the times accepting
+	// waited on MaxConns and on the open-file limit.
+	HeldBackMaxConns, HeldBackOpenFiles int64
 }
 
 // Snapshot returns the current counts.
@@ -95,6 +129,7 @@ func (c *Counters) Snapshot() Snapshot {
 	return Snapshot{
 		Accepted: c.accepted.Load(), Forwarded: c.forwarded.Load(), Spliced: c.spliced.Load(),
 		DialFailures: c.dialFailures.Load(), BytesUp: c.bytesUp.Load(), BytesDown: c.bytesDown.Load(), Rejected: rej,
+		HeldBackMaxConns: c.heldMaxConns.Load(), HeldBackOpenFiles: c.heldOpenFiles.Load(),
 	}
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"sync"
 	"syscall"
 )
@@ -27,12 +28,20 @@ type pipe struct {
 
 // pipePool lends pipes to directions that are moving data. A direction that
 // waits for data holds none, so an idle connection costs no pipe descriptors.
+// At most max pipes are open at once (idle or lent), within the process's
+// descriptor budget; past that, get fails and the direction copies the chunk
+// through a buffer instead.
 type pipePool struct {
 	mu   sync.Mutex
 	free []*pipe
+	open int // pipes open, idle or lent
+	max  int // 0: no bound
 }
 
 var pipes pipePool
+
+// errPipeBudget is get's error when max pipes are open.
+var errPipeBudget = errors.New("gateway: pipe budget exhausted")
 
 func (pp *pipePool) get() (*pipe, error) {
 	pp.mu.Lock()
@@ -42,9 +51,17 @@ func (pp *pipePool) get() (*pipe, error) {
 		pp.mu.Unlock()
 		return p, nil
 	}
+	if pp.max > 0 && pp.open >= pp.max {
+		pp.mu.Unlock()
+		return nil, errPipeBudget
+	}
+	pp.open++
 	pp.mu.Unlock()
 	var fds [2]int
 	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		pp.mu.Lock()
+		pp.open--
+		pp.mu.Unlock()
 		return nil, err
 	}
 	p := &pipe{r: fds[0], w: fds[1], size: 1 << 16}
@@ -58,13 +75,32 @@ func (pp *pipePool) get() (*pipe, error) {
 // put returns an empty pipe to the pool, or closes it if the pool is full.
 func (pp *pipePool) put(p *pipe) {
 	pp.mu.Lock()
-	if len(pp.free) < maxIdlePipes {
+	idle := maxIdlePipes
+	if pp.max > 0 {
+		idle = min(idle, max(pp.max/2, 1)) // leave room to lend under the bound
+	}
+	if len(pp.free) < idle {
 		pp.free = append(pp.free, p)
 		pp.mu.Unlock()
 		return
 	}
 	pp.mu.Unlock()
+	pp.discard(p)
+}
+
+// discard closes a pipe that is not to be reused.
+func (pp *pipePool) discard(p *pipe) {
 	p.close()
+	pp.mu.Lock()
+	pp.open--
+	pp.mu.Unlock()
+}
+
+// setMax bounds the pipes open at once; 0 means no bound.
+func (pp *pipePool) setMax(n int) {
+	pp.mu.Lock()
+	pp.max = n
+	pp.mu.Unlock()
 }
 
 func (p *pipe) close() {

@@ -43,7 +43,11 @@ type Server struct {
 	IdleTimeout time.Duration
 	// MaxConns bounds the connections open at once; when it is reached the
 	// server stops accepting (new clients wait in the listen backlog) until
-	// one closes. Zero means no bound.
+	// one closes. Zero means no bound other than the descriptor limit: on
+	// Unix every Server of the process also stops accepting when the
+	// connections open across them would need more descriptors than the
+	// soft RLIMIT_NOFILE leaves after a reserve (see ConnLimit), so that a
+	// connection it accepts can always dial its upstream.
 	MaxConns int
 	// Logger receives one line per rejected connection (Info; Debug for one
 	// closed before sending any byte, such as a TCP health check), per accept
@@ -65,7 +69,9 @@ type Server struct {
 	initOnce   sync.Once
 	done       chan struct{} // closed on Shutdown or Close
 	doneOnce   sync.Once
-	slots      chan struct{} // MaxConns semaphore, or nil
+	slots      chan struct{}     // MaxConns semaphore, or nil
+	budget     *descriptorBudget // the process's, or nil
+	heldBack   atomic.Bool       // logged that the budget held accepting back
 	mu         sync.Mutex
 	listeners  map[*net.Listener]struct{}
 	conns      map[*conn]struct{}
@@ -94,7 +100,20 @@ func (s *Server) init() {
 		if s.MaxConns > 0 {
 			s.slots = make(chan struct{}, s.MaxConns)
 		}
+		s.budget = processBudget()
 	})
+}
+
+// ConnLimit returns how many connections this Server may hold open at once:
+// MaxConns, or the process's descriptor budget if that is smaller (it is
+// shared by every Server of the process), or 0 if neither bounds it.
+func (s *Server) ConnLimit() int {
+	s.init()
+	limit := s.MaxConns
+	if b := s.budget; b != nil && (limit == 0 || b.conns < limit) {
+		limit = b.conns
+	}
+	return limit
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -156,12 +175,8 @@ func (s *Server) Serve(l net.Listener) error {
 
 	var delay time.Duration
 	for {
-		if s.slots != nil {
-			select {
-			case s.slots <- struct{}{}:
-			case <-s.done:
-				return ErrServerClosed
-			}
+		if !s.acquireSlot() {
+			return ErrServerClosed
 		}
 		c, err := l.Accept()
 		if err != nil {
@@ -208,7 +223,56 @@ func temporary(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// acquireSlot waits until one more connection may be opened, under
+// MaxConns and then under the process's descriptor budget; it returns false
+// if the server closed meanwhile.
+func (s *Server) acquireSlot() bool {
+	if s.slots != nil {
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.heldBackBy(LimitMaxConns)
+			select {
+			case s.slots <- struct{}{}:
+			case <-s.done:
+				return false
+			}
+		}
+	}
+	if b := s.budget; b != nil {
+		select {
+		case b.slots <- struct{}{}:
+		default:
+			s.heldBackBy(LimitOpenFiles)
+			if !s.heldBack.Swap(true) {
+				s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
+					"open_file_limit", b.nofile, "conn_limit", b.conns)
+			}
+			select {
+			case b.slots <- struct{}{}:
+			case <-s.done:
+				if s.slots != nil {
+					<-s.slots
+				}
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// heldBackBy tells a LimitObserver that accepting waits on limit.
+func (s *Server) heldBackBy(limit string) {
+	if o, ok := s.Observer.(LimitObserver); ok {
+		o.HeldBack(limit)
+	}
+}
+
+// releaseSlot frees what acquireSlot took.
 func (s *Server) releaseSlot() {
+	if b := s.budget; b != nil {
+		<-b.slots
+	}
 	if s.slots != nil {
 		<-s.slots
 	}
