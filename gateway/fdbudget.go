@@ -45,7 +45,7 @@ var processBudget = sync.OnceValue(func() *descriptorBudget {
 	}
 	b := budgetFor(nofile)
 	if b != nil {
-		pipes.setMax(b.pipes)
+		limitPipes(b.pipes)
 	}
 	return b
 })

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,3 +180,30 @@ var bg = context.Background()
 func (b *backend) Load2() int { return int(b.accepted.Load()) }
 
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// dialFunc is Server.Dial's type.
+type dialFunc = func(ctx context.Context, network, address string) (net.Conn, error)
+
+// forwardingPaths runs test once per way the Forwarder moves bytes: with
+// Server.Dial nil, which splices on Linux (and copies elsewhere), and with a
+// Dial that hides the upstream's *net.TCPConn, which forces the portable copy
+// path that every other system takes. spliced says which path to expect.
+func forwardingPaths(t *testing.T, test func(t *testing.T, dial dialFunc, spliced bool)) {
+	t.Run("native", func(t *testing.T) { test(t, nil, runtime.GOOS == "linux") })
+	t.Run("copy", func(t *testing.T) {
+		var d net.Dialer
+		test(t, func(ctx context.Context, network, address string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, address)
+			if err != nil {
+				return nil, err
+			}
+			return wrapped{c}, nil
+		}, false)
+	})
+}
+
+// wrapped hides *net.TCPConn so the Forwarder must copy through user space.
+type wrapped struct{ net.Conn }
+
+// CloseWrite passes half-closes through to the hidden connection.
+func (w wrapped) CloseWrite() error { return w.Conn.(*net.TCPConn).CloseWrite() }

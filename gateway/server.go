@@ -8,7 +8,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/meshgate/meshgate/sni"
@@ -211,16 +210,6 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		go s.handle(cc)
 	}
-}
-
-// temporary reports whether an Accept error is worth retrying.
-func temporary(err error) bool {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		return errno.Temporary() || errno == syscall.ENOBUFS || errno == syscall.ENOMEM
-	}
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // acquireSlot waits until one more connection may be opened, under
@@ -487,7 +476,7 @@ func dialRetryingEMFILE(dial func(context.Context, string, string) (net.Conn, er
 	wait := 5 * time.Millisecond
 	for {
 		up, err := dial(ctx, "tcp", addr)
-		if err == nil || !(errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+		if err == nil || !outOfDescriptors(err) {
 			return up, err
 		}
 		t := time.NewTimer(wait)

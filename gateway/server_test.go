@@ -76,65 +76,72 @@ func TestTLSEndToEndOpenSSL(t *testing.T) {
 	assert.Contains(t, stderr.String(), "CN = "+longName, "openssl verified the backend's own certificate chain")
 }
 
-// Large random streams arrive intact both ways at once, over the splice path.
+// Large random streams arrive intact both ways at once, over each path.
 func TestBulkIntegrityBothWays(t *testing.T) {
-	const size = 32 << 20
-	up := make([]byte, size)
-	down := make([]byte, size)
-	rand.Read(up)
-	rand.Read(down)
-	gotUp := make(chan [32]byte, 1)
-	b := startBackend(t, func(c net.Conn) {
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			h := sha256.New()
-			io.Copy(h, c)
-			var sum [32]byte
-			copy(sum[:], h.Sum(nil))
-			gotUp <- sum
-		}()
-		c.Write(down)
-		c.(*net.TCPConn).CloseWrite()
-		wg.Wait()
-	})
-	var counters Counters
-	gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), Observer: &counters})
+	forwardingPaths(t, func(t *testing.T, dial dialFunc, spliced bool) {
+		const size = 32 << 20
+		up := make([]byte, size)
+		down := make([]byte, size)
+		rand.Read(up)
+		rand.Read(down)
+		gotUp := make(chan [32]byte, 1)
+		b := startBackend(t, func(c net.Conn) {
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h := sha256.New()
+				io.Copy(h, c)
+				var sum [32]byte
+				copy(sum[:], h.Sum(nil))
+				gotUp <- sum
+			}()
+			c.Write(down)
+			c.(*net.TCPConn).CloseWrite()
+			wg.Wait()
+		})
+		var counters Counters
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), Observer: &counters, Dial: dial})
 
-	hello := helloBytes(t, longName)
-	c, err := net.Dial("tcp", gw)
-	require.NoError(t, err)
-	defer c.Close()
-	go func() {
-		c.Write(hello)
-		c.Write(up)
-		c.(*net.TCPConn).CloseWrite()
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	require.NoError(t, err)
-	assert.Equal(t, int64(size), n)
-	assert.Equal(t, sha256.Sum256(down), [32]byte(h.Sum(nil)), "upstream to client")
-	want := sha256.New()
-	want.Write(hello)
-	want.Write(up)
-	assert.Equal(t, [32]byte(want.Sum(nil)), <-gotUp, "client to upstream, hello first")
-	waitFor(t, "stats", func() bool { return counters.Snapshot().Forwarded == 1 })
-	s := counters.Snapshot()
-	assert.Equal(t, int64(size+len(hello)), s.BytesUp)
-	assert.Equal(t, int64(size), s.BytesDown)
+		hello := helloBytes(t, longName)
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		defer c.Close()
+		go func() {
+			c.Write(hello)
+			c.Write(up)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		require.NoError(t, err)
+		assert.Equal(t, int64(size), n)
+		assert.Equal(t, sha256.Sum256(down), [32]byte(h.Sum(nil)), "upstream to client")
+		want := sha256.New()
+		want.Write(hello)
+		want.Write(up)
+		assert.Equal(t, [32]byte(want.Sum(nil)), <-gotUp, "client to upstream, hello first")
+		waitFor(t, "stats", func() bool { return counters.Snapshot().Forwarded == 1 })
+		s := counters.Snapshot()
+		assert.Equal(t, int64(size+len(hello)), s.BytesUp)
+		assert.Equal(t, int64(size), s.BytesDown)
+		assert.Equal(t, spliced, s.Spliced == 1, "the path taken")
+	})
 }
 
 // Each side's half-close reaches the other, and the opposite direction keeps
 // working after it.
 func TestHalfClose(t *testing.T) {
+	forwardingPaths(t, func(t *testing.T, dial dialFunc, _ bool) { halfClose(t, dial) })
+}
+
+func halfClose(t *testing.T, dial dialFunc) {
 	t.Run("client closes writing first", func(t *testing.T) {
 		b := startBackend(t, func(c net.Conn) {
 			got, _ := io.ReadAll(c) // ends only if the client's FIN was forwarded
 			c.Write([]byte("got " + string(got[len(got)-4:])))
 		})
-		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})})
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), Dial: dial})
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()
@@ -151,7 +158,7 @@ func TestHalfClose(t *testing.T) {
 			c.(*net.TCPConn).CloseWrite()
 			io.ReadAll(c)
 		})
-		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})})
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), Dial: dial})
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()
@@ -323,10 +330,14 @@ func TestCloseEndsConnections(t *testing.T) {
 }
 
 func TestIdleTimeoutCountsBothDirections(t *testing.T) {
+	forwardingPaths(t, func(t *testing.T, dial dialFunc, _ bool) { idleTimeoutBothWays(t, dial) })
+}
+
+func idleTimeoutBothWays(t *testing.T, dial dialFunc) {
 	t.Run("idle both ways: closed", func(t *testing.T) {
 		b := startBackend(t, echo)
 		var counters Counters
-		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 150 * time.Millisecond, Observer: &counters})
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 150 * time.Millisecond, Observer: &counters, Dial: dial})
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()
@@ -344,7 +355,7 @@ func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 		b := startBackend(t, func(c net.Conn) { n, _ := io.Copy(io.Discard, c); got <- int(n) })
 		// Ticks every 100 ms against a 600 ms timeout: a generous margin for a
 		// loaded machine, and still four idle periods in all.
-		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 600 * time.Millisecond})
+		gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), IdleTimeout: 600 * time.Millisecond, Dial: dial})
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()

@@ -188,7 +188,7 @@ func (a *Agent) start() {
 	a.log = &syncbuf.Buffer{}
 	a.cmd = exec.Command(a.bin, "agent", "-config-file", a.cfgFile)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	a.cmd.SysProcAttr = dieWithParent()
 	if err := a.cmd.Start(); err != nil {
 		a.tb.Fatalf("consultest: starting consul: %v", err)
 	}

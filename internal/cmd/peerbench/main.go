@@ -165,13 +165,6 @@ func tuneLoopback() {
 	}
 }
 
-func raiseNoFile() {
-	var l syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
-	l.Cur = l.Max
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-}
-
 // backend reads the ClientHello record, then one command byte:
 // P: reply one byte; U: sink until EOF; D: send until the client closes;
 // I: wait for EOF (an idle connection).

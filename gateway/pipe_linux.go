@@ -3,7 +3,8 @@ package gateway
 import (
 	"errors"
 	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // pipeSize is the capacity asked of each pipe (F_SETPIPE_SZ); the kernel
@@ -14,11 +15,6 @@ const pipeSize = 1 << 18
 
 // maxIdlePipes bounds the pipes the pool keeps open while unused.
 const maxIdlePipes = 64
-
-const (
-	fcntlSetPipeSize = 1031 // F_SETPIPE_SZ
-	fcntlGetPipeSize = 1032 // F_GETPIPE_SZ
-)
 
 // pipe is a kernel pipe that carries spliced bytes between two sockets.
 type pipe struct {
@@ -58,15 +54,15 @@ func (pp *pipePool) get() (*pipe, error) {
 	pp.open++
 	pp.mu.Unlock()
 	var fds [2]int
-	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		pp.mu.Lock()
 		pp.open--
 		pp.mu.Unlock()
 		return nil, err
 	}
 	p := &pipe{r: fds[0], w: fds[1], size: 1 << 16}
-	syscall.Syscall(syscall.SYS_FCNTL, uintptr(p.w), fcntlSetPipeSize, pipeSize)
-	if n, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(p.w), fcntlGetPipeSize, 0); errno == 0 && n > 0 {
+	unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize)
+	if n, err := unix.FcntlInt(uintptr(p.w), unix.F_GETPIPE_SZ, 0); err == nil && n > 0 {
 		p.size = int(n)
 	}
 	return p, nil
@@ -96,6 +92,9 @@ func (pp *pipePool) discard(p *pipe) {
 	pp.mu.Unlock()
 }
 
+// limitPipes bounds the pipes open at once, within the descriptor budget.
+func limitPipes(n int) { pipes.setMax(n) }
+
 // setMax bounds the pipes open at once; 0 means no bound.
 func (pp *pipePool) setMax(n int) {
 	pp.mu.Lock()
@@ -104,6 +103,6 @@ func (pp *pipePool) setMax(n int) {
 }
 
 func (p *pipe) close() {
-	syscall.Close(p.r)
-	syscall.Close(p.w)
+	unix.Close(p.r)
+	unix.Close(p.w)
 }

@@ -3,21 +3,15 @@ package gateway
 import (
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // idleGrace is how long a direction waits for data in Go's poller, keeping
 // its goroutine, before it parks in the shared idle poller without one.
 // Short and busy connections never park.
 const idleGrace = time.Second
-
-// epoll flags, as the kernel defines them.
-const (
-	epollIn      = 0x1
-	epollRDHUP   = 0x2000
-	epollOneShot = 0x40000000
-)
 
 // parker is a process-wide epoll set for idle directions. A parked direction
 // has no goroutine; when its socket becomes readable (data, EOF or an error)
@@ -37,7 +31,7 @@ var idlePark parker
 // ready starts the poller the first time and reports whether it runs.
 func (pk *parker) ready() bool {
 	pk.once.Do(func() {
-		fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
 			return // directions then wait in Go's poller as before
 		}
@@ -84,10 +78,10 @@ func (pk *parker) take(id uint64) *direction {
 // loop waits on the epoll set for ever, in a thread of its own, and resumes
 // each direction that becomes readable in a new goroutine.
 func (pk *parker) loop() {
-	events := make([]syscall.EpollEvent, 256)
+	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := syscall.EpollWait(pk.epfd, events, -1)
-		if err == syscall.EINTR {
+		n, err := unix.EpollWait(pk.epfd, events, -1)
+		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {

@@ -35,9 +35,6 @@ func procIO(t *testing.T) (rchar, wchar int64) {
 	return rchar, wchar
 }
 
-// wrapped hides *net.TCPConn so the Forwarder must copy through user space.
-type wrapped struct{ net.Conn }
-
 // transfer sends size bytes from a client through Forward to a backend that
 // reads them, and returns the Forwarder's stats.
 func transfer(t *testing.T, size int, wrap bool) Stats {

@@ -1,0 +1,355 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// spliceState is what a spliced connection adds to its pumps.
+type spliceState struct {
+	up, down direction
+	parkedN  atomic.Int32 // directions parked
+	timerMu  sync.Mutex
+	timer    *time.Timer // idle timeout while both directions are parked
+}
+
+// startSplice starts both directions on the splice path and returns true.
+func (p *pumps) startSplice(ct, ut *net.TCPConn) bool {
+	p.spliced = true
+	p.up = direction{p: p, src: ct, dst: ut, lastOwn: p.start.UnixNano()}
+	p.down = direction{p: p, src: ut, dst: ct, lastOwn: p.start.UnixNano()}
+	first := p.start.Add(idleGrace)
+	if p.idle > 0 && p.idle < idleGrace {
+		first = p.start.Add(p.idle)
+	}
+	ct.SetReadDeadline(first)
+	ut.SetReadDeadline(first)
+	go p.up.run()
+	go p.down.run()
+	return true
+}
+
+// closeSpliced stops the parked idle timer and finishes any parked
+// direction, which closing the sockets would otherwise leave asleep.
+func (p *pumps) closeSpliced() {
+	p.timerMu.Lock()
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.timerMu.Unlock()
+	for _, d := range [2]*direction{&p.up, &p.down} {
+		if idlePark.remove(d) {
+			p.parkedN.Add(-1)
+			d.err = net.ErrClosed
+			p.finish()
+		}
+	}
+}
+
+// splicedTotals returns the bytes moved and the error of each direction.
+func (p *pumps) splicedTotals() (up, down int64, upErr, downErr error) {
+	return p.up.total, p.down.total, p.up.err, p.down.err
+}
+
+// armIdleTimer watches the idle timeout while both directions are parked,
+// when no goroutine's read deadline does.
+func (p *pumps) armIdleTimer() {
+	if p.idle <= 0 {
+		return
+	}
+	wait := time.Until(time.Unix(0, p.last.Load()).Add(p.idle))
+	p.timerMu.Lock()
+	defer p.timerMu.Unlock()
+	if p.timer == nil {
+		p.timer = time.AfterFunc(wait, p.idleCheck)
+	} else {
+		p.timer.Reset(wait)
+	}
+}
+
+func (p *pumps) idleCheck() {
+	if p.parkedN.Load() < 2 {
+		return // a direction is awake; its read deadline watches
+	}
+	if time.Since(time.Unix(0, p.last.Load())) >= p.idle {
+		p.abort(ErrIdleTimeout)
+		return
+	}
+	p.armIdleTimer()
+}
+
+// direction is one way of a spliced connection.
+type direction struct {
+	p            *pumps
+	src, dst     *net.TCPConn
+	srcRC, dstRC syscall.RawConn
+	total        int64
+	err          error
+	lastOwn      int64 // unix nanoseconds of this direction's last byte
+	registered   bool  // src is in the parker's epoll set
+	parkID       uint64
+}
+
+// run is a direction's goroutine: it pumps until the direction ends, or
+// parks (and a later goroutine resumes it).
+func (d *direction) run() {
+	if parked := d.pump(); parked {
+		return
+	}
+	d.p.finish()
+}
+
+// resume continues a parked direction whose socket became readable.
+func (d *direction) resume() {
+	d.p.parkedN.Add(-1)
+	next := time.Now().Add(idleGrace)
+	if d.p.idle > 0 {
+		if end := time.Unix(0, d.p.last.Load()).Add(d.p.idle); end.Before(next) {
+			next = end
+		}
+	}
+	d.src.SetReadDeadline(next)
+	d.run()
+}
+
+const spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+
+// pump moves src's bytes to dst with splice(2) until src's EOF or an error
+// (d.err is set, it returns false), or until the direction parks (it returns
+// true and the goroutine must end).
+func (d *direction) pump() (parked bool) {
+	p := d.p
+	if d.srcRC == nil {
+		var err error
+		if d.srcRC, err = d.src.SyscallConn(); err == nil {
+			d.dstRC, err = d.dst.SyscallConn()
+		}
+		if err != nil {
+			d.err = p.end(d.dst, err)
+			return false
+		}
+	}
+	var pp *pipe
+	for {
+		var n int64
+		var serr error
+		noPipe := false
+		err := d.srcRC.Read(func(fd uintptr) bool {
+			n, serr, noPipe = 0, nil, false // called again after each wait
+			if pp == nil {
+				var perr error
+				if pp, perr = pipes.get(); perr != nil {
+					noPipe = true // out of descriptors: copy this chunk instead
+					return true
+				}
+			}
+			for {
+				m, err := unix.Splice(int(fd), nil, pp.w, nil, pp.size, spliceFlags) // int on 32-bit systems
+				n, serr = int64(m), err
+				if serr != unix.EINTR {
+					break
+				}
+			}
+			if serr == unix.EAGAIN {
+				// Nothing to move: give the (empty) pipe back before waiting.
+				pipes.put(pp)
+				pp = nil
+				return false
+			}
+			return true
+		})
+		if err == nil && serr != nil {
+			err = os.NewSyscallError("splice from socket", serr)
+		}
+		if err == nil && noPipe {
+			var m int64
+			m, err = p.copyChunk(d.dst, d.src)
+			if err == nil {
+				d.total += m
+				d.lastOwn = time.Now().UnixNano()
+				continue
+			}
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				switch d.onDeadline() {
+				case keepWaiting:
+					continue
+				case parkNow:
+					if d.park() {
+						return true
+					}
+					continue
+				}
+				err = ErrIdleTimeout
+			}
+			if pp != nil {
+				pipes.discard(pp) // may hold bytes; never reuse it
+			}
+			d.err = p.end(d.dst, err)
+			return false
+		}
+		if n == 0 { // EOF
+			pipes.put(pp)
+			d.err = p.end(d.dst, nil)
+			return false
+		}
+		now := time.Now().UnixNano()
+		p.last.Store(now)
+		d.lastOwn = now
+		if err := p.drain(d.dst, d.dstRC, pp, n); err != nil {
+			pipes.discard(pp)
+			d.err = p.end(d.dst, err)
+			return false
+		}
+		d.total += n
+	}
+}
+
+type deadlineAction int
+
+const (
+	keepWaiting deadlineAction = iota
+	parkNow
+	idleOut
+)
+
+// onDeadline decides, when src's read deadline fires: the connection is idle
+// (idleOut), this direction has waited a grace period (parkNow), or it waits
+// on with a new deadline (keepWaiting).
+func (d *direction) onDeadline() deadlineAction {
+	p := d.p
+	now := time.Now()
+	last := time.Unix(0, p.last.Load())
+	if p.idle > 0 && now.Sub(last) >= p.idle {
+		return idleOut
+	}
+	own := time.Unix(0, d.lastOwn)
+	if now.Sub(own) >= idleGrace && idlePark.ready() {
+		return parkNow
+	}
+	next := own.Add(idleGrace)
+	if !next.After(now) {
+		next = now.Add(idleGrace)
+	}
+	if p.idle > 0 {
+		if end := last.Add(p.idle); end.Before(next) {
+			next = end
+		}
+	}
+	d.src.SetReadDeadline(next)
+	return keepWaiting
+}
+
+// park puts the direction to sleep in the shared poller. It returns true if
+// the direction now belongs to the poller (or to a closer); the goroutine
+// must then touch nothing more of it. On false the direction goes on waiting
+// in Go's poller.
+func (d *direction) park() bool {
+	p := d.p
+	d.src.SetReadDeadline(time.Time{}) // a resumed direction sets a fresh one
+	if p.parkedN.Add(1) == 2 {
+		p.armIdleTimer()
+	}
+	id := idlePark.add(d)
+	op := unix.EPOLL_CTL_MOD
+	if !d.registered {
+		op = unix.EPOLL_CTL_ADD
+	}
+	d.registered = true
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	var cerr error
+	err := d.srcRC.Control(func(fd uintptr) {
+		// Level-triggered: data that came since the last read fires at once.
+		cerr = unix.EpollCtl(idlePark.epfd, op, int(fd), &ev)
+	})
+	if err == nil && cerr == nil {
+		return true
+	}
+	if !idlePark.remove(d) {
+		return true // a closer took it and finishes it
+	}
+	p.parkedN.Add(-1)
+	d.src.SetReadDeadline(time.Now().Add(idleGrace))
+	return false
+}
+
+// drain splices n bytes from p into dst, waiting for dst to be writable (with
+// the idle timeout as write deadline) when its buffer is full.
+func (l *pumps) drain(dst *net.TCPConn, dstRC syscall.RawConn, p *pipe, n int64) error {
+	armed := false
+	defer func() {
+		if armed && l.idle > 0 {
+			dst.SetWriteDeadline(time.Time{})
+		}
+	}()
+	for n > 0 {
+		var werr error
+		blocked := false
+		err := dstRC.Write(func(fd uintptr) bool {
+			for n > 0 {
+				m, err := unix.Splice(p.r, nil, int(fd), nil, int(n), spliceFlags)
+				switch err {
+				case nil:
+					n -= int64(m)
+				case unix.EINTR:
+				case unix.EAGAIN:
+					if armed {
+						return false // wait for dst to be writable
+					}
+					blocked = true
+					return true
+				default:
+					werr = os.NewSyscallError("splice to socket", err)
+					return true
+				}
+			}
+			return true
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
+			if l.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				if next, busy := l.renew(); busy {
+					dst.SetWriteDeadline(next)
+					continue
+				}
+				return ErrIdleTimeout
+			}
+			return err
+		}
+		if blocked {
+			// dst's buffer is full: arm the write deadline once, then wait.
+			if l.idle > 0 {
+				dst.SetWriteDeadline(time.Now().Add(l.idle))
+			}
+			armed = true
+		}
+	}
+	l.touch()
+	return nil
+}
+
+// copyChunk moves what src has ready through a pooled buffer: the fallback
+// when no pipe can be had (the process is out of descriptors). EOF is
+// returned as io.EOF.
+func (l *pumps) copyChunk(dst, src net.Conn) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	n, err := src.Read(*bp)
+	if n > 0 {
+		l.touch()
+		if _, werr := dst.Write((*bp)[:n]); werr != nil {
+			return int64(n), werr
+		}
+	}
+	return int64(n), err
+}

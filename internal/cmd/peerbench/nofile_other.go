@@ -1,0 +1,6 @@
+//go:build !unix
+
+package main
+
+// raiseNoFile does nothing where there is no open-file limit to raise.
+func raiseNoFile() {}
