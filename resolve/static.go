@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
@@ -44,6 +45,8 @@ func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
 // NewStatic builds a Static source from loaded files: config entries and
 // service definitions, and the topology document when there is one. A
 // topology's datacenter and trust domain take precedence over opts.
+// Datacenter names are lower-cased, as Consul does with an agent's
+// datacenter, so that DC1 routes the SNI names Consul builds with dc1.
 func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	v := &View{
 		Datacenter:      opts.Datacenter,
@@ -68,13 +71,14 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	if v.Datacenter == "" {
 		v.Datacenter = "dc1"
 	}
+	v.Datacenter = strings.ToLower(v.Datacenter) // as Consul does with its agents' datacenter
 	if v.TrustDomain == "" {
 		v.TrustDomain = DefaultTrustDomain
 	}
 	v.Partition = orDefault(v.Partition)
 	if t := set.Topology; t != nil {
 		for _, s := range t.Services {
-			dc := s.Datacenter
+			dc := strings.ToLower(s.Datacenter)
 			if dc == "" {
 				dc = v.Datacenter
 			}
@@ -82,7 +86,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 			v.Services[k] = append(v.Services[k], endpoints(s.Addresses, s.WANAddresses)...)
 		}
 		for _, g := range t.Gateways {
-			l := Location{g.Datacenter, orDefault(g.Partition)}
+			l := Location{strings.ToLower(g.Datacenter), orDefault(g.Partition)}
 			v.Gateways[l] = append(v.Gateways[l], endpoints(g.Addresses, g.WANAddresses)...)
 		}
 		for _, p := range t.Peers {

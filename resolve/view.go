@@ -3,6 +3,7 @@ package resolve
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -199,6 +200,9 @@ func (v *View) Validate() error {
 	}
 	if v.TrustDomain == "" {
 		return fmt.Errorf("resolve: the view has no trust domain")
+	}
+	if lower := strings.ToLower(v.Datacenter); lower != v.Datacenter {
+		return fmt.Errorf("resolve: datacenter %q has upper-case letters; Consul lower-cases datacenter names, so no SNI name would match it: use %q", v.Datacenter, lower)
 	}
 	return nil
 }

@@ -81,7 +81,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	fs.SetOutput(logOut)
 	services, remotes := addrList{}, addrList{}
 	listen := fs.String("listen", "127.0.0.1:8443", "address to accept mesh connections on")
-	datacenter := fs.String("datacenter", "dc1", "local datacenter")
+	datacenter := fs.String("datacenter", "dc1", "local datacenter (lower-cased, as Consul does)")
 	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
 	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable)")
 	fs.Var(remotes, "remote-gateway", "another datacenter's mesh gateways, DC=ADDR[,ADDR...] (repeatable)")
@@ -106,6 +106,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	*datacenter = strings.ToLower(*datacenter) // as Consul does with its agents' datacenter
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
@@ -247,7 +248,7 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 		t.Services = append(t.Services, config.TopologyService{Name: name, Addresses: addrs})
 	}
 	for dc, addrs := range remotes {
-		if dc == t.Datacenter {
+		if strings.EqualFold(dc, t.Datacenter) {
 			return nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
 		}
 		t.Gateways = append(t.Gateways, config.TopologyGateway{Datacenter: dc, WANAddresses: addrs})

@@ -149,3 +149,35 @@ func TestConsulMode(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, services, "mesh-gateway", "deregistered on shutdown")
 }
+
+// -datacenter DC1 means dc1, as Consul lower-cases an agent's datacenter:
+// the SNI names Consul's sidecars send (with dc1) route.
+func TestUpperCaseDatacenterIsLowerCasedLikeConsul(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer backend.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := backend.Accept(); err == nil {
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	gw, logs, stop := start(t, "-datacenter", "DC1", "-service", "web="+backend.Addr().String())
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	defer c.Close()
+	tc := tls.Client(c, &tls.Config{ServerName: sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain), InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	go tc.Handshake()
+	select {
+	case <-accepted:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("web was never dialled:\n%s", logs.String())
+	}
+	require.NoError(t, stop())
+	assert.Contains(t, logs.String(), "datacenter=dc1")
+
+	err = run(context.Background(), []string{"-listen", "127.0.0.1:0", "-datacenter", "DC1", "-remote-gateway", "dc1=127.0.0.1:1"}, io.Discard, nil)
+	require.ErrorContains(t, err, "that is the local datacenter")
+}
