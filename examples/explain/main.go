@@ -93,7 +93,7 @@ func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, 
 	if t := set.Topology; t != nil {
 		var errs []error
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "datacenter" && t.Datacenter != "" && t.Datacenter != datacenter {
+			if f.Name == "datacenter" && t.Datacenter != "" && !strings.EqualFold(t.Datacenter, datacenter) {
 				errs = append(errs, fmt.Errorf("-datacenter %q disagrees with the topology's datacenter %q", datacenter, t.Datacenter))
 			}
 			if f.Name == "trust-domain" && t.TrustDomain != "" && t.TrustDomain != trustDomain {
