@@ -67,6 +67,7 @@ const (
 	ReasonNoRoute     = "no-route"
 	ReasonDialFailed  = "dial-failed"
 	ReasonShutdown    = "shutdown"
+	ReasonLoop        = "loop"
 )
 
 // Table is a Router for users who do not use Consul: exact server names and

@@ -3,9 +3,11 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +63,14 @@ type Server struct {
 	// means off, as Envoy under Consul; probes cost system calls on every
 	// connection and the idle timeout already ends dead ones.
 	TCPKeepAlive time.Duration
+	// EjectAfter is how many consecutive failed dials eject a target, so
+	// that connections try the route's other targets first: zero means
+	// DefaultEjectAfter (5, as Envoy's outlier detection); negative turns
+	// this off. An ejected target is still tried when all the others fail.
+	EjectAfter int
+	// EjectFor is how long an ejection lasts: zero means DefaultEjectFor
+	// (30 s). One more failure after it ends ejects the target again.
+	EjectFor time.Duration
 	// Dial opens upstream connections; nil means a net.Dialer with
 	// TCPKeepAlive. Return a bare *net.TCPConn to keep the zero-copy path.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -70,6 +80,8 @@ type Server struct {
 	doneOnce   sync.Once
 	slots      chan struct{}     // MaxConns semaphore, or nil
 	budget     *descriptorBudget // the process's, or nil
+	health     *outliers         // targets that fail to connect
+	dialed     sync.Map          // tcpPair → struct{}: the open upstream connections
 	heldBack   atomic.Bool       // logged that the budget held accepting back
 	mu         sync.Mutex
 	listeners  map[*net.Listener]struct{}
@@ -82,6 +94,7 @@ type Server struct {
 // conn is one accepted connection, tracked from accept to close.
 type conn struct {
 	client   net.Conn
+	dialed   tcpPair // the upstream connection's addresses, once dialled
 	upstream atomic.Pointer[net.Conn]
 	stop     atomic.Pointer[func()] // set once forwarding started
 }
@@ -100,6 +113,7 @@ func (s *Server) init() {
 			s.slots = make(chan struct{}, s.MaxConns)
 		}
 		s.budget = processBudget()
+		s.health = newOutliers(s.EjectAfter, s.EjectFor)
 	})
 }
 
@@ -325,6 +339,12 @@ func (s *Server) handle(c *conn) {
 		s.putHello(bp, raw, hello)
 		return
 	}
+	if s.ownConnection(c.client) {
+		s.reject(c, hello.ServerName, ReasonLoop,
+			fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", c.client.RemoteAddr()))
+		s.putHello(bp, raw, hello)
+		return
+	}
 	route, err := s.Router.Route(ctx, hello)
 	if err == nil && len(route.Targets) == 0 {
 		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
@@ -352,6 +372,10 @@ func (s *Server) handle(c *conn) {
 	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
 		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
 			"route", route.Name, "target", target)
+	}
+	if pair, ok := pairOf(upstream.LocalAddr(), upstream.RemoteAddr()); ok {
+		c.dialed = pair
+		s.dialed.Store(pair, struct{}{}) // before the ClientHello goes: see ownConnection
 	}
 	c.upstream.Store(&upstream)
 	if s.hardClosed.Load() {
@@ -390,8 +414,39 @@ func (s *Server) handle(c *conn) {
 	}
 }
 
+// ownConnection reports whether client is the far end of one of this
+// server's own upstream connections: a route led back to the gateway
+// itself, directly or through a name. The pair of addresses is recorded
+// before the ClientHello is replayed, and the check comes after it is read,
+// so a loop is always caught on its second connection and ends there,
+// instead of taking one connection after another until the process runs out.
+func (s *Server) ownConnection(client net.Conn) bool {
+	pair, ok := pairOf(client.RemoteAddr(), client.LocalAddr())
+	if !ok {
+		return false
+	}
+	_, own := s.dialed.Load(pair)
+	return own
+}
+
+// tcpPair is a TCP connection's two ends, from the dialler's side.
+type tcpPair struct{ from, to netip.AddrPort }
+
+func pairOf(from, to net.Addr) (tcpPair, bool) {
+	f, ok1 := from.(*net.TCPAddr)
+	t, ok2 := to.(*net.TCPAddr)
+	if !ok1 || !ok2 {
+		return tcpPair{}, false
+	}
+	unmap := func(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
+	return tcpPair{unmap(f.AddrPort()), unmap(t.AddrPort())}, true
+}
+
 // done1 forgets a finished connection and frees its MaxConns slot.
 func (s *Server) done1(c *conn) {
+	if c.dialed.from.IsValid() {
+		s.dialed.Delete(c.dialed)
+	}
 	s.trackConn(c, false)
 	s.releaseSlot()
 }
@@ -452,14 +507,19 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 		dial = d.DialContext
 	}
 	var errs []error
-	for _, t := range r.Targets {
+	for _, t := range s.health.order(r.Targets) {
 		if s.closing() {
 			errs = append(errs, ErrServerClosed)
 			break
 		}
 		up, err := dialRetryingEMFILE(dial, t, timeout)
 		if err == nil {
+			s.health.succeeded(t)
 			return up, t, nil
+		}
+		if s.health.failed(t) {
+			s.logger().Warn("gateway: target ejected: later connections try the route's other targets first",
+				"target", t, "consecutive_failures", s.health.after, "for", s.health.period.String(), "err", err.Error())
 		}
 		s.observer().DialFailed(r.Name, t, err)
 		errs = append(errs, err)

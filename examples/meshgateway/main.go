@@ -185,6 +185,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if err != nil {
 		return err
 	}
+	if !*useConsul {
+		if err := refuseSelfRoutes(ctx, ln.Addr(), v); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	log.Info("meshgateway: serving", "listen", ln.Addr().String(), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways))
 	if registerWith != nil {

@@ -181,3 +181,26 @@ func TestUpperCaseDatacenterIsLowerCasedLikeConsul(t *testing.T) {
 	err = run(context.Background(), []string{"-listen", "127.0.0.1:0", "-datacenter", "DC1", "-remote-gateway", "dc1=127.0.0.1:1"}, io.Discard, nil)
 	require.ErrorContains(t, err, "that is the local datacenter")
 }
+
+// A route to the gateway's own listener is refused at start, whether it is
+// given by address or through a name, and by any of the flags or files.
+func TestRouteToItselfIsRefusedAtStart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	port := addr[strings.LastIndex(addr, ":")+1:]
+	ln.Close() // the gateway takes the port
+	for _, args := range [][]string{
+		{"-remote-gateway", "dc2=" + addr},
+		{"-remote-gateway", "dc2=localhost:" + port},
+		{"-service", "web=127.0.0.1:1," + addr},
+	} {
+		err := run(context.Background(), append([]string{"-listen", addr}, args...), io.Discard, nil)
+		require.Error(t, err, "%q", args)
+		assert.Contains(t, err.Error(), "is this gateway's own listener", "%q", args)
+	}
+	// Another port on the same host is fine.
+	gw, _, stop := start(t, "-remote-gateway", "dc2=127.0.0.1:1")
+	assert.NotEmpty(t, gw)
+	require.NoError(t, stop())
+}
