@@ -156,7 +156,7 @@ func (s *Server) closing() bool {
 
 // ListenAndServe listens on the TCP address addr and calls Serve.
 func (s *Server) ListenAndServe(addr string) error {
-	if s.closing0() {
+	if s.init(); s.closing() {
 		return ErrServerClosed
 	}
 	ln, err := net.Listen("tcp", addr)
@@ -165,8 +165,6 @@ func (s *Server) ListenAndServe(addr string) error {
 	}
 	return s.Serve(ln)
 }
-
-func (s *Server) closing0() bool { s.init(); return s.closing() }
 
 // Serve accepts connections on l and handles each in its own goroutine. It
 // always returns a non-nil error and closes l; after Shutdown or Close the
@@ -318,7 +316,7 @@ func (s *Server) handle(c *conn) {
 	handed := false // the connection went on to s.forward, which finishes it
 	defer func() {
 		if !handed {
-			s.done1(c)
+			s.forget(c)
 		}
 	}()
 	start := time.Now()
@@ -406,7 +404,7 @@ func (s *Server) handle(c *conn) {
 				l.Debug("gateway: connection ended with an error", "route", routeName, "target", target, "err", st.Err.Error())
 			}
 		}
-		s.done1(c)
+		s.forget(c)
 	})
 	c.stop.Store(&stop)
 	if s.hardClosed.Load() {
@@ -442,8 +440,8 @@ func pairOf(from, to net.Addr) (tcpPair, bool) {
 	return tcpPair{unmap(f.AddrPort()), unmap(t.AddrPort())}, true
 }
 
-// done1 forgets a finished connection and frees its MaxConns slot.
-func (s *Server) done1(c *conn) {
+// forget forgets a finished connection and frees its slot.
+func (s *Server) forget(c *conn) {
 	if c.dialed.from.IsValid() {
 		s.dialed.Delete(c.dialed)
 	}

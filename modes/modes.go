@@ -21,6 +21,7 @@ package modes
 import (
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
@@ -164,18 +165,11 @@ func ForUpstream(up api.Upstream, proxy *api.AgentServiceConnectProxyConfig, ser
 func OverrideFor(up api.Upstream, overrides []*api.UpstreamConfig) *api.UpstreamConfig {
 	for _, o := range overrides {
 		if o != nil && o.Name == up.DestinationName &&
-			orDefault(o.Namespace) == orDefault(up.DestinationNamespace) &&
-			orDefault(o.Partition) == orDefault(up.DestinationPartition) &&
+			tenancy.OrDefault(o.Namespace) == tenancy.OrDefault(up.DestinationNamespace) &&
+			tenancy.OrDefault(o.Partition) == tenancy.OrDefault(up.DestinationPartition) &&
 			o.Peer == up.DestinationPeer {
 			return o
 		}
 	}
 	return nil
-}
-
-func orDefault(s string) string {
-	if s == "" {
-		return "default"
-	}
-	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"log/slog"
 	"net"
 	"strconv"
@@ -245,7 +246,7 @@ func (c *Consul) loadIdentity() error {
 		return fmt.Errorf("resolve: Consul has no Connect CA yet (is connect enabled?)")
 	}
 	c.mu.Lock()
-	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, orDefault(part), roots.TrustDomain
+	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, tenancy.OrDefault(part), roots.TrustDomain
 	c.mu.Unlock()
 	return nil
 }
@@ -275,7 +276,8 @@ func filtered(what string, meta *api.QueryMeta) error {
 	return nil
 }
 
-func (c *Consul) opts0(index uint64) *api.QueryOptions {
+// queryOptions is a blocking query from index, for at most 5 minutes.
+func (c *Consul) queryOptions(index uint64) *api.QueryOptions {
 	return (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(c.ctxOrBackground())
 }
 
@@ -287,7 +289,7 @@ func (c *Consul) ctxOrBackground() context.Context {
 }
 
 func (c *Consul) loadProxyDefaults(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.opts0(index))
+	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing proxy-defaults", err)
 	}
@@ -308,7 +310,7 @@ func (c *Consul) loadProxyDefaults(index uint64) (uint64, error) {
 }
 
 func (c *Consul) loadServiceDefaults(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.opts0(index))
+	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing service-defaults", err)
 	}
@@ -329,7 +331,7 @@ func (c *Consul) loadServiceDefaults(index uint64) (uint64, error) {
 }
 
 func (c *Consul) loadMesh(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.opts0(index))
+	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(index))
 	if err != nil {
 		return index, classify("reading the mesh entry", err)
 	}
@@ -352,7 +354,7 @@ func (c *Consul) loadMesh(index uint64) (uint64, error) {
 // loadServices reads the service list and starts or stops one endpoint
 // watch per service.
 func (c *Consul) loadServices(index uint64) (uint64, error) {
-	services, meta, err := c.client.Catalog().Services(c.opts0(index))
+	services, meta, err := c.client.Catalog().Services(c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing services", err)
 	}
@@ -605,11 +607,11 @@ func (c *Consul) publishLocked() {
 		v.ServiceDefaults[k] = e
 	}
 	for name, eps := range s.endpoints {
-		v.Services[ServiceKey{name, "default", orDefault(s.partition), s.datacenter}] = eps
+		v.Services[ServiceKey{name, tenancy.Default, tenancy.OrDefault(s.partition), s.datacenter}] = eps
 	}
 	for dc, eps := range s.gateways {
 		if len(eps) > 0 {
-			v.Gateways[Location{dc, "default"}] = eps
+			v.Gateways[Location{dc, tenancy.Default}] = eps
 		}
 	}
 	if old := c.view.Load(); old != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"net"
 	"net/url"
 	"sort"
@@ -25,7 +26,7 @@ const peeringPoll = time.Second
 // read replicas skipped (they never lead, and only the leader serves the
 // peering stream), health ignored, as Consul's gateway does.
 func (c *Consul) loadServers(index uint64) (uint64, error) {
-	entries, meta, err := c.client.Health().Service("consul", "", false, c.opts0(index))
+	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(index))
 	if err != nil {
 		return index, classify("reading the local Consul servers", err)
 	}
@@ -139,7 +140,7 @@ func (c *Consul) loadImport(ctx context.Context, key string, index uint64) (uint
 	if err := filtered("reading service "+name+" imported from peer "+peer, meta); err != nil {
 		return index, err
 	}
-	im := ImportedService{Name: name, Namespace: orDefault(namespace), Partition: orDefault(c.state.partition)}
+	im := ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
 	for _, e := range entries {
 		if e.Checks.AggregatedStatus() == api.HealthCritical {
 			continue
@@ -167,7 +168,7 @@ func (c *Consul) loadImport(ctx context.Context, key string, index uint64) (uint
 // loadExports reads the services this cluster exports and their consumer
 // peers, as Consul resolves them (/v1/exported-services).
 func (c *Consul) loadExports(index uint64) (uint64, error) {
-	list, meta, err := c.client.ExportedServices(c.opts0(index))
+	list, meta, err := c.client.ExportedServices(c.queryOptions(index))
 	if err != nil {
 		return index, classifyPeering("listing exported services", err)
 	}
@@ -179,7 +180,7 @@ func (c *Consul) loadExports(index uint64) (uint64, error) {
 		if len(e.Consumers.Peers) == 0 {
 			continue
 		}
-		k := ServiceKey{e.Service, orDefault(e.Namespace), orDefault(e.Partition), ""}
+		k := ServiceKey{e.Service, tenancy.OrDefault(e.Namespace), tenancy.OrDefault(e.Partition), ""}
 		exports[k] = append(exports[k], e.Consumers.Peers...)
 	}
 	c.mu.Lock()

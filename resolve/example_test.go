@@ -1,10 +1,12 @@
 package resolve_test
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
 )
 
 // Plan an upstream from the files people give Consul.
@@ -39,4 +41,22 @@ topology {
 	// api local instance local-gateway [10.0.1.5:8443]
 	// [web sidecar gateway dc1 gateway dc2 api dc2]
 	// api.default.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul
+}
+
+// Route with a View built in Go: empty namespaces and partitions mean
+// "default", as in the files.
+func ExampleStaticView() {
+	src, err := resolve.StaticView(&resolve.View{
+		Datacenter:  "dc1",
+		TrustDomain: resolve.DefaultTrustDomain,
+		Services:    map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: "10.0.1.10:21000"}}},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	route, err := (&resolve.MeshRouter{Source: src}).Route(context.Background(),
+		&sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain)})
+	fmt.Println(route.Targets, err)
+	// Output: [10.0.1.10:21000] <nil>
 }

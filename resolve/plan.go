@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
@@ -98,8 +99,8 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		Service:       inst.Service,
 		Proxy:         inst.Name,
 		Upstream:      up.DestinationName,
-		Namespace:     orDefault(up.DestinationNamespace),
-		Partition:     orDefault(firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition)),
+		Namespace:     tenancy.OrDefault(up.DestinationNamespace),
+		Partition:     tenancy.OrDefault(firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition)),
 		Peer:          up.DestinationPeer,
 		LocalBindPort: up.LocalBindPort,
 		Dial:          []string{},

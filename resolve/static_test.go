@@ -34,3 +34,26 @@ func TestDatacenterNamesAreLowerCased(t *testing.T) {
 	bad := &resolve.View{Datacenter: "DC1", TrustDomain: resolve.DefaultTrustDomain}
 	assert.ErrorContains(t, bad.Validate(), `datacenter "DC1" has upper-case letters`)
 }
+
+// A View built by hand, with empty namespaces, partitions and datacenters,
+// routes as the same topology from files does.
+func TestStaticViewRoutesLikeFiles(t *testing.T) {
+	src, err := resolve.StaticView(&resolve.View{
+		Datacenter:  "dc1",
+		TrustDomain: resolve.DefaultTrustDomain,
+		Services:    map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: "127.0.0.1:9001"}}},
+		Gateways:    map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.0.1:9002"}}},
+	})
+	require.NoError(t, err)
+	r := &resolve.MeshRouter{Source: src}
+	for name, want := range map[string]string{
+		sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain): "127.0.0.1:9001",
+		sni.ServiceSNI("web", "", "", "", "dc2", resolve.DefaultTrustDomain): "127.0.0.1:9002",
+	} {
+		got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+		require.NoError(t, err, name)
+		assert.Equal(t, []string{want}, got.Targets, name)
+	}
+	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1"})
+	assert.ErrorContains(t, err, "no trust domain")
+}

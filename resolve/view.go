@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"sort"
 	"strings"
 
@@ -32,7 +33,7 @@ type Location struct {
 
 // String returns "dc", or "dc/partition" outside the default partition.
 func (l Location) String() string {
-	if l.Partition == "" || l.Partition == "default" {
+	if l.Partition == "" || l.Partition == tenancy.Default {
 		return l.Datacenter
 	}
 	return l.Datacenter + "/" + l.Partition
@@ -86,7 +87,7 @@ type ImportedService struct {
 // means "default"), and whether there is one.
 func (p Peer) Import(name, namespace string) (ImportedService, bool) {
 	for _, im := range p.Imports {
-		if im.Name == name && orDefault(im.Namespace) == orDefault(namespace) {
+		if im.Name == name && tenancy.OrDefault(im.Namespace) == tenancy.OrDefault(namespace) {
 			return im, true
 		}
 	}
@@ -141,7 +142,7 @@ type View struct {
 }
 
 // Local returns the view's own location.
-func (v *View) Local() Location { return Location{v.Datacenter, orDefault(v.Partition)} }
+func (v *View) Local() Location { return Location{v.Datacenter, tenancy.OrDefault(v.Partition)} }
 
 // Endpoints returns the mesh endpoints of a service; empty namespace and
 // partition mean "default", empty datacenter the local one.
@@ -149,12 +150,12 @@ func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoi
 	if datacenter == "" {
 		datacenter = v.Datacenter
 	}
-	return v.Services[ServiceKey{name, orDefault(namespace), orDefault(partition), datacenter}]
+	return v.Services[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}]
 }
 
 // GatewaysIn returns the mesh gateways of a location.
 func (v *View) GatewaysIn(l Location) []Endpoint {
-	return v.Gateways[Location{l.Datacenter, orDefault(l.Partition)}]
+	return v.Gateways[Location{l.Datacenter, tenancy.OrDefault(l.Partition)}]
 }
 
 // PeerThroughMeshGateways reports whether the mesh entry routes peering
@@ -166,7 +167,7 @@ func (v *View) PeerThroughMeshGateways() bool {
 // ExportedTo reports whether the local service name (in namespace; empty
 // means "default") is exported to the peer this cluster calls peer.
 func (v *View) ExportedTo(name, namespace, peer string) bool {
-	for _, p := range v.Exports[ServiceKey{name, orDefault(namespace), v.Local().Partition, v.Datacenter}] {
+	for _, p := range v.Exports[ServiceKey{name, tenancy.OrDefault(namespace), v.Local().Partition, v.Datacenter}] {
 		if p == peer {
 			return true
 		}
@@ -205,11 +206,4 @@ func (v *View) Validate() error {
 		return fmt.Errorf("resolve: datacenter %q has upper-case letters; Consul lower-cases datacenter names, so no SNI name would match it: use %q", v.Datacenter, lower)
 	}
 	return nil
-}
-
-func orDefault(s string) string {
-	if s == "" {
-		return "default"
-	}
-	return s
 }

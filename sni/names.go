@@ -3,6 +3,7 @@ package sni
 import (
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"strings"
 )
 
@@ -18,9 +19,9 @@ const (
 
 	// DefaultNamespace and DefaultPartition are what Consul writes for an
 	// empty namespace or partition.
-	DefaultNamespace = "default"
+	DefaultNamespace = tenancy.Default
 	// DefaultPartition is the partition Consul uses when none is named.
-	DefaultPartition = "default"
+	DefaultPartition = tenancy.Default
 )
 
 // Errors returned by ParseName. Both are wrapped with the offending name.
@@ -97,13 +98,6 @@ func (n Name) String() string {
 	return ""
 }
 
-func orDefault(s string) string {
-	if s == "" {
-		return "default"
-	}
-	return s
-}
-
 func join(labels ...string) string { return strings.Join(labels, ".") }
 
 // ServiceSNI returns the SNI a sidecar sends to reach service (optionally its
@@ -115,7 +109,7 @@ func join(labels ...string) string { return strings.Join(labels, ".") }
 // Builders do not validate: an empty service or datacenter yields a name that
 // ParseName rejects.
 func ServiceSNI(service, subset, namespace, partition, datacenter, trustDomain string) string {
-	namespace, partition = orDefault(namespace), orDefault(partition)
+	namespace, partition = tenancy.OrDefault(namespace), tenancy.OrDefault(partition)
 	var labels []string
 	if subset != "" {
 		labels = append(labels, subset)
@@ -136,7 +130,7 @@ func ServiceSNI(service, subset, namespace, partition, datacenter, trustDomain s
 // Unlike Consul's, it does not panic on an empty peerName: the result simply
 // fails ParseName.
 func PeeredServiceSNI(service, namespace, partition, peerName, trustDomain string) string {
-	return join(service, orDefault(namespace), orDefault(partition), peerName, labelExternal, trustDomain)
+	return join(service, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), peerName, labelExternal, trustDomain)
 }
 
 // GatewaySNI returns the name that addresses a whole datacenter (or a partition
@@ -144,7 +138,7 @@ func PeeredServiceSNI(service, namespace, partition, peerName, trustDomain strin
 // datacenter.internal.<td>, or partition.datacenter.internal-v1.<td>. Gateways
 // match every name under it (*.dc.internal.<td>).
 func GatewaySNI(datacenter, partition, trustDomain string) string {
-	if orDefault(partition) == DefaultPartition {
+	if tenancy.OrDefault(partition) == DefaultPartition {
 		return join(datacenter, labelInternal, trustDomain)
 	}
 	return join(partition, datacenter, labelInternalV1, trustDomain)

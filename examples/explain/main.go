@@ -27,6 +27,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/resolve"
 )
 
@@ -45,12 +46,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "usage: explain [flags] PATH...\n\nPlans every upstream of every service definition in PATH (files or directories).\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if err := cli.Parse(fs, args); err != nil {
+		return cli.ExitCode(stderr, "explain", err)
 	}
 	if *format != "json" && *format != "text" {
-		fmt.Fprintf(stderr, "explain: -format %q: want json or text\n", *format)
-		return 2
+		return cli.ExitCode(stderr, "explain", cli.Usagef("-format %q: want json or text", *format))
 	}
 	if fs.NArg() == 0 && !*useConsul {
 		fs.Usage()

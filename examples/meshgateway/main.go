@@ -42,6 +42,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -50,10 +51,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "meshgateway:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.ExitCode(os.Stderr, "meshgateway", run(ctx, os.Args[1:], os.Stderr, nil)))
 }
 
 // addrList is a repeatable NAME=ADDR[,ADDR...] flag.
@@ -100,16 +98,16 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return cli.Usagef("unexpected arguments %q", fs.Args())
 	}
 	*datacenter = strings.ToLower(*datacenter) // as Consul does with its agents' datacenter
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
+		return cli.Usagef("-log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 

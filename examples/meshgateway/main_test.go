@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -99,6 +100,12 @@ func TestBadFlags(t *testing.T) {
 		var logs bytes.Buffer
 		err := run(context.Background(), append([]string{"-listen", "127.0.0.1:0"}, args...), &logs, nil)
 		assert.Error(t, err, "%v", args)
+	}
+	// The exit statuses of every example binary: help and version 0, bad usage 2.
+	for args, want := range map[string]int{"-h": 0, "-version": 0, "-nope": 2, "extra": 2, "-log-level loud": 2} {
+		var logs bytes.Buffer
+		err := run(context.Background(), strings.Fields(args), &logs, nil)
+		assert.Equal(t, want, cli.ExitCode(&logs, "meshgateway", err), "%s: %s", args, logs.String())
 	}
 }
 

@@ -1,0 +1,86 @@
+// Package cli gives the example binaries one set of command-line
+// conventions: -h and -help print usage and exit 0, a bad flag or bad usage
+// exits 2, -version prints the module version and exits 0, any other
+// failure exits 1.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"runtime/debug"
+)
+
+// ErrVersionShown is Parse's error after it printed the version: the
+// program should exit 0.
+var ErrVersionShown = errors.New("version shown")
+
+// UsageError is bad usage: the program should exit 2.
+type UsageError struct {
+	Err   error
+	shown bool // flag parsing printed it already
+}
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a *UsageError.
+func Usagef(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// Parse adds -version to fs and parses args. It returns flag.ErrHelp after
+// -h (fs has printed its usage), ErrVersionShown after -version (printed to
+// fs.Output()), and a *UsageError for a bad flag (fs has printed it).
+func Parse(fs *flag.FlagSet, args []string) error {
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &UsageError{Err: err, shown: true}
+	}
+	if *version {
+		fmt.Fprintf(fs.Output(), "%s %s\n", fs.Name(), Version())
+		return ErrVersionShown
+	}
+	return nil
+}
+
+// Version returns the module's version from the build information: a tag,
+// a pseudo-version, or "(devel)" for a build from a work tree.
+func Version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	v := info.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+	}
+	return v
+}
+
+// ExitCode returns the exit status for err, after printing err to stderr
+// (prefixed with name) unless it was already shown by flag parsing.
+func ExitCode(stderr io.Writer, name string, err error) int {
+	var usage *UsageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp), errors.Is(err, ErrVersionShown):
+		return 0
+	case errors.As(err, &usage):
+		if !usage.shown {
+			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		}
+		return 2
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+}
