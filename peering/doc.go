@@ -1,6 +1,6 @@
 // Package peering routes a mesh gateway's share of Consul cluster peering, as
-// Consul's own mesh gateway does (agent/xds listeners.go, agent/proxycfg
-// mesh_gateway.go), over the same resolve.View as the rest of the mesh:
+// Consul's own mesh gateway (Envoy, as Consul 1.22 configures it) does, over
+// the same resolve.View as the rest of the mesh:
 //
 //   - control plane, accepting side: while the mesh config entry says
 //     Peering { PeerThroughMeshGateways = true }, the name

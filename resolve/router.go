@@ -20,7 +20,7 @@ const (
 )
 
 // MeshRouter is a gateway.Router with the semantics of a Consul mesh gateway
-// (agent/xds listeners.go): the SNI of a service in the local datacenter and
+// (Envoy, as Consul 1.22 configures it): the SNI of a service in the local datacenter and
 // partition routes to that service's healthy mesh endpoints; the SNI of a
 // service or gateway of another datacenter (or partition) routes to that
 // location's mesh gateways, by WAN address across datacenters. Everything
