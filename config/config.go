@@ -56,10 +56,21 @@ type Service struct {
 // Origin returns "file:line" for messages.
 func (s Service) Origin() string { return fmt.Sprintf("%s:%d", s.File, s.Line) }
 
+// Problem is one problem found in a file: where (File, Line, and Path, the
+// key path such as "Proxy.Upstreams[1].MeshGateway") and what (Msg). Load
+// and Parse return every problem at once, as a *multierror.Error whose
+// entries are *Problem values, so callers can inspect them with errors.As or
+// through the Errors field.
+type Problem = decode.Error
+
+// ErrTooLarge is wrapped by the error of a YAML file that expands, through
+// aliases, beyond a bound on values or nesting.
+var ErrTooLarge = decode.ErrYAMLTooLarge
+
 // Load reads every path: a file, or a directory whose *.hcl, *.json, *.yaml
 // and *.yml files are read in name order (not recursively). All problems in
 // all files are returned together as a *multierror.Error whose entries are
-// *decode.Error values ("file:line: path: message").
+// *Problem values ("file:line: path: message").
 func Load(paths ...string) (*Set, error) {
 	var files []string
 	var errs *multierror.Error

@@ -8,7 +8,6 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
-	"github.com/meshgate/meshgate/internal/decode"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -166,7 +165,7 @@ UpstreamConfig {
 	require.Len(t, me.Errors, 4, err.Error())
 	var lines []int
 	for _, e := range me.Errors {
-		var de *decode.Error
+		var de *Problem
 		require.ErrorAs(t, e, &de)
 		lines = append(lines, de.Line)
 	}

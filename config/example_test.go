@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/meshgate/meshgate/config"
@@ -20,4 +21,19 @@ func ExampleParse() {
 	// Output:
 	// global local
 	// mesh.yaml:2: mesh: unknown key "Peeering" (did you mean "Peering"?)
+}
+
+// Every problem in a file comes back at once, each a *config.Problem that
+// says where it is.
+func ExampleProblem() {
+	_, err := config.Parse("defaults.hcl", []byte(`
+Kind = "proxy-defaults"
+Name = "global"
+MeshGateway { Mode = "sideways" }
+`))
+	var p *config.Problem
+	if errors.As(err, &p) {
+		fmt.Printf("%s line %d, %s: %s\n", p.File, p.Line, p.Path, p.Msg)
+	}
+	// Output: defaults.hcl line 4, proxy-defaults.MeshGateway.Mode: modes: invalid mesh gateway mode "sideways" (valid: "", "none", "local", "remote")
 }

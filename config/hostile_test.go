@@ -24,7 +24,7 @@ func TestHostileYAML(t *testing.T) {
 			_, err := Load(tc.file)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
-			assert.True(t, errors.Is(err, decode.ErrYAMLTooLarge), "%v", err)
+			assert.True(t, errors.Is(err, ErrTooLarge), "%v", err)
 		})
 	}
 	deep := "Kind: service-defaults\nName: x\nMeta:\n" + strings.Repeat("  ", 1) + strings.Repeat("- ", decode.MaxDepth+1) + "x\n"

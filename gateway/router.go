@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/problems"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -105,7 +106,7 @@ func NewTable(routes map[string][]string) (*Table, error) {
 		}
 	}
 	sort.Slice(t.suffixes, func(i, j int) bool { return len(t.suffixes[i].suffix) > len(t.suffixes[j].suffix) })
-	return t, errors.Join(errs...)
+	return t, problems.Join(errs...)
 }
 
 // Route returns the targets for hello's server name, or a rejection with

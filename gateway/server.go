@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/problems"
 	"io"
 	"log/slog"
 	"net"
@@ -522,7 +523,7 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 		s.observer().DialFailed(r.Name, t, err)
 		errs = append(errs, err)
 	}
-	return nil, "", errors.Join(errs...)
+	return nil, "", problems.Join(errs...)
 }
 
 // dialRetryingEMFILE dials addr within timeout; while the process is out of

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
 	"log/slog"
 	"net"
@@ -213,7 +214,7 @@ func (c *Consul) staleLocked() error {
 	for name, err := range c.failing {
 		errs = append(errs, fmt.Errorf("%s: %w", name, err))
 	}
-	return errors.Join(errs...)
+	return problems.Join(errs...)
 }
 
 // Close stops the watches.

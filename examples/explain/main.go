@@ -17,9 +17,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/problems"
 	"io"
 	"os"
 	"strings"
@@ -100,7 +100,7 @@ func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, 
 				errs = append(errs, fmt.Errorf("-trust-domain %q disagrees with the topology's trust_domain %q", trustDomain, t.TrustDomain))
 			}
 		})
-		if err := errors.Join(errs...); err != nil {
+		if err := problems.Join(errs...); err != nil {
 			return nil, err
 		}
 	}

@@ -3,6 +3,7 @@ package decode
 import (
 	"encoding"
 	"fmt"
+	"github.com/meshgate/meshgate/internal/problems"
 	"math"
 	"reflect"
 	"sort"
@@ -67,18 +68,8 @@ func (d *Decoder) Err() error {
 	return d.errs
 }
 
-// ListFormat is a multierror.ErrorFormatFunc: one problem as itself, several
-// as "N problems:" followed by one indented line each.
-func ListFormat(errs []error) string {
-	if len(errs) == 1 {
-		return errs[0].Error()
-	}
-	lines := make([]string, len(errs))
-	for i, e := range errs {
-		lines[i] = "  " + e.Error()
-	}
-	return fmt.Sprintf("%d problems:\n%s", len(errs), strings.Join(lines, "\n"))
-}
+// ListFormat is problems.List, the project's one format for several errors.
+var ListFormat = problems.List
 
 // Decode decodes n into the value out points to. Problems are recorded and
 // returned by Err; Decode itself never panics on bad input.
