@@ -201,19 +201,19 @@ func TestConsulTwoDatacenters(t *testing.T) {
 	assert.Equal(t, []string{"127.0.1.5:8443"}, plans["api"].Dial, "local: dc1's gateway, LAN")
 	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway dc2", "api dc2"}, plans["api"].Hops)
 	assert.Equal(t, []string{"127.0.2.105:8443"}, plans["db"].Dial, "remote: dc2's gateway, WAN")
-	assert.Equal(t, resolve.RouteDirect, plans["cache"].Route)
+	assert.Equal(t, resolve.PathDirect, plans["cache"].Route)
 
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
 	require.NoError(t, err)
-	consultest.WaitFor(t, eventually, "proxy-defaults to change the plan", func() bool { return plan()["cache"].Route == resolve.RouteRemoteGateway })
+	consultest.WaitFor(t, eventually, "proxy-defaults to change the plan", func() bool { return plan()["cache"].Route == resolve.PathRemoteGateway })
 	assert.Equal(t, "proxy-defaults", string(plan()["cache"].Source))
 
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "service-defaults to change the plan", func() bool { return plan()["cache"].Source == "service-defaults" })
-	assert.Equal(t, resolve.RouteLocalGateway, plan()["cache"].Route)
+	assert.Equal(t, resolve.PathLocalGateway, plan()["cache"].Route)
 }
 
 // With the agent stopped, existing and new connections keep being routed

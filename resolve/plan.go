@@ -10,20 +10,20 @@ import (
 	"github.com/meshgate/meshgate/sni"
 )
 
-// Route says which way an upstream's connections go.
-type Route string
+// Path says which way an upstream's connections go.
+type Path string
 
-// Routes.
+// The paths an upstream can take.
 const (
-	// RouteDirect dials the destination's endpoints (WAN addresses across
+	// PathDirect dials the destination's endpoints (WAN addresses across
 	// datacenters).
-	RouteDirect Route = "direct"
-	// RouteLocalGateway dials a mesh gateway of the local datacenter, which
+	PathDirect Path = "direct"
+	// PathLocalGateway dials a mesh gateway of the local datacenter, which
 	// forwards to the destination's gateways.
-	RouteLocalGateway Route = "local-gateway"
-	// RouteRemoteGateway dials a mesh gateway of the destination (another
+	PathLocalGateway Path = "local-gateway"
+	// PathRemoteGateway dials a mesh gateway of the destination (another
 	// datacenter, partition or peer).
-	RouteRemoteGateway Route = "remote-gateway"
+	PathRemoteGateway Path = "remote-gateway"
 )
 
 // Plan is where one upstream's bytes go, and why.
@@ -43,8 +43,8 @@ type Plan struct {
 	// layer sets one) and the layer that decided.
 	Mode   api.MeshGatewayMode `json:"mode"`
 	Source modes.Source        `json:"source"`
-	// Route is what the mode means for this upstream.
-	Route Route `json:"route"`
+	// Route is the path the mode gives this upstream.
+	Route Path `json:"route"`
 	// SNI is the server name the sidecar sends.
 	SNI string `json:"sni"`
 	// Dial lists the addresses to try, in order; empty when the view does not
@@ -131,22 +131,22 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	crossDC := dest.Datacenter != local.Datacenter
 	switch {
 	case dest == local:
-		p.Route = RouteDirect
+		p.Route = PathDirect
 		if d.Mode != api.MeshGatewayModeDefault && d.Mode != api.MeshGatewayModeNone {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored: %s is in the local datacenter and partition", d.Mode, d.Source, p.Upstream))
 		}
 		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), false)
 		p.Hops = []string{self, destHop}
 	case d.Effective() == api.MeshGatewayModeLocal:
-		p.Route = RouteLocalGateway
+		p.Route = PathLocalGateway
 		p.Dial = addrs(v.GatewaysIn(local), false)
 		p.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
 	case d.Effective() == api.MeshGatewayModeRemote:
-		p.Route = RouteRemoteGateway
+		p.Route = PathRemoteGateway
 		p.Dial = addrs(v.GatewaysIn(dest), crossDC)
 		p.Hops = []string{self, "gateway " + dest.String(), destHop}
 	default:
-		p.Route = RouteDirect
+		p.Route = PathDirect
 		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), crossDC)
 		p.Hops = []string{self, destHop}
 	}
@@ -170,15 +170,15 @@ func planPeered(v *View, p *Plan, d modes.Decision, self string) {
 		p.Warnings = append(p.Warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Source))
 		fallthrough
 	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
-		p.Route = RouteRemoteGateway
+		p.Route = PathRemoteGateway
 		p.Dial = append(p.Dial, gateways...)
 		p.Hops = []string{self, peerHop, destHop}
 	case api.MeshGatewayModeLocal:
-		p.Route = RouteLocalGateway
+		p.Route = PathLocalGateway
 		p.Dial = addrs(v.GatewaysIn(v.Local()), false)
 		p.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
 	default:
-		p.Route = RouteRemoteGateway
+		p.Route = PathRemoteGateway
 		p.Hops = []string{self, peerHop, destHop}
 	}
 	switch {

@@ -52,7 +52,7 @@ func TestSeedInstanceRemote(t *testing.T) {
 			assert.Equal(t, "api", p.Upstream)
 			assert.Equal(t, api.MeshGatewayModeRemote, p.Mode, f)
 			assert.Equal(t, modes.SourceInstance, p.Source, f)
-			assert.Equal(t, resolve.RouteRemoteGateway, p.Route, f)
+			assert.Equal(t, resolve.PathRemoteGateway, p.Route, f)
 			assert.Equal(t, "secondary", p.Datacenter, f)
 			assert.Equal(t, sni.ServiceSNI("api", "", "", "", "secondary", td), p.SNI, f)
 			assert.Equal(t, []string{"127.0.2.105:8443"}, p.Dial, "remote: the destination's gateways, WAN addresses")
@@ -81,7 +81,7 @@ func TestSeedUpstreamModesInLocalDatacenter(t *testing.T) {
 		api_ := resolvetest.Plan(t, src, "web", "api")
 		assert.Equal(t, api.MeshGatewayModeRemote, api_.Mode)
 		assert.Equal(t, modes.SourceUpstream, api_.Source)
-		assert.Equal(t, resolve.RouteDirect, api_.Route)
+		assert.Equal(t, resolve.PathDirect, api_.Route)
 		assert.Equal(t, []string{"127.0.1.10:21000"}, api_.Dial)
 		require.Len(t, api_.Warnings, 1)
 		assert.Contains(t, api_.Warnings[0], `mode "remote" from upstream is ignored`)
@@ -110,12 +110,12 @@ func TestUpstreamModesAcrossDatacenters(t *testing.T) {
 	assert.Equal(t, []string{"127.0.2.105:8443"}, remote.Dial)
 	assert.Equal(t, []string{"web sidecar", "gateway secondary", "api secondary"}, remote.Hops)
 
-	assert.Equal(t, resolve.RouteLocalGateway, local.Route)
+	assert.Equal(t, resolve.PathLocalGateway, local.Route)
 	assert.Equal(t, []string{"127.0.1.5:8443"}, local.Dial, "local: the local gateways, LAN addresses")
 	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway secondary", "db secondary"}, local.Hops)
 	assert.Equal(t, sni.ServiceSNI("db", "", "", "", "secondary", td), local.SNI)
 
-	assert.Equal(t, resolve.RouteDirect, none.Route)
+	assert.Equal(t, resolve.PathDirect, none.Route)
 	assert.Empty(t, none.Dial, "logging has no endpoints in secondary")
 
 	assert.Equal(t, modes.SourceDefault, unknown.Source)
@@ -173,19 +173,19 @@ func TestPeeredUpstreams(t *testing.T) {
 	require.Len(t, plans, 4)
 	def, none, local, stranger := plans[0], plans[1], plans[2], plans[3]
 
-	assert.Equal(t, resolve.RouteRemoteGateway, def.Route)
+	assert.Equal(t, resolve.PathRemoteGateway, def.Route)
 	assert.Equal(t, sni.PeeredServiceSNI("billing", "", "", "dc1-default", peerTD), def.SNI, "built with the peer's trust domain and its name for us")
 	assert.Equal(t, []string{"127.0.3.5:8443"}, def.Dial)
 	assert.Equal(t, []string{"web sidecar", "gateway peer webstuff", "billing peer webstuff"}, def.Hops)
 	assert.Empty(t, def.Warnings)
 	assert.Empty(t, def.Datacenter)
 
-	assert.Equal(t, resolve.RouteRemoteGateway, none.Route)
+	assert.Equal(t, resolve.PathRemoteGateway, none.Route)
 	assert.Equal(t, api.MeshGatewayModeNone, none.Mode)
 	assert.Contains(t, none.Warnings[0], `mode "none" from upstream is treated as "remote"`)
 	assert.Equal(t, sni.PeeredServiceSNI("billing", "ns1", "", "dc1-default", peerTD), none.SNI)
 
-	assert.Equal(t, resolve.RouteLocalGateway, local.Route)
+	assert.Equal(t, resolve.PathLocalGateway, local.Route)
 	assert.Equal(t, []string{"127.0.1.5:8443"}, local.Dial)
 	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway peer webstuff", "billing peer webstuff"}, local.Hops)
 

@@ -3,7 +3,7 @@
 //
 //	src := resolvetest.Load(t, resolve.StaticOptions{}, "consul/")
 //	plan := resolvetest.Plan(t, src, "web", "api")
-//	assert.Equal(t, resolve.RouteLocalGateway, plan.Route)
+//	assert.Equal(t, resolve.PathLocalGateway, plan.Route)
 package resolvetest
 
 import (
