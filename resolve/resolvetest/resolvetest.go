@@ -1,17 +1,25 @@
 // Package resolvetest lets another project's tests check routing decisions
 // against the same files it gives Consul, in a few lines:
 //
-//	src := resolvetest.Load(t, resolve.StaticOptions{}, "consul/")
+//	src := resolvetest.Load(t, resolve.StaticOptions{TrustDomain: td}, "consul/")
 //	plan := resolvetest.Plan(t, src, "web", "api")
-//	assert.Equal(t, resolve.PathLocalGateway, plan.Route)
+//	resolvetest.Expect(t, plan, resolvetest.Want{Route: resolve.PathLocalGateway, Source: modes.SourceProxyDefaults})
+//
+// When a service has the same upstream name more than once (two datacenters,
+// a peer), PlanTo chooses it by where it is:
+//
+//	plan := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc2"})
 package resolvetest
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 )
 
@@ -23,7 +31,110 @@ func Load(tb testing.TB, opts resolve.StaticOptions, paths ...string) *resolve.S
 	if err != nil {
 		tb.Fatalf("resolvetest: loading %s: %v", strings.Join(paths, ", "), err)
 	}
+	if v := src.View(); opts.TrustDomain == "" && v.TrustDomain == resolve.DefaultTrustDomain {
+		// A trust domain decides every SNI: say which one the test gets.
+		tb.Logf("resolvetest: no trust domain given (StaticOptions.TrustDomain or the topology's trust_domain); using %s", v.TrustDomain)
+	}
 	return src
+}
+
+// Upstream names an upstream and, where the name alone is ambiguous, where
+// it is. Empty fields match anything, except that Namespace and Partition
+// "" match "default" only when set to "default".
+type Upstream struct {
+	Name       string
+	Datacenter string
+	Peer       string
+	Namespace  string
+	Partition  string
+}
+
+func (u Upstream) matches(p resolve.Plan) bool {
+	return p.Upstream == u.Name &&
+		(u.Datacenter == "" || strings.EqualFold(p.Datacenter, u.Datacenter)) &&
+		(u.Peer == "" || p.Peer == u.Peer) &&
+		(u.Namespace == "" || p.Namespace == u.Namespace) &&
+		(u.Partition == "" || p.Partition == u.Partition)
+}
+
+func (u Upstream) String() string {
+	s := u.Name
+	for _, kv := range [][2]string{{"datacenter", u.Datacenter}, {"peer", u.Peer}, {"namespace", u.Namespace}, {"partition", u.Partition}} {
+		if kv[1] != "" {
+			s += " " + kv[0] + "=" + kv[1]
+		}
+	}
+	return s
+}
+
+// PlanTo returns the plan of service's upstream that up names, failing tb if
+// there is none or more than one, and listing what there is.
+func PlanTo(tb testing.TB, src resolve.Source, service string, up Upstream) resolve.Plan {
+	tb.Helper()
+	var found []resolve.Plan
+	var all []string
+	for _, p := range resolve.PlanAll(src.View()) {
+		if p.Service != service {
+			continue
+		}
+		all = append(all, describe(p))
+		if up.matches(p) {
+			found = append(found, p)
+		}
+	}
+	switch len(found) {
+	case 0:
+		tb.Fatalf("resolvetest: no upstream %s of service %q; it has: %s", up, service, strings.Join(all, ", "))
+	case 1:
+		return found[0]
+	default:
+		var which []string
+		for _, p := range found {
+			which = append(which, describe(p))
+		}
+		tb.Fatalf("resolvetest: upstream %s of service %q is ambiguous: %s; say which with Upstream's Datacenter, Peer, Namespace or Partition",
+			up, service, strings.Join(which, ", "))
+	}
+	return resolve.Plan{}
+}
+
+// describe names an upstream by where it is.
+func describe(p resolve.Plan) string {
+	where := "datacenter=" + p.Datacenter
+	if p.Peer != "" {
+		where = "peer=" + p.Peer
+	}
+	return fmt.Sprintf("%s (%s namespace=%s partition=%s)", p.Upstream, where, p.Namespace, p.Partition)
+}
+
+// Want is what a test expects of a plan; zero fields are not checked. Dial
+// is checked when it is not nil (an empty, non-nil Dial expects none).
+type Want struct {
+	Mode   api.MeshGatewayMode
+	Source modes.Source
+	Route  resolve.Path
+	SNI    string
+	Dial   []string
+}
+
+// Expect checks plan against want and fails tb with one line per field that
+// differs, as "field: got X, want Y".
+func Expect(tb testing.TB, plan resolve.Plan, want Want) {
+	tb.Helper()
+	var diffs []string
+	check := func(field string, got, want any, set bool) {
+		if set && fmt.Sprint(got) != fmt.Sprint(want) {
+			diffs = append(diffs, fmt.Sprintf("  %s: got %q, want %q", field, fmt.Sprint(got), fmt.Sprint(want)))
+		}
+	}
+	check("mode", plan.Mode, want.Mode, want.Mode != "")
+	check("source (the deciding layer)", plan.Source, want.Source, want.Source != "")
+	check("route", plan.Route, want.Route, want.Route != "")
+	check("sni", plan.SNI, want.SNI, want.SNI != "")
+	check("dial", plan.Dial, want.Dial, want.Dial != nil)
+	if len(diffs) > 0 {
+		tb.Errorf("resolvetest: plan of %s -> %s differs:\n%s", plan.Service, describe(plan), strings.Join(diffs, "\n"))
+	}
 }
 
 // Plan returns the plan of service's upstream named upstream, failing tb if

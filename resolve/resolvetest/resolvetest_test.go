@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
 	"github.com/stretchr/testify/assert"
@@ -16,8 +17,11 @@ import (
 // recovered by check).
 type recorder struct {
 	testing.TB
-	msg string
+	msg, logs string
 }
+
+func (r *recorder) Errorf(format string, args ...any) { r.msg = fmt.Sprintf(format, args...) }
+func (r *recorder) Logf(format string, args ...any)   { r.logs += fmt.Sprintf(format, args...) + "\n" }
 
 type fatal struct{}
 
@@ -28,6 +32,10 @@ func (r *recorder) Fatalf(format string, args ...any) {
 }
 
 func check(t *testing.T, f func(tb testing.TB)) string {
+	return record(t, f).msg
+}
+
+func record(t *testing.T, f func(tb testing.TB)) *recorder {
 	r := &recorder{TB: t}
 	func() {
 		defer func() {
@@ -39,7 +47,7 @@ func check(t *testing.T, f func(tb testing.TB)) string {
 		}()
 		f(r)
 	}()
-	return r.msg
+	return r
 }
 
 var seeds = filepath.Join("..", "..", "config", "testdata", "seeds")
@@ -62,4 +70,63 @@ func TestLoadFailsWithEveryProblem(t *testing.T) {
 	msg := check(t, func(tb testing.TB) { resolvetest.Load(tb, resolve.StaticOptions{}, dir) })
 	require.NotEmpty(t, msg)
 	assert.Contains(t, msg, `bad.hcl:2: service: unknown key "nam" (did you mean "name"?)`)
+}
+
+const td = "11111111-2222-3333-4444-555555555555.consul"
+
+// Three upstreams named api: PlanTo tells them apart by where they are.
+func TestPlanToChoosesByLocation(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{"web.hcl": `
+service {
+  name = "web"
+  connect { sidecar_service { proxy {
+    upstreams = [
+      { destination_name = "api", datacenter = "dc2", local_bind_port = 10001 },
+      { destination_name = "api", datacenter = "dc3", local_bind_port = 10002 },
+      { destination_name = "api", destination_peer = "other", local_bind_port = 10003 },
+    ]
+  } } }
+}
+topology {
+  datacenter   = "dc1"
+  trust_domain = "` + td + `"
+  gateways = [{ datacenter = "dc2", wan_addresses = ["192.0.2.2:8443"] }]
+}
+`})
+	src := resolvetest.Load(t, resolve.StaticOptions{}, dir)
+	assert.Equal(t, 10001, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc2"}).LocalBindPort)
+	assert.Equal(t, 10002, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "DC3"}).LocalBindPort)
+	assert.Equal(t, 10003, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Peer: "other"}).LocalBindPort)
+
+	msg := check(t, func(tb testing.TB) { resolvetest.PlanTo(tb, src, "web", resolvetest.Upstream{Name: "api"}) })
+	assert.Equal(t, `resolvetest: upstream api of service "web" is ambiguous: api (datacenter=dc2 namespace=default partition=default), `+
+		`api (datacenter=dc3 namespace=default partition=default), api (peer=other namespace=default partition=default); `+
+		`say which with Upstream's Datacenter, Peer, Namespace or Partition`, msg)
+	msg = check(t, func(tb testing.TB) {
+		resolvetest.PlanTo(tb, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc9"})
+	})
+	assert.Contains(t, msg, "resolvetest: no upstream api datacenter=dc9 of service \"web\"; it has: api (datacenter=dc2")
+
+	// Expect: one line per field that differs.
+	plan := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc2"})
+	resolvetest.Expect(t, plan, resolvetest.Want{Source: modes.SourceDefault, Route: resolve.PathDirect,
+		SNI: "api.default.dc2.internal." + td, Dial: []string{}})
+	msg = check(t, func(tb testing.TB) {
+		resolvetest.Expect(tb, plan, resolvetest.Want{Route: resolve.PathLocalGateway, SNI: "api.default.dc2.internal." + td, Dial: []string{"192.0.2.2:8443"}})
+	})
+	assert.Equal(t, "resolvetest: plan of web -> api (datacenter=dc2 namespace=default partition=default) differs:\n"+
+		"  route: got \"direct\", want \"local-gateway\"\n  dial: got \"[]\", want \"[192.0.2.2:8443]\"", msg)
+}
+
+// A test that gives no trust domain is told which one it got.
+func TestLoadSaysWhichTrustDomain(t *testing.T) {
+	r := record(t, func(tb testing.TB) {
+		resolvetest.Load(tb, resolve.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"))
+	})
+	assert.Contains(t, r.logs, "no trust domain given")
+	assert.Contains(t, r.logs, resolve.DefaultTrustDomain)
+	r = record(t, func(tb testing.TB) {
+		resolvetest.Load(tb, resolve.StaticOptions{TrustDomain: td}, filepath.Join(seeds, "upstreams.hcl"))
+	})
+	assert.Empty(t, r.logs)
 }
