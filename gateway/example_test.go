@@ -73,3 +73,81 @@ func minimalHello(name string) []byte {
 	msg := append([]byte{1, 0, byte(len(body) >> 8), byte(len(body))}, body...)
 	return append([]byte{22, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...)
 }
+
+// Swap the routes of a running gateway: connections already routed keep
+// their route, new ones take the new one.
+func ExampleSwitch() {
+	var sw gateway.Switch
+	before, _ := gateway.NewTable(map[string][]string{"api.example.com": {"127.0.0.1:9001"}})
+	after, _ := gateway.NewTable(map[string][]string{"api.example.com": {"127.0.0.1:9101"}})
+	hello := &sni.ClientHello{ServerName: "api.example.com"}
+
+	sw.Store(before)
+	r, _ := sw.Route(context.Background(), hello)
+	fmt.Println(r.Targets)
+	sw.Store(after) // for example on a reload
+	r, _ = sw.Route(context.Background(), hello)
+	fmt.Println(r.Targets)
+	// Output:
+	// [127.0.0.1:9001]
+	// [127.0.0.1:9101]
+}
+
+// Forward two connections both ways, outside a Server.
+func ExampleForwarder() {
+	upstream, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer upstream.Close()
+	go func() {
+		c, err := upstream.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c) // echo until the client half-closes
+		c.Close()
+	}()
+	front, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer front.Close()
+	stats := make(chan gateway.Stats, 1)
+	go func() {
+		client, err := front.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", upstream.Addr().String())
+		if err != nil {
+			client.Close()
+			return
+		}
+		var f gateway.Forwarder
+		stats <- f.Forward(client, up, []byte("hello, ")) // replayed first
+	}()
+
+	c, _ := net.Dial("tcp", front.Addr().String())
+	c.Write([]byte("world"))
+	c.(*net.TCPConn).CloseWrite() // the half-close reaches the upstream
+	reply, _ := io.ReadAll(c)
+	c.Close()
+	s := <-stats
+	fmt.Printf("%s: %d bytes up, %d down\n", reply, s.ClientToUpstream, s.UpstreamToClient)
+	// Output: hello, world: 12 bytes up, 12 down
+}
+
+// Count what a Server sees: Counters is a ready-made Observer.
+func ExampleCounters() {
+	table, _ := gateway.NewTable(map[string][]string{"api.example.com": {"127.0.0.1:1"}})
+	var counters gateway.Counters
+	srv := &gateway.Server{Router: table, Observer: &counters}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	for _, name := range []string{"db.example.com", "cache.example.com"} {
+		c, _ := net.Dial("tcp", ln.Addr().String())
+		c.Write(minimalHello(name))
+		io.ReadAll(c) // the gateway closes it: no route
+		c.Close()
+	}
+	snap := counters.Snapshot()
+	fmt.Println(snap.Accepted, snap.Rejected[gateway.ReasonNoRoute])
+	// Output: 2 2
+}

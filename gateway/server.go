@@ -463,8 +463,8 @@ func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
 // check, such as the one Consul runs on a registered gateway, or a port
 // scan), which is logged at Debug.
 func (s *Server) reject(c *conn, serverName, reason string, err error) {
+	s.observer().Rejected(reason, err) // counted before the client can see the close
 	c.client.Close()
-	s.observer().Rejected(reason, err)
 	level := slog.LevelInfo
 	if reason == ReasonClosed && errors.Is(err, io.EOF) {
 		level = slog.LevelDebug

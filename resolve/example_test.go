@@ -60,3 +60,43 @@ func ExampleStaticView() {
 	fmt.Println(route.Targets, err)
 	// Output: [10.0.1.10:21000] <nil>
 }
+
+// Route a mesh gateway's connections as Consul's own gateway does: local
+// services to their endpoints, other datacenters to their gateways, and
+// nothing else.
+func ExampleMeshRouter() {
+	set, err := config.Parse("topology.hcl", []byte(`
+topology {
+  datacenter   = "dc1"
+  trust_domain = "`+resolve.DefaultTrustDomain+`"
+  services = [{ name = "api", addresses = ["10.0.1.10:21000"] }]
+  gateways = [{ datacenter = "dc2", wan_addresses = ["198.51.100.2:8443"] }]
+}
+`))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	src, err := resolve.NewStatic(set, resolve.StaticOptions{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	router := &resolve.MeshRouter{Source: src}
+	for _, name := range []string{
+		sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain),
+		sni.ServiceSNI("web", "", "", "", "dc2", resolve.DefaultTrustDomain),
+		"www.example.com",
+	} {
+		route, err := router.Route(context.Background(), &sni.ClientHello{ServerName: name})
+		if err != nil {
+			fmt.Println("rejected:", name)
+			continue
+		}
+		fmt.Println(route.Targets)
+	}
+	// Output:
+	// [10.0.1.10:21000]
+	// [198.51.100.2:8443]
+	// rejected: www.example.com
+}
