@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/peering"
@@ -29,14 +30,14 @@ import (
 const eventually = 60 * time.Second
 
 // meshGateway is a meshgate gateway serving one cluster: a peering.Router
-// over a live resolve.Consul, registered with the cluster's agent. It
+// over a live consulview.Source, registered with the cluster's agent. It
 // records which local addresses its upstream dials came from, and which
 // client addresses each server name arrived from.
 type meshGateway struct {
 	t        *testing.T
 	agent    *consultest.Agent
 	addr     string
-	src      *resolve.Consul
+	src      *consulview.Source
 	srv      *gateway.Server
 	counters *gateway.Counters
 	dereg    func() error
@@ -51,7 +52,7 @@ type meshGateway struct {
 func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGateway {
 	t.Helper()
 	g := &meshGateway{t: t, agent: agent, counters: &gateway.Counters{}, dialed: map[string]bool{}, seen: map[string][]string{}}
-	src, err := resolve.NewConsul(context.Background(), agent.Client, resolve.ConsulOptions{})
+	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
 	require.NoError(t, err)
 	g.src = src
 	router := &peering.Router{Source: src}
@@ -86,7 +87,7 @@ func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGatew
 	})
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
-	g.dereg, err = resolve.RegisterGateway(context.Background(), agent.Client, resolve.GatewayRegistration{
+	g.dereg, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{
 		Address: g.addr, CheckInterval: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(g.stop)
@@ -420,7 +421,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 // Without the mesh entry, the gateway does not route the local servers.
 func TestControlPlaneFollowsTheMeshEntry(t *testing.T) {
 	a := consultest.Start(t, consultest.Options{})
-	src, err := resolve.NewConsul(context.Background(), a.Client, resolve.ConsulOptions{})
+	src, err := consulview.New(context.Background(), a.Client, consulview.Options{})
 	require.NoError(t, err)
 	defer src.Close()
 	r := &peering.Router{Source: src}

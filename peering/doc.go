@@ -24,7 +24,7 @@
 // relay for peers either; every refusal names its reason.
 //
 // The data comes from a resolve.Source: resolve.Static reads peers, imports,
-// servers and the exported-services entry from files; resolve.Consul follows
+// servers and the exported-services entry from files; consulview.Source follows
 // the mesh entry, the peerings, the exported services, the imported services
 // and the local servers on a live agent.
 package peering

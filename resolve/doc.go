@@ -7,6 +7,8 @@
 // modes, each service's healthy mesh endpoints, the mesh gateways of each
 // datacenter, and the peers. A Source provides the current View. Static
 // builds one from files (config entries, service definitions and a topology
-// document, see package config); the Consul source keeps one current from a
-// live agent. Planning and routing are pure functions of a View.
+// document, see package config), StaticView from a View built in Go;
+// package consulview keeps one current from a live agent. Planning and
+// routing are pure functions of a View, and this package's tests need no
+// Consul agent.
 package resolve

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/problems"
 	"io"
 	"os"
@@ -121,19 +122,19 @@ func explainConsul(fs *flag.FlagSet) ([]resolve.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	src, err := resolve.NewConsul(context.Background(), client, resolve.ConsulOptions{})
+	src, err := consulview.New(context.Background(), client, consulview.Options{})
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
-	instances, err := resolve.AgentInstances(client)
+	instances, err := consulview.AgentInstances(client)
 	if err != nil {
 		return nil, err
 	}
 	var plans []resolve.Plan
 	v := src.View()
 	for _, inst := range instances {
-		plans = append(plans, resolve.PlanInstance(v, resolve.UnmergeCentralConfig(v, inst))...)
+		plans = append(plans, resolve.PlanInstance(v, consulview.UnmergeCentralConfig(v, inst))...)
 	}
 	return plans, nil
 }

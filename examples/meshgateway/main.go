@@ -41,6 +41,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/peering"
@@ -143,7 +144,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
-		cs, err := resolve.NewConsul(ctx, client, resolve.ConsulOptions{Logger: log, WaitForAgent: *consulWait, GatewayService: *serviceName})
+		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, GatewayService: *serviceName})
 		if err != nil {
 			return err
 		}
@@ -157,7 +158,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}
 		}()
 		registerWith = func(addr string) error {
-			deregister, err = resolve.RegisterGateway(ctx, client, resolve.GatewayRegistration{Name: *serviceName, Address: addr, WANAddress: *wanAddress})
+			deregister, err = consulview.RegisterGateway(ctx, client, consulview.GatewayRegistration{Name: *serviceName, Address: addr, WANAddress: *wanAddress})
 			return err
 		}
 	} else {

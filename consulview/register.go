@@ -1,4 +1,4 @@
-package resolve
+package consulview
 
 import (
 	"context"
@@ -48,11 +48,11 @@ func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistrat
 	}
 	lan, err := serviceAddress(r.Address)
 	if err != nil {
-		return nil, fmt.Errorf("resolve: gateway address: %w", err)
+		return nil, fmt.Errorf("consulview: gateway address: %w", err)
 	}
 	wan, err := serviceAddress(r.WANAddress)
 	if err != nil {
-		return nil, fmt.Errorf("resolve: gateway WAN address: %w", err)
+		return nil, fmt.Errorf("consulview: gateway WAN address: %w", err)
 	}
 	reg := &api.AgentServiceRegistration{
 		Kind:            api.ServiceKindMeshGateway,

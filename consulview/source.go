@@ -1,11 +1,9 @@
-package resolve
+package consulview
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/problems"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"log/slog"
 	"net"
 	"strconv"
@@ -15,19 +13,22 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/problems"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/modes"
+	"github.com/meshgate/meshgate/resolve"
 )
 
 // ErrPermissionDenied wraps Consul's 403 answers, with the permission a
 // gateway's token needs.
-var ErrPermissionDenied = errors.New("resolve: Consul denied the request")
+var ErrPermissionDenied = errors.New("consulview: Consul denied the request")
 
 // ErrAgentUnreachable wraps a failed first load from an agent that does not
 // answer.
-var ErrAgentUnreachable = errors.New("resolve: Consul agent unreachable")
+var ErrAgentUnreachable = errors.New("consulview: Consul agent unreachable")
 
-// ConsulOptions configures a Consul source. Zero values are useful.
-type ConsulOptions struct {
+// Options configures a Consul source. Zero values are useful.
+type Options struct {
 	// Datacenter is the local datacenter. Empty means: ask the agent
 	// (/v1/agent/self, which needs agent:read on the agent's node).
 	Datacenter string
@@ -38,7 +39,7 @@ type ConsulOptions struct {
 	// datacenter; empty means "mesh-gateway", the name Consul's own tooling
 	// registers.
 	GatewayService string
-	// WaitForAgent makes NewConsul keep retrying the first load until ctx
+	// WaitForAgent makes New keep retrying the first load until ctx
 	// ends, instead of failing at once when the agent does not answer.
 	WaitForAgent bool
 	// OnStale, if set, is called with the error each time a watch fails and
@@ -53,7 +54,7 @@ type ConsulOptions struct {
 	MaxBackoff time.Duration
 }
 
-// Consul is a Source kept current from a live Consul agent through blocking
+// Source is a resolve.Source kept current from a live Consul agent through blocking
 // queries: the local datacenter and trust domain, proxy-defaults,
 // service-defaults and mesh entries, every local service's healthy mesh
 // endpoints (its sidecar proxies or Connect-native instances), and the mesh
@@ -61,12 +62,12 @@ type ConsulOptions struct {
 // published as a new immutable View, so routing never sees half an update and
 // established connections are untouched. When the agent fails, the last good
 // view stays in force (Stale reports it) and the watches retry with backoff.
-type Consul struct {
+type Source struct {
 	client *api.Client
-	opts   ConsulOptions
+	opts   Options
 	log    *slog.Logger
 
-	view atomic.Pointer[View]
+	view atomic.Pointer[resolve.View]
 
 	mu       sync.Mutex
 	state    consulState
@@ -81,7 +82,7 @@ type Consul struct {
 	wg     sync.WaitGroup
 }
 
-var _ Source = (*Consul)(nil)
+var _ resolve.Source = (*Source)(nil)
 
 // consulState is what the watches have gathered; each publish copies it into
 // a new View.
@@ -90,20 +91,20 @@ type consulState struct {
 	proxyDefaults                      *api.ProxyConfigEntry
 	serviceDefaults                    map[string]*api.ServiceConfigEntry
 	mesh                               *api.MeshConfigEntry
-	endpoints                          map[string][]Endpoint // local service -> endpoints
-	gateways                           map[string][]Endpoint // datacenter -> gateways
-	servers                            []string              // local servers' gRPC TLS addresses
+	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
+	gateways                           map[string][]resolve.Endpoint // datacenter -> gateways
+	servers                            []string                      // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
-	exports                            map[ServiceKey][]string    // datacenter left empty
-	imports                            map[string]ImportedService // "peer/service" -> import
+	exports                            map[resolve.ServiceKey][]string    // datacenter left empty
+	imports                            map[string]resolve.ImportedService // "peer/service" -> import
 }
 
-// NewConsul loads the first view from the agent client talks to (configured
+// New loads the first view from the agent client talks to (configured
 // the standard way with api.DefaultConfig: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN
 // and the TLS variables) and starts the watches that keep it current. It
 // fails if the first load fails (unless opts.WaitForAgent), with an error
 // wrapping ErrAgentUnreachable or ErrPermissionDenied.
-func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Consul, error) {
+func New(ctx context.Context, client *api.Client, opts Options) (*Source, error) {
 	if opts.GatewayService == "" {
 		opts.GatewayService = "mesh-gateway"
 	}
@@ -113,16 +114,16 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 10 * time.Second
 	}
-	c := &Consul{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
+	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
 		services: map[string]context.CancelFunc{}, dcs: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
-	c.state.endpoints = map[string][]Endpoint{}
-	c.state.gateways = map[string][]Endpoint{}
+	c.state.endpoints = map[string][]resolve.Endpoint{}
+	c.state.gateways = map[string][]resolve.Endpoint{}
 	c.state.peerings = map[string]*api.Peering{}
-	c.state.imports = map[string]ImportedService{}
+	c.state.imports = map[string]resolve.ImportedService{}
 
 	wait := 100 * time.Millisecond
 	for {
@@ -133,7 +134,7 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 		if !opts.WaitForAgent || errors.Is(err, ErrPermissionDenied) {
 			return nil, err
 		}
-		c.log.Warn("resolve: waiting for the Consul agent", "err", err)
+		c.log.Warn("consulview: waiting for the Consul agent", "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
@@ -161,7 +162,7 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 		idx, err := w.load(0)
 		if err != nil {
 			c.Close()
-			return nil, fmt.Errorf("resolve: first load of %s: %w", w.name, err)
+			return nil, fmt.Errorf("consulview: first load of %s: %w", w.name, err)
 		}
 		indexes[i] = idx
 	}
@@ -199,17 +200,17 @@ func NewConsul(ctx context.Context, client *api.Client, opts ConsulOptions) (*Co
 }
 
 // View returns the current view.
-func (c *Consul) View() *View { return c.view.Load() }
+func (c *Source) View() *resolve.View { return c.view.Load() }
 
 // Stale returns nil while every watch is current, or an error naming the
 // failing watches while the view is kept from before the failure.
-func (c *Consul) Stale() error {
+func (c *Source) Stale() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.staleLocked()
 }
 
-func (c *Consul) staleLocked() error {
+func (c *Source) staleLocked() error {
 	var errs []error
 	for name, err := range c.failing {
 		errs = append(errs, fmt.Errorf("%s: %w", name, err))
@@ -218,25 +219,25 @@ func (c *Consul) staleLocked() error {
 }
 
 // Close stops the watches.
-func (c *Consul) Close() {
+func (c *Source) Close() {
 	if c.cancel != nil {
 		c.cancel()
 	}
 	c.wg.Wait()
 }
 
-func (c *Consul) loadIdentity() error {
+func (c *Source) loadIdentity() error {
 	dc, part := c.opts.Datacenter, ""
 	if dc == "" {
 		self, err := c.client.Agent().Self()
 		if err != nil {
-			return classify("reading /v1/agent/self (needs agent:read, or set ConsulOptions.Datacenter)", err)
+			return classify("reading /v1/agent/self (needs agent:read, or set Options.Datacenter)", err)
 		}
 		cfg := self["Config"]
 		dc, _ = cfg["Datacenter"].(string)
 		part, _ = cfg["Partition"].(string)
 		if dc == "" {
-			return fmt.Errorf("resolve: /v1/agent/self names no datacenter")
+			return fmt.Errorf("consulview: /v1/agent/self names no datacenter")
 		}
 	}
 	roots, _, err := c.client.Connect().CARoots(nil)
@@ -244,7 +245,7 @@ func (c *Consul) loadIdentity() error {
 		return classify("reading the Connect CA roots", err)
 	}
 	if roots.TrustDomain == "" {
-		return fmt.Errorf("resolve: Consul has no Connect CA yet (is connect enabled?)")
+		return fmt.Errorf("consulview: Consul has no Connect CA yet (is connect enabled?)")
 	}
 	c.mu.Lock()
 	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, tenancy.OrDefault(part), roots.TrustDomain
@@ -265,7 +266,7 @@ func classify(what string, err error) error {
 	if errors.As(err, &ne) || errors.As(err, &oe) || strings.Contains(msg, "connection refused") {
 		return fmt.Errorf("%w while %s: %v", ErrAgentUnreachable, what, err)
 	}
-	return fmt.Errorf("resolve: %s: %w", what, err)
+	return fmt.Errorf("consulview: %s: %w", what, err)
 }
 
 // filtered turns an answer that Consul filtered by ACLs into an error: a
@@ -278,18 +279,18 @@ func filtered(what string, meta *api.QueryMeta) error {
 }
 
 // queryOptions is a blocking query from index, for at most 5 minutes.
-func (c *Consul) queryOptions(index uint64) *api.QueryOptions {
+func (c *Source) queryOptions(index uint64) *api.QueryOptions {
 	return (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(c.ctxOrBackground())
 }
 
-func (c *Consul) ctxOrBackground() context.Context {
+func (c *Source) ctxOrBackground() context.Context {
 	if c.ctx != nil {
 		return c.ctx
 	}
 	return context.Background()
 }
 
-func (c *Consul) loadProxyDefaults(index uint64) (uint64, error) {
+func (c *Source) loadProxyDefaults(index uint64) (uint64, error) {
 	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing proxy-defaults", err)
@@ -310,7 +311,7 @@ func (c *Consul) loadProxyDefaults(index uint64) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
-func (c *Consul) loadServiceDefaults(index uint64) (uint64, error) {
+func (c *Source) loadServiceDefaults(index uint64) (uint64, error) {
 	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing service-defaults", err)
@@ -331,7 +332,7 @@ func (c *Consul) loadServiceDefaults(index uint64) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
-func (c *Consul) loadMesh(index uint64) (uint64, error) {
+func (c *Source) loadMesh(index uint64) (uint64, error) {
 	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(index))
 	if err != nil {
 		return index, classify("reading the mesh entry", err)
@@ -354,7 +355,7 @@ func (c *Consul) loadMesh(index uint64) (uint64, error) {
 
 // loadServices reads the service list and starts or stops one endpoint
 // watch per service.
-func (c *Consul) loadServices(index uint64) (uint64, error) {
+func (c *Source) loadServices(index uint64) (uint64, error) {
 	services, meta, err := c.client.Catalog().Services(c.queryOptions(index))
 	if err != nil {
 		return index, classify("listing services", err)
@@ -377,7 +378,7 @@ func (c *Consul) loadServices(index uint64) (uint64, error) {
 			continue
 		}
 		if !c.started {
-			c.services[name] = func() {} // NewConsul loads it, then starts its watch
+			c.services[name] = func() {} // New loads it, then starts its watch
 			continue
 		}
 		c.startKeyed(c.services, "endpoints of ", name, 0, c.loadEndpoints)
@@ -392,15 +393,15 @@ type keyedLoad func(ctx context.Context, key string, index uint64) (uint64, erro
 
 // startKeyed starts the watch of key, recording its cancel func in set.
 // c.mu is held.
-func (c *Consul) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
+func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	set[key] = cancel
 	c.watch(ctx, what+key, index, func(idx uint64) (uint64, error) { return load(ctx, key, idx) })
 }
 
-// firstKeyed loads key once during NewConsul, then starts its watch. c.mu
+// firstKeyed loads key once during New, then starts its watch. c.mu
 // is held, and released during the load.
-func (c *Consul) firstKeyed(set map[string]context.CancelFunc, what, key string, load keyedLoad) error {
+func (c *Source) firstKeyed(set map[string]context.CancelFunc, what, key string, load keyedLoad) error {
 	c.mu.Unlock()
 	idx, err := load(c.ctx, key, 0)
 	c.mu.Lock()
@@ -413,7 +414,7 @@ func (c *Consul) firstKeyed(set map[string]context.CancelFunc, what, key string,
 
 // loadEndpoints reads a service's healthy mesh endpoints: its sidecar
 // proxies and Connect-native instances (/v1/health/connect).
-func (c *Consul) loadEndpoints(ctx context.Context, name string, index uint64) (uint64, error) {
+func (c *Source) loadEndpoints(ctx context.Context, name string, index uint64) (uint64, error) {
 	q := (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
 	entries, meta, err := c.client.Health().Connect(name, "", true, q)
 	if err != nil {
@@ -422,7 +423,7 @@ func (c *Consul) loadEndpoints(ctx context.Context, name string, index uint64) (
 	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
 		return index, err
 	}
-	eps := make([]Endpoint, 0, len(entries))
+	eps := make([]resolve.Endpoint, 0, len(entries))
 	for _, e := range entries {
 		eps = append(eps, endpointOf(e))
 	}
@@ -439,19 +440,19 @@ func (c *Consul) loadEndpoints(ctx context.Context, name string, index uint64) (
 	return meta.LastIndex, nil
 }
 
-func endpointOf(e *api.ServiceEntry) Endpoint {
+func endpointOf(e *api.ServiceEntry) resolve.Endpoint {
 	host := e.Service.Address
 	if host == "" && e.Node != nil {
 		host = e.Node.Address
 	}
-	ep := Endpoint{Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))}
+	ep := resolve.Endpoint{Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))}
 	if wan, ok := e.Service.TaggedAddresses["wan"]; ok && wan.Address != "" && wan.Port != 0 {
 		ep.WAN = net.JoinHostPort(wan.Address, strconv.Itoa(wan.Port))
 	}
 	return ep
 }
 
-func (c *Consul) loadDatacenters() error {
+func (c *Source) loadDatacenters() error {
 	dcs, err := c.client.Catalog().Datacenters()
 	if err != nil {
 		return classify("listing datacenters", err)
@@ -465,7 +466,7 @@ func (c *Consul) loadDatacenters() error {
 			continue
 		}
 		if !c.started {
-			c.dcs[dc] = func() {} // NewConsul loads it, then starts its watch
+			c.dcs[dc] = func() {} // New loads it, then starts its watch
 			continue
 		}
 		c.startKeyed(c.dcs, "gateways of ", dc, 0, c.loadGateways)
@@ -480,7 +481,7 @@ func (c *Consul) loadDatacenters() error {
 	return nil
 }
 
-func (c *Consul) refreshDatacenters() {
+func (c *Source) refreshDatacenters() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.opts.DatacenterRefresh)
 	defer t.Stop()
@@ -499,7 +500,7 @@ func (c *Consul) refreshDatacenters() {
 }
 
 // loadGateways reads the healthy mesh gateways of a datacenter.
-func (c *Consul) loadGateways(ctx context.Context, dc string, index uint64) (uint64, error) {
+func (c *Source) loadGateways(ctx context.Context, dc string, index uint64) (uint64, error) {
 	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
 	entries, meta, err := c.client.Health().Service(c.opts.GatewayService, "", true, q)
 	if err != nil {
@@ -508,7 +509,7 @@ func (c *Consul) loadGateways(ctx context.Context, dc string, index uint64) (uin
 	if err := filtered("reading the mesh gateways of "+dc, meta); err != nil {
 		return index, err
 	}
-	var eps []Endpoint
+	var eps []resolve.Endpoint
 	for _, e := range entries {
 		if e.Service.Kind == api.ServiceKindMeshGateway {
 			eps = append(eps, endpointOf(e))
@@ -525,7 +526,7 @@ func (c *Consul) loadGateways(ctx context.Context, dc string, index uint64) (uin
 
 // watch runs load as a blocking query loop until ctx ends, retrying failures
 // with backoff and keeping the last good view meanwhile.
-func (c *Consul) watch(ctx context.Context, name string, index uint64, load func(uint64) (uint64, error)) {
+func (c *Source) watch(ctx context.Context, name string, index uint64, load func(uint64) (uint64, error)) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -558,7 +559,7 @@ func (c *Consul) watch(ctx context.Context, name string, index uint64, load func
 	}()
 }
 
-func (c *Consul) setFailing(name string, err error) {
+func (c *Source) setFailing(name string, err error) {
 	c.mu.Lock()
 	_, was := c.failing[name]
 	before := len(c.failing)
@@ -571,12 +572,12 @@ func (c *Consul) setFailing(name string, err error) {
 	c.mu.Unlock()
 	switch {
 	case err != nil && !was:
-		c.log.Warn("resolve: Consul watch failing; routing on the last good view", "watch", name, "err", err.Error())
+		c.log.Warn("consulview: Consul watch failing; routing on the last good view", "watch", name, "err", err.Error())
 		if c.opts.OnStale != nil {
 			c.opts.OnStale(err)
 		}
 	case err == nil && was && after == 0 && before > 0:
-		c.log.Info("resolve: Consul watches current again")
+		c.log.Info("consulview: Consul watches current again")
 		if c.opts.OnStale != nil {
 			c.opts.OnStale(nil)
 		}
@@ -585,19 +586,19 @@ func (c *Consul) setFailing(name string, err error) {
 
 // publishLocked builds a new View from the state and publishes it. c.mu is
 // held.
-func (c *Consul) publishLocked() {
+func (c *Source) publishLocked() {
 	s := &c.state
-	v := &View{
+	v := &resolve.View{
 		Datacenter:      s.datacenter,
 		Partition:       s.partition,
 		TrustDomain:     s.trustDomain,
 		ProxyDefaults:   s.proxyDefaults,
 		ServiceDefaults: make(map[string]*api.ServiceConfigEntry, len(s.serviceDefaults)),
 		Mesh:            s.mesh,
-		Services:        make(map[ServiceKey][]Endpoint, len(s.endpoints)),
-		Gateways:        make(map[Location][]Endpoint, len(s.gateways)),
+		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
+		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),
 		Peers:           c.peersLocked(),
-		Exports:         make(map[ServiceKey][]string, len(s.exports)),
+		Exports:         make(map[resolve.ServiceKey][]string, len(s.exports)),
 		Servers:         s.servers,
 	}
 	for k, peers := range s.exports {
@@ -608,11 +609,11 @@ func (c *Consul) publishLocked() {
 		v.ServiceDefaults[k] = e
 	}
 	for name, eps := range s.endpoints {
-		v.Services[ServiceKey{name, tenancy.Default, tenancy.OrDefault(s.partition), s.datacenter}] = eps
+		v.Services[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
 	}
 	for dc, eps := range s.gateways {
 		if len(eps) > 0 {
-			v.Gateways[Location{dc, tenancy.Default}] = eps
+			v.Gateways[resolve.Location{Datacenter: dc, Partition: tenancy.Default}] = eps
 		}
 	}
 	if old := c.view.Load(); old != nil {
@@ -623,17 +624,17 @@ func (c *Consul) publishLocked() {
 
 // AgentInstances returns the proxies registered with the agent client talks
 // to (connect-proxy services with their upstreams), for planning.
-func AgentInstances(client *api.Client) ([]Instance, error) {
+func AgentInstances(client *api.Client) ([]resolve.Instance, error) {
 	services, err := client.Agent().Services()
 	if err != nil {
 		return nil, classify("listing the agent's services", err)
 	}
-	var out []Instance
+	var out []resolve.Instance
 	for _, s := range services {
 		if s.Kind != api.ServiceKindConnectProxy || s.Proxy == nil {
 			continue
 		}
-		out = append(out, Instance{Service: s.Proxy.DestinationServiceName, Name: s.Service,
+		out = append(out, resolve.Instance{Service: s.Proxy.DestinationServiceName, Name: s.Service,
 			Namespace: s.Namespace, Partition: s.Partition, Proxy: s.Proxy, Origin: "consul agent service " + s.ID})
 	}
 	return out, nil
@@ -647,7 +648,7 @@ func AgentInstances(client *api.Client) ([]Instance, error) {
 // cleared, so planning reports their layer as the source. The mode, and so
 // the plan, is the same either way; only a value written explicitly and equal
 // to the central one is attributed to the central layer.
-func UnmergeCentralConfig(v *View, inst Instance) Instance {
+func UnmergeCentralConfig(v *resolve.View, inst resolve.Instance) resolve.Instance {
 	if inst.Proxy == nil {
 		return inst
 	}

@@ -1,4 +1,4 @@
-package resolve
+package consulview
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/resolve"
 	"net"
 	"net/url"
 	"sort"
@@ -25,7 +26,7 @@ const peeringPoll = time.Second
 // instance of the "consul" service at its address and Meta["grpc_tls_port"],
 // read replicas skipped (they never lead, and only the leader serves the
 // peering stream), health ignored, as Consul's gateway does.
-func (c *Consul) loadServers(index uint64) (uint64, error) {
+func (c *Source) loadServers(index uint64) (uint64, error) {
 	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(index))
 	if err != nil {
 		return index, classify("reading the local Consul servers", err)
@@ -55,7 +56,7 @@ func (c *Consul) loadServers(index uint64) (uint64, error) {
 
 // loadPeerings reads the peerings, and starts or stops one watch per
 // imported service. It blocks for at most peeringPoll.
-func (c *Consul) loadPeerings(index uint64) (uint64, error) {
+func (c *Source) loadPeerings(index uint64) (uint64, error) {
 	q := (&api.QueryOptions{WaitIndex: index, WaitTime: peeringPoll}).WithContext(c.ctxOrBackground())
 	list, meta, err := c.client.Peerings().List(c.ctxOrBackground(), q)
 	if err != nil {
@@ -88,7 +89,7 @@ func (c *Consul) loadPeerings(index uint64) (uint64, error) {
 			continue
 		}
 		if !c.started {
-			c.imports[key] = func() {} // NewConsul loads it, then starts its watch
+			c.imports[key] = func() {} // New loads it, then starts its watch
 			continue
 		}
 		c.startKeyed(c.imports, "imports of ", key, 0, c.loadImport)
@@ -125,7 +126,7 @@ type importedEntry struct {
 // loadImport reads one imported service: the synthetic entries Consul keeps
 // for it, whose addresses are the exporting peer's mesh gateways, and the SNI
 // the peer expects, from their peer metadata. Critical entries are dropped.
-func (c *Consul) loadImport(ctx context.Context, key string, index uint64) (uint64, error) {
+func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint64, error) {
 	peer, service, _ := strings.Cut(key, "/")
 	namespace, name, ok := strings.Cut(service, "/")
 	if !ok {
@@ -140,7 +141,7 @@ func (c *Consul) loadImport(ctx context.Context, key string, index uint64) (uint
 	if err := filtered("reading service "+name+" imported from peer "+peer, meta); err != nil {
 		return index, err
 	}
-	im := ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
+	im := resolve.ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
 	for _, e := range entries {
 		if e.Checks.AggregatedStatus() == api.HealthCritical {
 			continue
@@ -167,7 +168,7 @@ func (c *Consul) loadImport(ctx context.Context, key string, index uint64) (uint
 
 // loadExports reads the services this cluster exports and their consumer
 // peers, as Consul resolves them (/v1/exported-services).
-func (c *Consul) loadExports(index uint64) (uint64, error) {
+func (c *Source) loadExports(index uint64) (uint64, error) {
 	list, meta, err := c.client.ExportedServices(c.queryOptions(index))
 	if err != nil {
 		return index, classifyPeering("listing exported services", err)
@@ -175,12 +176,12 @@ func (c *Consul) loadExports(index uint64) (uint64, error) {
 	if err := filtered("listing exported services", meta); err != nil {
 		return index, err
 	}
-	exports := map[ServiceKey][]string{}
+	exports := map[resolve.ServiceKey][]string{}
 	for _, e := range list {
 		if len(e.Consumers.Peers) == 0 {
 			continue
 		}
-		k := ServiceKey{e.Service, tenancy.OrDefault(e.Namespace), tenancy.OrDefault(e.Partition), ""}
+		k := resolve.ServiceKey{Name: e.Service, Namespace: tenancy.OrDefault(e.Namespace), Partition: tenancy.OrDefault(e.Partition)}
 		exports[k] = append(exports[k], e.Consumers.Peers...)
 	}
 	c.mu.Lock()
@@ -202,11 +203,11 @@ func classifyPeering(what string, err error) error {
 
 // peersLocked builds the view's peers from the peerings and their imports.
 // c.mu is held.
-func (c *Consul) peersLocked() map[string]Peer {
+func (c *Source) peersLocked() map[string]resolve.Peer {
 	s := &c.state
-	peers := make(map[string]Peer, len(s.peerings))
+	peers := make(map[string]resolve.Peer, len(s.peerings))
 	for name, p := range s.peerings {
-		peer := Peer{Name: name, TrustDomain: peerTrustDomain(p)}
+		peer := resolve.Peer{Name: name, TrustDomain: peerTrustDomain(p)}
 		// Consul's ShouldDial: the side that established the peering knows
 		// the peer's server addresses; the accepting side has none.
 		if len(p.PeerServerAddresses) > 0 && p.PeerServerName != "" {

@@ -1,4 +1,4 @@
-package resolve_test
+package consulview_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/resolve"
@@ -79,7 +80,7 @@ func routeReason(r gateway.Router, name string) ([]string, string) {
 	return got.Targets, ""
 }
 
-func newConsul(t *testing.T, c *api.Client, opts resolve.ConsulOptions) *resolve.Consul {
+func newConsul(t *testing.T, c *api.Client, opts consulview.Options) *consulview.Source {
 	t.Helper()
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 500 * time.Millisecond
@@ -87,7 +88,7 @@ func newConsul(t *testing.T, c *api.Client, opts resolve.ConsulOptions) *resolve
 	if opts.DatacenterRefresh == 0 {
 		opts.DatacenterRefresh = 200 * time.Millisecond
 	}
-	src, err := resolve.NewConsul(context.Background(), c, opts)
+	src, err := consulview.New(context.Background(), c, opts)
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
 	return src
@@ -102,7 +103,7 @@ func TestConsulSidecarRouting(t *testing.T) {
 	host, port := echoServer(t)
 	registerWithSidecar(t, agent.Client, "web", port, true)
 
-	src := newConsul(t, agent.Client, resolve.ConsulOptions{})
+	src := newConsul(t, agent.Client, consulview.Options{})
 	v := src.View()
 	assert.Equal(t, "dc1", v.Datacenter)
 	assert.Equal(t, td, v.TrustDomain)
@@ -178,7 +179,7 @@ func TestConsulTwoDatacenters(t *testing.T) {
 		api.Upstream{DestinationName: "db", Datacenter: "dc2", LocalBindPort: 9192, MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}},
 		api.Upstream{DestinationName: "cache", Datacenter: "dc2", LocalBindPort: 9193})
 
-	src := newConsul(t, dc1.Client, resolve.ConsulOptions{})
+	src := newConsul(t, dc1.Client, consulview.Options{})
 	router := &resolve.MeshRouter{Source: src}
 	consultest.WaitFor(t, eventually, "dc2's gateway to be found from dc1", func() bool {
 		got, _ := routeReason(router, sni.ServiceSNI("api", "", "", "", "dc2", td))
@@ -187,7 +188,7 @@ func TestConsulTwoDatacenters(t *testing.T) {
 	got, _ := routeReason(router, sni.GatewaySNI("dc2", "", td))
 	assert.Equal(t, []string{"127.0.2.105:8443"}, got)
 
-	instances, err := resolve.AgentInstances(dc1.Client)
+	instances, err := consulview.AgentInstances(dc1.Client)
 	require.NoError(t, err)
 	require.Len(t, instances, 1)
 	plan := func() map[string]resolve.Plan {
@@ -226,7 +227,7 @@ func TestConsulAgentOutage(t *testing.T) {
 	registerWithSidecar(t, agent.Client, "web", port, false)
 	var staleEvents []error
 	events := make(chan error, 16)
-	src := newConsul(t, agent.Client, resolve.ConsulOptions{OnStale: func(err error) { events <- err }})
+	src := newConsul(t, agent.Client, consulview.Options{OnStale: func(err error) { events <- err }})
 	router := &resolve.MeshRouter{Source: src}
 	webName := sni.ServiceSNI("web", "", "", "", "dc1", td)
 	consultest.WaitFor(t, eventually, "web to route", func() bool { _, r := routeReason(router, webName); return r == "" })
@@ -287,9 +288,9 @@ mesh = "read"
 	weak, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Description: "no permissions"}, nil)
 	require.NoError(t, err)
 
-	src := newConsul(t, agent.ClientWithToken(good.SecretID), resolve.ConsulOptions{})
+	src := newConsul(t, agent.ClientWithToken(good.SecretID), consulview.Options{})
 	assert.Equal(t, "dc1", src.View().Datacenter)
-	dereg, err := resolve.RegisterGateway(context.Background(), agent.ClientWithToken(good.SecretID), resolve.GatewayRegistration{Address: "127.0.0.1:18443"})
+	dereg, err := consulview.RegisterGateway(context.Background(), agent.ClientWithToken(good.SecretID), consulview.GatewayRegistration{Address: "127.0.0.1:18443"})
 	require.NoError(t, err)
 	require.NoError(t, dereg())
 
@@ -302,21 +303,21 @@ mesh = "read"
 	require.NoError(t, err)
 	partial, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: noPeering.ID}}}, nil)
 	require.NoError(t, err)
-	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(partial.SecretID), resolve.ConsulOptions{Datacenter: "dc1"})
-	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	_, err = consulview.New(context.Background(), agent.ClientWithToken(partial.SecretID), consulview.Options{Datacenter: "dc1"})
+	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "peerings")
 	assert.Contains(t, err.Error(), "peering:read")
 
-	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.ConsulOptions{})
-	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	_, err = consulview.New(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.Options{})
+	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "agent:read")
 	assert.NotContains(t, err.Error(), weak.SecretID, "a token is never in an error")
 
-	_, err = resolve.NewConsul(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.ConsulOptions{Datacenter: "dc1"})
-	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	_, err = consulview.New(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.Options{Datacenter: "dc1"})
+	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "service:read on all services and node:read")
-	_, err = resolve.RegisterGateway(context.Background(), agent.ClientWithToken(weak.SecretID), resolve.GatewayRegistration{Address: "127.0.0.1:18443"})
-	require.ErrorIs(t, err, resolve.ErrPermissionDenied)
+	_, err = consulview.RegisterGateway(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.GatewayRegistration{Address: "127.0.0.1:18443"})
+	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 }
 
 func TestConsulUnreachable(t *testing.T) {
@@ -327,12 +328,12 @@ func TestConsulUnreachable(t *testing.T) {
 	ln.Close() // nothing listens there now
 	client, err := api.NewClient(cc)
 	require.NoError(t, err)
-	_, err = resolve.NewConsul(context.Background(), client, resolve.ConsulOptions{})
-	require.ErrorIs(t, err, resolve.ErrAgentUnreachable)
+	_, err = consulview.New(context.Background(), client, consulview.Options{})
+	require.ErrorIs(t, err, consulview.ErrAgentUnreachable)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = resolve.NewConsul(ctx, client, resolve.ConsulOptions{WaitForAgent: true})
+	_, err = consulview.New(ctx, client, consulview.Options{WaitForAgent: true})
 	require.ErrorIs(t, err, context.DeadlineExceeded, "WaitForAgent retries until the context ends")
 }
 
@@ -343,7 +344,7 @@ func TestRegisterGateway(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	dereg, err := resolve.RegisterGateway(context.Background(), agent.Client, resolve.GatewayRegistration{
+	dereg, err := consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{
 		Address: ln.Addr().String(), WANAddress: "127.0.9.9:443", CheckInterval: 200 * time.Millisecond})
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "the gateway's check to pass", func() bool {
@@ -371,7 +372,7 @@ func TestUnmergeCentralConfig(t *testing.T) {
 			{DestinationName: "a", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},
 			{DestinationName: "b", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "remote"}},
 		}}}
-	plans := resolve.PlanInstance(v, resolve.UnmergeCentralConfig(v, merged))
+	plans := resolve.PlanInstance(v, consulview.UnmergeCentralConfig(v, merged))
 	assert.Equal(t, "proxy-defaults", string(plans[0].Source), "merged copies are attributed to proxy-defaults")
 	assert.Equal(t, api.MeshGatewayModeLocal, plans[0].Mode)
 	assert.Equal(t, "upstream", string(plans[1].Source), "a value that differs is the upstream's own")
