@@ -654,7 +654,7 @@ func UnmergeCentralConfig(v *resolve.View, inst resolve.Instance) resolve.Instan
 	}
 	proxy := *inst.Proxy
 	sd, pd := v.ServiceDefaults[inst.Service], v.ProxyDefaults
-	central := modes.Resolve(modes.ForUpstream(api.Upstream{}, nil, sd, pd))
+	central := modes.Decide(modes.ForUpstream(api.Upstream{}, nil, sd, pd))
 	if central.Mode != "" && proxy.MeshGateway.Mode == central.Mode {
 		proxy.MeshGateway.Mode = ""
 	}
@@ -662,7 +662,7 @@ func UnmergeCentralConfig(v *resolve.View, inst resolve.Instance) resolve.Instan
 	for i, up := range proxy.Upstreams {
 		below := up
 		below.MeshGateway.Mode = ""
-		d := modes.Resolve(modes.ForUpstream(below, &proxy, sd, pd))
+		d := modes.Decide(modes.ForUpstream(below, &proxy, sd, pd))
 		if d.Mode != "" && up.MeshGateway.Mode == d.Mode {
 			proxy.Upstreams[i].MeshGateway.Mode = ""
 		}

@@ -7,7 +7,7 @@ import (
 	"github.com/meshgate/meshgate/modes"
 )
 
-func ExampleResolve() {
+func ExampleDecide() {
 	// proxy-defaults says local, the proxy registration says remote, and the
 	// upstream says nothing: the instance layer decides.
 	global := &api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
@@ -16,7 +16,7 @@ func ExampleResolve() {
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}
 	up := api.Upstream{DestinationName: "api", Datacenter: "secondary"}
 
-	d := modes.Resolve(modes.ForUpstream(up, proxy, nil, global))
+	d := modes.Decide(modes.ForUpstream(up, proxy, nil, global))
 	fmt.Println(d.Mode, d.Source)
 	// Output: remote instance
 }

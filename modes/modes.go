@@ -120,10 +120,10 @@ func (d Decision) Effective() api.MeshGatewayMode {
 	return d.Mode
 }
 
-// Resolve returns the mode of the highest layer that sets one, or "" from
+// Decide returns the mode of the highest layer that sets one, or "" from
 // SourceDefault. It does not validate; call Layers.Validate first where the
 // values come from users.
-func Resolve(l Layers) Decision {
+func Decide(l Layers) Decision {
 	for _, s := range Precedence() {
 		if m := l.Get(s); m != api.MeshGatewayModeDefault {
 			return Decision{Mode: m, Source: s}

@@ -10,10 +10,10 @@ import (
 
 var allModes = []api.MeshGatewayMode{"", "none", "local", "remote"}
 
-// TestResolveEveryCombination checks Resolve on all 4^6 combinations of the
+// TestDecideEveryCombination checks Decide on all 4^6 combinations of the
 // layers against an independent statement of the rule: the answer is the
 // first non-empty value in Consul's documented order, else "" from "default".
-func TestResolveEveryCombination(t *testing.T) {
+func TestDecideEveryCombination(t *testing.T) {
 	order := []string{"upstream", "upstream-override", "instance", "upstream-defaults", "service-defaults", "proxy-defaults"}
 	count := 0
 	var vals [6]int
@@ -26,7 +26,7 @@ func TestResolveEveryCombination(t *testing.T) {
 				break
 			}
 		}
-		require.Equal(t, want, Resolve(l), "%+v", l)
+		require.Equal(t, want, Decide(l), "%+v", l)
 		count++
 		i := 0
 		for ; i < len(vals); i++ {

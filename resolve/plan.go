@@ -110,7 +110,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		p.Datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)
 	}
 	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaults[inst.Service], v.ProxyDefaults)
-	d := modes.Resolve(layers)
+	d := modes.Decide(layers)
 	p.Mode, p.Source = d.Mode, d.Source
 	if err := layers.Validate(); err != nil {
 		p.Warnings = append(p.Warnings, err.Error())
