@@ -14,6 +14,7 @@ package resolvetest
 import (
 	"fmt"
 	"os"
+	"slices"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -92,6 +93,9 @@ func PlanTo(tb testing.TB, src resolve.Source, service string, up Upstream) reso
 		for _, p := range found {
 			which = append(which, describe(p))
 		}
+		if slices.Equal(which, slices.Repeat(which[:1], len(which))) { // the same place each time
+			tb.Fatalf("resolvetest: upstream %s of service %q is defined %d times, each %s", up, service, len(found), which[0])
+		}
 		tb.Fatalf("resolvetest: upstream %s of service %q is ambiguous: %s; say which with Upstream's Datacenter, Peer, Namespace or Partition",
 			up, service, strings.Join(which, ", "))
 	}
@@ -138,26 +142,11 @@ func Expect(tb testing.TB, plan resolve.Plan, want Want) {
 }
 
 // Plan returns the plan of service's upstream named upstream, failing tb if
-// the view has no such upstream or has it more than once.
+// the view has no such upstream or has it more than once (PlanTo then says
+// which).
 func Plan(tb testing.TB, src resolve.Source, service, upstream string) resolve.Plan {
 	tb.Helper()
-	var found []resolve.Plan
-	var all []string
-	for _, p := range resolve.PlanAll(src.View()) {
-		all = append(all, p.Service+"->"+p.Upstream)
-		if p.Service == service && p.Upstream == upstream {
-			found = append(found, p)
-		}
-	}
-	switch len(found) {
-	case 0:
-		tb.Fatalf("resolvetest: no upstream %q of service %q; the files define: %s", upstream, service, strings.Join(all, ", "))
-	case 1:
-		return found[0]
-	default:
-		tb.Fatalf("resolvetest: upstream %q of service %q is defined %d times", upstream, service, len(found))
-	}
-	return resolve.Plan{}
+	return PlanTo(tb, src, service, Upstream{Name: upstream})
 }
 
 // Dir writes files (name to contents) into a new temporary directory and

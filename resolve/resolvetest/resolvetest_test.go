@@ -58,11 +58,12 @@ func TestPlanFailsClearly(t *testing.T) {
 	assert.Equal(t, "db", p.Upstream)
 
 	msg := check(t, func(tb testing.TB) { resolvetest.Plan(tb, src, "web", "cache") })
-	assert.Equal(t, `resolvetest: no upstream "cache" of service "web"; the files define: web->api, web->db, web->logging`, msg)
+	assert.Equal(t, `resolvetest: no upstream cache of service "web"; it has: api (datacenter=dc1 namespace=default partition=default), `+
+		`db (datacenter=dc1 namespace=default partition=default), logging (datacenter=dc1 namespace=default partition=default)`, msg)
 
 	twice := resolvetest.Load(t, resolve.StaticOptions{}, filepath.Join(seeds, "instance-remote.hcl"))
 	msg = check(t, func(tb testing.TB) { resolvetest.Plan(tb, twice, "web", "api") })
-	assert.Equal(t, `resolvetest: upstream "api" of service "web" is defined 2 times`, msg)
+	assert.Equal(t, `resolvetest: upstream api of service "web" is defined 2 times, each api (datacenter=secondary namespace=default partition=default)`, msg)
 }
 
 func TestLoadFailsWithEveryProblem(t *testing.T) {
