@@ -72,24 +72,37 @@ type Server struct {
 	// EjectFor is how long an ejection lasts: zero means DefaultEjectFor
 	// (30 s). One more failure after it ends ejects the target again.
 	EjectFor time.Duration
+	// ReleaseMemory returns memory to the operating system after a burst: when
+	// at least 1,000 connections have opened or closed since the last release
+	// and fewer than 100 in the last 5 seconds, it runs debug.FreeOSMemory
+	// once.
+	// Without it the grown stacks and handshake garbage of a burst stay in the
+	// process, because a quiet gateway allocates too little to trigger a
+	// collection. Off by default, since it forces a collection in the
+	// embedding program; examples/meshgateway turns it on.
+	ReleaseMemory bool
 	// Dial opens upstream connections; nil means a net.Dialer with
 	// TCPKeepAlive. Return a bare *net.TCPConn to keep the zero-copy path.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
-	initOnce   sync.Once
-	done       chan struct{} // closed on Shutdown or Close
-	doneOnce   sync.Once
-	slots      chan struct{}     // MaxConns semaphore, or nil
-	budget     *descriptorBudget // the process's, or nil
-	health     *outliers         // targets that fail to connect
-	dialed     sync.Map          // tcpPair → struct{}: the open upstream connections
-	heldBack   atomic.Bool       // logged that the budget held accepting back
-	mu         sync.Mutex
-	listeners  map[*net.Listener]struct{}
-	conns      map[*conn]struct{}
-	active     atomic.Int64
-	hardClosed atomic.Bool
-	lastID     atomic.Uint64
+	initOnce       sync.Once
+	done           chan struct{} // closed on Shutdown or Close
+	doneOnce       sync.Once
+	slots          chan struct{}     // MaxConns semaphore, or nil
+	budget         *descriptorBudget // the process's, or nil
+	health         *outliers         // targets that fail to connect
+	dialed         sync.Map          // tcpPair → struct{}: the open upstream connections
+	heldBack       atomic.Bool       // logged that the budget held accepting back
+	mu             sync.Mutex
+	listeners      map[*net.Listener]struct{}
+	conns          map[*conn]struct{}
+	active         atomic.Int64
+	hardClosed     atomic.Bool
+	lastID         atomic.Uint64
+	releaser       sync.Once     // starts releaseAfterBursts
+	burst          burstRule     // zero: burstConns in releaseEvery
+	memoryReleases atomic.Int64  // how many times it released memory
+	ended          atomic.Uint64 // connections finished
 }
 
 // conn is one accepted connection, tracked from accept to close.
@@ -184,6 +197,15 @@ func (s *Server) Serve(l net.Listener) error {
 		return ErrServerClosed
 	}
 	defer s.trackListener(&l, false)
+	if s.ReleaseMemory {
+		s.releaser.Do(func() {
+			rule := s.burst
+			if rule.events == 0 {
+				rule = burstRule{burstConns, releaseEvery}
+			}
+			go s.releaseAfterBursts(rule)
+		})
+	}
 
 	var delay time.Duration
 	for {
@@ -443,6 +465,7 @@ func pairOf(from, to net.Addr) (tcpPair, bool) {
 
 // forget forgets a finished connection and frees its slot.
 func (s *Server) forget(c *conn) {
+	s.ended.Add(1)
 	if c.dialed.from.IsValid() {
 		s.dialed.Delete(c.dialed)
 	}

@@ -91,6 +91,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	idleTimeout := fs.Duration("idle-timeout", gateway.DefaultIdleTimeout, "close connections idle both ways this long")
 	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
+	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet 5 s)")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
@@ -176,6 +177,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		ConnectTimeout: *connectTimeout,
 		IdleTimeout:    *idleTimeout,
 		MaxConns:       *maxConns,
+		ReleaseMemory:  *releaseMemory,
 		Logger:         log,
 	}
 	// Keepalive is the Server's to set (TCPKeepAlive); the listener's default

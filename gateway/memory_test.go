@@ -1,0 +1,43 @@
+package gateway
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// After a burst of connections and a quiet period, a Server with
+// ReleaseMemory gives memory back once, and not again while nothing happens;
+// without it, never.
+func TestReleaseMemoryAfterABurst(t *testing.T) {
+	rule := burstRule{events: 40, every: 100 * time.Millisecond}
+
+	b := startBackend(t, echo)
+	hello := helloBytes(t, longName)
+	burst := func(gw string) {
+		for range 25 { // 25 opened and 25 closed: 50 events
+			c, err := net.Dial("tcp", gw)
+			require.NoError(t, err)
+			c.Write(hello)
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			_, err = io.ReadFull(c, make([]byte, len(hello)))
+			require.NoError(t, err)
+			c.Close()
+		}
+	}
+	on := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), ReleaseMemory: true, burst: rule}
+	off := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})}
+	gwOn, gwOff := startGateway(t, on), startGateway(t, off)
+	burst(gwOn)
+	burst(gwOff)
+	waitFor(t, "the memory of the burst to be released", func() bool { return on.memoryReleases.Load() == 1 })
+	time.Sleep(5 * rule.every) // quiet: nothing new to release
+	assert.EqualValues(t, 1, on.memoryReleases.Load(), "released once per burst")
+	assert.Zero(t, off.memoryReleases.Load(), "ReleaseMemory off: never")
+	burst(gwOn)
+	waitFor(t, "the second burst's release", func() bool { return on.memoryReleases.Load() == 2 })
+}
