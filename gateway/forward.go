@@ -45,6 +45,22 @@ type Forwarder struct {
 // timeout, closes both at once. Forward owns client and upstream from the
 // call on.
 func (f *Forwarder) Forward(client, upstream net.Conn, replay []byte) Stats {
+	done := make(chan Stats, 1)
+	f.Start(client, upstream, replay, func(s Stats) { done <- s })
+	return <-done
+}
+
+// ErrStopped is the Stats.Err of a connection ended by Start's stop function.
+var ErrStopped = errors.New("gateway: forwarding stopped")
+
+// Start forwards both ways like Forward but returns at once, once replay is
+// written; done is called once, with the stats, after both directions have
+// ended and both connections are closed (at once, from Start, if replay
+// could not be written). No goroutine waits for them. stop ends the
+// connection at once (done is still called, with ErrStopped); it must be used
+// instead of closing the connections directly, which would leave a parked
+// direction unfinished.
+func (f *Forwarder) Start(client, upstream net.Conn, replay []byte, done func(Stats)) (stop func()) {
 	start := time.Now()
 	var replayed int64
 	if len(replay) > 0 {
@@ -53,32 +69,15 @@ func (f *Forwarder) Forward(client, upstream net.Conn, replay []byte) Stats {
 		if err != nil {
 			client.Close()
 			upstream.Close()
-			return Stats{ClientToUpstream: replayed, Err: err, Duration: time.Since(start)}
+			done(Stats{ClientToUpstream: replayed, Err: err, Duration: time.Since(start)})
+			return func() {}
 		}
 	}
-	done := make(chan Stats, 1)
-	f.Start(client, upstream, func(s Stats) { done <- s })
-	s := <-done
-	s.ClientToUpstream += replayed
-	s.Duration = time.Since(start)
-	return s
-}
-
-// ErrStopped is the Stats.Err of a connection ended by Start's stop function.
-var ErrStopped = errors.New("gateway: forwarding stopped")
-
-// Start forwards both ways like Forward but returns at once; done is called
-// once, with the stats, after both directions have ended and both
-// connections are closed. No goroutine waits for them. stop ends the
-// connection at once (done is still called, with ErrStopped); it must be used
-// instead of closing the connections directly, which would leave a parked
-// direction unfinished.
-func (f *Forwarder) Start(client, upstream net.Conn, done func(Stats)) (stop func()) {
 	idle := f.IdleTimeout
 	if idle == 0 {
 		idle = DefaultIdleTimeout
 	}
-	p := &pumps{idle: idle, a: client, b: upstream, done: done, start: time.Now()}
+	p := &pumps{idle: idle, a: client, b: upstream, done: done, start: start, replayed: replayed}
 	p.touch()
 	p.remaining.Store(2)
 	ct, ok1 := client.(*net.TCPConn)
@@ -105,6 +104,7 @@ type pumps struct {
 	start     time.Time
 	spliced   bool
 	remaining atomic.Int32
+	replayed  int64 // bytes of replay written before forwarding started
 
 	spliceState // the splice path's, on Linux
 
@@ -167,6 +167,7 @@ func (p *pumps) finish() {
 		s.ClientToUpstream, s.UpstreamToClient = p.copied[0], p.copied[1]
 		s.Err = firstReal(cause, p.copiedErr[0], p.copiedErr[1])
 	}
+	s.ClientToUpstream += p.replayed
 	p.done(s)
 }
 

@@ -336,15 +336,8 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 
 func (s *Server) handle(c *conn) {
-	handed := false // the connection went on to s.forward, which finishes it
-	defer func() {
-		if !handed {
-			s.forget(c)
-		}
-	}()
 	start := time.Now()
-	obs := s.observer()
-	obs.Accepted(c.client.RemoteAddr())
+	s.observer().Accepted(c.client.RemoteAddr())
 	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
 	}
@@ -353,18 +346,46 @@ func (s *Server) handle(c *conn) {
 
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
+	var raw []byte
+	// handle returns as soon as forwarding starts (its stack grew through
+	// the peek and the dial, and an idle connection should not keep it), so
+	// the buffers go back to their pools before the connection's long life.
+	defer func() { s.putHello(bp, raw, hello) }()
+
 	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
 	if err != nil {
 		// hello holds a pooled, earlier connection's name: log none.
-		s.reject(c, "", peekReason(err), err)
-		s.putHello(bp, raw, hello)
+		s.refuse(c, "", peekReason(err), err)
 		return
 	}
-	if s.ownConnection(c.client) {
-		s.reject(c, hello.ServerName, ReasonLoop,
-			fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", c.client.RemoteAddr()))
-		s.putHello(bp, raw, hello)
+	route, reason, err := s.route(ctx, c, hello)
+	if err != nil {
+		s.refuse(c, hello.ServerName, reason, err)
 		return
+	}
+	upstream, target, reason, err := s.connect(c, route)
+	if err != nil {
+		s.refuse(c, hello.ServerName, reason, err)
+		return
+	}
+	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
+		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
+			"route", route.Name, "target", target)
+	}
+	s.forward(c, route.Name, target, upstream, raw, start)
+}
+
+// refuse rejects a connection that will not be forwarded and forgets it.
+func (s *Server) refuse(c *conn, serverName, reason string, err error) {
+	s.reject(c, serverName, reason, err)
+	s.forget(c)
+}
+
+// route asks the Router, after making sure the connection is not one of the
+// server's own (a loop); on error it also returns the rejection's reason.
+func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Route, string, error) {
+	if s.ownConnection(c.client) {
+		return Route{}, ReasonLoop, fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", c.client.RemoteAddr())
 	}
 	route, err := s.Router.Route(ctx, hello)
 	if err == nil && len(route.Targets) == 0 {
@@ -376,50 +397,38 @@ func (s *Server) handle(c *conn) {
 		if errors.As(err, &rej) {
 			reason = rej.Reason
 		}
-		s.reject(c, hello.ServerName, reason, err)
-		s.putHello(bp, raw, hello)
-		return
+		return Route{}, reason, err
 	}
-	upstream, target, err := s.dial(route)
+	return route, "", nil
+}
+
+// connect dials the route and records the upstream connection on c (for
+// Close, and for loop detection before any byte is sent on it).
+func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reason string, err error) {
+	upstream, target, err = s.dial(route)
 	if err != nil {
-		reason := ReasonDialFailed
+		reason = ReasonDialFailed
 		if errors.Is(err, ErrServerClosed) {
 			reason = ReasonShutdown // Close or Shutdown came while dialling
 		}
-		s.reject(c, hello.ServerName, reason, err)
-		s.putHello(bp, raw, hello)
-		return
-	}
-	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
-		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
-			"route", route.Name, "target", target)
+		return nil, "", reason, err
 	}
 	if pair, ok := pairOf(upstream.LocalAddr(), upstream.RemoteAddr()); ok {
 		c.dialed = pair
-		s.dialed.Store(pair, struct{}{}) // before the ClientHello goes: see ownConnection
+		s.dialed.Store(pair, struct{}{})
 	}
 	c.upstream.Store(&upstream)
 	if s.hardClosed.Load() {
 		upstream.Close() // Close ran while we dialled
 	}
-	// Replay the peeked bytes, then hand back the buffer before the
-	// connection's long life starts.
-	n, err := upstream.Write(raw)
-	s.putHello(bp, raw, hello)
-	if err != nil {
-		c.client.Close()
-		upstream.Close()
-		obs.Forwarded(route.Name, target, Stats{ClientToUpstream: int64(n), Duration: time.Since(start), Err: err})
-		return
-	}
-	// The connection's long life runs in two fresh goroutines and this one
-	// ends: its stack grew through the peek and the dial, and an idle
-	// connection should not keep that.
-	handed = true
+	return upstream, target, "", nil
+}
+
+// forward replays the peeked bytes and starts forwarding; the Forwarder's
+// done callback reports and forgets the connection.
+func (s *Server) forward(c *conn, routeName, target string, upstream net.Conn, replay []byte, start time.Time) {
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	routeName := route.Name
-	stop := f.Start(c.client, upstream, func(st Stats) {
-		st.ClientToUpstream += int64(n)
+	stop := f.Start(c.client, upstream, replay, func(st Stats) {
 		st.Duration = time.Since(start)
 		s.observer().Forwarded(routeName, target, st)
 		if st.Err != nil {
