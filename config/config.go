@@ -391,23 +391,9 @@ func newDecoder(file string) *decode.Decoder {
 				return modes.Validate(v.Interface().(api.MeshGatewayMode))
 			},
 			reflect.TypeFor[api.Upstream](): func(v reflect.Value) error {
-				return CheckUpstream(v.Interface().(api.Upstream))
+				return modes.CheckUpstream(v.Interface().(api.Upstream))
 			},
 		},
 	}
 }
 
-// ErrUpstreamDatacenterAndPeer is wrapped by CheckUpstream's error for an
-// upstream that names both a datacenter and a peer.
-var ErrUpstreamDatacenterAndPeer = errors.New("config: upstream sets both datacenter and destination_peer")
-
-// CheckUpstream applies Consul's rules to one upstream definition.
-func CheckUpstream(up api.Upstream) error {
-	if up.DestinationName == "" {
-		return fmt.Errorf("config: upstream has no destination_name")
-	}
-	if up.Datacenter != "" && up.DestinationPeer != "" {
-		return fmt.Errorf("%w (datacenter %q, destination_peer %q for %q)", ErrUpstreamDatacenterAndPeer, up.Datacenter, up.DestinationPeer, up.DestinationName)
-	}
-	return nil
-}

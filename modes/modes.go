@@ -173,3 +173,20 @@ func OverrideFor(up api.Upstream, overrides []*api.UpstreamConfig) *api.Upstream
 	}
 	return nil
 }
+
+// ErrUpstreamDatacenterAndPeer is wrapped by CheckUpstream's error for an
+// upstream that names both a datacenter and a peer: Consul refuses it, and
+// no mode applies to it.
+var ErrUpstreamDatacenterAndPeer = errors.New("upstream sets both datacenter and destination_peer")
+
+// CheckUpstream applies Consul's rules to one upstream definition: it has a
+// destination, and it is in a datacenter or at a peer, not both.
+func CheckUpstream(up api.Upstream) error {
+	if up.DestinationName == "" {
+		return errors.New("upstream has no destination_name")
+	}
+	if up.Datacenter != "" && up.DestinationPeer != "" {
+		return fmt.Errorf("%w (datacenter %q, destination_peer %q for %q)", ErrUpstreamDatacenterAndPeer, up.Datacenter, up.DestinationPeer, up.DestinationName)
+	}
+	return nil
+}

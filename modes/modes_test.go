@@ -84,3 +84,12 @@ func TestForUpstreamPicksEveryLayer(t *testing.T) {
 	assert.Equal(t, Layers{Upstream: "remote", UpstreamOverride: "local", Instance: "local", UpstreamDefaults: "remote", ServiceDefaults: "none", ProxyDefaults: "local"}, got)
 	assert.Equal(t, Layers{}, ForUpstream(api.Upstream{DestinationName: "api"}, nil, nil, nil))
 }
+
+func TestCheckUpstream(t *testing.T) {
+	require.NoError(t, CheckUpstream(api.Upstream{DestinationName: "api", Datacenter: "dc2"}))
+	require.NoError(t, CheckUpstream(api.Upstream{DestinationName: "api", DestinationPeer: "other"}))
+	err := CheckUpstream(api.Upstream{DestinationName: "api", Datacenter: "dc2", DestinationPeer: "other"})
+	require.ErrorIs(t, err, ErrUpstreamDatacenterAndPeer)
+	require.ErrorContains(t, err, `datacenter "dc2", destination_peer "other" for "api"`)
+	require.ErrorContains(t, CheckUpstream(api.Upstream{}), "no destination_name")
+}

@@ -5,7 +5,6 @@ import (
 	"github.com/meshgate/meshgate/internal/tenancy"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -115,7 +114,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	if err := layers.Validate(); err != nil {
 		p.Warnings = append(p.Warnings, err.Error())
 	}
-	if err := config.CheckUpstream(up); err != nil {
+	if err := modes.CheckUpstream(up); err != nil {
 		p.Warnings = append(p.Warnings, err.Error())
 	}
 	self := inst.Service + " sidecar"
