@@ -396,4 +396,3 @@ func newDecoder(file string) *decode.Decoder {
 		},
 	}
 }
-
