@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
 	"net"
 	"net/url"
 	"sort"
@@ -14,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
 

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/problems"
 	"sort"
 	"strings"
 	"sync/atomic"
 
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/sni"
 )
 

@@ -21,10 +21,10 @@ package modes
 import (
 	"errors"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
+	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
 // Source names the layer that decided a mode.

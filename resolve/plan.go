@@ -2,9 +2,9 @@ package resolve
 
 import (
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/sni"
 )

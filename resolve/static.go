@@ -2,11 +2,11 @@ package resolve
 
 import (
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/sni"
 )
 

@@ -2,11 +2,11 @@ package resolve
 
 import (
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"sort"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
 // Source provides the current View of the mesh. Static and the live Consul

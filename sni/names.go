@@ -3,8 +3,9 @@ package sni
 import (
 	"errors"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"strings"
+
+	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
 // The keyword labels Consul puts between a name's routing parts and its trust

@@ -19,8 +19,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/internal/problems"
 	"io"
 	"os"
 	"strings"
@@ -28,7 +26,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/resolve"
 )
 

@@ -3,7 +3,6 @@ package decode
 import (
 	"encoding"
 	"fmt"
-	"github.com/meshgate/meshgate/internal/problems"
 	"math"
 	"reflect"
 	"sort"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-multierror"
+	"github.com/meshgate/meshgate/internal/problems"
 )
 
 // Error is one problem found while decoding, with where it was found.
