@@ -93,13 +93,10 @@ func (pp *pipePool) discard(p *pipe) {
 }
 
 // limitPipes bounds the pipes open at once, within the descriptor budget.
-func limitPipes(n int) { pipes.setMax(n) }
-
-// setMax bounds the pipes open at once; 0 means no bound.
-func (pp *pipePool) setMax(n int) {
-	pp.mu.Lock()
-	pp.max = n
-	pp.mu.Unlock()
+func limitPipes(n int) {
+	pipes.mu.Lock()
+	pipes.max = n
+	pipes.mu.Unlock()
 }
 
 func (p *pipe) close() {

@@ -251,38 +251,38 @@ func (s *Server) Serve(l net.Listener) error {
 // MaxConns and then under the process's descriptor budget; it returns false
 // if the server closed meanwhile.
 func (s *Server) acquireSlot() bool {
-	if s.slots != nil {
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			s.heldBackBy(LimitMaxConns)
-			select {
-			case s.slots <- struct{}{}:
-			case <-s.done:
-				return false
-			}
-		}
+	if s.slots != nil && !s.take(s.slots, LimitMaxConns) {
+		return false
 	}
-	if b := s.budget; b != nil {
-		select {
-		case b.slots <- struct{}{}:
-		default:
-			s.heldBackBy(LimitOpenFiles)
-			if !s.heldBack.Swap(true) {
-				s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
-					"open_file_limit", b.nofile, "conn_limit", b.conns)
-			}
-			select {
-			case b.slots <- struct{}{}:
-			case <-s.done:
-				if s.slots != nil {
-					<-s.slots
-				}
-				return false
-			}
+	if b := s.budget; b != nil && !s.take(b.slots, LimitOpenFiles) {
+		if s.slots != nil {
+			<-s.slots
 		}
+		return false
 	}
 	return true
+}
+
+// take puts a token in slots, waiting if it is full: a LimitObserver hears
+// of each wait, and the first wait on the open-file limit is logged. It
+// returns false if the server closed while it waited.
+func (s *Server) take(slots chan struct{}, limit string) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	s.heldBackBy(limit)
+	if b := s.budget; limit == LimitOpenFiles && !s.heldBack.Swap(true) {
+		s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
+			"open_file_limit", b.nofile, "conn_limit", b.conns)
+	}
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-s.done:
+		return false
+	}
 }
 
 // heldBackBy tells a LimitObserver that accepting waits on limit.
