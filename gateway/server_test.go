@@ -255,7 +255,9 @@ func TestDialFailover(t *testing.T) {
 func TestMaxConnsBacksOffAccepting(t *testing.T) {
 	b := startBackend(t, echo)
 	var counters Counters
-	gw := startGateway(t, &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), MaxConns: 2, Observer: &counters})
+	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), MaxConns: 2, Observer: &counters}
+	gw := startGateway(t, s)
+	assert.Equal(t, 2, s.ConnLimit(), "MaxConns is below this process's descriptor budget")
 	hello := helloBytes(t, longName)
 	open := func() net.Conn {
 		c, err := net.Dial("tcp", gw) // completes in the kernel backlog even when not accepted
@@ -278,6 +280,9 @@ func TestMaxConnsBacksOffAccepting(t *testing.T) {
 	assert.Equal(t, 2, b.Load2())
 	a.Close()
 	require.NoError(t, roundTrip(third), "served once a slot frees")
+	snap := counters.Snapshot()
+	assert.Positive(t, snap.HeldBackMaxConns, "the wait was reported to the LimitObserver")
+	assert.Zero(t, snap.HeldBackOpenFiles)
 	b2.Close()
 	third.Close()
 }
