@@ -28,8 +28,9 @@ func (s *Server) releaseAfterBursts(rule burstRule) {
 	t := time.NewTicker(rule.every)
 	defer t.Stop()
 	events := func() uint64 { return s.lastID.Load() + s.ended.Load() }
-	released := events()
-	seen := released
+	// Counted from zero, not from events() at start: the accept loop may
+	// take a whole burst before this goroutine first runs.
+	var released, seen uint64
 	for {
 		select {
 		case <-s.done:
