@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"io"
 	"net"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -67,4 +69,26 @@ func TestDeadTargetIsEjected(t *testing.T) {
 	assert.Equal(t, conns, b.Load2())
 	assert.Equal(t, 1, strings.Count(log.String(), "target ejected"), log.String())
 	assert.Contains(t, log.String(), "target="+dead)
+}
+
+// A route's own ConnectTimeout bounds its dials, however long the server's:
+// the client is refused once the route's timeout passes, long before the
+// server's hour would.
+func TestRouteConnectTimeoutOverridesTheServers(t *testing.T) {
+	dead := blackhole(t)
+	var counters Counters
+	gw := startGateway(t, &Server{
+		Router: RouterFunc(func(context.Context, *sni.ClientHello) (Route, error) {
+			return Route{Name: "slow", Targets: []string{dead}, ConnectTimeout: 200 * time.Millisecond}, nil
+		}),
+		ConnectTimeout: time.Hour, Observer: &counters,
+	})
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	defer c.Close()
+	c.Write(helloBytes(t, longName))
+	waitFor(t, "the route's timeout to end the dial", func() bool { return counters.Snapshot().DialFailures == 1 })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	assert.ErrorIs(t, err, io.EOF, "refused: closed without a byte")
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/sni"
@@ -17,6 +18,10 @@ import (
 type Route struct {
 	Name    string
 	Targets []string
+	// ConnectTimeout bounds each dial of this route's targets, as a
+	// service-resolver's ConnectTimeout does in Consul; zero means the
+	// Server's.
+	ConnectTimeout time.Duration
 }
 
 // Router decides where a connection goes from its ClientHello. It returns a

@@ -523,9 +523,13 @@ func peekReason(err error) string {
 	return ReasonClosed
 }
 
-// dial tries the route's targets in order, each within the connect timeout.
+// dial tries the route's targets in order, each within the connect timeout
+// (the route's, else the server's).
 func (s *Server) dial(r Route) (net.Conn, string, error) {
-	timeout := s.ConnectTimeout
+	timeout := r.ConnectTimeout
+	if timeout <= 0 {
+		timeout = s.ConnectTimeout
+	}
 	if timeout <= 0 {
 		timeout = DefaultConnectTimeout
 	}
