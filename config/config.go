@@ -37,7 +37,10 @@ type Set struct {
 	// ExportedServices is the exported-services entry of the default
 	// partition, or nil: which services peers may consume.
 	ExportedServices *api.ExportedServicesConfigEntry
-	// Other holds config entries of other kinds (service-resolver, ...),
+	// ServiceResolvers holds the service-resolver entries by service name:
+	// their subsets, DefaultSubset, Redirect and ConnectTimeout.
+	ServiceResolvers map[string]*api.ServiceResolverConfigEntry
+	// Other holds config entries of other kinds (service-router, ...),
 	// checked as strictly but not used by meshgate.
 	Other []api.ConfigEntry
 	// Services are the agent service definitions, in file order.
@@ -125,7 +128,9 @@ func Parse(name string, src []byte) (*Set, error) {
 	return set, nil
 }
 
-func newSet() *Set { return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}} }
+func newSet() *Set {
+	return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}, ServiceResolvers: map[string]*api.ServiceResolverConfigEntry{}}
+}
 
 // flatten turns nested multierrors into one flat list, formatted one per line.
 func flatten(err error) error {
@@ -303,6 +308,18 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 			return
 		}
 		s.ServiceDefaults[e.Name] = e
+	case *api.ServiceResolverConfigEntry:
+		switch {
+		case e.Name == "":
+			d.Errorf(line, path, "service-resolver has no Name")
+		case s.ServiceResolvers[e.Name] != nil:
+			d.Errorf(line, path, "a second service-resolver for %q", e.Name)
+		default:
+			for _, msg := range resolverProblems(e) {
+				d.Errorf(line, path, "service-resolver %q: %s", e.Name, msg)
+			}
+			s.ServiceResolvers[e.Name] = e
+		}
 	case *api.MeshConfigEntry:
 		if s.Mesh != nil {
 			d.Errorf(line, path, "a second mesh entry")
@@ -328,6 +345,60 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 	default:
 		s.Other = append(s.Other, entry)
 	}
+}
+
+// resolverProblems checks what Consul checks of a service-resolver before
+// storing it, as far as routing depends on it.
+func resolverProblems(e *api.ServiceResolverConfigEntry) []string {
+	var out []string
+	if e.DefaultSubset != "" && !hasSubset(e, e.DefaultSubset) {
+		out = append(out, fmt.Sprintf("DefaultSubset %q is not one of its Subsets", e.DefaultSubset))
+	}
+	for name := range e.Subsets {
+		if !validSubsetName(name) {
+			out = append(out, fmt.Sprintf("subset name %q: want lower-case letters, digits and dashes", name))
+		}
+	}
+	if r := e.Redirect; r != nil {
+		switch {
+		case *r == api.ServiceResolverRedirect{}:
+			out = append(out, "Redirect is empty")
+		case len(e.Failover) > 0:
+			out = append(out, "Redirect and Failover cannot both be set")
+		case r.Peer != "" && r.Datacenter != "":
+			out = append(out, "Redirect names both a Datacenter and a Peer")
+		case r.Peer != "" && r.ServiceSubset != "":
+			out = append(out, "Redirect.Peer cannot be set with Redirect.ServiceSubset")
+		case r.Service == "" && (r.ServiceSubset != "" || r.Namespace != "" || r.Partition != "" || r.Peer != ""):
+			out = append(out, "Redirect.ServiceSubset, Namespace, Partition and Peer need Redirect.Service")
+		case r.ServiceSubset != "" && r.Service == e.Name && !hasSubset(e, r.ServiceSubset):
+			out = append(out, fmt.Sprintf("Redirect.ServiceSubset %q is not one of its Subsets", r.ServiceSubset))
+		}
+	}
+	if e.ConnectTimeout < 0 {
+		out = append(out, fmt.Sprintf("ConnectTimeout %s is negative", e.ConnectTimeout))
+	}
+	return out
+}
+
+func hasSubset(e *api.ServiceResolverConfigEntry, name string) bool {
+	_, ok := e.Subsets[name]
+	return ok
+}
+
+// validSubsetName is Consul's rule for subset names, which become an SNI
+// label: lower-case alphanumerics and dashes, not starting or ending with a
+// dash.
+func validSubsetName(name string) bool {
+	if name == "" || len(name) > 63 || name[0] == '-' || name[len(name)-1] == '-' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func suggestKind(kind string) string {

@@ -135,6 +135,11 @@ func TestBadInput(t *testing.T) {
 		{"YAML syntax", "a.yaml", "service: [\n", []string{"a.yaml"}},
 		{"JSON syntax", "a.json", "{\"service\": }", []string{"a.json"}},
 		{"unknown extension", "a.toml", "", []string{"unknown file type"}},
+		{"default subset not defined", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nDefaultSubset = \"v9\"\nSubsets = { v1 = { Filter = \"Service.Meta.version == v1\" } }\n",
+			[]string{"r.hcl:1", `service-resolver "api": DefaultSubset "v9" is not one of its Subsets`}},
+		{"subset name Consul refuses", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { V1 = {} }\n", []string{`subset name "V1"`}},
+		{"redirect to a peer and a datacenter", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nRedirect { Service = \"api\"\n Peer = \"p\"\n Datacenter = \"dc2\" }\n", []string{"both a Datacenter and a Peer"}},
+		{"second resolver", "r.yaml", "Kind: service-resolver\nName: api\n---\nKind: service-resolver\nName: api\n", []string{`a second service-resolver for "api"`}},
 		{"topology bad address", "t.hcl", "topology {\n  services = [{ name = \"api\", addresses = [\"10.0.0.1\"] }]\n}\n", []string{`"10.0.0.1"`}},
 	}
 	for _, c := range cases {
@@ -189,8 +194,9 @@ func TestLoadDirectoryAndMultiDocument(t *testing.T) {
 	assert.ElementsMatch(t, []string{"api", "db", "web"}, keys(s.ServiceDefaults))
 	assert.Equal(t, api.MeshGatewayModeNone, s.ServiceDefaults["web"].UpstreamConfig.Defaults.MeshGateway.Mode)
 	assert.True(t, s.Mesh.Peering.PeerThroughMeshGateways)
-	require.Len(t, s.Other, 1)
-	resolver := s.Other[0].(*api.ServiceResolverConfigEntry)
+	assert.Empty(t, s.Other)
+	resolver := s.ServiceResolvers["api"]
+	require.NotNil(t, resolver)
 	assert.Equal(t, "3s", resolver.ConnectTimeout.String())
 	require.Len(t, s.Services, 2)
 	assert.NotContains(t, strings.ToLower(s.Services[0].Origin()), "secret")

@@ -56,6 +56,10 @@ type TopologyService struct {
 	Namespace  string // empty means "default"
 	Partition  string // empty means "default"
 	Datacenter string // empty means the local datacenter
+	// Subset, if set, names the service-resolver subset these endpoints
+	// make up: what Consul would select with the subset's Filter. The
+	// service's resolver must define it.
+	Subset string
 	// Addresses are LAN "host:port" addresses; WANAddresses, where set, the
 	// ones reachable from other datacenters, in the same order.
 	Addresses    []string

@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
@@ -30,8 +31,15 @@ type Plan struct {
 	// Service is the downstream service; Proxy its proxy's name.
 	Service string `json:"service"`
 	Proxy   string `json:"proxy"`
-	// Upstream is the destination service's name.
+	// Upstream is the destination service's name, as the upstream names it.
 	Upstream string `json:"upstream"`
+	// Target is the service the upstream resolves to when a
+	// service-resolver redirects it elsewhere; empty otherwise. Subset is
+	// the resolver subset the SNI names (an explicit one or DefaultSubset).
+	// Resolver says which service-resolvers decided them.
+	Target   string   `json:"target,omitempty"`
+	Subset   string   `json:"subset,omitempty"`
+	Resolver []string `json:"resolver,omitempty"`
 	// Datacenter and Partition are where the destination is; for a peered
 	// upstream Datacenter is empty and Peer names the peer.
 	Datacenter string `json:"datacenter"`
@@ -108,6 +116,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	if p.Peer == "" {
 		p.Datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)
 	}
+	target := followResolvers(v, &p)
 	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaults[inst.Service], v.ProxyDefaults)
 	d := modes.Decide(layers)
 	p.Mode, p.Source = d.Mode, d.Source
@@ -120,13 +129,13 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	self := inst.Service + " sidecar"
 
 	if p.Peer != "" {
-		planPeered(v, &p, d, self)
+		planPeered(v, &p, target, d, self)
 		return p
 	}
 
 	dest := Location{p.Datacenter, p.Partition}
-	destHop := p.Upstream + " " + dest.String()
-	p.SNI = sni.ServiceSNI(p.Upstream, "", p.Namespace, p.Partition, p.Datacenter, v.TrustDomain)
+	destHop := target + " " + dest.String()
+	p.SNI = sni.ServiceSNI(target, p.Subset, p.Namespace, p.Partition, p.Datacenter, v.TrustDomain)
 	crossDC := dest.Datacenter != local.Datacenter
 	switch {
 	case dest == local:
@@ -134,7 +143,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		if d.Mode != api.MeshGatewayModeDefault && d.Mode != api.MeshGatewayModeNone {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored: %s is in the local datacenter and partition", d.Mode, d.Source, p.Upstream))
 		}
-		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), false)
+		p.Dial = addrs(endpointsOf(v, target, p), false)
 		p.Hops = []string{self, destHop}
 	case d.Effective() == api.MeshGatewayModeLocal:
 		p.Route = PathLocalGateway
@@ -146,7 +155,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		p.Hops = []string{self, "gateway " + dest.String(), destHop}
 	default:
 		p.Route = PathDirect
-		p.Dial = addrs(v.Endpoints(p.Upstream, p.Namespace, p.Partition, p.Datacenter), crossDC)
+		p.Dial = addrs(endpointsOf(v, target, p), crossDC)
 		p.Hops = []string{self, destHop}
 	}
 	if len(p.Dial) == 0 {
@@ -155,14 +164,14 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	return p
 }
 
-func planPeered(v *View, p *Plan, d modes.Decision, self string) {
+func planPeered(v *View, p *Plan, target string, d modes.Decision, self string) {
 	peer, known := v.Peers[p.Peer]
 	gateways := peer.Gateways
-	im, imported := peer.Import(p.Upstream, p.Namespace)
+	im, imported := peer.Import(target, p.Namespace)
 	if imported && len(im.Gateways) > 0 {
 		gateways = im.Gateways
 	}
-	destHop := p.Upstream + " peer " + p.Peer
+	destHop := target + " peer " + p.Peer
 	peerHop := "gateway peer " + p.Peer
 	switch d.Mode {
 	case api.MeshGatewayModeNone:
@@ -188,11 +197,81 @@ func planPeered(v *View, p *Plan, d modes.Decision, self string) {
 	case peer.TrustDomain == "" || peer.NameAtPeer == "":
 		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q lacks trust_domain or name_at_peer: the SNI is not known", p.Peer))
 	default:
-		p.SNI = sni.PeeredServiceSNI(p.Upstream, p.Namespace, p.Partition, peer.NameAtPeer, peer.TrustDomain)
+		p.SNI = sni.PeeredServiceSNI(target, p.Namespace, p.Partition, peer.NameAtPeer, peer.TrustDomain)
 	}
 	if len(p.Dial) == 0 && known {
 		p.Warnings = append(p.Warnings, "no addresses known for "+p.Hops[1])
 	}
+}
+
+// maxRedirects bounds how many service-resolver redirects are followed, so
+// that a cycle of redirects ends.
+const maxRedirects = 8
+
+// followResolvers applies the view's service-resolvers to the upstream of
+// p as Consul's discovery chain does where the SNI depends on them: each
+// Redirect moves the target (service, subset, namespace, partition,
+// datacenter or peer), and the DefaultSubset of the service finally reached
+// applies when no subset was chosen. It updates p and returns the target
+// service's name.
+func followResolvers(v *View, p *Plan) string {
+	target := p.Upstream
+	seen := map[string]bool{}
+	for range maxRedirects {
+		r := v.Resolvers[target]
+		if r == nil || r.Redirect == nil || seen[target] || p.Peer != "" {
+			break
+		}
+		seen[target] = true
+		rd := r.Redirect
+		p.Resolver = append(p.Resolver, fmt.Sprintf("service-resolver %q redirects to %s", target, describeRedirect(rd)))
+		if rd.Service != "" && rd.Service != target {
+			target, p.Subset = rd.Service, ""
+		}
+		if rd.ServiceSubset != "" {
+			p.Subset = rd.ServiceSubset
+		}
+		if rd.Namespace != "" {
+			p.Namespace = rd.Namespace
+		}
+		if rd.Partition != "" {
+			p.Partition = rd.Partition
+		}
+		if rd.Datacenter != "" {
+			p.Datacenter = rd.Datacenter
+		}
+		if rd.Peer != "" {
+			p.Peer, p.Datacenter = rd.Peer, ""
+		}
+	}
+	if r := v.Resolvers[target]; r != nil && p.Subset == "" && r.DefaultSubset != "" && p.Peer == "" {
+		p.Subset = r.DefaultSubset
+		p.Resolver = append(p.Resolver, fmt.Sprintf("service-resolver %q: default subset %q", target, r.DefaultSubset))
+	}
+	if target != p.Upstream {
+		p.Target = target
+	}
+	return target
+}
+
+func describeRedirect(r *api.ServiceResolverRedirect) string {
+	var parts []string
+	for _, f := range []struct{ k, v string }{{"service", r.Service}, {"subset", r.ServiceSubset}, {"namespace", r.Namespace},
+		{"partition", r.Partition}, {"datacenter", r.Datacenter}, {"peer", r.Peer}, {"sameness group", r.SamenessGroup}} {
+		if f.v != "" {
+			parts = append(parts, f.k+" "+f.v)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// endpointsOf returns the endpoints the plan dials when it goes directly:
+// the subset's when the plan names one.
+func endpointsOf(v *View, service string, p Plan) []Endpoint {
+	if p.Subset != "" {
+		return v.SubsetEndpoints(service, p.Subset, p.Namespace, p.Partition, p.Datacenter)
+	}
+	return v.Endpoints(service, p.Namespace, p.Partition, p.Datacenter)
 }
 
 // addrs returns the endpoints' addresses, preferring WAN ones when wan is set.

@@ -215,3 +215,41 @@ func mustRead(t *testing.T, path string) string {
 	require.NoError(t, err)
 	return string(b)
 }
+
+// The planner follows service-resolvers where the sidecar's SNI depends on
+// them: a DefaultSubset names the subset in the SNI and picks its endpoints;
+// a Redirect moves the target to another service and datacenter, whose own
+// DefaultSubset then applies.
+func TestPlanFollowsServiceResolvers(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{
+		"resolvers.yaml": `Kind: service-resolver
+Name: api
+DefaultSubset: v1
+Subsets:
+  v1: {Filter: "Service.Meta.version == v1"}
+---
+Kind: service-resolver
+Name: db
+Redirect: {Service: api, Datacenter: secondary}
+`,
+		"t.hcl": `topology {
+  services = [
+    { name = "api", subset = "v1", addresses = ["127.0.1.20:21000"] },
+  ]
+}`,
+		"web.hcl": webProxy("", `{ destination_name = "api", local_bind_port = 1 }, { destination_name = "db", local_bind_port = 2 }`),
+	})
+	src := resolvetest.Load(t, resolve.StaticOptions{TrustDomain: td}, topology, dir)
+	api1 := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api"})
+	resolvetest.Expect(t, api1, resolvetest.Want{Route: resolve.PathDirect, Subset: "v1",
+		SNI: sni.ServiceSNI("api", "v1", "", "", "dc1", td), Dial: []string{"127.0.1.20:21000"}})
+	assert.Equal(t, []string{`service-resolver "api": default subset "v1"`}, api1.Resolver)
+	assert.Empty(t, api1.Target)
+
+	db := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "db"})
+	resolvetest.Expect(t, db, resolvetest.Want{Route: resolve.PathDirect, Subset: "v1",
+		SNI: sni.ServiceSNI("api", "v1", "", "", "secondary", td)})
+	assert.Equal(t, "api", db.Target)
+	assert.Equal(t, "secondary", db.Datacenter)
+	assert.Equal(t, []string{`service-resolver "db" redirects to service api, datacenter secondary`, `service-resolver "api": default subset "v1"`}, db.Resolver)
+}

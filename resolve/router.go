@@ -15,6 +15,7 @@ const (
 	ReasonForeignTrustDomain = "foreign-trust-domain"
 	ReasonMalformedName      = "malformed-name"
 	ReasonUnknownService     = "unknown-service"
+	ReasonUnknownSubset      = "unknown-subset"
 	ReasonUnknownDatacenter  = "unknown-datacenter"
 	ReasonUnsupportedName    = "unsupported-name"
 )
@@ -27,7 +28,12 @@ const (
 // else is rejected and never dialled, so the gateway is no open relay: no SNI,
 // another trust domain, a malformed name, a service or datacenter the view
 // does not know, and the kinds this router does not serve (prepared queries,
-// service subsets, peered services and peering servers; see package peering).
+// peered services and peering servers; see package peering).
+//
+// Service-resolvers count as in Consul: a subset's SNI routes to the
+// subset's endpoints, the plain SNI of a service whose resolver has a
+// DefaultSubset to that subset's only, and dials take the resolver's
+// ConnectTimeout.
 //
 // Targets are rotated per connection so load spreads over the endpoints; the
 // gateway tries the rest in order when one fails. Each connection reads the
@@ -59,14 +65,7 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 		if dest != local {
 			return r.toGateways(v, dest, hello.ServerName)
 		}
-		if name.Subset != "" {
-			return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "service subset %q of %q: subsets need service-resolver data this router does not have", name.Subset, name.Service)
-		}
-		eps := v.Endpoints(name.Service, name.Namespace, name.Partition, name.Datacenter)
-		if len(eps) == 0 {
-			return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for service %q (namespace %q) in %s", name.Service, name.Namespace, local)
-		}
-		return gateway.Route{Name: "service " + name.Service, Targets: r.rotate(addrs(eps, false))}, nil
+		return r.toService(v, name)
 	case sni.KindGateway:
 		dest := Location{name.Datacenter, name.Partition}
 		if dest == local {
@@ -75,6 +74,38 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 		return r.toGateways(v, dest, hello.ServerName)
 	}
 	return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "%s name %q is not routed by MeshRouter", name.Kind, hello.ServerName)
+}
+
+// toService routes to a local service's endpoints as Consul's gateway does
+// (endpointsFromServicesAndResolvers in Consul's agent/xds): a subset name to
+// the subset's endpoints, the plain name to the resolver's DefaultSubset when
+// it has one, else to every healthy endpoint; dials within the resolver's
+// ConnectTimeout.
+func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
+	res := v.Resolvers[name.Service]
+	subset := name.Subset
+	if subset == "" && res != nil {
+		subset = res.DefaultSubset
+	}
+	routeName := "service " + name.Service
+	var eps []Endpoint
+	if subset == "" {
+		eps = v.Endpoints(name.Service, name.Namespace, name.Partition, name.Datacenter)
+	} else {
+		if res == nil || !hasSubset(res, subset) {
+			return gateway.Route{}, gateway.Reject(ReasonUnknownSubset, "service %q has no subset %q: no service-resolver defines it", name.Service, subset)
+		}
+		routeName += " subset " + subset
+		eps = v.SubsetEndpoints(name.Service, subset, name.Namespace, name.Partition, name.Datacenter)
+	}
+	if len(eps) == 0 {
+		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for %s (namespace %q) in %s", routeName, name.Namespace, v.Local())
+	}
+	route := gateway.Route{Name: routeName, Targets: r.rotate(addrs(eps, false))}
+	if res != nil {
+		route.ConnectTimeout = res.ConnectTimeout
+	}
+	return route, nil
 }
 
 func (r *MeshRouter) toGateways(v *View, dest Location, serverName string) (gateway.Route, error) {

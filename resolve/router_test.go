@@ -42,7 +42,7 @@ func TestMeshRouter(t *testing.T) {
 		{"malformed", "api.dc1.internal." + td, nil, resolve.ReasonMalformedName},
 		{"no SNI", "", nil, resolve.ReasonNoServerName},
 		{"own datacenter's gateway name", sni.GatewaySNI("dc1", "", td), nil, resolve.ReasonUnsupportedName},
-		{"subset", sni.ServiceSNI("api", "v2", "", "", "dc1", td), nil, resolve.ReasonUnsupportedName},
+		{"subset of a service without a resolver", sni.ServiceSNI("api", "v2", "", "", "dc1", td), nil, resolve.ReasonUnknownSubset},
 		{"prepared query", sni.QuerySNI("q", "dc1", td), nil, resolve.ReasonUnsupportedName},
 		{"peered service", sni.PeeredServiceSNI("api", "", "", "webstuff", td), nil, resolve.ReasonUnsupportedName},
 		{"peering server", sni.PeeringServerSNI("dc1", td), nil, resolve.ReasonUnsupportedName},
@@ -81,4 +81,60 @@ func BenchmarkMeshRouter(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Subsets route as in Consul's gateway: the subset SNI to the subset's
+// endpoints, the plain SNI to the DefaultSubset's only, an undefined subset
+// nowhere, with the resolver's ConnectTimeout.
+func TestMeshRouterSubsets(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{
+		"resolver.hcl": `Kind = "service-resolver"
+Name = "api"
+DefaultSubset = "v1"
+ConnectTimeout = "750ms"
+Subsets = {
+  v1 = { Filter = "Service.Meta.version == v1" }
+  v2 = { Filter = "Service.Meta.version == v2" }
+}`,
+		"t.hcl": `topology {
+  trust_domain = "` + td + `"
+  services = [
+    { name = "api", addresses = ["127.0.0.1:1", "127.0.0.1:2"] },
+    { name = "api", subset = "v1", addresses = ["127.0.0.1:1"] },
+    { name = "api", subset = "v2", addresses = ["127.0.0.1:2"] },
+    { name = "db", addresses = ["127.0.0.1:3"] },
+  ]
+}`})
+	r := &resolve.MeshRouter{Source: resolvetest.Load(t, resolve.StaticOptions{}, dir)}
+	for _, c := range []struct {
+		sniName, routeName string
+		targets            []string
+		reason             string
+	}{
+		{sni.ServiceSNI("api", "", "", "", "dc1", td), "service api subset v1", []string{"127.0.0.1:1"}, ""},
+		{sni.ServiceSNI("api", "v1", "", "", "dc1", td), "service api subset v1", []string{"127.0.0.1:1"}, ""},
+		{sni.ServiceSNI("api", "v2", "", "", "dc1", td), "service api subset v2", []string{"127.0.0.1:2"}, ""},
+		{sni.ServiceSNI("api", "v3", "", "", "dc1", td), "", nil, resolve.ReasonUnknownSubset},
+		{sni.ServiceSNI("db", "", "", "", "dc1", td), "service db", []string{"127.0.0.1:3"}, ""},
+	} {
+		got, reason := route(t, r, c.sniName)
+		assert.Equal(t, c.reason, reason, c.sniName)
+		assert.Equal(t, c.targets, got.Targets, c.sniName)
+		assert.Equal(t, c.routeName, got.Name, c.sniName)
+		if c.routeName != "" && c.routeName != "service db" {
+			assert.Equal(t, "750ms", got.ConnectTimeout.String(), c.sniName)
+		} else {
+			assert.Zero(t, got.ConnectTimeout, c.sniName)
+		}
+	}
+}
+
+// A topology listing a subset no resolver defines is refused, naming it.
+func TestStaticRefusesAnUndefinedSubset(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{"t.hcl": `topology {
+  services = [{ name = "api", subset = "v2", addresses = ["127.0.0.1:2"] }]
+}`})
+	_, err := resolve.LoadStatic(resolve.StaticOptions{}, dir)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `subset "v2" of service "api"`)
 }

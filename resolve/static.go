@@ -55,7 +55,9 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 		ProxyDefaults:   set.ProxyDefaults,
 		ServiceDefaults: set.ServiceDefaults,
 		Mesh:            set.Mesh,
+		Resolvers:       set.ServiceResolvers,
 		Services:        map[ServiceKey][]Endpoint{},
+		Subsets:         map[ServiceKey]map[string][]Endpoint{},
 		Gateways:        map[Location][]Endpoint{},
 		Peers:           map[string]Peer{},
 		Exports:         map[ServiceKey][]string{},
@@ -84,7 +86,17 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 				dc = v.Datacenter
 			}
 			k := ServiceKey{s.Name, tenancy.OrDefault(s.Namespace), tenancy.OrDefault(s.Partition), dc}
-			v.Services[k] = append(v.Services[k], endpoints(s.Addresses, s.WANAddresses)...)
+			if s.Subset == "" {
+				v.Services[k] = append(v.Services[k], endpoints(s.Addresses, s.WANAddresses)...)
+				continue
+			}
+			if r := v.Resolvers[s.Name]; r == nil || !hasSubset(r, s.Subset) {
+				return nil, fmt.Errorf("resolve: topology lists subset %q of service %q, but no service-resolver for %q defines it", s.Subset, s.Name, s.Name)
+			}
+			if v.Subsets[k] == nil {
+				v.Subsets[k] = map[string][]Endpoint{}
+			}
+			v.Subsets[k][s.Subset] = append(v.Subsets[k][s.Subset], endpoints(s.Addresses, s.WANAddresses)...)
 		}
 		for _, g := range t.Gateways {
 			l := Location{strings.ToLower(g.Datacenter), tenancy.OrDefault(g.Partition)}
@@ -124,6 +136,11 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 		}
 	}
 	return &Static{view: v}, v.Validate()
+}
+
+func hasSubset(r *api.ServiceResolverConfigEntry, name string) bool {
+	_, ok := r.Subsets[name]
+	return ok
 }
 
 // endpoints pairs LAN addresses with the WAN addresses at the same index;
@@ -182,6 +199,20 @@ func StaticView(v *View) (*Static, error) {
 		}
 		k.Datacenter = strings.ToLower(k.Datacenter)
 		n.Services[k] = append(n.Services[k], eps...)
+	}
+	n.Subsets = make(map[ServiceKey]map[string][]Endpoint, len(v.Subsets))
+	for k, subsets := range v.Subsets {
+		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
+		if k.Datacenter == "" {
+			k.Datacenter = n.Datacenter
+		}
+		k.Datacenter = strings.ToLower(k.Datacenter)
+		if n.Subsets[k] == nil {
+			n.Subsets[k] = map[string][]Endpoint{}
+		}
+		for name, eps := range subsets {
+			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
+		}
 	}
 	n.Gateways = make(map[Location][]Endpoint, len(v.Gateways))
 	for l, eps := range v.Gateways {

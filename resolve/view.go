@@ -122,9 +122,17 @@ type View struct {
 	ProxyDefaults   *api.ProxyConfigEntry
 	ServiceDefaults map[string]*api.ServiceConfigEntry
 	Mesh            *api.MeshConfigEntry
+	// Resolvers holds the service-resolver entries by service name: a local
+	// service's subsets, DefaultSubset and ConnectTimeout for the router;
+	// DefaultSubset and Redirect for the planner.
+	Resolvers map[string]*api.ServiceResolverConfigEntry
 
 	// Services holds each service's healthy mesh endpoints.
 	Services map[ServiceKey][]Endpoint
+	// Subsets holds, for a service with a service-resolver, the healthy mesh
+	// endpoints of each of its subsets by subset name: those the subset's
+	// Filter selects (passing ones only where the subset says OnlyPassing).
+	Subsets map[ServiceKey]map[string][]Endpoint
 	// Gateways holds the mesh gateways of each datacenter and partition.
 	Gateways map[Location][]Endpoint
 	// Peers holds the cluster peers by local name.
@@ -151,6 +159,15 @@ func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoi
 		datacenter = v.Datacenter
 	}
 	return v.Services[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}]
+}
+
+// SubsetEndpoints returns the mesh endpoints of a service's subset, with
+// the same defaults as Endpoints.
+func (v *View) SubsetEndpoints(name, subset, namespace, partition, datacenter string) []Endpoint {
+	if datacenter == "" {
+		datacenter = v.Datacenter
+	}
+	return v.Subsets[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}][subset]
 }
 
 // GatewaysIn returns the mesh gateways of a location.

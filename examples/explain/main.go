@@ -15,6 +15,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -151,7 +152,14 @@ func writeTable(w io.Writer, plans []resolve.Plan) {
 		if mode == "" {
 			mode = `""`
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, p.Upstream, where, mode, p.Source, p.Route,
+		upstream := p.Upstream
+		if p.Target != "" || p.Subset != "" { // a service-resolver moved it
+			upstream += " => " + cmp.Or(p.Target, p.Upstream)
+			if p.Subset != "" {
+				upstream += " subset " + p.Subset
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, upstream, where, mode, p.Source, p.Route,
 			orDash(strings.Join(p.Dial, ",")), strings.Join(p.Hops, " -> "), orDash(strings.Join(p.Warnings, "; ")))
 	}
 	tw.Flush()

@@ -124,3 +124,20 @@ func TestExplainConsul(t *testing.T) {
 	assert.Equal(t, 1, run([]string{"-consul", "extra.hcl"}, &out, &errOut))
 	assert.Empty(t, out.String())
 }
+
+// explain shows what a service-resolver does to an upstream: the redirect's
+// target and the default subset, in the table and in the JSON.
+func TestExplainServiceResolvers(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "resolvers.hcl"), []byte(`Kind = "service-resolver"
+Name = "api"
+Redirect { Service = "api-v2" }
+`), 0o600))
+	rows := explainJSON(t, dir, seed("upstreams.yaml"))
+	assert.Equal(t, "api-v2", rows[0]["target"])
+	assert.Equal(t, "api-v2.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul", rows[0]["sni"])
+
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"-format", "text", dir, seed("upstreams.yaml")}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "api => api-v2")
+}

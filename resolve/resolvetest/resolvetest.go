@@ -119,6 +119,8 @@ type Want struct {
 	Route  resolve.Path
 	SNI    string
 	Dial   []string
+	// Subset is the service-resolver subset the SNI names.
+	Subset string
 }
 
 // Expect checks plan against want and fails tb with one line per field that
@@ -136,6 +138,7 @@ func Expect(tb testing.TB, plan resolve.Plan, want Want) {
 	check("route", plan.Route, want.Route, want.Route != "")
 	check("sni", plan.SNI, want.SNI, want.SNI != "")
 	check("dial", plan.Dial, want.Dial, want.Dial != nil)
+	check("subset", plan.Subset, want.Subset, want.Subset != "")
 	if len(diffs) > 0 {
 		tb.Errorf("resolvetest: plan of %s -> %s differs:\n%s", plan.Service, describe(plan), strings.Join(diffs, "\n"))
 	}
