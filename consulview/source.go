@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,10 +35,12 @@ type Options struct {
 	// Logger receives a line when a watch fails (the view goes stale) and
 	// when it recovers; nil discards. Tokens are never logged.
 	Logger *slog.Logger
-	// GatewayService is the service name of mesh gateways in every
-	// datacenter; empty means "mesh-gateway", the name Consul's own tooling
-	// registers.
-	GatewayService string
+	// Fetchers is how many services are refetched at once after a change
+	// (each a plain query on its own agent connection); zero means 4.
+	Fetchers int
+	// SweepDelay is how long a catalog change that no name or check
+	// explains waits before every service is refetched; zero means 2 s.
+	SweepDelay time.Duration
 	// WaitForAgent makes New keep retrying the first load until ctx
 	// ends, instead of failing at once when the agent does not answer.
 	WaitForAgent bool
@@ -56,9 +58,13 @@ type Options struct {
 
 // Source is a resolve.Source kept current from a live Consul agent through blocking
 // queries: the local datacenter and trust domain, proxy-defaults,
-// service-defaults and mesh entries, every local service's healthy mesh
-// endpoints (its sidecar proxies or Connect-native instances), and the mesh
-// gateways of every datacenter with their WAN addresses. Each change is
+// service-defaults, service-resolver and mesh entries, every local service's
+// healthy mesh endpoints (its sidecar proxies or Connect-native instances)
+// and those of its resolver subsets, and the mesh gateways of every
+// datacenter (found by kind, whatever their name) with their WAN addresses.
+// It holds a fixed number of agent connections however many services there
+// are: about a dozen, plus two per datacenter and one per imported service
+// (Consul allows 200 per client address by default). Each change is
 // published as a new immutable View, so routing never sees half an update and
 // established connections are untouched. When the agent fails, the last good
 // view stays in force (Stale reports it) and the watches retry with backoff.
@@ -72,8 +78,9 @@ type Source struct {
 	mu       sync.Mutex
 	state    consulState
 	failing  map[string]error // watch name -> its last error
-	services map[string]context.CancelFunc
-	dcs      map[string]context.CancelFunc
+	cat      catalog
+	dcs      map[string]context.CancelFunc // datacenter -> its gateway names' watch
+	gwNames  map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
 	imports  map[string]context.CancelFunc // "peer/service" -> its watch
 	started  bool                          // the first load is done; new keys get watches at once
 
@@ -90,9 +97,10 @@ type consulState struct {
 	datacenter, partition, trustDomain string
 	proxyDefaults                      *api.ProxyConfigEntry
 	serviceDefaults                    map[string]*api.ServiceConfigEntry
+	resolvers                          map[string]*api.ServiceResolverConfigEntry
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
-	gateways                           map[string][]resolve.Endpoint // datacenter -> gateways
+	gateways                           map[string][]resolve.Endpoint // "dc/name" -> gateways
 	servers                            []string                      // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
 	exports                            map[resolve.ServiceKey][]string    // datacenter left empty
@@ -105,8 +113,11 @@ type consulState struct {
 // fails if the first load fails (unless opts.WaitForAgent), with an error
 // wrapping ErrAgentUnreachable or ErrPermissionDenied.
 func New(ctx context.Context, client *api.Client, opts Options) (*Source, error) {
-	if opts.GatewayService == "" {
-		opts.GatewayService = "mesh-gateway"
+	if opts.Fetchers <= 0 {
+		opts.Fetchers = 4
+	}
+	if opts.SweepDelay <= 0 {
+		opts.SweepDelay = 2 * time.Second
 	}
 	if opts.DatacenterRefresh <= 0 {
 		opts.DatacenterRefresh = 30 * time.Second
@@ -115,11 +126,12 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		opts.MaxBackoff = 10 * time.Second
 	}
 	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
-		services: map[string]context.CancelFunc{}, dcs: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{}}
+		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
+	c.state.resolvers = map[string]*api.ServiceResolverConfigEntry{}
 	c.state.endpoints = map[string][]resolve.Endpoint{}
 	c.state.gateways = map[string][]resolve.Endpoint{}
 	c.state.peerings = map[string]*api.Peering{}
@@ -150,8 +162,10 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	}{
 		{"proxy-defaults", c.loadProxyDefaults},
 		{"service-defaults", c.loadServiceDefaults},
+		{"service-resolvers", c.loadResolvers},
 		{"mesh", c.loadMesh},
 		{"services", c.loadServices},
+		{"health checks", c.loadChecks},
 		{"consul servers", c.loadServers},
 		{"peerings", c.loadPeerings},
 		{"exported services", c.loadExports},
@@ -166,16 +180,20 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		}
 		indexes[i] = idx
 	}
+	if err := c.fetchAll(c.ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("consulview: first load: %w", err)
+	}
 	c.mu.Lock()
-	for name := range c.services {
-		if err := c.firstKeyed(c.services, "endpoints of ", name, c.loadEndpoints); err != nil {
+	for dc := range c.dcs {
+		if err := c.firstKeyed(c.dcs, "gateway names of ", dc, c.loadGatewayNames); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
 		}
 	}
-	for dc := range c.dcs {
-		if err := c.firstKeyed(c.dcs, "gateways of ", dc, c.loadGateways); err != nil {
+	for key := range c.gwNames {
+		if err := c.firstKeyed(c.gwNames, "gateways ", key, c.loadGateways); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
@@ -194,6 +212,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	for i, w := range first[:len(first)-1] {
 		c.watch(c.ctx, w.name, indexes[i], w.load)
 	}
+	c.fetchers(c.ctx)
 	c.wg.Add(1)
 	go c.refreshDatacenters()
 	return c, nil
@@ -332,6 +351,39 @@ func (c *Source) loadServiceDefaults(index uint64) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
+// loadResolvers reads the service-resolver entries; a service whose
+// resolver changed is refetched (its subsets' endpoints depend on it).
+func (c *Source) loadResolvers(index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ServiceResolver, c.queryOptions(index))
+	if err != nil {
+		return index, classify("listing service-resolvers", err)
+	}
+	if err := filtered("listing service-resolvers", meta); err != nil {
+		return index, err
+	}
+	m := make(map[string]*api.ServiceResolverConfigEntry, len(entries))
+	for _, e := range entries {
+		if r, ok := e.(*api.ServiceResolverConfigEntry); ok {
+			m[r.Name] = r
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, r := range m {
+		if old := c.state.resolvers[name]; old == nil || old.ModifyIndex != r.ModifyIndex {
+			c.markLocked(name)
+		}
+	}
+	for name := range c.state.resolvers {
+		if m[name] == nil {
+			c.markLocked(name)
+		}
+	}
+	c.state.resolvers = m
+	c.publishLocked()
+	return meta.LastIndex, nil
+}
+
 func (c *Source) loadMesh(index uint64) (uint64, error) {
 	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(index))
 	if err != nil {
@@ -350,40 +402,6 @@ func (c *Source) loadMesh(index uint64) (uint64, error) {
 	c.state.mesh = mesh
 	c.publishLocked()
 	c.mu.Unlock()
-	return meta.LastIndex, nil
-}
-
-// loadServices reads the service list and starts or stops one endpoint
-// watch per service.
-func (c *Source) loadServices(index uint64) (uint64, error) {
-	services, meta, err := c.client.Catalog().Services(c.queryOptions(index))
-	if err != nil {
-		return index, classify("listing services", err)
-	}
-	if err := filtered("listing services", meta); err != nil {
-		return index, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for name, stop := range c.services {
-		if _, ok := services[name]; !ok {
-			stop()
-			delete(c.services, name)
-			delete(c.state.endpoints, name)
-			delete(c.failing, "endpoints of "+name)
-		}
-	}
-	for name := range services {
-		if _, ok := c.services[name]; ok || name == "consul" {
-			continue
-		}
-		if !c.started {
-			c.services[name] = func() {} // New loads it, then starts its watch
-			continue
-		}
-		c.startKeyed(c.services, "endpoints of ", name, 0, c.loadEndpoints)
-	}
-	c.publishLocked()
 	return meta.LastIndex, nil
 }
 
@@ -412,46 +430,6 @@ func (c *Source) firstKeyed(set map[string]context.CancelFunc, what, key string,
 	return nil
 }
 
-// loadEndpoints reads a service's healthy mesh endpoints: its sidecar
-// proxies and Connect-native instances (/v1/health/connect).
-func (c *Source) loadEndpoints(ctx context.Context, name string, index uint64) (uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
-	entries, meta, err := c.client.Health().Connect(name, "", true, q)
-	if err != nil {
-		return index, classify("reading the mesh endpoints of "+name, err)
-	}
-	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
-		return index, err
-	}
-	eps := make([]resolve.Endpoint, 0, len(entries))
-	for _, e := range entries {
-		eps = append(eps, endpointOf(e))
-	}
-	c.mu.Lock()
-	if _, live := c.services[name]; live && ctx.Err() == nil {
-		if len(eps) == 0 {
-			delete(c.state.endpoints, name)
-		} else {
-			c.state.endpoints[name] = eps
-		}
-		c.publishLocked()
-	}
-	c.mu.Unlock()
-	return meta.LastIndex, nil
-}
-
-func endpointOf(e *api.ServiceEntry) resolve.Endpoint {
-	host := e.Service.Address
-	if host == "" && e.Node != nil {
-		host = e.Node.Address
-	}
-	ep := resolve.Endpoint{Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))}
-	if wan, ok := e.Service.TaggedAddresses["wan"]; ok && wan.Address != "" && wan.Port != 0 {
-		ep.WAN = net.JoinHostPort(wan.Address, strconv.Itoa(wan.Port))
-	}
-	return ep
-}
-
 func (c *Source) loadDatacenters() error {
 	dcs, err := c.client.Catalog().Datacenters()
 	if err != nil {
@@ -469,13 +447,13 @@ func (c *Source) loadDatacenters() error {
 			c.dcs[dc] = func() {} // New loads it, then starts its watch
 			continue
 		}
-		c.startKeyed(c.dcs, "gateways of ", dc, 0, c.loadGateways)
+		c.startKeyed(c.dcs, "gateway names of ", dc, 0, c.loadGatewayNames)
 	}
 	for dc, stop := range c.dcs {
 		if !seen[dc] {
 			stop()
 			delete(c.dcs, dc)
-			delete(c.state.gateways, dc)
+			c.dropGatewaysLocked(dc, nil)
 		}
 	}
 	return nil
@@ -499,10 +477,60 @@ func (c *Source) refreshDatacenters() {
 	}
 }
 
-// loadGateways reads the healthy mesh gateways of a datacenter.
-func (c *Source) loadGateways(ctx context.Context, dc string, index uint64) (uint64, error) {
+// loadGatewayNames reads the names of a datacenter's mesh gateways: they
+// are found by kind, as Consul's own gateways find each other, whatever name
+// they were registered with. Each name gets a watch of its instances.
+func (c *Source) loadGatewayNames(ctx context.Context, dc string, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute,
+		Filter: `ServiceKind == "` + string(api.ServiceKindMeshGateway) + `"`}).WithContext(ctx)
+	names, meta, err := c.client.Catalog().Services(q)
+	if err != nil {
+		return index, classify("listing the mesh gateways of "+dc, err)
+	}
+	if err := filtered("listing the mesh gateways of "+dc, meta); err != nil {
+		return index, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, live := c.dcs[dc]; !live || ctx.Err() != nil {
+		return meta.LastIndex, nil
+	}
+	c.dropGatewaysLocked(dc, names)
+	for name := range names {
+		key := dc + "/" + name
+		if _, ok := c.gwNames[key]; ok {
+			continue
+		}
+		if !c.started {
+			c.gwNames[key] = func() {} // New loads it, then starts its watch
+			continue
+		}
+		c.startKeyed(c.gwNames, "gateways ", key, 0, c.loadGateways)
+	}
+	c.publishLocked()
+	return meta.LastIndex, nil
+}
+
+// dropGatewaysLocked stops the gateway watches of dc whose names are not in
+// keep. c.mu is held.
+func (c *Source) dropGatewaysLocked(dc string, keep map[string][]string) {
+	for key, stop := range c.gwNames {
+		d, name, _ := strings.Cut(key, "/")
+		if _, ok := keep[name]; d == dc && !ok {
+			stop()
+			delete(c.gwNames, key)
+			delete(c.state.gateways, key)
+			delete(c.failing, "gateways "+key)
+		}
+	}
+}
+
+// loadGateways reads the routable instances of one mesh gateway service of
+// a datacenter (key "dc/name").
+func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (uint64, error) {
+	dc, name, _ := strings.Cut(key, "/")
 	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
-	entries, meta, err := c.client.Health().Service(c.opts.GatewayService, "", true, q)
+	entries, meta, err := c.client.Health().Service(name, "", false, q)
 	if err != nil {
 		return index, classify("reading the mesh gateways of "+dc, err)
 	}
@@ -511,13 +539,13 @@ func (c *Source) loadGateways(ctx context.Context, dc string, index uint64) (uin
 	}
 	var eps []resolve.Endpoint
 	for _, e := range entries {
-		if e.Service.Kind == api.ServiceKindMeshGateway {
+		if e.Service.Kind == api.ServiceKindMeshGateway && routable(e, false) {
 			eps = append(eps, endpointOf(e))
 		}
 	}
 	c.mu.Lock()
-	if _, live := c.dcs[dc]; live && ctx.Err() == nil {
-		c.state.gateways[dc] = eps
+	if _, live := c.gwNames[key]; live && ctx.Err() == nil {
+		c.state.gateways[key] = eps
 		c.publishLocked()
 	}
 	c.mu.Unlock()
@@ -595,7 +623,9 @@ func (c *Source) publishLocked() {
 		ProxyDefaults:   s.proxyDefaults,
 		ServiceDefaults: make(map[string]*api.ServiceConfigEntry, len(s.serviceDefaults)),
 		Mesh:            s.mesh,
+		Resolvers:       s.resolvers,
 		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
+		Subsets:         make(map[resolve.ServiceKey]map[string][]resolve.Endpoint, len(c.cat.subsets)),
 		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),
 		Peers:           c.peersLocked(),
 		Exports:         make(map[resolve.ServiceKey][]string, len(s.exports)),
@@ -611,9 +641,23 @@ func (c *Source) publishLocked() {
 	for name, eps := range s.endpoints {
 		v.Services[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
 	}
-	for dc, eps := range s.gateways {
-		if len(eps) > 0 {
-			v.Gateways[resolve.Location{Datacenter: dc, Partition: tenancy.Default}] = eps
+	for name, subsets := range c.cat.subsets {
+		v.Subsets[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+	}
+	c.cat.lastPublish = time.Now()
+	keys := make([]string, 0, len(s.gateways))
+	for key := range s.gateways {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys) // a stable order of gateway services within a datacenter
+	for _, key := range keys {
+		dc, _, _ := strings.Cut(key, "/")
+		l := resolve.Location{Datacenter: dc, Partition: tenancy.Default}
+		v.Gateways[l] = append(v.Gateways[l], s.gateways[key]...)
+	}
+	for l, eps := range v.Gateways {
+		if len(eps) == 0 {
+			delete(v.Gateways, l)
 		}
 	}
 	if old := c.view.Load(); old != nil {

@@ -145,7 +145,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
-		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, GatewayService: *serviceName})
+		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait})
 		if err != nil {
 			return err
 		}

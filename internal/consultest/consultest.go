@@ -96,6 +96,9 @@ type Options struct {
 	// ACL turns on ACLs with default deny; the management token is
 	// ManagementToken.
 	ACL bool
+	// ExtraConfig is HCL appended to the agent's configuration, such as
+	// limits { http_max_conns_per_client = 16 }.
+	ExtraConfig string
 }
 
 // ManagementToken is the initial management token of agents with ACL.
@@ -163,6 +166,7 @@ performance { raft_multiplier = 1 }
 	if opts.ACL {
 		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens { initial_management = %q }\n}\n", ManagementToken)
 	}
+	cfg += opts.ExtraConfig + "\n"
 	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
 	if err := os.WriteFile(a.cfgFile, []byte(cfg), 0o644); err != nil {
 		tb.Fatal(err)

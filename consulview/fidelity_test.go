@@ -1,0 +1,257 @@
+package consulview_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// countingServer is a TCP server that echoes and counts its connections.
+type countingServer struct {
+	addr     string
+	port     int
+	accepted atomic.Int64
+}
+
+func startCounting(t *testing.T) *countingServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	s := &countingServer{addr: ln.Addr().String(), port: ln.Addr().(*net.TCPAddr).Port}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.accepted.Add(1)
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return s
+}
+
+// registerProxy registers, through the agent, a sidecar for svc at the
+// server's port with meta and a TTL check in the given state.
+func registerProxy(t *testing.T, c *api.Client, svc, id string, port int, meta map[string]string, status string) {
+	t.Helper()
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Kind: api.ServiceKindConnectProxy, ID: id, Name: svc + "-sidecar-proxy", Address: "127.0.0.1", Port: port, Meta: meta,
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: svc},
+		Check: &api.AgentServiceCheck{CheckID: id + "-ttl", TTL: "10m"},
+	}))
+	require.NoError(t, c.Agent().UpdateTTL(id+"-ttl", "set by the test", status))
+}
+
+// Over many real connections through a gateway, each SNI reaches exactly
+// the instances Consul's gateway would send it to: a subset's SNI its
+// subset's (filtered by Consul), the plain SNI the DefaultSubset's only, an
+// OnlyPassing subset no instance in warning, and a plain service without a
+// resolver its warning instance but never its critical one.
+func TestConsulSubsetsAndHealth(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	td := agent.TrustDomain()
+	c := agent.Client
+	v1, v2, v2warn := startCounting(t), startCounting(t), startCounting(t)
+	dbWarn, dbCrit := startCounting(t), startCounting(t)
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "api", Port: 1}))
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "db", Port: 1}))
+	registerProxy(t, c, "api", "api-v1", v1.port, map[string]string{"version": "v1"}, api.HealthPassing)
+	registerProxy(t, c, "api", "api-v2", v2.port, map[string]string{"version": "v2"}, api.HealthPassing)
+	registerProxy(t, c, "api", "api-v2-warn", v2warn.port, map[string]string{"version": "v2", "canary": "yes"}, api.HealthWarning)
+	registerProxy(t, c, "db", "db-warn", dbWarn.port, nil, api.HealthWarning)
+	registerProxy(t, c, "db", "db-crit", dbCrit.port, nil, api.HealthCritical)
+	_, _, err := c.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
+		DefaultSubset: "v1", ConnectTimeout: 1500 * time.Millisecond,
+		Subsets: map[string]api.ServiceResolverSubset{
+			"v1":     {Filter: `Service.Meta.version == "v1"`},
+			"v2":     {Filter: `Service.Meta.version == "v2"`},
+			"stable": {Filter: `Service.Meta.version == "v2"`, OnlyPassing: true},
+		}}, nil)
+	require.NoError(t, err)
+
+	src := newConsul(t, c, consulview.Options{})
+	router := &resolve.MeshRouter{Source: src}
+	name := func(subset, svc string) string { return sni.ServiceSNI(svc, subset, "", "", "dc1", td) }
+	want := map[string][]string{
+		name("", "api"):       {v1.addr},
+		name("v1", "api"):     {v1.addr},
+		name("v2", "api"):     {v2.addr, v2warn.addr},
+		name("stable", "api"): {v2.addr},
+		name("", "db"):        {dbWarn.addr},
+	}
+	for n, addrs := range want {
+		consultest.WaitFor(t, eventually, "the route of "+n, func() bool {
+			got, _ := routeReason(router, n)
+			return sameSet(addrs, got)
+		})
+	}
+	route, err := router.Route(context.Background(), &sni.ClientHello{ServerName: name("", "api")})
+	require.NoError(t, err)
+	assert.Equal(t, 1500*time.Millisecond, route.ConnectTimeout, "the resolver's ConnectTimeout")
+	_, reason := routeReason(router, name("v9", "api"))
+	assert.Equal(t, resolve.ReasonUnknownSubset, reason)
+
+	// Real connections: count where each SNI's bytes arrive.
+	gw := &gateway.Server{Router: router}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go gw.Serve(ln)
+	t.Cleanup(func() { gw.Close() })
+	send := func(n string, count int) {
+		hello := clientHello(t, n)
+		for range count {
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			conn.Write(hello)
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			_, err = io.ReadFull(conn, make([]byte, len(hello)))
+			require.NoError(t, err, n)
+			conn.Close()
+		}
+	}
+	send(name("", "api"), 20)
+	send(name("stable", "api"), 10)
+	send(name("", "db"), 10)
+	assert.EqualValues(t, 20, v1.accepted.Load(), "plain api SNI: the default subset v1 only")
+	assert.EqualValues(t, 10, v2.accepted.Load(), "stable (OnlyPassing): the passing v2 instance only")
+	assert.Zero(t, v2warn.accepted.Load(), "the warning v2 instance is not OnlyPassing-stable, nor in the default subset")
+	assert.EqualValues(t, 10, dbWarn.accepted.Load(), "warning instances take traffic, as in Consul")
+	assert.Zero(t, dbCrit.accepted.Load(), "critical instances never do")
+
+	// The resolver going away: the plain SNI reaches every healthy instance.
+	_, err = c.ConfigEntries().Delete(api.ServiceResolver, "api", nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "api without a resolver to route to all its routable instances", func() bool {
+		got, _ := routeReason(router, name("", "api"))
+		return len(got) == 3
+	})
+	_, reason = routeReason(router, name("v2", "api"))
+	assert.Equal(t, resolve.ReasonUnknownSubset, reason)
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, x := range a {
+		seen[x]++
+	}
+	for _, x := range b {
+		seen[x]--
+	}
+	for _, n := range seen {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// connCounter counts the connections an HTTP transport holds open.
+type connCounter struct {
+	open, max atomic.Int64
+}
+
+func (cc *connCounter) client(t *testing.T, addr string) *api.Client {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}
+	d := &net.Dialer{}
+	tr.DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, a)
+		if err != nil {
+			return nil, err
+		}
+		n := cc.open.Add(1)
+		for m := cc.max.Load(); n > m && !cc.max.CompareAndSwap(m, n); m = cc.max.Load() {
+		}
+		return &countedConn{Conn: c, cc: cc}, nil
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	cfg.Transport = tr
+	client, err := api.NewClient(cfg)
+	require.NoError(t, err)
+	return client
+}
+
+type countedConn struct {
+	net.Conn
+	cc   *connCounter
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.cc.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// registerCatalog registers service svc and a connect-proxy for it on a
+// node of its own (through the catalog, as many-node clusters look), with
+// no checks.
+func registerCatalog(t *testing.T, c *api.Client, node, svc string, port int) {
+	t.Helper()
+	_, err := c.Catalog().Register(&api.CatalogRegistration{Node: node, Address: "127.0.0.1",
+		Service: &api.AgentService{ID: svc, Service: svc, Port: port}}, nil)
+	require.NoError(t, err)
+	_, err = c.Catalog().Register(&api.CatalogRegistration{Node: node, Address: "127.0.0.1",
+		Service: &api.AgentService{Kind: api.ServiceKindConnectProxy, ID: svc + "-sidecar-proxy", Service: svc + "-sidecar-proxy", Port: port,
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: svc}}}, nil)
+	require.NoError(t, err)
+}
+
+// A catalog of 300 services is followed with a handful of agent
+// connections on an agent that allows only 24 per client, where one
+// connection per service would be refused; a service registered later
+// routes, and so does a new instance registered without any check (the
+// catalog changes, no check does: a sweep finds it).
+func TestConsulFollowsALargeCatalogWithinTheConnectionLimit(t *testing.T) {
+	const limit, services = 24, 300
+	agent := consultest.Start(t, consultest.Options{ExtraConfig: fmt.Sprintf("limits { http_max_conns_per_client = %d }", limit)})
+	td := agent.TrustDomain()
+	for i := range services {
+		registerCatalog(t, agent.Client, "node-"+strconv.Itoa(i%30), fmt.Sprintf("svc-%03d", i), 20000+i)
+	}
+	var cc connCounter
+	src := newConsul(t, cc.client(t, agent.HTTPAddr), consulview.Options{SweepDelay: 200 * time.Millisecond})
+	router := &resolve.MeshRouter{Source: src}
+	routes := func(svc string, n int) func() bool {
+		return func() bool { got, _ := routeReason(router, sni.ServiceSNI(svc, "", "", "", "dc1", td)); return len(got) == n }
+	}
+	for i := range services {
+		require.True(t, routes(fmt.Sprintf("svc-%03d", i), 1)(), "svc-%03d routes from the first view", i)
+	}
+	registerCatalog(t, agent.Client, "node-late", "late", 30000)
+	consultest.WaitFor(t, eventually, "a service registered later to route", routes("late", 1))
+
+	sweeps := src.Stats().Sweeps
+	_, err := agent.Client.Catalog().Register(&api.CatalogRegistration{Node: "node-extra", Address: "127.0.0.2",
+		Service: &api.AgentService{Kind: api.ServiceKindConnectProxy, ID: "svc-007-extra", Service: "svc-007-sidecar-proxy", Port: 20007,
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "svc-007"}}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "a check-less new instance to route", routes("svc-007", 2))
+	assert.Greater(t, src.Stats().Sweeps, sweeps, "found by a sweep")
+
+	assert.NoError(t, src.Stale(), "no watch was refused by the agent's per-client limit")
+	assert.Equal(t, services+1, src.Stats().Services)
+	assert.LessOrEqual(t, cc.max.Load(), int64(16), "agent connections held at most, for %d services", services+1)
+	t.Logf("%d services followed with at most %d agent connections", services+1, cc.max.Load())
+}
