@@ -31,14 +31,14 @@ import (
 // A service's proxies are learnt from its answers; a check of a proxy not
 // seen yet is classified with /v1/catalog/service/<name> once.
 type catalog struct {
-	names    map[string]bool              // typical services in the catalog, "consul" excepted
-	proxyOf  map[string]string            // service name -> destination ("" when not a proxy)
-	onNode   map[string]map[string]bool   // node -> services with endpoints there
-	nodesOf  map[string][]string          // service -> nodes of its endpoints
-	prints   map[string]string            // service name -> its checks, as compared
-	nodePrnt map[string]string            // node -> its node checks, as compared
-	dirty    map[string]bool              // to fetch
-	inflight map[string]bool              // being fetched
+	names    map[string]bool            // typical services in the catalog, "consul" excepted
+	proxyOf  map[string]string          // service name -> destination ("" when not a proxy)
+	onNode   map[string]map[string]bool // node -> services with endpoints there
+	nodesOf  map[string][]string        // service -> nodes of its endpoints
+	prints   map[string]string          // service name -> its checks, as compared
+	nodePrnt map[string]string          // node -> its node checks, as compared
+	dirty    map[string]bool            // to fetch
+	inflight map[string]bool            // being fetched
 	subsets  map[string]map[string][]resolve.Endpoint
 	wake     chan struct{}
 	sweep    *time.Timer // pending sweep after an unexplained change, or nil

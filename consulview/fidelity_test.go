@@ -234,7 +234,10 @@ func TestConsulFollowsALargeCatalogWithinTheConnectionLimit(t *testing.T) {
 	src := newConsul(t, cc.client(t, agent.HTTPAddr), consulview.Options{SweepDelay: 200 * time.Millisecond})
 	router := &resolve.MeshRouter{Source: src}
 	routes := func(svc string, n int) func() bool {
-		return func() bool { got, _ := routeReason(router, sni.ServiceSNI(svc, "", "", "", "dc1", td)); return len(got) == n }
+		return func() bool {
+			got, _ := routeReason(router, sni.ServiceSNI(svc, "", "", "", "dc1", td))
+			return len(got) == n
+		}
 	}
 	for i := range services {
 		require.True(t, routes(fmt.Sprintf("svc-%03d", i), 1)(), "svc-%03d routes from the first view", i)

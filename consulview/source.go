@@ -75,14 +75,14 @@ type Source struct {
 
 	view atomic.Pointer[resolve.View]
 
-	mu       sync.Mutex
-	state    consulState
-	failing  map[string]error // watch name -> its last error
-	cat      catalog
-	dcs      map[string]context.CancelFunc // datacenter -> its gateway names' watch
-	gwNames  map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
-	imports  map[string]context.CancelFunc // "peer/service" -> its watch
-	started  bool                          // the first load is done; new keys get watches at once
+	mu      sync.Mutex
+	state   consulState
+	failing map[string]error // watch name -> its last error
+	cat     catalog
+	dcs     map[string]context.CancelFunc // datacenter -> its gateway names' watch
+	gwNames map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
+	imports map[string]context.CancelFunc // "peer/service" -> its watch
+	started bool                          // the first load is done; new keys get watches at once
 
 	ctx    context.Context
 	cancel context.CancelFunc
