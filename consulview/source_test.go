@@ -188,6 +188,24 @@ func TestConsulTwoDatacenters(t *testing.T) {
 	got, _ := routeReason(router, sni.GatewaySNI("dc2", "", td))
 	assert.Equal(t, []string{"127.0.2.105:8443"}, got)
 
+	// A gateway registered under another name, on a node with a WAN
+	// address and none of its own: found by kind, dialled at the node's WAN
+	// address with its port, as Consul's gateways do.
+	_, err := dc2.Client.Catalog().Register(&api.CatalogRegistration{Node: "gw-node", Address: "127.0.2.2",
+		TaggedAddresses: map[string]string{"wan": "127.0.2.200"},
+		Service:         &api.AgentService{Kind: api.ServiceKindMeshGateway, Service: "gw-east", Port: 9443}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "dc2's gateway named gw-east to be found", func() bool {
+		got, _ := routeReason(router, sni.GatewaySNI("dc2", "", td))
+		return sameSet(got, []string{"127.0.2.105:8443", "127.0.2.200:9443"})
+	})
+	_, err = dc2.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: "gw-node"}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "gw-east to go", func() bool {
+		got, _ := routeReason(router, sni.GatewaySNI("dc2", "", td))
+		return sameSet(got, []string{"127.0.2.105:8443"})
+	})
+
 	instances, err := consulview.AgentInstances(dc1.Client)
 	require.NoError(t, err)
 	require.Len(t, instances, 1)
