@@ -25,15 +25,39 @@ type GatewayRegistration struct {
 	WANAddress string
 	// CheckInterval is the TCP health check's interval; zero means 10 s.
 	CheckInterval time.Duration
+	// DeregisterCriticalAfter removes the gateway from the catalog once its
+	// check has been critical this long, so a gateway that died without
+	// deregistering leaves; zero means 6 h, the default of Consul's own
+	// "consul connect envoy -register".
+	DeregisterCriticalAfter time.Duration
 	// Meta is copied into the registration.
 	Meta map[string]string
 }
 
 // RegisterGateway registers the gateway with the agent client talks to, as
 // Consul's own gateways are: Kind mesh-gateway, lan and wan tagged addresses,
-// and a TCP check on its listener. The token needs service:write on the
+// and a TCP check on its listener that deregisters the gateway once critical
+// for DeregisterCriticalAfter. The token needs service:write on the
 // gateway's name. It returns a function that deregisters it.
 func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistration) (deregister func() error, err error) {
+	reg, err := r.registration()
+	if err != nil {
+		return nil, err
+	}
+	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
+	if err := client.Agent().ServiceRegisterOpts(reg, opts); err != nil {
+		return nil, classify("registering mesh gateway "+reg.Name, err)
+	}
+	return func() error {
+		if err := client.Agent().ServiceDeregister(reg.ID); err != nil {
+			return classify("deregistering mesh gateway "+reg.Name, err)
+		}
+		return nil
+	}, nil
+}
+
+// registration is what RegisterGateway sends to the agent.
+func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, error) {
 	if r.Name == "" {
 		r.Name = "mesh-gateway"
 	}
@@ -46,6 +70,9 @@ func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistrat
 	if r.CheckInterval <= 0 {
 		r.CheckInterval = 10 * time.Second
 	}
+	if r.DeregisterCriticalAfter <= 0 {
+		r.DeregisterCriticalAfter = 6 * time.Hour
+	}
 	lan, err := serviceAddress(r.Address)
 	if err != nil {
 		return nil, fmt.Errorf("consulview: gateway address: %w", err)
@@ -54,7 +81,7 @@ func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistrat
 	if err != nil {
 		return nil, fmt.Errorf("consulview: gateway WAN address: %w", err)
 	}
-	reg := &api.AgentServiceRegistration{
+	return &api.AgentServiceRegistration{
 		Kind:            api.ServiceKindMeshGateway,
 		ID:              r.ID,
 		Name:            r.Name,
@@ -63,21 +90,12 @@ func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistrat
 		TaggedAddresses: map[string]api.ServiceAddress{"lan": lan, "wan": wan},
 		Meta:            r.Meta,
 		Check: &api.AgentServiceCheck{
-			Name:     "mesh gateway listener",
-			TCP:      r.Address,
-			Interval: r.CheckInterval.String(),
-			Timeout:  "5s",
+			Name:                           string(api.ServiceKindMeshGateway) + " listening",
+			TCP:                            r.Address,
+			Interval:                       r.CheckInterval.String(),
+			Timeout:                        "5s",
+			DeregisterCriticalServiceAfter: r.DeregisterCriticalAfter.String(),
 		},
-	}
-	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
-	if err := client.Agent().ServiceRegisterOpts(reg, opts); err != nil {
-		return nil, classify("registering mesh gateway "+r.Name, err)
-	}
-	return func() error {
-		if err := client.Agent().ServiceDeregister(r.ID); err != nil {
-			return classify("deregistering mesh gateway "+r.Name, err)
-		}
-		return nil
 	}, nil
 }
 

@@ -374,6 +374,7 @@ func TestRegisterGateway(t *testing.T) {
 	s := entries[0].Service
 	assert.Equal(t, api.ServiceKindMeshGateway, s.Kind)
 	assert.Equal(t, api.ServiceAddress{Address: "127.0.9.9", Port: 443}, s.TaggedAddresses["wan"])
+	assert.Equal(t, ln.Addr().String(), net.JoinHostPort(s.TaggedAddresses["lan"].Address, strconv.Itoa(s.TaggedAddresses["lan"].Port)))
 	require.NoError(t, dereg())
 	services, err := agent.Client.Agent().Services()
 	require.NoError(t, err)

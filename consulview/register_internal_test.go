@@ -1,0 +1,32 @@
+package consulview
+
+import (
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The registration is Consul's own gateway registration: kind, lan and wan
+// tagged addresses, a TCP check that deregisters a dead gateway after 6 h
+// unless told otherwise. (The agent does not report the deregistration
+// setting back, and reaps after a minute at the soonest, so this is checked
+// on what is sent.)
+func TestGatewayRegistration(t *testing.T) {
+	reg, err := GatewayRegistration{Address: "127.0.0.1:8443", WANAddress: "198.51.100.5:443"}.registration()
+	require.NoError(t, err)
+	assert.Equal(t, api.ServiceKindMeshGateway, reg.Kind)
+	assert.Equal(t, "mesh-gateway", reg.Name)
+	assert.Equal(t, map[string]api.ServiceAddress{"lan": {Address: "127.0.0.1", Port: 8443}, "wan": {Address: "198.51.100.5", Port: 443}}, reg.TaggedAddresses)
+	assert.Equal(t, "127.0.0.1:8443", reg.Check.TCP)
+	assert.Equal(t, "6h0m0s", reg.Check.DeregisterCriticalServiceAfter)
+
+	reg, err = GatewayRegistration{Address: "127.0.0.1:8443", DeregisterCriticalAfter: 90 * time.Second}.registration()
+	require.NoError(t, err)
+	assert.Equal(t, "1m30s", reg.Check.DeregisterCriticalServiceAfter)
+
+	_, err = GatewayRegistration{Address: "127.0.0.1:99999"}.registration()
+	assert.ErrorContains(t, err, `"99999"`)
+}
