@@ -171,7 +171,7 @@ type connCounter struct {
 	open, max atomic.Int64
 }
 
-func (cc *connCounter) client(t *testing.T, addr string) *api.Client {
+func (cc *connCounter) client(t testing.TB, addr string) *api.Client {
 	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute}
 	d := &net.Dialer{}

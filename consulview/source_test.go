@@ -80,7 +80,7 @@ func routeReason(r gateway.Router, name string) ([]string, string) {
 	return got.Targets, ""
 }
 
-func newConsul(t *testing.T, c *api.Client, opts consulview.Options) *consulview.Source {
+func newConsul(t testing.TB, c *api.Client, opts consulview.Options) *consulview.Source {
 	t.Helper()
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 500 * time.Millisecond

@@ -1,0 +1,112 @@
+package consulview_test
+
+import (
+	"fmt"
+	"runtime"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/require"
+)
+
+// registerMany registers n services, each with a connect-proxy, on n/50
+// nodes, through the catalog in transactions of 64 operations.
+func registerMany(tb testing.TB, c *api.Client, prefix string, n int) {
+	tb.Helper()
+	var ops api.TxnOps
+	flush := func() {
+		if len(ops) == 0 {
+			return
+		}
+		ok, resp, _, err := c.Txn().Txn(ops, nil)
+		require.NoError(tb, err)
+		require.True(tb, ok, "%v", resp)
+		ops = ops[:0]
+	}
+	nodes := map[string]bool{}
+	for i := range n {
+		node := fmt.Sprintf("%s-node-%d", prefix, i/50)
+		if !nodes[node] {
+			nodes[node] = true
+			ops = append(ops, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: node, Address: "127.0.0.1"}}})
+		}
+		svc := fmt.Sprintf("%s-%05d", prefix, i)
+		ops = append(ops,
+			&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: node, Service: api.AgentService{ID: svc, Service: svc, Port: 20000 + i%40000}}},
+			&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: node, Service: api.AgentService{Kind: api.ServiceKindConnectProxy,
+				ID: svc + "-sidecar-proxy", Service: svc + "-sidecar-proxy", Port: 20000 + i%40000,
+				Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: svc}}}})
+		if len(ops) >= 60 {
+			flush()
+		}
+	}
+	flush()
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkConsulCatalog10k follows a real agent's catalog of 10,000
+// services (each with a sidecar) and reports: the agent connections held at
+// most, the first load's time, the time from a registration to a routable
+// SNI, the heap the view takes, and the CPU spent per change. Run it with
+//
+//	go test -run '^$' -bench ConsulCatalog10k -benchtime 1x ./consulview/
+func BenchmarkConsulCatalog10k(b *testing.B) {
+	const services = 10000
+	agent := consultest.Start(b, consultest.Options{})
+	td := agent.TrustDomain()
+	registerMany(b, agent.Client, "svc", services)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	var cc connCounter
+	for b.Loop() {
+		start := time.Now()
+		src := newConsul(b, cc.client(b, agent.HTTPAddr), consulview.Options{})
+		firstLoad := time.Since(start)
+		router := &resolve.MeshRouter{Source: src}
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+
+		const changes = 20
+		cpu0 := cpuTime()
+		var total time.Duration
+		for i := range changes {
+			name := "late" + strconv.Itoa(i)
+			t0 := time.Now()
+			registerMany(b, agent.Client, name, 1)
+			sniName := sni.ServiceSNI(name+"-00000", "", "", "", "dc1", td)
+			for {
+				if got, _ := routeReason(router, sniName); len(got) == 1 {
+					break
+				}
+				if time.Since(t0) > time.Minute {
+					b.Fatalf("%s never routed", name)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			total += time.Since(t0)
+		}
+		cpu := cpuTime() - cpu0
+		b.ReportMetric(float64(src.Stats().Services), "services")
+		b.ReportMetric(float64(cc.max.Load()), "agent-conns-max")
+		b.ReportMetric(firstLoad.Seconds(), "first-load-s")
+		b.ReportMetric(float64(total.Milliseconds())/changes, "register-to-route-ms")
+		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/(1<<20), "view-heap-MiB")
+		b.ReportMetric(float64(cpu.Milliseconds())/changes, "cpu-ms/change")
+		src.Close()
+	}
+}
