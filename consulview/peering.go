@@ -85,14 +85,7 @@ func (c *Source) loadPeerings(index uint64) (uint64, error) {
 		}
 	}
 	for key := range imports {
-		if _, ok := c.imports[key]; ok {
-			continue
-		}
-		if !c.started {
-			c.imports[key] = func() {} // New loads it, then starts its watch
-			continue
-		}
-		c.startKeyed(c.imports, "imports of ", key, 0, c.loadImport)
+		c.ensureKeyedLocked(c.imports, "imports of ", key, c.loadImport)
 	}
 	c.publishLocked()
 	return meta.LastIndex, nil

@@ -417,6 +417,20 @@ func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string,
 	c.watch(ctx, what+key, index, func(idx uint64) (uint64, error) { return load(ctx, key, idx) })
 }
 
+// ensureKeyedLocked makes sure key has a watch: before the first load is
+// done, a placeholder that New replaces (it loads key, then starts the
+// watch); after, the watch itself. c.mu is held.
+func (c *Source) ensureKeyedLocked(set map[string]context.CancelFunc, what, key string, load keyedLoad) {
+	if _, ok := set[key]; ok {
+		return
+	}
+	if !c.started {
+		set[key] = func() {}
+		return
+	}
+	c.startKeyed(set, what, key, 0, load)
+}
+
 // firstKeyed loads key once during New, then starts its watch. c.mu
 // is held, and released during the load.
 func (c *Source) firstKeyed(set map[string]context.CancelFunc, what, key string, load keyedLoad) error {
@@ -440,14 +454,7 @@ func (c *Source) loadDatacenters() error {
 	seen := map[string]bool{}
 	for _, dc := range dcs {
 		seen[dc] = true
-		if _, ok := c.dcs[dc]; ok {
-			continue
-		}
-		if !c.started {
-			c.dcs[dc] = func() {} // New loads it, then starts its watch
-			continue
-		}
-		c.startKeyed(c.dcs, "gateway names of ", dc, 0, c.loadGatewayNames)
+		c.ensureKeyedLocked(c.dcs, "gateway names of ", dc, c.loadGatewayNames)
 	}
 	for dc, stop := range c.dcs {
 		if !seen[dc] {
@@ -497,15 +504,7 @@ func (c *Source) loadGatewayNames(ctx context.Context, dc string, index uint64) 
 	}
 	c.dropGatewaysLocked(dc, names)
 	for name := range names {
-		key := dc + "/" + name
-		if _, ok := c.gwNames[key]; ok {
-			continue
-		}
-		if !c.started {
-			c.gwNames[key] = func() {} // New loads it, then starts its watch
-			continue
-		}
-		c.startKeyed(c.gwNames, "gateways ", key, 0, c.loadGateways)
+		c.ensureKeyedLocked(c.gwNames, "gateways ", dc+"/"+name, c.loadGateways)
 	}
 	c.publishLocked()
 	return meta.LastIndex, nil
