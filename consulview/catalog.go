@@ -312,8 +312,12 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	dest, classified := c.cat.proxyOf[name]
 	typical := c.cat.names[name]
 	resolver := c.state.resolvers[name]
-	c.cat.fetches++
 	c.mu.Unlock()
+	counted := func(n int) {
+		c.mu.Lock()
+		c.cat.fetches += uint64(n)
+		c.mu.Unlock()
+	}
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	switch {
 	case dest != "":
@@ -323,6 +327,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 		return nil
 	case !classified && !typical:
 		// A check of a service not seen yet: a new proxy's, most likely.
+		counted(1)
 		nodes, _, err := c.client.Catalog().Service(name, "", q)
 		if err != nil {
 			return classify("reading the catalog entry of "+name, err)
@@ -341,6 +346,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	case !typical:
 		return nil // gone, or not a service with mesh endpoints
 	}
+	counted(1)
 	entries, meta, err := c.client.Health().Connect(name, "", false, q)
 	if err != nil {
 		return classify("reading the mesh endpoints of "+name, err)
@@ -354,6 +360,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 		for sub, def := range resolver.Subsets {
 			se, eps := entries, []resolve.Endpoint(nil)
 			if def.Filter != "" {
+				counted(1)
 				fq := (&api.QueryOptions{Filter: def.Filter}).WithContext(ctx)
 				se, _, err = c.client.Health().Connect(name, "", false, fq)
 				if err != nil {
