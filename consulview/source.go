@@ -63,8 +63,9 @@ type Options struct {
 // and those of its resolver subsets, and the mesh gateways of every
 // datacenter (found by kind, whatever their name) with their WAN addresses.
 // It holds a fixed number of agent connections however many services there
-// are: about a dozen, plus, per datacenter, one for its gateways' names and one per gateway service, and one per imported service
-// (Consul allows 200 per client address by default). Each change is
+// are: about a dozen, plus, per datacenter, one for its gateways' names and
+// one per gateway service, and one per imported service (Consul allows 200
+// per client address by default). Each change is
 // published as a new immutable View, so routing never sees half an update and
 // established connections are untouched. When the agent fails, the last good
 // view stays in force (Stale reports it) and the watches retry with backoff.
