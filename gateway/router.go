@@ -22,6 +22,11 @@ type Route struct {
 	// service-resolver's ConnectTimeout does in Consul; zero means the
 	// Server's.
 	ConnectTimeout time.Duration
+	// Remote says the targets are gateways of another datacenter, partition
+	// or cluster peer rather than service instances: the Server applies its
+	// RemoteKeepAlive to these connections, as Consul's gateway applies its
+	// remote TCP keepalive options to remote gateway upstreams only.
+	Remote bool
 }
 
 // Router decides where a connection goes from its ClientHello. It returns a

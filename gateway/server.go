@@ -64,6 +64,12 @@ type Server struct {
 	// means off, as Envoy under Consul; probes cost system calls on every
 	// connection and the idle timeout already ends dead ones.
 	TCPKeepAlive time.Duration
+	// RemoteKeepAlive, when Enable is set, is the TCP keepalive of upstream
+	// connections for Remote routes (other datacenters', partitions' and
+	// peers' gateways), over TCPKeepAlive; those links cross networks whose
+	// middleboxes drop idle flows. proxyconfig reads it from Consul's
+	// envoy_gateway_remote_tcp_* options.
+	RemoteKeepAlive net.KeepAliveConfig
 	// EjectAfter is how many consecutive failed dials eject a target, so
 	// that connections try the route's other targets first: zero means
 	// DefaultEjectAfter (5, as Envoy's outlier detection); negative turns
@@ -549,6 +555,13 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 		}
 		up, err := dialRetryingEMFILE(dial, t, timeout)
 		if err == nil {
+			if r.Remote && s.RemoteKeepAlive.Enable {
+				if tc, ok := up.(*net.TCPConn); ok {
+					if err := tc.SetKeepAliveConfig(s.RemoteKeepAlive); err != nil {
+						s.logger().Debug("gateway: setting remote keepalive", "target", t, "err", err.Error())
+					}
+				}
+			}
 			s.health.succeeded(t)
 			return up, t, nil
 		}

@@ -123,7 +123,7 @@ func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, erro
 		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
 			"%q is the servers of peer %q, but the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", serverName, pr.peer)
 	}
-	return gateway.Route{Name: pr.name, Targets: r.rotate(pr.targets)}, nil
+	return gateway.Route{Name: pr.name, Targets: r.rotate(pr.targets), Remote: true}, nil
 }
 
 // peerIndex maps the exact foreign names of one view to their routes.

@@ -103,6 +103,22 @@ func TestRouterDialingAndImportingSide(t *testing.T) {
 	}
 }
 
+// Routes to a peer's gateways are Remote (the Server applies its remote
+// keepalive to them); routes to our own servers and instances are not.
+func TestRouterMarksPeersGatewaysRemote(t *testing.T) {
+	r := &peering.Router{Source: load(t, "testdata/cluster-a")}
+	for name, remote := range map[string]bool{
+		sni.PeeringServerSNI("dc1", tdB):                      true,
+		sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB): true,
+		sni.PeeringServerSNI("dc1", tdA):                      false,
+		sni.ServiceSNI("web", "", "", "", "dc1", tdA):         false,
+	} {
+		got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+		require.NoError(t, err, name)
+		assert.Equal(t, remote, got.Remote, name)
+	}
+}
+
 // Without the mesh entry, neither direction of the control plane is routed,
 // as in Consul; the data plane does not depend on it.
 func TestRouterControlPlaneNeedsTheMeshEntry(t *testing.T) {

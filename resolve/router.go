@@ -113,7 +113,7 @@ func (r *MeshRouter) toGateways(v *View, dest Location, serverName string) (gate
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter, "no mesh gateways known for %s (server name %q)", dest, serverName)
 	}
-	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.rotate(addrs(eps, dest.Datacenter != v.Datacenter))}, nil
+	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.rotate(addrs(eps, dest.Datacenter != v.Datacenter)), Remote: true}, nil
 }
 
 // rotate starts the list at the next position of a shared counter.

@@ -2,6 +2,7 @@ package resolve_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/meshgate/meshgate/gateway"
@@ -52,6 +53,8 @@ func TestMeshRouter(t *testing.T) {
 			got, reason := route(t, r, c.sniName)
 			assert.Equal(t, c.reason, reason)
 			assert.Equal(t, c.targets, got.Targets)
+			remote := strings.HasPrefix(c.name, "service of another") || strings.HasPrefix(c.name, "gateway name of another")
+			assert.Equal(t, remote, got.Remote, "Remote only for other datacenters' gateways")
 		})
 	}
 }
