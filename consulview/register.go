@@ -2,6 +2,7 @@ package consulview
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -17,9 +18,12 @@ type GatewayRegistration struct {
 	// Name.
 	Name string
 	ID   string
-	// Address is the gateway's LAN listener, "host:port"; the health check
-	// dials it.
+	// Address is the gateway's LAN listener, "host:port".
 	Address string
+	// CheckAddress is what the TCP health check dials; empty means Address.
+	// A gateway that does not listen on Address (envoy_gateway_no_default_bind)
+	// names one of its listeners here.
+	CheckAddress string
 	// WANAddress is what other datacenters dial, "host:port"; empty means
 	// Address.
 	WANAddress string
@@ -32,6 +36,9 @@ type GatewayRegistration struct {
 	DeregisterCriticalAfter time.Duration
 	// Meta is copied into the registration.
 	Meta map[string]string
+	// ProxyConfig is the registration's Proxy.Config: options such as those
+	// package proxyconfig reads, over the proxy-defaults entry's.
+	ProxyConfig map[string]any
 }
 
 // RegisterGateway registers the gateway with the agent client talks to, as
@@ -67,6 +74,9 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 	if r.WANAddress == "" {
 		r.WANAddress = r.Address
 	}
+	if r.CheckAddress == "" {
+		r.CheckAddress = r.Address
+	}
 	if r.CheckInterval <= 0 {
 		r.CheckInterval = 10 * time.Second
 	}
@@ -81,6 +91,10 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 	if err != nil {
 		return nil, fmt.Errorf("consulview: gateway WAN address: %w", err)
 	}
+	var proxy *api.AgentServiceConnectProxyConfig
+	if len(r.ProxyConfig) > 0 {
+		proxy = &api.AgentServiceConnectProxyConfig{Config: r.ProxyConfig}
+	}
 	return &api.AgentServiceRegistration{
 		Kind:            api.ServiceKindMeshGateway,
 		ID:              r.ID,
@@ -89,14 +103,54 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 		Port:            lan.Port,
 		TaggedAddresses: map[string]api.ServiceAddress{"lan": lan, "wan": wan},
 		Meta:            r.Meta,
+		Proxy:           proxy,
 		Check: &api.AgentServiceCheck{
 			Name:                           string(api.ServiceKindMeshGateway) + " listening",
-			TCP:                            r.Address,
+			TCP:                            r.CheckAddress,
 			Interval:                       r.CheckInterval.String(),
 			Timeout:                        "5s",
 			DeregisterCriticalServiceAfter: r.DeregisterCriticalAfter.String(),
 		},
 	}, nil
+}
+
+// GatewayService returns the mesh gateway registered with the agent client
+// talks to under id, as the agent sees it: its Proxy.Config is the
+// registration's over the proxy-defaults entry's, the configuration
+// Consul's own gateway runs with (read it with proxyconfig.ParseGateway).
+// It is an error if the agent has no such service or it is not a mesh
+// gateway.
+func GatewayService(ctx context.Context, client *api.Client, id string) (*api.AgentService, error) {
+	svc, _, err := client.Agent().Service(id, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		if se := (api.StatusError{}); errors.As(err, &se) && se.Code == 404 {
+			return nil, fmt.Errorf("consulview: the agent has no service with ID %q", id)
+		}
+		return nil, classify("reading gateway service "+id, err)
+	}
+	if svc == nil {
+		return nil, fmt.Errorf("consulview: the agent has no service with ID %q", id)
+	}
+	if svc.Kind != api.ServiceKindMeshGateway {
+		kind := string(svc.Kind)
+		if kind == "" {
+			kind = "typical"
+		}
+		return nil, fmt.Errorf("consulview: service %q is a %s service, not a %s", id, kind, api.ServiceKindMeshGateway)
+	}
+	return svc, nil
+}
+
+// TaggedAddresses returns svc's tagged addresses as "host:port" by tag,
+// leaving out those without a port.
+func TaggedAddresses(svc *api.AgentService) map[string]string {
+	out := make(map[string]string, len(svc.TaggedAddresses))
+	for tag, a := range svc.TaggedAddresses {
+		if a.Port > 0 {
+			out[tag] = net.JoinHostPort(a.Address, strconv.Itoa(a.Port))
+		}
+	}
+	return out
 }
 
 func serviceAddress(hostport string) (api.ServiceAddress, error) {

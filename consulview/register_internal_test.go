@@ -23,9 +23,15 @@ func TestGatewayRegistration(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:8443", reg.Check.TCP)
 	assert.Equal(t, "6h0m0s", reg.Check.DeregisterCriticalServiceAfter)
 
-	reg, err = GatewayRegistration{Address: "127.0.0.1:8443", DeregisterCriticalAfter: 90 * time.Second}.registration()
+	assert.Nil(t, reg.Proxy, "no Proxy.Config unless given: proxy-defaults' applies")
+
+	reg, err = GatewayRegistration{Address: "127.0.0.1:8443", DeregisterCriticalAfter: 90 * time.Second,
+		CheckAddress: "127.0.0.2:9443", ProxyConfig: map[string]any{"connect_timeout_ms": 900}}.registration()
 	require.NoError(t, err)
 	assert.Equal(t, "1m30s", reg.Check.DeregisterCriticalServiceAfter)
+	assert.Equal(t, "127.0.0.2:9443", reg.Check.TCP, "a gateway not listening on its address is checked elsewhere")
+	assert.Equal(t, "127.0.0.1", reg.Address)
+	assert.Equal(t, map[string]any{"connect_timeout_ms": 900}, reg.Proxy.Config)
 
 	_, err = GatewayRegistration{Address: "127.0.0.1:99999"}.registration()
 	assert.ErrorContains(t, err, `"99999"`)
