@@ -45,6 +45,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -98,6 +99,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
 	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
+	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses and Proxy.Config), instead of registering one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
 	if err := cli.Parse(fs, args); err != nil {
@@ -123,8 +125,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	var registerWith func(addr string) error
-	var deregister func() error
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *proxyID != "" && !*useConsul {
+		return cli.Usagef("-proxy-id needs -consul")
+	}
 	var demoCert tls.Certificate
 	if *demo {
 		var addr string
@@ -136,7 +141,16 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		services["api"] = append(services["api"], addr)
 		log.Info("demo: TLS echo server for service api", "addr", addr)
 	}
+
+	// The source, the gateway's Proxy.Config options and its listeners.
 	var src resolve.Source
+	var opts proxyconfig.Gateway
+	var listeners []net.Listener
+	defer func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+	}()
 	if *useConsul {
 		if len(services) > 0 || len(remotes) > 0 || len(configs) > 0 {
 			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
@@ -151,67 +165,77 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 		defer cs.Close()
 		src = cs
-		defer func() {
-			if deregister != nil {
-				if err := deregister(); err != nil {
-					log.Warn("meshgateway: deregistering", "err", err)
-				}
-			}
-		}()
-		registerWith = func(addr string) error {
-			deregister, err = consulview.RegisterGateway(ctx, client, consulview.GatewayRegistration{Name: *serviceName, Address: addr, WANAddress: *wanAddress})
+		g := consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
+			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress}}
+		if *proxyID != "" {
+			listeners, opts, err = g.attach(ctx, *proxyID)
+		} else {
+			listeners, opts, err = g.register(ctx)
+			defer g.deregisterIfRegistered()
+		}
+		if err != nil {
 			return err
 		}
 	} else {
-		s, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
+		s, config, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
 		if err != nil {
 			return err
 		}
 		src = s
+		if opts, err = proxyconfig.ParseGateway(config); err != nil {
+			return fmt.Errorf("proxy-defaults Config: %w", err)
+		}
+		if listeners, err = listenAll(ctx, opts.Binds(*listen, nil), nil); err != nil {
+			return err
+		}
+		for _, ln := range listeners {
+			if err := refuseSelfRoutes(ctx, ln.Addr(), src.View()); err != nil {
+				return err
+			}
+		}
+	}
+	if len(opts.Ignored) > 0 {
+		log.Info("meshgateway: Proxy.Config options that mean nothing without Envoy are ignored", "options", opts.Ignored)
+	}
+	if len(opts.Unknown) > 0 {
+		log.Warn("meshgateway: Proxy.Config options Consul does not define are ignored", "options", opts.Unknown)
+	}
+	if opts.ConnectTimeout > 0 && !set["connect-timeout"] {
+		*connectTimeout = opts.ConnectTimeout
 	}
 	v := src.View()
 	s := &gateway.Server{
-		Router:         &peering.Router{Source: src},
-		PeekTimeout:    *peekTimeout,
-		MaxHelloSize:   *maxHello,
-		ConnectTimeout: *connectTimeout,
-		IdleTimeout:    *idleTimeout,
-		MaxConns:       *maxConns,
-		ReleaseMemory:  *releaseMemory,
-		Logger:         log,
+		Router:          &peering.Router{Source: src},
+		PeekTimeout:     *peekTimeout,
+		MaxHelloSize:    *maxHello,
+		ConnectTimeout:  *connectTimeout,
+		IdleTimeout:     *idleTimeout,
+		MaxConns:        *maxConns,
+		ReleaseMemory:   *releaseMemory,
+		RemoteKeepAlive: opts.RemoteKeepAlive,
+		Logger:          log,
 	}
-	// Keepalive is the Server's to set (TCPKeepAlive); the listener's default
-	// would add system calls to every connection.
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", *listen)
-	if err != nil {
-		return err
+	addrs := make([]string, len(listeners))
+	for i, ln := range listeners {
+		addrs[i] = ln.Addr().String()
 	}
-	if !*useConsul {
-		if err := refuseSelfRoutes(ctx, ln.Addr(), v); err != nil {
-			ln.Close()
-			return err
-		}
+	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
+		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", s.ConnectTimeout.String(),
+		"remote_keepalive", opts.RemoteKeepAlive.Enable)
+	served := make(chan error, len(listeners))
+	for _, ln := range listeners {
+		go func() { served <- s.Serve(ln) }()
 	}
-	log.Info("meshgateway: serving", "listen", ln.Addr().String(), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
-		"services", len(v.Services), "gateway_locations", len(v.Gateways))
-	if registerWith != nil {
-		if err := registerWith(ln.Addr().String()); err != nil {
-			ln.Close()
-			return err
-		}
-		log.Info("meshgateway: registered with Consul", "service", *serviceName, "address", ln.Addr().String())
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
+	listeners = nil // Serve closes them
 	if *demo {
-		go demoCheck(log, ln.Addr().String(), sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
+		go demoCheck(log, addrs[0], sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
 	}
 	if ready != nil {
-		ready <- ln.Addr().String()
+		ready <- addrs[0]
 	}
+	var serveErr error
 	select {
-	case err := <-served:
-		return err
+	case serveErr = <-served:
 	case <-ctx.Done():
 	}
 	log.Info("meshgateway: shutting down", "open_connections", s.ActiveConns(), "drain", *drain)
@@ -221,10 +245,56 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		log.Warn("meshgateway: drain ended; closing the rest", "open_connections", s.ActiveConns())
 		s.Close()
 	}
-	if err := <-served; !errors.Is(err, gateway.ErrServerClosed) {
-		return err
+	if serveErr == nil {
+		serveErr = <-served
+	}
+	for range cap(served) - 1 {
+		<-served
+	}
+	if !errors.Is(serveErr, gateway.ErrServerClosed) {
+		return serveErr
 	}
 	return nil
+}
+
+// listenAll listens on each of addrs, reusing have for its own address,
+// and returns the listeners in the order of addrs; have is closed if addrs
+// leave it out. None is left open on error.
+func listenAll(ctx context.Context, addrs []string, have net.Listener) ([]net.Listener, error) {
+	if len(addrs) == 0 {
+		if have != nil {
+			have.Close()
+		}
+		return nil, errors.New("nothing to listen on: envoy_gateway_no_default_bind is set and no other bind address is given")
+	}
+	var out []net.Listener
+	fail := func(err error) ([]net.Listener, error) {
+		for _, ln := range out {
+			ln.Close()
+		}
+		if have != nil {
+			have.Close()
+		}
+		return nil, err
+	}
+	kept := false
+	for _, addr := range addrs {
+		if have != nil && addr == have.Addr().String() {
+			out, kept = append(out, have), true
+			continue
+		}
+		// Keepalive is the Server's to set (TCPKeepAlive); the listener's
+		// default would add system calls to every connection.
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			return fail(fmt.Errorf("listening on %s: %w", addr, err))
+		}
+		out = append(out, ln)
+	}
+	if have != nil && !kept {
+		have.Close()
+	}
+	return out, nil
 }
 
 type stringList []string
@@ -232,13 +302,15 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-// buildSource merges the files' topology with the flags.
-func buildSource(paths []string, datacenter, trustDomain string, services, remotes addrList) (*resolve.Static, error) {
+// buildSource merges the files' topology with the flags. It also returns
+// the proxy-defaults entry's Config, which Consul merges into every
+// gateway's Proxy.Config.
+func buildSource(paths []string, datacenter, trustDomain string, services, remotes addrList) (*resolve.Static, map[string]any, error) {
 	set := &config.Set{}
 	if len(paths) > 0 {
 		var err error
 		if set, err = config.Load(paths...); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if set.Topology == nil {
@@ -256,11 +328,16 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 	}
 	for dc, addrs := range remotes {
 		if strings.EqualFold(dc, t.Datacenter) {
-			return nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
+			return nil, nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
 		}
 		t.Gateways = append(t.Gateways, config.TopologyGateway{Datacenter: dc, WANAddresses: addrs})
 	}
-	return resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
+	var proxyConfig map[string]any
+	if set.ProxyDefaults != nil {
+		proxyConfig = set.ProxyDefaults.Config
+	}
+	src, err := resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
+	return src, proxyConfig, err
 }
 
 // startDemoBackend serves TLS for name with a fresh self-signed certificate

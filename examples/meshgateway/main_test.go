@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,10 +28,15 @@ func start(t *testing.T, args ...string) (string, *syncbuf.Buffer, func() error)
 	var logs syncbuf.Buffer
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, append([]string{"-listen", "127.0.0.1:0"}, args...), &logs, ready) }()
+	if !slices.Contains(args, "-proxy-id") { // which listens where its registration says
+		args = append([]string{"-listen", "127.0.0.1:0"}, args...)
+	}
+	go func() { done <- run(ctx, args, &logs, ready) }()
 	select {
 	case addr := <-ready:
-		return addr, &logs, func() error { cancel(); return <-done }
+		var once sync.Once
+		var err error
+		return addr, &logs, func() error { once.Do(func() { cancel(); err = <-done }); return err }
 	case err := <-done:
 		cancel()
 		t.Fatalf("run: %v\n%s", err, logs.String())
