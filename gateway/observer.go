@@ -33,6 +33,104 @@ type LimitObserver interface {
 	HeldBack(limit string)
 }
 
+// ConnObserver is an Observer that also hears, once per accepted
+// connection, its whole story when the Server is done with it: for access
+// logs and latency histograms. A Server looks for it on its Observer, and
+// builds the record only then.
+type ConnObserver interface {
+	Observer
+	// Closed is called once per accepted connection, forwarded or not,
+	// after the Observer's Forwarded or Rejected for it.
+	Closed(r *ConnRecord)
+}
+
+// ConnRecord is one connection's story. It is valid only during the
+// ConnObserver's Closed call; copy what you keep.
+type ConnRecord struct {
+	ConnInfo
+	// Start is when the connection was accepted.
+	Start time.Time
+	// Peek is how long reading the ClientHello took (up to its failure).
+	Peek time.Duration
+	// ServerName is the ClientHello's SNI, empty if none was read.
+	ServerName string
+	// Route and Target are the route taken and the target dialled, where
+	// the connection got that far.
+	Route, Target string
+	// Outcome is OutcomeForwarded, or the rejection's reason.
+	Outcome string
+	// Stats are the forwarded connection's bytes and duration; for a
+	// rejected one only Duration is set.
+	Stats Stats
+	// Err is the rejection's error, or the error that ended a forwarded
+	// connection (Stats.Err); nil for a clean close.
+	Err error
+}
+
+// OutcomeForwarded is a ConnRecord's Outcome for a connection that was
+// forwarded (whatever ended it).
+const OutcomeForwarded = "forwarded"
+
+// MultiObserver returns an Observer that passes every event to each of
+// observers in turn, including the LimitObserver and ConnObserver events
+// to those that implement them. Nil observers are left out.
+func MultiObserver(observers ...Observer) Observer {
+	m := multiObserver{}
+	for _, o := range observers {
+		if o != nil {
+			m = append(m, o)
+		}
+	}
+	return m
+}
+
+type multiObserver []Observer
+
+var _ interface {
+	LimitObserver
+	ConnObserver
+} = multiObserver(nil)
+
+func (m multiObserver) Accepted(remote net.Addr) {
+	for _, o := range m {
+		o.Accepted(remote)
+	}
+}
+
+func (m multiObserver) Rejected(reason string, err error) {
+	for _, o := range m {
+		o.Rejected(reason, err)
+	}
+}
+
+func (m multiObserver) DialFailed(route, target string, err error) {
+	for _, o := range m {
+		o.DialFailed(route, target, err)
+	}
+}
+
+func (m multiObserver) Forwarded(route, target string, s Stats) {
+	for _, o := range m {
+		o.Forwarded(route, target, s)
+	}
+}
+
+func (m multiObserver) HeldBack(limit string) {
+	for _, o := range m {
+		if lo, ok := o.(LimitObserver); ok {
+			lo.HeldBack(limit)
+		}
+	}
+}
+
+func (m multiObserver) Closed(r *ConnRecord) {
+	for _, o := range m {
+		if co, ok := o.(ConnObserver); ok {
+			co.Closed(r)
+		}
+	}
+}
+
 // The limits a LimitObserver hears of.
 const (
 	// LimitMaxConns is Server.MaxConns.

@@ -347,8 +347,10 @@ func (s *Server) handle(c *conn) {
 	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
 	}
-	ctx := context.WithValue(context.Background(), connInfoKey{},
-		&ConnInfo{ID: s.lastID.Add(1), Remote: c.client.RemoteAddr(), Local: c.client.LocalAddr()})
+	info := &ConnInfo{ID: s.lastID.Add(1), Remote: c.client.RemoteAddr(), Local: c.client.LocalAddr()}
+	ctx := context.WithValue(context.Background(), connInfoKey{}, info)
+	st := story{info: info, start: start}
+	st.to, _ = s.Observer.(ConnObserver)
 
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
@@ -359,31 +361,60 @@ func (s *Server) handle(c *conn) {
 	defer func() { s.putHello(bp, raw, hello) }()
 
 	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
+	if st.to != nil {
+		st.peek = time.Since(start)
+	}
 	if err != nil {
 		// hello holds a pooled, earlier connection's name: log none.
-		s.refuse(c, "", peekReason(err), err)
+		s.refuse(c, &st, peekReason(err), err)
 		return
 	}
+	st.serverName = hello.ServerName
 	route, reason, err := s.route(ctx, c, hello)
+	st.route = route.Name
 	if err != nil {
-		s.refuse(c, hello.ServerName, reason, err)
+		s.refuse(c, &st, reason, err)
 		return
 	}
 	upstream, target, reason, err := s.connect(c, route)
 	if err != nil {
-		s.refuse(c, hello.ServerName, reason, err)
+		s.refuse(c, &st, reason, err)
 		return
 	}
+	st.target = target
 	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
 		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
 			"route", route.Name, "target", target)
 	}
-	s.forward(c, route.Name, target, upstream, raw, start)
+	s.forward(c, st, upstream, raw)
+}
+
+// story is what a ConnObserver is told of a connection; to is nil when
+// nobody listens.
+type story struct {
+	to                        ConnObserver
+	info                      *ConnInfo
+	start                     time.Time
+	peek                      time.Duration
+	serverName, route, target string
+}
+
+// closed tells the ConnObserver, if any, how the connection ended.
+func (st *story) closed(outcome string, stats Stats, err error) {
+	if st.to == nil {
+		return
+	}
+	if stats.Duration == 0 {
+		stats.Duration = time.Since(st.start)
+	}
+	st.to.Closed(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
+		Route: st.route, Target: st.target, Outcome: outcome, Stats: stats, Err: err})
 }
 
 // refuse rejects a connection that will not be forwarded and forgets it.
-func (s *Server) refuse(c *conn, serverName, reason string, err error) {
-	s.reject(c, serverName, reason, err)
+func (s *Server) refuse(c *conn, st *story, reason string, err error) {
+	s.reject(c, st.serverName, reason, err)
+	st.closed(reason, Stats{}, err)
 	s.forget(c)
 }
 
@@ -432,16 +463,17 @@ func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reaso
 
 // forward replays the peeked bytes and starts forwarding; the Forwarder's
 // done callback reports and forgets the connection.
-func (s *Server) forward(c *conn, routeName, target string, upstream net.Conn, replay []byte, start time.Time) {
+func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) {
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	stop := f.Start(c.client, upstream, replay, func(st Stats) {
-		st.Duration = time.Since(start)
-		s.observer().Forwarded(routeName, target, st)
-		if st.Err != nil {
+	stop := f.Start(c.client, upstream, replay, func(stats Stats) {
+		stats.Duration = time.Since(st.start)
+		s.observer().Forwarded(st.route, st.target, stats)
+		if stats.Err != nil {
 			if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
-				l.Debug("gateway: connection ended with an error", "route", routeName, "target", target, "err", st.Err.Error())
+				l.Debug("gateway: connection ended with an error", "route", st.route, "target", st.target, "err", stats.Err.Error())
 			}
 		}
+		st.closed(OutcomeForwarded, stats, stats.Err)
 		s.forget(c)
 	})
 	c.stop.Store(&stop)
