@@ -66,13 +66,20 @@ type Stats struct {
 	Sweeps uint64
 	// Pending is how many services wait to be refetched.
 	Pending int
+	// Errors counts the failed queries of every watch.
+	Errors uint64
+	// LastUpdate is when the last view was published.
+	LastUpdate time.Time
+	// Failing is how many watches are failing now (Stale explains them).
+	Failing int
 }
 
 // Stats returns how the Source follows the catalog.
 func (c *Source) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return Stats{Services: len(c.cat.names), Fetches: c.cat.fetches, Sweeps: c.cat.sweeps, Pending: len(c.cat.dirty) + len(c.cat.inflight)}
+	return Stats{Services: len(c.cat.names), Fetches: c.cat.fetches, Sweeps: c.cat.sweeps, Pending: len(c.cat.dirty) + len(c.cat.inflight),
+		Errors: c.errors, LastUpdate: c.lastUpdate, Failing: len(c.failing)}
 }
 
 // markLocked queues name for a fetch. c.mu is held.

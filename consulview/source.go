@@ -76,14 +76,16 @@ type Source struct {
 
 	view atomic.Pointer[resolve.View]
 
-	mu      sync.Mutex
-	state   consulState
-	failing map[string]error // watch name -> its last error
-	cat     catalog
-	dcs     map[string]context.CancelFunc // datacenter -> its gateway names' watch
-	gwNames map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
-	imports map[string]context.CancelFunc // "peer/service" -> its watch
-	started bool                          // the first load is done; new keys get watches at once
+	mu         sync.Mutex
+	state      consulState
+	failing    map[string]error // watch name -> its last error
+	errors     uint64           // failed queries, all watches
+	lastUpdate time.Time        // when the last view was published
+	cat        catalog
+	dcs        map[string]context.CancelFunc // datacenter -> its gateway names' watch
+	gwNames    map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
+	imports    map[string]context.CancelFunc // "peer/service" -> its watch
+	started    bool                          // the first load is done; new keys get watches at once
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -593,6 +595,7 @@ func (c *Source) setFailing(name string, err error) {
 	before := len(c.failing)
 	if err != nil {
 		c.failing[name] = err
+		c.errors++
 	} else {
 		delete(c.failing, name)
 	}
@@ -615,6 +618,7 @@ func (c *Source) setFailing(name string, err error) {
 // publishLocked builds a new View from the state and publishes it. c.mu is
 // held.
 func (c *Source) publishLocked() {
+	c.lastUpdate = time.Now()
 	s := &c.state
 	v := &resolve.View{
 		Datacenter:      s.datacenter,
