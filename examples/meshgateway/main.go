@@ -36,18 +36,23 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/accesslog"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 func main() {
@@ -95,6 +100,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet 5 s)")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
+	accessLog := fs.String("access-log", "", "write one line per connection, forwarded or rejected, to this file (- for standard output); off by default")
+	adminAddr := fs.String("admin", "", "serve /metrics, /ready and /debug/pprof/ on this address, such as 127.0.0.1:19000; off by default (keep it off public interfaces)")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
 	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
@@ -113,7 +121,38 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cli.Usagef("-log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	newHandler := func(w io.Writer, level slog.Leveler) slog.Handler {
+		if *logFormat == "json" {
+			return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		}
+		return slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return cli.Usagef("-log-format: want text or json, got %q", *logFormat)
+	}
+	log := slog.New(newHandler(logOut, level))
+	var observers []gateway.Observer
+	if *accessLog != "" {
+		w, closeLog, err := openAccessLog(*accessLog)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		observers = append(observers, accesslog.New(slog.New(newHandler(w, slog.LevelInfo))))
+	}
+	var servingNow atomic.Bool // for /ready
+	var registry *prometheus.Registry
+	if *adminAddr != "" {
+		m := gatewaymetrics.New()
+		observers = append(observers, m)
+		registry = prometheus.NewRegistry()
+		registry.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		stopAdmin, err := serveAdmin(*adminAddr, registry, &servingNow, log)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+	}
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -165,6 +204,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 		defer cs.Close()
 		src = cs
+		if registry != nil {
+			registry.MustRegister(gatewaymetrics.SourceCollector(func() gatewaymetrics.SourceState {
+				st := cs.Stats()
+				return gatewaymetrics.SourceState{Services: st.Services, LastUpdate: st.LastUpdate, Errors: st.Errors, Failing: st.Failing}
+			}))
+		}
 		g := consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
 			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress}}
 		if *proxyID != "" {
@@ -204,8 +249,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		*connectTimeout = opts.ConnectTimeout
 	}
 	v := src.View()
+	var router gateway.Switch // replaced on SIGHUP in file mode
+	router.Store(&peering.Router{Source: src})
 	s := &gateway.Server{
-		Router:          &peering.Router{Source: src},
+		Router:          &router,
+		Observer:        gateway.MultiObserver(observers...),
 		PeekTimeout:     *peekTimeout,
 		MaxHelloSize:    *maxHello,
 		ConnectTimeout:  *connectTimeout,
@@ -216,8 +264,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		Logger:          log,
 	}
 	addrs := make([]string, len(listeners))
+	netAddrs := make([]net.Addr, len(listeners))
 	for i, ln := range listeners {
-		addrs[i] = ln.Addr().String()
+		addrs[i], netAddrs[i] = ln.Addr().String(), ln.Addr()
 	}
 	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", s.ConnectTimeout.String(),
@@ -230,14 +279,28 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if *demo {
 		go demoCheck(log, addrs[0], sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
 	}
+	servingNow.Store(true)
 	if ready != nil {
 		ready <- addrs[0]
 	}
-	var serveErr error
-	select {
-	case serveErr = <-served:
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	if !*useConsul {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
+	var serveErr error
+wait:
+	for {
+		select {
+		case serveErr = <-served:
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			src = reload(ctx, log, &router, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, netAddrs, opts}, src)
+		}
+	}
+	servingNow.Store(false)
 	log.Info("meshgateway: shutting down", "open_connections", s.ActiveConns(), "drain", *drain)
 	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()

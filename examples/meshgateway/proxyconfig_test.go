@@ -30,10 +30,9 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// meshService registers service name with a sidecar whose address is a
-// plain TCP echo server, and returns a channel that receives one value per
-// connection the sidecar accepts.
-func meshService(t *testing.T, agent *consultest.Agent, name string) <-chan struct{} {
+// echoBackend is a plain TCP echo server; it returns its address and a
+// channel that receives one value per connection it accepts.
+func echoBackend(t *testing.T) (string, <-chan struct{}) {
 	t.Helper()
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -49,11 +48,26 @@ func meshService(t *testing.T, agent *consultest.Agent, name string) <-chan stru
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	port := backend.Addr().(*net.TCPAddr).Port
+	return backend.Addr().String(), reached
+}
+
+// meshService registers service name with a sidecar whose address is an
+// echoBackend, and returns the backend's channel.
+func meshService(t *testing.T, agent *consultest.Agent, name string) <-chan struct{} {
+	t.Helper()
+	addr, reached := echoBackend(t)
+	port := portOf(addr)
 	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: name, Port: port}))
 	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
 		Name: name + "-sidecar-proxy", Address: "127.0.0.1", Port: port, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: name}}))
 	return reached
+}
+
+// portOf returns the port of a "host:port".
+func portOf(hostport string) int {
+	_, port, _ := net.SplitHostPort(hostport)
+	p, _ := strconv.Atoi(port)
+	return p
 }
 
 // reaches sends a ClientHello for name to addr and reports whether reached
@@ -66,8 +80,7 @@ func reaches(t *testing.T, addr, name string, reached <-chan struct{}) bool {
 		return false
 	}
 	defer c.Close()
-	tc := tls.Client(c, &tls.Config{ServerName: name, InsecureSkipVerify: true})
-	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	tc := tlsClient(c, name)
 	go tc.Handshake()
 	select {
 	case <-reached:
@@ -173,6 +186,14 @@ func TestConsulProxyIDServesTheRegistration(t *testing.T) {
 		err := run(ctx, strings.Fields(args), io.Discard, nil)
 		assert.ErrorContains(t, err, want, args)
 	}
+}
+
+// tlsClient starts TLS for name on c, without verifying the server, with
+// a generous deadline.
+func tlsClient(c net.Conn, name string) *tls.Conn {
+	tc := tls.Client(c, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	return tc
 }
 
 // Without Consul, the proxy-defaults entry in the -config files gives the

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"reflect"
+	"sort"
+
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/proxyconfig"
+	"github.com/meshgate/meshgate/resolve"
+)
+
+// reloadFrom is what a file-mode gateway was started from.
+type reloadFrom struct {
+	configs                 []string
+	datacenter, trustDomain string
+	services, remotes       addrList
+	listeners               []net.Addr
+	opts                    proxyconfig.Gateway
+}
+
+// reload rereads the files and swaps the router, unless they are broken or
+// would route to the gateway itself: then it says why and the previous
+// configuration stays in force. Open connections are untouched either way.
+// It returns the source now in force: prev or the new one.
+func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, from reloadFrom, prev resolve.Source) resolve.Source {
+	src, config, err := buildSource(from.configs, from.datacenter, from.trustDomain, from.services, from.remotes)
+	if err != nil {
+		log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
+		return prev
+	}
+	next := src.View()
+	for _, addr := range from.listeners {
+		if err := refuseSelfRoutes(ctx, addr, next); err != nil {
+			log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
+			return prev
+		}
+	}
+	if opts, err := proxyconfig.ParseGateway(config); err != nil || !reflect.DeepEqual(opts, from.opts) {
+		log.Warn("meshgateway: reload: the proxy-defaults Config (listeners, timeouts, keepalive) applies at the next start")
+	}
+	router.Store(&peering.Router{Source: src})
+	added, removed, changed := serviceChanges(prev.View(), next)
+	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
+		"services_added", added, "services_removed", removed, "services_changed", changed)
+	return src
+}
+
+// serviceChanges names the services whose endpoints appeared, went, or
+// changed from before to after.
+func serviceChanges(before, after *resolve.View) (added, removed, changed []string) {
+	for k, eps := range after.Services {
+		old, ok := before.Services[k]
+		switch {
+		case !ok:
+			added = append(added, keyName(k))
+		case !reflect.DeepEqual(old, eps):
+			changed = append(changed, keyName(k))
+		}
+	}
+	for k := range before.Services {
+		if _, ok := after.Services[k]; !ok {
+			removed = append(removed, keyName(k))
+		}
+	}
+	sort.Strings(added)
+	sort.Strings(removed)
+	sort.Strings(changed)
+	return added, removed, changed
+}
+
+// keyName writes k as namespace/name in datacenter, leaving out defaults.
+func keyName(k resolve.ServiceKey) string {
+	name := k.Name
+	if k.Namespace != "" && k.Namespace != tenancy.Default {
+		name = k.Namespace + "/" + name
+	}
+	if k.Partition != "" && k.Partition != tenancy.Default {
+		name = k.Partition + "/" + name
+	}
+	return name + "@" + k.Datacenter
+}

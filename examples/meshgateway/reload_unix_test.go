@@ -1,0 +1,101 @@
+//go:build unix
+
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// SIGHUP rereads the files: a new route works at once while a connection
+// opened before keeps flowing; a broken file is reported and the routes in
+// force stay.
+func TestReloadOnSIGHUP(t *testing.T) {
+	web, webReached := echoBackend(t)
+	api, apiReached := echoBackend(t)
+	file := filepath.Join(t.TempDir(), "topology.hcl")
+	write := func(src string) { require.NoError(t, os.WriteFile(file, []byte(src), 0o644)) }
+	topology := func(services ...string) string {
+		return fmt.Sprintf("topology {\n  services = [%s]\n}\n", strings.Join(services, ", "))
+	}
+	webEntry := fmt.Sprintf(`{ name = "web", addresses = [%q] }`, web)
+	write(topology(webEntry))
+	gw, logs, stop := start(t, "-config", file)
+	defer stop()
+	name := func(service string) string {
+		return sni.ServiceSNI(service, "", "", "", "dc1", resolve.DefaultTrustDomain)
+	}
+	hup := func(want string, n int) {
+		t.Helper()
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+		require.Eventually(t, func() bool { return strings.Count(logs.String(), want) == n }, time.Minute, 10*time.Millisecond, logs.String())
+	}
+
+	// A connection through the gateway to web, left open: the ClientHello
+	// and what follows are echoed by the backend.
+	open, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	defer open.Close()
+	open.SetDeadline(time.Now().Add(time.Minute))
+	hello := helloFor(t, name("web"))
+	_, err = open.Write(hello)
+	require.NoError(t, err)
+	_, err = io.ReadFull(open, make([]byte, len(hello)))
+	require.NoError(t, err)
+	<-webReached
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	require.Error(t, tlsClient(c, name("api")).Handshake(), "api is not routed yet")
+	c.Close()
+
+	write(topology(webEntry, fmt.Sprintf(`{ name = "api", addresses = [%q] }`, api)))
+	hup("meshgateway: reloaded", 1)
+	assert.Contains(t, logs.String(), "services_added=[api@dc1]")
+	assert.True(t, reaches(t, gw, name("api"), apiReached), "the new route works:\n%s", logs.String())
+
+	write("topology { services = [ { name = \"api\", addresses = [\"no-port\"] } ] }")
+	hup("reload failed; the previous configuration stays in force", 1)
+	assert.True(t, reaches(t, gw, name("api"), apiReached), "a broken file leaves the routes in force")
+	assert.True(t, reaches(t, gw, name("web"), webReached))
+
+	// The connection opened before the reloads still forwards.
+	_, err = open.Write([]byte("still here"))
+	require.NoError(t, err)
+	buf := make([]byte, len("still here"))
+	_, err = io.ReadFull(open, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "still here", string(buf))
+	open.Close()
+	require.NoError(t, stop())
+}
+
+// helloFor returns the first TLS record crypto/tls sends for name.
+func helloFor(t *testing.T, name string) []byte {
+	t.Helper()
+	client, server := net.Pipe()
+	defer server.Close()
+	go func() {
+		tls.Client(client, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+		client.Close()
+	}()
+	header := make([]byte, 5)
+	_, err := io.ReadFull(server, header)
+	require.NoError(t, err)
+	body := make([]byte, int(header[3])<<8|int(header[4]))
+	_, err = io.ReadFull(server, body)
+	require.NoError(t, err)
+	return append(header, body...)
+}
