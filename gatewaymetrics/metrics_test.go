@@ -1,8 +1,6 @@
 package gatewaymetrics_test
 
 import (
-	"crypto/tls"
-	"encoding/binary"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
+	"github.com/meshgate/meshgate/internal/hellotest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
@@ -20,24 +19,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// clientHello returns the first TLS record crypto/tls sends for name.
-func clientHello(t *testing.T, name string) []byte {
-	t.Helper()
-	client, server := net.Pipe()
-	defer server.Close()
-	go func() {
-		tls.Client(client, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
-		client.Close()
-	}()
-	header := make([]byte, 5)
-	_, err := io.ReadFull(server, header)
-	require.NoError(t, err)
-	body := make([]byte, binary.BigEndian.Uint16(header[3:]))
-	_, err = io.ReadFull(server, body)
-	require.NoError(t, err)
-	return append(header, body...)
-}
 
 // echoServer echoes each connection until the client half-closes.
 func echoServer(t *testing.T) string {
@@ -148,21 +129,24 @@ func TestMetricsEqualTheTraffic(t *testing.T) {
 	defer s.Close()
 	gw := ln.Addr().String()
 
-	hello := append(clientHello(t, "web.example"), "ping"...)
+	hello := append(hellotest.Record(t, "web.example"), "ping"...)
 	for range 3 {
 		require.Equal(t, hello, exchange(t, gw, hello), "echoed through the gateway")
 	}
 	for range 2 {
-		exchange(t, gw, clientHello(t, "nowhere.example"))
+		exchange(t, gw, hellotest.Record(t, "nowhere.example"))
 	}
 	exchange(t, gw, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-	exchange(t, gw, clientHello(t, "dead.example"))
+	exchange(t, gw, hellotest.Record(t, "dead.example"))
 
 	var families map[string]*dto.MetricFamily
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		families = scrape(t, admin.URL)
-		if value(t, families, "meshgate_connections_active", nil) == 0 || time.Now().After(deadline) {
+		// Forwarded (and the active gauge) come before a connection's
+		// record (the ClientHello histogram): wait for both.
+		if value(t, families, "meshgate_connections_active", nil) == 0 &&
+			value(t, families, "meshgate_client_hello_read_duration_seconds", nil) == 7 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -122,24 +122,7 @@ func TestConsulMode(t *testing.T) {
 	agent := consultest.Start(t, consultest.Options{})
 	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
 	td := agent.TrustDomain()
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer backend.Close()
-	forwarded := make(chan struct{}, 8)
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			forwarded <- struct{}{}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	port := backend.Addr().(*net.TCPAddr).Port
-	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "web", Port: port}))
-	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
-		Name: "web-sidecar-proxy", Address: "127.0.0.1", Port: port, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web"}}))
+	forwarded := meshService(t, agent, "web")
 
 	gw, logs, stop := start(t, "-consul", "-wan-address", "127.0.5.5:443")
 	services, err := agent.Client.Agent().Services()

@@ -199,20 +199,7 @@ func tlsClient(c net.Conn, name string) *tls.Conn {
 // Without Consul, the proxy-defaults entry in the -config files gives the
 // same options, as Consul merges it into every gateway's Proxy.Config.
 func TestFileProxyDefaultsOptions(t *testing.T) {
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer backend.Close()
-	reached := make(chan struct{}, 4)
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			reached <- struct{}{}
-			c.Close()
-		}
-	}()
+	backend, reached := echoBackend(t)
 	extra := freePort(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "proxy-defaults.hcl")
@@ -227,7 +214,7 @@ Config {
   envoy_stats_tags = ["a=b"]
 }
 `, extra)), 0o644))
-	gw, logs, stop := start(t, "-config", file, "-service", "web="+backend.Addr().String())
+	gw, logs, stop := start(t, "-config", file, "-service", "web="+backend)
 	name := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
 	assert.True(t, reaches(t, gw, name, reached), logs.String())
 	assert.True(t, reaches(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(extra)), name, reached), logs.String())
@@ -240,6 +227,6 @@ Kind = "proxy-defaults"
 Name = "global"
 Config { envoy_gateway_remote_tcp_keepalive_probes = "many" }
 `), 0o644))
-	err = run(context.Background(), []string{"-listen", "127.0.0.1:0", "-config", file}, io.Discard, nil)
+	err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-config", file}, io.Discard, nil)
 	assert.ErrorContains(t, err, `envoy_gateway_remote_tcp_keepalive_probes: want a whole number, got "many"`)
 }

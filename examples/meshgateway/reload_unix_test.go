@@ -3,7 +3,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshgate/meshgate/internal/hellotest"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -50,7 +50,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	require.NoError(t, err)
 	defer open.Close()
 	open.SetDeadline(time.Now().Add(time.Minute))
-	hello := helloFor(t, name("web"))
+	hello := hellotest.Record(t, name("web"))
 	_, err = open.Write(hello)
 	require.NoError(t, err)
 	_, err = io.ReadFull(open, make([]byte, len(hello)))
@@ -80,22 +80,4 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	assert.Equal(t, "still here", string(buf))
 	open.Close()
 	require.NoError(t, stop())
-}
-
-// helloFor returns the first TLS record crypto/tls sends for name.
-func helloFor(t *testing.T, name string) []byte {
-	t.Helper()
-	client, server := net.Pipe()
-	defer server.Close()
-	go func() {
-		tls.Client(client, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
-		client.Close()
-	}()
-	header := make([]byte, 5)
-	_, err := io.ReadFull(server, header)
-	require.NoError(t, err)
-	body := make([]byte, int(header[3])<<8|int(header[4]))
-	_, err = io.ReadFull(server, body)
-	require.NoError(t, err)
-	return append(header, body...)
 }
