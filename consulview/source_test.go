@@ -249,6 +249,10 @@ func TestConsulAgentOutage(t *testing.T) {
 	consultest.WaitFor(t, eventually, "the source to notice the outage", func() bool { return src.Stale() != nil })
 	staleEvents = append(staleEvents, <-events)
 	require.Error(t, staleEvents[0])
+	during := src.Stats()
+	assert.Positive(t, during.Errors, "failed queries are counted")
+	assert.Positive(t, during.Failing, "failing watches are counted")
+	assert.False(t, during.LastUpdate.IsZero())
 	assert.NoError(t, roundTrip(open, []byte("existing connection")), "established connections are untouched")
 	fresh, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
@@ -261,6 +265,10 @@ func TestConsulAgentOutage(t *testing.T) {
 	registerWithSidecar(t, agent.Client, "db", port2, false)
 	dbName := sni.ServiceSNI("db", "", "", "", "dc1", td)
 	consultest.WaitFor(t, eventually, "a service registered after the return to route", func() bool { _, r := routeReason(router, dbName); return r == "" })
+	after := src.Stats()
+	assert.Zero(t, after.Failing)
+	assert.True(t, after.LastUpdate.After(during.LastUpdate), "a newer view was published")
+	assert.GreaterOrEqual(t, after.Errors, during.Errors)
 }
 
 // With ACLs, a token with the documented permissions works (reading the mesh
