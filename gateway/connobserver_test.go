@@ -85,3 +85,11 @@ func TestConnObserverHearsEachConnection(t *testing.T) {
 	assert.EqualValues(t, 1, snap.Rejected[ReasonNoRoute])
 	assert.Equal(t, plain.Snapshot().Accepted, rec.Snapshot().Accepted)
 }
+
+// A MultiObserver hands on the ConnObserver of its members only: without
+// one, the Server builds no records.
+func TestMultiObserverWithoutConnObserverBuildsNoRecords(t *testing.T) {
+	assert.Nil(t, connObserverOf(MultiObserver(&Counters{})))
+	assert.Nil(t, connObserverOf(&Counters{}))
+	assert.NotNil(t, connObserverOf(MultiObserver(&Counters{}, &recorder{})))
+}

@@ -75,59 +75,78 @@ const OutcomeForwarded = "forwarded"
 // observers in turn, including the LimitObserver and ConnObserver events
 // to those that implement them. Nil observers are left out.
 func MultiObserver(observers ...Observer) Observer {
-	m := multiObserver{}
+	m := &multiObserver{}
 	for _, o := range observers {
-		if o != nil {
-			m = append(m, o)
+		if o == nil {
+			continue
+		}
+		m.all = append(m.all, o)
+		if lo, ok := o.(LimitObserver); ok {
+			m.limit = append(m.limit, lo)
+		}
+		if co, ok := o.(ConnObserver); ok {
+			m.conn = append(m.conn, co)
 		}
 	}
 	return m
 }
 
-type multiObserver []Observer
+// connObserverOf returns o as a ConnObserver, or nil if it is none or is a
+// MultiObserver without one, so that no record is built for nobody.
+func connObserverOf(o Observer) ConnObserver {
+	if m, ok := o.(*multiObserver); ok && len(m.conn) == 0 {
+		return nil
+	}
+	co, _ := o.(ConnObserver)
+	return co
+}
+
+// multiObserver sorts its observers by interface once, so no event pays a
+// type assertion.
+type multiObserver struct {
+	all   []Observer
+	limit []LimitObserver
+	conn  []ConnObserver
+}
 
 var _ interface {
 	LimitObserver
 	ConnObserver
-} = multiObserver(nil)
+} = (*multiObserver)(nil)
 
-func (m multiObserver) Accepted(remote net.Addr) {
-	for _, o := range m {
+func (m *multiObserver) Accepted(remote net.Addr) {
+	for _, o := range m.all {
 		o.Accepted(remote)
 	}
 }
 
-func (m multiObserver) Rejected(reason string, err error) {
-	for _, o := range m {
+func (m *multiObserver) Rejected(reason string, err error) {
+	for _, o := range m.all {
 		o.Rejected(reason, err)
 	}
 }
 
-func (m multiObserver) DialFailed(route, target string, err error) {
-	for _, o := range m {
+func (m *multiObserver) DialFailed(route, target string, err error) {
+	for _, o := range m.all {
 		o.DialFailed(route, target, err)
 	}
 }
 
-func (m multiObserver) Forwarded(route, target string, s Stats) {
-	for _, o := range m {
+func (m *multiObserver) Forwarded(route, target string, s Stats) {
+	for _, o := range m.all {
 		o.Forwarded(route, target, s)
 	}
 }
 
-func (m multiObserver) HeldBack(limit string) {
-	for _, o := range m {
-		if lo, ok := o.(LimitObserver); ok {
-			lo.HeldBack(limit)
-		}
+func (m *multiObserver) HeldBack(limit string) {
+	for _, o := range m.limit {
+		o.HeldBack(limit)
 	}
 }
 
-func (m multiObserver) Closed(r *ConnRecord) {
-	for _, o := range m {
-		if co, ok := o.(ConnObserver); ok {
-			co.Closed(r)
-		}
+func (m *multiObserver) Closed(r *ConnRecord) {
+	for _, o := range m.conn {
+		o.Closed(r)
 	}
 }
 

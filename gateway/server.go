@@ -350,7 +350,7 @@ func (s *Server) handle(c *conn) {
 	info := &ConnInfo{ID: s.lastID.Add(1), Remote: c.client.RemoteAddr(), Local: c.client.LocalAddr()}
 	ctx := context.WithValue(context.Background(), connInfoKey{}, info)
 	st := story{info: info, start: start}
-	st.to, _ = s.Observer.(ConnObserver)
+	st.to = connObserverOf(s.Observer)
 
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
