@@ -10,7 +10,13 @@ import (
 )
 
 // Topology is meshgate's own document: where things are, for planning and
-// routing without a Consul agent. In HCL:
+// routing without a Consul agent. It is only the file form of
+// [github.com/meshgate/meshgate/resolve.View], meshgate's one model of the
+// mesh: resolve.NewStatic copies it into a View as written, and the View's
+// rules (defaults, lower-case datacenters, the SNI of a peer's imports) apply
+// to it there, as to a View built in Go. This package checks only what a
+// file can get wrong on its own: missing names, malformed addresses, fields
+// that go together. In HCL:
 //
 //	topology {
 //	  datacenter   = "dc1"
@@ -50,7 +56,8 @@ type Topology struct {
 	Servers []string
 }
 
-// TopologyService is one service's healthy mesh endpoints in one datacenter.
+// TopologyService is one service's healthy mesh endpoints in one datacenter:
+// an entry of resolve.View's Services, or of its Subsets when Subset is set.
 type TopologyService struct {
 	Name       string
 	Namespace  string // empty means "default"
@@ -66,7 +73,8 @@ type TopologyService struct {
 	WANAddresses []string `alias:"wan_addresses"`
 }
 
-// TopologyGateway is the mesh gateways of one datacenter and partition.
+// TopologyGateway is the mesh gateways of one datacenter and partition: an
+// entry of resolve.View's Gateways.
 type TopologyGateway struct {
 	Datacenter   string
 	Partition    string // empty means "default"
@@ -74,25 +82,17 @@ type TopologyGateway struct {
 	WANAddresses []string `alias:"wan_addresses"`
 }
 
-// TopologyPeer is one cluster peer.
+// TopologyPeer is one cluster peer: the file form of resolve.Peer, whose
+// fields of the same names say what each means.
 type TopologyPeer struct {
-	// Name is the local name of the peering.
-	Name string
-	// TrustDomain is the peer's trust domain: the peer builds its exported
-	// services' SNI with it.
-	TrustDomain string `alias:"trust_domain"`
-	// NameAtPeer is the name the peer gave this cluster; it is the peer label
-	// of the SNI of services the peer exports to us.
-	NameAtPeer string `alias:"name_at_peer"`
-	// Gateways are the peer's mesh gateway addresses.
-	Gateways []string
-	// ServerName and ServerAddresses are the peer's servers for the peering
-	// control plane (api.Peering's PeerServerName and PeerServerAddresses).
+	Name            string
+	TrustDomain     string `alias:"trust_domain"`
+	NameAtPeer      string `alias:"name_at_peer"`
+	Gateways        []string
 	ServerName      string   `alias:"server_name"`
 	ServerAddresses []string `alias:"server_addresses"`
-	// Imports names the services the peer exports to this cluster
-	// ("name", or "namespace/name"): their SNI is built with TrustDomain and
-	// NameAtPeer, and they are dialled through Gateways.
+	// Imports names the services the peer exports to this cluster, "name"
+	// or "namespace/name" (see SplitImport): resolve.Peer's Imports.
 	Imports []string
 }
 

@@ -92,7 +92,7 @@ func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
 	if subset == "" {
 		eps = v.Endpoints(name.Service, name.Namespace, name.Partition, name.Datacenter)
 	} else {
-		if res == nil || !hasSubset(res, subset) {
+		if !definesSubset(res, subset) {
 			return gateway.Route{}, gateway.Reject(ReasonUnknownSubset, "service %q has no subset %q: no service-resolver defines it", name.Service, subset)
 		}
 		routeName += " subset " + subset

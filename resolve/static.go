@@ -45,9 +45,10 @@ func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
 
 // NewStatic builds a Static source from loaded files: config entries and
 // service definitions, and the topology document when there is one. A
-// topology's datacenter and trust domain take precedence over opts.
-// Datacenter names are lower-cased, as Consul does with an agent's
-// datacenter, so that DC1 routes the SNI names Consul builds with dc1.
+// topology's datacenter and trust domain take precedence over opts. The
+// topology document is only the file form of a View: NewStatic copies it into
+// one as written and hands that to StaticView, so files and Views built in Go
+// go through the same defaults and checks.
 func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	v := &View{
 		Datacenter:      opts.Datacenter,
@@ -70,36 +71,20 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 			v.TrustDomain = t.TrustDomain
 		}
 		v.Partition = t.Partition
-	}
-	if v.Datacenter == "" {
-		v.Datacenter = "dc1"
-	}
-	v.Datacenter = strings.ToLower(v.Datacenter) // as Consul does with its agents' datacenter
-	if v.TrustDomain == "" {
-		v.TrustDomain = DefaultTrustDomain
-	}
-	v.Partition = tenancy.OrDefault(v.Partition)
-	if t := set.Topology; t != nil {
 		for _, s := range t.Services {
-			dc := strings.ToLower(s.Datacenter)
-			if dc == "" {
-				dc = v.Datacenter
-			}
-			k := ServiceKey{s.Name, tenancy.OrDefault(s.Namespace), tenancy.OrDefault(s.Partition), dc}
+			k := ServiceKey{s.Name, s.Namespace, s.Partition, s.Datacenter}
+			eps := endpoints(s.Addresses, s.WANAddresses)
 			if s.Subset == "" {
-				v.Services[k] = append(v.Services[k], endpoints(s.Addresses, s.WANAddresses)...)
+				v.Services[k] = append(v.Services[k], eps...)
 				continue
-			}
-			if r := v.Resolvers[s.Name]; r == nil || !hasSubset(r, s.Subset) {
-				return nil, fmt.Errorf("resolve: topology lists subset %q of service %q, but no service-resolver for %q defines it", s.Subset, s.Name, s.Name)
 			}
 			if v.Subsets[k] == nil {
 				v.Subsets[k] = map[string][]Endpoint{}
 			}
-			v.Subsets[k][s.Subset] = append(v.Subsets[k][s.Subset], endpoints(s.Addresses, s.WANAddresses)...)
+			v.Subsets[k][s.Subset] = append(v.Subsets[k][s.Subset], eps...)
 		}
 		for _, g := range t.Gateways {
-			l := Location{strings.ToLower(g.Datacenter), tenancy.OrDefault(g.Partition)}
+			l := Location{g.Datacenter, g.Partition}
 			v.Gateways[l] = append(v.Gateways[l], endpoints(g.Addresses, g.WANAddresses)...)
 		}
 		for _, p := range t.Peers {
@@ -113,16 +98,21 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 				if err != nil {
 					return nil, fmt.Errorf("resolve: peer %q: %w", p.Name, err)
 				}
-				peer.Imports = append(peer.Imports, ImportedService{Name: name, Namespace: tenancy.OrDefault(ns), Partition: tenancy.Default,
-					SNI: sni.PeeredServiceSNI(name, ns, "", p.NameAtPeer, p.TrustDomain), Gateways: p.Gateways})
+				peer.Imports = append(peer.Imports, ImportedService{Name: name, Namespace: ns})
 			}
 			v.Peers[p.Name] = peer
 		}
 		v.Servers = t.Servers
 	}
+	if v.Datacenter == "" {
+		v.Datacenter = "dc1"
+	}
+	if v.TrustDomain == "" {
+		v.TrustDomain = DefaultTrustDomain
+	}
 	if e := set.ExportedServices; e != nil {
 		for _, svc := range e.Services {
-			k := ServiceKey{svc.Name, tenancy.OrDefault(svc.Namespace), v.Partition, v.Datacenter}
+			k := ServiceKey{Name: svc.Name, Namespace: svc.Namespace}
 			for _, c := range svc.Consumers {
 				if c.Peer != "" {
 					v.Exports[k] = append(v.Exports[k], c.Peer)
@@ -135,10 +125,15 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 			v.Instances = append(v.Instances, inst)
 		}
 	}
-	return &Static{view: v}, v.Validate()
+	return StaticView(v)
 }
 
-func hasSubset(r *api.ServiceResolverConfigEntry, name string) bool {
+// definesSubset reports whether the service-resolver r (nil when the service
+// has none) defines the subset name.
+func definesSubset(r *api.ServiceResolverConfigEntry, name string) bool {
+	if r == nil {
+		return false
+	}
 	_, ok := r.Subsets[name]
 	return ok
 }
@@ -183,34 +178,45 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, boo
 }
 
 // StaticView makes a Source of a View built in Go, in one step. It routes
-// exactly as the same topology loaded from files: it works on a copy of v
-// whose empty namespaces and partitions are "default", whose empty service
-// datacenters are the local one, and whose datacenter names are lower-case,
-// and it returns v.Validate's error if the result is not usable.
+// exactly as the same topology loaded from files, because NewStatic ends
+// here too. It works on a copy of v in which:
+//   - empty namespaces and partitions are "default", and empty service
+//     datacenters are the local one;
+//   - datacenter names are lower-case, as Consul makes an agent's, so that
+//     DC1 routes the SNI names Consul builds with dc1;
+//   - a peer's import without an SNI gets the name the peer expects,
+//     <svc>.<ns>.<partition>.<NameAtPeer>.external.<TrustDomain>, and one
+//     without Gateways the peer's gateways.
+//
+// It refuses a subset that no service-resolver in Resolvers defines, and
+// returns v.Validate's error if the result is not usable.
 func StaticView(v *View) (*Static, error) {
 	n := *v
 	n.Datacenter = strings.ToLower(n.Datacenter)
 	n.Partition = tenancy.OrDefault(n.Partition)
-	n.Services = make(map[ServiceKey][]Endpoint, len(v.Services))
-	for k, eps := range v.Services {
+	key := func(k ServiceKey) ServiceKey {
 		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
 		if k.Datacenter == "" {
 			k.Datacenter = n.Datacenter
 		}
 		k.Datacenter = strings.ToLower(k.Datacenter)
+		return k
+	}
+	n.Services = make(map[ServiceKey][]Endpoint, len(v.Services))
+	for k, eps := range v.Services {
+		k = key(k)
 		n.Services[k] = append(n.Services[k], eps...)
 	}
 	n.Subsets = make(map[ServiceKey]map[string][]Endpoint, len(v.Subsets))
 	for k, subsets := range v.Subsets {
-		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
-		if k.Datacenter == "" {
-			k.Datacenter = n.Datacenter
-		}
-		k.Datacenter = strings.ToLower(k.Datacenter)
-		if n.Subsets[k] == nil {
-			n.Subsets[k] = map[string][]Endpoint{}
-		}
 		for name, eps := range subsets {
+			if !definesSubset(v.Resolvers[k.Name], name) {
+				return nil, fmt.Errorf("resolve: subset %q of service %q has endpoints, but no service-resolver for %q defines it", name, k.Name, k.Name)
+			}
+			k := key(k)
+			if n.Subsets[k] == nil {
+				n.Subsets[k] = map[string][]Endpoint{}
+			}
 			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
 		}
 	}
@@ -221,14 +227,24 @@ func StaticView(v *View) (*Static, error) {
 	}
 	n.Exports = make(map[ServiceKey][]string, len(v.Exports))
 	for k, peers := range v.Exports {
-		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
-		if k.Datacenter == "" {
-			k.Datacenter = n.Datacenter
-		}
+		k = key(k)
 		n.Exports[k] = append(n.Exports[k], peers...)
 	}
-	if n.Peers == nil {
-		n.Peers = map[string]Peer{}
+	n.Peers = make(map[string]Peer, len(v.Peers))
+	for name, p := range v.Peers {
+		imports := make([]ImportedService, len(p.Imports))
+		for i, im := range p.Imports {
+			if im.SNI == "" {
+				im.SNI = sni.PeeredServiceSNI(im.Name, im.Namespace, im.Partition, p.NameAtPeer, p.TrustDomain)
+			}
+			im.Namespace, im.Partition = tenancy.OrDefault(im.Namespace), tenancy.OrDefault(im.Partition)
+			if len(im.Gateways) == 0 {
+				im.Gateways = p.Gateways
+			}
+			imports[i] = im
+		}
+		p.Imports = imports
+		n.Peers[name] = p
 	}
 	return &Static{view: &n}, n.Validate()
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -56,4 +57,64 @@ func TestStaticViewRoutesLikeFiles(t *testing.T) {
 	}
 	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1"})
 	assert.ErrorContains(t, err, "no trust domain")
+}
+
+// The topology document is only the file form of a View: a topology loaded
+// from files and the same topology written as a View in Go, with its empty
+// fields left empty, come out of the one normalisation identical.
+func TestFilesAndGoViewsAreOneModel(t *testing.T) {
+	resolver := `Kind = "service-resolver"
+Name = "api"
+Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
+`
+	set, err := config.Parse("topology.hcl", []byte(`topology {
+  datacenter = "DC1"
+  trust_domain = "`+resolve.DefaultTrustDomain+`"
+  services = [
+    { name = "api", addresses = ["127.0.0.1:9001"], wan_addresses = ["127.0.0.2:9001"] },
+    { name = "api", subset = "v2", addresses = ["127.0.0.1:9003"] },
+    { name = "db", namespace = "ops", datacenter = "DC2", addresses = ["127.0.0.1:9004"] },
+  ]
+  gateways = [{ datacenter = "DC2", wan_addresses = ["127.0.0.1:9002"] }]
+  servers = ["127.0.0.1:8503"]
+  peers = [{ name = "other", trust_domain = "11111111-2222-3333-4444-555555555555.consul", name_at_peer = "here",
+             gateways = ["127.0.0.3:8443"], imports = ["billing", "ops/ledger"] }]
+}
+`))
+	require.NoError(t, err)
+	entries, err := config.Parse("resolver.hcl", []byte(resolver))
+	require.NoError(t, err)
+	set.ServiceResolvers = entries.ServiceResolvers
+	fromFiles, err := resolve.NewStatic(set, resolve.StaticOptions{})
+	require.NoError(t, err)
+
+	fromGo, err := resolve.StaticView(&resolve.View{
+		Datacenter:  "DC1",
+		TrustDomain: resolve.DefaultTrustDomain,
+		Resolvers:   entries.ServiceResolvers,
+		Services: map[resolve.ServiceKey][]resolve.Endpoint{
+			{Name: "api"}: {{Address: "127.0.0.1:9001", WAN: "127.0.0.2:9001"}},
+			{Name: "db", Namespace: "ops", Datacenter: "DC2"}: {{Address: "127.0.0.1:9004"}},
+		},
+		Subsets:  map[resolve.ServiceKey]map[string][]resolve.Endpoint{{Name: "api"}: {"v2": {{Address: "127.0.0.1:9003"}}}},
+		Gateways: map[resolve.Location][]resolve.Endpoint{{Datacenter: "DC2"}: {{WAN: "127.0.0.1:9002"}}},
+		Servers:  []string{"127.0.0.1:8503"},
+		Peers: map[string]resolve.Peer{"other": {Name: "other", TrustDomain: "11111111-2222-3333-4444-555555555555.consul",
+			NameAtPeer: "here", Gateways: []string{"127.0.0.3:8443"},
+			Imports: []resolve.ImportedService{{Name: "billing"}, {Name: "ledger", Namespace: "ops"}}}},
+	})
+	require.NoError(t, err)
+
+	a, b := fromFiles.View(), fromGo.View()
+	// Fields the files fill and a View built in Go need not: empty maps.
+	a.ServiceDefaults, a.Instances = nil, nil
+	assert.Equal(t, a, b)
+	billing, ok := b.Peers["other"].Import("billing", "")
+	require.True(t, ok)
+	assert.Equal(t, "billing.default.default.here.external.11111111-2222-3333-4444-555555555555.consul", billing.SNI)
+	assert.Equal(t, []string{"127.0.0.3:8443"}, billing.Gateways)
+
+	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: resolve.DefaultTrustDomain,
+		Subsets: map[resolve.ServiceKey]map[string][]resolve.Endpoint{{Name: "web"}: {"canary": {{Address: "127.0.0.1:9005"}}}}})
+	assert.ErrorContains(t, err, `subset "canary" of service "web"`)
 }
