@@ -5,7 +5,7 @@
 // client talking to the backend directly is the ceiling.
 //
 //	bash scripts/peerbench.sh            # installs nginx and haproxy, then runs this
-//	go run ./internal/cmd/peerbench [-duration 5s] [-bulk 3s] [-idle 5000]
+//	go run ./internal/cmd/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000]
 //
 // Client, backend and proxies share this machine's cores, as the numbers say.
 // It only ever connects to 127.0.0.1. It is not part of the test suite.
@@ -39,14 +39,29 @@ import (
 func main() {
 	duration := flag.Duration("duration", 5*time.Second, "length of each connection-rate run")
 	bulk := flag.Duration("bulk", 3*time.Second, "length of each throughput run")
-	idle := flag.Int("idle", 5000, "idle connections for the memory and descriptor measurement")
-	concurrency := flag.Int("c", 16, "concurrent clients for the connection-rate run")
+	idle := flag.Int("idle", 9000, "idle connections for the memory and descriptor measurement")
+	idleParallel := flag.Int("idle-parallel", 256, "clients opening the idle connections at once")
+	concurrency := flag.String("c", "16,1000", "comma-separated numbers of concurrent clients for the connection-rate runs")
+	writeSize := flag.Int("write", 16<<10, "bytes per write(2) for the client and the backend in the throughput runs (a TLS record is at most 16 KiB)")
+	runs := flag.Int("runs", 3, "rounds; each round runs every measurement on every target, in an order that rotates from round to round")
+	syscallConns := flag.Int("syscall-conns", 2000, "connections to count system calls over with strace -c -f (0: skip)")
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
 	log.SetFlags(0)
+	var levels []int
+	for _, f := range strings.Split(*concurrency, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			log.Fatalf("-c: %q is not a number of clients", f)
+		}
+		levels = append(levels, n)
+	}
+	if *writeSize < 1 || *runs < 1 {
+		log.Fatalf("-write and -runs must be at least 1")
+	}
 
 	hello, err := os.ReadFile(*helloFile)
 	check(err)
@@ -56,8 +71,8 @@ func main() {
 	check(err)
 	defer os.RemoveAll(dir)
 
-	be := startBackend()
-	log.Printf("backend on %s; ClientHello %d bytes from %s", be.addr, len(hello), *helloFile)
+	be := startBackend(*writeSize)
+	log.Printf("backend on %s; ClientHello %d bytes from %s; %d-byte writes", be.addr, len(hello), *helloFile, *writeSize)
 	name, err := serverName(hello)
 	check(err)
 
@@ -76,12 +91,12 @@ func main() {
 	}
 	for _, st := range []struct {
 		name  string
-		start func(string, string, string) (*target, *proc, error)
+		start func(string, string, string, int) (*target, *proc, error)
 	}{{"meshgate", startMeshgate}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if !want(st.name) {
 			continue
 		}
-		t, p, err := st.start(dir, be.addr, name)
+		t, p, err := st.start(dir, be.addr, name, *idle)
 		if err != nil {
 			log.Printf("SKIPPED, LOUDLY: %v", err)
 			continue
@@ -95,47 +110,91 @@ func main() {
 		}
 	}
 
-	res := map[string]map[string]float64{}
-	set := func(metric, target string, v float64) {
-		if res[metric] == nil {
-			res[metric] = map[string]float64{}
-		}
-		res[metric][target] = v
-	}
-	for _, t := range targets {
-		log.Printf("connection rate: %s", t.name)
-		rate, p50, p99 := connRate(t.addr, hello, *concurrency, *duration)
-		set("conn/s", t.name, rate)
-		set("p50 ms", t.name, p50)
-		set("p99 ms", t.name, p99)
-	}
-	for _, streams := range []int{1, 8} {
-		for _, dirn := range []byte{'U', 'D'} {
-			metric := fmt.Sprintf("%s MB/s, %d stream", map[byte]string{'U': "upload", 'D': "download"}[dirn], streams)
-			if streams > 1 {
-				metric += "s"
-			}
-			for _, t := range targets {
-				log.Printf("%s: %s", metric, t.name)
-				set(metric, t.name, throughput(t.addr, hello, dirn, streams, *bulk))
+	res := results{}
+	var metrics []string
+	for run := range *runs {
+		order := append(targets[run%len(targets):len(targets):len(targets)], targets[:run%len(targets)]...)
+		log.Printf("round %d of %d: %s", run+1, *runs, names(order))
+		for _, c := range levels {
+			for _, t := range order {
+				r := connRate(t, hello, c, *duration)
+				res.add(fmt.Sprintf("conn/s, %d clients", c), t.name, r.perSec)
+				res.add(fmt.Sprintf("p50 ms, %d clients", c), t.name, r.p50)
+				res.add(fmt.Sprintf("p99 ms, %d clients", c), t.name, r.p99)
+				if r.cpuPerConn > 0 {
+					res.add(fmt.Sprintf("CPU µs / conn, %d clients", c), t.name, r.cpuPerConn)
+				}
+				log.Printf("  %d clients, %s: %.0f conn/s, p99 %.2f ms, %.1f µs CPU/conn", c, t.name, r.perSec, r.p99, r.cpuPerConn)
 			}
 		}
-	}
-	for _, t := range targets {
-		if t.pids == nil {
-			continue // direct: no proxy process to measure
+		for _, streams := range []int{1, 8} {
+			for _, dirn := range []byte{'U', 'D'} {
+				metric := fmt.Sprintf("%s MB/s, %d stream", map[byte]string{'U': "upload", 'D': "download"}[dirn], streams)
+				if streams > 1 {
+					metric += "s"
+				}
+				for _, t := range order {
+					v := throughput(t.addr, hello, dirn, streams, *bulk, *writeSize)
+					res.add(metric, t.name, v)
+					log.Printf("  %s, %s: %.0f", metric, t.name, v)
+				}
+			}
 		}
-		log.Printf("idle connections: %s", t.name)
-		kb, marginal, fds, err := idleCost(t, be, hello, *idle)
-		if err != nil {
-			log.Printf("  %s: %v", t.name, err)
-			continue
+		for _, t := range order {
+			if t.pids == nil {
+				continue // direct: no proxy process to measure
+			}
+			kb, marginal, fds, err := idleCost(t, be, hello, *idle, *idleParallel)
+			if err != nil {
+				log.Printf("  idle, %s: %v", t.name, err)
+				continue
+			}
+			res.add("RSS KiB / idle conn", t.name, kb)
+			res.add("  marginal, 2nd half", t.name, marginal)
+			res.add("fds / idle conn", t.name, fds)
+			log.Printf("  idle, %s: %.2f KiB/conn (marginal %.2f), %.2f fds/conn", t.name, kb, marginal, fds)
 		}
-		set("RSS KiB / idle conn", t.name, kb)
-		set("  marginal, 2nd half", t.name, marginal)
-		set("fds / idle conn", t.name, fds)
 	}
-	report(os.Stdout, targets, res, *concurrency, *idle, len(hello), name)
+	for _, c := range levels {
+		metrics = append(metrics, fmt.Sprintf("conn/s, %d clients", c), fmt.Sprintf("p50 ms, %d clients", c),
+			fmt.Sprintf("p99 ms, %d clients", c), fmt.Sprintf("CPU µs / conn, %d clients", c))
+	}
+	metrics = append(metrics, "upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
+		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn")
+	if *syscallConns > 0 {
+		for _, t := range targets {
+			if t.pids == nil {
+				continue
+			}
+			perConn, top, err := syscallsPerConn(t, hello, *syscallConns)
+			if err != nil {
+				log.Printf("SKIPPED, LOUDLY: system calls of %s: %v", t.name, err)
+				continue
+			}
+			res.add("syscalls / conn", t.name, perConn)
+			log.Printf("  syscalls, %s: %.1f per connection; %s", t.name, perConn, top)
+		}
+		metrics = append(metrics, "syscalls / conn")
+	}
+	report(os.Stdout, targets, res, metrics, *runs, *idle, *writeSize, len(hello), name)
+}
+
+// results holds each measurement's value per round: metric → target → values.
+type results map[string]map[string][]float64
+
+func (r results) add(metric, target string, v float64) {
+	if r[metric] == nil {
+		r[metric] = map[string][]float64{}
+	}
+	r[metric][target] = append(r[metric][target], v)
+}
+
+func names(ts []*target) string {
+	var out []string
+	for _, t := range ts {
+		out = append(out, t.name)
+	}
+	return strings.Join(out, ", ")
 }
 
 func check(err error) {
@@ -173,11 +232,11 @@ type backend struct {
 	idle atomic.Int64
 }
 
-func startBackend() *backend {
+func startBackend(writeSize int) *backend {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
 	b := &backend{addr: ln.Addr().String()}
-	chunk := make([]byte, 256<<10)
+	chunk := make([]byte, writeSize)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -300,7 +359,7 @@ func startProcEnv(name string, env, argv []string, logFile string) (*proc, error
 
 var extraFlags, extraEnv []string
 
-func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
+func startMeshgate(dir, backendAddr, name string, _ int) (*target, *proc, error) {
 	bin := filepath.Join(dir, "meshgateway")
 	build := exec.Command("go", "build", "-o", bin, "./examples/meshgateway")
 	build.Stderr = os.Stderr
@@ -316,7 +375,7 @@ func startMeshgate(dir, backendAddr, name string) (*target, *proc, error) {
 	return &target{name: "meshgate", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
 }
 
-func startNginx(dir, backendAddr, name string) (*target, *proc, error) {
+func startNginx(dir, backendAddr, name string, idle int) (*target, *proc, error) {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		return nil, nil, errors.New("nginx is not installed (scripts/peerbench.sh installs it)")
@@ -325,10 +384,10 @@ func startNginx(dir, backendAddr, name string) (*target, *proc, error) {
 	conf := fmt.Sprintf(`load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
 worker_processes 2;
-worker_rlimit_nofile 19000;
+worker_rlimit_nofile %[5]d;
 pid %[1]s/nginx.pid;
 error_log %[1]s/nginx-error.log error;
-events { worker_connections 9000; }
+events { worker_connections %[6]d; }
 stream {
   map_hash_bucket_size 128;
   map $ssl_preread_server_name $upstream {
@@ -342,7 +401,7 @@ stream {
     proxy_timeout 1h;
   }
 }
-`, dir, name, backendAddr, addr)
+`, dir, name, backendAddr, addr, 2*idle+1000, 2*idle+500)
 	path := filepath.Join(dir, "nginx.conf")
 	check(os.WriteFile(path, []byte(conf), 0o644))
 	p, err := startProc("nginx", []string{bin, "-c", path, "-e", filepath.Join(dir, "nginx-error.log")}, filepath.Join(dir, "nginx.log"))
@@ -352,14 +411,14 @@ stream {
 	return &target{name: "nginx", addr: addr, pids: func() []int { return withChildren(p.cmd.Process.Pid) }}, p, p.waitListening(addr)
 }
 
-func startHAProxy(dir, backendAddr, name string) (*target, *proc, error) {
+func startHAProxy(dir, backendAddr, name string, idle int) (*target, *proc, error) {
 	bin, err := exec.LookPath("haproxy")
 	if err != nil {
 		return nil, nil, errors.New("haproxy is not installed (scripts/peerbench.sh installs it)")
 	}
 	addr := freePort()
 	conf := fmt.Sprintf(`global
-  maxconn 7000
+  maxconn %d
   nbthread 2
 defaults
   mode tcp
@@ -374,7 +433,7 @@ frontend mesh
   use_backend api if { req.ssl_sni -i %s }
 backend api
   server s1 %s
-`, addr, name, backendAddr)
+`, idle+500, addr, name, backendAddr)
 	path := filepath.Join(dir, "haproxy.cfg")
 	check(os.WriteFile(path, []byte(conf), 0o644))
 	p, err := startProc("haproxy", []string{bin, "-f", path}, filepath.Join(dir, "haproxy.log"))
@@ -418,9 +477,21 @@ func ping(addr string, hello []byte) error {
 	return err
 }
 
+type rate struct {
+	perSec, p50, p99 float64
+	// cpuPerConn is the proxy's CPU time (user and system, all threads and
+	// processes) per connection in µs; 0 for direct.
+	cpuPerConn float64
+}
+
 // connRate runs workers that each connect, send the ClientHello and a byte,
 // wait for the backend's one-byte reply and close, for d.
-func connRate(addr string, hello []byte, workers int, d time.Duration) (perSec, p50, p99 float64) {
+func connRate(t *target, hello []byte, workers int, d time.Duration) rate {
+	addr := t.addr
+	var cpu0 time.Duration
+	if t.pids != nil {
+		cpu0 = cpuTime(t.pids())
+	}
 	msg := append(append([]byte(nil), hello...), 'P')
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -462,18 +533,134 @@ func connRate(addr string, hello []byte, workers int, d time.Duration) (perSec, 
 	wg.Wait()
 	elapsed := time.Since(start)
 	if n := failures.Load(); n > 0 {
-		log.Printf("  %d failed connections", n)
+		log.Printf("  %s: %d failed connections", t.name, n)
 	}
 	if len(lat) == 0 {
-		return 0, 0, 0
+		return rate{}
+	}
+	var r rate
+	if t.pids != nil {
+		r.cpuPerConn = float64(cpuTime(t.pids())-cpu0) / 1e3 / float64(len(lat))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e6 }
-	return float64(len(lat)) / elapsed.Seconds(), ms(0.50), ms(0.99)
+	r.perSec, r.p50, r.p99 = float64(len(lat))/elapsed.Seconds(), ms(0.50), ms(0.99)
+	return r
+}
+
+// cpuTime sums the CPU time the kernel charged to every thread of pids
+// (/proc/PID/task/TID/schedstat, nanoseconds on the CPU).
+func cpuTime(pids []int) time.Duration {
+	var total time.Duration
+	for _, pid := range pids {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			if fields := strings.Fields(string(b)); len(fields) > 0 {
+				ns, _ := strconv.ParseInt(fields[0], 10, 64)
+				total += time.Duration(ns)
+			}
+		}
+	}
+	return total
+}
+
+// syscallsPerConn counts the proxy's system calls (strace -c -f, attached to
+// every process and thread) over n connections made as in connRate by 16
+// clients, and returns the count per connection and the busiest calls.
+func syscallsPerConn(t *target, hello []byte, n int) (float64, string, error) {
+	bin, err := exec.LookPath("strace")
+	if err != nil {
+		return 0, "", errors.New("strace is not installed (apt-get install strace)")
+	}
+	out, err := os.CreateTemp("", "peerbench-strace")
+	if err != nil {
+		return 0, "", err
+	}
+	defer os.Remove(out.Name())
+	out.Close()
+	args := []string{"-f", "-c", "-o", out.Name()}
+	for _, pid := range t.pids() {
+		args = append(args, "-p", strconv.Itoa(pid))
+	}
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, "", err
+	}
+	time.Sleep(time.Second) // strace attaches to each thread
+	msg := append(append([]byte(nil), hello...), 'P')
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			for next.Add(1) <= int64(n) {
+				c, err := net.DialTimeout("tcp", t.addr, 10*time.Second)
+				if err != nil {
+					continue
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				c.Write(msg)
+				io.ReadFull(c, b[:])
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(500 * time.Millisecond) // the last closes reach the proxy
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil && !strings.Contains(err.Error(), "interrupt") {
+		log.Printf("  strace: %v: %s", err, stderr.String())
+	}
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		return 0, "", err
+	}
+	// Each row: % time, seconds, usecs/call, calls, [errors], syscall.
+	var total float64
+	type row struct {
+		name  string
+		calls float64
+	}
+	var rows []row
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] == "%" || strings.HasPrefix(f[0], "-") {
+			continue
+		}
+		calls, err := strconv.ParseFloat(f[3], 64)
+		if err != nil {
+			continue
+		}
+		if f[len(f)-1] == "total" {
+			total = calls
+			continue
+		}
+		rows = append(rows, row{f[len(f)-1], calls})
+	}
+	if total == 0 {
+		return 0, "", fmt.Errorf("no system calls counted; strace said: %s", stderr.String())
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].calls > rows[j].calls })
+	var top []string
+	for i, r := range rows {
+		if i == 8 {
+			break
+		}
+		top = append(top, fmt.Sprintf("%s %.1f", r.name, r.calls/float64(n)))
+	}
+	return total / float64(n), strings.Join(top, ", "), nil
 }
 
 // throughput moves bytes one way over streams connections for d.
-func throughput(addr string, hello []byte, dir byte, streams int, d time.Duration) float64 {
+func throughput(addr string, hello []byte, dir byte, streams int, d time.Duration, writeSize int) float64 {
 	msg := append(append([]byte(nil), hello...), dir)
 	var total atomic.Int64
 	var wg sync.WaitGroup
@@ -490,7 +677,10 @@ func throughput(addr string, hello []byte, dir byte, streams int, d time.Duratio
 			defer c.Close()
 			c.Write(msg)
 			c.SetDeadline(start.Add(d))
-			buf := make([]byte, 256<<10)
+			buf := make([]byte, writeSize)
+			if dir == 'D' {
+				buf = make([]byte, 256<<10)
+			}
 			for {
 				var n int
 				var err error
@@ -514,10 +704,11 @@ func throughput(addr string, hello []byte, dir byte, streams int, d time.Duratio
 // resident memory and descriptors per connection over all n, and its memory
 // per connection over the second half alone (the marginal cost, without the
 // one-off growth of pools and heap that the first connections pay).
-func idleCost(t *target, be *backend, hello []byte, n int) (kbPerConn, marginalKB, fdsPerConn float64, err error) {
+func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn, marginalKB, fdsPerConn float64, err error) {
 	time.Sleep(2 * time.Second) // let earlier connections finish closing
 	rss0, fd0 := usage(t.pids())
 	msg := append(append([]byte(nil), hello...), 'I')
+	var mu sync.Mutex
 	conns := make([]net.Conn, 0, n)
 	defer func() {
 		for _, c := range conns {
@@ -526,15 +717,37 @@ func idleCost(t *target, be *backend, hello []byte, n int) (kbPerConn, marginalK
 	}()
 	base := be.idle.Load()
 	open := func(upTo int) error {
-		for len(conns) < upTo {
-			c, err := net.Dial("tcp", t.addr)
-			if err != nil {
-				return fmt.Errorf("after %d connections: %w", len(conns), err)
-			}
-			conns = append(conns, c)
-			if _, err := c.Write(msg); err != nil {
-				return err
-			}
+		// parallel clients open them at once, as a burst would.
+		var wg sync.WaitGroup
+		var firstErr error
+		todo := make(chan struct{}, upTo)
+		for range upTo - len(conns) {
+			todo <- struct{}{}
+		}
+		close(todo)
+		for range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range todo {
+					c, err := net.Dial("tcp", t.addr)
+					if err == nil {
+						_, err = c.Write(msg)
+					}
+					mu.Lock()
+					if c != nil {
+						conns = append(conns, c)
+					}
+					if err != nil && firstErr == nil {
+						firstErr = fmt.Errorf("after %d connections: %w", len(conns), err)
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return firstErr
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for be.idle.Load()-base < int64(upTo) {
@@ -577,12 +790,12 @@ func usage(pids []int) (rssKB, fds int) {
 	return rssKB, fds
 }
 
-func report(w io.Writer, targets []*target, res map[string]map[string]float64, conc, idle, helloLen int, name string) {
-	metrics := []string{"conn/s", "p50 ms", "p99 ms",
-		"upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
-		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn"}
-	fmt.Fprintf(w, "\n%s, %d cores, %s; %d concurrent clients; %d idle connections; %d-byte ClientHello for %s\n\n",
-		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), conc, idle, helloLen, name)
+// report prints one row per metric: each target's median over the rounds
+// with its range, and meshgate's ratio to each peer, the median of the
+// rounds' ratios with their range.
+func report(w io.Writer, targets []*target, res results, metrics []string, runs, idle, writeSize, helloLen int, name string) {
+	fmt.Fprintf(w, "\n%s, %d cores, %s; %d rounds, median [min-max]; %d idle connections; %d-byte writes; %d-byte ClientHello for %s\n\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), runs, idle, writeSize, helloLen, name)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
 	header := "| metric\t"
 	for _, t := range targets {
@@ -596,27 +809,50 @@ func report(w io.Writer, targets []*target, res map[string]map[string]float64, c
 	}
 	fmt.Fprintln(tw, sep)
 	for _, m := range metrics {
+		if len(res[m]) == 0 {
+			continue
+		}
 		row := "| " + m + "\t"
 		for _, t := range targets {
-			v, ok := res[m][t.name]
-			if !ok {
+			vs := res[m][t.name]
+			if len(vs) == 0 {
 				row += " -\t"
 				continue
 			}
-			row += " " + format(v) + "\t"
+			row += " " + spread(vs, format) + "\t"
 		}
 		for _, peer := range []string{"nginx", "haproxy"} {
 			a, b := res[m]["meshgate"], res[m][peer]
-			if b == 0 || a == 0 {
-				row += " -\t"
-			} else {
-				row += fmt.Sprintf(" %.2fx\t", a/b)
+			var ratios []float64
+			for i := range min(len(a), len(b)) {
+				if a[i] != 0 && b[i] != 0 {
+					ratios = append(ratios, a[i]/b[i])
+				}
 			}
+			if len(ratios) == 0 {
+				row += " -\t"
+				continue
+			}
+			row += " " + spread(ratios, func(v float64) string { return fmt.Sprintf("%.2fx", v) }) + "\t"
 		}
 		fmt.Fprintln(tw, row)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nRatios are meshgate's value over the peer's: above 1 is better for rates and throughput, below 1 is better for latency, memory and descriptors.")
+	fmt.Fprintln(w, "\nRatios are meshgate's value over the peer's, round by round: above 1 is better for rates and throughput, below 1 is better for latency, CPU, system calls, memory and descriptors.")
+}
+
+// spread formats values as "median [min-max]", or the one value.
+func spread(vs []float64, f func(float64) string) string {
+	s := append([]float64(nil), vs...)
+	sort.Float64s(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	if len(s) == 1 {
+		return f(med)
+	}
+	return fmt.Sprintf("%s [%s-%s]", f(med), f(s[0]), f(s[len(s)-1]))
 }
 
 func format(v float64) string {
