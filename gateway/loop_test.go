@@ -65,7 +65,11 @@ func TestOwnConnectionMatchesBothEnds(t *testing.T) {
 	require.NoError(t, err)
 
 	var pairs []tcpPair
-	s.dialed.Range(func(k, _ any) bool { pairs = append(pairs, k.(tcpPair)); return true })
+	s.mu.Lock()
+	for k := range s.dialed {
+		pairs = append(pairs, k)
+	}
+	s.mu.Unlock()
 	require.Len(t, pairs, 1)
 	p := pairs[0]
 	assert.Equal(t, b.addr(), p.to.String())

@@ -97,11 +97,11 @@ type Server struct {
 	slots          chan struct{}     // MaxConns semaphore, or nil
 	budget         *descriptorBudget // the process's, or nil
 	health         *outliers         // targets that fail to connect
-	dialed         sync.Map          // tcpPair → struct{}: the open upstream connections
 	heldBack       atomic.Bool       // logged that the budget held accepting back
 	mu             sync.Mutex
 	listeners      map[*net.Listener]struct{}
 	conns          map[*conn]struct{}
+	dialed         map[tcpPair]struct{} // the open upstream connections' addresses, under mu
 	active         atomic.Int64
 	hardClosed     atomic.Bool
 	lastID         atomic.Uint64
@@ -129,6 +129,7 @@ func (s *Server) init() {
 		s.done = make(chan struct{})
 		s.listeners = map[*net.Listener]struct{}{}
 		s.conns = map[*conn]struct{}{}
+		s.dialed = map[tcpPair]struct{}{}
 		if s.MaxConns > 0 {
 			s.slots = make(chan struct{}, s.MaxConns)
 		}
@@ -333,6 +334,9 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 		s.active.Add(1)
 	} else {
 		delete(s.conns, c)
+		if c.dialed.from.IsValid() {
+			delete(s.dialed, c.dialed)
+		}
 		s.active.Add(-1)
 	}
 	return true
@@ -451,8 +455,10 @@ func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reaso
 		return nil, "", reason, err
 	}
 	if pair, ok := pairOf(upstream.LocalAddr(), upstream.RemoteAddr()); ok {
+		s.mu.Lock()
 		c.dialed = pair
-		s.dialed.Store(pair, struct{}{})
+		s.dialed[pair] = struct{}{}
+		s.mu.Unlock()
 	}
 	c.upstream.Store(&upstream)
 	if s.hardClosed.Load() {
@@ -493,7 +499,9 @@ func (s *Server) ownConnection(client net.Conn) bool {
 	if !ok {
 		return false
 	}
-	_, own := s.dialed.Load(pair)
+	s.mu.Lock()
+	_, own := s.dialed[pair]
+	s.mu.Unlock()
 	return own
 }
 
@@ -513,9 +521,6 @@ func pairOf(from, to net.Addr) (tcpPair, bool) {
 // forget forgets a finished connection and frees its slot.
 func (s *Server) forget(c *conn) {
 	s.ended.Add(1)
-	if c.dialed.from.IsValid() {
-		s.dialed.Delete(c.dialed)
-	}
 	s.trackConn(c, false)
 	s.releaseSlot()
 }

@@ -48,6 +48,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
+	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
 	log.SetFlags(0)
@@ -110,12 +111,18 @@ func main() {
 		}
 	}
 
+	if len(targets) == 0 {
+		log.Fatal("nothing to measure")
+	}
 	res := results{}
 	var metrics []string
 	for run := range *runs {
 		order := append(targets[run%len(targets):len(targets):len(targets)], targets[:run%len(targets)]...)
 		log.Printf("round %d of %d: %s", run+1, *runs, names(order))
 		for _, c := range levels {
+			if !strings.Contains(*measure, "rate") {
+				break
+			}
 			for _, t := range order {
 				r := connRate(t, hello, c, *duration)
 				res.add(fmt.Sprintf("conn/s, %d clients", c), t.name, r.perSec)
@@ -128,6 +135,9 @@ func main() {
 			}
 		}
 		for _, streams := range []int{1, 8} {
+			if !strings.Contains(*measure, "bulk") {
+				break
+			}
 			for _, dirn := range []byte{'U', 'D'} {
 				metric := fmt.Sprintf("%s MB/s, %d stream", map[byte]string{'U': "upload", 'D': "download"}[dirn], streams)
 				if streams > 1 {
@@ -141,7 +151,7 @@ func main() {
 			}
 		}
 		for _, t := range order {
-			if t.pids == nil {
+			if t.pids == nil || !strings.Contains(*measure, "idle") {
 				continue // direct: no proxy process to measure
 			}
 			kb, marginal, fds, err := idleCost(t, be, hello, *idle, *idleParallel)
@@ -419,6 +429,7 @@ func startHAProxy(dir, backendAddr, name string, idle int) (*target, *proc, erro
 	addr := freePort()
 	conf := fmt.Sprintf(`global
   maxconn %d
+  maxpipes 256
   nbthread 2
 defaults
   mode tcp
@@ -433,7 +444,7 @@ frontend mesh
   use_backend api if { req.ssl_sni -i %s }
 backend api
   server s1 %s
-`, idle+500, addr, name, backendAddr)
+`, idle+250, addr, name, backendAddr)
 	path := filepath.Join(dir, "haproxy.cfg")
 	check(os.WriteFile(path, []byte(conf), 0o644))
 	p, err := startProc("haproxy", []string{bin, "-f", path}, filepath.Join(dir, "haproxy.log"))
@@ -651,7 +662,7 @@ func syscallsPerConn(t *target, hello []byte, n int) (float64, string, error) {
 	sort.Slice(rows, func(i, j int) bool { return rows[i].calls > rows[j].calls })
 	var top []string
 	for i, r := range rows {
-		if i == 8 {
+		if i == 14 {
 			break
 		}
 		top = append(top, fmt.Sprintf("%s %.1f", r.name, r.calls/float64(n)))
