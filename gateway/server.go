@@ -345,7 +345,19 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 // ActiveConns returns how many connections are open.
 func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 
+// handle is a connection's goroutine. Once forwarding starts, it carries
+// the direction from upstream to client itself, until that direction ends
+// or parks.
 func (s *Server) handle(c *conn) {
+	if runDown := s.open(c); runDown != nil {
+		runDown()
+	}
+}
+
+// open reads the ClientHello, routes and dials, and starts forwarding; it
+// returns the direction for the caller to run, or nil if the connection was
+// refused.
+func (s *Server) open(c *conn) (runDown func()) {
 	start := time.Now()
 	s.observer().Accepted(c.client.RemoteAddr())
 	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
@@ -359,9 +371,7 @@ func (s *Server) handle(c *conn) {
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
 	var raw []byte
-	// handle returns as soon as forwarding starts (its stack grew through
-	// the peek and the dial, and an idle connection should not keep it), so
-	// the buffers go back to their pools before the connection's long life.
+	// The buffers go back to their pools before the connection's long life.
 	defer func() { s.putHello(bp, raw, hello) }()
 
 	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
@@ -371,26 +381,26 @@ func (s *Server) handle(c *conn) {
 	if err != nil {
 		// hello holds a pooled, earlier connection's name: log none.
 		s.refuse(c, &st, peekReason(err), err)
-		return
+		return nil
 	}
 	st.serverName = hello.ServerName
 	route, reason, err := s.route(ctx, c, hello)
 	st.route = route.Name
 	if err != nil {
 		s.refuse(c, &st, reason, err)
-		return
+		return nil
 	}
 	upstream, target, reason, err := s.connect(c, route)
 	if err != nil {
 		s.refuse(c, &st, reason, err)
-		return
+		return nil
 	}
 	st.target = target
 	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
 		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
 			"route", route.Name, "target", target)
 	}
-	s.forward(c, st, upstream, raw)
+	return s.forward(c, st, upstream, raw)
 }
 
 // story is what a ConnObserver is told of a connection; to is nil when
@@ -467,11 +477,12 @@ func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reaso
 	return upstream, target, "", nil
 }
 
-// forward replays the peeked bytes and starts forwarding; the Forwarder's
+// forward replays the peeked bytes and starts forwarding, and returns the
+// direction from upstream to client for the caller to run; the Forwarder's
 // done callback reports and forgets the connection.
-func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) {
+func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) (runDown func()) {
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	stop := f.Start(c.client, upstream, replay, func(stats Stats) {
+	stop, runDown := f.start(c.client, upstream, replay, func(stats Stats) {
 		stats.Duration = time.Since(st.start)
 		s.observer().Forwarded(st.route, st.target, stats)
 		if stats.Err != nil {
@@ -486,6 +497,7 @@ func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) {
 	if s.hardClosed.Load() {
 		stop() // Close ran while forwarding started
 	}
+	return runDown
 }
 
 // ownConnection reports whether client is the far end of one of this

@@ -20,8 +20,9 @@ type spliceState struct {
 	timer    *time.Timer // idle timeout while both directions are parked
 }
 
-// startSplice starts both directions on the splice path and returns true.
-func (p *pumps) startSplice(ct, ut *net.TCPConn) bool {
+// startSplice starts the direction from client to upstream on the splice
+// path and returns the other one for the caller to run, and true.
+func (p *pumps) startSplice(ct, ut *net.TCPConn) (runDown func(), ok bool) {
 	p.spliced = true
 	p.up = direction{p: p, src: ct, dst: ut, lastOwn: p.start.UnixNano()}
 	p.down = direction{p: p, src: ut, dst: ct, lastOwn: p.start.UnixNano()}
@@ -32,8 +33,7 @@ func (p *pumps) startSplice(ct, ut *net.TCPConn) bool {
 	ct.SetReadDeadline(first)
 	ut.SetReadDeadline(first)
 	go p.up.run()
-	go p.down.run()
-	return true
+	return p.down.run, true
 }
 
 // closeSpliced stops the parked idle timer and finishes any parked

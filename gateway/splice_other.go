@@ -9,7 +9,7 @@ import "net"
 type spliceState struct{}
 
 // startSplice returns false: there is no splice path on this system.
-func (p *pumps) startSplice(_, _ *net.TCPConn) bool { return false }
+func (p *pumps) startSplice(_, _ *net.TCPConn) (func(), bool) { return nil, false }
 
 // closeSpliced is never called: no connection is spliced here.
 func (p *pumps) closeSpliced() {}
