@@ -5,7 +5,7 @@
 // client talking to the backend directly is the ceiling.
 //
 //	bash scripts/peerbench.sh            # installs nginx and haproxy, then runs this
-//	go run ./internal/cmd/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000]
+//	go run ./internal/cmd/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000] [-baseline DIR]
 //
 // Client, backend and proxies share this machine's cores, as the numbers say.
 // It only ever connects to 127.0.0.1. It is not part of the test suite.
@@ -47,6 +47,7 @@ func main() {
 	syscallConns := flag.Int("syscall-conns", 2000, "connections to count system calls over with strace -c -f (0: skip)")
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
+	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
 	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
@@ -93,7 +94,10 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
+	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
+		if st.name == "baseline" && *baseline == "" {
+			continue
+		}
 		if !want(st.name) {
 			continue
 		}
@@ -115,6 +119,37 @@ func main() {
 		log.Fatal("nothing to measure")
 	}
 	res := results{}
+	// Once per proxy, on fresh processes before anything else has grown
+	// their pools: the idle cost, then (once its connections are gone) the
+	// system calls per connection.
+	for _, t := range targets {
+		if t.pids == nil || !strings.Contains(*measure, "idle") {
+			continue // direct: no proxy process to measure
+		}
+		kb, marginal, fds, err := idleCost(t, be, hello, *idle, *idleParallel)
+		if err != nil {
+			log.Printf("  idle, %s: %v", t.name, err)
+			continue
+		}
+		res.add("RSS KiB / idle conn", t.name, kb)
+		res.add("  marginal, 2nd half", t.name, marginal)
+		res.add("fds / idle conn", t.name, fds)
+		log.Printf("  idle, %s: %.2f KiB/conn (marginal %.2f), %.2f fds/conn", t.name, kb, marginal, fds)
+	}
+	if *syscallConns > 0 {
+		for _, t := range targets {
+			if t.pids == nil {
+				continue
+			}
+			perConn, top, err := syscallsPerConn(t, hello, *syscallConns)
+			if err != nil {
+				log.Printf("SKIPPED, LOUDLY: system calls of %s: %v", t.name, err)
+				continue
+			}
+			res.add("syscalls / conn", t.name, perConn)
+			log.Printf("  syscalls, %s: %.1f per connection; %s", t.name, perConn, top)
+		}
+	}
 	var metrics []string
 	for run := range *runs {
 		order := append(targets[run%len(targets):len(targets):len(targets)], targets[:run%len(targets)]...)
@@ -150,42 +185,13 @@ func main() {
 				}
 			}
 		}
-		for _, t := range order {
-			if t.pids == nil || !strings.Contains(*measure, "idle") {
-				continue // direct: no proxy process to measure
-			}
-			kb, marginal, fds, err := idleCost(t, be, hello, *idle, *idleParallel)
-			if err != nil {
-				log.Printf("  idle, %s: %v", t.name, err)
-				continue
-			}
-			res.add("RSS KiB / idle conn", t.name, kb)
-			res.add("  marginal, 2nd half", t.name, marginal)
-			res.add("fds / idle conn", t.name, fds)
-			log.Printf("  idle, %s: %.2f KiB/conn (marginal %.2f), %.2f fds/conn", t.name, kb, marginal, fds)
-		}
 	}
 	for _, c := range levels {
 		metrics = append(metrics, fmt.Sprintf("conn/s, %d clients", c), fmt.Sprintf("p50 ms, %d clients", c),
 			fmt.Sprintf("p99 ms, %d clients", c), fmt.Sprintf("CPU µs / conn, %d clients", c))
 	}
 	metrics = append(metrics, "upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
-		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn")
-	if *syscallConns > 0 {
-		for _, t := range targets {
-			if t.pids == nil {
-				continue
-			}
-			perConn, top, err := syscallsPerConn(t, hello, *syscallConns)
-			if err != nil {
-				log.Printf("SKIPPED, LOUDLY: system calls of %s: %v", t.name, err)
-				continue
-			}
-			res.add("syscalls / conn", t.name, perConn)
-			log.Printf("  syscalls, %s: %.1f per connection; %s", t.name, perConn, top)
-		}
-		metrics = append(metrics, "syscalls / conn")
-	}
+		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn", "syscalls / conn")
 	report(os.Stdout, targets, res, metrics, *runs, *idle, *writeSize, len(hello), name)
 }
 
@@ -369,20 +375,32 @@ func startProcEnv(name string, env, argv []string, logFile string) (*proc, error
 
 var extraFlags, extraEnv []string
 
-func startMeshgate(dir, backendAddr, name string, _ int) (*target, *proc, error) {
-	bin := filepath.Join(dir, "meshgateway")
+func startMeshgate(dir, backendAddr, name string, idle int) (*target, *proc, error) {
+	return startMeshgateFrom(".", "meshgate", dir, backendAddr, name)
+}
+
+// startBaseline starts the meshgateway of another checkout, src.
+func startBaseline(src string) func(dir, backendAddr, name string, idle int) (*target, *proc, error) {
+	return func(dir, backendAddr, name string, _ int) (*target, *proc, error) {
+		return startMeshgateFrom(src, "baseline", dir, backendAddr, name)
+	}
+}
+
+func startMeshgateFrom(src, label, dir, backendAddr, name string) (*target, *proc, error) {
+	bin := filepath.Join(dir, label+"-meshgateway")
 	build := exec.Command("go", "build", "-o", bin, "./examples/meshgateway")
+	build.Dir = src
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, nil, fmt.Errorf("building meshgateway: %w", err)
 	}
 	svc := strings.SplitN(name, ".", 2)[0]
 	addr := freePort()
-	p, err := startProcEnv("meshgate", extraEnv, append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, "meshgate.log"))
+	p, err := startProcEnv(label, extraEnv, append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, label+".log"))
 	if err != nil {
 		return nil, nil, err
 	}
-	return &target{name: "meshgate", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+	return &target{name: label, addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
 }
 
 func startNginx(dir, backendAddr, name string, idle int) (*target, *proc, error) {
@@ -405,7 +423,7 @@ stream {
     default 127.0.0.1:1;
   }
   server {
-    listen %[4]s;
+    listen %[4]s backlog=4096;
     ssl_preread on;
     proxy_pass $upstream;
     proxy_timeout 1h;
@@ -716,6 +734,7 @@ func throughput(addr string, hello []byte, dir byte, streams int, d time.Duratio
 // per connection over the second half alone (the marginal cost, without the
 // one-off growth of pools and heap that the first connections pay).
 func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn, marginalKB, fdsPerConn float64, err error) {
+	defer waitFewFDs(t)
 	time.Sleep(2 * time.Second) // let earlier connections finish closing
 	rss0, fd0 := usage(t.pids())
 	msg := append(append([]byte(nil), hello...), 'I')
@@ -767,7 +786,7 @@ func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn,
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(2 * time.Second)
+		time.Sleep(settle)
 		return nil
 	}
 	if err := open(n / 2); err != nil {
@@ -779,6 +798,23 @@ func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn,
 	}
 	rss1, fd1 := usage(t.pids())
 	return float64(rss1-rss0) / float64(n), float64(rss1-rssHalf) / float64(n-n/2), float64(fd1-fd0) / float64(n), nil
+}
+
+// settle is how long idle connections sit before their cost is read: long
+// enough for meshgate's directions to park (1 s) and its burst release (5 s
+// without new connections) to run.
+const settle = 7 * time.Second
+
+// waitFewFDs waits, for at most 60 s, until the proxy has closed what the
+// idle measurement opened, so that the next measurement does not count its
+// clean-up.
+func waitFewFDs(t *target) {
+	for range 600 {
+		if _, fds := usage(t.pids()); fds < 200 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // usage sums VmRSS (KiB) and open descriptors over pids.
