@@ -801,9 +801,10 @@ func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn,
 }
 
 // settle is how long idle connections sit before their cost is read: long
-// enough for meshgate's directions to park (1 s) and its burst release (5 s
-// without new connections) to run.
-const settle = 7 * time.Second
+// enough for meshgate's directions to park (after 1 s) and for its burst
+// release to run (a 5 s ticker that releases after a quiet tick: at most
+// 10 s after the burst).
+const settle = 12 * time.Second
 
 // waitFewFDs waits, for at most 60 s, until the proxy has closed what the
 // idle measurement opened, so that the next measurement does not count its
