@@ -95,6 +95,16 @@ type direction struct {
 	lastOwn      int64 // unix nanoseconds of this direction's last byte
 	registered   bool  // src is in the parker's epoll set
 	parkID       uint64
+
+	// The state of the splice in progress, in the direction rather than
+	// in variables a closure captures, so that neither the callbacks given
+	// to RawConn nor that state is allocated on each call.
+	pp             *pipe // the pipe while data is in flight
+	n              int64 // bytes spliced into pp, then bytes left to drain
+	serr           error // the splice's error
+	noPipe         bool  // no pipe could be had: copy instead
+	blocked, armed bool  // drain: dst's buffer was full; its write deadline is set
+	fromSrc, toDst func(fd uintptr) bool
 }
 
 // run is a direction's goroutine: it pumps until the direction ends, or
@@ -136,39 +146,16 @@ func (d *direction) pump() (parked bool) {
 			return false
 		}
 	}
-	var pp *pipe
+	if d.fromSrc == nil {
+		d.fromSrc, d.toDst = d.spliceFromSrc, d.spliceToDst
+	}
 	for {
-		var n int64
-		var serr error
-		noPipe := false
-		err := d.srcRC.Read(func(fd uintptr) bool {
-			n, serr, noPipe = 0, nil, false // called again after each wait
-			if pp == nil {
-				var perr error
-				if pp, perr = pipes.get(); perr != nil {
-					noPipe = true // out of descriptors: copy this chunk instead
-					return true
-				}
-			}
-			for {
-				m, err := unix.Splice(int(fd), nil, pp.w, nil, pp.size, spliceFlags) // int on 32-bit systems
-				n, serr = int64(m), err
-				if serr != unix.EINTR {
-					break
-				}
-			}
-			if serr == unix.EAGAIN {
-				// Nothing to move: give the (empty) pipe back before waiting.
-				pipes.put(pp)
-				pp = nil
-				return false
-			}
-			return true
-		})
-		if err == nil && serr != nil {
-			err = os.NewSyscallError("splice from socket", serr)
+		err := d.srcRC.Read(d.fromSrc)
+		n := d.n
+		if err == nil && d.serr != nil {
+			err = os.NewSyscallError("splice from socket", d.serr)
 		}
-		if err == nil && noPipe {
+		if err == nil && d.noPipe {
 			var m int64
 			m, err = p.copyChunk(d.dst, d.src)
 			if err == nil {
@@ -190,27 +177,58 @@ func (d *direction) pump() (parked bool) {
 				}
 				err = ErrIdleTimeout
 			}
-			if pp != nil {
-				pipes.discard(pp) // may hold bytes; never reuse it
+			if d.pp != nil {
+				pipes.discard(d.pp) // may hold bytes; never reuse it
+				d.pp = nil
 			}
 			d.err = p.end(d.dst, err)
 			return false
 		}
 		if n == 0 { // EOF
-			pipes.put(pp)
+			pipes.put(d.pp)
+			d.pp = nil
 			d.err = p.end(d.dst, nil)
 			return false
 		}
 		now := time.Now().UnixNano()
 		p.last.Store(now)
 		d.lastOwn = now
-		if err := p.drain(d.dst, d.dstRC, pp, n); err != nil {
-			pipes.discard(pp)
+		if err := d.drain(); err != nil {
+			pipes.discard(d.pp)
+			d.pp = nil
 			d.err = p.end(d.dst, err)
 			return false
 		}
 		d.total += n
 	}
+}
+
+// spliceFromSrc is the callback of src's RawConn.Read: it splices what src
+// has into the direction's pipe (taking one from the pool), and asks to wait
+// when there is nothing.
+func (d *direction) spliceFromSrc(fd uintptr) bool {
+	d.n, d.serr, d.noPipe = 0, nil, false // called again after each wait
+	if d.pp == nil {
+		var perr error
+		if d.pp, perr = pipes.get(); perr != nil {
+			d.noPipe = true // out of descriptors: copy this chunk instead
+			return true
+		}
+	}
+	for {
+		m, err := unix.Splice(int(fd), nil, d.pp.w, nil, d.pp.size, spliceFlags) // int on 32-bit systems
+		d.n, d.serr = int64(m), err
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if d.serr == unix.EAGAIN {
+		// Nothing to move: give the (empty) pipe back before waiting.
+		pipes.put(d.pp)
+		d.pp = nil
+		return false
+	}
+	return true
 }
 
 type deadlineAction int
@@ -281,61 +299,65 @@ func (d *direction) park() bool {
 	return false
 }
 
-// drain splices n bytes from p into dst, waiting for dst to be writable (with
-// the idle timeout as write deadline) when its buffer is full.
-func (l *pumps) drain(dst *net.TCPConn, dstRC syscall.RawConn, p *pipe, n int64) error {
-	armed := false
+// drain splices the d.n bytes in d.pp into dst, waiting for dst to be
+// writable (with the idle timeout as write deadline) when its buffer is full.
+func (d *direction) drain() error {
+	l := d.p
+	d.armed = false
 	defer func() {
-		if armed && l.idle > 0 {
-			dst.SetWriteDeadline(time.Time{})
+		if d.armed && l.idle > 0 {
+			d.dst.SetWriteDeadline(time.Time{})
 		}
 	}()
-	for n > 0 {
-		var werr error
-		blocked := false
-		err := dstRC.Write(func(fd uintptr) bool {
-			for n > 0 {
-				m, err := unix.Splice(p.r, nil, int(fd), nil, int(n), spliceFlags)
-				switch err {
-				case nil:
-					n -= int64(m)
-				case unix.EINTR:
-				case unix.EAGAIN:
-					if armed {
-						return false // wait for dst to be writable
-					}
-					blocked = true
-					return true
-				default:
-					werr = os.NewSyscallError("splice to socket", err)
-					return true
-				}
-			}
-			return true
-		})
+	for d.n > 0 {
+		d.serr, d.blocked = nil, false
+		err := d.dstRC.Write(d.toDst)
 		if err == nil {
-			err = werr
+			err = d.serr
 		}
 		if err != nil {
 			if l.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 				if next, busy := l.renew(); busy {
-					dst.SetWriteDeadline(next)
+					d.dst.SetWriteDeadline(next)
 					continue
 				}
 				return ErrIdleTimeout
 			}
 			return err
 		}
-		if blocked {
+		if d.blocked {
 			// dst's buffer is full: arm the write deadline once, then wait.
 			if l.idle > 0 {
-				dst.SetWriteDeadline(time.Now().Add(l.idle))
+				d.dst.SetWriteDeadline(time.Now().Add(l.idle))
 			}
-			armed = true
+			d.armed = true
 		}
 	}
 	l.touch()
 	return nil
+}
+
+// spliceToDst is the callback of dst's RawConn.Write: it splices the pipe's
+// bytes into dst until they are all out or dst's buffer is full.
+func (d *direction) spliceToDst(fd uintptr) bool {
+	for d.n > 0 {
+		m, err := unix.Splice(d.pp.r, nil, int(fd), nil, int(d.n), spliceFlags)
+		switch err {
+		case nil:
+			d.n -= int64(m)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if d.armed {
+				return false // wait for dst to be writable
+			}
+			d.blocked = true
+			return true
+		default:
+			d.serr = os.NewSyscallError("splice to socket", err)
+			return true
+		}
+	}
+	return true
 }
 
 // copyChunk moves what src has ready through a pooled buffer: the fallback
