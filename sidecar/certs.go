@@ -1,0 +1,187 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Certs is a service's mesh identity as the local Consul agent issues it:
+// its Connect leaf certificate and the cluster's CA roots, kept current by
+// blocking queries as the agent renews the leaf or the CA rotates.
+type Certs struct {
+	client  *api.Client
+	service string
+	leaf    atomic.Pointer[tls.Certificate]
+	roots   atomic.Pointer[roots]
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errMu   sync.Mutex
+	lastErr error
+}
+
+// roots is one version of the CA roots.
+type roots struct {
+	pool        *x509.CertPool
+	trustDomain string
+}
+
+// retryWait is how long a watch waits after a failed query.
+const retryWait = time.Second
+
+// WatchCerts fetches service's leaf certificate and the CA roots from the
+// agent, then keeps both current until ctx ends or Close is called. It
+// fails if either cannot be had at once.
+func WatchCerts(ctx context.Context, client *api.Client, service string) (*Certs, error) {
+	if service == "" {
+		return nil, errors.New("sidecar: no service name for the leaf certificate")
+	}
+	c := &Certs{client: client, service: service}
+	ctx, c.cancel = context.WithCancel(ctx)
+	leafIndex, err := c.loadLeaf(ctx, 0)
+	if err != nil {
+		c.cancel()
+		return nil, err
+	}
+	rootsIndex, err := c.loadRoots(ctx, 0)
+	if err != nil {
+		c.cancel()
+		return nil, err
+	}
+	c.wg.Add(2)
+	go c.watch(ctx, leafIndex, c.loadLeaf)
+	go c.watch(ctx, rootsIndex, c.loadRoots)
+	return c, nil
+}
+
+// Close stops watching.
+func (c *Certs) Close() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// Certificate returns the current leaf certificate with its key.
+func (c *Certs) Certificate() *tls.Certificate { return c.leaf.Load() }
+
+// Roots returns the current CA roots.
+func (c *Certs) Roots() *x509.CertPool { return c.roots.Load().pool }
+
+// TrustDomain returns the cluster's trust domain, "<cluster-id>.consul".
+func (c *Certs) TrustDomain() string { return c.roots.Load().trustDomain }
+
+// Err returns the last error of a watch, or nil once it has recovered.
+func (c *Certs) Err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.lastErr
+}
+
+func (c *Certs) watch(ctx context.Context, index uint64, load func(context.Context, uint64) (uint64, error)) {
+	defer c.wg.Done()
+	for ctx.Err() == nil {
+		next, err := load(ctx, index)
+		c.errMu.Lock()
+		c.lastErr = err
+		c.errMu.Unlock()
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(retryWait):
+			}
+			continue
+		}
+		if next < index {
+			next = 0 // the index went backwards: start over, as Consul advises
+		}
+		index = next
+	}
+}
+
+func (c *Certs) loadLeaf(ctx context.Context, index uint64) (uint64, error) {
+	leaf, meta, err := c.client.Agent().ConnectCALeaf(c.service, (&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+	if err != nil {
+		return index, fmt.Errorf("sidecar: reading the leaf certificate of %q: %w", c.service, err)
+	}
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	if err != nil {
+		return index, fmt.Errorf("sidecar: the leaf certificate of %q: %w", c.service, err)
+	}
+	c.leaf.Store(&cert)
+	return meta.LastIndex, nil
+}
+
+func (c *Certs) loadRoots(ctx context.Context, index uint64) (uint64, error) {
+	list, meta, err := c.client.Agent().ConnectCARoots((&api.QueryOptions{WaitIndex: index}).WithContext(ctx))
+	if err != nil {
+		return index, fmt.Errorf("sidecar: reading the CA roots: %w", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range list.Roots {
+		if !addPEM(pool, r.RootCertPEM) {
+			return index, fmt.Errorf("sidecar: CA root %q is not a PEM certificate", r.ID)
+		}
+	}
+	if list.TrustDomain == "" {
+		return index, errors.New("sidecar: the agent names no trust domain")
+	}
+	c.roots.Store(&roots{pool: pool, trustDomain: list.TrustDomain})
+	return meta.LastIndex, nil
+}
+
+// addPEM adds every certificate of text to pool and reports whether there
+// was one.
+func addPEM(pool *x509.CertPool, text string) bool {
+	added := false
+	rest := []byte(text)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return added
+		}
+		if cert, err := x509.ParseCertificate(b.Bytes); err == nil {
+			pool.AddCert(cert)
+			added = true
+		}
+	}
+}
+
+// ServerTLSConfig is the server side of mTLS for a Connect-native service:
+// it presents the current leaf and accepts only clients whose certificate
+// chains to the current roots. Which services may connect (Consul's
+// intentions) is left to the caller, with the client's SPIFFE ID in
+// tls.ConnectionState.PeerCertificates[0].URIs.
+func (c *Certs) ServerTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.Certificate(), nil },
+		ClientAuth:     tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("sidecar: the client sent no certificate")
+			}
+			certs := make([]*x509.Certificate, len(raw))
+			for i, b := range raw {
+				cert, err := x509.ParseCertificate(b)
+				if err != nil {
+					return fmt.Errorf("sidecar: the client's certificate %d: %w", i, err)
+				}
+				certs[i] = cert
+			}
+			inter := x509.NewCertPool()
+			for _, cert := range certs[1:] {
+				inter.AddCert(cert)
+			}
+			_, err := certs[0].Verify(x509.VerifyOptions{Roots: c.Roots(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			return err
+		},
+	}
+}

@@ -1,0 +1,219 @@
+package sidecar_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/modes"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const eventually = 60 * time.Second
+
+// meshGateway is a meshgate gateway for one datacenter, registered with its
+// agent, that counts the connections it forwarded by server name.
+type meshGateway struct {
+	addr string
+	mu   sync.Mutex
+	n    map[string]int
+}
+
+func (g *meshGateway) Accepted(net.Addr)                       {}
+func (g *meshGateway) Rejected(string, error)                  {}
+func (g *meshGateway) DialFailed(string, string, error)        {}
+func (g *meshGateway) Forwarded(string, string, gateway.Stats) {}
+func (g *meshGateway) count(serverName string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n[serverName]
+}
+func (g *meshGateway) Closed(r *gateway.ConnRecord) {
+	if r.Outcome != gateway.OutcomeForwarded {
+		return
+	}
+	g.mu.Lock()
+	g.n[r.ServerName]++
+	g.mu.Unlock()
+}
+
+func startGateway(t *testing.T, agent *consultest.Agent) *meshGateway {
+	t.Helper()
+	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
+	require.NoError(t, err)
+	t.Cleanup(src.Close)
+	g := &meshGateway{n: map[string]int{}}
+	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	g.addr = ln.Addr().String()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	_, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{Address: g.addr, CheckInterval: time.Second})
+	require.NoError(t, err)
+	return g
+}
+
+// serveNative runs a Connect-native service registered as name on agent,
+// presenting certs, that echoes what it reads.
+func serveNative(t *testing.T, agent *consultest.Agent, name string, certs *sidecar.Certs) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerTLSConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
+		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}))
+}
+
+func watchCerts(t *testing.T, agent *consultest.Agent, service string) *sidecar.Certs {
+	t.Helper()
+	c, err := sidecar.WatchCerts(context.Background(), agent.Client, service)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// echoes sends 256 KiB over c and reads them back.
+func echoes(t *testing.T, c net.Conn) {
+	t.Helper()
+	want := make([]byte, 256<<10)
+	rand.Read(want)
+	errc := make(chan error, 1)
+	go func() { _, err := c.Write(want); errc <- err }()
+	got := make([]byte, len(want))
+	_, err := io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+	require.True(t, bytes.Equal(want, got), "the echo differs from what was sent")
+}
+
+// Two WAN-joined datacenters, a meshgate gateway in each, a Connect-native
+// api in dc2 and web in dc1 dialling it through a sidecar.Dialer: each mode
+// takes its path, with the bytes intact and each gateway forwarding exactly
+// the connections the mode sends through it; the mode set at each layer of
+// the precedence decides, changed live; a destination with the wrong
+// identity is refused.
+func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
+	gw1, gw2 := startGateway(t, dc1), startGateway(t, dc2)
+	serveNative(t, dc2, "api", watchCerts(t, dc2, "api"))
+
+	src, err := consulview.New(context.Background(), dc1.Client, consulview.Options{})
+	require.NoError(t, err)
+	t.Cleanup(src.Close)
+	d := &sidecar.Dialer{Source: src, Certs: watchCerts(t, dc1, "web"), Client: dc1.Client,
+		Instance: resolve.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+	apiSNI := d.Plan(api.Upstream{DestinationName: "api", Datacenter: "dc2"}).SNI
+
+	var want1, want2 int
+	dial := func(t *testing.T, up api.Upstream, route resolve.Path, source modes.Source, through1, through2 bool) {
+		t.Helper()
+		var c *tls.Conn
+		var plan resolve.Plan
+		consultest.WaitFor(t, eventually, "the plan for "+string(route)+" to be dialled", func() bool {
+			plan = d.Plan(up)
+			if plan.Route != route || plan.Source != source {
+				return false
+			}
+			c, plan, err = d.Dial(context.Background(), up)
+			return err == nil
+		})
+		assert.Equal(t, route, plan.Route)
+		assert.Equal(t, source, plan.Source)
+		echoes(t, c)
+		c.Close()
+		if through1 {
+			want1++
+		}
+		if through2 {
+			want2++
+		}
+		consultest.WaitFor(t, eventually, "the gateways to count the connection", func() bool {
+			return gw1.count(apiSNI) >= want1 && gw2.count(apiSNI) >= want2
+		})
+		assert.Equal(t, want1, gw1.count(apiSNI), "connections forwarded by dc1's gateway, after %s", route)
+		assert.Equal(t, want2, gw2.count(apiSNI), "connections forwarded by dc2's gateway, after %s", route)
+		t.Logf("%s (%s): %v", route, source, plan.Hops)
+	}
+	up := func(mode api.MeshGatewayMode) api.Upstream {
+		return api.Upstream{DestinationName: "api", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: mode}}
+	}
+	// The upstream's own mode.
+	dial(t, up(api.MeshGatewayModeNone), resolve.PathDirect, modes.SourceUpstream, false, false)
+	dial(t, up(api.MeshGatewayModeLocal), resolve.PathLocalGateway, modes.SourceUpstream, true, true)
+	dial(t, up(api.MeshGatewayModeRemote), resolve.PathRemoteGateway, modes.SourceUpstream, false, true)
+
+	// The lower layers, changed live.
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
+	require.NoError(t, err)
+	dial(t, up(""), resolve.PathRemoteGateway, modes.SourceProxyDefaults, false, true)
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
+	require.NoError(t, err)
+	dial(t, up(""), resolve.PathLocalGateway, modes.SourceServiceDefaults, true, true)
+	d.Instance.Proxy = &api.AgentServiceConnectProxyConfig{MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeNone}}
+	dial(t, up(""), resolve.PathDirect, modes.SourceInstance, false, false)
+
+	// cache in dc2 presents api's certificate: refused, whatever the path.
+	serveNative(t, dc2, "cache", watchCerts(t, dc2, "api"))
+	consultest.WaitFor(t, eventually, "cache to be dialled", func() bool {
+		_, _, err = d.Dial(context.Background(), api.Upstream{DestinationName: "cache", Datacenter: "dc2"})
+		return err != nil && errors.Is(err, sidecar.ErrWrongIdentity)
+	})
+	assert.ErrorContains(t, err, "spiffe://"+dc1.TrustDomain()+"/ns/default/dc/dc2/svc/cache")
+}
+
+// An Identity matches only its own SPIFFE ID; without a datacenter, any
+// datacenter's.
+func TestIdentityMatches(t *testing.T) {
+	parse := func(s string) *url.URL { u, err := url.Parse(s); require.NoError(t, err); return u }
+	id := sidecar.Identity{TrustDomain: "td.consul", Namespace: "default", Datacenter: "dc2", Service: "api"}
+	assert.Equal(t, "spiffe://td.consul/ns/default/dc/dc2/svc/api", id.String())
+	assert.True(t, id.Matches(parse("spiffe://td.consul/ns/default/dc/dc2/svc/api")))
+	for _, other := range []string{
+		"spiffe://td.consul/ns/default/dc/dc1/svc/api",
+		"spiffe://td.consul/ns/default/dc/dc2/svc/api2",
+		"spiffe://other.consul/ns/default/dc/dc2/svc/api",
+		"spiffe://td.consul/ns/ops/dc/dc2/svc/api",
+		"spiffe://td.consul/ap/p1/ns/default/dc/dc2/svc/api",
+		"https://td.consul/ns/default/dc/dc2/svc/api",
+	} {
+		assert.False(t, id.Matches(parse(other)), other)
+	}
+	anyDC := sidecar.Identity{TrustDomain: "peer.consul", Partition: "p1", Service: "api"}
+	assert.Equal(t, "spiffe://peer.consul/ap/p1/ns/default/dc/*/svc/api", anyDC.String())
+	assert.True(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc/east/svc/api")))
+	assert.False(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc//svc/api")))
+	assert.False(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc/east/svc/api/x")))
+}
