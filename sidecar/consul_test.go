@@ -9,14 +9,13 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/meshtest"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -25,82 +24,6 @@ import (
 )
 
 const eventually = 60 * time.Second
-
-// meshGateway is a meshgate gateway for one datacenter, registered with its
-// agent, that counts the connections it forwarded by server name.
-type meshGateway struct {
-	addr string
-	mu   sync.Mutex
-	n    map[string]int
-}
-
-func (g *meshGateway) Accepted(net.Addr)                       {}
-func (g *meshGateway) Rejected(string, error)                  {}
-func (g *meshGateway) DialFailed(string, string, error)        {}
-func (g *meshGateway) Forwarded(string, string, gateway.Stats) {}
-func (g *meshGateway) count(serverName string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.n[serverName]
-}
-func (g *meshGateway) Closed(r *gateway.ConnRecord) {
-	if r.Outcome != gateway.OutcomeForwarded {
-		return
-	}
-	g.mu.Lock()
-	g.n[r.ServerName]++
-	g.mu.Unlock()
-}
-
-func startGateway(t *testing.T, agent *consultest.Agent) *meshGateway {
-	t.Helper()
-	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
-	require.NoError(t, err)
-	t.Cleanup(src.Close)
-	g := &meshGateway{n: map[string]int{}}
-	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	g.addr = ln.Addr().String()
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	_, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{Address: g.addr, CheckInterval: time.Second})
-	require.NoError(t, err)
-	return g
-}
-
-// serveNative runs a Connect-native service registered as name on agent,
-// presenting certs, that echoes what it reads.
-func serveNative(t *testing.T, agent *consultest.Agent, name string, certs *sidecar.Certs) {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerTLSConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
-		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}))
-}
-
-func watchCerts(t *testing.T, agent *consultest.Agent, service string) *sidecar.Certs {
-	t.Helper()
-	c, err := sidecar.WatchCerts(context.Background(), agent.Client, service)
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	return c
-}
 
 // echoes sends 256 KiB over c and reads them back.
 func echoes(t *testing.T, c net.Conn) {
@@ -125,13 +48,13 @@ func echoes(t *testing.T, c net.Conn) {
 func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
-	gw1, gw2 := startGateway(t, dc1), startGateway(t, dc2)
-	serveNative(t, dc2, "api", watchCerts(t, dc2, "api"))
+	gw1, gw2 := meshtest.StartGateway(t, dc1), meshtest.StartGateway(t, dc2)
+	meshtest.ServeNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
 
 	src, err := consulview.New(context.Background(), dc1.Client, consulview.Options{})
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
-	d := &sidecar.Dialer{Source: src, Certs: watchCerts(t, dc1, "web"), Client: dc1.Client,
+	d := &sidecar.Dialer{Source: src, Certs: meshtest.WatchCerts(t, dc1, "web"), Client: dc1.Client,
 		Instance: resolve.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := d.Plan(api.Upstream{DestinationName: "api", Datacenter: "dc2"}).SNI
 
@@ -159,10 +82,10 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 			want2++
 		}
 		consultest.WaitFor(t, eventually, "the gateways to count the connection", func() bool {
-			return gw1.count(apiSNI) >= want1 && gw2.count(apiSNI) >= want2
+			return gw1.Count(apiSNI) >= want1 && gw2.Count(apiSNI) >= want2
 		})
-		assert.Equal(t, want1, gw1.count(apiSNI), "connections forwarded by dc1's gateway, after %s", route)
-		assert.Equal(t, want2, gw2.count(apiSNI), "connections forwarded by dc2's gateway, after %s", route)
+		assert.Equal(t, want1, gw1.Count(apiSNI), "connections forwarded by dc1's gateway, after %s", route)
+		assert.Equal(t, want2, gw2.Count(apiSNI), "connections forwarded by dc2's gateway, after %s", route)
 		t.Logf("%s (%s): %v", route, source, plan.Hops)
 	}
 	up := func(mode api.MeshGatewayMode) api.Upstream {
@@ -186,7 +109,7 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	dial(t, up(""), resolve.PathDirect, modes.SourceInstance, false, false)
 
 	// cache in dc2 presents api's certificate: refused, whatever the path.
-	serveNative(t, dc2, "cache", watchCerts(t, dc2, "api"))
+	meshtest.ServeNative(t, dc2, "cache", meshtest.WatchCerts(t, dc2, "api"))
 	consultest.WaitFor(t, eventually, "cache to be dialled", func() bool {
 		_, _, err = d.Dial(context.Background(), api.Upstream{DestinationName: "cache", Datacenter: "dc2"})
 		return err != nil && errors.Is(err, sidecar.ErrWrongIdentity)

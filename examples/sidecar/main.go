@@ -1,0 +1,241 @@
+// Command sidecar is the sidecar side of the mesh-gateway modes without
+// Envoy: it serves a connect-proxy registration's upstreams. It listens on
+// each upstream's local_bind_port and carries each plain TCP connection from
+// the local application over the upstream's planned path (direct, through
+// the local mesh gateway, or through the destination's) as mTLS with the
+// service's leaf certificate, checking the destination's SPIFFE identity.
+//
+//	go run ./examples/sidecar -proxy-id web-sidecar-proxy   # a registration on the local agent (CONSUL_HTTP_ADDR, ...)
+//
+// The mode and the layer that decided it are logged once per upstream, and
+// again when they change. Every connection is planned from the current
+// config entries and the current registration, so a change to
+// proxy-defaults, service-defaults or the registration's modes applies to
+// the next connection. Upstreams added to the registration later need a
+// restart (their ports are bound at start). SIGINT or SIGTERM stop it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(cli.ExitCode(os.Stderr, "sidecar", run(ctx, os.Args[1:], os.Stderr, nil)))
+}
+
+// run serves until ctx ends; ready, if not nil, is closed once every
+// upstream listens.
+func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- struct{}) error {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(logOut)
+	proxyID := fs.String("proxy-id", "", "the ID of a connect-proxy registration on the local agent (required)")
+	connectTimeout := fs.Duration("connect-timeout", sidecar.DefaultConnectTimeout, "bound on each connect and TLS handshake")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected arguments %q", fs.Args())
+	}
+	if *proxyID == "" {
+		return cli.Usagef("-proxy-id is required")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return cli.Usagef("-log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	reg, hash, err := readRegistration(ctx, client, *proxyID, "")
+	if err != nil {
+		return err
+	}
+	var current atomic.Pointer[resolve.Instance]
+	current.Store(&reg)
+	go followRegistration(ctx, client, *proxyID, hash, &current, log)
+
+	src, err := consulview.New(ctx, client, consulview.Options{})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	certs, err := sidecar.WatchCerts(ctx, client, reg.Service)
+	if err != nil {
+		return err
+	}
+	defer certs.Close()
+
+	var listeners []net.Listener
+	defer func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+	}()
+	for _, up := range reg.Proxy.Upstreams {
+		if up.LocalBindPort == 0 {
+			log.Warn("sidecar: upstream without a local_bind_port; skipped", "upstream", up.DestinationName)
+			continue
+		}
+		host := up.LocalBindAddress
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(up.LocalBindPort)))
+		if err != nil {
+			return fmt.Errorf("upstream %q: %w", up.DestinationName, err)
+		}
+		listeners = append(listeners, ln)
+	}
+	if len(listeners) == 0 {
+		return fmt.Errorf("registration %q has no upstream with a local_bind_port", *proxyID)
+	}
+	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{}}
+	var wg sync.WaitGroup
+	for _, ln := range listeners {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.serve(ctx, ln) }()
+	}
+	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", len(listeners))
+	if ready != nil {
+		close(ready)
+	}
+	<-ctx.Done()
+	for _, ln := range listeners {
+		ln.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+// readRegistration reads the connect-proxy registration id from the agent,
+// waiting (a blocking query) for a change from hash when hash is set.
+func readRegistration(ctx context.Context, client *api.Client, id, hash string) (resolve.Instance, string, error) {
+	svc, meta, err := client.Agent().Service(id, (&api.QueryOptions{WaitHash: hash, WaitTime: 5 * time.Minute}).WithContext(ctx))
+	if err != nil {
+		return resolve.Instance{}, hash, fmt.Errorf("reading registration %q: %w", id, err)
+	}
+	if svc.Kind != api.ServiceKindConnectProxy || svc.Proxy == nil {
+		return resolve.Instance{}, hash, fmt.Errorf("registration %q is a %q service, not a connect-proxy", id, svc.Kind)
+	}
+	return resolve.Instance{Service: svc.Proxy.DestinationServiceName, Name: svc.Service, Namespace: svc.Namespace,
+		Partition: svc.Partition, Proxy: svc.Proxy, Origin: "consul agent service " + svc.ID}, meta.LastContentHash, nil
+}
+
+// followRegistration keeps current up to date with the agent's registration.
+func followRegistration(ctx context.Context, client *api.Client, id, hash string, current *atomic.Pointer[resolve.Instance], log *slog.Logger) {
+	for ctx.Err() == nil {
+		reg, next, err := readRegistration(ctx, client, id, hash)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("sidecar: following the registration; the last one read stays in force", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		if next != hash {
+			current.Store(&reg)
+		}
+		hash = next
+	}
+}
+
+type server struct {
+	src     *consulview.Source
+	certs   *sidecar.Certs
+	client  *api.Client
+	current *atomic.Pointer[resolve.Instance]
+	log     *slog.Logger
+	timeout time.Duration
+
+	mu     sync.Mutex
+	logged map[int]string // local port -> the decision last logged
+}
+
+func (s *server) serve(ctx context.Context, ln net.Listener) {
+	port := ln.Addr().(*net.TCPAddr).Port
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("sidecar: accept", "err", err)
+			}
+			return
+		}
+		go s.handle(ctx, c, port)
+	}
+}
+
+// handle carries one local connection over its upstream's current plan.
+func (s *server) handle(ctx context.Context, local net.Conn, port int) {
+	// The agent copies central config into the registration it returns;
+	// unmerged, the plan names the layer that decided.
+	inst := consulview.UnmergeCentralConfig(s.src.View(), *s.current.Load())
+	var up *api.Upstream
+	for i := range inst.Proxy.Upstreams {
+		if inst.Proxy.Upstreams[i].LocalBindPort == port {
+			up = &inst.Proxy.Upstreams[i]
+		}
+	}
+	if up == nil {
+		s.log.Warn("sidecar: the registration no longer has an upstream on this port; connection closed", "port", port)
+		local.Close()
+		return
+	}
+	d := &sidecar.Dialer{Source: s.src, Certs: s.certs, Client: s.client, ConnectTimeout: s.timeout,
+		Instance: inst}
+	remote, plan, err := d.Dial(ctx, *up)
+	s.logDecision(port, plan)
+	if err != nil {
+		s.log.Warn("sidecar: upstream unreachable; connection closed", "upstream", plan.Upstream, "err", err)
+		local.Close()
+		return
+	}
+	(&gateway.Forwarder{}).Start(local, remote, nil, func(st gateway.Stats) {
+		s.log.Debug("sidecar: connection closed", "upstream", plan.Upstream, "sent", st.ClientToUpstream, "received", st.UpstreamToClient)
+	})
+}
+
+// logDecision logs an upstream's mode, deciding layer and path the first
+// time, and whenever they change.
+func (s *server) logDecision(port int, p resolve.Plan) {
+	decision := fmt.Sprintf("%s/%s/%s/%v", p.Mode, p.Source, p.Route, p.Hops)
+	s.mu.Lock()
+	changed := s.logged[port] != decision
+	s.logged[port] = decision
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("sidecar: upstream", "upstream", p.Upstream, "datacenter", p.Datacenter, "peer", p.Peer,
+			"mode", string(p.Mode), "decided_by", string(p.Source), "route", string(p.Route), "sni", p.SNI, "hops", fmt.Sprint(p.Hops))
+	}
+}

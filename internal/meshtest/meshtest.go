@@ -1,0 +1,118 @@
+// Package meshtest starts the mesh around a test: a meshgate gateway for a
+// real Consul agent, registered with it, that counts what it forwards, and
+// Connect-native services that echo.
+package meshtest
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
+)
+
+// Gateway is a meshgate mesh gateway for one agent's datacenter.
+type Gateway struct {
+	Addr string
+	mu   sync.Mutex
+	n    map[string]int
+}
+
+// Accepted, Rejected, DialFailed and Forwarded make Gateway an Observer;
+// it counts through Closed.
+func (g *Gateway) Accepted(net.Addr)                       {}
+func (g *Gateway) Rejected(string, error)                  {}
+func (g *Gateway) DialFailed(string, string, error)        {}
+func (g *Gateway) Forwarded(string, string, gateway.Stats) {}
+
+// Closed counts a forwarded connection by its server name.
+func (g *Gateway) Closed(r *gateway.ConnRecord) {
+	if r.Outcome != gateway.OutcomeForwarded {
+		return
+	}
+	g.mu.Lock()
+	g.n[r.ServerName]++
+	g.mu.Unlock()
+}
+
+// Count returns how many connections for serverName the gateway has
+// forwarded and closed.
+func (g *Gateway) Count(serverName string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n[serverName]
+}
+
+// StartGateway serves a gateway routing from agent's live view on
+// loopback, registered with agent as "mesh-gateway". It stops when the test
+// ends.
+func StartGateway(t testing.TB, agent *consultest.Agent) *Gateway {
+	t.Helper()
+	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	g := &Gateway{n: map[string]int{}}
+	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Addr = ln.Addr().String()
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	if _, err := consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{Address: g.Addr, CheckInterval: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// ServeNative runs a Connect-native service registered as name on agent,
+// presenting certs, that echoes what it reads.
+func ServeNative(t testing.TB, agent *consultest.Agent, name string, certs *sidecar.Certs) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerTLSConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
+		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WatchCerts watches service's certificates on agent until the test ends.
+func WatchCerts(t testing.TB, agent *consultest.Agent, service string) *sidecar.Certs {
+	t.Helper()
+	c, err := sidecar.WatchCerts(context.Background(), agent.Client, service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
