@@ -19,8 +19,10 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/meshtest"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -363,6 +365,30 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 		assert.GreaterOrEqual(t, apiAccepted.get()-before, int64(2))
 	}
 	checkDataPath("first")
+
+	// A Go sidecar in A (sidecar.Dialer) carries the plan out in each mode:
+	// the peer's roots and trust domain from the peering, bytes both ways,
+	// and A's gateway crossed in local mode only.
+	d := &sidecar.Dialer{Source: gwA.src, Certs: meshtest.WatchCerts(t, a, "web"), Client: a.Client, Instance: web}
+	for _, m := range []struct {
+		mode api.MeshGatewayMode
+		viaA int
+	}{{api.MeshGatewayModeLocal, 1}, {api.MeshGatewayModeRemote, 0}} {
+		beforeA, beforeB := len(gwA.remotesOf(apiSNI)), len(gwB.remotesOf(apiSNI))
+		c, plan, err := d.Dial(context.Background(), api.Upstream{DestinationName: "api", DestinationPeer: "cluster-b", MeshGateway: api.MeshGatewayConfig{Mode: m.mode}})
+		require.NoError(t, err, m.mode)
+		msg := []byte("through " + string(m.mode))
+		_, err = c.Write(msg)
+		require.NoError(t, err)
+		got := make([]byte, len(msg))
+		_, err = io.ReadFull(c, got)
+		require.NoError(t, err)
+		c.Close()
+		assert.Equal(t, msg, got)
+		assert.Equal(t, m.viaA, len(gwA.remotesOf(apiSNI))-beforeA, "%s: connections through A's gateway", m.mode)
+		assert.Equal(t, 1, len(gwB.remotesOf(apiSNI))-beforeB, "%s: connections through B's gateway", m.mode)
+		t.Logf("peered %s: %v", m.mode, plan.Hops)
+	}
 	assert.NotEmpty(t, gwA.remotesOf(apiSNI), "local mode went through A's gateway")
 	for _, r := range gwB.remotesOf(apiSNI)[:1] {
 		assert.True(t, gwA.dialedFrom(r), "the first api connection reached B's gateway from A's gateway")
