@@ -185,3 +185,13 @@ func (c *Certs) ServerTLSConfig() *tls.Config {
 		},
 	}
 }
+
+// StaticCerts is an identity that never changes: a leaf with its key, the
+// CA roots and the trust domain, for programs and tests that have no Consul
+// agent to ask. Close does nothing.
+func StaticCerts(leaf tls.Certificate, pool *x509.CertPool, trustDomain string) *Certs {
+	c := &Certs{cancel: func() {}}
+	c.leaf.Store(&leaf)
+	c.roots.Store(&roots{pool: pool, trustDomain: trustDomain})
+	return c
+}

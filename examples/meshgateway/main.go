@@ -109,7 +109,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses and Proxy.Config), instead of registering one")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
-	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway`)
+	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway; then start a second datacenter (a meshgate gateway and a Connect-native api) and reach its api from a sidecar in each mesh-gateway mode, this gateway being the local one`)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -179,6 +179,17 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 		services["api"] = append(services["api"], addr)
 		log.Info("demo: TLS echo server for service api", "addr", addr)
+	}
+	var modes *modesDemo
+	if *demo && !*useConsul {
+		var err error
+		if modes, err = startModesDemo(ctx, *datacenter, *trustDomain); err != nil {
+			return err
+		}
+		remotes[modes.remote] = append(remotes[modes.remote], modes.remoteAddr)
+		observers = append(observers, modes.localGateway)
+		log.Info("demo: a second datacenter, with a meshgate gateway and a Connect-native api", "datacenter", modes.remote,
+			"gateway", modes.remoteAddr, "api", modes.apiAddr)
 	}
 
 	// The source, the gateway's Proxy.Config options and its listeners.
@@ -277,7 +288,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	listeners = nil // Serve closes them
 	if *demo {
-		go demoCheck(log, addrs[0], sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
+		go func() {
+			demoCheck(log, addrs[0], sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
+			if modes != nil {
+				modes.run(log, addrs[0])
+			}
+		}()
 	}
 	servingNow.Store(true)
 	if ready != nil {

@@ -44,13 +44,23 @@ func start(t *testing.T, args ...string) (string, *syncbuf.Buffer, func() error)
 	return "", nil, nil
 }
 
+// -demo: a real TLS connection through the gateway, then a sidecar in each
+// mode reaching the second datacenter's api through exactly the gateways
+// the mode names, as counted by the gateways themselves.
 func TestDemoRoutesARealTLSConnection(t *testing.T) {
 	_, logs, stop := start(t, "-demo")
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "echoed") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	consultest.WaitFor(t, time.Minute, "the demo's last mode", func() bool { return strings.Contains(logs.String(), `"demo: mode remote"`) })
+	out := logs.String()
+	assert.Contains(t, out, `echoed" server_name=api.default.dc1.internal.`)
+	for mode, want := range map[string]string{
+		"none":   `hops="[web sidecar api dc2]" through_dc1_gateway=0 through_dc2_gateway=0 `,
+		"local":  `hops="[web sidecar gateway dc1 gateway dc2 api dc2]" through_dc1_gateway=1 through_dc2_gateway=1 `,
+		"remote": `hops="[web sidecar gateway dc2 api dc2]" through_dc1_gateway=0 through_dc2_gateway=1 `,
+	} {
+		assert.Contains(t, out, `msg="demo: mode `+mode+`" `+want, mode)
 	}
-	assert.Contains(t, logs.String(), `reply=ping`)
+	assert.Equal(t, 3, strings.Count(out, "reply=ping\n")-1, "the first check and three modes echo:\n%s", out)
+	assert.NotContains(t, out, "level=ERROR")
 	require.NoError(t, stop())
 	assert.Contains(t, logs.String(), "shutting down")
 }
