@@ -6,6 +6,12 @@
 // service's leaf certificate, checking the destination's SPIFFE identity.
 //
 //	go run ./examples/sidecar -proxy-id web-sidecar-proxy   # a registration on the local agent (CONSUL_HTTP_ADDR, ...)
+//	go run ./examples/sidecar -proxy-id web-sidecar-proxy -config web.hcl   # the registration from the files the agent takes
+//
+// With -config the registration comes from Consul service definition
+// files (a connect-proxy service, or a service's connect.sidecar_service,
+// whose proxy is "<name>-sidecar-proxy"), reread on SIGHUP; the view and
+// the certificates still come from the agent.
 //
 // The mode and the layer that decided it are logged once per upstream, and
 // again when they change. Every connection is planned from the current
@@ -26,12 +32,14 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/cli"
@@ -50,7 +58,9 @@ func main() {
 func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- struct{}) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(logOut)
-	proxyID := fs.String("proxy-id", "", "the ID of a connect-proxy registration on the local agent (required)")
+	proxyID := fs.String("proxy-id", "", "the connect-proxy to serve: its ID on the local agent, or with -config its ID or name in the files (required)")
+	var configs stringList
+	fs.Var(&configs, "config", "read the registration from this Consul service definition file or directory instead of the agent (repeatable); SIGHUP rereads")
 	connectTimeout := fs.Duration("connect-timeout", sidecar.DefaultConnectTimeout, "bound on each connect and TLS handshake")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := cli.Parse(fs, args); err != nil {
@@ -74,13 +84,22 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	reg, hash, err := readRegistration(ctx, client, *proxyID, "")
-	if err != nil {
-		return err
-	}
 	var current atomic.Pointer[resolve.Instance]
-	current.Store(&reg)
-	go followRegistration(ctx, client, *proxyID, hash, &current, log)
+	var reg resolve.Instance
+	if len(configs) > 0 {
+		if reg, err = instanceFromFiles(configs, *proxyID); err != nil {
+			return err
+		}
+		current.Store(&reg)
+		go rereadOnHUP(ctx, configs, *proxyID, &current, log)
+	} else {
+		var hash string
+		if reg, hash, err = readRegistration(ctx, client, *proxyID, ""); err != nil {
+			return err
+		}
+		current.Store(&reg)
+		go followRegistration(ctx, client, *proxyID, hash, &current, log)
+	}
 
 	src, err := consulview.New(ctx, client, consulview.Options{})
 	if err != nil {
@@ -117,7 +136,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	if len(listeners) == 0 {
 		return fmt.Errorf("registration %q has no upstream with a local_bind_port", *proxyID)
 	}
-	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{}}
+	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
+		fromAgent: len(configs) == 0}
 	var wg sync.WaitGroup
 	for _, ln := range listeners {
 		wg.Add(1)
@@ -170,6 +190,62 @@ func followRegistration(ctx context.Context, client *api.Client, id, hash string
 	}
 }
 
+// instanceFromFiles loads Consul service definitions and returns the proxy
+// named id (its ID or its name).
+func instanceFromFiles(paths []string, id string) (resolve.Instance, error) {
+	set, err := config.Load(paths...)
+	if err != nil {
+		return resolve.Instance{}, err
+	}
+	var names []string
+	for _, svc := range set.Services {
+		inst, ok := resolve.InstanceOf(svc.AgentServiceRegistration, svc.Origin())
+		if !ok {
+			continue
+		}
+		proxyID := svc.ID
+		if svc.Kind != api.ServiceKindConnectProxy {
+			proxyID = svc.ID + "-sidecar-proxy" // the ID the agent gives a sidecar_service
+			if svc.ID == "" {
+				proxyID = inst.Name
+			}
+		}
+		if inst.Name == id || proxyID == id {
+			return inst, nil
+		}
+		names = append(names, inst.Name)
+	}
+	return resolve.Instance{}, fmt.Errorf("no proxy %q in %s (proxies there: %q)", id, strings.Join(paths, ", "), names)
+}
+
+// rereadOnHUP reloads the registration from the files on SIGHUP; a file
+// that no longer loads leaves the registration in force.
+func rereadOnHUP(ctx context.Context, paths []string, id string, current *atomic.Pointer[resolve.Instance], log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		inst, err := instanceFromFiles(paths, id)
+		if err != nil {
+			log.Error("sidecar: reload failed; the registration in force stays", "err", err)
+			continue
+		}
+		current.Store(&inst)
+		log.Info("sidecar: registration reloaded", "files", strings.Join(paths, ","))
+	}
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
 type server struct {
 	src     *consulview.Source
 	certs   *sidecar.Certs
@@ -177,6 +253,9 @@ type server struct {
 	current *atomic.Pointer[resolve.Instance]
 	log     *slog.Logger
 	timeout time.Duration
+	// fromAgent: the registration is the agent's, with central config
+	// merged in.
+	fromAgent bool
 
 	mu     sync.Mutex
 	logged map[int]string // local port -> the decision last logged
@@ -200,7 +279,10 @@ func (s *server) serve(ctx context.Context, ln net.Listener) {
 func (s *server) handle(ctx context.Context, local net.Conn, port int) {
 	// The agent copies central config into the registration it returns;
 	// unmerged, the plan names the layer that decided.
-	inst := consulview.UnmergeCentralConfig(s.src.View(), *s.current.Load())
+	inst := *s.current.Load()
+	if s.fromAgent {
+		inst = consulview.UnmergeCentralConfig(s.src.View(), inst)
+	}
 	var up *api.Upstream
 	for i := range inst.Proxy.Upstreams {
 		if inst.Proxy.Upstreams[i].LocalBindPort == port {
