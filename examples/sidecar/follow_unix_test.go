@@ -101,8 +101,9 @@ func (h *hops) through(t *testing.T, bind int, logs *syncbuf.Buffer, logLine str
 // The binary serves a connect-proxy registration in dc1 whose upstream is a
 // Connect-native api in dc2, through meshgate gateways: plain bytes from the
 // application go over the planned path and come back intact. Changing the
-// registration's mode, then proxy-defaults, changes the path of the next
-// connection, and the log names the deciding layer each time. The same from
+// mode at each layer (the registration's upstream, proxy-defaults,
+// service-defaults, the registration's instance) changes the path of the
+// next connection, and the log names the deciding layer each time. The same from
 // a service definition file, reread on SIGHUP.
 func TestSidecarFollowsTheRegistration(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
@@ -112,23 +113,31 @@ func TestSidecarFollowsTheRegistration(t *testing.T) {
 	meshtest.ServeNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
 
 	bind := freePort(t)
-	register := func(mode api.MeshGatewayMode) {
+	// register sets the upstream's mode and the instance's.
+	register := func(mode, instance api.MeshGatewayMode) {
 		require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
 			Kind: api.ServiceKindConnectProxy, ID: "web-sidecar-proxy", Name: "web-sidecar-proxy", Port: freePort(t),
-			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", Upstreams: []api.Upstream{{
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", MeshGateway: api.MeshGatewayConfig{Mode: instance}, Upstreams: []api.Upstream{{
 				DestinationName: "api", Datacenter: "dc2", LocalBindPort: bind, MeshGateway: api.MeshGatewayConfig{Mode: mode}}}}}))
 	}
-	register(api.MeshGatewayModeLocal)
+	register(api.MeshGatewayModeLocal, "")
 	t.Setenv("CONSUL_HTTP_ADDR", dc1.HTTPAddr)
 	logs := startSidecar(t, "-proxy-id", "web-sidecar-proxy")
 	h.through(t, bind, logs, "mode=local decided_by=upstream route=local-gateway", true, true)
-	register(api.MeshGatewayModeRemote)
+	register(api.MeshGatewayModeRemote, "")
 	h.through(t, bind, logs, "mode=remote decided_by=upstream route=remote-gateway", false, true)
-	register("")
+	// The lower layers, each over the one below it.
+	register("", "")
 	_, _, err := dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
 	require.NoError(t, err)
 	h.through(t, bind, logs, "mode=local decided_by=proxy-defaults route=local-gateway", true, true)
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
+	require.NoError(t, err)
+	h.through(t, bind, logs, "mode=remote decided_by=service-defaults route=remote-gateway", false, true)
+	register("", api.MeshGatewayModeLocal)
+	h.through(t, bind, logs, "mode=local decided_by=instance route=local-gateway", true, true)
 
 	// From a file: a service definition with a sidecar_service, as the
 	// agent takes it.
