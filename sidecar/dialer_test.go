@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
+	"github.com/meshgate/meshgate/internal/meshtest"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
@@ -48,16 +48,7 @@ func (r *routeCounter) count(name string) int { r.mu.Lock(); defer r.mu.Unlock()
 func serveTLS(tb testing.TB, cfg *tls.Config) string {
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	require.NoError(tb, err)
-	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	meshtest.Echo(tb, ln)
 	return ln.Addr().String()
 }
 

@@ -438,19 +438,22 @@ func startDemoBackend(ctx context.Context, name string) (tls.Certificate, string
 		return tls.Certificate{}, "", err
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echo(ln)
 	return cert, ln.Addr().String(), nil
+}
+
+// echo serves ln until it closes, echoing each connection's bytes.
+func echo(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
 }
 
 // demoCheck makes one real TLS connection through the gateway and logs it.

@@ -74,18 +74,7 @@ func startModesDemo(ctx context.Context, local, trustDomain string) (*modesDemo,
 		return nil, err
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echo(ln)
 	m.apiAddr = ln.Addr().String()
 
 	remoteView, err := resolve.StaticView(&resolve.View{Datacenter: m.remote, TrustDomain: trustDomain,

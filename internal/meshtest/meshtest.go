@@ -85,6 +85,17 @@ func ServeNative(t testing.TB, agent *consultest.Agent, name string, certs *side
 	if err != nil {
 		t.Fatal(err)
 	}
+	Echo(t, ln)
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
+		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Echo serves ln, echoing each connection's bytes, until the test ends.
+func Echo(t testing.TB, ln net.Listener) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -98,12 +109,6 @@ func ServeNative(t testing.TB, agent *consultest.Agent, name string, certs *side
 			}()
 		}
 	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
-		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // WatchCerts watches service's certificates on agent until the test ends.
