@@ -3,8 +3,12 @@ package sidecar_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -139,4 +143,32 @@ func TestIdentityMatches(t *testing.T) {
 	assert.True(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc/east/svc/api")))
 	assert.False(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc//svc/api")))
 	assert.False(t, anyDC.Matches(parse("spiffe://peer.consul/ap/p1/ns/default/dc/east/svc/api/x")))
+}
+
+// The leaf and the roots follow a CA rotation: the new root joins the
+// roots, and the leaf is re-issued under it.
+func TestCertsFollowCARotation(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	certs := meshtest.WatchCerts(t, agent, "web")
+	roots0, leaf0 := certs.Roots(), certs.Certificate()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	_, err = agent.Client.Connect().CASetConfig(&api.CAConfig{Provider: "consul",
+		Config: map[string]any{"PrivateKey": string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "the new root in the roots", func() bool { return !certs.Roots().Equal(roots0) })
+	verifies := func(cert *tls.Certificate, roots *x509.CertPool) bool {
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		require.NoError(t, err)
+		_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		return err == nil
+	}
+	require.True(t, verifies(leaf0, roots0))
+	consultest.WaitFor(t, eventually, "a leaf issued under the new root", func() bool {
+		cert := certs.Certificate()
+		return cert != leaf0 && verifies(cert, certs.Roots()) && !verifies(cert, roots0)
+	})
+	assert.NoError(t, certs.Err())
 }
