@@ -200,7 +200,7 @@ func (c *Source) peersLocked() map[string]resolve.Peer {
 	s := &c.state
 	peers := make(map[string]resolve.Peer, len(s.peerings))
 	for name, p := range s.peerings {
-		peer := resolve.Peer{Name: name, TrustDomain: peerTrustDomain(p)}
+		peer := resolve.Peer{Name: name, TrustDomain: peerTrustDomain(p), Roots: p.PeerCAPems}
 		// Consul's ShouldDial: the side that established the peering knows
 		// the peer's server addresses; the accepting side has none.
 		if len(p.PeerServerAddresses) > 0 && p.PeerServerName != "" {

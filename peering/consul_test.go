@@ -367,9 +367,10 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	checkDataPath("first")
 
 	// A Go sidecar in A (sidecar.Dialer) carries the plan out in each mode:
-	// the peer's roots and trust domain from the peering, bytes both ways,
-	// and A's gateway crossed in local mode only.
-	d := &sidecar.Dialer{Source: gwA.src, Certs: meshtest.WatchCerts(t, a, "web"), Client: a.Client, Instance: web}
+	// the peer's roots and trust domain from A's live view (no Client to
+	// read them otherwise), bytes both ways, and A's gateway crossed in
+	// local mode only.
+	d := &sidecar.Dialer{Source: gwA.src, Certs: meshtest.WatchCerts(t, a, "web"), Instance: web}
 	for _, m := range []struct {
 		mode api.MeshGatewayMode
 		viaA int

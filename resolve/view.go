@@ -65,6 +65,10 @@ type Peer struct {
 	// them empty.
 	ServerName      string
 	ServerAddresses []string
+	// Roots are the peer's CA certificates, PEM (api.Peering's
+	// PeerCAPems), where the source knows them: what the peer's services
+	// present chains to them.
+	Roots []string
 	// Imports are the services the peer exports to this cluster.
 	Imports []ImportedService
 }

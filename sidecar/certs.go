@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/problems"
 )
 
 // Certs is a service's mesh identity as the local Consul agent issues it:
@@ -25,7 +26,7 @@ type Certs struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errMu   sync.Mutex
-	lastErr error
+	errs    [2]error // each watch's last error: the leaf's, the roots'
 }
 
 // roots is one version of the CA roots.
@@ -57,8 +58,8 @@ func WatchCerts(ctx context.Context, client *api.Client, service string) (*Certs
 		return nil, err
 	}
 	c.wg.Add(2)
-	go c.watch(ctx, leafIndex, c.loadLeaf)
-	go c.watch(ctx, rootsIndex, c.loadRoots)
+	go c.watch(ctx, &c.errs[0], leafIndex, c.loadLeaf)
+	go c.watch(ctx, &c.errs[1], rootsIndex, c.loadRoots)
 	return c, nil
 }
 
@@ -77,19 +78,21 @@ func (c *Certs) Roots() *x509.CertPool { return c.roots.Load().pool }
 // TrustDomain returns the cluster's trust domain, "<cluster-id>.consul".
 func (c *Certs) TrustDomain() string { return c.roots.Load().trustDomain }
 
-// Err returns the last error of a watch, or nil once it has recovered.
+// Err returns the last error of each watch that is failing, or nil once
+// both have recovered.
 func (c *Certs) Err() error {
 	c.errMu.Lock()
 	defer c.errMu.Unlock()
-	return c.lastErr
+	return problems.Join(c.errs[0], c.errs[1])
 }
 
-func (c *Certs) watch(ctx context.Context, index uint64, load func(context.Context, uint64) (uint64, error)) {
+// watch runs load until ctx ends; *lastErr is its last error.
+func (c *Certs) watch(ctx context.Context, lastErr *error, index uint64, load func(context.Context, uint64) (uint64, error)) {
 	defer c.wg.Done()
 	for ctx.Err() == nil {
 		next, err := load(ctx, index)
 		c.errMu.Lock()
-		c.lastErr = err
+		*lastErr = err
 		c.errMu.Unlock()
 		if err != nil {
 			select {
@@ -165,22 +168,7 @@ func (c *Certs) ServerTLSConfig() *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.Certificate(), nil },
 		ClientAuth:     tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return errors.New("sidecar: the client sent no certificate")
-			}
-			certs := make([]*x509.Certificate, len(raw))
-			for i, b := range raw {
-				cert, err := x509.ParseCertificate(b)
-				if err != nil {
-					return fmt.Errorf("sidecar: the client's certificate %d: %w", i, err)
-				}
-				certs[i] = cert
-			}
-			inter := x509.NewCertPool()
-			for _, cert := range certs[1:] {
-				inter.AddCert(cert)
-			}
-			_, err := certs[0].Verify(x509.VerifyOptions{Roots: c.Roots(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			_, err := verifyChain("client", raw, c.Roots())
 			return err
 		},
 	}

@@ -38,20 +38,22 @@ type Dialer struct {
 	// registration sets (the "service instance" layer).
 	Instance resolve.Instance
 	// Client, if set, finds what the view does not hold: the endpoints of
-	// a service in another datacenter (for mode none) and a peer's CA
-	// roots.
+	// a service in another datacenter (for mode none), and a peer's CA
+	// roots when the view has none for it (a static one).
 	Client *api.Client
 	// ConnectTimeout bounds each attempt; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 }
 
 // Plan returns the plan for upstream up, from the current view.
-func (d *Dialer) Plan(up api.Upstream) resolve.Plan {
+func (d *Dialer) Plan(up api.Upstream) resolve.Plan { return d.plan(d.Source.View(), up) }
+
+func (d *Dialer) plan(v *resolve.View, up api.Upstream) resolve.Plan {
 	inst := d.Instance
 	if inst.Proxy == nil {
 		inst.Proxy = &api.AgentServiceConnectProxyConfig{}
 	}
-	return resolve.PlanUpstream(d.Source.View(), inst, up)
+	return resolve.PlanUpstream(v, inst, up)
 }
 
 // Dial connects to upstream up along its plan and returns the established
@@ -59,7 +61,8 @@ func (d *Dialer) Plan(up api.Upstream) resolve.Plan {
 // plan's order; the error names each one that failed and why. A
 // destination whose certificate is not the expected identity is refused.
 func (d *Dialer) Dial(ctx context.Context, up api.Upstream) (*tls.Conn, resolve.Plan, error) {
-	plan := d.Plan(up)
+	v := d.Source.View() // one picture for the plan and the trust it needs
+	plan := d.plan(v, up)
 	addrs := plan.Dial
 	if len(addrs) == 0 && plan.Route == resolve.PathDirect && plan.Peer == "" && d.Client != nil {
 		var err error
@@ -70,7 +73,7 @@ func (d *Dialer) Dial(ctx context.Context, up api.Upstream) (*tls.Conn, resolve.
 	if len(addrs) == 0 {
 		return nil, plan, fmt.Errorf("sidecar: upstream %q (%s): nothing to dial: the view knows no address for route %s", plan.Upstream, where(plan), plan.Route)
 	}
-	cfg, err := d.tlsConfig(ctx, plan)
+	cfg, err := d.tlsConfig(ctx, v, plan)
 	if err != nil {
 		return nil, plan, err
 	}
@@ -116,12 +119,12 @@ func where(p resolve.Plan) string {
 
 // tlsConfig is the client side of mTLS for plan: the leaf, the SNI, and a
 // check of the server's chain and SPIFFE identity.
-func (d *Dialer) tlsConfig(ctx context.Context, plan resolve.Plan) (*tls.Config, error) {
+func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, plan resolve.Plan) (*tls.Config, error) {
 	leaf := d.Certs.Certificate()
 	pool, want := d.Certs.Roots(), ExpectedIdentity(plan, d.Certs.TrustDomain())
 	if plan.Peer != "" {
 		var err error
-		if pool, want, err = d.peerTrust(ctx, plan); err != nil {
+		if pool, want, err = d.peerTrust(ctx, v.Peers[plan.Peer], plan); err != nil {
 			return nil, err
 		}
 	}
@@ -138,29 +141,31 @@ func (d *Dialer) tlsConfig(ctx context.Context, plan resolve.Plan) (*tls.Config,
 	}, nil
 }
 
-// peerTrust returns a peer's roots (from the peering) and the identity its
-// exported service presents.
-func (d *Dialer) peerTrust(ctx context.Context, plan resolve.Plan) (*x509.CertPool, Identity, error) {
-	if d.Client == nil {
-		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q of peer %q: a Client is needed for the peer's roots", plan.Upstream, plan.Peer)
+// peerTrust returns a peer's roots and the identity its exported service
+// presents: from the view, or, for a view without the peer's roots, from
+// the peering through Client.
+func (d *Dialer) peerTrust(ctx context.Context, peer resolve.Peer, plan resolve.Plan) (*x509.CertPool, Identity, error) {
+	if peer.TrustDomain == "" {
+		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q: the view knows no trust domain for peer %q", plan.Upstream, plan.Peer)
 	}
-	p, _, err := d.Client.Peerings().Read(ctx, plan.Peer, nil)
-	if err != nil {
-		return nil, Identity{}, fmt.Errorf("sidecar: reading peering %q: %w", plan.Peer, err)
-	}
-	if p == nil {
-		return nil, Identity{}, fmt.Errorf("sidecar: no peering %q", plan.Peer)
+	roots := peer.Roots
+	if len(roots) == 0 && d.Client != nil {
+		p, _, err := d.Client.Peerings().Read(ctx, plan.Peer, nil)
+		if err != nil {
+			return nil, Identity{}, fmt.Errorf("sidecar: reading peering %q: %w", plan.Peer, err)
+		}
+		if p != nil {
+			roots = p.PeerCAPems
+		}
 	}
 	pool := x509.NewCertPool()
-	for _, text := range p.PeerCAPems {
+	for _, text := range roots {
 		addPEM(pool, text)
 	}
-	_, td, ok := strings.Cut(plan.SNI, ".external.")
-	if !ok {
-		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q of peer %q: SNI %q is not a peered-service name", plan.Upstream, plan.Peer, plan.SNI)
+	if len(roots) == 0 {
+		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q: no CA roots for peer %q", plan.Upstream, plan.Peer)
 	}
-	id := Identity{TrustDomain: td, Partition: plan.Partition, Namespace: plan.Namespace, Service: target(plan)}
-	return pool, id, nil
+	return pool, Identity{TrustDomain: peer.TrustDomain, Partition: plan.Partition, Namespace: plan.Namespace, Service: target(plan)}, nil
 }
 
 // endpoints finds the healthy mesh endpoints of plan's destination in its
@@ -228,17 +233,19 @@ func (id Identity) Matches(u *url.URL) bool {
 	if u.Scheme != "spiffe" || !strings.EqualFold(u.Host, id.TrustDomain) {
 		return false
 	}
-	want := strings.TrimPrefix(id.String(), "spiffe://"+id.TrustDomain)
-	if id.Datacenter != "" {
-		return u.Path == want
+	prefix := "/ns/" + tenancy.OrDefault(id.Namespace) + "/dc/"
+	if p := tenancy.OrDefault(id.Partition); p != tenancy.Default {
+		prefix = "/ap/" + p + prefix
 	}
-	before, after, _ := strings.Cut(want, "/dc/*/")
-	rest, ok := strings.CutPrefix(u.Path, before+"/dc/")
+	dc, ok := strings.CutPrefix(u.Path, prefix)
 	if !ok {
 		return false
 	}
-	dc, svcPart, ok := strings.Cut(rest, "/")
-	return ok && dc != "" && svcPart == after
+	dc, ok = strings.CutSuffix(dc, "/svc/"+id.Service)
+	if id.Datacenter != "" {
+		return ok && dc == id.Datacenter
+	}
+	return ok && dc != "" && !strings.Contains(dc, "/")
 }
 
 // ExpectedIdentity is the identity the destination of plan must present:
@@ -255,14 +262,30 @@ var ErrWrongIdentity = errors.New("sidecar: the server is not the expected servi
 // VerifyIdentity checks a server's certificate chain (leaf first, DER)
 // against roots, and that the leaf carries want's SPIFFE ID.
 func VerifyIdentity(raw [][]byte, roots *x509.CertPool, want Identity) error {
+	leaf, err := verifyChain("server", raw, roots)
+	if err != nil {
+		return err
+	}
+	for _, u := range leaf.URIs {
+		if want.Matches(u) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: want %s, the certificate names %v", ErrWrongIdentity, want, leaf.URIs)
+}
+
+// verifyChain checks that a peer's certificate chain (leaf first, DER; the
+// peer is "server" or "client" in messages) leads to roots, and returns the
+// leaf.
+func verifyChain(peer string, raw [][]byte, roots *x509.CertPool) (*x509.Certificate, error) {
 	if len(raw) == 0 {
-		return errors.New("sidecar: the server sent no certificate")
+		return nil, fmt.Errorf("sidecar: the %s sent no certificate", peer)
 	}
 	certs := make([]*x509.Certificate, len(raw))
 	for i, b := range raw {
 		c, err := x509.ParseCertificate(b)
 		if err != nil {
-			return fmt.Errorf("sidecar: the server's certificate %d: %w", i, err)
+			return nil, fmt.Errorf("sidecar: the %s's certificate %d: %w", peer, i, err)
 		}
 		certs[i] = c
 	}
@@ -271,12 +294,7 @@ func VerifyIdentity(raw [][]byte, roots *x509.CertPool, want Identity) error {
 		inter.AddCert(c)
 	}
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("sidecar: the server's certificate does not chain to the mesh's roots: %w", err)
+		return nil, fmt.Errorf("sidecar: the %s's certificate does not chain to the mesh's roots: %w", peer, err)
 	}
-	for _, u := range certs[0].URIs {
-		if want.Matches(u) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w: want %s, the certificate names %v", ErrWrongIdentity, want, certs[0].URIs)
+	return certs[0], nil
 }

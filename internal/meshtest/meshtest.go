@@ -20,19 +20,15 @@ import (
 	"github.com/meshgate/meshgate/sidecar"
 )
 
-// Gateway is a meshgate mesh gateway for one agent's datacenter.
+// Gateway is a meshgate mesh gateway for one agent's datacenter. It is its
+// server's Observer: the embedded Counters count every event, and Closed
+// counts forwarded connections by server name.
 type Gateway struct {
+	gateway.Counters
 	Addr string
 	mu   sync.Mutex
 	n    map[string]int
 }
-
-// Accepted, Rejected, DialFailed and Forwarded make Gateway an Observer;
-// it counts through Closed.
-func (g *Gateway) Accepted(net.Addr)                       {}
-func (g *Gateway) Rejected(string, error)                  {}
-func (g *Gateway) DialFailed(string, string, error)        {}
-func (g *Gateway) Forwarded(string, string, gateway.Stats) {}
 
 // Closed counts a forwarded connection by its server name.
 func (g *Gateway) Closed(r *gateway.ConnRecord) {
