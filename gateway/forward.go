@@ -20,8 +20,10 @@ var ErrIdleTimeout = errors.New("gateway: idle timeout")
 // Forwarder moves bytes both ways between two connections. The zero value is
 // ready to use.
 //
-// On Linux, when both connections are bare *net.TCPConn, it moves them with splice(2),
-// in the kernel, without copying through user space. Unlike io.Copy, which
+// On Linux, when both connections are bare *net.TCPConn, each direction
+// copies its first 64 KiB through a pooled buffer (a short exchange costs
+// less that way) and then moves the rest with splice(2), in the kernel,
+// without copying through user space. Unlike io.Copy, which
 // holds a pipe pair while it waits in splice, a direction takes a pipe from a
 // shared pool only while data is ready and gives it back as soon as the
 // socket has nothing more. A direction that has had no data for a second

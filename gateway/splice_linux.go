@@ -105,7 +105,19 @@ type direction struct {
 	noPipe         bool  // no pipe could be had: copy instead
 	blocked, armed bool  // drain: dst's buffer was full; its write deadline is set
 	fromSrc, toDst func(fd uintptr) bool
+
+	// The copy path, for a direction's first copyFirst bytes: a pooled
+	// buffer while data is in flight, and how much of it is written.
+	buf               *[]byte
+	off               int
+	readSrc, writeDst func(fd uintptr) bool
 }
+
+// copyFirst is how many bytes a direction moves with read(2) and write(2)
+// before it turns to splice(2). A short exchange (a health check, a
+// handshake, a request and its reply) is cheaper to copy than to splice
+// through a pipe; a long stream is cheaper to splice.
+const copyFirst = 64 << 10
 
 // run is a direction's goroutine: it pumps until the direction ends, or
 // parks (and a later goroutine resumes it).
@@ -148,12 +160,17 @@ func (d *direction) pump() (parked bool) {
 	}
 	if d.fromSrc == nil {
 		d.fromSrc, d.toDst = d.spliceFromSrc, d.spliceToDst
+		d.readSrc, d.writeDst = d.readFromSrc, d.writeToDst
 	}
 	for {
-		err := d.srcRC.Read(d.fromSrc)
+		read := d.fromSrc
+		if d.total < copyFirst {
+			read = d.readSrc
+		}
+		err := d.srcRC.Read(read)
 		n := d.n
 		if err == nil && d.serr != nil {
-			err = os.NewSyscallError("splice from socket", d.serr)
+			err = d.serr
 		}
 		if err == nil && d.noPipe {
 			var m int64
@@ -177,16 +194,12 @@ func (d *direction) pump() (parked bool) {
 				}
 				err = ErrIdleTimeout
 			}
-			if d.pp != nil {
-				pipes.discard(d.pp) // may hold bytes; never reuse it
-				d.pp = nil
-			}
+			d.release(true)
 			d.err = p.end(d.dst, err)
 			return false
 		}
 		if n == 0 { // EOF
-			pipes.put(d.pp)
-			d.pp = nil
+			d.release(false)
 			d.err = p.end(d.dst, nil)
 			return false
 		}
@@ -194,13 +207,82 @@ func (d *direction) pump() (parked bool) {
 		p.last.Store(now)
 		d.lastOwn = now
 		if err := d.drain(); err != nil {
-			pipes.discard(d.pp)
-			d.pp = nil
+			d.release(true)
 			d.err = p.end(d.dst, err)
 			return false
 		}
+		d.release(false)
 		d.total += n
 	}
+}
+
+// release gives back the pipe or the buffer the direction holds, if any. A
+// pipe that may still hold bytes (after an error) is closed, never reused.
+func (d *direction) release(dirty bool) {
+	if d.pp != nil {
+		if dirty {
+			pipes.discard(d.pp)
+		} else {
+			pipes.put(d.pp)
+		}
+		d.pp = nil
+	}
+	if d.buf != nil {
+		copyBuffers.Put(d.buf)
+		d.buf = nil
+	}
+}
+
+// readFromSrc is the callback of src's RawConn.Read on the copy path: it
+// reads what src has into a pooled buffer, and asks to wait when there is
+// nothing.
+func (d *direction) readFromSrc(fd uintptr) bool {
+	d.n, d.serr, d.noPipe, d.off = 0, nil, false, 0
+	if d.buf == nil {
+		d.buf = copyBuffers.Get().(*[]byte)
+	}
+	var m int
+	for {
+		m, d.serr = unix.Read(int(fd), *d.buf)
+		if d.serr != unix.EINTR {
+			break
+		}
+	}
+	if d.serr == unix.EAGAIN {
+		copyBuffers.Put(d.buf) // nothing to move: hold no buffer while waiting
+		d.buf = nil
+		return false
+	}
+	if d.serr == nil {
+		d.n = int64(m)
+	} else {
+		d.serr = os.NewSyscallError("read from socket", d.serr)
+	}
+	return true
+}
+
+// writeToDst is the callback of dst's RawConn.Write on the copy path: it
+// writes the buffer's bytes until they are all out or dst's buffer is full.
+func (d *direction) writeToDst(fd uintptr) bool {
+	for d.n > 0 {
+		m, err := unix.Write(int(fd), (*d.buf)[d.off:d.off+int(d.n)])
+		switch err {
+		case nil:
+			d.n -= int64(m)
+			d.off += m
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if d.armed {
+				return false // wait for dst to be writable
+			}
+			d.blocked = true
+			return true
+		default:
+			d.serr = os.NewSyscallError("write to socket", err)
+			return true
+		}
+	}
+	return true
 }
 
 // spliceFromSrc is the callback of src's RawConn.Read: it splices what src
@@ -227,6 +309,9 @@ func (d *direction) spliceFromSrc(fd uintptr) bool {
 		pipes.put(d.pp)
 		d.pp = nil
 		return false
+	}
+	if d.serr != nil {
+		d.serr = os.NewSyscallError("splice from socket", d.serr)
 	}
 	return true
 }
@@ -299,7 +384,7 @@ func (d *direction) park() bool {
 	return false
 }
 
-// drain splices the d.n bytes in d.pp into dst, waiting for dst to be
+// drain writes the d.n bytes in d.pp (or d.buf) to dst, waiting for dst to be
 // writable (with the idle timeout as write deadline) when its buffer is full.
 func (d *direction) drain() error {
 	l := d.p
@@ -311,7 +396,11 @@ func (d *direction) drain() error {
 	}()
 	for d.n > 0 {
 		d.serr, d.blocked = nil, false
-		err := d.dstRC.Write(d.toDst)
+		write := d.toDst
+		if d.buf != nil {
+			write = d.writeDst
+		}
+		err := d.dstRC.Write(write)
 		if err == nil {
 			err = d.serr
 		}
