@@ -165,6 +165,7 @@ func main() {
 				res.add(fmt.Sprintf("p99 ms, %d clients", c), t.name, r.p99)
 				if r.cpuPerConn > 0 {
 					res.add(fmt.Sprintf("CPU µs / conn, %d clients", c), t.name, r.cpuPerConn)
+					res.add(fmt.Sprintf("user-space CPU µs / conn, %d clients", c), t.name, r.userPerConn)
 				}
 				log.Printf("  %d clients, %s: %.0f conn/s, p99 %.2f ms, %.1f µs CPU/conn", c, t.name, r.perSec, r.p99, r.cpuPerConn)
 			}
@@ -188,7 +189,7 @@ func main() {
 	}
 	for _, c := range levels {
 		metrics = append(metrics, fmt.Sprintf("conn/s, %d clients", c), fmt.Sprintf("p50 ms, %d clients", c),
-			fmt.Sprintf("p99 ms, %d clients", c), fmt.Sprintf("CPU µs / conn, %d clients", c))
+			fmt.Sprintf("p99 ms, %d clients", c), fmt.Sprintf("CPU µs / conn, %d clients", c), fmt.Sprintf("user-space CPU µs / conn, %d clients", c))
 	}
 	metrics = append(metrics, "upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
 		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn", "syscalls / conn")
@@ -511,6 +512,9 @@ type rate struct {
 	// cpuPerConn is the proxy's CPU time (user and system, all threads and
 	// processes) per connection in µs; 0 for direct.
 	cpuPerConn float64
+	// userPerConn is the part of it spent in user space, from the
+	// kernel's split of the same time (/proc/PID/stat, clock ticks).
+	userPerConn float64
 }
 
 // connRate runs workers that each connect, send the ClientHello and a byte,
@@ -518,8 +522,10 @@ type rate struct {
 func connRate(t *target, hello []byte, workers int, d time.Duration) rate {
 	addr := t.addr
 	var cpu0 time.Duration
+	var user0, sys0 int64
 	if t.pids != nil {
 		cpu0 = cpuTime(t.pids())
+		user0, sys0 = cpuTicks(t.pids())
 	}
 	msg := append(append([]byte(nil), hello...), 'P')
 	var mu sync.Mutex
@@ -570,11 +576,38 @@ func connRate(t *target, hello []byte, workers int, d time.Duration) rate {
 	var r rate
 	if t.pids != nil {
 		r.cpuPerConn = float64(cpuTime(t.pids())-cpu0) / 1e3 / float64(len(lat))
+		user1, sys1 := cpuTicks(t.pids())
+		if ticks := (user1 - user0) + (sys1 - sys0); ticks > 0 {
+			r.userPerConn = r.cpuPerConn * float64(user1-user0) / float64(ticks)
+		}
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	ms := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))]) / 1e6 }
 	r.perSec, r.p50, r.p99 = float64(len(lat))/elapsed.Seconds(), ms(0.50), ms(0.99)
 	return r
+}
+
+// cpuTicks sums the user and system time of pids, live and exited threads,
+// in clock ticks (/proc/PID/stat).
+func cpuTicks(pids []int) (user, sys int64) {
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The fields after the command name, which may hold spaces: state
+		// is the first; utime and stime are the 12th and 13th.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		k, _ := strconv.ParseInt(f[12], 10, 64)
+		user += u
+		sys += k
+	}
+	return user, sys
 }
 
 // cpuTime sums the CPU time the kernel charged to every thread of pids
