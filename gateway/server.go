@@ -105,6 +105,8 @@ type Server struct {
 	active         atomic.Int64
 	hardClosed     atomic.Bool
 	lastID         atomic.Uint64
+	handoff        chan *conn    // Serve's accepted connections, to idle workers
+	idleWorkers    atomic.Int32  // workers waiting on handoff
 	releaser       sync.Once     // starts releaseAfterBursts
 	burst          burstRule     // zero: burstConns in releaseEvery
 	memoryReleases atomic.Int64  // how many times it released memory
@@ -130,6 +132,7 @@ func (s *Server) init() {
 		s.listeners = map[*net.Listener]struct{}{}
 		s.conns = map[*conn]struct{}{}
 		s.dialed = map[tcpPair]struct{}{}
+		s.handoff = make(chan *conn)
 		if s.MaxConns > 0 {
 			s.slots = make(chan struct{}, s.MaxConns)
 		}
@@ -187,7 +190,8 @@ func (s *Server) ListenAndServe(addr string) error {
 	return s.Serve(ln)
 }
 
-// Serve accepts connections on l and handles each in its own goroutine. It
+// Serve accepts connections on l and handles each in a goroutine of its own
+// (one that has finished with an earlier connection, when one waits). It
 // always returns a non-nil error and closes l; after Shutdown or Close the
 // error is ErrServerClosed. Temporary accept errors, such as running out of
 // file descriptors, are logged and retried with a backoff from 5 ms to 1 s,
@@ -250,7 +254,36 @@ func (s *Server) Serve(l net.Listener) error {
 			s.releaseSlot()
 			return ErrServerClosed
 		}
-		go s.handle(cc)
+		select {
+		case s.handoff <- cc: // an idle worker takes it
+		default:
+			go s.work(cc)
+		}
+	}
+}
+
+// maxIdleWorkers bounds the goroutines that wait for the next accepted
+// connection once theirs is forwarding.
+const maxIdleWorkers = 64
+
+// work handles c, then waits for the next accepted connection, while no more
+// than maxIdleWorkers others wait. A worker's stack has grown to what a
+// connection needs; starting a goroutine per connection instead grows a
+// fresh one each time.
+func (s *Server) work(c *conn) {
+	for {
+		s.handle(c)
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		select {
+		case c = <-s.handoff:
+			s.idleWorkers.Add(-1)
+		case <-s.done:
+			s.idleWorkers.Add(-1)
+			return
+		}
 	}
 }
 

@@ -334,6 +334,45 @@ func TestCloseEndsConnections(t *testing.T) {
 	waitFor(t, "no active conns", func() bool { return s.ActiveConns() == 0 })
 }
 
+// A goroutine that handled a connection waits for the next one instead of
+// ending (its stack has grown to what a connection needs), no more than
+// maxIdleWorkers of them wait at once, and none is left after Close.
+func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
+	b := startBackend(t, echo)
+	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})}
+	gw := startGateway(t, s)
+	hello := helloBytes(t, longName)
+	for range 20 { // one after another: one worker carries them all
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		c.Write(hello)
+		_, err = io.ReadFull(c, make([]byte, len(hello)))
+		require.NoError(t, err)
+		c.Close()
+		waitFor(t, "the connection ends", func() bool { return s.ActiveConns() == 0 })
+		waitFor(t, "its worker waits for the next", func() bool { return s.idleWorkers.Load() >= 1 })
+	}
+	// One, or two if a worker was preempted between counting itself idle
+	// and waiting; twenty if none was reused.
+	assert.LessOrEqual(t, s.idleWorkers.Load(), int32(2), "workers waiting after 20 connections one after another")
+	var conns []net.Conn
+	for range maxIdleWorkers + 20 { // at once: a worker each
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		c.Write(hello)
+		_, err = io.ReadFull(c, make([]byte, len(hello)))
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, "the connections end", func() bool { return s.ActiveConns() == 0 })
+	assert.LessOrEqual(t, s.idleWorkers.Load(), int32(maxIdleWorkers))
+	require.NoError(t, s.Close())
+	waitFor(t, "no worker left", func() bool { return s.idleWorkers.Load() == 0 })
+}
+
 func TestIdleTimeoutCountsBothDirections(t *testing.T) {
 	forwardingPaths(t, func(t *testing.T, dial dialFunc, _ bool) { idleTimeoutBothWays(t, dial) })
 }
