@@ -108,9 +108,9 @@ type direction struct {
 
 	// The copy path, for a direction's first copyFirst bytes: a pooled
 	// buffer while data is in flight, and how much of it is written.
-	buf               *[]byte
-	off               int
-	readSrc, writeDst func(fd uintptr) bool
+	buf     *[]byte
+	off     int
+	readSrc func(fd uintptr) bool
 }
 
 // copyFirst is how many bytes a direction moves with read(2) and write(2)
@@ -159,8 +159,7 @@ func (d *direction) pump() (parked bool) {
 		}
 	}
 	if d.fromSrc == nil {
-		d.fromSrc, d.toDst = d.spliceFromSrc, d.spliceToDst
-		d.readSrc, d.writeDst = d.readFromSrc, d.writeToDst
+		d.fromSrc, d.readSrc, d.toDst = d.spliceFromSrc, d.readFromSrc, d.writeToDst
 	}
 	for {
 		read := d.fromSrc
@@ -257,30 +256,6 @@ func (d *direction) readFromSrc(fd uintptr) bool {
 		d.n = int64(m)
 	} else {
 		d.serr = os.NewSyscallError("read from socket", d.serr)
-	}
-	return true
-}
-
-// writeToDst is the callback of dst's RawConn.Write on the copy path: it
-// writes the buffer's bytes until they are all out or dst's buffer is full.
-func (d *direction) writeToDst(fd uintptr) bool {
-	for d.n > 0 {
-		m, err := unix.Write(int(fd), (*d.buf)[d.off:d.off+int(d.n)])
-		switch err {
-		case nil:
-			d.n -= int64(m)
-			d.off += m
-		case unix.EINTR:
-		case unix.EAGAIN:
-			if d.armed {
-				return false // wait for dst to be writable
-			}
-			d.blocked = true
-			return true
-		default:
-			d.serr = os.NewSyscallError("write to socket", err)
-			return true
-		}
 	}
 	return true
 }
@@ -396,11 +371,7 @@ func (d *direction) drain() error {
 	}()
 	for d.n > 0 {
 		d.serr, d.blocked = nil, false
-		write := d.toDst
-		if d.buf != nil {
-			write = d.writeDst
-		}
-		err := d.dstRC.Write(write)
+		err := d.dstRC.Write(d.toDst)
 		if err == nil {
 			err = d.serr
 		}
@@ -426,14 +397,24 @@ func (d *direction) drain() error {
 	return nil
 }
 
-// spliceToDst is the callback of dst's RawConn.Write: it splices the pipe's
-// bytes into dst until they are all out or dst's buffer is full.
-func (d *direction) spliceToDst(fd uintptr) bool {
+// writeToDst is the callback of dst's RawConn.Write: it writes the bytes in
+// flight (in the pipe, or in the buffer on the copy path) into dst until they
+// are all out or dst's buffer is full.
+func (d *direction) writeToDst(fd uintptr) bool {
 	for d.n > 0 {
-		m, err := unix.Splice(d.pp.r, nil, int(fd), nil, int(d.n), spliceFlags)
+		var m int
+		var err error
+		if d.buf != nil {
+			m, err = unix.Write(int(fd), (*d.buf)[d.off:d.off+int(d.n)])
+		} else {
+			var m64 int64
+			m64, err = unix.Splice(d.pp.r, nil, int(fd), nil, int(d.n), spliceFlags)
+			m = int(m64)
+		}
 		switch err {
 		case nil:
 			d.n -= int64(m)
+			d.off += m
 		case unix.EINTR:
 		case unix.EAGAIN:
 			if d.armed {
@@ -442,7 +423,11 @@ func (d *direction) spliceToDst(fd uintptr) bool {
 			d.blocked = true
 			return true
 		default:
-			d.serr = os.NewSyscallError("splice to socket", err)
+			op := "splice to socket"
+			if d.buf != nil {
+				op = "write to socket"
+			}
+			d.serr = os.NewSyscallError(op, err)
 			return true
 		}
 	}
