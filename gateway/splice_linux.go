@@ -407,9 +407,8 @@ func (d *direction) writeToDst(fd uintptr) bool {
 		if d.buf != nil {
 			m, err = unix.Write(int(fd), (*d.buf)[d.off:d.off+int(d.n)])
 		} else {
-			var m64 int64
-			m64, err = unix.Splice(d.pp.r, nil, int(fd), nil, int(d.n), spliceFlags)
-			m = int(m64)
+			k, serr := unix.Splice(d.pp.r, nil, int(fd), nil, int(d.n), spliceFlags) // int on 32-bit systems
+			m, err = int(k), serr
 		}
 		switch err {
 		case nil:
