@@ -16,6 +16,7 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -35,16 +36,7 @@ func startCounting(t *testing.T) *countingServer {
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
 	s := &countingServer{addr: ln.Addr().String(), port: ln.Addr().(*net.TCPAddr).Port}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.accepted.Add(1)
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	go echo.Serve(ln, func() { s.accepted.Add(1) })
 	return s
 }
 

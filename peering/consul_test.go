@@ -19,6 +19,7 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/internal/meshtest"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/resolve"
@@ -160,19 +161,7 @@ func connectService(t *testing.T, agent *consultest.Agent, name string, clientRo
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
 	accepted = &int64Counter{}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.add()
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echo.Serve(ln, accepted.add)
 	port = ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true}}))

@@ -47,6 +47,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
@@ -438,22 +439,8 @@ func startDemoBackend(ctx context.Context, name string) (tls.Certificate, string
 		return tls.Certificate{}, "", err
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	go echo(ln)
+	go echo.Serve(ln, nil)
 	return cert, ln.Addr().String(), nil
-}
-
-// echo serves ln until it closes, echoing each connection's bytes.
-func echo(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			io.Copy(c, c)
-		}()
-	}
 }
 
 // demoCheck makes one real TLS connection through the gateway and logs it.

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
@@ -74,7 +75,7 @@ func startModesDemo(ctx context.Context, local, trustDomain string) (*modesDemo,
 		return nil, err
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	go echo(ln)
+	go echo.Serve(ln, nil)
 	m.apiAddr = ln.Addr().String()
 
 	remoteView, err := resolve.StaticView(&resolve.View{Datacenter: m.remote, TrustDomain: trustDomain,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -38,16 +39,7 @@ func echoBackend(t *testing.T) (string, <-chan struct{}) {
 	require.NoError(t, err)
 	t.Cleanup(func() { backend.Close() })
 	reached := make(chan struct{}, 16)
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			reached <- struct{}{}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	go echo.Serve(backend, func() { reached <- struct{}{} })
 	return backend.Addr().String(), reached
 }
 

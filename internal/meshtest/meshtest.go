@@ -6,7 +6,6 @@ package meshtest
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -93,18 +93,7 @@ func ServeNative(t testing.TB, agent *consultest.Agent, name string, certs *side
 // Echo serves ln, echoing each connection's bytes, until the test ends.
 func Echo(t testing.TB, ln net.Listener) {
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echo.Serve(ln, nil)
 }
 
 // WatchCerts watches service's certificates on agent until the test ends.
