@@ -41,16 +41,10 @@ func TestConnObserverHearsEachConnection(t *testing.T) {
 		Observer: MultiObserver(&plain, nil, &rec),
 	})
 	hello := helloBytes(t, longName)
-	c, err := net.Dial("tcp", gw)
-	require.NoError(t, err)
-	c.Write(hello)
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	_, err = io.ReadFull(c, make([]byte, len(hello)))
-	require.NoError(t, err)
-	c.Close()
+	echoed(t, gw, hello).Close()
 
 	other := helloBytes(t, "unknown.example")
-	c, err = net.Dial("tcp", gw)
+	c, err := net.Dial("tcp", gw)
 	require.NoError(t, err)
 	c.Write(other)
 	c.SetDeadline(time.Now().Add(30 * time.Second))

@@ -164,6 +164,20 @@ func helloBytes(t testing.TB, name string) []byte {
 }
 
 // waitFor polls cond for up to 10 s; tests assert outcomes, not timings.
+// echoed dials gw, sends hello and reads it back from an echoing backend
+// (with a 30 s deadline left on the connection), and returns the open
+// connection.
+func echoed(t testing.TB, gw string, hello []byte) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	c.Write(hello)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.ReadFull(c, make([]byte, len(hello)))
+	require.NoError(t, err)
+	return c
+}
+
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

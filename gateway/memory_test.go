@@ -1,13 +1,10 @@
 package gateway
 
 import (
-	"io"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 // After a burst of connections and a quiet period, a Server with
@@ -20,13 +17,7 @@ func TestReleaseMemoryAfterABurst(t *testing.T) {
 	hello := helloBytes(t, longName)
 	burst := func(gw string) {
 		for range 25 { // 25 opened and 25 closed: 50 events
-			c, err := net.Dial("tcp", gw)
-			require.NoError(t, err)
-			c.Write(hello)
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			_, err = io.ReadFull(c, make([]byte, len(hello)))
-			require.NoError(t, err)
-			c.Close()
+			echoed(t, gw, hello).Close()
 		}
 	}
 	on := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), ReleaseMemory: true, burst: rule}

@@ -55,14 +55,8 @@ func TestDeadTargetIsEjected(t *testing.T) {
 	})
 	hello := helloBytes(t, longName)
 	const conns = 20
-	for i := range conns {
-		c, err := net.Dial("tcp", gw)
-		require.NoError(t, err)
-		c.Write(hello)
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		_, err = io.ReadFull(c, make([]byte, len(hello)))
-		require.NoError(t, err, "connection %d", i)
-		c.Close()
+	for range conns {
+		echoed(t, gw, hello).Close()
 	}
 	snap := counters.Snapshot()
 	assert.EqualValues(t, DefaultEjectAfter, snap.DialFailures, "dials of the dead target: until it was ejected, then none")

@@ -343,12 +343,7 @@ func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
 	gw := startGateway(t, s)
 	hello := helloBytes(t, longName)
 	for range 20 { // one after another: one worker carries them all
-		c, err := net.Dial("tcp", gw)
-		require.NoError(t, err)
-		c.Write(hello)
-		_, err = io.ReadFull(c, make([]byte, len(hello)))
-		require.NoError(t, err)
-		c.Close()
+		echoed(t, gw, hello).Close()
 		waitFor(t, "the connection ends", func() bool { return s.ActiveConns() == 0 })
 		waitFor(t, "its worker waits for the next", func() bool { return s.idleWorkers.Load() >= 1 })
 	}
@@ -357,12 +352,7 @@ func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
 	assert.LessOrEqual(t, s.idleWorkers.Load(), int32(2), "workers waiting after 20 connections one after another")
 	var conns []net.Conn
 	for range maxIdleWorkers + 20 { // at once: a worker each
-		c, err := net.Dial("tcp", gw)
-		require.NoError(t, err)
-		c.Write(hello)
-		_, err = io.ReadFull(c, make([]byte, len(hello)))
-		require.NoError(t, err)
-		conns = append(conns, c)
+		conns = append(conns, echoed(t, gw, hello))
 	}
 	for _, c := range conns {
 		c.Close()
