@@ -108,9 +108,8 @@ type direction struct {
 
 	// The copy path, for a direction's first copyFirst bytes: a pooled
 	// buffer while data is in flight, and how much of it is written.
-	buf     *[]byte
-	off     int
-	readSrc func(fd uintptr) bool
+	buf *[]byte
+	off int
 }
 
 // copyFirst is how many bytes a direction moves with read(2) and write(2)
@@ -159,14 +158,10 @@ func (d *direction) pump() (parked bool) {
 		}
 	}
 	if d.fromSrc == nil {
-		d.fromSrc, d.readSrc, d.toDst = d.spliceFromSrc, d.readFromSrc, d.writeToDst
+		d.fromSrc, d.toDst = d.readFromSrc, d.writeToDst
 	}
 	for {
-		read := d.fromSrc
-		if d.total < copyFirst {
-			read = d.readSrc
-		}
-		err := d.srcRC.Read(read)
+		err := d.srcRC.Read(d.fromSrc)
 		n := d.n
 		if err == nil && d.serr != nil {
 			err = d.serr
@@ -232,10 +227,18 @@ func (d *direction) release(dirty bool) {
 	}
 }
 
-// readFromSrc is the callback of src's RawConn.Read on the copy path: it
-// reads what src has into a pooled buffer, and asks to wait when there is
-// nothing.
+// readFromSrc is the callback of src's RawConn.Read: it copies the
+// direction's first copyFirst bytes and splices the rest.
 func (d *direction) readFromSrc(fd uintptr) bool {
+	if d.total < copyFirst {
+		return d.copyFromSrc(fd)
+	}
+	return d.spliceFromSrc(fd)
+}
+
+// copyFromSrc reads what src has into a pooled buffer, and asks to wait
+// when there is nothing.
+func (d *direction) copyFromSrc(fd uintptr) bool {
 	d.n, d.serr, d.noPipe, d.off = 0, nil, false, 0
 	if d.buf == nil {
 		d.buf = copyBuffers.Get().(*[]byte)
@@ -260,8 +263,7 @@ func (d *direction) readFromSrc(fd uintptr) bool {
 	return true
 }
 
-// spliceFromSrc is the callback of src's RawConn.Read: it splices what src
-// has into the direction's pipe (taking one from the pool), and asks to wait
+// spliceFromSrc splices what src has into the direction's pipe (taking one from the pool), and asks to wait
 // when there is nothing.
 func (d *direction) spliceFromSrc(fd uintptr) bool {
 	d.n, d.serr, d.noPipe = 0, nil, false // called again after each wait
