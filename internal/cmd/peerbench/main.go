@@ -48,7 +48,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
-	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, nginx, haproxy); empty means all")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, baseline, goepoll, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -94,7 +94,7 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
+	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if st.name == "baseline" && *baseline == "" {
 			continue
 		}
@@ -402,6 +402,23 @@ func startMeshgateFrom(src, label, dir, backendAddr, name string) (*target, *pro
 		return nil, nil, err
 	}
 	return &target{name: label, addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+}
+
+// startGoepoll starts internal/cmd/goepoll, the yardstick of what a
+// proxy written in Go reaches here.
+func startGoepoll(dir, backendAddr, name string, _ int) (*target, *proc, error) {
+	bin := filepath.Join(dir, "goepoll")
+	build := exec.Command("go", "build", "-o", bin, "./internal/cmd/goepoll")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, nil, fmt.Errorf("building goepoll: %w", err)
+	}
+	addr := freePort()
+	p, err := startProc("goepoll", []string{bin, "-listen", addr, "-route", name + "=" + backendAddr}, filepath.Join(dir, "goepoll.log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &target{name: "goepoll", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
 }
 
 func startNginx(dir, backendAddr, name string, idle int) (*target, *proc, error) {
