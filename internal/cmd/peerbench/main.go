@@ -647,31 +647,18 @@ func cpuTime(pids []int) time.Duration {
 	return total
 }
 
-// syscallsPerConn counts the proxy's system calls (strace -c -f, attached to
-// every process and thread) over n connections made as in connRate by 16
-// clients, and returns the count per connection and the busiest calls.
+// syscallsPerConn counts the proxy's system calls over n connections made as
+// in connRate by 16 clients, and returns the count per connection and the
+// busiest calls. It counts with perf's syscall tracepoints where the kernel
+// lets it, and with strace -c -f otherwise. strace stops the process at every
+// call, which adds calls of its own to a Go program: stalled threads make the
+// runtime's monitor retake processors, with futex and nanosleep calls that
+// do not happen at full speed.
 func syscallsPerConn(t *target, hello []byte, n int) (float64, string, error) {
-	bin, err := exec.LookPath("strace")
-	if err != nil {
-		return 0, "", errors.New("strace is not installed (apt-get install strace)")
-	}
-	out, err := os.CreateTemp("", "peerbench-strace")
+	counter, err := countSyscalls(t.pids())
 	if err != nil {
 		return 0, "", err
 	}
-	defer os.Remove(out.Name())
-	out.Close()
-	args := []string{"-f", "-c", "-o", out.Name()}
-	for _, pid := range t.pids() {
-		args = append(args, "-p", strconv.Itoa(pid))
-	}
-	cmd := exec.Command(bin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return 0, "", err
-	}
-	time.Sleep(time.Second) // strace attaches to each thread
 	msg := append(append([]byte(nil), hello...), 'P')
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -694,38 +681,22 @@ func syscallsPerConn(t *target, hello []byte, n int) (float64, string, error) {
 	}
 	wg.Wait()
 	time.Sleep(500 * time.Millisecond) // the last closes reach the proxy
-	cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil && !strings.Contains(err.Error(), "interrupt") {
-		log.Printf("  strace: %v: %s", err, stderr.String())
-	}
-	b, err := os.ReadFile(out.Name())
+	calls, err := counter()
 	if err != nil {
 		return 0, "", err
 	}
-	// Each row: % time, seconds, usecs/call, calls, [errors], syscall.
-	var total float64
 	type row struct {
 		name  string
 		calls float64
 	}
 	var rows []row
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[0] == "%" || strings.HasPrefix(f[0], "-") {
-			continue
-		}
-		calls, err := strconv.ParseFloat(f[3], 64)
-		if err != nil {
-			continue
-		}
-		if f[len(f)-1] == "total" {
-			total = calls
-			continue
-		}
-		rows = append(rows, row{f[len(f)-1], calls})
+	var total float64
+	for name, c := range calls {
+		rows = append(rows, row{name, c})
+		total += c
 	}
 	if total == 0 {
-		return 0, "", fmt.Errorf("no system calls counted; strace said: %s", stderr.String())
+		return 0, "", errors.New("no system calls counted")
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].calls > rows[j].calls })
 	var top []string
@@ -736,6 +707,96 @@ func syscallsPerConn(t *target, hello []byte, n int) (float64, string, error) {
 		top = append(top, fmt.Sprintf("%s %.1f", r.name, r.calls/float64(n)))
 	}
 	return total / float64(n), strings.Join(top, ", "), nil
+}
+
+// countSyscalls starts counting the system calls of pids (every thread) with
+// perf, or strace if perf cannot; the function it returns stops counting and
+// returns the calls by name.
+func countSyscalls(pids []int) (stop func() (map[string]float64, error), err error) {
+	var ids []string
+	for _, pid := range pids {
+		ids = append(ids, strconv.Itoa(pid))
+	}
+	out, err := os.CreateTemp("", "peerbench-syscalls")
+	if err != nil {
+		return nil, err
+	}
+	out.Close()
+	var argv []string
+	var parse func([]byte) map[string]float64
+	if bin, err := exec.LookPath("perf"); err == nil && perfTracepoints(bin) {
+		argv = []string{bin, "stat", "-x,", "-o", out.Name(), "-e", "syscalls:sys_enter_*", "-p", strings.Join(ids, ",")}
+		parse = parsePerfStat
+	} else if bin, err := exec.LookPath("strace"); err == nil {
+		argv = []string{bin, "-f", "-c", "-o", out.Name()}
+		for _, id := range ids {
+			argv = append(argv, "-p", id)
+		}
+		parse = parseStraceSummary
+	} else {
+		os.Remove(out.Name())
+		return nil, errors.New("neither perf (with syscall tracepoints) nor strace is installed (apt-get install strace)")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		os.Remove(out.Name())
+		return nil, err
+	}
+	time.Sleep(time.Second) // it attaches to each thread
+	return func() (map[string]float64, error) {
+		defer os.Remove(out.Name())
+		cmd.Process.Signal(syscall.SIGINT)
+		if err := cmd.Wait(); err != nil && !strings.Contains(err.Error(), "interrupt") {
+			log.Printf("  %s: %v: %s", filepath.Base(argv[0]), err, stderr.String())
+		}
+		b, err := os.ReadFile(out.Name())
+		if err != nil {
+			return nil, err
+		}
+		calls := parse(b)
+		if len(calls) == 0 {
+			return nil, fmt.Errorf("%s counted no system calls: %s", filepath.Base(argv[0]), stderr.String())
+		}
+		return calls, nil
+	}, nil
+}
+
+// perfTracepoints reports whether perf can count syscall tracepoints here.
+func perfTracepoints(perf string) bool {
+	return exec.Command(perf, "stat", "-x,", "-e", "syscalls:sys_enter_getpid", "--", "true").Run() == nil
+}
+
+// parsePerfStat reads perf stat -x, output: count,unit,event,... per line.
+func parsePerfStat(b []byte) map[string]float64 {
+	calls := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 || !strings.HasPrefix(f[2], "syscalls:sys_enter_") {
+			continue
+		}
+		if c, err := strconv.ParseFloat(f[0], 64); err == nil && c > 0 {
+			calls[strings.TrimPrefix(f[2], "syscalls:sys_enter_")] = c
+		}
+	}
+	return calls
+}
+
+// parseStraceSummary reads strace -c's table: % time, seconds, usecs/call,
+// calls, [errors], syscall.
+func parseStraceSummary(b []byte) map[string]float64 {
+	calls := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] == "%" || strings.HasPrefix(f[0], "-") || f[len(f)-1] == "total" {
+			continue
+		}
+		if c, err := strconv.ParseFloat(f[3], 64); err == nil {
+			calls[f[len(f)-1]] = c
+		}
+	}
+	return calls
 }
 
 // throughput moves bytes one way over streams connections for d.
