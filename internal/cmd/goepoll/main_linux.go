@@ -35,6 +35,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("goepoll: %v", err)
 		}
+		addr = l.addr() // the port the first one bound, for port 0
 		go func() { errs <- l.run() }()
 	}
 	log.Fatalf("goepoll: %v", <-errs)
@@ -81,6 +82,7 @@ type sock struct {
 // thread blocks in epoll_wait.
 type loop struct {
 	ep, lfd int
+	epfile  *os.File
 	epoll   syscall.RawConn
 	routes  map[string]unix.Sockaddr
 	socks   map[int]*sock
@@ -123,14 +125,38 @@ func newLoop(addr netip.AddrPort, routes map[string]unix.Sockaddr) (*loop, error
 	if err := unix.SetNonblock(ep, true); err != nil {
 		return nil, err
 	}
-	epoll, err := os.NewFile(uintptr(ep), "epoll").SyscallConn()
+	epfile := os.NewFile(uintptr(ep), "epoll")
+	epoll, err := epfile.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &loop{ep: ep, lfd: lfd, epoll: epoll, routes: routes, socks: map[int]*sock{},
+	return &loop{ep: ep, lfd: lfd, epfile: epfile, epoll: epoll, routes: routes, socks: map[int]*sock{},
 		events: make([]unix.EpollEvent, 256), buf: make([]byte, 32<<10)}, nil
 }
 
+// addr returns the address the loop listens on.
+func (l *loop) addr() netip.AddrPort {
+	sa, err := unix.Getsockname(l.lfd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// close stops run (it returns an error) and closes the listening socket;
+// connections in flight are left as they are.
+func (l *loop) close() {
+	l.epfile.Close()
+	unix.Close(l.lfd)
+}
+
+// run waits for events and handles them, until close.
 func (l *loop) run() error {
 	wait := func(uintptr) bool {
 		var err error
