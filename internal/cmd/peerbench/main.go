@@ -2,7 +2,9 @@
 // ssl_preread, map on $ssl_preread_server_name) and HAProxy (req.ssl_sni,
 // option splice-auto), all routing the same long Consul SNI to the same
 // backend on loopback, in one run, and prints one table with ratios. The
-// client talking to the backend directly is the ceiling.
+// client talking to the backend directly is the ceiling; internal/cmd/goepoll,
+// the smallest SNI proxy Go allows, is the yardstick for what a Go program
+// reaches on the machine.
 //
 //	bash scripts/peerbench.sh            # installs nginx and haproxy, then runs this
 //	go run ./internal/cmd/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000] [-baseline DIR]
