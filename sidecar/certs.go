@@ -161,7 +161,8 @@ func addPEM(pool *x509.CertPool, text string) bool {
 // it presents the current leaf and accepts only clients whose certificate
 // chains to the current roots. Which services may connect (Consul's
 // intentions) is left to the caller, with the client's SPIFFE ID in
-// tls.ConnectionState.PeerCertificates[0].URIs.
+// tls.ConnectionState.PeerCertificates[0].URIs; AuthorizingServerTLSConfig
+// asks the agent.
 func (c *Certs) ServerTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,

@@ -172,3 +172,44 @@ func TestCertsFollowCARotation(t *testing.T) {
 	})
 	assert.NoError(t, certs.Err())
 }
+
+// A Connect-native api serving with AuthorizingServerTLSConfig follows
+// the intentions on a real agent: web gets in while no intention says
+// otherwise, is refused with the agent's reason once one denies it, while
+// billing, which no intention names, still gets in; and gets in again once
+// the intention allows it.
+func TestIntentionsDecideWhoConnects(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	apiCerts := meshtest.WatchCerts(t, dc1, "api")
+	webCerts := meshtest.WatchCerts(t, dc1, "web")
+	billingCerts := meshtest.WatchCerts(t, dc1, "billing")
+	addr, results := authorizingServer(t, apiCerts.AuthorizingServerTLSConfig(dc1.Client, "api"))
+	var lastServerErr error
+	// admitted reports whether a client of certs got through, and keeps
+	// the server's side of the answer.
+	admitted := func(certs *sidecar.Certs) bool {
+		err := exchange(t, addr, certs)
+		lastServerErr = <-results
+		return err == nil && lastServerErr == nil
+	}
+	intend := func(action api.IntentionAction) {
+		t.Helper()
+		_, _, err := dc1.Client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{
+			Kind: api.ServiceIntentions, Name: "api",
+			Sources: []*api.SourceIntention{{Name: "web", Action: action}},
+		}, nil)
+		require.NoError(t, err)
+	}
+
+	require.True(t, admitted(webCerts), "no intention yet, and the agent's default allows: %v", lastServerErr)
+
+	intend(api.IntentionActionDeny)
+	consultest.WaitFor(t, eventually, "web to be refused", func() bool { return !admitted(webCerts) })
+	require.ErrorIs(t, lastServerErr, sidecar.ErrNotAuthorized)
+	assert.Contains(t, lastServerErr.Error(), "/svc/web may not connect to api")
+	assert.Contains(t, lastServerErr.Error(), "intention", "the agent's reason names the intention that matched")
+	assert.True(t, admitted(billingCerts), "billing, which no intention names, is refused: %v", lastServerErr)
+
+	intend(api.IntentionActionAllow)
+	consultest.WaitFor(t, eventually, "web to be let in again", func() bool { return admitted(webCerts) })
+}

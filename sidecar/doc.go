@@ -7,5 +7,7 @@
 // mTLS, accepting only the destination's SPIFFE identity.
 //
 // A Connect-native Go service dials its upstreams with a Dialer and serves
-// with Certs.ServerTLSConfig.
+// with Certs.AuthorizingServerTLSConfig, which lets in only the clients
+// Consul's intentions allow (the local agent decides at each handshake), or
+// with Certs.ServerTLSConfig, which checks the client's chain only.
 package sidecar

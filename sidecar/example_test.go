@@ -1,8 +1,13 @@
 package sidecar_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"log"
 	"net/url"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -19,4 +24,37 @@ func ExampleExpectedIdentity() {
 	// Output:
 	// spiffe://5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul/ns/default/dc/dc2/svc/api
 	// false
+}
+
+// A Connect-native service that serves only the clients Consul's
+// intentions allow, asking the local agent (CONSUL_HTTP_ADDR) at each
+// handshake. Not run: it needs an agent.
+func ExampleCerts_AuthorizingServerTLSConfig() {
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	certs, err := sidecar.WatchCerts(context.Background(), client, "api")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer certs.Close()
+	ln, err := tls.Listen("tcp", "127.0.0.1:21000", certs.AuthorizingServerTLSConfig(client, "api"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer c.Close()
+			if err := c.(*tls.Conn).Handshake(); err != nil {
+				log.Print(err) // errors.Is(err, sidecar.ErrNotAuthorized) for a denied client
+				return
+			}
+			c.Write([]byte("hello\n"))
+		}()
+	}
 }
