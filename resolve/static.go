@@ -161,18 +161,35 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, boo
 	switch {
 	case reg.Kind == api.ServiceKindConnectProxy && reg.Proxy != nil:
 		return Instance{Service: reg.Proxy.DestinationServiceName, Name: reg.Name,
-			Namespace: reg.Namespace, Partition: reg.Partition, Proxy: reg.Proxy, Origin: origin}, true
+			Namespace: reg.Namespace, Partition: reg.Partition, Proxy: reg.Proxy, Origin: origin,
+			Address: reg.Address, Port: reg.Port}, true
 	case reg.Connect != nil && reg.Connect.SidecarService != nil:
 		sc := reg.Connect.SidecarService
 		name := sc.Name
 		if name == "" {
 			name = reg.Name + "-sidecar-proxy"
 		}
-		proxy := sc.Proxy
-		if proxy == nil {
-			proxy = &api.AgentServiceConnectProxyConfig{}
+		proxy := api.AgentServiceConnectProxyConfig{}
+		if sc.Proxy != nil {
+			proxy = *sc.Proxy
 		}
-		return Instance{Service: reg.Name, Name: name, Namespace: reg.Namespace, Partition: reg.Partition, Proxy: proxy, Origin: origin}, true
+		// The defaults the agent gives a sidecar_service
+		// (agent/sidecar_service.go): the parent's address, and the parent
+		// on 127.0.0.1 at its port as the local application.
+		address := sc.Address
+		if address == "" {
+			address = reg.Address
+		}
+		if proxy.LocalServiceSocketPath == "" && reg.SocketPath == "" {
+			if proxy.LocalServiceAddress == "" {
+				proxy.LocalServiceAddress = "127.0.0.1"
+			}
+			if proxy.LocalServicePort < 1 {
+				proxy.LocalServicePort = reg.Port
+			}
+		}
+		return Instance{Service: reg.Name, Name: name, Namespace: reg.Namespace, Partition: reg.Partition, Proxy: &proxy, Origin: origin,
+			Address: address, Port: sc.Port}, true
 	}
 	return Instance{}, false
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -117,4 +118,37 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: resolve.DefaultTrustDomain,
 		Subsets: map[resolve.ServiceKey]map[string][]resolve.Endpoint{{Name: "web"}: {"canary": {{Address: "127.0.0.1:9005"}}}}})
 	assert.ErrorContains(t, err, `subset "canary" of service "web"`)
+}
+
+// A proxy instance carries its own address and port, and a sidecar_service
+// gets the agent's defaults: the parent's address, and the parent at
+// 127.0.0.1 on its port as the local application, unless it says otherwise.
+func TestInstanceOfAddressesAndLocalApplication(t *testing.T) {
+	proxy, ok := resolve.InstanceOf(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy, Name: "web-sidecar-proxy",
+		Address: "10.0.0.5", Port: 21000,
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", LocalServicePort: 8080}}, "test")
+	require.True(t, ok)
+	assert.Equal(t, "10.0.0.5", proxy.Address)
+	assert.Equal(t, 21000, proxy.Port)
+	assert.Equal(t, "", proxy.Proxy.LocalServiceAddress, "a connect-proxy registration gets no defaults from a parent")
+
+	parent := &api.AgentServiceRegistration{Name: "api", Address: "10.0.0.6", Port: 9090,
+		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: 21001}}}
+	sc, ok := resolve.InstanceOf(parent, "test")
+	require.True(t, ok)
+	assert.Equal(t, "api-sidecar-proxy", sc.Name)
+	assert.Equal(t, "10.0.0.6", sc.Address, "the parent's address")
+	assert.Equal(t, 21001, sc.Port)
+	assert.Equal(t, "127.0.0.1", sc.Proxy.LocalServiceAddress)
+	assert.Equal(t, 9090, sc.Proxy.LocalServicePort, "the parent's port")
+	assert.Nil(t, parent.Connect.SidecarService.Proxy, "the registration is left as it was")
+
+	parent.Connect.SidecarService = &api.AgentServiceRegistration{Address: "10.0.0.7",
+		Proxy: &api.AgentServiceConnectProxyConfig{LocalServiceAddress: "10.0.0.8", LocalServicePort: 7070}}
+	sc, ok = resolve.InstanceOf(parent, "test")
+	require.True(t, ok)
+	assert.Equal(t, "10.0.0.7", sc.Address)
+	assert.Equal(t, 0, sc.Port, "no port: the agent would pick one")
+	assert.Equal(t, "10.0.0.8", sc.Proxy.LocalServiceAddress)
+	assert.Equal(t, 7070, sc.Proxy.LocalServicePort)
 }

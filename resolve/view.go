@@ -113,6 +113,13 @@ type Instance struct {
 	// Origin says where the instance came from ("file:line", or the node in
 	// Consul), for messages.
 	Origin string
+	// Address and Port are the proxy's own: where a sidecar's public
+	// listener takes the mesh's connections for Service. An empty Address
+	// means every address; Port 0 means none is known (the agent gives a
+	// sidecar_service without a port one from its range when it registers
+	// it).
+	Address string
+	Port    int
 }
 
 // View is one consistent picture of the mesh, as a Consul mesh gateway or

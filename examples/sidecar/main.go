@@ -23,6 +23,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -133,17 +134,32 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		}
 		listeners = append(listeners, ln)
 	}
+	upstreams := len(listeners)
+	public, err := listenPublic(reg)
+	if err != nil {
+		return err
+	}
+	if public != nil {
+		listeners = append(listeners, public)
+	}
 	if len(listeners) == 0 {
-		return fmt.Errorf("registration %q has no upstream with a local_bind_port", *proxyID)
+		return fmt.Errorf("registration %q has neither an upstream with a local_bind_port nor a port and local_service_port for the mesh to reach %s", *proxyID, reg.Service)
 	}
 	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
 		fromAgent: len(configs) == 0}
 	var wg sync.WaitGroup
-	for _, ln := range listeners {
+	for _, ln := range listeners[:upstreams] {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.serve(ctx, ln) }()
 	}
-	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", len(listeners))
+	publicAddr := ""
+	if public != nil {
+		publicAddr = public.Addr().String()
+		inbound := certs.AuthorizingServerTLSConfig(client, reg.Service)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.serveInbound(ctx, public, inbound) }()
+	}
+	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", upstreams, "public", publicAddr)
 	if ready != nil {
 		close(ready)
 	}
@@ -153,6 +169,25 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	wg.Wait()
 	return nil
+}
+
+// listenPublic opens the public listener, where the mesh reaches the
+// service behind the proxy, as Envoy's: on the proxy's address and port
+// (every address when the registration has none). It returns nil when the
+// registration has no port or no local application to forward to.
+func listenPublic(reg resolve.Instance) (net.Listener, error) {
+	if reg.Port == 0 || reg.Proxy.LocalServicePort == 0 {
+		return nil, nil
+	}
+	host := reg.Address
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(reg.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("public listener for %s: %w", reg.Service, err)
+	}
+	return ln, nil
 }
 
 // readRegistration reads the connect-proxy registration id from the agent,
@@ -166,7 +201,8 @@ func readRegistration(ctx context.Context, client *api.Client, id, hash string) 
 		return resolve.Instance{}, hash, fmt.Errorf("registration %q is a %q service, not a connect-proxy", id, svc.Kind)
 	}
 	return resolve.Instance{Service: svc.Proxy.DestinationServiceName, Name: svc.Service, Namespace: svc.Namespace,
-		Partition: svc.Partition, Proxy: svc.Proxy, Origin: "consul agent service " + svc.ID}, meta.LastContentHash, nil
+		Partition: svc.Partition, Proxy: svc.Proxy, Origin: "consul agent service " + svc.ID,
+		Address: svc.Address, Port: svc.Port}, meta.LastContentHash, nil
 }
 
 // followRegistration keeps current up to date with the agent's registration.
@@ -305,6 +341,55 @@ func (s *server) handle(ctx context.Context, local net.Conn, port int) {
 	}
 	(&gateway.Forwarder{}).Start(local, remote, nil, func(st gateway.Stats) {
 		s.log.Debug("sidecar: connection closed", "upstream", plan.Upstream, "sent", st.ClientToUpstream, "received", st.UpstreamToClient)
+	})
+}
+
+// serveInbound takes the mesh's connections for the service behind the
+// proxy: mTLS with the service's leaf, only for the clients the intentions
+// allow (the agent decides at each handshake), forwarded as plain TCP to the
+// local application that the current registration names.
+func (s *server) serveInbound(ctx context.Context, ln net.Listener, config *tls.Config) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("sidecar: accept", "err", err)
+			}
+			return
+		}
+		go s.inbound(ctx, tls.Server(c, config))
+	}
+}
+
+// inbound completes one mesh connection's handshake and carries it to the
+// local application.
+func (s *server) inbound(ctx context.Context, c *tls.Conn) {
+	hctx, cancel := context.WithTimeout(ctx, s.timeout)
+	err := c.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		s.log.Info("sidecar: inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	client := ""
+	if peer := c.ConnectionState().PeerCertificates; len(peer) > 0 && len(peer[0].URIs) > 0 {
+		client = peer[0].URIs[0].String()
+	}
+	proxy := s.current.Load().Proxy
+	host := proxy.LocalServiceAddress
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	app := net.JoinHostPort(host, strconv.Itoa(proxy.LocalServicePort))
+	local, err := (&net.Dialer{Timeout: s.timeout}).DialContext(ctx, "tcp", app)
+	if err != nil {
+		s.log.Warn("sidecar: the local application is unreachable; inbound connection closed", "app", app, "client", client, "err", err)
+		c.Close()
+		return
+	}
+	(&gateway.Forwarder{}).Start(c, local, nil, func(st gateway.Stats) {
+		s.log.Debug("sidecar: inbound connection closed", "client", client, "app", app, "received", st.ClientToUpstream, "sent", st.UpstreamToClient)
 	})
 }
 

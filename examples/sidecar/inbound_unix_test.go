@@ -1,0 +1,81 @@
+//go:build unix
+
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/sidecar"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// api's sidecar takes the mesh's connections on its public listener: a
+// client with web's certificate reaches api's plain-TCP application over
+// mTLS with api's identity while the intentions allow web, and is refused,
+// with the agent's reason in the sidecar's log, once an intention denies it.
+func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	meshtest.Echo(t, app)
+	public := freePort(t)
+	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Kind: api.ServiceKindConnectProxy, ID: "api-sidecar-proxy", Name: "api-sidecar-proxy", Address: "127.0.0.1", Port: public,
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "api", LocalServicePort: app.Addr().(*net.TCPAddr).Port}}))
+	t.Setenv("CONSUL_HTTP_ADDR", dc1.HTTPAddr)
+	logs := startSidecar(t, "-proxy-id", "api-sidecar-proxy")
+	require.Contains(t, logs.String(), "public=127.0.0.1:")
+
+	web := meshtest.WatchCerts(t, dc1, "web")
+	apiID := sidecar.Identity{TrustDomain: dc1.TrustDomain(), Datacenter: "dc1", Service: "api"}
+	// echoes sends 64 KiB as web through the public listener and reads
+	// them back.
+	echoes := func() error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", "127.0.0.1:"+strconv.Itoa(public), &tls.Config{
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return web.Certificate(), nil },
+			InsecureSkipVerify:   true, // the SPIFFE identity is checked instead of a host name
+			VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+				return sidecar.VerifyIdentity(raw, web.Roots(), apiID)
+			},
+		})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		want := make([]byte, 64<<10)
+		rand.Read(want)
+		go c.Write(want)
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(c, got); err != nil {
+			return err
+		}
+		if !bytes.Equal(want, got) {
+			t.Fatal("the echo differs from what was sent")
+		}
+		return nil
+	}
+	consultest.WaitFor(t, eventually, "web to reach api through api's sidecar", func() bool { return echoes() == nil })
+
+	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
+		Sources: []*api.SourceIntention{{Name: "web", Action: api.IntentionActionDeny}}}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "web to be refused", func() bool { return echoes() != nil })
+	consultest.WaitFor(t, eventually, "the refusal in the log", func() bool {
+		return strings.Contains(logs.String(), "inbound connection refused") && strings.Contains(logs.String(), "/svc/web may not connect to api")
+	})
+	assert.Contains(t, logs.String(), "intention", "the log gives the agent's reason")
+}
