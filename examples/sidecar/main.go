@@ -1,9 +1,16 @@
 // Command sidecar is the sidecar side of the mesh-gateway modes without
-// Envoy: it serves a connect-proxy registration's upstreams. It listens on
-// each upstream's local_bind_port and carries each plain TCP connection from
+// Envoy: it serves a connect-proxy registration. It listens on each
+// upstream's local_bind_port and carries each plain TCP connection from
 // the local application over the upstream's planned path (direct, through
 // the local mesh gateway, or through the destination's) as mTLS with the
 // service's leaf certificate, checking the destination's SPIFFE identity.
+// When the registration has a port and a local_service_port (a
+// sidecar_service gets its parent's port), it also listens there, as
+// Envoy's public listener does (on the proxy's address, or every address):
+// it takes the mesh's mTLS connections with the service's leaf, lets in only
+// the clients Consul's intentions allow (the agent decides at each
+// handshake), and forwards them to local_service_address:local_service_port
+// (127.0.0.1 by default).
 //
 //	go run ./examples/sidecar -proxy-id web-sidecar-proxy   # a registration on the local agent (CONSUL_HTTP_ADDR, ...)
 //	go run ./examples/sidecar -proxy-id web-sidecar-proxy -config web.hcl   # the registration from the files the agent takes
@@ -18,7 +25,8 @@
 // config entries and the current registration, so a change to
 // proxy-defaults, service-defaults or the registration's modes applies to
 // the next connection. Upstreams added to the registration later need a
-// restart (their ports are bound at start). SIGINT or SIGTERM stop it.
+// restart (their ports are bound at start, as is the public listener's).
+// SIGINT or SIGTERM stop it.
 package main
 
 import (
