@@ -26,6 +26,7 @@ import (
 // client with web's certificate reaches api's plain-TCP application over
 // mTLS with api's identity while the intentions allow web, and is refused,
 // with the agent's reason in the sidecar's log, once an intention denies it.
+// A TCP health check's connection is not worth more than a Debug line.
 func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	app, err := net.Listen("tcp", "127.0.0.1:0")
@@ -69,6 +70,15 @@ func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 		return nil
 	}
 	consultest.WaitFor(t, eventually, "web to reach api through api's sidecar", func() bool { return echoes() == nil })
+
+	// A TCP health check (connect, close) is logged at Debug only.
+	check, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(public))
+	require.NoError(t, err)
+	check.Close()
+	consultest.WaitFor(t, eventually, "the health check's log line", func() bool {
+		return strings.Contains(logs.String(), `level=DEBUG msg="sidecar: inbound connection refused"`)
+	})
+	assert.NotContains(t, logs.String(), `level=INFO msg="sidecar: inbound connection refused"`)
 
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
 		Sources: []*api.SourceIntention{{Name: "web", Action: api.IntentionActionDeny}}}, nil)

@@ -376,7 +376,13 @@ func (s *server) inbound(ctx context.Context, c *tls.Conn) {
 	err := c.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		s.log.Info("sidecar: inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
+		// A connection closed before any byte is a TCP health check, such
+		// as the one the agent gives a sidecar_service: Debug, not Info.
+		level := slog.LevelInfo
+		if errors.Is(err, io.EOF) {
+			level = slog.LevelDebug
+		}
+		s.log.Log(ctx, level, "sidecar: inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}
