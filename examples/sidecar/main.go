@@ -305,17 +305,24 @@ type server struct {
 	logged map[int]string // local port -> the decision last logged
 }
 
+// serve carries the local application's connections to one upstream.
 func (s *server) serve(ctx context.Context, ln net.Listener) {
 	port := ln.Addr().(*net.TCPAddr).Port
+	s.acceptEach(ln, func(c net.Conn) { s.handle(ctx, c, port) })
+}
+
+// acceptEach handles each connection ln accepts in a goroutine of its own,
+// until ln is closed.
+func (s *server) acceptEach(ln net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				s.log.Warn("sidecar: accept", "err", err)
+				s.log.Warn("sidecar: accept", "addr", ln.Addr().String(), "err", err)
 			}
 			return
 		}
-		go s.handle(ctx, c, port)
+		go handle(c)
 	}
 }
 
@@ -357,16 +364,7 @@ func (s *server) handle(ctx context.Context, local net.Conn, port int) {
 // allow (the agent decides at each handshake), forwarded as plain TCP to the
 // local application that the current registration names.
 func (s *server) serveInbound(ctx context.Context, ln net.Listener, config *tls.Config) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.log.Warn("sidecar: accept", "err", err)
-			}
-			return
-		}
-		go s.inbound(ctx, tls.Server(c, config))
-	}
+	s.acceptEach(ln, func(c net.Conn) { s.inbound(ctx, tls.Server(c, config)) })
 }
 
 // inbound completes one mesh connection's handshake and carries it to the
