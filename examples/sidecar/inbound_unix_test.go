@@ -89,3 +89,60 @@ func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 	})
 	assert.Contains(t, logs.String(), "intention", "the log gives the agent's reason")
 }
+
+// Upstreams added to the registration get a listener, and those dropped
+// lose theirs, without a restart.
+func TestListenersFollowTheRegistration(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	meshtest.ServeNative(t, dc1, "api", meshtest.WatchCerts(t, dc1, "api"))
+	first, second := freePort(t), freePort(t)
+	// register names api once without a datacenter and once with dc1:
+	// Consul refuses two upstreams with the same destination.
+	register := func(binds ...int) {
+		t.Helper()
+		var ups []api.Upstream
+		for _, port := range binds {
+			dc := ""
+			if port == second {
+				dc = "dc1"
+			}
+			ups = append(ups, api.Upstream{DestinationName: "api", Datacenter: dc, LocalBindPort: port})
+		}
+		require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			Kind: api.ServiceKindConnectProxy, ID: "web-sidecar-proxy", Name: "web-sidecar-proxy", Port: freePort(t),
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", Upstreams: ups}}))
+	}
+	// echoes reports whether a byte sent on the local port comes back
+	// from api.
+	echoes := func(port int) bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("x"))
+		c.(*net.TCPConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		return string(got) == "x"
+	}
+	register(first)
+	t.Setenv("CONSUL_HTTP_ADDR", dc1.HTTPAddr)
+	logs := startSidecar(t, "-proxy-id", "web-sidecar-proxy")
+	consultest.WaitFor(t, eventually, "api through the first upstream port", func() bool { return echoes(first) })
+
+	register(first, second)
+	consultest.WaitFor(t, eventually, "api through the added port", func() bool { return echoes(second) })
+	assert.True(t, echoes(first))
+
+	register(second)
+	consultest.WaitFor(t, eventually, "the dropped port to be closed", func() bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(first))
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	assert.True(t, echoes(second))
+	assert.Contains(t, logs.String(), `msg="sidecar: stopped listening" listener="upstream 127.0.0.1:`+strconv.Itoa(first)+`"`)
+}

@@ -94,21 +94,16 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var current atomic.Pointer[resolve.Instance]
-	var reg resolve.Instance
+	var reg, hash = resolve.Instance{}, ""
 	if len(configs) > 0 {
-		if reg, err = instanceFromFiles(configs, *proxyID); err != nil {
-			return err
-		}
-		current.Store(&reg)
-		go rereadOnHUP(ctx, configs, *proxyID, &current, log)
+		reg, err = instanceFromFiles(configs, *proxyID)
 	} else {
-		var hash string
-		if reg, hash, err = readRegistration(ctx, client, *proxyID, ""); err != nil {
-			return err
-		}
-		current.Store(&reg)
-		go followRegistration(ctx, client, *proxyID, hash, &current, log)
+		reg, hash, err = readRegistration(ctx, client, *proxyID, "")
 	}
+	if err != nil {
+		return err
+	}
+	current.Store(&reg)
 
 	src, err := consulview.New(ctx, client, consulview.Options{})
 	if err != nil {
@@ -121,81 +116,147 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	defer certs.Close()
 
-	var listeners []net.Listener
-	defer func() {
-		for _, ln := range listeners {
-			ln.Close()
+	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
+		fromAgent: len(configs) == 0}
+	binds := &binder{s: s, ctx: ctx, inbound: certs.AuthorizingServerTLSConfig(client, reg.Service), open: map[string]net.Listener{}}
+	defer binds.closeAll()
+	if err := binds.sync(reg); err != nil {
+		return err
+	}
+	upstreams, public := binds.serving()
+	if upstreams == 0 && public == "" {
+		return fmt.Errorf("registration %q has neither an upstream with a local_bind_port nor a port and local_service_port for the mesh to reach %s", *proxyID, reg.Service)
+	}
+	// A changed registration applies to the next connection, and opens or
+	// closes listeners as its upstreams and port change.
+	changed := func(inst resolve.Instance) {
+		current.Store(&inst)
+		if err := binds.sync(inst); err != nil {
+			log.Error("sidecar: listening as the changed registration says", "err", err)
 		}
-	}()
-	for _, up := range reg.Proxy.Upstreams {
+	}
+	if len(configs) > 0 {
+		go rereadOnHUP(ctx, configs, *proxyID, changed, log)
+	} else {
+		go followRegistration(ctx, client, *proxyID, hash, changed, log)
+	}
+	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", upstreams, "public", public)
+	if ready != nil {
+		close(ready)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// binder keeps the sidecar's listeners as the registration says: one on
+// each upstream's local bind address and port, and the public one. On a
+// change it opens what the registration adds and closes what it drops;
+// connections already accepted go on.
+type binder struct {
+	s       *server
+	ctx     context.Context
+	inbound *tls.Config // the public listener's
+	mu      sync.Mutex
+	open    map[string]net.Listener // by role and address, as listeners names them
+	wg      sync.WaitGroup
+}
+
+// listeners returns the listeners inst calls for, by role and address:
+// "upstream 127.0.0.1:9191", "public 0.0.0.0:21000"; and the upstreams
+// that have no local_bind_port.
+func listeners(inst resolve.Instance) (want map[string]string, unbound []string) {
+	want = map[string]string{}
+	for _, up := range inst.Proxy.Upstreams {
 		if up.LocalBindPort == 0 {
-			log.Warn("sidecar: upstream without a local_bind_port; skipped", "upstream", up.DestinationName)
+			unbound = append(unbound, up.DestinationName)
 			continue
 		}
 		host := up.LocalBindAddress
 		if host == "" {
 			host = "127.0.0.1"
 		}
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(up.LocalBindPort)))
-		if err != nil {
-			return fmt.Errorf("upstream %q: %w", up.DestinationName, err)
+		addr := net.JoinHostPort(host, strconv.Itoa(up.LocalBindPort))
+		want["upstream "+addr] = addr
+	}
+	// The public listener, as Envoy's: on the proxy's address (every
+	// address when it has none) and port, when there is a local
+	// application to forward to.
+	if inst.Port != 0 && inst.Proxy.LocalServicePort != 0 {
+		host := inst.Address
+		if host == "" {
+			host = "0.0.0.0"
 		}
-		listeners = append(listeners, ln)
+		addr := net.JoinHostPort(host, strconv.Itoa(inst.Port))
+		want["public "+addr] = addr
 	}
-	upstreams := len(listeners)
-	public, err := listenPublic(reg)
-	if err != nil {
-		return err
-	}
-	if public != nil {
-		listeners = append(listeners, public)
-	}
-	if len(listeners) == 0 {
-		return fmt.Errorf("registration %q has neither an upstream with a local_bind_port nor a port and local_service_port for the mesh to reach %s", *proxyID, reg.Service)
-	}
-	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
-		fromAgent: len(configs) == 0}
-	var wg sync.WaitGroup
-	for _, ln := range listeners[:upstreams] {
-		wg.Add(1)
-		go func() { defer wg.Done(); s.serve(ctx, ln) }()
-	}
-	publicAddr := ""
-	if public != nil {
-		publicAddr = public.Addr().String()
-		inbound := certs.AuthorizingServerTLSConfig(client, reg.Service)
-		wg.Add(1)
-		go func() { defer wg.Done(); s.serveInbound(ctx, public, inbound) }()
-	}
-	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", upstreams, "public", publicAddr)
-	if ready != nil {
-		close(ready)
-	}
-	<-ctx.Done()
-	for _, ln := range listeners {
-		ln.Close()
-	}
-	wg.Wait()
-	return nil
+	return want, unbound
 }
 
-// listenPublic opens the public listener, where the mesh reaches the
-// service behind the proxy, as Envoy's: on the proxy's address and port
-// (every address when the registration has none). It returns nil when the
-// registration has no port or no local application to forward to.
-func listenPublic(reg resolve.Instance) (net.Listener, error) {
-	if reg.Port == 0 || reg.Proxy.LocalServicePort == 0 {
-		return nil, nil
+// sync opens and closes listeners to match inst. It returns what failed to
+// open, every one named; the others are opened all the same.
+func (b *binder) sync(inst resolve.Instance) error {
+	want, unbound := listeners(inst)
+	for _, name := range unbound {
+		b.s.log.Warn("sidecar: upstream without a local_bind_port; skipped", "upstream", name)
 	}
-	host := reg.Address
-	if host == "" {
-		host = "0.0.0.0"
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for key, ln := range b.open {
+		if _, ok := want[key]; !ok {
+			ln.Close()
+			delete(b.open, key)
+			b.s.log.Info("sidecar: stopped listening", "listener", key)
+		}
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(reg.Port)))
-	if err != nil {
-		return nil, fmt.Errorf("public listener for %s: %w", reg.Service, err)
+	var errs []error
+	for key, addr := range want {
+		if _, ok := b.open[key]; ok || b.ctx.Err() != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			continue
+		}
+		b.open[key] = ln
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			if strings.HasPrefix(key, "public ") {
+				b.s.serveInbound(b.ctx, ln, b.inbound)
+			} else {
+				b.s.serve(b.ctx, ln)
+			}
+		}()
+		b.s.log.Debug("sidecar: listening", "listener", key)
 	}
-	return ln, nil
+	return errors.Join(errs...)
+}
+
+// serving returns how many upstream listeners are open, and the public
+// listener's address ("" if none).
+func (b *binder) serving() (upstreams int, public string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for key, ln := range b.open {
+		if strings.HasPrefix(key, "public ") {
+			public = ln.Addr().String()
+		} else {
+			upstreams++
+		}
+	}
+	return upstreams, public
+}
+
+// closeAll closes every listener and waits for their accept loops to end.
+func (b *binder) closeAll() {
+	b.mu.Lock()
+	for key, ln := range b.open {
+		ln.Close()
+		delete(b.open, key)
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
 }
 
 // readRegistration reads the connect-proxy registration id from the agent,
@@ -213,8 +274,9 @@ func readRegistration(ctx context.Context, client *api.Client, id, hash string) 
 		Address: svc.Address, Port: svc.Port}, meta.LastContentHash, nil
 }
 
-// followRegistration keeps current up to date with the agent's registration.
-func followRegistration(ctx context.Context, client *api.Client, id, hash string, current *atomic.Pointer[resolve.Instance], log *slog.Logger) {
+// followRegistration calls changed with each new version of the agent's
+// registration.
+func followRegistration(ctx context.Context, client *api.Client, id, hash string, changed func(resolve.Instance), log *slog.Logger) {
 	for ctx.Err() == nil {
 		reg, next, err := readRegistration(ctx, client, id, hash)
 		if err != nil {
@@ -228,7 +290,7 @@ func followRegistration(ctx context.Context, client *api.Client, id, hash string
 			continue
 		}
 		if next != hash {
-			current.Store(&reg)
+			changed(reg)
 		}
 		hash = next
 	}
@@ -262,9 +324,10 @@ func instanceFromFiles(paths []string, id string) (resolve.Instance, error) {
 	return resolve.Instance{}, fmt.Errorf("no proxy %q in %s (proxies there: %q)", id, strings.Join(paths, ", "), names)
 }
 
-// rereadOnHUP reloads the registration from the files on SIGHUP; a file
-// that no longer loads leaves the registration in force.
-func rereadOnHUP(ctx context.Context, paths []string, id string, current *atomic.Pointer[resolve.Instance], log *slog.Logger) {
+// rereadOnHUP reloads the registration from the files on SIGHUP and calls
+// changed with it; a file that no longer loads leaves the registration in
+// force.
+func rereadOnHUP(ctx context.Context, paths []string, id string, changed func(resolve.Instance), log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -279,7 +342,7 @@ func rereadOnHUP(ctx context.Context, paths []string, id string, current *atomic
 			log.Error("sidecar: reload failed; the registration in force stays", "err", err)
 			continue
 		}
-		current.Store(&inst)
+		changed(inst)
 		log.Info("sidecar: registration reloaded", "files", strings.Join(paths, ","))
 	}
 }
