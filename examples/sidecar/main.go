@@ -24,9 +24,9 @@
 // again when they change. Every connection is planned from the current
 // config entries and the current registration, so a change to
 // proxy-defaults, service-defaults or the registration's modes applies to
-// the next connection. Upstreams added to the registration later need a
-// restart (their ports are bound at start, as is the public listener's).
-// SIGINT or SIGTERM stop it.
+// the next connection, and the listeners follow it: an upstream or public
+// port added later is listened on, one dropped is closed (the connections
+// it accepted go on). SIGINT or SIGTERM stop it.
 package main
 
 import (
