@@ -6,6 +6,7 @@ package consultest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -118,6 +119,7 @@ type Agent struct {
 	dir     string
 	cfgFile string
 	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has ended
 	log     *syncbuf.Buffer
 	acl     bool
 }
@@ -133,7 +135,31 @@ func Start(tb testing.TB, opts Options) *Agent {
 		opts.PrimaryDatacenter = opts.Datacenter
 	}
 	a := &Agent{Datacenter: opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
-	ports := freePorts(tb, 6)
+	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
+	tb.Cleanup(a.Stop)
+	// The ports were free when picked, but any connection the machine
+	// opens meanwhile may take one (they come from the ephemeral range):
+	// an agent that cannot bind gets new ones.
+	for attempt := 1; ; attempt++ {
+		a.configure(opts, pickPorts(tb, 6))
+		a.start()
+		err := a.waitReady()
+		if err == nil {
+			return a
+		}
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			tb.Fatalf("consultest: agent %s not ready: %v\n%s", a.Datacenter, err, tail(a.log.String(), 3000))
+		}
+		tb.Logf("consultest: agent %s could not bind a port; starting it again on others", a.Datacenter)
+		os.RemoveAll(filepath.Join(a.dir, "data"))
+	}
+}
+
+// configure writes the agent's configuration for ports (HTTP, gRPC TLS,
+// serf LAN, serf WAN, server RPC, spare) and points Client at it.
+func (a *Agent) configure(opts Options, ports []int) {
+	tb := a.tb
+	tb.Helper()
 	a.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	a.GRPCTLS = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	a.SerfWAN = fmt.Sprintf("127.0.0.1:%d", ports[3])
@@ -167,7 +193,6 @@ performance { raft_multiplier = 1 }
 		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens { initial_management = %q }\n}\n", ManagementToken)
 	}
 	cfg += opts.ExtraConfig + "\n"
-	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
 	if err := os.WriteFile(a.cfgFile, []byte(cfg), 0o644); err != nil {
 		tb.Fatal(err)
 	}
@@ -182,11 +207,9 @@ performance { raft_multiplier = 1 }
 		tb.Fatal(err)
 	}
 	a.Client = client
-	tb.Cleanup(a.Stop)
-	a.start()
-	return a
 }
 
+// start starts the agent's process; exited is closed when it ends.
 func (a *Agent) start() {
 	a.tb.Helper()
 	a.log = &syncbuf.Buffer{}
@@ -196,24 +219,36 @@ func (a *Agent) start() {
 	if err := a.cmd.Start(); err != nil {
 		a.tb.Fatalf("consultest: starting consul: %v", err)
 	}
-	a.waitReady()
+	exited, cmd := make(chan struct{}), a.cmd
+	a.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
 }
 
-// waitReady waits for a leader, the Connect CA and the agent's own node.
-func (a *Agent) waitReady() {
+// errPortTaken is waitReady's error for an agent that ended because one of
+// its ports was taken.
+var errPortTaken = errors.New("a port the agent was to listen on was taken")
+
+// waitReady waits for a leader, the Connect CA and the agent's own node;
+// it returns at once if the agent ends first.
+func (a *Agent) waitReady() error {
 	a.tb.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
-		if a.cmd.ProcessState != nil {
-			break
+		select {
+		case <-a.exited:
+			if strings.Contains(a.log.String(), "address already in use") {
+				return errPortTaken
+			}
+			return errors.New("the agent ended")
+		default:
 		}
 		leader, err := a.Client.Status().Leader()
 		if err == nil && leader != "" {
 			roots, _, err2 := a.Client.Connect().CARoots(nil)
 			if err2 == nil && roots.TrustDomain != "" {
 				if _, _, err3 := a.Client.Catalog().Node("node-"+a.Datacenter, nil); err3 == nil {
-					return
+					return nil
 				} else {
 					last = err3
 				}
@@ -225,22 +260,28 @@ func (a *Agent) waitReady() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	a.tb.Fatalf("consultest: agent %s not ready: %v\n%s", a.Datacenter, last, tail(a.log.String(), 3000))
+	if last == nil {
+		last = errors.New("no answer in 60 s")
+	}
+	return last
 }
 
 // Stop stops the agent (SIGTERM, then SIGKILL). Its data stays for Restart.
 func (a *Agent) Stop() {
-	if a.cmd == nil || a.cmd.Process == nil || a.cmd.ProcessState != nil {
+	if a.cmd == nil || a.exited == nil {
 		return
 	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { a.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-a.exited:
+		return
+	default:
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
 	case <-time.After(15 * time.Second):
 		a.cmd.Process.Kill()
-		<-done
+		<-a.exited
 	}
 }
 
@@ -248,6 +289,9 @@ func (a *Agent) Stop() {
 func (a *Agent) Restart() {
 	a.tb.Helper()
 	a.start()
+	if err := a.waitReady(); err != nil {
+		a.tb.Fatalf("consultest: agent %s not ready after a restart: %v\n%s", a.Datacenter, err, tail(a.log.String(), 3000))
+	}
 }
 
 // TrustDomain returns the cluster's trust domain.
@@ -274,6 +318,9 @@ func (a *Agent) ClientWithToken(token string) *api.Client {
 	}
 	return c
 }
+
+// pickPorts picks an agent's ports; tests of this package replace it.
+var pickPorts = freePorts
 
 // freePorts returns n distinct loopback ports that were free a moment ago
 // (TCP and UDP, as serf needs both).
