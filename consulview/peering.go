@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -188,7 +189,7 @@ func (c *Source) loadExports(index uint64) (uint64, error) {
 // they need beyond a datacenter gateway's.
 func classifyPeering(what string, err error) error {
 	err = classify(what, err)
-	if strings.Contains(err.Error(), "Permission denied") || strings.Contains(err.Error(), "403") {
+	if errors.Is(err, ErrPermissionDenied) {
 		return fmt.Errorf("%w (a gateway that serves peering also needs peering:read and mesh:read)", err)
 	}
 	return err

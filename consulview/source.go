@@ -280,7 +280,9 @@ func (c *Source) loadIdentity() error {
 func classify(what string, err error) error {
 	var se api.StatusError
 	msg := err.Error()
-	if errors.As(err, &se) && se.Code == 403 || strings.Contains(msg, "403") || strings.Contains(msg, "Permission denied") {
+	// Consul's answer reads "Unexpected response code: 403 (Permission
+	// denied ...)"; a bare "403" could be part of an address.
+	if errors.As(err, &se) && se.Code == 403 || strings.Contains(msg, "response code: 403") || strings.Contains(msg, "Permission denied") {
 		return fmt.Errorf("%w while %s: a mesh gateway's token needs service:read on all services and node:read (and service:write on its own name to register itself): %v", ErrPermissionDenied, what, err)
 	}
 	var ne net.Error

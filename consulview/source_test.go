@@ -332,6 +332,23 @@ func TestConsulUnreachable(t *testing.T) {
 	_, err = consulview.New(context.Background(), client, consulview.Options{})
 	require.ErrorIs(t, err, consulview.ErrAgentUnreachable)
 
+	// A port with "403" in it is still an unreachable agent, not a denial.
+	for _, port := range []int{24030, 34030, 40300, 40301, 40302, 40303, 44030, 54030} {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue // in use: try the next
+		}
+		ln.Close()
+		cc := api.DefaultConfig()
+		cc.Address = ln.Addr().String()
+		client403, err := api.NewClient(cc)
+		require.NoError(t, err)
+		_, err = consulview.New(context.Background(), client403, consulview.Options{})
+		require.ErrorIs(t, err, consulview.ErrAgentUnreachable, "port %d", port)
+		require.NotErrorIs(t, err, consulview.ErrPermissionDenied, "port %d", port)
+		break
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	_, err = consulview.New(ctx, client, consulview.Options{WaitForAgent: true})
