@@ -40,6 +40,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,7 +95,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var current atomic.Pointer[resolve.Instance]
-	var reg, hash = resolve.Instance{}, ""
+	var reg resolve.Instance
+	var hash string
 	if len(configs) > 0 {
 		reg, err = instanceFromFiles(configs, *proxyID)
 	} else {
@@ -118,7 +120,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 
 	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
 		fromAgent: len(configs) == 0}
-	binds := &binder{s: s, ctx: ctx, inbound: certs.AuthorizingServerTLSConfig(client, reg.Service), open: map[string]net.Listener{}}
+	binds := &binder{s: s, ctx: ctx, inbound: certs.AuthorizingServerTLSConfig(client, reg.Service), open: map[listener]net.Listener{}}
 	defer binds.closeAll()
 	if err := binds.sync(reg); err != nil {
 		return err
@@ -157,15 +159,29 @@ type binder struct {
 	ctx     context.Context
 	inbound *tls.Config // the public listener's
 	mu      sync.Mutex
-	open    map[string]net.Listener // by role and address, as listeners names them
+	open    map[listener]net.Listener
 	wg      sync.WaitGroup
 }
 
-// listeners returns the listeners inst calls for, by role and address:
-// "upstream 127.0.0.1:9191", "public 0.0.0.0:21000"; and the upstreams
-// that have no local_bind_port.
-func listeners(inst resolve.Instance) (want map[string]string, unbound []string) {
-	want = map[string]string{}
+// listener is one listener a registration calls for: an upstream's, or
+// the public one.
+type listener struct {
+	public bool
+	addr   string
+}
+
+// String names it in logs and errors: "upstream 127.0.0.1:9191",
+// "public 0.0.0.0:21000".
+func (l listener) String() string {
+	if l.public {
+		return "public " + l.addr
+	}
+	return "upstream " + l.addr
+}
+
+// listeners returns the listeners inst calls for, and the upstreams that
+// have no local_bind_port.
+func listeners(inst resolve.Instance) (want []listener, unbound []string) {
 	for _, up := range inst.Proxy.Upstreams {
 		if up.LocalBindPort == 0 {
 			unbound = append(unbound, up.DestinationName)
@@ -175,8 +191,7 @@ func listeners(inst resolve.Instance) (want map[string]string, unbound []string)
 		if host == "" {
 			host = "127.0.0.1"
 		}
-		addr := net.JoinHostPort(host, strconv.Itoa(up.LocalBindPort))
-		want["upstream "+addr] = addr
+		want = append(want, listener{addr: net.JoinHostPort(host, strconv.Itoa(up.LocalBindPort))})
 	}
 	// The public listener, as Envoy's: on the proxy's address (every
 	// address when it has none) and port, when there is a local
@@ -186,8 +201,7 @@ func listeners(inst resolve.Instance) (want map[string]string, unbound []string)
 		if host == "" {
 			host = "0.0.0.0"
 		}
-		addr := net.JoinHostPort(host, strconv.Itoa(inst.Port))
-		want["public "+addr] = addr
+		want = append(want, listener{public: true, addr: net.JoinHostPort(host, strconv.Itoa(inst.Port))})
 	}
 	return want, unbound
 }
@@ -201,34 +215,34 @@ func (b *binder) sync(inst resolve.Instance) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for key, ln := range b.open {
-		if _, ok := want[key]; !ok {
+	for l, ln := range b.open {
+		if !slices.Contains(want, l) {
 			ln.Close()
-			delete(b.open, key)
-			b.s.log.Info("sidecar: stopped listening", "listener", key)
+			delete(b.open, l)
+			b.s.log.Info("sidecar: stopped listening", "listener", l.String())
 		}
 	}
 	var errs []error
-	for key, addr := range want {
-		if _, ok := b.open[key]; ok || b.ctx.Err() != nil {
+	for _, l := range want {
+		if _, ok := b.open[l]; ok || b.ctx.Err() != nil {
 			continue
 		}
-		ln, err := net.Listen("tcp", addr)
+		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+			errs = append(errs, fmt.Errorf("%s: %w", l, err))
 			continue
 		}
-		b.open[key] = ln
+		b.open[l] = ln
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			if strings.HasPrefix(key, "public ") {
+			if l.public {
 				b.s.serveInbound(b.ctx, ln, b.inbound)
 			} else {
 				b.s.serve(b.ctx, ln)
 			}
 		}()
-		b.s.log.Debug("sidecar: listening", "listener", key)
+		b.s.log.Debug("sidecar: listening", "listener", l.String())
 	}
 	return errors.Join(errs...)
 }
@@ -238,8 +252,8 @@ func (b *binder) sync(inst resolve.Instance) error {
 func (b *binder) serving() (upstreams int, public string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for key, ln := range b.open {
-		if strings.HasPrefix(key, "public ") {
+	for l, ln := range b.open {
+		if l.public {
 			public = ln.Addr().String()
 		} else {
 			upstreams++
@@ -251,9 +265,9 @@ func (b *binder) serving() (upstreams int, public string) {
 // closeAll closes every listener and waits for their accept loops to end.
 func (b *binder) closeAll() {
 	b.mu.Lock()
-	for key, ln := range b.open {
+	for l, ln := range b.open {
 		ln.Close()
-		delete(b.open, key)
+		delete(b.open, l)
 	}
 	b.mu.Unlock()
 	b.wg.Wait()
