@@ -333,6 +333,7 @@ func TestConsulUnreachable(t *testing.T) {
 	require.ErrorIs(t, err, consulview.ErrAgentUnreachable)
 
 	// A port with "403" in it is still an unreachable agent, not a denial.
+	tried := false
 	for _, port := range []int{24030, 34030, 40300, 40301, 40302, 40303, 44030, 54030} {
 		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
@@ -346,8 +347,10 @@ func TestConsulUnreachable(t *testing.T) {
 		_, err = consulview.New(context.Background(), client403, consulview.Options{})
 		require.ErrorIs(t, err, consulview.ErrAgentUnreachable, "port %d", port)
 		require.NotErrorIs(t, err, consulview.ErrPermissionDenied, "port %d", port)
+		tried = true
 		break
 	}
+	require.True(t, tried, "every port with 403 in it that the test tries is in use")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

@@ -244,8 +244,12 @@ func (l *loop) readHello(c *sock) {
 		if err == nil {
 			err = sni.ParseClientHello(msg, &l.hello)
 		}
+		if err != nil {
+			l.closePair(c)
+			return
+		}
 		to, ok := l.routes[l.hello.ServerName]
-		if err != nil || !ok {
+		if !ok {
 			l.closePair(c)
 			return
 		}
