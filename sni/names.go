@@ -3,6 +3,7 @@ package sni
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/meshgate/meshgate/internal/tenancy"
@@ -158,16 +159,93 @@ func PeeringServerSNI(datacenter, trustDomain string) string {
 	return join(labelServer, datacenter, labelPeering, trustDomain)
 }
 
+// DefaultDomain is Consul's DNS domain when an agent's configuration names
+// none (its "domain" option): the last label of Consul servers' names.
+const DefaultDomain = "consul"
+
 // ServerSNI returns the name of Consul servers for WAN federation through mesh
-// gateways: server.datacenter.domain, or nodeName.server.datacenter.domain for
-// one server. domain is the DNS domain (default "consul"), not the trust
-// domain; a trailing dot on it is dropped.
+// gateways, as Consul's tlsutil.Configurator.ServerSNI:
+// server.datacenter.domain for any server of the datacenter, or
+// nodeName.server.datacenter.domain for one. domain is the DNS domain (empty
+// means DefaultDomain), not the trust domain; a trailing dot on it is dropped.
+// A nodeName of "*" means any server, as in Consul.
 func ServerSNI(datacenter, nodeName, domain string) string {
 	domain = strings.TrimSuffix(domain, ".")
-	if nodeName == "" {
+	if domain == "" {
+		domain = DefaultDomain
+	}
+	if nodeName == "" || nodeName == "*" {
 		return join(labelServer, datacenter, domain)
 	}
 	return join(nodeName, labelServer, datacenter, domain)
+}
+
+// ErrNotServerName is wrapped by ParseServerName's errors, with the name and
+// what is wrong with it.
+var ErrNotServerName = errors.New("sni: not a Consul server name")
+
+// ServerName is a Consul server name for WAN federation through mesh
+// gateways, split into its parts: server.<datacenter>.<domain> addresses any
+// server of the datacenter, <node>.server.<datacenter>.<domain> one of them.
+// Consul's servers dial each other across datacenters with these names
+// (with ALPN protocols such as "consul/rpc-multi" and
+// "consul/wan-gossip/stream"), and their certificates carry them.
+type ServerName struct {
+	// Node is the server's node name, empty for any server; it may have
+	// dots ("ip-10-0-1-2.ec2.internal"), as Consul's node names may.
+	Node string
+	// Datacenter is the server's datacenter.
+	Datacenter string
+	// Domain is the DNS domain the name ended in, as written in it.
+	Domain string
+}
+
+// String rebuilds the name with ServerSNI.
+func (n ServerName) String() string { return ServerSNI(n.Datacenter, n.Node, n.Domain) }
+
+// ParseServerName splits a Consul server name in the DNS domain domain
+// (empty means DefaultDomain; a trailing dot is dropped) into its parts. It
+// is the exact inverse of ServerSNI for labels without dots in the
+// datacenter and non-empty labels everywhere: the last label before the
+// domain is the datacenter, the one before it must be "server", and what
+// precedes that, if anything, is the node name. The domain is matched
+// without regard to ASCII case.
+//
+// A name that is not of that form (a service's SNI, a peering server name,
+// a name of another domain) fails with an error wrapping ErrNotServerName
+// that names it. ParseServerName does not allocate on success.
+func ParseServerName(name, domain string) (ServerName, error) {
+	domain = strings.TrimSuffix(domain, ".")
+	if domain == "" {
+		domain = DefaultDomain
+	}
+	rest, ok := cutSuffixFold(name, domain)
+	if ok {
+		rest, ok = strings.CutSuffix(rest, ".")
+	}
+	if !ok {
+		return ServerName{}, notServer(name, "it does not end in domain "+strconv.Quote(domain))
+	}
+	i := strings.LastIndexByte(rest, '.')
+	dc := rest[i+1:]
+	if i < 0 || dc == "" {
+		return ServerName{}, notServer(name, "want server.<datacenter> before the domain")
+	}
+	rest = rest[:i]
+	node, ok := strings.CutSuffix(rest, "."+labelServer)
+	if !ok {
+		if rest != labelServer {
+			return ServerName{}, notServer(name, "want server.<datacenter> before the domain")
+		}
+		node = ""
+	} else if node == "" || strings.HasPrefix(node, ".") || strings.HasSuffix(node, ".") || strings.Contains(node, "..") {
+		return ServerName{}, notServer(name, "empty label in the node name")
+	}
+	return ServerName{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, nil
+}
+
+func notServer(name, why string) error {
+	return fmt.Errorf("%w %q: %s", ErrNotServerName, name, why)
 }
 
 // ParseName splits a Consul SNI name of trustDomain into its parts. It is the

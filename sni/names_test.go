@@ -164,3 +164,73 @@ func TestParseNameAllocations(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+func TestParseServerNameExamples(t *testing.T) {
+	cases := []struct {
+		in, domain string
+		want       ServerName
+	}{
+		{"server.dc1.consul", "consul", ServerName{Datacenter: "dc1", Domain: "consul"}},
+		{"server.dc1.consul", "", ServerName{Datacenter: "dc1", Domain: "consul"}},
+		{"node-dc1.server.dc1.consul", "consul.", ServerName{Node: "node-dc1", Datacenter: "dc1", Domain: "consul"}},
+		{"ip-10-0-1-2.ec2.internal.server.us-east-1.consul", "consul", ServerName{Node: "ip-10-0-1-2.ec2.internal", Datacenter: "us-east-1", Domain: "consul"}},
+		{"s1.server.dc2.mesh.example.com", "mesh.example.com", ServerName{Node: "s1", Datacenter: "dc2", Domain: "mesh.example.com"}},
+		{"server.server.server.consul", "consul", ServerName{Node: "server", Datacenter: "server", Domain: "consul"}},
+		{"s1.server.dc1.CONSUL", "consul", ServerName{Node: "s1", Datacenter: "dc1", Domain: "CONSUL"}},
+	}
+	for _, c := range cases {
+		got, err := ParseServerName(c.in, c.domain)
+		require.NoError(t, err, c.in)
+		assert.Equal(t, c.want, got, c.in)
+		assert.Equal(t, c.in, got.String(), c.in)
+	}
+}
+
+func TestParseServerNameRefusesOtherNames(t *testing.T) {
+	cases := []struct{ in, mention string }{
+		{"api.default.dc1.internal." + td, "server.<datacenter>"},
+		{"server.dc1.peering." + td, "server.<datacenter>"},
+		{"dc2.internal." + td, "server.<datacenter>"},
+		{"server.dc1.example.com", `domain "consul"`},
+		{"consul", `domain "consul"`},
+		{".consul", "server.<datacenter>"},
+		{"server..consul", "server.<datacenter>"},
+		{"dc1.consul", "server.<datacenter>"},
+		{"client.dc1.consul", "server.<datacenter>"},
+		{".server.dc1.consul", "empty label"},
+		{"a..b.server.dc1.consul", "empty label"},
+		{"xserver.dc1.consul", "server.<datacenter>"},
+		{"server.dc1.xconsul", `domain "consul"`},
+	}
+	for _, c := range cases {
+		_, err := ParseServerName(c.in, "consul")
+		require.ErrorIs(t, err, ErrNotServerName, c.in)
+		assert.Contains(t, err.Error(), c.mention, c.in)
+		assert.Contains(t, err.Error(), c.in, "the error names the value")
+	}
+}
+
+func TestServerNameRoundTripProperty(t *testing.T) {
+	err := quick.Check(func(node1, node2, dc label, withNode, dotted bool) bool {
+		node := ""
+		if withNode {
+			node = string(node1)
+			if dotted {
+				node += "." + string(node2)
+			}
+		}
+		n, err := ParseServerName(ServerSNI(string(dc), node, "consul"), "consul")
+		return err == nil && n == ServerName{Node: node, Datacenter: string(dc), Domain: "consul"}
+	}, &quick.Config{MaxCount: 2000})
+	require.NoError(t, err)
+	assert.Equal(t, "server.dc1.consul", ServerSNI("dc1", "*", ""), `"*" is any server, as in Consul`)
+}
+
+func TestParseServerNameAllocations(t *testing.T) {
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := ParseServerName("node-dc1.server.dc1.consul", "consul"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.Zero(t, allocs)
+}
