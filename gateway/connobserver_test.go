@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -86,4 +88,65 @@ func TestMultiObserverWithoutConnObserverBuildsNoRecords(t *testing.T) {
 	assert.Nil(t, connObserverOf(MultiObserver(&Counters{})))
 	assert.Nil(t, connObserverOf(&Counters{}))
 	assert.NotNil(t, connObserverOf(MultiObserver(&Counters{}, &recorder{})))
+}
+
+// opened is an UpstreamObserver keeping copies of the Connected records.
+type opened struct {
+	Counters
+	mu      sync.Mutex
+	records []ConnRecord
+}
+
+func (o *opened) Connected(rec *ConnRecord) {
+	o.mu.Lock()
+	o.records = append(o.records, *rec)
+	o.mu.Unlock()
+}
+
+func (o *opened) all() []ConnRecord {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]ConnRecord(nil), o.records...)
+}
+
+// An UpstreamObserver hears of a connection once its upstream is connected,
+// while it is still open (a long-lived connection would otherwise show in
+// no count until it closed), with the route's kind; a refused connection is
+// never "connected".
+func TestUpstreamObserverHearsOpenConnections(t *testing.T) {
+	b := startBackend(t, echo)
+	var up opened
+	var rec recorder
+	router := RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (Route, error) {
+		if hello.ServerName != longName {
+			return Route{}, Reject(ReasonNoRoute, "no")
+		}
+		return Route{Name: "backend", Kind: "service", Targets: []string{b.addr()}}, nil
+	})
+	gw := startGateway(t, &Server{Router: router, Observer: MultiObserver(&up, &rec)})
+	c := echoed(t, gw, helloBytes(t, longName)) // still open
+
+	got := up.all()
+	require.Len(t, got, 1, "heard before the connection ends")
+	assert.Equal(t, longName, got[0].ServerName)
+	assert.Equal(t, "backend", got[0].Route)
+	assert.Equal(t, "service", got[0].Kind)
+	assert.Equal(t, b.addr(), got[0].Target)
+	assert.Empty(t, got[0].Outcome, "no outcome yet")
+	assert.Empty(t, rec.all(), "not closed yet")
+	c.Close()
+	waitFor(t, "the close", func() bool { return len(rec.all()) == 1 })
+	assert.Equal(t, "service", rec.all()[0].Kind, "the closed record has the kind too")
+
+	r, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	r.Write(helloBytes(t, "unknown.example"))
+	r.SetDeadline(time.Now().Add(30 * time.Second))
+	io.Copy(io.Discard, r)
+	r.Close()
+	waitFor(t, "the refusal", func() bool { return len(rec.all()) == 2 })
+	assert.Len(t, up.all(), 1, "a refused connection is never connected")
+
+	assert.Nil(t, upstreamObserverOf(MultiObserver(&Counters{}, &recorder{})))
+	assert.NotNil(t, upstreamObserverOf(MultiObserver(&Counters{}, &opened{})))
 }

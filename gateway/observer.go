@@ -44,8 +44,24 @@ type ConnObserver interface {
 	Closed(r *ConnRecord)
 }
 
+// UpstreamObserver is an Observer that is also told when a routed
+// connection's upstream is connected, before its first byte is forwarded.
+// Forwarded and Closed come only when a connection ends, which for Consul's
+// pooled server connections (WAN federation, peering) can be hours later;
+// this event lets metrics count and gauge such connections while they are
+// open. A Server looks for it on its Observer, and builds the record only
+// then.
+type UpstreamObserver interface {
+	Observer
+	// Connected is called once per forwarded connection, after its upstream
+	// is connected and before Forwarded and Closed for it. The record's
+	// Outcome and Stats are not set yet.
+	Connected(r *ConnRecord)
+}
+
 // ConnRecord is one connection's story. It is valid only during the
-// ConnObserver's Closed call; copy what you keep.
+// ConnObserver's Closed call (or the UpstreamObserver's Connected call);
+// copy what you keep.
 type ConnRecord struct {
 	ConnInfo
 	// Start is when the connection was accepted.
@@ -57,6 +73,8 @@ type ConnRecord struct {
 	// Route and Target are the route taken and the target dialled, where
 	// the connection got that far.
 	Route, Target string
+	// Kind is the route's Kind, where the connection got that far.
+	Kind string
 	// Outcome is OutcomeForwarded, or the rejection's reason.
 	Outcome string
 	// Stats are the forwarded connection's bytes and duration; for a
@@ -72,8 +90,9 @@ type ConnRecord struct {
 const OutcomeForwarded = "forwarded"
 
 // MultiObserver returns an Observer that passes every event to each of
-// observers in turn, including the LimitObserver and ConnObserver events
-// to those that implement them. Nil observers are left out.
+// observers in turn, including the LimitObserver, ConnObserver and
+// UpstreamObserver events to those that implement them. Nil observers are
+// left out.
 func MultiObserver(observers ...Observer) Observer {
 	m := &multiObserver{}
 	for _, o := range observers {
@@ -86,6 +105,9 @@ func MultiObserver(observers ...Observer) Observer {
 		}
 		if co, ok := o.(ConnObserver); ok {
 			m.conn = append(m.conn, co)
+		}
+		if uo, ok := o.(UpstreamObserver); ok {
+			m.upstream = append(m.upstream, uo)
 		}
 	}
 	return m
@@ -101,17 +123,29 @@ func connObserverOf(o Observer) ConnObserver {
 	return co
 }
 
+// upstreamObserverOf returns o as an UpstreamObserver, or nil if it is none
+// or is a MultiObserver without one.
+func upstreamObserverOf(o Observer) UpstreamObserver {
+	if m, ok := o.(*multiObserver); ok && len(m.upstream) == 0 {
+		return nil
+	}
+	uo, _ := o.(UpstreamObserver)
+	return uo
+}
+
 // multiObserver sorts its observers by interface once, so no event pays a
 // type assertion.
 type multiObserver struct {
-	all   []Observer
-	limit []LimitObserver
-	conn  []ConnObserver
+	all      []Observer
+	limit    []LimitObserver
+	conn     []ConnObserver
+	upstream []UpstreamObserver
 }
 
 var _ interface {
 	LimitObserver
 	ConnObserver
+	UpstreamObserver
 } = (*multiObserver)(nil)
 
 func (m *multiObserver) Accepted(remote net.Addr) {
@@ -147,6 +181,12 @@ func (m *multiObserver) HeldBack(limit string) {
 func (m *multiObserver) Closed(r *ConnRecord) {
 	for _, o := range m.conn {
 		o.Closed(r)
+	}
+}
+
+func (m *multiObserver) Connected(r *ConnRecord) {
+	for _, o := range m.upstream {
+		o.Connected(r)
 	}
 }
 

@@ -18,6 +18,12 @@ import (
 type Route struct {
 	Name    string
 	Targets []string
+	// Kind classifies the route for metrics and logs with a word from a
+	// small, fixed set, such as "service", "gateway" or "wan-federation"
+	// for the routers of this module (see their packages); unlike Name it
+	// never names a service, so a label of it stays bounded. Empty means
+	// the Router gives none.
+	Kind string
 	// ConnectTimeout bounds each dial of this route's targets, as a
 	// service-resolver's ConnectTimeout does in Consul; zero means the
 	// Server's.
@@ -81,6 +87,26 @@ const (
 	ReasonLoop        = "loop"
 )
 
+// Rotation spreads connections over a route's targets: Of returns the
+// targets starting at the next position of a counter it keeps (the first
+// call at the first target), so that each target comes first in turn and
+// the rest follow as fallbacks. The zero
+// value is ready and safe for concurrent use.
+type Rotation struct{ n atomic.Uint32 }
+
+// Of returns a new slice with targets rotated to the next start; targets
+// itself is not changed. A list of fewer than two is returned as it is.
+func (r *Rotation) Of(targets []string) []string {
+	if len(targets) < 2 {
+		return targets
+	}
+	i := int((r.n.Add(1) - 1) % uint32(len(targets)))
+	return append(append(make([]string, 0, len(targets)), targets[i:]...), targets[:i]...)
+}
+
+// KindTable is the Kind of a Table's routes.
+const KindTable = "table"
+
 // Table is a Router for users who do not use Consul: exact server names and
 // "*.suffix" wildcards. An exact name wins over a wildcard, and a longer
 // suffix over a shorter one; "*.example.com" matches "a.example.com" and
@@ -124,11 +150,11 @@ func NewTable(routes map[string][]string) (*Table, error) {
 func (t *Table) Route(_ context.Context, hello *sni.ClientHello) (Route, error) {
 	name := hello.ServerName
 	if targets, ok := t.exact[name]; ok {
-		return Route{Name: name, Targets: targets}, nil
+		return Route{Name: name, Targets: targets, Kind: KindTable}, nil
 	}
 	for _, s := range t.suffixes {
 		if strings.HasSuffix(name, s.suffix) {
-			return Route{Name: "*" + s.suffix, Targets: s.targets}, nil
+			return Route{Name: "*" + s.suffix, Targets: s.targets, Kind: KindTable}, nil
 		}
 	}
 	if name == "" {

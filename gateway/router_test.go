@@ -100,3 +100,17 @@ func TestRouterSeesTheConnection(t *testing.T) {
 	_, ok := ConnInfoFrom(context.Background())
 	assert.False(t, ok)
 }
+
+// Rotation starts at the first target, gives each the first place in turn
+// with the rest following in order, and never changes the list it is given.
+func TestRotation(t *testing.T) {
+	var r Rotation
+	targets := []string{"a", "b", "c"}
+	assert.Equal(t, []string{"a", "b", "c"}, r.Of(targets))
+	assert.Equal(t, []string{"b", "c", "a"}, r.Of(targets))
+	assert.Equal(t, []string{"c", "a", "b"}, r.Of(targets))
+	assert.Equal(t, []string{"a", "b", "c"}, r.Of(targets))
+	assert.Equal(t, []string{"a", "b", "c"}, targets)
+	assert.Equal(t, []string{"x"}, r.Of([]string{"x"}))
+	assert.Empty(t, r.Of(nil))
+}

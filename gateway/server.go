@@ -400,6 +400,7 @@ func (s *Server) open(c *conn) (runDown func()) {
 	ctx := context.WithValue(context.Background(), connInfoKey{}, info)
 	st := story{info: info, start: start}
 	st.to = connObserverOf(s.Observer)
+	st.up = upstreamObserverOf(s.Observer)
 
 	bp := helloBuffers.Get().(*[]byte)
 	hello := helloPool.Get().(*sni.ClientHello)
@@ -408,7 +409,7 @@ func (s *Server) open(c *conn) (runDown func()) {
 	defer func() { s.putHello(bp, raw, hello) }()
 
 	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
-	if st.to != nil {
+	if st.to != nil || st.up != nil {
 		st.peek = time.Since(start)
 	}
 	if err != nil {
@@ -418,7 +419,7 @@ func (s *Server) open(c *conn) (runDown func()) {
 	}
 	st.serverName = hello.ServerName
 	route, reason, err := s.route(ctx, c, hello)
-	st.route = route.Name
+	st.route, st.kind = route.Name, route.Kind
 	if err != nil {
 		s.refuse(c, &st, reason, err)
 		return nil
@@ -429,6 +430,7 @@ func (s *Server) open(c *conn) (runDown func()) {
 		return nil
 	}
 	st.target = target
+	st.connected()
 	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
 		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
 			"route", route.Name, "target", target)
@@ -436,14 +438,26 @@ func (s *Server) open(c *conn) (runDown func()) {
 	return s.forward(c, st, upstream, raw)
 }
 
-// story is what a ConnObserver is told of a connection; to is nil when
-// nobody listens.
+// story is what a ConnObserver and an UpstreamObserver are told of a
+// connection; to and up are nil when nobody listens.
 type story struct {
 	to                        ConnObserver
+	up                        UpstreamObserver
 	info                      *ConnInfo
 	start                     time.Time
 	peek                      time.Duration
 	serverName, route, target string
+	kind                      string
+}
+
+// connected tells the UpstreamObserver, if any, that the upstream is
+// connected.
+func (st *story) connected() {
+	if st.up == nil {
+		return
+	}
+	st.up.Connected(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
+		Route: st.route, Kind: st.kind, Target: st.target})
 }
 
 // closed tells the ConnObserver, if any, how the connection ended.
@@ -455,7 +469,7 @@ func (st *story) closed(outcome string, stats Stats, err error) {
 		stats.Duration = time.Since(st.start)
 	}
 	st.to.Closed(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
-		Route: st.route, Target: st.target, Outcome: outcome, Stats: stats, Err: err})
+		Route: st.route, Kind: st.kind, Target: st.target, Outcome: outcome, Stats: stats, Err: err})
 }
 
 // refuse rejects a connection that will not be forwarded and forgets it.

@@ -23,6 +23,19 @@ const (
 	ReasonNotExported = "not-exported"
 )
 
+// Route kinds of Router (gateway.Route.Kind).
+const (
+	// KindPeeringServers: the local servers' peering control plane.
+	KindPeeringServers = "peering-servers"
+	// KindPeerServers: a peer's servers, for a peering this cluster dials.
+	KindPeerServers = "peer-servers"
+	// KindExported: a local service exported to a peer.
+	KindExported = "exported-service"
+	// KindImported: a service a peer exports to this cluster, at the peer's
+	// gateways.
+	KindImported = "imported-service"
+)
+
 // Router is a gateway.Router for a mesh gateway that takes part in cluster
 // peering: it routes the peering names described in the package comment and
 // hands every other name to Mesh. The zero value is not usable: set Source.
@@ -37,7 +50,7 @@ type Router struct {
 	Mesh gateway.Router
 
 	mesh  atomic.Pointer[gateway.Router]
-	next  atomic.Uint32
+	turn  gateway.Rotation
 	index atomic.Pointer[peerIndex]
 }
 
@@ -85,7 +98,7 @@ func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error
 	case len(v.Servers) == 0:
 		return gateway.Route{}, gateway.Reject(ReasonNoServers, "%q: no Consul server with a gRPC TLS port is known in %s", name.String(), v.Datacenter)
 	}
-	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.rotate(v.Servers)}, nil
+	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.turn.Of(v.Servers), Kind: KindPeeringServers}, nil
 }
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
@@ -107,7 +120,7 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
 			"exported service %q (namespace %q) has no healthy mesh endpoints in %s", name.Service, name.Namespace, local)
 	}
-	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.rotate(targets)}, nil
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.turn.Of(targets), Kind: KindExported}, nil
 }
 
 // toPeer routes a name in another cluster's trust domain, only if it is
@@ -123,7 +136,7 @@ func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, erro
 		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
 			"%q is the servers of peer %q, but the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", serverName, pr.peer)
 	}
-	return gateway.Route{Name: pr.name, Targets: r.rotate(pr.targets), Remote: true}, nil
+	return gateway.Route{Name: pr.name, Targets: r.turn.Of(pr.targets), Remote: true, Kind: pr.kind}, nil
 }
 
 // peerIndex maps the exact foreign names of one view to their routes.
@@ -134,6 +147,7 @@ type peerIndex struct {
 
 type peerRoute struct {
 	name    string
+	kind    string
 	peer    string
 	server  bool // a peer's control plane, routed only with PeerThroughMeshGateways
 	targets []string
@@ -147,24 +161,14 @@ func (r *Router) indexOf(v *resolve.View) *peerIndex {
 	idx := &peerIndex{view: v, routes: map[string]peerRoute{}}
 	for _, p := range v.Peers {
 		if p.ServerName != "" && len(p.ServerAddresses) > 0 {
-			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, peer: p.Name, server: true, targets: p.ServerAddresses}
+			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, kind: KindPeerServers, peer: p.Name, server: true, targets: p.ServerAddresses}
 		}
 		for _, im := range p.Imports {
 			if im.SNI != "" && len(im.Gateways) > 0 {
-				idx.routes[strings.ToLower(im.SNI)] = peerRoute{name: "imported " + im.Name + " from peer " + p.Name, peer: p.Name, targets: im.Gateways}
+				idx.routes[strings.ToLower(im.SNI)] = peerRoute{name: "imported " + im.Name + " from peer " + p.Name, kind: KindImported, peer: p.Name, targets: im.Gateways}
 			}
 		}
 	}
 	r.index.Store(idx)
 	return idx
-}
-
-// rotate returns targets starting at the next position of a shared counter,
-// in a new slice.
-func (r *Router) rotate(targets []string) []string {
-	if len(targets) < 2 {
-		return targets
-	}
-	i := int(r.next.Add(1) % uint32(len(targets)))
-	return append(append(make([]string, 0, len(targets)), targets[i:]...), targets[:i]...)
 }

@@ -3,7 +3,6 @@ package resolve
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/sni"
@@ -18,6 +17,14 @@ const (
 	ReasonUnknownSubset      = "unknown-subset"
 	ReasonUnknownDatacenter  = "unknown-datacenter"
 	ReasonUnsupportedName    = "unsupported-name"
+)
+
+// Route kinds of MeshRouter (gateway.Route.Kind).
+const (
+	// KindService: a local service's (or subset's) mesh endpoints.
+	KindService = "service"
+	// KindGateway: another datacenter's or partition's mesh gateways.
+	KindGateway = "gateway"
 )
 
 // MeshRouter is a gateway.Router with the semantics of a Consul mesh gateway
@@ -40,7 +47,7 @@ const (
 // Source's current View once.
 type MeshRouter struct {
 	Source Source
-	next   atomic.Uint32
+	turn   gateway.Rotation
 }
 
 var _ gateway.Router = (*MeshRouter)(nil)
@@ -101,7 +108,7 @@ func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for %s (namespace %q) in %s", routeName, name.Namespace, v.Local())
 	}
-	route := gateway.Route{Name: routeName, Targets: r.rotate(addrs(eps, false))}
+	route := gateway.Route{Name: routeName, Targets: r.turn.Of(addrs(eps, false)), Kind: KindService}
 	if res != nil {
 		route.ConnectTimeout = res.ConnectTimeout
 	}
@@ -113,14 +120,5 @@ func (r *MeshRouter) toGateways(v *View, dest Location, serverName string) (gate
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter, "no mesh gateways known for %s (server name %q)", dest, serverName)
 	}
-	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.rotate(addrs(eps, dest.Datacenter != v.Datacenter)), Remote: true}, nil
-}
-
-// rotate starts the list at the next position of a shared counter.
-func (r *MeshRouter) rotate(t []string) []string {
-	if len(t) < 2 {
-		return t
-	}
-	i := int(r.next.Add(1) % uint32(len(t)))
-	return append(t[i:], t[:i]...)
+	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.turn.Of(addrs(eps, dest.Datacenter != v.Datacenter)), Remote: true, Kind: KindGateway}, nil
 }
