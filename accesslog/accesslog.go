@@ -5,7 +5,8 @@
 // it builds no records at all.
 //
 // Each line carries: time, msg "connection", id, client, listener,
-// server_name, route, target, outcome ("forwarded" or the rejection's
+// server_name, route, kind (the route's kind: service, gateway,
+// wan-federation, ...), target, outcome ("forwarded" or the rejection's
 // reason), client_to_upstream_bytes, upstream_to_client_bytes,
 // duration_ms, hello_read_ms, and error when there was one.
 package accesslog
@@ -43,13 +44,14 @@ func (l *Log) Forwarded(string, string, gateway.Stats) {}
 
 // Closed writes r's line.
 func (l *Log) Closed(r *gateway.ConnRecord) {
-	attrs := make([]slog.Attr, 0, 13)
+	attrs := make([]slog.Attr, 0, 14)
 	attrs = append(attrs,
 		slog.Uint64("id", r.ID),
 		slog.String("client", addr(r.Remote)),
 		slog.String("listener", addr(r.Local)),
 		slog.String("server_name", r.ServerName),
 		slog.String("route", r.Route),
+		slog.String("kind", r.Kind),
 		slog.String("target", r.Target),
 		slog.String("outcome", r.Outcome),
 		slog.Int64("client_to_upstream_bytes", r.Stats.ClientToUpstream),

@@ -23,7 +23,7 @@ func record() *gateway.ConnRecord {
 		ConnInfo: gateway.ConnInfo{ID: 9, Remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 50000},
 			Local: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8443}},
 		Start: time.Now(), Peek: 1500 * time.Microsecond, ServerName: "api.default.dc1.internal.x.consul",
-		Route: "api", Target: "127.0.0.1:21000", Outcome: gateway.OutcomeForwarded,
+		Route: "api", Kind: "service", Target: "127.0.0.1:21000", Outcome: gateway.OutcomeForwarded,
 		Stats: gateway.Stats{ClientToUpstream: 517, UpstreamToClient: 4096, Duration: 2 * time.Second},
 	}
 }
@@ -48,7 +48,7 @@ func TestJSONLines(t *testing.T) {
 	first := lines[0]
 	for k, want := range map[string]any{
 		"msg": "connection", "id": 9.0, "client": "127.0.0.1:50000", "listener": "127.0.0.1:8443",
-		"server_name": "api.default.dc1.internal.x.consul", "route": "api", "target": "127.0.0.1:21000",
+		"server_name": "api.default.dc1.internal.x.consul", "route": "api", "kind": "service", "target": "127.0.0.1:21000",
 		"outcome": "forwarded", "client_to_upstream_bytes": 517.0, "upstream_to_client_bytes": 4096.0,
 		"duration_ms": 2000.0, "hello_read_ms": 1.5,
 	} {

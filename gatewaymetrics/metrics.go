@@ -18,8 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics is a gateway.Observer (with the LimitObserver and ConnObserver
-// events) and a prometheus.Collector of what it observed. Create it with New.
+// Metrics is a gateway.Observer (with the LimitObserver, ConnObserver and
+// UpstreamObserver events) and a prometheus.Collector of what it observed.
+// Create it with New.
 type Metrics struct {
 	accepted   prometheus.Counter
 	forwarded  *prometheus.CounterVec
@@ -28,6 +29,8 @@ type Metrics struct {
 	bytesUp    *prometheus.CounterVec
 	bytesDown  *prometheus.CounterVec
 	active     prometheus.Gauge
+	opened     *prometheus.CounterVec
+	open       *prometheus.GaugeVec
 	heldBack   *prometheus.CounterVec
 	peek       prometheus.Histogram
 	duration   prometheus.Histogram
@@ -35,9 +38,10 @@ type Metrics struct {
 }
 
 var (
-	_ gateway.LimitObserver = (*Metrics)(nil)
-	_ gateway.ConnObserver  = (*Metrics)(nil)
-	_ prometheus.Collector  = (*Metrics)(nil)
+	_ gateway.LimitObserver    = (*Metrics)(nil)
+	_ gateway.ConnObserver     = (*Metrics)(nil)
+	_ gateway.UpstreamObserver = (*Metrics)(nil)
+	_ prometheus.Collector     = (*Metrics)(nil)
 )
 
 // New returns Metrics with every counter at zero; register it with a
@@ -58,6 +62,10 @@ func New() *Metrics {
 			Help: "Bytes forwarded from upstreams to clients, counted when a connection closes, by route."}, []string{"route"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshgate_connections_active",
 			Help: "Connections accepted and not yet closed."}),
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshgate_upstream_connections_total",
+			Help: "Connections whose upstream was connected, counted at once (not at close), by route and route kind (service, gateway, wan-federation, ...)."}, []string{"route", "kind"}),
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshgate_upstream_connections_active",
+			Help: "Forwarded connections open now, by route kind."}, []string{"kind"}),
 		heldBack: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshgate_accept_held_back_total",
 			Help: "Times accepting waited on a limit (max-conns, open-files)."}, []string{"limit"}),
 		peek: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshgate_client_hello_read_duration_seconds",
@@ -68,7 +76,7 @@ func New() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12)}),
 	}
 	m.all = []prometheus.Collector{m.accepted, m.forwarded, m.rejected, m.dialFailed, m.bytesUp, m.bytesDown,
-		m.active, m.heldBack, m.peek, m.duration}
+		m.active, m.opened, m.open, m.heldBack, m.peek, m.duration}
 	return m
 }
 
@@ -115,9 +123,18 @@ func (m *Metrics) Forwarded(route, _ string, s gateway.Stats) {
 // HeldBack implements gateway.LimitObserver.
 func (m *Metrics) HeldBack(limit string) { m.heldBack.WithLabelValues(limit).Inc() }
 
+// Connected implements gateway.UpstreamObserver.
+func (m *Metrics) Connected(r *gateway.ConnRecord) {
+	m.opened.WithLabelValues(r.Route, r.Kind).Inc()
+	m.open.WithLabelValues(r.Kind).Inc()
+}
+
 // Closed implements gateway.ConnObserver.
 func (m *Metrics) Closed(r *gateway.ConnRecord) {
 	m.peek.Observe(r.Peek.Seconds())
+	if r.Outcome == gateway.OutcomeForwarded {
+		m.open.WithLabelValues(r.Kind).Dec()
+	}
 }
 
 // SourceState is what SourceCollector reports of a live source.

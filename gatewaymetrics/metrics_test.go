@@ -148,6 +148,8 @@ func TestMetricsEqualTheTraffic(t *testing.T) {
 		{"meshgate_connections_accepted_total", nil, 7},
 		{"meshgate_connections_active", nil, 0},
 		{"meshgate_connections_forwarded_total", map[string]string{"route": "web.example"}, 3},
+		{"meshgate_upstream_connections_total", map[string]string{"route": "web.example", "kind": gateway.KindTable}, 3},
+		{"meshgate_upstream_connections_active", map[string]string{"kind": gateway.KindTable}, 0},
 		{"meshgate_client_to_upstream_bytes_total", map[string]string{"route": "web.example"}, float64(3 * len(hello))},
 		{"meshgate_upstream_to_client_bytes_total", map[string]string{"route": "web.example"}, float64(3 * len(hello))},
 		{"meshgate_connections_rejected_total", map[string]string{"reason": gateway.ReasonNoRoute}, 2},
@@ -162,5 +164,44 @@ func TestMetricsEqualTheTraffic(t *testing.T) {
 		{"meshgate_source_failing_watches", nil, 1},
 	} {
 		assert.Equal(t, c.want, value(t, families, c.name, c.labels), "%s %v", c.name, c.labels)
+	}
+}
+
+// A connection that stays open (as Consul's pooled server connections do
+// for hours) is counted and gauged by its route's kind while it is open,
+// not only once it closes.
+func TestOpenConnectionsShowByKind(t *testing.T) {
+	table, err := gateway.NewTable(map[string][]string{"web.example": {echoServer(t)}})
+	require.NoError(t, err)
+	m := gatewaymetrics.New()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	admin := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer admin.Close()
+	s := &gateway.Server{Router: table, Observer: m}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(ln)
+	defer s.Close()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	hello := hellotest.Record(t, "web.example")
+	c.Write(hello)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.ReadFull(c, make([]byte, len(hello)))
+	require.NoError(t, err, "echoed: the upstream is connected")
+
+	families := scrape(t, admin.URL)
+	assert.Equal(t, 1.0, value(t, families, "meshgate_upstream_connections_total", map[string]string{"route": "web.example", "kind": gateway.KindTable}))
+	assert.Equal(t, 1.0, value(t, families, "meshgate_upstream_connections_active", map[string]string{"kind": gateway.KindTable}))
+	_, closed := families["meshgate_connections_forwarded_total"]
+	assert.False(t, closed, "nothing has closed yet")
+
+	c.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for value(t, scrape(t, admin.URL), "meshgate_upstream_connections_active", map[string]string{"kind": gateway.KindTable}) != 0 {
+		require.False(t, time.Now().After(deadline), "the gauge did not come back to 0 after the close")
+		time.Sleep(20 * time.Millisecond)
 	}
 }
