@@ -28,6 +28,9 @@ import (
 //	    { datacenter = "dc1", addresses = ["10.0.1.5:8443"], wan_addresses = ["198.51.100.5:8443"] },
 //	  ]
 //	  servers = ["10.0.1.2:8503"]
+//	  wan_federation {
+//	    servers = [{ node = "dc1-server-1", address = "10.0.1.2:8300" }]
+//	  }
 //	  peers = [
 //	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"],
 //	      imports = ["billing"] },
@@ -54,6 +57,31 @@ type Topology struct {
 	// control-plane traffic goes when the mesh entry routes peering through
 	// mesh gateways.
 	Servers []string
+	// WANFederation, when present, makes the gateway carry WAN federation
+	// between Consul's servers through mesh gateways: the local servers'
+	// names route to them, and other datacenters' server names to those
+	// datacenters' Gateways.
+	WANFederation *TopologyFederation `alias:"wan_federation"`
+}
+
+// TopologyFederation is the file form of resolve.Federation:
+//
+//	wan_federation {
+//	  domain  = "consul"
+//	  servers = [{ node = "dc1-server-1", address = "10.0.1.2:8300" }]
+//	}
+type TopologyFederation struct {
+	// Domain is the servers' DNS domain; empty means "consul".
+	Domain string
+	// Servers are the local Consul servers: node name and server RPC
+	// address.
+	Servers []TopologyServer
+}
+
+// TopologyServer is one local Consul server: resolve.Server.
+type TopologyServer struct {
+	Node    string
+	Address string
 }
 
 // TopologyService is one service's healthy mesh endpoints in one datacenter:
@@ -140,6 +168,22 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 		}
 	}
 	check("servers", t.Servers)
+	if f := t.WANFederation; f != nil {
+		seen := map[string]bool{}
+		for _, srv := range f.Servers {
+			node := strings.ToLower(srv.Node)
+			switch {
+			case srv.Node == "":
+				d.Errorf(n.Line, keyTopology, "wan_federation: a server without a node name")
+			case seen[node]:
+				d.Errorf(n.Line, keyTopology, "wan_federation: server %q listed twice", srv.Node)
+			case strings.ContainsAny(srv.Node, "/"):
+				d.Errorf(n.Line, keyTopology, "wan_federation: server %q: Consul's WAN federation through mesh gateways refuses node names with '/'", srv.Node)
+			}
+			seen[node] = true
+			check("wan_federation server "+srv.Node, []string{srv.Address})
+		}
+	}
 	if s.Topology == nil {
 		s.Topology = &t
 		return
@@ -158,6 +202,14 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 	s.Topology.Gateways = append(s.Topology.Gateways, t.Gateways...)
 	s.Topology.Peers = append(s.Topology.Peers, t.Peers...)
 	s.Topology.Servers = append(s.Topology.Servers, t.Servers...)
+	switch f := t.WANFederation; {
+	case f == nil:
+	case s.Topology.WANFederation == nil:
+		s.Topology.WANFederation = f
+	default:
+		merge("wan_federation domain", &s.Topology.WANFederation.Domain, f.Domain)
+		s.Topology.WANFederation.Servers = append(s.Topology.WANFederation.Servers, f.Servers...)
+	}
 }
 
 // SplitImport splits a peer's import, "name" or "namespace/name", into its

@@ -278,11 +278,7 @@ func endpointsOf(v *View, service string, p Plan) []Endpoint {
 func addrs(eps []Endpoint, wan bool) []string {
 	out := make([]string, 0, len(eps))
 	for _, e := range eps {
-		a := e.Address
-		if wan && e.WAN != "" || a == "" {
-			a = e.WAN
-		}
-		if a != "" {
+		if a := e.BestAddress(wan); a != "" {
 			out = append(out, a)
 		}
 	}

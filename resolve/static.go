@@ -103,6 +103,12 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 			v.Peers[p.Name] = peer
 		}
 		v.Servers = t.Servers
+		if f := t.WANFederation; f != nil {
+			v.Federation = &Federation{Domain: f.Domain}
+			for _, srv := range f.Servers {
+				v.Federation.Servers = append(v.Federation.Servers, Server{Node: srv.Node, Address: srv.Address})
+			}
+		}
 	}
 	if v.Datacenter == "" {
 		v.Datacenter = "dc1"
@@ -203,7 +209,9 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, boo
 //     DC1 routes the SNI names Consul builds with dc1;
 //   - a peer's import without an SNI gets the name the peer expects,
 //     <svc>.<ns>.<partition>.<NameAtPeer>.external.<TrustDomain>, and one
-//     without Gateways the peer's gateways.
+//     without Gateways the peer's gateways;
+//   - a Federation's Domain is lower-case without a trailing dot, and
+//     sni.DefaultDomain when empty.
 //
 // It refuses a subset that no service-resolver in Resolvers defines, and
 // returns v.Validate's error if the result is not usable.
@@ -262,6 +270,13 @@ func StaticView(v *View) (*Static, error) {
 		}
 		p.Imports = imports
 		n.Peers[name] = p
+	}
+	if f := v.Federation; f != nil {
+		nf := Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]Server(nil), f.Servers...)}
+		if nf.Domain == "" {
+			nf.Domain = sni.DefaultDomain
+		}
+		n.Federation = &nf
 	}
 	return &Static{view: &n}, n.Validate()
 }

@@ -25,6 +25,16 @@ type Endpoint struct {
 	WAN string
 }
 
+// BestAddress returns the address to dial: from another datacenter (wan)
+// the WAN address where there is one, else the LAN address; either one when
+// the other is empty; "" when both are.
+func (e Endpoint) BestAddress(wan bool) string {
+	if wan && e.WAN != "" || e.Address == "" {
+		return e.WAN
+	}
+	return e.Address
+}
+
 // Location is a datacenter and an admin partition ("default" when empty).
 type Location struct {
 	Datacenter string
@@ -158,6 +168,34 @@ type View struct {
 	Servers []string
 	// Instances are the proxies whose upstreams can be planned.
 	Instances []Instance
+	// Federation is WAN federation through mesh gateways, when this
+	// gateway takes part in it (Consul's consul-wan-federation meta on its
+	// registration, or a topology's wan_federation block); nil otherwise.
+	// The other datacenters' gateways it routes servers' names to are
+	// Gateways.
+	Federation *Federation
+}
+
+// Federation is what a mesh gateway needs to carry WAN federation between
+// Consul's servers (connect { enable_mesh_gateway_wan_federation = true }):
+// the local servers, and the DNS domain their names end in.
+type Federation struct {
+	// Domain is the DNS domain of the servers' names (the agents' "domain"
+	// option); empty means sni.DefaultDomain, "consul".
+	Domain string
+	// Servers are the local datacenter's Consul servers.
+	Servers []Server
+}
+
+// Server is one Consul server of the local datacenter, as WAN federation
+// reaches it.
+type Server struct {
+	// Node is the server's node name: <node>.server.<dc>.<domain> names it.
+	Node string
+	// Address is its server RPC address, "host:port" (the agent's
+	// ports.server, 8300 by default), where the other datacenters' RPC and
+	// WAN gossip arrive.
+	Address string
 }
 
 // Local returns the view's own location.
