@@ -23,10 +23,12 @@ import (
 // also re-read this often.
 const peeringPoll = time.Second
 
-// loadServers reads the local Consul servers' gRPC TLS addresses: every
-// instance of the "consul" service at its address and Meta["grpc_tls_port"],
-// read replicas skipped (they never lead, and only the leader serves the
-// peering stream), health ignored, as Consul's gateway does.
+// loadServers reads the local Consul servers: for peering their gRPC TLS
+// addresses, every instance of the "consul" service at its address and
+// Meta["grpc_tls_port"], read replicas skipped (they never lead, and only
+// the leader serves the peering stream); for WAN federation every instance
+// by node name at its server RPC port. Health is ignored, as Consul's
+// gateway does.
 func (c *Source) loadServers(index uint64) (uint64, error) {
 	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(index))
 	if err != nil {
@@ -50,6 +52,7 @@ func (c *Source) loadServers(index uint64) (uint64, error) {
 	sort.Strings(servers)
 	c.mu.Lock()
 	c.state.servers = servers
+	c.state.fedServers = federationServers(entries)
 	c.publishLocked()
 	c.mu.Unlock()
 	return meta.LastIndex, nil

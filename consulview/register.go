@@ -36,10 +36,22 @@ type GatewayRegistration struct {
 	DeregisterCriticalAfter time.Duration
 	// Meta is copied into the registration.
 	Meta map[string]string
+	// ExposeServers registers the gateway as one that carries WAN
+	// federation between Consul's servers, as "consul connect envoy
+	// -gateway=mesh -register -expose-servers" does: Meta gets
+	// MetaWANFederation = "1", which Consul's servers look for when they
+	// pick gateways to federate through. Run the gateway's Source with
+	// Options.WANFederation and route with a federation.Router.
+	ExposeServers bool
 	// ProxyConfig is the registration's Proxy.Config: options such as those
 	// package proxyconfig reads, over the proxy-defaults entry's.
 	ProxyConfig map[string]any
 }
+
+// MetaWANFederation is the service meta key that marks a mesh gateway
+// for WAN federation through mesh gateways (Consul's
+// structs.MetaWANFederationKey), with the value "1".
+const MetaWANFederation = "consul-wan-federation"
 
 // RegisterGateway registers the gateway with the agent client talks to, as
 // Consul's own gateways are: Kind mesh-gateway, lan and wan tagged addresses,
@@ -91,6 +103,14 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 	if err != nil {
 		return nil, fmt.Errorf("consulview: gateway WAN address: %w", err)
 	}
+	meta := r.Meta
+	if r.ExposeServers {
+		meta = make(map[string]string, len(r.Meta)+1)
+		for k, v := range r.Meta {
+			meta[k] = v
+		}
+		meta[MetaWANFederation] = "1"
+	}
 	var proxy *api.AgentServiceConnectProxyConfig
 	if len(r.ProxyConfig) > 0 {
 		proxy = &api.AgentServiceConnectProxyConfig{Config: r.ProxyConfig}
@@ -102,7 +122,7 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 		Address:         lan.Address,
 		Port:            lan.Port,
 		TaggedAddresses: map[string]api.ServiceAddress{"lan": lan, "wan": wan},
-		Meta:            r.Meta,
+		Meta:            meta,
 		Proxy:           proxy,
 		Check: &api.AgentServiceCheck{
 			Name:                           string(api.ServiceKindMeshGateway) + " listening",
@@ -112,6 +132,12 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 			DeregisterCriticalServiceAfter: r.DeregisterCriticalAfter.String(),
 		},
 	}, nil
+}
+
+// ExposesServers reports whether svc is registered as a mesh gateway that
+// carries WAN federation (Meta[MetaWANFederation] is "1").
+func ExposesServers(svc *api.AgentService) bool {
+	return svc != nil && svc.Meta[MetaWANFederation] == "1"
 }
 
 // GatewayService returns the mesh gateway registered with the agent client

@@ -36,3 +36,19 @@ func TestGatewayRegistration(t *testing.T) {
 	_, err = GatewayRegistration{Address: "127.0.0.1:99999"}.registration()
 	assert.ErrorContains(t, err, `"99999"`)
 }
+
+// ExposeServers is Consul's -expose-servers: the meta its servers pick
+// gateways to federate through by, and the caller's own meta kept.
+func TestGatewayRegistrationExposesServers(t *testing.T) {
+	mine := map[string]string{"zone": "a"}
+	reg, err := GatewayRegistration{Address: "127.0.0.1:8443", Meta: mine, ExposeServers: true}.registration()
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"zone": "a", "consul-wan-federation": "1"}, reg.Meta)
+	assert.Equal(t, map[string]string{"zone": "a"}, mine, "the caller's map is not changed")
+	assert.True(t, ExposesServers(&api.AgentService{Meta: reg.Meta}))
+
+	reg, err = GatewayRegistration{Address: "127.0.0.1:8443"}.registration()
+	require.NoError(t, err)
+	assert.Empty(t, reg.Meta[MetaWANFederation])
+	assert.False(t, ExposesServers(&api.AgentService{Meta: reg.Meta}))
+}

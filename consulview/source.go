@@ -54,6 +54,18 @@ type Options struct {
 	// MaxBackoff bounds the wait between retries of a failing watch; zero
 	// means 10 s. The first retry waits 100 ms.
 	MaxBackoff time.Duration
+	// WANFederation makes the gateway take part in WAN federation through
+	// mesh gateways, as one registered with the consul-wan-federation meta
+	// does: the view gets a Federation (the local servers by node name,
+	// with their RPC addresses), and the federation states
+	// (/v1/internal/federation-states/mesh-gateways) add every
+	// datacenter's gateways, even before the WAN gossip pool has formed,
+	// where they are newer than the catalog's (Consul's
+	// ConfigSnapshot.GetMeshGatewayEndpoints).
+	WANFederation bool
+	// Domain is the DNS domain of the servers' names; empty means the
+	// agent's (its "domain" option, from /v1/agent/self), or "consul".
+	Domain string
 }
 
 // Source is a resolve.Source kept current from a live Consul agent through blocking
@@ -103,7 +115,10 @@ type consulState struct {
 	resolvers                          map[string]*api.ServiceResolverConfigEntry
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
-	gateways                           map[string][]resolve.Endpoint // "dc/name" -> gateways
+	gateways                           map[string]gatewaySet         // "dc/name" -> gateways
+	domain                             string                        // the servers' DNS domain
+	fedServers                         []resolve.Server              // every local server, by node, at its RPC address
+	fedGateways                        map[string]gatewaySet         // datacenter -> gateways, from the federation states
 	servers                            []string                      // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
 	exports                            map[resolve.ServiceKey][]string    // datacenter left empty
@@ -136,7 +151,8 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
 	c.state.resolvers = map[string]*api.ServiceResolverConfigEntry{}
 	c.state.endpoints = map[string][]resolve.Endpoint{}
-	c.state.gateways = map[string][]resolve.Endpoint{}
+	c.state.gateways = map[string]gatewaySet{}
+	c.state.fedGateways = map[string]gatewaySet{}
 	c.state.peerings = map[string]*api.Peering{}
 	c.state.imports = map[string]resolve.ImportedService{}
 
@@ -172,7 +188,12 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		{"consul servers", c.loadServers},
 		{"peerings", c.loadPeerings},
 		{"exported services", c.loadExports},
-		{"datacenters", func(uint64) (uint64, error) { return 0, c.loadDatacenters() }},
+	}
+	if opts.WANFederation {
+		first = append(first, struct {
+			name string
+			load func(uint64) (uint64, error)
+		}{"federation states", c.loadFederationStates})
 	}
 	indexes := make([]uint64, len(first))
 	for i, w := range first {
@@ -183,27 +204,33 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		}
 		indexes[i] = idx
 	}
+	// The datacenters have no watch: refreshDatacenters re-reads them.
+	if err := c.loadDatacenters(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("consulview: first load of datacenters: %w", err)
+	}
 	if err := c.fetchAll(c.ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("consulview: first load: %w", err)
 	}
 	c.mu.Lock()
 	for dc := range c.dcs {
-		if err := c.firstKeyed(c.dcs, "gateway names of ", dc, c.loadGatewayNames); err != nil {
+		if err := c.firstKeyed(c.dcs, "gateway names of ", dc, dc, c.loadGatewayNames); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
 		}
 	}
 	for key := range c.gwNames {
-		if err := c.firstKeyed(c.gwNames, "gateways ", key, c.loadGateways); err != nil {
+		dc, _, _ := strings.Cut(key, "/")
+		if err := c.firstKeyed(c.gwNames, "gateways ", key, dc, c.loadGateways); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
 		}
 	}
 	for key := range c.imports {
-		if err := c.firstKeyed(c.imports, "imports of ", key, c.loadImport); err != nil {
+		if err := c.firstKeyed(c.imports, "imports of ", key, "", c.loadImport); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err
@@ -212,7 +239,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.started = true
 	c.publishLocked()
 	c.mu.Unlock()
-	for i, w := range first[:len(first)-1] {
+	for i, w := range first {
 		c.watch(c.ctx, w.name, indexes[i], w.load)
 	}
 	c.fetchers(c.ctx)
@@ -249,7 +276,7 @@ func (c *Source) Close() {
 }
 
 func (c *Source) loadIdentity() error {
-	dc, part := c.opts.Datacenter, ""
+	dc, part, domain := c.opts.Datacenter, "", c.opts.Domain
 	if dc == "" {
 		self, err := c.client.Agent().Self()
 		if err != nil {
@@ -258,6 +285,9 @@ func (c *Source) loadIdentity() error {
 		cfg := self["Config"]
 		dc, _ = cfg["Datacenter"].(string)
 		part, _ = cfg["Partition"].(string)
+		if c.opts.Domain == "" {
+			domain, _ = self["DebugConfig"]["DNSDomain"].(string)
+		}
 		if dc == "" {
 			return fmt.Errorf("consulview: /v1/agent/self names no datacenter")
 		}
@@ -271,6 +301,7 @@ func (c *Source) loadIdentity() error {
 	}
 	c.mu.Lock()
 	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, tenancy.OrDefault(part), roots.TrustDomain
+	c.state.domain = normalDomain(domain)
 	c.mu.Unlock()
 	return nil
 }
@@ -438,12 +469,27 @@ func (c *Source) ensureKeyedLocked(set map[string]context.CancelFunc, what, key 
 
 // firstKeyed loads key once during New, then starts its watch. c.mu
 // is held, and released during the load.
-func (c *Source) firstKeyed(set map[string]context.CancelFunc, what, key string, load keyedLoad) error {
+//
+// Another datacenter that does not answer does not stop the start: its
+// watch is started failing and retries with backoff, and the view goes
+// without what it would have given (its gateways; for WAN federation the
+// federation states, which the local servers hold, still name them). A
+// gateway that is the only way to that datacenter must be able to start
+// while the datacenter cannot be reached through it.
+//
+// dc is the datacenter the load asks, "" for the local agent's own data.
+func (c *Source) firstKeyed(set map[string]context.CancelFunc, what, key, dc string, load keyedLoad) error {
 	c.mu.Unlock()
 	idx, err := load(c.ctx, key, 0)
 	c.mu.Lock()
 	if err != nil {
-		return err
+		if dc == "" || dc == c.state.datacenter {
+			return err
+		}
+		c.log.Warn("consulview: another datacenter does not answer; starting without what it would give, and retrying", "datacenter", dc, "err", err)
+		c.failing[what+key] = err
+		c.errors++
+		idx = 0
 	}
 	c.startKeyed(set, what, key, idx, load)
 	return nil
@@ -541,15 +587,10 @@ func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (ui
 	if err := filtered("reading the mesh gateways of "+dc, meta); err != nil {
 		return index, err
 	}
-	var eps []resolve.Endpoint
-	for _, e := range entries {
-		if e.Service.Kind == api.ServiceKindMeshGateway && routable(e, false) {
-			eps = append(eps, endpointOf(e))
-		}
-	}
+	set := gatewaySetOf(entries)
 	c.mu.Lock()
 	if _, live := c.gwNames[key]; live && ctx.Err() == nil {
-		c.state.gateways[key] = eps
+		c.state.gateways[key] = set
 		c.publishLocked()
 	}
 	c.mu.Unlock()
@@ -655,11 +696,17 @@ func (c *Source) publishLocked() {
 	for key := range s.gateways {
 		keys = append(keys, key)
 	}
-	sort.Strings(keys) // a stable order of gateway services within a datacenter
+	sort.Strings(keys)            // a stable order of gateway services within a datacenter
+	newest := map[string]uint64{} // datacenter -> the catalog's newest gateway
 	for _, key := range keys {
 		dc, _, _ := strings.Cut(key, "/")
 		l := resolve.Location{Datacenter: dc, Partition: tenancy.Default}
-		v.Gateways[l] = append(v.Gateways[l], s.gateways[key]...)
+		v.Gateways[l] = append(v.Gateways[l], s.gateways[key].eps...)
+		newest[dc] = max(newest[dc], s.gateways[key].index)
+	}
+	if c.opts.WANFederation {
+		v.Federation = &resolve.Federation{Domain: s.domain, Servers: s.fedServers}
+		c.mergeFederationStatesLocked(v, newest)
 	}
 	for l, eps := range v.Gateways {
 		if len(eps) == 0 {

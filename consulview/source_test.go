@@ -208,6 +208,30 @@ func TestConsulTwoDatacenters(t *testing.T) {
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "service-defaults to change the plan", func() bool { return plan()["cache"].Source == "service-defaults" })
 	assert.Equal(t, resolve.PathLocalGateway, plan()["cache"].Route)
+
+	// dc2 stops answering. A view of dc1 started now starts anyway (its
+	// gateway may be the only way to dc2, as with WAN federation through
+	// mesh gateways), says which watch fails, and finds dc2's gateway once
+	// dc2 answers again.
+	dc2.Stop()
+	consultest.WaitFor(t, eventually, "dc1's queries of dc2 to fail", func() bool {
+		_, _, err := dc1.Client.Catalog().Services(&api.QueryOptions{Datacenter: "dc2"})
+		return err != nil
+	})
+	later := newConsul(t, dc1.Client, consulview.Options{})
+	stale := later.Stale()
+	require.Error(t, stale, "the start says what it could not read")
+	assert.Contains(t, stale.Error(), "dc2")
+	_, reason := routeReason(&resolve.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
+	assert.Equal(t, resolve.ReasonUnknownDatacenter, reason)
+	got, _ = routeReason(&resolve.MeshRouter{Source: later}, sni.ServiceSNI("web", "", "", "", "dc1", td))
+	assert.Len(t, got, 1, "dc1's own routes are there")
+	dc2.Restart()
+	consultest.WaitFor(t, eventually, "dc2's gateway to be found once dc2 answers", func() bool {
+		got, _ := routeReason(&resolve.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
+		return sameSet(got, []string{"127.0.2.105:8443"})
+	})
+	consultest.WaitFor(t, eventually, "the view to be current", func() bool { return later.Stale() == nil })
 }
 
 // With the agent stopped, existing and new connections keep being routed
