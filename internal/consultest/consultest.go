@@ -100,6 +100,20 @@ type Options struct {
 	// ExtraConfig is HCL appended to the agent's configuration, such as
 	// limits { http_max_conns_per_client = 16 }.
 	ExtraConfig string
+	// TLS gives the server its certificate for RPC, from the CA of
+	// TLS (see NewTLS), and makes it verify its peers' (incoming and
+	// outgoing, with server hostnames checked), as Consul requires for
+	// WAN federation through mesh gateways.
+	TLS *TLS
+	// WANFederation federates the servers through mesh gateways
+	// (connect { enable_mesh_gateway_wan_federation = true }); it needs
+	// TLS. A secondary names the primary's gateways in PrimaryGateways.
+	WANFederation   bool
+	PrimaryGateways []string
+	// UnreachableWAN advertises the server's WAN address as one nothing
+	// listens on (127.0.0.254), so that no other datacenter's server can
+	// reach it directly: only through mesh gateways.
+	UnreachableWAN bool
 }
 
 // ManagementToken is the initial management token of agents with ACL.
@@ -108,9 +122,14 @@ const ManagementToken = "8f2c2b7a-9a3e-4a50-8c0e-6a9d3c1f0b11"
 // Agent is one running Consul server agent.
 type Agent struct {
 	Datacenter string
-	HTTPAddr   string
-	GRPCTLS    string
-	SerfWAN    string
+	// NodeName is the agent's node, "node-<datacenter>".
+	NodeName string
+	HTTPAddr string
+	GRPCTLS  string
+	SerfWAN  string
+	// ServerRPC is the server RPC address (ports.server), where WAN
+	// federation through mesh gateways reaches the server.
+	ServerRPC string
 	// Client talks to the agent (with the management token under ACL).
 	Client *api.Client
 
@@ -134,7 +153,7 @@ func Start(tb testing.TB, opts Options) *Agent {
 	if opts.PrimaryDatacenter == "" {
 		opts.PrimaryDatacenter = opts.Datacenter
 	}
-	a := &Agent{Datacenter: opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
+	a := &Agent{Datacenter: opts.Datacenter, NodeName: "node-" + opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
 	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
 	tb.Cleanup(a.Stop)
 	// The ports were free when picked, but any connection the machine
@@ -163,9 +182,14 @@ func (a *Agent) configure(opts Options, ports []int) {
 	a.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	a.GRPCTLS = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	a.SerfWAN = fmt.Sprintf("127.0.0.1:%d", ports[3])
+	a.ServerRPC = fmt.Sprintf("127.0.0.1:%d", ports[4])
+	connect := "connect { enabled = true }"
+	if opts.WANFederation {
+		connect = "connect {\n  enabled = true\n  enable_mesh_gateway_wan_federation = true\n}"
+	}
 	cfg := fmt.Sprintf(`datacenter = %q
 primary_datacenter = %q
-node_name = "node-%s"
+node_name = %q
 data_dir = %q
 bind_addr = "127.0.0.1"
 client_addr = "127.0.0.1"
@@ -173,7 +197,7 @@ advertise_addr = "127.0.0.1"
 server = true
 bootstrap_expect = 1
 log_level = "warn"
-connect { enabled = true }
+%s
 ports {
   http = %d
   https = -1
@@ -185,9 +209,21 @@ ports {
   server = %d
 }
 performance { raft_multiplier = 1 }
-`, opts.Datacenter, opts.PrimaryDatacenter, opts.Datacenter, filepath.Join(a.dir, "data"), ports[0], ports[1], ports[2], ports[3], ports[4])
+`, opts.Datacenter, opts.PrimaryDatacenter, a.NodeName, filepath.Join(a.dir, "data"), connect, ports[0], ports[1], ports[2], ports[3], ports[4])
 	if opts.JoinWAN != nil {
 		cfg += fmt.Sprintf("retry_join_wan = [%q]\n", opts.JoinWAN.SerfWAN)
+	}
+	if opts.TLS != nil {
+		cfg += opts.TLS.agentConfig(tb, opts.Datacenter, a.NodeName)
+	}
+	if len(opts.PrimaryGateways) > 0 {
+		// The first WAN join runs before the primary's gateways are
+		// resolved and fails; the next waits retry_interval_wan (30 s by
+		// default).
+		cfg += fmt.Sprintf("primary_gateways = %s\nprimary_gateways_interval = \"5s\"\nretry_interval_wan = \"2s\"\n", hclList(opts.PrimaryGateways))
+	}
+	if opts.UnreachableWAN {
+		cfg += "advertise_addr_wan = \"127.0.0.254\"\n"
 	}
 	if opts.ACL {
 		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens { initial_management = %q }\n}\n", ManagementToken)
@@ -247,7 +283,7 @@ func (a *Agent) waitReady() error {
 		if err == nil && leader != "" {
 			roots, _, err2 := a.Client.Connect().CARoots(nil)
 			if err2 == nil && roots.TrustDomain != "" {
-				if _, _, err3 := a.Client.Catalog().Node("node-"+a.Datacenter, nil); err3 == nil {
+				if _, _, err3 := a.Client.Catalog().Node(a.NodeName, nil); err3 == nil {
 					return nil
 				} else {
 					last = err3
@@ -302,6 +338,15 @@ func (a *Agent) TrustDomain() string {
 		a.tb.Fatal(err)
 	}
 	return roots.TrustDomain
+}
+
+// hclList writes ss as an HCL list of strings.
+func hclList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // Log returns what the agent printed.
