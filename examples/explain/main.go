@@ -1,10 +1,14 @@
 // Command explain prints, for every upstream of every service definition in
 // the given files, which mesh-gateway mode applies, which layer decided it,
 // the SNI the sidecar sends, the addresses it dials and the hops its bytes
-// take.
+// take. With -route it prints instead how a mesh gateway with the same
+// files routes each name given: the route's kind (service, gateway,
+// wan-federation, exported-service, ...), its name and targets, or the
+// reason it is refused.
 //
 //	go run ./examples/explain [flags] PATH...
 //	go run ./examples/explain -consul [flags]
+//	go run ./examples/explain -route NAME [-route NAME...] [flags] PATH...
 //
 // PATH is a file or a directory of *.hcl, *.json, *.yaml and *.yml files:
 // Consul config entries (proxy-defaults, service-defaults, mesh), agent
@@ -44,6 +48,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul (a topology document's must agree)")
 	format := fs.String("format", "json", "output format: json (one object per line) or text (a table)")
 	useConsul := fs.Bool("consul", false, "plan from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...): its config entries, proxy registrations and catalog")
+	var routeNames listFlag
+	fs.Var(&routeNames, "route", "a server name: print how a mesh gateway routes it instead of planning upstreams (repeatable)")
+	federate := fs.Bool("wan-federation", false, "with -consul -route: route as a gateway registered for WAN federation through mesh gateways (the consul-wan-federation meta); from files, the topology's wan_federation block says so")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: explain [flags] PATH...\n\nPlans every upstream of every service definition in PATH (files or directories).\n\n")
 		fs.PrintDefaults()
@@ -57,6 +64,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() == 0 && !*useConsul {
 		fs.Usage()
 		return 2
+	}
+	if *federate && (!*useConsul || len(routeNames) == 0) {
+		return cli.ExitCode(stderr, "explain", cli.Usagef("-wan-federation goes with -consul and -route"))
+	}
+	if len(routeNames) > 0 {
+		return explainRoutes(fs, routeNames, *useConsul, *federate, *datacenter, *trustDomain, *format, stdout, stderr)
 	}
 	var plans []resolve.Plan
 	var err error
@@ -88,6 +101,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, error) {
+	src, err := staticSource(fs, datacenter, trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	return resolve.PlanAll(src.View()), nil
+}
+
+// staticSource loads the files named on the command line.
+func staticSource(fs *flag.FlagSet, datacenter, trustDomain string) (*resolve.Static, error) {
 	set, err := config.Load(fs.Args()...)
 	if err != nil {
 		return nil, err
@@ -106,11 +128,7 @@ func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, 
 			return nil, err
 		}
 	}
-	src, err := resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
-	if err != nil {
-		return nil, err
-	}
-	return resolve.PlanAll(src.View()), nil
+	return resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
 }
 
 // explainConsul plans every upstream of every proxy registered with the

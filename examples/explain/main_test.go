@@ -141,3 +141,37 @@ Redirect { Service = "api-v2" }
 	require.Equal(t, 0, run([]string{"-format", "text", dir, seed("upstreams.yaml")}, &out, &errOut), errOut.String())
 	assert.Contains(t, out.String(), "api => api-v2")
 }
+
+var federationTopology = filepath.Join("..", "..", "federation", "testdata", "dc1.hcl")
+
+// -route shows how a gateway with the files routes each name: server names
+// of WAN federation as their own kind, services and refusals beside them.
+func TestExplainRoutes(t *testing.T) {
+	rows := explainJSON(t, "-route", "node-dc2.server.dc2.consul", "-route", "DC1-Server-1.server.dc1.consul",
+		"-route", "server.dc9.consul", "-route", "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul",
+		"-route", "www.example.com", federationTopology)
+	require.Len(t, rows, 5)
+	assert.Equal(t, map[string]any{"server_name": "node-dc2.server.dc2.consul", "kind": "wan-federation", "route": "servers dc2",
+		"targets": []any{"127.0.2.105:8443"}, "remote": true}, rows[0])
+	assert.Equal(t, map[string]any{"server_name": "DC1-Server-1.server.dc1.consul", "kind": "wan-federation", "route": "server dc1-server-1",
+		"targets": []any{"127.0.1.2:8300"}}, rows[1], "names are matched as the gateway reads them, lower-case")
+	assert.Equal(t, "unknown-datacenter", rows[2]["rejected"])
+	assert.Contains(t, rows[2]["error"], `"dc9"`, "the refusal names the datacenter")
+	assert.NotContains(t, rows[2], "targets")
+	assert.Equal(t, "service", rows[3]["kind"])
+	assert.Equal(t, []any{"127.0.1.10:21000"}, rows[3]["targets"])
+	assert.Equal(t, "foreign-trust-domain", rows[4]["rejected"])
+
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"-format", "text", "-route", "server.dc1.consul", federationTopology}, &out, &errOut), errOut.String())
+	assert.Equal(t, "SERVER NAME        KIND            ROUTE        TARGETS                                       REFUSED\n"+
+		"server.dc1.consul  wan-federation  servers dc1  127.0.1.2:8300,127.0.1.3:8300,127.0.1.4:8300  -\n", out.String())
+
+	// Without a wan_federation block the gateway takes no part: refused.
+	rows = explainJSON(t, "-route", "node-dc2.server.dc2.consul", topology)
+	assert.Equal(t, "wan-federation-off", rows[0]["rejected"])
+
+	errOut.Reset()
+	assert.Equal(t, 2, run([]string{"-wan-federation", "-route", "x", federationTopology}, &out, &errOut))
+	assert.Contains(t, errOut.String(), "-wan-federation goes with -consul and -route")
+}

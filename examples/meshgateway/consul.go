@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
@@ -93,6 +95,25 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, proxyconf
 		}
 	}
 	return lns, opts, nil
+}
+
+// waitGatewayService reads the gateway registered under id; with wait, it
+// retries while the agent does not answer, until ctx ends.
+func waitGatewayService(ctx context.Context, client *api.Client, id string, wait bool, log *slog.Logger) (*api.AgentService, error) {
+	delay := 100 * time.Millisecond
+	for {
+		svc, err := consulview.GatewayService(ctx, client, id)
+		if err == nil || !wait || !errors.Is(err, consulview.ErrAgentUnreachable) {
+			return svc, err
+		}
+		log.Warn("meshgateway: waiting for the Consul agent", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
 }
 
 // deregisterIfRegistered removes the registration register made, if any.

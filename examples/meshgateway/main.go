@@ -11,7 +11,9 @@
 // topology document and config entries, see package config). It routes
 // cluster peering too (package peering): exported and imported services,
 // and, when the mesh config entry says PeerThroughMeshGateways, the peering
-// control plane. Connections it
+// control plane; and with -expose-servers (or a topology's wan_federation
+// block) WAN federation between Consul's servers (package federation).
+// Connections it
 // cannot route are closed without any dial, one log line each. SIGINT or
 // SIGTERM stop accepting and drain open connections for -drain, then close
 // them.
@@ -44,11 +46,11 @@ import (
 	"github.com/meshgate/meshgate/accesslog"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -108,7 +110,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
 	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
-	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses and Proxy.Config), instead of registering one")
+	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config), instead of registering one")
+	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway; then start a second datacenter (a meshgate gateway and a Connect-native api) and reach its api from a sidecar in each mesh-gateway mode, this gateway being the local one`)
 	if err := cli.Parse(fs, args); err != nil {
@@ -170,6 +173,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if *proxyID != "" && !*useConsul {
 		return cli.Usagef("-proxy-id needs -consul")
 	}
+	if *exposeServers && (!*useConsul || *proxyID != "") {
+		return cli.Usagef("-expose-servers needs -consul, and goes with registering: a gateway run with -proxy-id carries WAN federation when its registration has the consul-wan-federation meta")
+	}
 	var demoCert tls.Certificate
 	if *demo {
 		var addr string
@@ -210,7 +216,15 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
-		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait})
+		federate := *exposeServers
+		if *proxyID != "" {
+			svc, err := waitGatewayService(ctx, client, *proxyID, *consulWait, log)
+			if err != nil {
+				return err
+			}
+			federate = consulview.ExposesServers(svc)
+		}
+		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate})
 		if err != nil {
 			return err
 		}
@@ -223,7 +237,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}))
 		}
 		g := consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
-			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress}}
+			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress, ExposeServers: *exposeServers}}
 		if *proxyID != "" {
 			listeners, opts, err = g.attach(ctx, *proxyID)
 		} else {
@@ -262,7 +276,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	v := src.View()
 	var router gateway.Switch // replaced on SIGHUP in file mode
-	router.Store(&peering.Router{Source: src})
+	router.Store(gatewayRouter(src))
 	s := &gateway.Server{
 		Router:          &router,
 		Observer:        gateway.MultiObserver(observers...),
@@ -282,7 +296,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", s.ConnectTimeout.String(),
-		"remote_keepalive", opts.RemoteKeepAlive.Enable)
+		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil)
 	served := make(chan error, len(listeners))
 	for _, ln := range listeners {
 		go func() { served <- s.Serve(ln) }()
@@ -335,6 +349,13 @@ wait:
 		return serveErr
 	}
 	return nil
+}
+
+// gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
+// WAN federation (when the view takes part), then cluster peering's names,
+// then the mesh's.
+func gatewayRouter(src resolve.Source) gateway.Router {
+	return &federation.Router{Source: src}
 }
 
 // listenAll listens on each of addrs, reusing have for its own address,

@@ -157,6 +157,54 @@ func TestConsulMode(t *testing.T) {
 	assert.NotContains(t, services, "mesh-gateway", "deregistered on shutdown")
 }
 
+// With -consul -expose-servers the gateway registers for WAN federation
+// through mesh gateways (Consul's consul-wan-federation meta), as
+// "consul connect envoy -gateway=mesh -register -expose-servers" does, and
+// routes Consul's server names: a TLS handshake for the local server's name
+// through it meets the real server, whose certificate carries that name.
+// Without the flag the same name is refused.
+func TestConsulExposeServers(t *testing.T) {
+	agentTLS := consultest.NewTLS(t)
+	agent := consultest.Start(t, consultest.Options{TLS: agentTLS, WANFederation: true})
+	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
+	serverName := agent.NodeName + ".server.dc1.consul"
+	handshake := func(gw string) error {
+		c, err := tls.Dial("tcp", gw, &tls.Config{ServerName: serverName, RootCAs: agentTLS.CertPool(), NextProtos: []string{"consul/rpc-multi"}})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+
+	gw, logs, stop := start(t, "-consul")
+	require.Error(t, handshake(gw))
+	consultest.WaitFor(t, 10*time.Second, "the refusal to be logged", func() bool {
+		return strings.Contains(logs.String(), "reason=wan-federation-off")
+	})
+	require.NoError(t, stop())
+
+	gw, logs, stop = start(t, "-consul", "-expose-servers")
+	services, err := agent.Client.Agent().Services()
+	require.NoError(t, err)
+	require.Contains(t, services, "mesh-gateway", logs.String())
+	assert.Equal(t, "1", services["mesh-gateway"].Meta["consul-wan-federation"])
+	assert.Contains(t, logs.String(), "wan_federation=true")
+	require.NoError(t, handshake(gw), "the server's certificate, verified for %s, through the gateway\n%s", serverName, logs.String())
+	require.NoError(t, stop())
+
+	// Serving a registration made by someone else: the meta decides.
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		Kind: api.ServiceKindMeshGateway, ID: "gw-fed", Name: "mesh-gateway", Address: "127.0.0.1", Port: freePort(t),
+		Meta: map[string]string{"consul-wan-federation": "1"}}))
+	gw, logs, stop = start(t, "-consul", "-proxy-id", "gw-fed")
+	require.NoError(t, handshake(gw), logs.String())
+	require.NoError(t, stop())
+
+	var out bytes.Buffer
+	err = run(context.Background(), []string{"-consul", "-proxy-id", "gw-fed", "-expose-servers"}, &out, nil)
+	assert.Equal(t, 2, cli.ExitCode(&out, "meshgateway", err), "the registration decides, not the flag: %s", out.String())
+}
+
 // -datacenter DC1 means dc1, as Consul lower-cases an agent's datacenter:
 // the SNI names Consul's sidecars send (with dc1) route.
 func TestUpperCaseDatacenterIsLowerCasedLikeConsul(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 )
@@ -43,7 +42,7 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, from 
 	if opts, err := proxyconfig.ParseGateway(config); err != nil || !reflect.DeepEqual(opts, from.opts) {
 		log.Warn("meshgateway: reload: the proxy-defaults Config (listeners, timeouts, keepalive) applies at the next start")
 	}
-	router.Store(&peering.Router{Source: src})
+	router.Store(gatewayRouter(src))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/federation"
+	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sni"
+)
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// routeRow is how a gateway routes one server name.
+type routeRow struct {
+	ServerName       string   `json:"server_name"`
+	Kind             string   `json:"kind,omitempty"`
+	Route            string   `json:"route,omitempty"`
+	Targets          []string `json:"targets,omitempty"`
+	Remote           bool     `json:"remote,omitempty"`
+	ConnectTimeoutMS int64    `json:"connect_timeout_ms,omitempty"`
+	Rejected         string   `json:"rejected,omitempty"`
+	Error            string   `json:"error,omitempty"`
+}
+
+// explainRoutes prints how a mesh gateway routes each name: the router is
+// the one examples/meshgateway runs (federation.Router with its defaults:
+// WAN federation, then cluster peering, then the mesh).
+func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, datacenter, trustDomain, format string, stdout, stderr io.Writer) int {
+	var src resolve.Source
+	if useConsul {
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "explain: -consul reads the agent, not files: drop %q\n", fs.Args())
+			return 1
+		}
+		client, err := api.NewClient(api.DefaultConfig())
+		if err == nil {
+			var cs *consulview.Source
+			cs, err = consulview.New(context.Background(), client, consulview.Options{WANFederation: federate})
+			if err == nil {
+				defer cs.Close()
+				src = cs
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "explain: %v\n", err)
+			return 1
+		}
+	} else {
+		st, err := staticSource(fs, datacenter, trustDomain)
+		if err != nil {
+			fmt.Fprintf(stderr, "explain: %v\n", err)
+			return 1
+		}
+		src = st
+	}
+	router := &federation.Router{Source: src}
+	rows := make([]routeRow, 0, len(names))
+	for _, name := range names {
+		rows = append(rows, routeOf(router, name))
+	}
+	if format == "text" {
+		writeRouteTable(stdout, rows)
+		return 0
+	}
+	enc := json.NewEncoder(stdout)
+	for _, r := range rows {
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintf(stderr, "explain: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// routeOf asks r for the route of name, as a gateway would for a
+// ClientHello with that SNI (lower-cased, as the gateway reads it).
+func routeOf(r gateway.Router, name string) routeRow {
+	row := routeRow{ServerName: name}
+	route, err := r.Route(context.Background(), &sni.ClientHello{ServerName: strings.ToLower(name)})
+	if err != nil {
+		row.Rejected = gateway.ReasonNoRoute
+		var rej *gateway.Rejection
+		if errors.As(err, &rej) {
+			row.Rejected = rej.Reason
+		}
+		row.Error = err.Error()
+		return row
+	}
+	row.Kind, row.Route, row.Targets, row.Remote = route.Kind, route.Name, route.Targets, route.Remote
+	row.ConnectTimeoutMS = route.ConnectTimeout.Milliseconds()
+	return row
+}
+
+func writeRouteTable(w io.Writer, rows []routeRow) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVER NAME\tKIND\tROUTE\tTARGETS\tREFUSED")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ServerName, orDash(r.Kind), orDash(r.Route), orDash(strings.Join(r.Targets, ",")), orDash(r.Rejected))
+	}
+	tw.Flush()
+}
