@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 )
@@ -28,13 +29,17 @@ import (
 // service definitions, topology) and fails tb with every problem if any.
 func Load(tb testing.TB, opts resolve.StaticOptions, paths ...string) *resolve.Static {
 	tb.Helper()
-	src, err := resolve.LoadStatic(opts, paths...)
+	set, err := config.Load(paths...)
 	if err != nil {
 		tb.Fatalf("resolvetest: loading %s: %v", strings.Join(paths, ", "), err)
 	}
-	if v := src.View(); opts.TrustDomain == "" && v.TrustDomain == resolve.DefaultTrustDomain {
+	src, err := resolve.NewStatic(set, opts)
+	if err != nil {
+		tb.Fatalf("resolvetest: loading %s: %v", strings.Join(paths, ", "), err)
+	}
+	if opts.TrustDomain == "" && (set.Topology == nil || set.Topology.TrustDomain == "") {
 		// A trust domain decides every SNI: say which one the test gets.
-		tb.Logf("resolvetest: no trust domain given (StaticOptions.TrustDomain or the topology's trust_domain); using %s", v.TrustDomain)
+		tb.Logf("resolvetest: no trust domain given (StaticOptions.TrustDomain or the topology's trust_domain); using %s", src.View().TrustDomain)
 	}
 	return src
 }

@@ -2,6 +2,7 @@ package resolvetest_test
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -130,4 +131,11 @@ func TestLoadSaysWhichTrustDomain(t *testing.T) {
 		resolvetest.Load(tb, resolve.StaticOptions{TrustDomain: td}, filepath.Join(seeds, "upstreams.hcl"))
 	})
 	assert.Empty(t, r.logs)
+	// A topology that names the default trust domain has given one.
+	topo := filepath.Join(t.TempDir(), "topology.hcl")
+	require.NoError(t, os.WriteFile(topo, []byte("topology {\n  trust_domain = \""+resolve.DefaultTrustDomain+"\"\n}\n"), 0o600))
+	r = record(t, func(tb testing.TB) {
+		resolvetest.Load(tb, resolve.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"), topo)
+	})
+	assert.Empty(t, r.logs, "the topology gave the trust domain, even if it is the default one")
 }
