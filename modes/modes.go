@@ -12,10 +12,19 @@
 //	upstream-defaults   the downstream's service-defaults UpstreamConfig.Defaults
 //	service-defaults    the downstream's service-defaults MeshGateway
 //	proxy-defaults      proxy-defaults "global" MeshGateway
+//	destination-defaults the service-defaults MeshGateway of the service the
+//	                    connection goes to (each target of a discovery chain:
+//	                    after redirects, and each failover target)
 //
 // An empty mode means "not set here" and defers to the next layer; when no
 // layer sets one the result is "" from source "default", which behaves as
 // "none".
+//
+// The last layer is Consul's discovery chain compiler at work: the agent
+// resolves the first six into the upstream's mode and hands it to the
+// compiler as an override; only when that is empty does each target take
+// its own service's service-defaults mode (compile.go, getResolverNode).
+// So two targets of one chain can take different paths.
 package modes
 
 import (
@@ -38,12 +47,17 @@ const (
 	SourceUpstreamDefaults Source = "upstream-defaults"
 	SourceServiceDefaults  Source = "service-defaults"
 	SourceProxyDefaults    Source = "proxy-defaults"
-	SourceDefault          Source = "default"
+	// SourceDestinationDefaults is the service-defaults of the destination
+	// service (a discovery chain target's), consulted only when no layer
+	// above sets a mode.
+	SourceDestinationDefaults Source = "destination-defaults"
+	SourceDefault             Source = "default"
 )
 
 // Precedence lists the layers that can set a mode, highest first.
 func Precedence() []Source {
-	return []Source{SourceUpstream, SourceUpstreamOverride, SourceInstance, SourceUpstreamDefaults, SourceServiceDefaults, SourceProxyDefaults}
+	return []Source{SourceUpstream, SourceUpstreamOverride, SourceInstance, SourceUpstreamDefaults, SourceServiceDefaults, SourceProxyDefaults,
+		SourceDestinationDefaults}
 }
 
 // ErrInvalidMode is wrapped by the error for a mode Consul does not know.
@@ -74,6 +88,19 @@ type Layers struct {
 	UpstreamDefaults api.MeshGatewayMode
 	ServiceDefaults  api.MeshGatewayMode
 	ProxyDefaults    api.MeshGatewayMode
+	// Destination is the destination service's service-defaults mode (see
+	// WithDestination); ForUpstream leaves it empty.
+	Destination api.MeshGatewayMode
+}
+
+// WithDestination returns l with the Destination layer taken from the
+// service-defaults entry of the service a target resolves to (nil: none).
+func (l Layers) WithDestination(destination *api.ServiceConfigEntry) Layers {
+	l.Destination = ""
+	if destination != nil {
+		l.Destination = destination.MeshGateway.Mode
+	}
+	return l
 }
 
 // Get returns the mode layer s sets.
@@ -91,6 +118,8 @@ func (l Layers) Get(s Source) api.MeshGatewayMode {
 		return l.ServiceDefaults
 	case SourceProxyDefaults:
 		return l.ProxyDefaults
+	case SourceDestinationDefaults:
+		return l.Destination
 	}
 	return ""
 }

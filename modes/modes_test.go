@@ -10,15 +10,15 @@ import (
 
 var allModes = []api.MeshGatewayMode{"", "none", "local", "remote"}
 
-// TestDecideEveryCombination checks Decide on all 4^6 combinations of the
+// TestDecideEveryCombination checks Decide on all 4^7 combinations of the
 // layers against an independent statement of the rule: the answer is the
 // first non-empty value in Consul's documented order, else "" from "default".
 func TestDecideEveryCombination(t *testing.T) {
-	order := []string{"upstream", "upstream-override", "instance", "upstream-defaults", "service-defaults", "proxy-defaults"}
+	order := []string{"upstream", "upstream-override", "instance", "upstream-defaults", "service-defaults", "proxy-defaults", "destination-defaults"}
 	count := 0
-	var vals [6]int
+	var vals [7]int
 	for {
-		l := Layers{allModes[vals[0]], allModes[vals[1]], allModes[vals[2]], allModes[vals[3]], allModes[vals[4]], allModes[vals[5]]}
+		l := Layers{allModes[vals[0]], allModes[vals[1]], allModes[vals[2]], allModes[vals[3]], allModes[vals[4]], allModes[vals[5]], allModes[vals[6]]}
 		want := Decision{Source: "default"}
 		for i := range vals {
 			if vals[i] != 0 {
@@ -40,7 +40,17 @@ func TestDecideEveryCombination(t *testing.T) {
 			break
 		}
 	}
-	assert.Equal(t, 4096, count)
+	assert.Equal(t, 16384, count)
+}
+
+// The destination's service-defaults is a layer of each target, set apart
+// from the downstream's layers.
+func TestWithDestination(t *testing.T) {
+	l := Layers{ProxyDefaults: ""}.WithDestination(&api.ServiceConfigEntry{Name: "api", MeshGateway: api.MeshGatewayConfig{Mode: "local"}})
+	assert.Equal(t, Decision{Mode: "local", Source: SourceDestinationDefaults}, Decide(l))
+	l = Layers{ProxyDefaults: "remote"}.WithDestination(&api.ServiceConfigEntry{Name: "api", MeshGateway: api.MeshGatewayConfig{Mode: "local"}})
+	assert.Equal(t, Decision{Mode: "remote", Source: SourceProxyDefaults}, Decide(l), "any downstream layer overrides it")
+	assert.Equal(t, Decision{Source: SourceDefault}, Decide(Layers{Destination: "local"}.WithDestination(nil)), "nil: no destination layer")
 }
 
 func TestEffective(t *testing.T) {
