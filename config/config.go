@@ -38,8 +38,11 @@ type Set struct {
 	// partition, or nil: which services peers may consume.
 	ExportedServices *api.ExportedServicesConfigEntry
 	// ServiceResolvers holds the service-resolver entries by service name:
-	// their subsets, DefaultSubset, Redirect and ConnectTimeout.
+	// their subsets, DefaultSubset, Redirect, Failover and ConnectTimeout.
 	ServiceResolvers map[string]*api.ServiceResolverConfigEntry
+	// SamenessGroups holds the sameness-group entries by name (a Consul
+	// Enterprise feature: Consul CE refuses them, and resolvers naming one).
+	SamenessGroups map[string]*api.SamenessGroupConfigEntry
 	// Other holds config entries of other kinds (service-router, ...),
 	// checked as strictly but not used by meshgate.
 	Other []api.ConfigEntry
@@ -129,7 +132,8 @@ func Parse(name string, src []byte) (*Set, error) {
 }
 
 func newSet() *Set {
-	return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}, ServiceResolvers: map[string]*api.ServiceResolverConfigEntry{}}
+	return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}, ServiceResolvers: map[string]*api.ServiceResolverConfigEntry{},
+		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}}
 }
 
 // flatten turns nested multierrors into one flat list, formatted one per line.
@@ -320,6 +324,18 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 			}
 			s.ServiceResolvers[e.Name] = e
 		}
+	case *api.SamenessGroupConfigEntry:
+		switch {
+		case e.Name == "":
+			d.Errorf(line, path, "sameness-group has no Name")
+		case s.SamenessGroups[e.Name] != nil:
+			d.Errorf(line, path, "a second sameness-group %q", e.Name)
+		default:
+			for _, msg := range samenessGroupProblems(e, s.SamenessGroups) {
+				d.Errorf(line, path, "sameness-group %q: %s", e.Name, msg)
+			}
+			s.SamenessGroups[e.Name] = e
+		}
 	case *api.MeshConfigEntry:
 		if s.Mesh != nil {
 			d.Errorf(line, path, "a second mesh entry")
@@ -348,7 +364,10 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 }
 
 // resolverProblems checks what Consul checks of a service-resolver before
-// storing it, as far as routing depends on it.
+// storing it (ServiceResolverConfigEntry.Validate), as far as routing
+// depends on it. Partitions, namespaces, sameness groups and failover
+// policies, which Consul CE refuses as Enterprise features, are accepted:
+// meshgate plans them as Consul Enterprise would.
 func resolverProblems(e *api.ServiceResolverConfigEntry) []string {
 	var out []string
 	if e.DefaultSubset != "" && !hasSubset(e, e.DefaultSubset) {
@@ -360,25 +379,140 @@ func resolverProblems(e *api.ServiceResolverConfigEntry) []string {
 		}
 	}
 	if r := e.Redirect; r != nil {
-		switch {
-		case *r == api.ServiceResolverRedirect{}:
-			out = append(out, "Redirect is empty")
-		case len(e.Failover) > 0:
-			out = append(out, "Redirect and Failover cannot both be set")
-		case r.Peer != "" && r.Datacenter != "":
-			out = append(out, "Redirect names both a Datacenter and a Peer")
-		case r.Peer != "" && r.ServiceSubset != "":
-			out = append(out, "Redirect.Peer cannot be set with Redirect.ServiceSubset")
-		case r.Service == "" && (r.ServiceSubset != "" || r.Namespace != "" || r.Partition != "" || r.Peer != ""):
-			out = append(out, "Redirect.ServiceSubset, Namespace, Partition and Peer need Redirect.Service")
-		case r.ServiceSubset != "" && r.Service == e.Name && !hasSubset(e, r.ServiceSubset):
-			out = append(out, fmt.Sprintf("Redirect.ServiceSubset %q is not one of its Subsets", r.ServiceSubset))
+		if msg := redirectProblem(e, r); msg != "" {
+			out = append(out, msg)
+		}
+	}
+	keys := make([]string, 0, len(e.Failover))
+	for k := range e.Failover {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		for _, msg := range failoverProblems(e, e.Failover[key]) {
+			out = append(out, fmt.Sprintf("Failover[%q]: %s", key, msg))
+		}
+		if key != "*" && !hasSubset(e, key) {
+			out = append(out, fmt.Sprintf("Failover[%q]: want \"*\" or one of its Subsets", key))
 		}
 	}
 	if e.ConnectTimeout < 0 {
 		out = append(out, fmt.Sprintf("ConnectTimeout %s is negative", e.ConnectTimeout))
 	}
 	return out
+}
+
+// redirectProblem is Consul's first objection to a resolver's Redirect, or
+// "".
+func redirectProblem(e *api.ServiceResolverConfigEntry, r *api.ServiceResolverRedirect) string {
+	switch {
+	case *r == api.ServiceResolverRedirect{}:
+		return "Redirect is empty"
+	case len(e.Failover) > 0:
+		return "Redirect and Failover cannot both be set"
+	case r.SamenessGroup != "" && r.ServiceSubset != "":
+		return "Redirect.SamenessGroup cannot be set with Redirect.ServiceSubset"
+	case r.SamenessGroup != "" && r.Partition != "":
+		return "Redirect.SamenessGroup cannot be set with Redirect.Partition"
+	case r.SamenessGroup != "" && r.Datacenter != "":
+		return "Redirect.SamenessGroup cannot be set with Redirect.Datacenter"
+	case r.Peer != "" && r.ServiceSubset != "":
+		return "Redirect.Peer cannot be set with Redirect.ServiceSubset"
+	case r.Peer != "" && r.Partition != "":
+		return "Redirect.Partition cannot be set with Redirect.Peer"
+	case r.Peer != "" && r.Datacenter != "":
+		return "Redirect names both a Datacenter and a Peer"
+	case r.Service == "" && (r.ServiceSubset != "" || r.Namespace != "" || r.Partition != "" || r.Peer != ""):
+		return "Redirect.ServiceSubset, Namespace, Partition and Peer need Redirect.Service"
+	case r.ServiceSubset != "" && r.Service == e.Name && !hasSubset(e, r.ServiceSubset):
+		return fmt.Sprintf("Redirect.ServiceSubset %q is not one of its Subsets", r.ServiceSubset)
+	}
+	return ""
+}
+
+// failoverProblems checks one Failover entry as Consul does.
+func failoverProblems(e *api.ServiceResolverConfigEntry, f api.ServiceResolverFailover) []string {
+	var out []string
+	if f.Service == "" && f.ServiceSubset == "" && f.Namespace == "" && len(f.Datacenters) == 0 && len(f.Targets) == 0 && f.SamenessGroup == "" {
+		return []string{"one of Service, ServiceSubset, Namespace, Targets, SamenessGroup, or Datacenters is required"}
+	}
+	if p := f.Policy; p != nil && p.Mode != "" && p.Mode != "sequential" && p.Mode != "order-by-locality" {
+		out = append(out, fmt.Sprintf("Policy.Mode %q: want \"sequential\" or \"order-by-locality\"", p.Mode))
+	}
+	if f.ServiceSubset != "" && (f.Service == "" || f.Service == e.Name) && !hasSubset(e, f.ServiceSubset) {
+		out = append(out, fmt.Sprintf("ServiceSubset %q is not one of %q's Subsets", f.ServiceSubset, e.Name))
+	}
+	for _, bad := range []struct {
+		both bool
+		msg  string
+	}{
+		{f.SamenessGroup != "" && len(f.Datacenters) > 0, "SamenessGroup cannot be set with Datacenters"},
+		{f.SamenessGroup != "" && f.ServiceSubset != "", "SamenessGroup cannot be set with ServiceSubset"},
+		{f.SamenessGroup != "" && len(f.Targets) > 0, "SamenessGroup cannot be set with Targets"},
+		{len(f.Datacenters) > 0 && len(f.Targets) > 0, "Targets cannot be set with Datacenters"},
+		{f.ServiceSubset != "" && len(f.Targets) > 0, "Targets cannot be set with ServiceSubset"},
+		{f.Service != "" && len(f.Targets) > 0, "Targets cannot be set with Service"},
+	} {
+		if bad.both {
+			out = append(out, bad.msg)
+		}
+	}
+	for i, t := range f.Targets {
+		var msg string
+		switch {
+		case t.Peer != "" && t.ServiceSubset != "":
+			msg = "Peer cannot be set with ServiceSubset"
+		case t.Peer != "" && t.Partition != "":
+			msg = "Partition cannot be set with Peer"
+		case t.Peer != "" && t.Datacenter != "":
+			msg = "Peer cannot be set with Datacenter"
+		case t.Partition != "" && t.Datacenter != "":
+			msg = "Partition cannot be set with Datacenter"
+		case t.ServiceSubset != "" && (t.Service == "" || t.Service == e.Name) && !hasSubset(e, t.ServiceSubset):
+			msg = fmt.Sprintf("ServiceSubset %q is not one of %q's Subsets", t.ServiceSubset, e.Name)
+		}
+		if msg != "" {
+			out = append(out, fmt.Sprintf("Targets[%d]: %s", i, msg))
+		}
+	}
+	for _, dc := range f.Datacenters {
+		if dc == "" {
+			out = append(out, "Datacenters: an empty datacenter")
+		}
+	}
+	return out
+}
+
+// samenessGroupProblems checks a sameness-group entry: each member is one
+// partition or one peer, named once, and one group of the files at most is
+// the default for failover.
+func samenessGroupProblems(e *api.SamenessGroupConfigEntry, others map[string]*api.SamenessGroupConfigEntry) []string {
+	var out []string
+	seen := map[api.SamenessGroupMember]bool{}
+	for i, m := range e.Members {
+		switch {
+		case (m.Partition == "") == (m.Peer == ""):
+			out = append(out, fmt.Sprintf("Members[%d]: want exactly one of Partition and Peer", i))
+		case seen[m]:
+			out = append(out, fmt.Sprintf("Members[%d]: %s is listed twice", i, describeMember(m)))
+		}
+		seen[m] = true
+	}
+	if e.DefaultForFailover {
+		for name, o := range others {
+			if o.DefaultForFailover {
+				out = append(out, fmt.Sprintf("DefaultForFailover: sameness-group %q is the default already", name))
+			}
+		}
+	}
+	return out
+}
+
+func describeMember(m api.SamenessGroupMember) string {
+	if m.Peer != "" {
+		return fmt.Sprintf("peer %q", m.Peer)
+	}
+	return fmt.Sprintf("partition %q", m.Partition)
 }
 
 func hasSubset(e *api.ServiceResolverConfigEntry, name string) bool {

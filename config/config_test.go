@@ -139,6 +139,24 @@ func TestBadInput(t *testing.T) {
 			[]string{"r.hcl:1", `service-resolver "api": DefaultSubset "v9" is not one of its Subsets`}},
 		{"subset name Consul refuses", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { V1 = {} }\n", []string{`subset name "V1"`}},
 		{"redirect to a peer and a datacenter", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nRedirect { Service = \"api\"\n Peer = \"p\"\n Datacenter = \"dc2\" }\n", []string{"both a Datacenter and a Peer"}},
+		{"failover with datacenters and targets", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { \"*\" = { Datacenters = [\"dc2\"], Targets = [{ Datacenter = \"dc3\" }] } }\n",
+			[]string{"r.hcl:1", `service-resolver "api": Failover["*"]: Targets cannot be set with Datacenters`}},
+		{"failover for a subset it does not define", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { v2 = { Datacenters = [\"dc2\"] } }\n",
+			[]string{`Failover["v2"]: want "*" or one of its Subsets`}},
+		{"empty failover", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { \"*\" = { } }\n",
+			[]string{`Failover["*"]: one of Service, ServiceSubset, Namespace, Targets, SamenessGroup, or Datacenters is required`}},
+		{"failover target to a peer and a datacenter", "r.json", `{"Kind": "service-resolver", "Name": "api", "Failover": {"*": {"Targets": [{"Peer": "p", "Datacenter": "dc2"}, {"ServiceSubset": "v9"}]}}}`,
+			[]string{`Failover["*"]: Targets[0]: Peer cannot be set with Datacenter`, `Failover["*"]: Targets[1]: ServiceSubset "v9" is not one of "api"'s Subsets`}},
+		{"failover to a sameness group and datacenters", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { \"*\" = { SamenessGroup = \"g\", Datacenters = [\"dc2\", \"\"] } }\n",
+			[]string{`Failover["*"]: SamenessGroup cannot be set with Datacenters`, `Failover["*"]: Datacenters: an empty datacenter`}},
+		{"failover policy unknown", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { \"*\" = { Datacenters = [\"dc2\"], Policy = { Mode = \"random\" } } }\n",
+			[]string{`Policy.Mode "random"`}},
+		{"redirect to a sameness group and a subset", "r.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nRedirect { SamenessGroup = \"g\"\n ServiceSubset = \"v1\" }\n",
+			[]string{"Redirect.SamenessGroup cannot be set with Redirect.ServiceSubset"}},
+		{"sameness group member with both", "g.hcl", "Kind = \"sameness-group\"\nName = \"g\"\nMembers = [{ Peer = \"a\", Partition = \"p\" }, { Peer = \"b\" }, { Peer = \"b\" }, {}]\n",
+			[]string{`sameness-group "g": Members[0]: want exactly one of Partition and Peer`, `Members[2]: peer "b" is listed twice`, "Members[3]: want exactly one"}},
+		{"two default sameness groups", "g.yaml", "Kind: sameness-group\nName: a\nDefaultForFailover: true\nMembers: [{Peer: x}]\n---\nKind: sameness-group\nName: b\nDefaultForFailover: true\nMembers: [{Peer: y}]\n",
+			[]string{`sameness-group "b": DefaultForFailover: sameness-group "a" is the default already`}},
 		{"second resolver", "r.yaml", "Kind: service-resolver\nName: api\n---\nKind: service-resolver\nName: api\n", []string{`a second service-resolver for "api"`}},
 		{"topology bad address", "t.hcl", "topology {\n  services = [{ name = \"api\", addresses = [\"10.0.0.1\"] }]\n}\n", []string{`"10.0.0.1"`}},
 	}
@@ -230,4 +248,30 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// Failover in every form Consul takes, and a sameness group, load into the
+// consul/api types as written.
+func TestFailoverAndSamenessGroupsLoad(t *testing.T) {
+	set, err := parse(t, "f.hcl", `
+Kind = "service-resolver"
+Name = "api"
+Subsets = { v1 = { Filter = "Service.Meta.version == v1" } }
+Failover = {
+  "*"  = { Datacenters = ["dc2", "dc3"] }
+  "v1" = { Targets = [{ Datacenter = "dc2" }, { Service = "api-backup" }, { Peer = "other" }] }
+}
+`)
+	require.NoError(t, err)
+	f := set.ServiceResolvers["api"].Failover
+	assert.Equal(t, []string{"dc2", "dc3"}, f["*"].Datacenters)
+	assert.Equal(t, []api.ServiceResolverFailoverTarget{{Datacenter: "dc2"}, {Service: "api-backup"}, {Peer: "other"}}, f["v1"].Targets)
+
+	set, err = parse(t, "g.yaml", "Kind: sameness-group\nName: g\ndefault_for_failover: true\ninclude_local: true\nMembers:\n  - Partition: default\n  - Peer: east\n")
+	require.NoError(t, err)
+	g := set.SamenessGroups["g"]
+	require.NotNil(t, g)
+	assert.True(t, g.DefaultForFailover)
+	assert.True(t, g.IncludeLocal)
+	assert.Equal(t, []api.SamenessGroupMember{{Partition: "default"}, {Peer: "east"}}, g.Members)
 }
