@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -64,6 +63,20 @@ type Plan struct {
 	Warnings []string `json:"warnings"`
 	// LocalBindPort is the upstream's local listener port.
 	LocalBindPort int `json:"local_bind_port,omitempty"`
+	// Healthy counts the primary target's healthy instances the view knows
+	// of (see Target.Healthy).
+	Healthy int `json:"healthy"`
+	// Failover lists the failover targets in order (a service-resolver's
+	// Failover, or a sameness group's members), each with its own mode and
+	// path; empty when there are none. A dialer (sidecar.Dialer) takes the
+	// first target of Chain() with healthy instances, and the next when its
+	// dials fail.
+	Failover []Target `json:"failover,omitempty"`
+	// Served and PassedOver are set by a dialer: the index in Chain() of the
+	// target that carried the connection, and why each target before it was
+	// passed over.
+	Served     int      `json:"served,omitempty"`
+	PassedOver []string `json:"passed_over,omitempty"`
 }
 
 // PlanAll plans every upstream of every instance in the view, in order.
@@ -90,7 +103,11 @@ func PlanInstance(v *View, inst Instance) []Plan {
 // PlanUpstream applies Consul's semantics to one upstream of inst:
 //   - the mode comes from modes.Resolve over the upstream, the downstream's
 //     service-defaults (overrides, defaults, its own mode), the instance and
-//     proxy-defaults;
+//     proxy-defaults, and, when none of them sets one, the service-defaults
+//     of the service the connection goes to;
+//   - service-resolvers move the upstream as Consul's discovery chain
+//     compiler does: redirects, the default subset, and failover targets,
+//     each with its own mode and path (see Target);
 //   - an upstream in the local datacenter and partition is dialled directly
 //     whatever the mode;
 //   - "none" (or no mode) dials the destination's endpoints, their WAN
@@ -106,20 +123,10 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		Service:       inst.Service,
 		Proxy:         inst.Name,
 		Upstream:      up.DestinationName,
-		Namespace:     tenancy.OrDefault(up.DestinationNamespace),
-		Partition:     tenancy.OrDefault(firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition)),
-		Peer:          up.DestinationPeer,
 		LocalBindPort: up.LocalBindPort,
-		Dial:          []string{},
 		Warnings:      []string{},
 	}
-	if p.Peer == "" {
-		p.Datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)
-	}
-	target := followResolvers(v, &p)
 	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaults[inst.Service], v.ProxyDefaults)
-	d := modes.Decide(layers)
-	p.Mode, p.Source = d.Mode, d.Source
 	if err := layers.Validate(); err != nil {
 		p.Warnings = append(p.Warnings, err.Error())
 	}
@@ -128,130 +135,51 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	}
 	self := inst.Service + " sidecar"
 
-	if p.Peer != "" {
-		planPeered(v, &p, target, d, self)
-		return p
+	start := chainTarget{service: up.DestinationName, namespace: up.DestinationNamespace,
+		partition: firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition), peer: up.DestinationPeer}
+	if start.peer == "" {
+		start.datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)
 	}
-
-	dest := Location{p.Datacenter, p.Partition}
-	destHop := target + " " + dest.String()
-	p.SNI = sni.ServiceSNI(target, p.Subset, p.Namespace, p.Partition, p.Datacenter, v.TrustDomain)
-	crossDC := dest.Datacenter != local.Datacenter
-	switch {
-	case dest == local:
-		p.Route = PathDirect
-		if d.Mode != api.MeshGatewayModeDefault && d.Mode != api.MeshGatewayModeNone {
-			p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored: %s is in the local datacenter and partition", d.Mode, d.Source, p.Upstream))
+	primary, resolver, notes, problem := resolveTarget(v, normalTarget(v, start))
+	p.Resolver = notes
+	if problem != "" {
+		p.Warnings = append(p.Warnings, problem)
+	}
+	t, warnings := planTarget(v, self, layers, primary)
+	p.Warnings = append(p.Warnings, warnings...)
+	if primary.service != p.Upstream {
+		p.Target = primary.service
+	}
+	p.Subset, p.Namespace, p.Partition, p.Datacenter, p.Peer = t.Subset, t.Namespace, t.Partition, t.Datacenter, t.Peer
+	p.Mode, p.Source, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Source, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
+	failover, note, warnings := failoverOf(v, primary, resolver)
+	if t.Peer == "" && (Location{t.Datacenter, t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
+		which := ""
+		if len(failover) > 0 {
+			which = " for the primary target"
 		}
-		p.Dial = addrs(endpointsOf(v, target, p), false)
-		p.Hops = []string{self, destHop}
-	case d.Effective() == api.MeshGatewayModeLocal:
-		p.Route = PathLocalGateway
-		p.Dial = addrs(v.GatewaysIn(local), false)
-		p.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
-	case d.Effective() == api.MeshGatewayModeRemote:
-		p.Route = PathRemoteGateway
-		p.Dial = addrs(v.GatewaysIn(dest), crossDC)
-		p.Hops = []string{self, "gateway " + dest.String(), destHop}
-	default:
-		p.Route = PathDirect
-		p.Dial = addrs(endpointsOf(v, target, p), crossDC)
-		p.Hops = []string{self, destHop}
+		p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored%s: %s is in the local datacenter and partition", t.Mode, t.Source, which, p.Upstream))
 	}
-	if len(p.Dial) == 0 {
-		p.Warnings = append(p.Warnings, "no addresses known for "+p.Hops[1])
+	p.Warnings = append(p.Warnings, warnings...)
+	switch len(failover) {
+	case 0:
+	case 1:
+		p.Resolver = append(p.Resolver, note+": 1 failover target")
+	default:
+		p.Resolver = append(p.Resolver, fmt.Sprintf("%s: %d failover targets", note, len(failover)))
+	}
+	for _, f := range failover {
+		resolved, _, _, problem := resolveTarget(v, f)
+		if problem != "" {
+			p.Warnings = append(p.Warnings, "failover: "+problem)
+		}
+		ft, warnings := planTarget(v, self, layers, resolved)
+		for _, w := range warnings {
+			p.Warnings = append(p.Warnings, "failover "+ft.String()+": "+w)
+		}
+		p.Failover = append(p.Failover, ft)
 	}
 	return p
-}
-
-func planPeered(v *View, p *Plan, target string, d modes.Decision, self string) {
-	peer, known := v.Peers[p.Peer]
-	gateways := peer.Gateways
-	im, imported := peer.Import(target, p.Namespace)
-	if imported && len(im.Gateways) > 0 {
-		gateways = im.Gateways
-	}
-	destHop := target + " peer " + p.Peer
-	peerHop := "gateway peer " + p.Peer
-	switch d.Mode {
-	case api.MeshGatewayModeNone:
-		p.Warnings = append(p.Warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Source))
-		fallthrough
-	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
-		p.Route = PathRemoteGateway
-		p.Dial = append(p.Dial, gateways...)
-		p.Hops = []string{self, peerHop, destHop}
-	case api.MeshGatewayModeLocal:
-		p.Route = PathLocalGateway
-		p.Dial = addrs(v.GatewaysIn(v.Local()), false)
-		p.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
-	default:
-		p.Route = PathRemoteGateway
-		p.Hops = []string{self, peerHop, destHop}
-	}
-	switch {
-	case imported && im.SNI != "":
-		p.SNI = im.SNI
-	case !known:
-		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q is unknown: its trust domain, and so the SNI, and its gateways are not known", p.Peer))
-	case peer.TrustDomain == "" || peer.NameAtPeer == "":
-		p.Warnings = append(p.Warnings, fmt.Sprintf("peer %q lacks trust_domain or name_at_peer: the SNI is not known", p.Peer))
-	default:
-		p.SNI = sni.PeeredServiceSNI(target, p.Namespace, p.Partition, peer.NameAtPeer, peer.TrustDomain)
-	}
-	if len(p.Dial) == 0 && known {
-		p.Warnings = append(p.Warnings, "no addresses known for "+p.Hops[1])
-	}
-}
-
-// maxRedirects bounds how many service-resolver redirects are followed, so
-// that a cycle of redirects ends.
-const maxRedirects = 8
-
-// followResolvers applies the view's service-resolvers to the upstream of
-// p as Consul's discovery chain does where the SNI depends on them: each
-// Redirect moves the target (service, subset, namespace, partition,
-// datacenter or peer), and the DefaultSubset of the service finally reached
-// applies when no subset was chosen. It updates p and returns the target
-// service's name.
-func followResolvers(v *View, p *Plan) string {
-	target := p.Upstream
-	seen := map[string]bool{}
-	for range maxRedirects {
-		r := v.Resolvers[target]
-		if r == nil || r.Redirect == nil || seen[target] || p.Peer != "" {
-			break
-		}
-		seen[target] = true
-		rd := r.Redirect
-		p.Resolver = append(p.Resolver, fmt.Sprintf("service-resolver %q redirects to %s", target, describeRedirect(rd)))
-		if rd.Service != "" && rd.Service != target {
-			target, p.Subset = rd.Service, ""
-		}
-		if rd.ServiceSubset != "" {
-			p.Subset = rd.ServiceSubset
-		}
-		if rd.Namespace != "" {
-			p.Namespace = rd.Namespace
-		}
-		if rd.Partition != "" {
-			p.Partition = rd.Partition
-		}
-		if rd.Datacenter != "" {
-			p.Datacenter = rd.Datacenter
-		}
-		if rd.Peer != "" {
-			p.Peer, p.Datacenter = rd.Peer, ""
-		}
-	}
-	if r := v.Resolvers[target]; r != nil && p.Subset == "" && r.DefaultSubset != "" && p.Peer == "" {
-		p.Subset = r.DefaultSubset
-		p.Resolver = append(p.Resolver, fmt.Sprintf("service-resolver %q: default subset %q", target, r.DefaultSubset))
-	}
-	if target != p.Upstream {
-		p.Target = target
-	}
-	return target
 }
 
 func describeRedirect(r *api.ServiceResolverRedirect) string {
@@ -265,13 +193,24 @@ func describeRedirect(r *api.ServiceResolverRedirect) string {
 	return strings.Join(parts, ", ")
 }
 
-// endpointsOf returns the endpoints the plan dials when it goes directly:
-// the subset's when the plan names one.
-func endpointsOf(v *View, service string, p Plan) []Endpoint {
-	if p.Subset != "" {
-		return v.SubsetEndpoints(service, p.Subset, p.Namespace, p.Partition, p.Datacenter)
+// endpointsOf returns a target's healthy endpoints: its subset's when it
+// names one.
+func endpointsOf(v *View, t chainTarget) []Endpoint {
+	if t.subset != "" {
+		return v.SubsetEndpoints(t.service, t.subset, t.namespace, t.partition, t.datacenter)
 	}
-	return v.Endpoints(service, p.Namespace, p.Partition, p.Datacenter)
+	return v.Endpoints(t.service, t.namespace, t.partition, t.datacenter)
+}
+
+// serviceSNI is the SNI of a target in this cluster.
+func serviceSNI(v *View, t chainTarget) string {
+	return sni.ServiceSNI(t.service, t.subset, t.namespace, t.partition, t.datacenter, v.TrustDomain)
+}
+
+// peeredSNI is the SNI a peer expects for one of its services, built with
+// the peer's trust domain and the name it gave this cluster.
+func peeredSNI(service, namespace, partition string, peer Peer) string {
+	return sni.PeeredServiceSNI(service, namespace, partition, peer.NameAtPeer, peer.TrustDomain)
 }
 
 // addrs returns the endpoints' addresses, preferring WAN ones when wan is set.

@@ -147,9 +147,15 @@ UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "none", modes
 		{"upstream-override over instance", map[string]string{"web.hcl": webProxy("none", up), "s.hcl": `Kind = "service-defaults"
 Name = "web"
 UpstreamConfig { Overrides = [{ Name = "api", MeshGateway { Mode = "local" } }] }`}, "local", modes.SourceUpstreamOverride, []string{"127.0.1.5:8443"}},
-		{"service-defaults of another service do not apply", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
+		// Consul's discovery chain compiler gives each target its own
+		// service's mode when the downstream sets none (the agent's
+		// /v1/discovery-chain/api says "local" here).
+		{"the destination's service-defaults when nothing else sets a mode", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
 Name = "api"
-MeshGateway { Mode = "local" }`}, "", modes.SourceDefault, []string{"127.0.2.110:21000"}},
+MeshGateway { Mode = "local" }`}, "local", modes.SourceDestinationDefaults, []string{"127.0.1.5:8443"}},
+		{"any downstream layer over the destination's service-defaults", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
+Name = "api"
+MeshGateway { Mode = "local" }`, "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n"}, "remote", modes.SourceProxyDefaults, []string{"127.0.2.105:8443"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -57,6 +57,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 		ServiceDefaults: set.ServiceDefaults,
 		Mesh:            set.Mesh,
 		Resolvers:       set.ServiceResolvers,
+		SamenessGroups:  set.SamenessGroups,
 		Services:        map[ServiceKey][]Endpoint{},
 		Subsets:         map[ServiceKey]map[string][]Endpoint{},
 		Gateways:        map[Location][]Endpoint{},
@@ -244,6 +245,10 @@ func StaticView(v *View) (*Static, error) {
 			}
 			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
 		}
+	}
+	n.SamenessGroups = make(map[string]*api.SamenessGroupConfigEntry, len(v.SamenessGroups))
+	for name, g := range v.SamenessGroups {
+		n.SamenessGroups[name] = g
 	}
 	n.Gateways = make(map[Location][]Endpoint, len(v.Gateways))
 	for l, eps := range v.Gateways {

@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -14,6 +15,18 @@ import (
 // one per decision and never sees half an update.
 type Source interface {
 	View() *View
+}
+
+// Follower is a Source that holds other datacenters' services only once
+// asked to: consulview.Source follows the local datacenter whole, and each
+// service of another datacenter that a plan needs (a failover target, an
+// upstream dialled directly) with a blocking query of its own. Follow
+// returns once each new key has been read once, or with the error of those
+// that could not be (their watches retry on their own); the next View holds
+// what was read.
+type Follower interface {
+	Source
+	Follow(ctx context.Context, keys ...ServiceKey) error
 }
 
 // Endpoint is one address to dial: a service's sidecar or Connect-native
@@ -145,8 +158,11 @@ type View struct {
 	Mesh            *api.MeshConfigEntry
 	// Resolvers holds the service-resolver entries by service name: a local
 	// service's subsets, DefaultSubset and ConnectTimeout for the router;
-	// DefaultSubset and Redirect for the planner.
+	// DefaultSubset, Redirect and Failover for the planner.
 	Resolvers map[string]*api.ServiceResolverConfigEntry
+	// SamenessGroups holds the sameness-group entries by name, for
+	// failover (a Consul Enterprise feature; a CE source has none).
+	SamenessGroups map[string]*api.SamenessGroupConfigEntry
 
 	// Services holds each service's healthy mesh endpoints.
 	Services map[ServiceKey][]Endpoint

@@ -149,6 +149,29 @@ func Expect(tb testing.TB, plan resolve.Plan, want Want) {
 	}
 }
 
+// Chain describes plan's discovery chain, one string per target in the
+// order a dialer tries them: the target (resolve.Target.String) and its
+// route, such as "api dc1 direct", "api dc2 local-gateway",
+// "v1.api dc2 remote-gateway" or "api peer other remote-gateway".
+func Chain(plan resolve.Plan) []string {
+	var out []string
+	for _, t := range plan.Chain() {
+		out = append(out, t.String()+" "+string(t.Route))
+	}
+	return out
+}
+
+// ExpectChain checks plan's discovery chain (see Chain) against want, in
+// one line: the primary target first, then each failover target.
+//
+//	resolvetest.ExpectChain(t, plan, "api dc1 direct", "api dc2 local-gateway")
+func ExpectChain(tb testing.TB, plan resolve.Plan, want ...string) {
+	tb.Helper()
+	if got := Chain(plan); !slices.Equal(got, want) {
+		tb.Errorf("resolvetest: chain of %s -> %s differs:\n  got  %q\n  want %q", plan.Service, describe(plan), got, want)
+	}
+}
+
 // Plan returns the plan of service's upstream named upstream, failing tb if
 // the view has no such upstream or has it more than once (PlanTo then says
 // which).

@@ -1,0 +1,377 @@
+package resolve
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/modes"
+)
+
+// Target is one destination of an upstream's discovery chain, as Consul's
+// compiler makes it (agent/consul/discoverychain/compile.go): the service
+// the upstream resolves to after redirects and default subsets (the primary
+// target), or one of its failover targets. Each target has its own mode, so
+// its own path: the downstream's layers decide for every target when they
+// set a mode, and each target's own service-defaults otherwise.
+type Target struct {
+	Service   string `json:"service"`
+	Subset    string `json:"subset,omitempty"`
+	Namespace string `json:"namespace"`
+	Partition string `json:"partition"`
+	// Datacenter is where the target is; empty for a peer's.
+	Datacenter string `json:"datacenter,omitempty"`
+	Peer       string `json:"peer,omitempty"`
+	// Mode and Source are the target's mode decision; Route the path it
+	// gives.
+	Mode   api.MeshGatewayMode `json:"mode"`
+	Source modes.Source        `json:"source"`
+	Route  Path                `json:"route"`
+	// SNI is the server name the sidecar sends to reach the target.
+	SNI string `json:"sni"`
+	// Dial lists the addresses to try, in order: the target's endpoints or
+	// the gateways its route crosses first.
+	Dial []string `json:"dial"`
+	// Hops describes the path, as Plan.Hops.
+	Hops []string `json:"hops"`
+	// Healthy counts the target's healthy instances the view knows of (for
+	// a peer's, the routable entries of the import), whatever path reaches
+	// them: Consul decides failover by the target's own health, through
+	// gateways too. A view holds every service of the local datacenter;
+	// another datacenter's only where a topology lists them or a live source
+	// follows them (consulview.Source.Follow).
+	Healthy int `json:"healthy"`
+}
+
+// String names the target as hops do: "api dc2", "v1.api dc1",
+// "api peer other", with the namespace and partition where not default.
+func (t Target) String() string {
+	name := t.Service
+	if t.Subset != "" {
+		name = t.Subset + "." + name
+	}
+	if ns := tenancy.OrDefault(t.Namespace); ns != tenancy.Default {
+		name += " (namespace " + ns + ")"
+	}
+	if t.Peer != "" {
+		return name + " peer " + t.Peer
+	}
+	return name + " " + Location{t.Datacenter, t.Partition}.String()
+}
+
+// Chain returns the plan's targets in the order a dialer tries them: the
+// primary target, then each failover target.
+func (p Plan) Chain() []Target {
+	primary := Target{Service: p.Upstream, Subset: p.Subset, Namespace: p.Namespace, Partition: p.Partition,
+		Datacenter: p.Datacenter, Peer: p.Peer, Mode: p.Mode, Source: p.Source, Route: p.Route, SNI: p.SNI,
+		Dial: p.Dial, Hops: p.Hops, Healthy: p.Healthy}
+	if p.Target != "" {
+		primary.Service = p.Target
+	}
+	return append([]Target{primary}, p.Failover...)
+}
+
+// chainTarget is a discovery target being resolved: Consul's
+// DiscoveryTargetOpts, with every field filled in (peer targets have no
+// datacenter and no subset).
+type chainTarget struct {
+	service, subset, namespace, partition, datacenter, peer string
+}
+
+// id is the target's identity, as Consul's target IDs: two targets with the
+// same id are the same destination.
+func (t chainTarget) id() string {
+	if t.peer != "" {
+		return strings.Join([]string{t.service, t.namespace, t.partition, "external", t.peer}, ".")
+	}
+	id := strings.Join([]string{t.service, t.namespace, t.partition, t.datacenter}, ".")
+	if t.subset != "" {
+		id = t.subset + "." + id
+	}
+	return id
+}
+
+// targetOpts is what a redirect, a failover entry or a sameness group
+// member changes of a target (Consul's DiscoveryTargetOpts).
+type targetOpts struct {
+	service, subset, namespace, partition, datacenter, peer string
+}
+
+// merged is Consul's MergeDiscoveryTargetOpts: later non-empty values win.
+func merged(opts ...targetOpts) targetOpts {
+	var out targetOpts
+	for _, o := range opts {
+		for _, f := range []struct {
+			dst *string
+			v   string
+		}{{&out.service, o.service}, {&out.subset, o.subset},
+			{&out.namespace, o.namespace}, {&out.partition, o.partition}, {&out.datacenter, o.datacenter}, {&out.peer, o.peer}} {
+			if f.v != "" {
+				*f.dst = f.v
+			}
+		}
+	}
+	return out
+}
+
+// rewrite is Consul's compiler.rewriteTarget then newTarget: another
+// service drops the subset, a namespace is taken only when given (or with
+// a peer), the peer is always the options' own, and a target with no peer
+// defaults to the view's datacenter while a peer's has none.
+func rewrite(v *View, t chainTarget, o targetOpts) chainTarget {
+	if o.service != "" && o.service != t.service {
+		t.service, t.subset = o.service, ""
+	}
+	if o.subset != "" {
+		t.subset = o.subset
+	}
+	if o.partition != "" {
+		t.partition = o.partition
+	}
+	if o.namespace != "" || o.peer != "" {
+		t.namespace = o.namespace
+	}
+	if o.datacenter != "" {
+		t.datacenter = o.datacenter
+	}
+	t.peer = o.peer
+	return normalTarget(v, t)
+}
+
+func normalTarget(v *View, t chainTarget) chainTarget {
+	t.namespace = tenancy.OrDefault(t.namespace)
+	if t.peer != "" {
+		// A peer's services are named in its own datacenter and partition,
+		// which the SNI the peer gives carries; subsets do not cross.
+		t.datacenter, t.subset = "", ""
+		t.partition = v.Local().Partition
+		return t
+	}
+	t.partition = tenancy.OrDefault(t.partition)
+	if t.datacenter == "" {
+		t.datacenter = v.Datacenter
+	}
+	return t
+}
+
+// maxRedirects bounds how many service-resolver redirects are followed.
+const maxRedirects = 16
+
+// resolveTarget applies the service-resolvers to t as Consul's
+// getResolverNode does before it builds a node: each Redirect (but one to
+// a sameness group, which is a failover) moves the target, and the
+// DefaultSubset of the service finally reached names the subset. It
+// returns the target, its resolver (nil when the service has none), notes
+// on which resolvers decided, and a warning for a chain Consul would refuse
+// to compile.
+func resolveTarget(v *View, t chainTarget) (chainTarget, *api.ServiceResolverConfigEntry, []string, string) {
+	var notes []string
+	seen := map[string]bool{}
+	var order []string
+	for range maxRedirects {
+		if seen[t.id()] {
+			order = append(order, t.id())
+			return t, nil, notes, "circular service-resolver redirect: " + strings.Join(order, " -> ") + " (Consul refuses to compile this chain)"
+		}
+		seen[t.id()] = true
+		order = append(order, t.id())
+		r := v.resolverOf(t)
+		if r == nil {
+			return t, nil, notes, ""
+		}
+		if rd := r.Redirect; rd != nil && rd.SamenessGroup == "" {
+			next := rewrite(v, t, targetOpts{rd.Service, rd.ServiceSubset, rd.Namespace, rd.Partition, rd.Datacenter, rd.Peer})
+			if next.id() != t.id() {
+				notes = append(notes, fmt.Sprintf("service-resolver %q redirects to %s", t.service, describeRedirect(rd)))
+				t = next
+				continue
+			}
+		}
+		if t.subset == "" && r.DefaultSubset != "" {
+			t.subset = r.DefaultSubset
+			notes = append(notes, fmt.Sprintf("service-resolver %q: default subset %q", t.service, r.DefaultSubset))
+			continue
+		}
+		if t.subset != "" && !definesSubset(r, t.subset) {
+			return t, r, notes, fmt.Sprintf("service %q does not have a subset named %q (Consul refuses to compile this chain)", t.service, t.subset)
+		}
+		return t, r, notes, ""
+	}
+	return t, nil, notes, fmt.Sprintf("more than %d service-resolver redirects: %s", maxRedirects, strings.Join(order, " -> "))
+}
+
+// resolverOf returns the service-resolver that applies to t: its
+// service's, or for a service without one a redirect to the sameness group
+// that is the default for failover, as Consul materializes it. A peer's
+// services are resolved by the peer.
+func (v *View) resolverOf(t chainTarget) *api.ServiceResolverConfigEntry {
+	if t.peer != "" {
+		return nil
+	}
+	if r := v.Resolvers[t.service]; r != nil {
+		return r
+	}
+	if t.partition != v.Local().Partition {
+		return nil
+	}
+	for _, g := range v.SamenessGroups {
+		if g.DefaultForFailover {
+			return &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: t.service,
+				Redirect: &api.ServiceResolverRedirect{SamenessGroup: g.Name}}
+		}
+	}
+	return nil
+}
+
+// failoverOf returns the failover targets of the primary target t, whose
+// resolver is r, as getResolverNode makes them (before each is resolved in
+// turn): the Failover entry for t's subset, else for "*"; its Datacenters,
+// its Targets, its sameness group, or its one other service, subset or
+// namespace; a redirect to a sameness group too. A target that is t itself
+// is left out. It also returns a note and warnings.
+func failoverOf(v *View, t chainTarget, r *api.ServiceResolverConfigEntry) ([]chainTarget, string, []string) {
+	if r == nil {
+		return nil, "", nil
+	}
+	var out []chainTarget
+	var warnings []string
+	add := func(c chainTarget) {
+		if c.id() != t.id() { // never fail over to itself
+			out = append(out, c)
+		}
+	}
+	sameness := func(opts targetOpts, group string) {
+		g := v.SamenessGroups[group]
+		if g == nil {
+			warnings = append(warnings, fmt.Sprintf("sameness group %q is not defined: no failover targets from it (Consul refuses to compile this chain)", group))
+			return
+		}
+		for _, m := range g.Members {
+			add(rewrite(v, t, merged(opts, targetOpts{partition: m.Partition, peer: m.Peer})))
+		}
+	}
+	samenessOpts := targetOpts{service: r.Name, namespace: tenancy.OrDefault(r.Namespace), partition: tenancy.OrDefault(r.Partition)}
+	if rd := r.Redirect; rd != nil && rd.SamenessGroup != "" {
+		sameness(merged(samenessOpts, targetOpts{rd.Service, rd.ServiceSubset, rd.Namespace, rd.Partition, rd.Datacenter, rd.Peer}), rd.SamenessGroup)
+		return out, fmt.Sprintf("service-resolver %q: redirect to sameness group %q", r.Name, rd.SamenessGroup), warnings
+	}
+	key := t.subset
+	f, ok := r.Failover[key]
+	if !ok {
+		key = "*"
+		if f, ok = r.Failover[key]; !ok {
+			return nil, "", nil
+		}
+	}
+	if p := f.Policy; p != nil && p.Mode == "order-by-locality" {
+		warnings = append(warnings, fmt.Sprintf("failover policy %q is not applied: the targets are in the order written", p.Mode))
+	}
+	fo := targetOpts{service: f.Service, subset: f.ServiceSubset, namespace: f.Namespace}
+	switch {
+	case len(f.Datacenters) > 0:
+		for _, dc := range f.Datacenters {
+			o := fo
+			o.datacenter = dc
+			add(rewrite(v, t, o))
+		}
+	case len(f.Targets) > 0:
+		for _, ft := range f.Targets {
+			add(rewrite(v, t, targetOpts{ft.Service, ft.ServiceSubset, ft.Namespace, ft.Partition, ft.Datacenter, ft.Peer}))
+		}
+	case f.SamenessGroup != "":
+		sameness(merged(samenessOpts, fo), f.SamenessGroup)
+	default:
+		add(rewrite(v, t, fo))
+	}
+	return out, fmt.Sprintf("service-resolver %q: Failover[%q]", r.Name, key), warnings
+}
+
+// planTarget plans the path to one resolved target: its mode (the
+// downstream's layers, else the target's own service-defaults), its route,
+// SNI, addresses, hops and health.
+func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Target, []string) {
+	d := modes.Decide(layers.WithDestination(v.ServiceDefaults[t.service]))
+	out := Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition,
+		Datacenter: t.datacenter, Peer: t.peer, Mode: d.Mode, Source: d.Source, Dial: []string{}}
+	if t.peer != "" {
+		return out, planPeered(v, &out, d, self)
+	}
+	local := v.Local()
+	dest := Location{t.datacenter, t.partition}
+	destHop := t.service + " " + dest.String()
+	out.SNI = serviceSNI(v, t)
+	eps := endpointsOf(v, t)
+	out.Healthy = len(eps)
+	crossDC := dest.Datacenter != local.Datacenter
+	switch {
+	case dest == local:
+		out.Route = PathDirect
+		out.Dial = addrs(eps, false)
+		out.Hops = []string{self, destHop}
+	case d.Effective() == api.MeshGatewayModeLocal:
+		out.Route = PathLocalGateway
+		out.Dial = addrs(v.GatewaysIn(local), false)
+		out.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
+	case d.Effective() == api.MeshGatewayModeRemote:
+		out.Route = PathRemoteGateway
+		out.Dial = addrs(v.GatewaysIn(dest), crossDC)
+		out.Hops = []string{self, "gateway " + dest.String(), destHop}
+	default:
+		out.Route = PathDirect
+		out.Dial = addrs(eps, crossDC)
+		out.Hops = []string{self, destHop}
+	}
+	var warnings []string
+	if len(out.Dial) == 0 {
+		warnings = append(warnings, "no addresses known for "+out.Hops[1])
+	}
+	return out, warnings
+}
+
+// planPeered plans the path to a peer's service: always through a gateway,
+// "none" being treated as "remote", as in Consul.
+func planPeered(v *View, t *Target, d modes.Decision, self string) []string {
+	var warnings []string
+	peer, known := v.Peers[t.Peer]
+	gateways := peer.Gateways
+	im, imported := peer.Import(t.Service, t.Namespace)
+	if imported && len(im.Gateways) > 0 {
+		gateways = im.Gateways
+	}
+	if imported {
+		t.Healthy = len(gateways)
+	}
+	destHop := t.Service + " peer " + t.Peer
+	peerHop := "gateway peer " + t.Peer
+	switch d.Mode {
+	case api.MeshGatewayModeNone:
+		warnings = append(warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Source))
+		fallthrough
+	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
+		t.Route = PathRemoteGateway
+		t.Dial = append(t.Dial, gateways...)
+		t.Hops = []string{self, peerHop, destHop}
+	case api.MeshGatewayModeLocal:
+		t.Route = PathLocalGateway
+		t.Dial = addrs(v.GatewaysIn(v.Local()), false)
+		t.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
+	default:
+		t.Route = PathRemoteGateway
+		t.Hops = []string{self, peerHop, destHop}
+	}
+	switch {
+	case imported && im.SNI != "":
+		t.SNI = im.SNI
+	case !known:
+		warnings = append(warnings, fmt.Sprintf("peer %q is unknown: its trust domain, and so the SNI, and its gateways are not known", t.Peer))
+	case peer.TrustDomain == "" || peer.NameAtPeer == "":
+		warnings = append(warnings, fmt.Sprintf("peer %q lacks trust_domain or name_at_peer: the SNI is not known", t.Peer))
+	default:
+		t.SNI = peeredSNI(t.Service, t.Namespace, t.Partition, peer)
+	}
+	if len(t.Dial) == 0 && known {
+		warnings = append(warnings, "no addresses known for "+t.Hops[1])
+	}
+	return warnings
+}
