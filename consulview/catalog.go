@@ -361,26 +361,9 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
 		return err
 	}
-	var subsets map[string][]resolve.Endpoint
-	if resolver != nil && len(resolver.Subsets) > 0 {
-		subsets = make(map[string][]resolve.Endpoint, len(resolver.Subsets))
-		for sub, def := range resolver.Subsets {
-			se, eps := entries, []resolve.Endpoint(nil)
-			if def.Filter != "" {
-				counted(1)
-				fq := (&api.QueryOptions{Filter: def.Filter}).WithContext(ctx)
-				se, _, err = c.client.Health().Connect(name, "", false, fq)
-				if err != nil {
-					return classify(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), err)
-				}
-			}
-			for _, e := range se {
-				if routable(e, def.OnlyPassing) {
-					eps = append(eps, endpointOf(e))
-				}
-			}
-			subsets[sub] = eps
-		}
+	subsets, err := c.subsetEndpoints(ctx, name, entries, resolver, &api.QueryOptions{}, counted)
+	if err != nil {
+		return err
 	}
 	var eps []resolve.Endpoint
 	var nodes []string
@@ -421,6 +404,39 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 		c.cat.subsets[name] = subsets
 	}
 	return nil
+}
+
+// subsetEndpoints returns the routable endpoints of each subset the
+// resolver defines, from the service's entries where the subset has no
+// Filter and from one more query with the Filter, evaluated by Consul,
+// where it has one (q gives the datacenter; counted hears of each query).
+// It returns nil when the resolver defines no subset.
+func (c *Source) subsetEndpoints(ctx context.Context, name string, entries []*api.ServiceEntry, resolver *api.ServiceResolverConfigEntry,
+	q *api.QueryOptions, counted func(int)) (map[string][]resolve.Endpoint, error) {
+	if resolver == nil || len(resolver.Subsets) == 0 {
+		return nil, nil
+	}
+	subsets := make(map[string][]resolve.Endpoint, len(resolver.Subsets))
+	for sub, def := range resolver.Subsets {
+		se, eps := entries, []resolve.Endpoint(nil)
+		if def.Filter != "" {
+			counted(1)
+			fq := *q
+			fq.Filter, fq.WaitIndex, fq.WaitTime = def.Filter, 0, 0
+			var err error
+			se, _, err = c.client.Health().Connect(name, "", false, (&fq).WithContext(ctx))
+			if err != nil {
+				return nil, classify(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), err)
+			}
+		}
+		for _, e := range se {
+			if routable(e, def.OnlyPassing) {
+				eps = append(eps, endpointOf(e))
+			}
+		}
+		subsets[sub] = eps
+	}
+	return subsets, nil
 }
 
 // routable is Consul's health rule for a gateway's endpoints

@@ -97,6 +97,7 @@ type Source struct {
 	dcs        map[string]context.CancelFunc // datacenter -> its gateway names' watch
 	gwNames    map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
 	imports    map[string]context.CancelFunc // "peer/service" -> its watch
+	remote     map[string]context.CancelFunc // remoteKey -> a followed service's watch
 	started    bool                          // the first load is done; new keys get watches at once
 
 	ctx    context.Context
@@ -119,6 +120,7 @@ type consulState struct {
 	domain                             string                        // the servers' DNS domain
 	fedServers                         []resolve.Server              // every local server, by node, at its RPC address
 	fedGateways                        map[string]gatewaySet         // datacenter -> gateways, from the federation states
+	remote                             map[string]remoteService      // followed services of other datacenters, by remoteKey
 	servers                            []string                      // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
 	exports                            map[resolve.ServiceKey][]string    // datacenter left empty
@@ -144,7 +146,8 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		opts.MaxBackoff = 10 * time.Second
 	}
 	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
-		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{}}
+		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{},
+		remote: map[string]context.CancelFunc{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -153,6 +156,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.state.endpoints = map[string][]resolve.Endpoint{}
 	c.state.gateways = map[string]gatewaySet{}
 	c.state.fedGateways = map[string]gatewaySet{}
+	c.state.remote = map[string]remoteService{}
 	c.state.peerings = map[string]*api.Peering{}
 	c.state.imports = map[string]resolve.ImportedService{}
 
@@ -690,6 +694,14 @@ func (c *Source) publishLocked() {
 	}
 	for name, subsets := range c.cat.subsets {
 		v.Subsets[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+	}
+	for _, rs := range s.remote {
+		if len(rs.eps) > 0 {
+			v.Services[rs.key] = rs.eps
+		}
+		if rs.subsets != nil {
+			v.Subsets[rs.key] = rs.subsets
+		}
 	}
 	c.cat.lastPublish = time.Now()
 	keys := make([]string, 0, len(s.gateways))
