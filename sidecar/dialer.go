@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -25,11 +24,14 @@ const DefaultConnectTimeout = 5 * time.Second
 // Dialer carries out resolve's plan for a Go program: it dials an upstream's
 // planned addresses in order with the planned SNI, and originates mTLS with
 // the program's leaf certificate, accepting only the destination's SPIFFE
-// identity under the cluster's CA roots.
+// identity under the cluster's CA roots. It fails over along the plan's
+// discovery chain (a service-resolver's Failover, a sameness group) as
+// Envoy's aggregate cluster does under Consul, and further: see Dial.
 type Dialer struct {
 	// Source gives the current view: config entries that decide the mode,
 	// and where gateways and services are (consulview.Source, or a static
-	// one).
+	// one). A resolve.Follower is asked to follow the services of other
+	// datacenters that a plan needs, so that their health is known.
 	Source resolve.Source
 	// Certs is the program's identity and the CA roots.
 	Certs *Certs
@@ -37,9 +39,8 @@ type Dialer struct {
 	// its service name, and Instance.Proxy.MeshGateway the mode its own
 	// registration sets (the "service instance" layer).
 	Instance resolve.Instance
-	// Client, if set, finds what the view does not hold: the endpoints of
-	// a service in another datacenter (for mode none), and a peer's CA
-	// roots when the view has none for it (a static one).
+	// Client, if set, finds a peer's CA roots when the view has none for it
+	// (a static one).
 	Client *api.Client
 	// ConnectTimeout bounds each attempt; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
@@ -57,42 +58,112 @@ func (d *Dialer) plan(v *resolve.View, up api.Upstream) resolve.Plan {
 }
 
 // Dial connects to upstream up along its plan and returns the established
-// mTLS connection and the plan it followed. Addresses are tried in the
-// plan's order; the error names each one that failed and why. A
-// destination whose certificate is not the expected identity is refused.
+// mTLS connection and the plan it followed.
+//
+// The plan's targets (plan.Chain(): the primary, then each failover target)
+// are tried in order, those with healthy instances first: the first such
+// target is used, and the next when every address of one fails to connect
+// or to hand-shake (Envoy stays on a target until outlier detection ejects
+// its hosts). Targets with no healthy instance known are tried last, in
+// order, as Envoy routes to unhealthy hosts when none is healthy. A source
+// that follows other datacenters on demand (resolve.Follower) is asked to
+// follow every target there first. The returned plan's Served is the index
+// in Chain() of the target that carried the connection, and PassedOver says
+// why each target before it was not used. The error names every target and
+// address that failed and why. A destination whose certificate is not the
+// target's identity is refused.
 func (d *Dialer) Dial(ctx context.Context, up api.Upstream) (*tls.Conn, resolve.Plan, error) {
 	v := d.Source.View() // one picture for the plan and the trust it needs
 	plan := d.plan(v, up)
-	addrs := plan.Dial
-	if len(addrs) == 0 && plan.Route == resolve.PathDirect && plan.Peer == "" && d.Client != nil {
-		var err error
-		if addrs, err = d.endpoints(ctx, plan); err != nil {
-			return nil, plan, err
+	if f, ok := d.Source.(resolve.Follower); ok {
+		if keys := remoteTargets(v, plan); len(keys) > 0 {
+			// A datacenter that does not answer leaves its targets without
+			// health: they are tried last.
+			_ = f.Follow(ctx, keys...)
+			v = d.Source.View()
+			plan = d.plan(v, up)
 		}
-	}
-	if len(addrs) == 0 {
-		return nil, plan, fmt.Errorf("sidecar: upstream %q (%s): nothing to dial: the view knows no address for route %s", plan.Upstream, where(plan), plan.Route)
-	}
-	cfg, err := d.tlsConfig(ctx, v, plan)
-	if err != nil {
-		return nil, plan, err
 	}
 	timeout := d.ConnectTimeout
 	if timeout <= 0 {
 		timeout = DefaultConnectTimeout
 	}
+	chain := plan.Chain()
+	why := make([]string, len(chain))
 	var errs []error
-	for _, addr := range addrs {
-		c, err := dialOne(ctx, addr, cfg, timeout)
+	for _, i := range tryOrder(chain) {
+		t := chain[i]
+		c, err := d.dialTarget(ctx, v, t, timeout)
 		if err == nil {
+			plan.Served = i
+			for j := range chain[:i] {
+				reason := why[j]
+				if reason == "" {
+					reason = "no healthy instances"
+				}
+				plan.PassedOver = append(plan.PassedOver, chain[j].String()+": "+reason)
+			}
 			return c, plan, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		why[i] = err.Error()
+		errs = append(errs, fmt.Errorf("%s: %w", t, err))
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, plan, fmt.Errorf("sidecar: upstream %q (%s, SNI %s): %w", plan.Upstream, where(plan), plan.SNI, problems.Join(errs...))
+	return nil, plan, fmt.Errorf("sidecar: upstream %q: %w", plan.Upstream, problems.Join(errs...))
+}
+
+// tryOrder returns the indexes of chain's targets in the order Dial tries
+// them: those with healthy instances, then the others, each in chain order.
+func tryOrder(chain []resolve.Target) []int {
+	order := make([]int, 0, len(chain))
+	for i, t := range chain {
+		if t.Healthy > 0 {
+			order = append(order, i)
+		}
+	}
+	for i, t := range chain {
+		if t.Healthy == 0 {
+			order = append(order, i)
+		}
+	}
+	return order
+}
+
+// remoteTargets returns the services of other datacenters that plan's
+// targets are.
+func remoteTargets(v *resolve.View, plan resolve.Plan) []resolve.ServiceKey {
+	var keys []resolve.ServiceKey
+	for _, t := range plan.Chain() {
+		if t.Peer == "" && t.Datacenter != v.Datacenter {
+			keys = append(keys, resolve.ServiceKey{Name: t.Service, Namespace: t.Namespace, Partition: t.Partition, Datacenter: t.Datacenter})
+		}
+	}
+	return keys
+}
+
+// dialTarget tries each of a target's addresses in order.
+func (d *Dialer) dialTarget(ctx context.Context, v *resolve.View, t resolve.Target, timeout time.Duration) (*tls.Conn, error) {
+	if len(t.Dial) == 0 {
+		return nil, fmt.Errorf("nothing to dial: the view knows no address for route %s", t.Route)
+	}
+	cfg, err := d.tlsConfig(ctx, v, t)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, addr := range t.Dial {
+		c, err := dialOne(ctx, addr, cfg, timeout)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Errorf("%s (SNI %s): %w", addr, t.SNI, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, problems.Join(errs...)
 }
 
 func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
@@ -110,26 +181,19 @@ func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Dur
 	return c, nil
 }
 
-func where(p resolve.Plan) string {
-	if p.Peer != "" {
-		return "peer " + p.Peer
-	}
-	return "datacenter " + p.Datacenter
-}
-
-// tlsConfig is the client side of mTLS for plan: the leaf, the SNI, and a
-// check of the server's chain and SPIFFE identity.
-func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, plan resolve.Plan) (*tls.Config, error) {
+// tlsConfig is the client side of mTLS for a target: the leaf, the SNI,
+// and a check of the server's chain and SPIFFE identity.
+func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, t resolve.Target) (*tls.Config, error) {
 	leaf := d.Certs.Certificate()
-	pool, want := d.Certs.Roots(), ExpectedIdentity(plan, d.Certs.TrustDomain())
-	if plan.Peer != "" {
+	pool, want := d.Certs.Roots(), TargetIdentity(t, d.Certs.TrustDomain())
+	if t.Peer != "" {
 		var err error
-		if pool, want, err = d.peerTrust(ctx, v.Peers[plan.Peer], plan); err != nil {
+		if pool, want, err = d.peerTrust(ctx, v.Peers[t.Peer], t); err != nil {
 			return nil, err
 		}
 	}
 	return &tls.Config{
-		ServerName:   plan.SNI,
+		ServerName:   t.SNI,
 		Certificates: []tls.Certificate{*leaf},
 		MinVersion:   tls.VersionTLS12,
 		// The chain is checked below, against the mesh's roots and
@@ -144,15 +208,15 @@ func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, plan resolve.Pl
 // peerTrust returns a peer's roots and the identity its exported service
 // presents: from the view, or, for a view without the peer's roots, from
 // the peering through Client.
-func (d *Dialer) peerTrust(ctx context.Context, peer resolve.Peer, plan resolve.Plan) (*x509.CertPool, Identity, error) {
+func (d *Dialer) peerTrust(ctx context.Context, peer resolve.Peer, t resolve.Target) (*x509.CertPool, Identity, error) {
 	if peer.TrustDomain == "" {
-		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q: the view knows no trust domain for peer %q", plan.Upstream, plan.Peer)
+		return nil, Identity{}, fmt.Errorf("the view knows no trust domain for peer %q", t.Peer)
 	}
 	roots := peer.Roots
 	if len(roots) == 0 && d.Client != nil {
-		p, _, err := d.Client.Peerings().Read(ctx, plan.Peer, nil)
+		p, _, err := d.Client.Peerings().Read(ctx, t.Peer, nil)
 		if err != nil {
-			return nil, Identity{}, fmt.Errorf("sidecar: reading peering %q: %w", plan.Peer, err)
+			return nil, Identity{}, fmt.Errorf("reading peering %q: %w", t.Peer, err)
 		}
 		if p != nil {
 			roots = p.PeerCAPems
@@ -163,49 +227,9 @@ func (d *Dialer) peerTrust(ctx context.Context, peer resolve.Peer, plan resolve.
 		addPEM(pool, text)
 	}
 	if len(roots) == 0 {
-		return nil, Identity{}, fmt.Errorf("sidecar: upstream %q: no CA roots for peer %q", plan.Upstream, plan.Peer)
+		return nil, Identity{}, fmt.Errorf("no CA roots for peer %q", t.Peer)
 	}
-	return pool, Identity{TrustDomain: peer.TrustDomain, Partition: plan.Partition, Namespace: plan.Namespace, Service: target(plan)}, nil
-}
-
-// endpoints finds the healthy mesh endpoints of plan's destination in its
-// datacenter, by WAN address, for a direct connection the view cannot
-// plan (a service in another datacenter).
-func (d *Dialer) endpoints(ctx context.Context, plan resolve.Plan) ([]string, error) {
-	q := (&api.QueryOptions{Datacenter: plan.Datacenter, Namespace: nonDefault(plan.Namespace), Partition: nonDefault(plan.Partition)}).WithContext(ctx)
-	entries, _, err := d.Client.Health().Connect(target(plan), "", true, q)
-	if err != nil {
-		return nil, fmt.Errorf("sidecar: finding %q in datacenter %s: %w", target(plan), plan.Datacenter, err)
-	}
-	var out []string
-	for _, e := range entries {
-		s := e.Service
-		switch {
-		case s.TaggedAddresses["wan"].Address != "" && s.TaggedAddresses["wan"].Port != 0:
-			out = append(out, net.JoinHostPort(s.TaggedAddresses["wan"].Address, strconv.Itoa(s.TaggedAddresses["wan"].Port)))
-		case e.Node != nil && e.Node.TaggedAddresses["wan"] != "":
-			out = append(out, net.JoinHostPort(e.Node.TaggedAddresses["wan"], strconv.Itoa(s.Port)))
-		case s.Address != "":
-			out = append(out, net.JoinHostPort(s.Address, strconv.Itoa(s.Port)))
-		case e.Node != nil:
-			out = append(out, net.JoinHostPort(e.Node.Address, strconv.Itoa(s.Port)))
-		}
-	}
-	return out, nil
-}
-
-func nonDefault(s string) string {
-	if s == tenancy.Default {
-		return ""
-	}
-	return s
-}
-
-func target(p resolve.Plan) string {
-	if p.Target != "" {
-		return p.Target
-	}
-	return p.Upstream
+	return pool, Identity{TrustDomain: peer.TrustDomain, Partition: t.Partition, Namespace: t.Namespace, Service: t.Service}, nil
 }
 
 // Identity is a service's SPIFFE identity in a Consul mesh:
@@ -248,11 +272,19 @@ func (id Identity) Matches(u *url.URL) bool {
 	return ok && dc != "" && !strings.Contains(dc, "/")
 }
 
-// ExpectedIdentity is the identity the destination of plan must present:
-// the target service in the plan's datacenter, partition and namespace,
-// under trustDomain.
+// ExpectedIdentity is the identity the destination of plan's primary target
+// must present: the target service in the plan's datacenter, partition and
+// namespace, under trustDomain.
 func ExpectedIdentity(plan resolve.Plan, trustDomain string) Identity {
-	return Identity{TrustDomain: trustDomain, Partition: plan.Partition, Namespace: plan.Namespace, Datacenter: plan.Datacenter, Service: target(plan)}
+	return TargetIdentity(plan.Chain()[0], trustDomain)
+}
+
+// TargetIdentity is the identity a discovery chain target must present:
+// its service in its datacenter, partition and namespace, under
+// trustDomain (for a peer's target, the peer's trust domain and any
+// datacenter).
+func TargetIdentity(t resolve.Target, trustDomain string) Identity {
+	return Identity{TrustDomain: trustDomain, Partition: t.Partition, Namespace: t.Namespace, Datacenter: t.Datacenter, Service: t.Service}
 }
 
 // ErrWrongIdentity is wrapped by VerifyIdentity's error for a certificate

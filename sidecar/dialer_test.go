@@ -167,3 +167,101 @@ func BenchmarkDial(b *testing.B) {
 		})
 	}
 }
+
+// failoverWorld is api in dc1 and in dc2 with a resolver failing dc1 over
+// to dc2; dc1Healthy says whether the view lists dc1's instance, dc1Addr
+// where it is (a live api or a dead address), dc2Healthy whether the view
+// lists dc2's.
+func failoverWorld(tb testing.TB, w *world, dc1Addr string, dc1Healthy, dc2Healthy bool) *sidecar.Dialer {
+	services := map[resolve.ServiceKey][]resolve.Endpoint{}
+	if dc1Healthy {
+		services[resolve.ServiceKey{Name: "api"}] = []resolve.Endpoint{{Address: dc1Addr}}
+	}
+	if dc2Healthy {
+		services[resolve.ServiceKey{Name: "api", Datacenter: "dc2"}] = w.dialer.Source.View().Endpoints("api", "", "", "dc2")
+	}
+	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain, Services: services,
+		Resolvers: map[string]*api.ServiceResolverConfigEntry{"api": {Kind: api.ServiceResolver, Name: "api",
+			Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}},
+		Gateways: w.dialer.Source.View().Gateways})
+	require.NoError(tb, err)
+	d := *w.dialer
+	d.Source = src
+	return &d
+}
+
+// Without Consul, along a service-resolver's failover to another
+// datacenter, in each mode: a healthy local target serves; one with no
+// healthy instance is passed over at once; one whose dials fail is passed
+// over for the next; and with no target healthy, the targets are still
+// tried in order.
+func TestDialerFailsOver(t *testing.T) {
+	w := newWorld(t, false)
+	dc1API := serveTLS(t, func() *tls.Config {
+		c, err := w.ca.Certs(sidecar.Identity{Datacenter: "dc1", Service: "api"})
+		require.NoError(t, err)
+		return c.ServerTLSConfig()
+	}())
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	apiSNI := sni.ServiceSNI("api", "", "", "", "dc2", w.ca.TrustDomain)
+
+	for _, mode := range []api.MeshGatewayMode{api.MeshGatewayModeNone, api.MeshGatewayModeLocal, api.MeshGatewayModeRemote} {
+		up := api.Upstream{DestinationName: "api", MeshGateway: api.MeshGatewayConfig{Mode: mode}}
+		for _, c := range []struct {
+			name                   string
+			dc1Addr                string
+			dc1Healthy, dc2Healthy bool
+			served                 int
+			passedOver             string
+		}{
+			{"dc1 healthy", dc1API, true, true, 0, ""},
+			{"dc1 without a healthy instance", dc1API, false, true, 1, "api dc1: no healthy instances"},
+			{"dc1's instance refuses connections", deadAddr, true, true, 1, "connection refused"},
+			{"nothing healthy: tried in order anyway", deadAddr, false, false, 1, "api dc1: nothing to dial"},
+		} {
+			d := failoverWorld(t, w, c.dc1Addr, c.dc1Healthy, c.dc2Healthy)
+			before := w.gw2.count(apiSNI)
+			conn, plan, err := d.Dial(context.Background(), up)
+			if !c.dc1Healthy && !c.dc2Healthy && mode == api.MeshGatewayModeNone {
+				// Direct, a target the view lists nowhere has no address.
+				assert.ErrorContains(t, err, "api dc2: nothing to dial", c.name)
+				continue
+			}
+			require.NoError(t, err, "%s, %s", mode, c.name)
+			echoes(t, conn)
+			conn.Close()
+			require.Len(t, plan.Chain(), 2)
+			assert.Equal(t, c.served, plan.Served, "%s, %s", mode, c.name)
+			if c.served == 0 {
+				assert.Empty(t, plan.PassedOver)
+				continue
+			}
+			require.Len(t, plan.PassedOver, 1, "%s, %s", mode, c.name)
+			assert.Contains(t, plan.PassedOver[0], c.passedOver, "%s, %s", mode, c.name)
+			viaGateway := 0
+			if mode != api.MeshGatewayModeNone {
+				viaGateway = 1
+			}
+			assert.Equal(t, viaGateway, w.gw2.count(apiSNI)-before, "%s, %s: dc2's gateway carried it", mode, c.name)
+		}
+	}
+
+	// Nothing answers anywhere: the error names each target and why.
+	d := failoverWorld(t, w, deadAddr, true, false)
+	d.Source = mustStatic(t, &resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
+		Services:  map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: deadAddr}}},
+		Resolvers: d.Source.View().Resolvers})
+	_, _, err = d.Dial(context.Background(), api.Upstream{DestinationName: "api"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "api dc1: "+deadAddr)
+	assert.Contains(t, err.Error(), "api dc2: nothing to dial")
+}
+
+func mustStatic(tb testing.TB, v *resolve.View) *resolve.Static {
+	src, err := resolve.StaticView(v)
+	require.NoError(tb, err)
+	return src
+}
