@@ -158,18 +158,12 @@ func explainConsul(fs *flag.FlagSet) ([]resolve.Plan, error) {
 	return plans, nil
 }
 
+// writeTable writes one row per upstream, and under it one per failover
+// target of its discovery chain.
 func writeTable(w io.Writer, plans []resolve.Plan) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tUPSTREAM\tDATACENTER\tMODE\tSOURCE\tROUTE\tDIAL\tHOPS\tWARNINGS")
+	fmt.Fprintln(tw, "SERVICE\tUPSTREAM\tDATACENTER\tMODE\tSOURCE\tROUTE\tHEALTHY\tDIAL\tHOPS\tWARNINGS")
 	for _, p := range plans {
-		where := p.Datacenter
-		if p.Peer != "" {
-			where = "peer " + p.Peer
-		}
-		mode := string(p.Mode)
-		if mode == "" {
-			mode = `""`
-		}
 		upstream := p.Upstream
 		if p.Target != "" || p.Subset != "" { // a service-resolver moved it
 			upstream += " => " + cmp.Or(p.Target, p.Upstream)
@@ -177,10 +171,25 @@ func writeTable(w io.Writer, plans []resolve.Plan) {
 				upstream += " subset " + p.Subset
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Service, upstream, where, mode, p.Source, p.Route,
-			orDash(strings.Join(p.Dial, ",")), strings.Join(p.Hops, " -> "), orDash(strings.Join(p.Warnings, "; ")))
+		row(tw, p.Service, upstream, p.Chain()[0], strings.Join(p.Warnings, "; "))
+		for i, f := range p.Failover {
+			row(tw, "", fmt.Sprintf("  failover %d: %s", i+1, f), f, "")
+		}
 	}
 	tw.Flush()
+}
+
+func row(tw io.Writer, service, upstream string, t resolve.Target, warnings string) {
+	where := t.Datacenter
+	if t.Peer != "" {
+		where = "peer " + t.Peer
+	}
+	mode := string(t.Mode)
+	if mode == "" {
+		mode = `""`
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(service), upstream, where, mode, t.Source, t.Route, t.Healthy,
+		orDash(strings.Join(t.Dial, ",")), strings.Join(t.Hops, " -> "), orDash(warnings))
 }
 
 func orDash(s string) string {

@@ -175,3 +175,27 @@ func TestExplainRoutes(t *testing.T) {
 	assert.Equal(t, 2, run([]string{"-wan-federation", "-route", "x", federationTopology}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "-wan-federation goes with -consul and -route")
 }
+
+// The discovery chain: the failover target of a service-resolver, with its
+// own path and health, in JSON and as a row of its own in the table.
+func TestExplainFailoverChain(t *testing.T) {
+	dir := filepath.Join("..", "..", "resolve", "testdata", "failover")
+	rows := explainJSON(t, dir)
+	require.Len(t, rows, 1)
+	assert.Equal(t, 1.0, rows[0]["healthy"])
+	require.Len(t, rows[0]["failover"], 1)
+	f := rows[0]["failover"].([]any)[0].(map[string]any)
+	assert.Equal(t, "dc2", f["datacenter"])
+	assert.Equal(t, "local-gateway", f["route"])
+	assert.Equal(t, []any{"127.0.1.5:8443"}, f["dial"])
+	assert.Equal(t, "api.default.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul", f["sni"])
+	assert.Equal(t, 1.0, f["healthy"])
+	assert.Contains(t, rows[0]["warnings"], `mode "local" from upstream is ignored for the primary target: api is in the local datacenter and partition`)
+
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"-format", "text", dir}, &out, &errOut), errOut.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 3)
+	assert.Regexp(t, `^web +api +dc1 +local +upstream +direct +1 +127.0.1.10:21000 +web sidecar -> api dc1 `, lines[1])
+	assert.Regexp(t, `^- +failover 1: api dc2 +dc2 +local +upstream +local-gateway +1 +127.0.1.5:8443 +web sidecar -> gateway dc1 -> gateway dc2 -> api dc2 +-$`, lines[2])
+}
