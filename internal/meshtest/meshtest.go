@@ -7,7 +7,9 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,18 +79,57 @@ func StartGateway(t testing.TB, agent *consultest.Agent) *Gateway {
 // presenting certs, that echoes what it reads.
 func ServeNative(t testing.TB, agent *consultest.Agent, name string, certs *sidecar.Certs) {
 	t.Helper()
+	StartNative(t, agent, name, certs)
+}
+
+// Native is a Connect-native echo service registered with an agent, with a
+// TTL check the test sets, counting the connections it accepts.
+type Native struct {
+	ID       string
+	Addr     string
+	agent    *consultest.Agent
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+// StartNative is ServeNative, returning the service to count its
+// connections and set its health; it starts passing.
+func StartNative(t testing.TB, agent *consultest.Agent, name string, certs *sidecar.Certs) *Native {
+	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", certs.ServerTLSConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	Echo(t, ln)
+	n := &Native{agent: agent, ln: ln, Addr: ln.Addr().String()}
+	t.Cleanup(func() { ln.Close() })
+	go echo.Serve(ln, func() { n.accepted.Add(1) })
 	port := ln.Addr().(*net.TCPAddr).Port
+	n.ID = name + "-" + strconv.Itoa(port)
 	if err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
-		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}); err != nil {
+		ID: n.ID, Name: name, Address: "127.0.0.1", Port: port, Connect: &api.AgentServiceConnect{Native: true},
+		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}},
+		Check:           &api.AgentServiceCheck{CheckID: n.ID + "-ttl", TTL: "1h"}}); err != nil {
+		t.Fatal(err)
+	}
+	n.SetHealth(t, api.HealthPassing)
+	return n
+}
+
+// Accepted counts the connections the service accepted.
+func (n *Native) Accepted() int { return int(n.accepted.Load()) }
+
+// SetHealth sets the service's TTL check: api.HealthPassing, HealthWarning
+// or HealthCritical.
+func (n *Native) SetHealth(t testing.TB, status string) {
+	t.Helper()
+	if err := n.agent.Client.Agent().UpdateTTL(n.ID+"-ttl", "set by the test", status); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// Stop closes the service's listener, leaving it registered (and its check
+// as it was): connections to it are refused.
+func (n *Native) Stop() { n.ln.Close() }
 
 // Echo serves ln, echoing each connection's bytes, until the test ends.
 func Echo(t testing.TB, ln net.Listener) {
