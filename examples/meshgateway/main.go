@@ -49,13 +49,13 @@ import (
 	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
+	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 func main() {
@@ -121,23 +121,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		return cli.Usagef("unexpected arguments %q", fs.Args())
 	}
 	*datacenter = strings.ToLower(*datacenter) // as Consul does with its agents' datacenter
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return cli.Usagef("-log-level: %w", err)
-	}
-	newHandler := func(w io.Writer, level slog.Leveler) slog.Handler {
-		if *logFormat == "json" {
-			return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
-		}
-		return slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
-	}
-	if *logFormat != "text" && *logFormat != "json" {
-		return cli.Usagef("-log-format: want text or json, got %q", *logFormat)
+	newHandler, level, err := cli.Logging(*logFormat, *logLevel)
+	if err != nil {
+		return err
 	}
 	log := slog.New(newHandler(logOut, level))
 	var observers []gateway.Observer
 	if *accessLog != "" {
-		w, closeLog, err := openAccessLog(*accessLog)
+		w, closeLog, err := admin.OpenLog(*accessLog)
 		if err != nil {
 			return err
 		}
@@ -149,9 +140,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if *adminAddr != "" {
 		m := gatewaymetrics.New()
 		observers = append(observers, m)
-		registry = prometheus.NewRegistry()
-		registry.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		stopAdmin, err := serveAdmin(*adminAddr, registry, &servingNow, log)
+		registry = admin.Registry()
+		registry.MustRegister(m)
+		stopAdmin, err := admin.Serve(*adminAddr, registry, servingNow.Load, log, "meshgateway")
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime/debug"
 )
 
@@ -83,4 +84,25 @@ func ExitCode(stderr io.Writer, name string, err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
+}
+
+// Logging returns the handler maker for a -log-format ("text", logfmt, or
+// "json") and the level of a -log-level ("debug", "info", "warn", "error"),
+// or a *UsageError naming the bad value.
+func Logging(format, level string) (func(w io.Writer, level slog.Leveler) slog.Handler, slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, 0, Usagef("-log-level: %w", err)
+	}
+	switch format {
+	case "text":
+		return func(w io.Writer, level slog.Leveler) slog.Handler {
+			return slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+		}, l, nil
+	case "json":
+		return func(w io.Writer, level slog.Leveler) slog.Handler {
+			return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		}, l, nil
+	}
+	return nil, 0, Usagef("-log-format: want text or json, got %q", format)
 }

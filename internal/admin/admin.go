@@ -1,4 +1,6 @@
-package main
+// Package admin is the example binaries' operator surface: an HTTP endpoint
+// with Prometheus metrics, readiness and pprof, and the access log's file.
+package admin
 
 import (
 	"errors"
@@ -9,21 +11,21 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// serveAdmin serves /metrics, /ready and /debug/pprof/ on addr until the
-// returned function is called. /ready answers 200 while serving is true,
-// 503 otherwise: before the first view and once draining.
-func serveAdmin(addr string, reg *prometheus.Registry, serving *atomic.Bool, log *slog.Logger) (stop func(), err error) {
+// Serve serves /metrics (reg), /ready and /debug/pprof/ on addr until the
+// returned function is called; name prefixes its log lines. /ready answers
+// 200 while ready reports true, 503 otherwise.
+func Serve(addr string, reg *prometheus.Registry, ready func() bool, log *slog.Logger, name string) (stop func(), err error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !serving.Load() {
+		if !ready() {
 			http.Error(w, "not serving: starting or draining", http.StatusServiceUnavailable)
 			return
 		}
@@ -41,15 +43,23 @@ func serveAdmin(addr string, reg *prometheus.Registry, serving *atomic.Bool, log
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Error("meshgateway: admin endpoint stopped", "err", err)
+			log.Error(name+": admin endpoint stopped", "err", err)
 		}
 	}()
-	log.Info("meshgateway: admin endpoint", "addr", ln.Addr().String(), "paths", "/metrics /ready /debug/pprof/")
+	log.Info(name+": admin endpoint", "addr", ln.Addr().String(), "paths", "/metrics /ready /debug/pprof/")
 	return func() { srv.Close() }, nil
 }
 
-// openAccessLog opens path for appending, or standard output for "-".
-func openAccessLog(path string) (io.Writer, func(), error) {
+// Registry returns a registry with the Go runtime's and the process's
+// collectors.
+func Registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// OpenLog opens path for appending, or standard output for "-".
+func OpenLog(path string) (io.Writer, func(), error) {
 	if path == "-" {
 		return os.Stdout, func() {}, nil
 	}
