@@ -52,6 +52,7 @@ import (
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -73,6 +74,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	fs.Var(&configs, "config", "read the registration from this Consul service definition file or directory instead of the agent (repeatable); SIGHUP rereads")
 	connectTimeout := fs.Duration("connect-timeout", sidecar.DefaultConnectTimeout, "bound on each connect and TLS handshake")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
+	accessLog := fs.String("access-log", "", "write one line per upstream connection, naming the chain target that carried it, to this file (- for standard output); off by default")
+	adminAddr := fs.String("admin", "", "serve /metrics, /ready and /debug/pprof/ on this address, such as 127.0.0.1:19001; off by default (keep it off public interfaces)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -82,11 +86,30 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	if *proxyID == "" {
 		return cli.Usagef("-proxy-id is required")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return cli.Usagef("-log-level: %w", err)
+	newHandler, level, err := cli.Logging(*logFormat, *logLevel)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
+	log := slog.New(newHandler(logOut, level))
+	var obs observer
+	if *accessLog != "" {
+		w, closeLog, err := admin.OpenLog(*accessLog)
+		if err != nil {
+			return err
+		}
+		defer closeLog()
+		obs.access = slog.New(newHandler(w, slog.LevelInfo))
+	}
+	var serving atomic.Bool // for /ready
+	if *adminAddr != "" {
+		reg := admin.Registry()
+		obs.metrics = newUpstreamMetrics(reg)
+		stopAdmin, err := admin.Serve(*adminAddr, reg, serving.Load, log, "sidecar")
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
+	}
 
 	client, err := api.NewClient(api.DefaultConfig())
 	if err != nil {
@@ -119,7 +142,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	defer certs.Close()
 
 	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
-		fromAgent: len(configs) == 0}
+		servedBy: map[int]string{}, fromAgent: len(configs) == 0, obs: &obs}
 	binds := &binder{s: s, ctx: ctx, inbound: certs.AuthorizingServerTLSConfig(client, reg.Service), open: map[listener]net.Listener{}}
 	defer binds.closeAll()
 	if err := binds.sync(reg); err != nil {
@@ -143,6 +166,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		go followRegistration(ctx, client, *proxyID, hash, changed, log)
 	}
 	log.Info("sidecar: serving", "proxy_id", *proxyID, "service", reg.Service, "upstreams", upstreams, "public", public)
+	serving.Store(true)
+	defer serving.Store(false)
 	if ready != nil {
 		close(ready)
 	}
@@ -378,8 +403,11 @@ type server struct {
 	// merged in.
 	fromAgent bool
 
-	mu     sync.Mutex
-	logged map[int]string // local port -> the decision last logged
+	obs *observer
+
+	mu       sync.Mutex
+	logged   map[int]string // local port -> the decision last logged
+	servedBy map[int]string // local port -> the chain target of its last connection
 }
 
 // serve carries the local application's connections to one upstream.
@@ -424,16 +452,39 @@ func (s *server) handle(ctx context.Context, local net.Conn, port int) {
 	}
 	d := &sidecar.Dialer{Source: s.src, Certs: s.certs, Client: s.client, ConnectTimeout: s.timeout,
 		Instance: inst}
+	start := time.Now()
 	remote, plan, err := d.Dial(ctx, *up)
 	s.logDecision(port, plan)
 	if err != nil {
 		s.log.Warn("sidecar: upstream unreachable; connection closed", "upstream", plan.Upstream, "err", err)
+		s.obs.unreachable(port, plan, start, err)
 		local.Close()
 		return
 	}
+	s.logServing(port, plan)
+	s.obs.opened(plan)
+	addr := remote.RemoteAddr()
 	(&gateway.Forwarder{}).Start(local, remote, nil, func(st gateway.Stats) {
-		s.log.Debug("sidecar: connection closed", "upstream", plan.Upstream, "sent", st.ClientToUpstream, "received", st.UpstreamToClient)
+		s.obs.closed(port, plan, addr, start, st)
+		s.log.Debug("sidecar: connection closed", "upstream", plan.Upstream, "target", served(plan), "sent", st.ClientToUpstream, "received", st.UpstreamToClient)
 	})
+}
+
+// logServing logs, when it changes, which target of its chain carries an
+// upstream's connections: a failover, and the return to the primary.
+func (s *server) logServing(port int, p resolve.Plan) {
+	target := served(p)
+	s.mu.Lock()
+	before, seen := s.servedBy[port]
+	s.servedBy[port] = target
+	s.mu.Unlock()
+	switch {
+	case !seen && p.Served == 0, before == target:
+	case p.Served > 0:
+		s.log.Warn("sidecar: upstream failed over", "upstream", p.Upstream, "target", target, "passed_over", strings.Join(p.PassedOver, "; "))
+	default:
+		s.log.Info("sidecar: upstream back on its primary target", "upstream", p.Upstream, "target", target)
+	}
 }
 
 // serveInbound takes the mesh's connections for the service behind the
@@ -485,13 +536,26 @@ func (s *server) inbound(ctx context.Context, c *tls.Conn) {
 // logDecision logs an upstream's mode, deciding layer and path the first
 // time, and whenever they change.
 func (s *server) logDecision(port int, p resolve.Plan) {
-	decision := fmt.Sprintf("%s/%s/%s/%v", p.Mode, p.Source, p.Route, p.Hops)
+	decision := fmt.Sprintf("%s/%s/%s/%v/%v", p.Mode, p.Source, p.Route, p.Hops, chainOf(p))
 	s.mu.Lock()
 	changed := s.logged[port] != decision
 	s.logged[port] = decision
 	s.mu.Unlock()
 	if changed {
-		s.log.Info("sidecar: upstream", "upstream", p.Upstream, "datacenter", p.Datacenter, "peer", p.Peer,
-			"mode", string(p.Mode), "decided_by", string(p.Source), "route", string(p.Route), "sni", p.SNI, "hops", fmt.Sprint(p.Hops))
+		attrs := []any{"upstream", p.Upstream, "datacenter", p.Datacenter, "peer", p.Peer,
+			"mode", string(p.Mode), "decided_by", string(p.Source), "route", string(p.Route), "sni", p.SNI, "hops", fmt.Sprint(p.Hops)}
+		if len(p.Failover) > 0 {
+			attrs = append(attrs, "chain", strings.Join(chainOf(p), ", "))
+		}
+		s.log.Info("sidecar: upstream", attrs...)
 	}
+}
+
+// chainOf names each target of p's chain with its route: "api dc2 local-gateway".
+func chainOf(p resolve.Plan) []string {
+	var out []string
+	for _, t := range p.Chain() {
+		out = append(out, t.String()+" "+string(t.Route))
+	}
+	return out
 }
