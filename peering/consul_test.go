@@ -379,6 +379,43 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 		assert.Equal(t, 1, len(gwB.remotesOf(apiSNI))-beforeB, "%s: connections through B's gateway", m.mode)
 		t.Logf("peered %s: %v", m.mode, plan.Hops)
 	}
+	// Failover to the peer: A has an api of its own, whose resolver fails
+	// over to B's exported api. Healthy, A's api serves; critical, the
+	// connection goes to B's api through both gateways; passing, back.
+	localAPI := meshtest.StartNative(t, a, "api", meshtest.WatchCerts(t, a, "api"))
+	_, _, err = a.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
+		Failover: map[string]api.ServiceResolverFailover{"*": {Targets: []api.ServiceResolverFailoverTarget{{Peer: "cluster-b"}}}}}, nil)
+	require.NoError(t, err)
+	toAPI := api.Upstream{DestinationName: "api", MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}
+	servedBy := func(want int) resolve.Plan {
+		var plan resolve.Plan
+		consultest.WaitFor(t, eventually, fmt.Sprintf("a connection served by chain target %d", want), func() bool {
+			c, p, err := d.Dial(context.Background(), toAPI)
+			if err != nil {
+				return false
+			}
+			c.Close()
+			plan = p
+			return p.Served == want && len(p.Chain()) == 2 // the resolver is in the view
+		})
+		return plan
+	}
+	plan := servedBy(0)
+	assert.Equal(t, []string{"api dc1 direct", "api peer cluster-b local-gateway"}, chainNames(plan))
+	localAPI.SetHealth(t, api.HealthCritical)
+	servedBy(1)
+	beforeLocal, beforePeer, beforeB := localAPI.Accepted(), apiAccepted.get(), len(gwB.remotesOf(apiSNI))
+	c, plan, err := d.Dial(context.Background(), toAPI)
+	require.NoError(t, err)
+	c.Close()
+	assert.Equal(t, 1, plan.Served)
+	assert.Equal(t, []string{"api dc1: no healthy instances"}, plan.PassedOver)
+	consultest.WaitFor(t, eventually, "B's api to count the failed-over connection", func() bool { return apiAccepted.get() > beforePeer })
+	assert.Equal(t, 0, localAPI.Accepted()-beforeLocal, "none at A's critical api")
+	assert.Equal(t, 1, len(gwB.remotesOf(apiSNI))-beforeB, "through B's gateway")
+	localAPI.SetHealth(t, api.HealthPassing)
+	servedBy(0)
+
 	assert.NotEmpty(t, gwA.remotesOf(apiSNI), "local mode went through A's gateway")
 	for _, r := range gwB.remotesOf(apiSNI)[:1] {
 		assert.True(t, gwA.dialedFrom(r), "the first api connection reached B's gateway from A's gateway")
@@ -455,4 +492,13 @@ func TestControlPlaneFollowsTheMeshEntry(t *testing.T) {
 		_, reason := routeOf(r, name)
 		return reason == peering.ReasonNotThroughGateways
 	})
+}
+
+// chainNames names each target of plan's chain with its route.
+func chainNames(plan resolve.Plan) []string {
+	var out []string
+	for _, t := range plan.Chain() {
+		out = append(out, t.String()+" "+string(t.Route))
+	}
+	return out
 }
