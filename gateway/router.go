@@ -37,7 +37,8 @@ type Route struct {
 
 // Router decides where a connection goes from its ClientHello. It returns a
 // Route with at least one target, or an error: a *Rejection (see Reject) to
-// refuse the connection with a reason. The hello and its strings may be kept.
+// refuse the connection with a reason. The hello is the Router's: it and its
+// strings and slices may be kept, and a Server never writes to it again.
 // Route is called concurrently.
 type Router interface {
 	Route(ctx context.Context, hello *sni.ClientHello) (Route, error)

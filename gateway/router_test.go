@@ -2,10 +2,17 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/meshgate/meshgate/internal/hellotest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -113,4 +120,77 @@ func TestRotation(t *testing.T) {
 	assert.Equal(t, []string{"a", "b", "c"}, targets)
 	assert.Equal(t, []string{"x"}, r.Of([]string{"x"}))
 	assert.Empty(t, r.Of(nil))
+}
+
+// keeper is a Router that keeps every hello it is given, as Router's
+// contract allows, and refuses the connection.
+type keeper struct {
+	mu     sync.Mutex
+	hellos []*sni.ClientHello
+}
+
+func (k *keeper) Route(_ context.Context, h *sni.ClientHello) (Route, error) {
+	k.mu.Lock()
+	k.hellos = append(k.hellos, h)
+	k.mu.Unlock()
+	return Route{}, Reject(ReasonNoRoute, "kept")
+}
+
+// A Router may keep the hello it is given: a thousand connections with
+// distinct names and ALPN lists, eight at a time, leave a thousand hellos
+// each still holding its own connection's values.
+func TestRouterMayKeepTheHello(t *testing.T) {
+	const n = 1000
+	k := &keeper{}
+	var counts Counters
+	gw := startGateway(t, &Server{Router: k, Observer: &counts})
+	type sent struct {
+		name string
+		alpn []string
+	}
+	want := map[string]sent{}
+	records := make([][]byte, n)
+	for i := range n {
+		s := sent{name: fmt.Sprintf("svc-%d.example", i), alpn: []string{fmt.Sprintf("proto-%d", i), "h2"}[:1+i%2]}
+		want[s.name] = s
+		records[i] = hellotest.RecordALPN(t, s.name, s.alpn...)
+	}
+	var wg sync.WaitGroup
+	next := make(chan []byte)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rec := range next {
+				c, err := net.Dial("tcp", gw)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				c.Write(rec)
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				io.Copy(io.Discard, c) // refused: closed by the gateway
+				c.Close()
+			}
+		}()
+	}
+	for _, rec := range records {
+		next <- rec
+	}
+	close(next)
+	wg.Wait()
+	waitFor(t, "every refusal", func() bool { return counts.Snapshot().Rejected[ReasonNoRoute] == n })
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	require.Len(t, k.hellos, n)
+	intact := 0
+	for _, h := range k.hellos {
+		w, ok := want[h.ServerName]
+		if ok && slices.Equal(w.alpn, h.ALPN) && h.MaxVersion() == tls.VersionTLS13 {
+			intact++
+			delete(want, h.ServerName) // each name once
+		}
+	}
+	assert.Equal(t, n, intact, "hellos still holding their own connection's name, ALPN and versions")
 }

@@ -485,7 +485,9 @@ func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Ro
 	if s.ownConnection(c.client) {
 		return Route{}, ReasonLoop, fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", c.client.RemoteAddr())
 	}
-	route, err := s.Router.Route(ctx, hello)
+	// The Router may keep the hello: it gets one that the next connection's
+	// parse, into the pooled hello, cannot overwrite.
+	route, err := s.Router.Route(ctx, hello.Clone())
 	if err == nil && len(route.Targets) == 0 {
 		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
 	}

@@ -282,3 +282,26 @@ func TestErrorsAreDistinct(t *testing.T) {
 		}
 	}
 }
+
+// A clone shares no storage with the hello it was made from: parsing into
+// the original afterwards leaves it as it was. A typical hello clones in
+// one allocation.
+func TestCloneSharesNothing(t *testing.T) {
+	var h ClientHello
+	require.NoError(t, ParseClientHello(buildHello(helloSpec{names: [][]byte{[]byte("a.example")}, alpn: []string{"h2", "http/1.1"}, versions: []uint16{0x0304, 0x0303}}), &h))
+	c := h.Clone()
+	require.NoError(t, ParseClientHello(buildHello(helloSpec{names: [][]byte{[]byte("b.example")}, alpn: []string{"x1", "x2"}, versions: []uint16{0x0304, 0x0303}}), &h))
+	assert.Equal(t, "a.example", c.ServerName)
+	assert.Equal(t, []string{"h2", "http/1.1"}, c.ALPN)
+	assert.Equal(t, "b.example", h.ServerName)
+	assert.Equal(t, []string{"x1", "x2"}, h.ALPN)
+	assert.Equal(t, h.SupportedVersions, c.SupportedVersions)
+	assert.Equal(t, 1.0, testing.AllocsPerRun(100, func() { _ = h.Clone() }))
+
+	long := &ClientHello{ServerName: "x", ALPN: []string{"1", "2", "3", "4", "5"}, SupportedVersions: []uint16{1, 2, 3, 4, 5, 6, 7, 8, 9}}
+	lc := long.Clone()
+	long.ALPN[0], long.SupportedVersions[0] = "changed", 99
+	assert.Equal(t, "1", lc.ALPN[0])
+	assert.EqualValues(t, 1, lc.SupportedVersions[0])
+	assert.Nil(t, (&ClientHello{}).Clone().ALPN)
+}

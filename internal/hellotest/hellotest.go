@@ -12,10 +12,16 @@ import (
 // name: a real ClientHello, to write on a raw connection.
 func Record(tb testing.TB, name string) []byte {
 	tb.Helper()
+	return RecordALPN(tb, name)
+}
+
+// RecordALPN is Record with the ALPN protocols alpn.
+func RecordALPN(tb testing.TB, name string, alpn ...string) []byte {
+	tb.Helper()
 	client, server := net.Pipe()
 	defer server.Close()
 	go func() {
-		tls.Client(client, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
+		tls.Client(client, &tls.Config{ServerName: name, NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
 		client.Close()
 	}()
 	header := make([]byte, 5)
