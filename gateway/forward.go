@@ -209,13 +209,15 @@ func (p *pumps) copyDown() {
 	p.finish()
 }
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// copyBuffers are the 32 KiB buffers of directions that copy; a direction
+// holds one only while it has bytes to move.
+var copyBuffers = newFreeList(2*maxIdleWorkers, func() *[]byte { b := make([]byte, 32<<10); return &b })
 
 // copyDirection moves src's bytes to dst through a pooled buffer, for
 // connections that are not bare TCP.
 func (l *pumps) copyDirection(dst, src net.Conn) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := copyBuffers.get()
+	defer copyBuffers.put(bp)
 	buf := *bp
 	var total int64
 	for {

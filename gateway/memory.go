@@ -10,7 +10,7 @@ import (
 // fewer than a tenth of that.
 const (
 	burstConns   = 1000
-	releaseEvery = 5 * time.Second
+	releaseEvery = time.Second
 )
 
 // burstRule is when releaseAfterBursts releases memory; tests shorten it.

@@ -13,6 +13,27 @@ import (
 // Short and busy connections never park.
 const idleGrace = time.Second
 
+// While more than crowdedAwake directions of the process are awake at once
+// (a burst of connections that then idle: 5,000 clients opening at the
+// same instant kept 10,000 goroutines and 48 MB of stacks for that second,
+// and Go never frees a goroutine's descriptor), directions park after
+// crowdedGrace instead.
+const (
+	crowdedAwake = 1024
+	crowdedGrace = 20 * time.Millisecond
+)
+
+// awake counts the directions of the process that hold a goroutine.
+var awake atomic.Int64
+
+// grace is how long an awake direction waits before it parks, now.
+func grace() time.Duration {
+	if awake.Load() > crowdedAwake {
+		return crowdedGrace
+	}
+	return idleGrace
+}
+
 // parker is a process-wide epoll set for idle directions. A parked direction
 // has no goroutine; when its socket becomes readable (data, EOF or an error)
 // the poller starts one. Whoever takes a direction out of the registry, the

@@ -80,7 +80,7 @@ type Server struct {
 	EjectFor time.Duration
 	// ReleaseMemory returns memory to the operating system after a burst: when
 	// at least 1,000 connections have opened or closed since the last release
-	// and fewer than 100 in the last 5 seconds, it runs debug.FreeOSMemory
+	// and fewer than 100 in the last second, it runs debug.FreeOSMemory
 	// once.
 	// Without it the grown stacks and handshake garbage of a burst stay in the
 	// process, because a quiet gateway allocates too little to trigger a
@@ -122,8 +122,10 @@ type conn struct {
 }
 
 var (
-	helloBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-	helloPool    = sync.Pool{New: func() any { return new(sni.ClientHello) }}
+	// As many as the connections that read their hellos at once in a
+	// steady load; a burst's extra ones are left to the collector.
+	helloBuffers = newFreeList(2*maxIdleWorkers, func() *[]byte { b := make([]byte, 0, 4096); return &b })
+	helloPool    = newFreeList(2*maxIdleWorkers, func() *sni.ClientHello { return new(sni.ClientHello) })
 )
 
 func (s *Server) init() {
@@ -402,8 +404,8 @@ func (s *Server) open(c *conn) (runDown func()) {
 	st.to = connObserverOf(s.Observer)
 	st.up = upstreamObserverOf(s.Observer)
 
-	bp := helloBuffers.Get().(*[]byte)
-	hello := helloPool.Get().(*sni.ClientHello)
+	bp := helloBuffers.get()
+	hello := helloPool.get()
 	var raw []byte
 	// The buffers go back to their pools before the connection's long life.
 	defer func() { s.putHello(bp, raw, hello) }()
@@ -589,9 +591,9 @@ func (s *Server) forget(c *conn) {
 func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
 	if cap(raw) <= 64<<10 {
 		*bp = raw[:0]
-		helloBuffers.Put(bp)
+		helloBuffers.put(bp)
 	}
-	helloPool.Put(hello)
+	helloPool.put(hello)
 }
 
 // reject closes a connection that is not forwarded, counts it, and logs it:

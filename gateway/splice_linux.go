@@ -26,8 +26,9 @@ func (p *pumps) startSplice(ct, ut *net.TCPConn) (runDown func(), ok bool) {
 	p.spliced = true
 	p.up = direction{p: p, src: ct, dst: ut, lastOwn: p.start.UnixNano()}
 	p.down = direction{p: p, src: ut, dst: ct, lastOwn: p.start.UnixNano()}
-	first := p.start.Add(idleGrace)
-	if p.idle > 0 && p.idle < idleGrace {
+	g := grace()
+	first := p.start.Add(g)
+	if p.idle > 0 && p.idle < g {
 		first = p.start.Add(p.idle)
 	}
 	ct.SetReadDeadline(first)
@@ -121,7 +122,10 @@ const copyFirst = 64 << 10
 // run is a direction's goroutine: it pumps until the direction ends, or
 // parks (and a later goroutine resumes it).
 func (d *direction) run() {
-	if parked := d.pump(); parked {
+	awake.Add(1)
+	parked := d.pump()
+	awake.Add(-1)
+	if parked {
 		return
 	}
 	d.p.finish()
@@ -130,7 +134,7 @@ func (d *direction) run() {
 // resume continues a parked direction whose socket became readable.
 func (d *direction) resume() {
 	d.p.parkedN.Add(-1)
-	next := time.Now().Add(idleGrace)
+	next := time.Now().Add(grace())
 	if d.p.idle > 0 {
 		if end := time.Unix(0, d.p.last.Load()).Add(d.p.idle); end.Before(next) {
 			next = end
@@ -222,7 +226,7 @@ func (d *direction) release(dirty bool) {
 		d.pp = nil
 	}
 	if d.buf != nil {
-		copyBuffers.Put(d.buf)
+		copyBuffers.put(d.buf)
 		d.buf = nil
 	}
 }
@@ -241,7 +245,7 @@ func (d *direction) readFromSrc(fd uintptr) bool {
 func (d *direction) copyFromSrc(fd uintptr) bool {
 	d.n, d.serr, d.noPipe, d.off = 0, nil, false, 0
 	if d.buf == nil {
-		d.buf = copyBuffers.Get().(*[]byte)
+		d.buf = copyBuffers.get()
 	}
 	var m int
 	for {
@@ -251,7 +255,7 @@ func (d *direction) copyFromSrc(fd uintptr) bool {
 		}
 	}
 	if d.serr == unix.EAGAIN {
-		copyBuffers.Put(d.buf) // nothing to move: hold no buffer while waiting
+		copyBuffers.put(d.buf) // nothing to move: hold no buffer while waiting
 		d.buf = nil
 		return false
 	}
@@ -312,12 +316,13 @@ func (d *direction) onDeadline() deadlineAction {
 		return idleOut
 	}
 	own := time.Unix(0, d.lastOwn)
-	if now.Sub(own) >= idleGrace && idlePark.ready() {
+	g := grace()
+	if now.Sub(own) >= g && idlePark.ready() {
 		return parkNow
 	}
-	next := own.Add(idleGrace)
+	next := own.Add(g)
 	if !next.After(now) {
-		next = now.Add(idleGrace)
+		next = now.Add(g)
 	}
 	if p.idle > 0 {
 		if end := last.Add(p.idle); end.Before(next) {
@@ -357,7 +362,7 @@ func (d *direction) park() bool {
 		return true // a closer took it and finishes it
 	}
 	p.parkedN.Add(-1)
-	d.src.SetReadDeadline(time.Now().Add(idleGrace))
+	d.src.SetReadDeadline(time.Now().Add(grace()))
 	return false
 }
 
@@ -439,8 +444,8 @@ func (d *direction) writeToDst(fd uintptr) bool {
 // when no pipe can be had (the process is out of descriptors). EOF is
 // returned as io.EOF.
 func (l *pumps) copyChunk(dst, src net.Conn) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := copyBuffers.get()
+	defer copyBuffers.put(bp)
 	n, err := src.Read(*bp)
 	if n > 0 {
 		l.touch()

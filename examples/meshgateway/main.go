@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	idleTimeout := fs.Duration("idle-timeout", gateway.DefaultIdleTimeout, "close connections idle both ways this long")
 	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
-	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet 5 s)")
+	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet second)")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")

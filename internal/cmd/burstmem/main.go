@@ -9,7 +9,9 @@
 //
 // It prints the RSS per connection 3 s after the last one reached the sink
 // and again 11 s after (past meshgateway's quiet period), and the RSS above
-// the start 12 s after every connection closed.
+// the start 12 s after every connection closed, with its anonymous part
+// (heap and stacks: RssAnon) apart from the file-backed pages (the binary's
+// code, faulted in as the connections' code first runs: RssFile).
 package main
 
 import (
@@ -38,8 +40,39 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := measure(*gw, *n, *c, flag.Args(), schedule{early: 3 * time.Second, late: 11 * time.Second, afterClose: 12 * time.Second})
 	check(err)
+	fmt.Printf("%d connections opened in %v by %d clients: %.1f KiB each after 3 s, %.1f KiB after 11 s; "+
+		"12 s after closing, %d KiB above the starting %d KiB, of which %d KiB anonymous (heap and stacks)\n",
+		*n, r.opened.Round(time.Millisecond), *c, r.perConn(r.early), r.perConn(r.late), r.closed-r.start, r.start, r.closedAnon-r.startAnon)
+}
+
+// result is what measure read of the gateway's resident memory, in KiB.
+type result struct {
+	n                  int
+	opened             time.Duration
+	start, startAnon   int // before the first connection
+	early, late        int // 3 s and 11 s after the last one reached the sink
+	closed, closedAnon int // 12 s after they all closed
+}
+
+// perConn is the resident memory per connection at kb.
+func (r result) perConn(kb int) float64 { return float64(kb-r.start) / float64(r.n) }
+
+// schedule is when measure reads the memory: early and late after the last
+// connection reached the sink (late zero: not read), afterClose after
+// they all closed.
+type schedule struct{ early, late, afterClose time.Duration }
+
+// measure runs the gateway binary with extra arguments, opens n idle
+// connections with c clients at once, and reads its memory at each point
+// of when.
+func measure(gw string, n, c int, extra []string, when schedule) (result, error) {
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return result{}, err
+	}
+	defer sink.Close()
 	var reached atomic.Int64
 	go func() {
 		for {
@@ -51,80 +84,116 @@ func main() {
 		}
 	}()
 	addr := freeAddr()
-	args := append([]string{"-listen", addr, "-service", "api=" + sink.Addr().String(), "-log-level", "warn"}, flag.Args()...)
-	cmd := exec.Command(*gw, args...)
+	args := append([]string{"-listen", addr, "-service", "api=" + sink.Addr().String(), "-log-level", "warn"}, extra...)
+	cmd := exec.Command(gw, args...)
 	cmd.Stderr = os.Stderr
-	check(cmd.Start())
-	defer cmd.Process.Kill()
-	waitDial(addr)
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if err := waitDial(addr); err != nil {
+		return result{}, err
+	}
 	pid := cmd.Process.Pid
-	hello := clientHello("api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul")
-	rss0 := rss(pid)
+	hello, err := clientHello("api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul")
+	if err != nil {
+		return result{}, err
+	}
+	r := result{n: n}
+	if r.start, r.startAnon, err = rss(pid); err != nil {
+		return r, err
+	}
 
-	conns := make([]net.Conn, *n)
+	conns := make([]net.Conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	errs := make(chan error, c)
 	start := time.Now()
-	for range *c {
+	for range c {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := next.Add(1) - 1; i < int64(*n); i = next.Add(1) - 1 {
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
 				conn, err := net.Dial("tcp", addr)
-				check(err)
-				_, err = conn.Write(hello)
-				check(err)
+				if err == nil {
+					_, err = conn.Write(hello)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
 				conns[i] = conn
 			}
 		}()
 	}
 	wg.Wait()
-	opened := time.Since(start)
-	for deadline := time.Now().Add(time.Minute); reached.Load() < int64(*n); time.Sleep(20 * time.Millisecond) {
+	close(errs)
+	defer func() {
+		for _, conn := range conns {
+			if conn != nil {
+				conn.Close()
+			}
+		}
+	}()
+	if err := <-errs; err != nil {
+		return r, err
+	}
+	r.opened = time.Since(start)
+	for deadline := time.Now().Add(time.Minute); reached.Load() < int64(n); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			log.Fatalf("only %d of %d connections reached the sink", reached.Load(), *n)
+			return r, fmt.Errorf("only %d of %d connections reached the sink", reached.Load(), n)
 		}
 	}
-	time.Sleep(3 * time.Second)
-	early := rss(pid)
-	time.Sleep(8 * time.Second)
-	late := rss(pid)
-	for _, conn := range conns {
-		conn.Close()
+	time.Sleep(when.early)
+	if r.early, _, err = rss(pid); err != nil {
+		return r, err
 	}
-	time.Sleep(12 * time.Second)
-	closed := rss(pid)
-	per := func(kb int) float64 { return float64(kb-rss0) / float64(*n) }
-	fmt.Printf("%d connections opened in %v by %d clients: %.1f KiB each after 3 s, %.1f KiB after 11 s; "+
-		"12 s after closing, %d KiB above the starting %d KiB\n",
-		*n, opened.Round(time.Millisecond), *c, per(early), per(late), closed-rss0, rss0)
+	if when.late > when.early {
+		time.Sleep(when.late - when.early)
+		if r.late, _, err = rss(pid); err != nil {
+			return r, err
+		}
+	}
+	for i, conn := range conns {
+		conn.Close()
+		conns[i] = nil
+	}
+	time.Sleep(when.afterClose)
+	r.closed, r.closedAnon, err = rss(pid)
+	return r, err
 }
 
-// rss returns a process's resident memory in KiB.
-func rss(pid int) int {
+// rss returns a process's resident memory in KiB, and its anonymous part.
+func rss(pid int) (total, anon int, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	check(err)
+	if err != nil {
+		return 0, 0, err
+	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	found := 0
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.Fields(v)[0])
-			return kb
+		for key, dst := range map[string]*int{"VmRSS:": &total, "RssAnon:": &anon} {
+			if v, ok := strings.CutPrefix(sc.Text(), key); ok {
+				*dst, _ = strconv.Atoi(strings.Fields(v)[0])
+				found++
+			}
 		}
 	}
-	log.Fatalf("no VmRSS for pid %d", pid)
-	return 0
+	if found != 2 {
+		return 0, 0, fmt.Errorf("no VmRSS and RssAnon for pid %d", pid)
+	}
+	return total, anon, nil
 }
 
 // clientHello returns the first flight of a Go TLS client for name.
-func clientHello(name string) []byte {
+func clientHello(name string) ([]byte, error) {
 	a, b := net.Pipe()
 	go tls.Client(a, &tls.Config{ServerName: name, InsecureSkipVerify: true}).Handshake()
 	buf := make([]byte, 16<<10)
 	k, err := b.Read(buf)
-	check(err)
 	b.Close()
-	return buf[:k]
+	return buf[:k], err
 }
 
 func freeAddr() string {
@@ -134,14 +203,14 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-func waitDial(addr string) {
+func waitDial(addr string) error {
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if conn, err := net.Dial("tcp", addr); err == nil {
 			conn.Close()
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			log.Fatalf("the gateway never listened on %s", addr)
+			return fmt.Errorf("the gateway never listened on %s", addr)
 		}
 	}
 }
