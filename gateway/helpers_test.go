@@ -60,6 +60,12 @@ func startBackend(t testing.TB, handle func(net.Conn)) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	return serveBackend(t, ln, handle)
+}
+
+// serveBackend is startBackend on a listener of the caller's.
+func serveBackend(t testing.TB, ln net.Listener, handle func(net.Conn)) *backend {
+	t.Helper()
 	b := &backend{ln: ln}
 	b.wg.Add(1)
 	go func() {

@@ -1,52 +1,74 @@
 package gateway
 
 import (
+	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// Defaults of outlier detection, Envoy's: five consecutive failures eject
-// a target for 30 seconds.
+// Defaults of outlier detection. Envoy ejects a host after five
+// consecutive failures, for 30 seconds, and then lets client connections
+// find out whether it is back; a dead endpoint so costs a client a connect
+// timeout five times, and again every 30 seconds. A Server ejects a target
+// at its first failed connect and lets a probe of its own find out when it
+// is back: no client waits for a dead target twice.
 const (
-	DefaultEjectAfter = 5
-	DefaultEjectFor   = 30 * time.Second
+	DefaultEjectAfter = 1
+	// DefaultEjectFor is the longest wait between two probes of an ejected
+	// target; the first comes after probeFirst, each later one waits
+	// twice as long, up to this.
+	DefaultEjectFor = 30 * time.Second
+	probeFirst      = 250 * time.Millisecond
+	// forgetAfter ends the probing of an ejected target that no route has
+	// named for this long: it was taken out of the catalog, most likely.
+	forgetAfter = 10 * time.Minute
 )
 
 // outliers remembers the targets that fail to connect, so that later
-// connections try the healthy ones first instead of paying the connect
-// timeout again and again. A target with EjectAfter consecutive failures is
-// ejected for EjectFor: it is tried only after every target that is not.
-// Nothing is ever skipped, so the last endpoint is never ejected for good:
-// when all are ejected, all are still tried.
+// connections try the others first instead of paying the connect timeout
+// again and again. A target with EjectAfter consecutive failures is ejected:
+// it is tried only after every target that is not, until a probe connects
+// to it (or a client's dial of it does, when all others failed). Nothing is
+// ever skipped, so the last endpoint is never out for good: when all are
+// ejected, all are still tried.
 type outliers struct {
-	after  int
-	period time.Duration
-	now    func() time.Time
+	after    int
+	maxWait  time.Duration
+	now      func() time.Time
+	dial     func(ctx context.Context, network, address string) (net.Conn, error)
+	timeout  func() time.Duration // a probe's connect timeout
+	ctx      context.Context      // its end stops the probes
+	onReturn func(target string)  // a probe found target back
 
 	tracked atomic.Int32 // len(m), read without the lock on the fast path
 	mu      sync.Mutex
 	m       map[string]*targetHealth
+	probes  sync.WaitGroup
 }
 
 type targetHealth struct {
-	consecutive  int
-	ejectedUntil time.Time
+	consecutive int
+	ejected     bool
+	since       time.Time // ejected at
+	wanted      time.Time // last named by a route while ejected
 }
 
-func newOutliers(after int, period time.Duration) *outliers {
+func newOutliers(after int, maxWait time.Duration) *outliers {
 	if after == 0 {
 		after = DefaultEjectAfter
 	}
-	if period <= 0 {
-		period = DefaultEjectFor
+	if maxWait <= 0 {
+		maxWait = DefaultEjectFor
 	}
-	return &outliers{after: after, period: period, now: time.Now, m: map[string]*targetHealth{}}
+	return &outliers{after: after, maxWait: maxWait, now: time.Now, m: map[string]*targetHealth{},
+		timeout: func() time.Duration { return DefaultConnectTimeout }, ctx: context.Background(), onReturn: func(string) {}}
 }
 
-// order returns targets with the ejected ones moved to the end (soonest
-// back first), keeping the order of the rest; targets itself when none is
-// ejected, which is the common case and costs no allocation.
+// order returns targets with the ejected ones moved to the end (the
+// longest ejected last), keeping the order of the rest; targets itself when
+// none is ejected, which is the common case and costs no allocation.
 func (o *outliers) order(targets []string) []string {
 	if o == nil || o.after < 0 || o.tracked.Load() == 0 {
 		return targets
@@ -56,7 +78,8 @@ func (o *outliers) order(targets []string) []string {
 	now := o.now()
 	var healthy, ejected []string
 	for i, t := range targets {
-		if h := o.m[t]; h != nil && now.Before(h.ejectedUntil) {
+		if h := o.m[t]; h != nil && h.ejected {
+			h.wanted = now
 			if ejected == nil {
 				healthy = append(make([]string, 0, len(targets)), targets[:i]...)
 			}
@@ -71,7 +94,7 @@ func (o *outliers) order(targets []string) []string {
 		return targets
 	}
 	for i := 1; i < len(ejected); i++ { // insertion sort: a handful at most
-		for j := i; j > 0 && o.m[ejected[j]].ejectedUntil.Before(o.m[ejected[j-1]].ejectedUntil); j-- {
+		for j := i; j > 0 && o.m[ejected[j]].since.After(o.m[ejected[j-1]].since); j-- {
 			ejected[j], ejected[j-1] = ejected[j-1], ejected[j]
 		}
 	}
@@ -79,7 +102,8 @@ func (o *outliers) order(targets []string) []string {
 }
 
 // failed records a failed dial and reports whether it ejected the target
-// (it had not been ejected a moment before).
+// (it had not been ejected a moment before); an ejected target is probed
+// until it answers.
 func (o *outliers) failed(target string) (ejected bool) {
 	if o == nil || o.after < 0 {
 		return false
@@ -93,23 +117,76 @@ func (o *outliers) failed(target string) (ejected bool) {
 		o.tracked.Store(int32(len(o.m)))
 	}
 	h.consecutive++
-	now := o.now()
-	if h.consecutive >= o.after && !now.Before(h.ejectedUntil) {
-		h.ejectedUntil = now.Add(o.period)
-		return true
+	if h.consecutive < o.after || h.ejected {
+		return false
 	}
-	return false
+	now := o.now()
+	h.ejected, h.since, h.wanted = true, now, now
+	if o.dial != nil {
+		o.probes.Add(1)
+		go o.probe(target, h)
+	}
+	return true
 }
 
-// succeeded forgets a target's failures.
+// succeeded forgets a target's failures: a client's dial of it worked.
 func (o *outliers) succeeded(target string) {
 	if o == nil || o.tracked.Load() == 0 {
 		return
 	}
 	o.mu.Lock()
+	o.forgetLocked(target)
+	o.mu.Unlock()
+}
+
+func (o *outliers) forgetLocked(target string) {
 	if _, ok := o.m[target]; ok {
 		delete(o.m, target)
 		o.tracked.Store(int32(len(o.m)))
 	}
-	o.mu.Unlock()
+}
+
+// probe dials an ejected target with back-off until it connects (the
+// target is readmitted), it is readmitted otherwise, no route has named it
+// for forgetAfter (it is forgotten), or the server closes. A probe is a TCP
+// connect closed at once, as Consul's own TCP checks are.
+func (o *outliers) probe(target string, h *targetHealth) {
+	defer o.probes.Done()
+	wait := probeFirst
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-o.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		o.mu.Lock()
+		current := o.m[target] == h
+		stale := o.now().Sub(h.wanted) > forgetAfter
+		if current && stale {
+			o.forgetLocked(target)
+		}
+		o.mu.Unlock()
+		if !current || stale {
+			return // readmitted by a client's dial, or no longer routed
+		}
+		ctx, cancel := context.WithTimeout(o.ctx, o.timeout())
+		c, err := o.dial(ctx, "tcp", target)
+		cancel()
+		if err == nil {
+			c.Close()
+			o.mu.Lock()
+			back := o.m[target] == h
+			if back {
+				o.forgetLocked(target)
+			}
+			o.mu.Unlock()
+			if back {
+				o.onReturn(target)
+			}
+			return
+		}
+		wait = min(2*wait, o.maxWait)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,29 +41,74 @@ func blackhole(t *testing.T) string {
 	}
 }
 
-// With one of two targets dead (connecting times out), only the first few
-// connections pay the connect timeout: after five consecutive failures the
-// dead target is tried last, and every later connection reaches the live one
-// at once. Without the memory each of them waits for the timeout first.
-func TestDeadTargetIsEjected(t *testing.T) {
+// With one of two targets dead (connecting times out) and the route
+// rotating its targets, one connection pays the connect timeout: the dead
+// target is ejected at its first failed dial and tried last from then on,
+// while probes (which no client waits for) keep finding it dead. Before,
+// five connections paid it, and one more every 30 s.
+func TestDeadTargetCostsOneConnection(t *testing.T) {
 	dead := blackhole(t)
 	b := startBackend(t, echo)
 	var counters Counters
 	var log syncbuf.Buffer
+	var turn Rotation
 	gw := startGateway(t, &Server{
-		Router:         tableFor(t, map[string][]string{longName: {dead, b.addr()}}),
+		Router: RouterFunc(func(context.Context, *sni.ClientHello) (Route, error) {
+			return Route{Name: "web", Targets: turn.Of([]string{dead, b.addr()})}, nil
+		}),
 		ConnectTimeout: 300 * time.Millisecond, Observer: &counters, Logger: newTextLogger(&log),
 	})
 	hello := helloBytes(t, longName)
-	const conns = 20
+	const conns = 100
+	took := make([]time.Duration, 0, conns)
 	for range conns {
+		start := time.Now()
 		echoed(t, gw, hello).Close()
+		took = append(took, time.Since(start))
 	}
 	snap := counters.Snapshot()
-	assert.EqualValues(t, DefaultEjectAfter, snap.DialFailures, "dials of the dead target: until it was ejected, then none")
+	assert.EqualValues(t, 1, snap.DialFailures, "one client dial of the dead target, then none")
 	assert.Equal(t, conns, b.Load2())
 	assert.Equal(t, 1, strings.Count(log.String(), "target ejected"), log.String())
 	assert.Contains(t, log.String(), "target="+dead)
+	slices.Sort(took)
+	t.Logf("%d sequential connections, one of two targets dead, 300 ms connect timeout: p50 %v, p99 %v, max %v",
+		conns, took[conns/2].Round(time.Microsecond), took[conns*99/100-1].Round(time.Microsecond), took[conns-1].Round(time.Millisecond))
+}
+
+// An ejected target that comes back is readmitted by a probe, without a
+// client having to try it, and takes its share of connections again.
+func TestEjectedTargetIsReadmittedByAProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	revived := ln.Addr().String()
+	ln.Close() // refused for now
+	live := startBackend(t, echo)
+	var counters Counters
+	var log syncbuf.Buffer
+	var turn Rotation
+	gw := startGateway(t, &Server{
+		Router: RouterFunc(func(context.Context, *sni.ClientHello) (Route, error) {
+			return Route{Name: "web", Targets: turn.Of([]string{revived, live.addr()})}, nil
+		}),
+		Observer: &counters, Logger: newTextLogger(&log),
+	})
+	hello := helloBytes(t, longName)
+	for range 4 {
+		echoed(t, gw, hello).Close()
+	}
+	require.EqualValues(t, 1, counters.Snapshot().DialFailures)
+
+	ln, err = net.Listen("tcp", revived)
+	require.NoError(t, err)
+	back := serveBackend(t, ln, echo)
+	waitFor(t, "a probe to readmit the target", func() bool { return strings.Contains(log.String(), "readmitted") })
+	probes := back.Load2() // the probe's connection
+	for range 4 {
+		echoed(t, gw, hello).Close()
+	}
+	assert.Equal(t, probes+2, back.Load2(), "half the connections again, rotated")
+	assert.EqualValues(t, 1, counters.Snapshot().DialFailures, "no client dialled it while it was dead")
 }
 
 // A route's own ConnectTimeout bounds its dials, however long the server's:

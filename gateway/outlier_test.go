@@ -1,40 +1,41 @@
 package gateway
 
 import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 )
 
-func TestOutliersEjectAfterConsecutiveFailures(t *testing.T) {
+// The ordering rules: a failure ejects a target (after EjectAfter in a
+// row), an ejected target is tried after the others (the longest ejected
+// last), the last endpoint is still tried, a success forgets the failures.
+func TestOutliersOrder(t *testing.T) {
 	now := time.Unix(1000, 0)
-	o := newOutliers(0, 0)
+	o := newOutliers(2, 0)
 	o.now = func() time.Time { return now }
 	targets := []string{"a:1", "b:1", "c:1"}
 
-	for i := 1; i < DefaultEjectAfter; i++ {
-		assert.False(t, o.failed("a:1"), "failure %d", i)
-	}
+	assert.False(t, o.failed("a:1"), "one failure of two")
 	assert.Equal(t, targets, o.order(targets), "not yet ejected")
 	o.succeeded("a:1")
-	for i := 1; i < DefaultEjectAfter; i++ {
-		o.failed("a:1")
-	}
-	assert.Equal(t, targets, o.order(targets), "a success starts the count again")
-	assert.True(t, o.failed("a:1"), "the fifth consecutive failure ejects")
+	assert.False(t, o.failed("a:1"), "a success started the count again")
+	assert.True(t, o.failed("a:1"), "the second consecutive failure ejects")
+	assert.False(t, o.failed("a:1"), "ejected already")
 	assert.Equal(t, []string{"b:1", "c:1", "a:1"}, o.order(targets), "ejected: tried last")
 
 	now = now.Add(time.Second)
-	for range DefaultEjectAfter {
-		o.failed("b:1")
-	}
-	assert.Equal(t, []string{"c:1", "a:1", "b:1"}, o.order(targets), "the one back soonest first")
+	o.failed("b:1")
+	o.failed("b:1")
+	assert.Equal(t, []string{"c:1", "b:1", "a:1"}, o.order(targets), "the longest ejected last")
 	assert.Equal(t, []string{"a:1"}, o.order([]string{"a:1"}), "the last endpoint is still tried")
-
-	now = now.Add(DefaultEjectFor - time.Second) // a was ejected a second before b
-	assert.Equal(t, []string{"a:1", "c:1", "b:1"}, o.order(targets), "a's ejection is over")
-	assert.True(t, o.failed("a:1"), "one more failure ejects it again")
+	now = now.Add(time.Hour)
+	assert.Equal(t, []string{"c:1", "b:1", "a:1"}, o.order(targets), "no time limit: out until a probe or a dial finds it back")
 	o.succeeded("a:1")
 	o.succeeded("b:1")
 	assert.Equal(t, targets, o.order(targets))
@@ -45,4 +46,65 @@ func TestOutliersEjectAfterConsecutiveFailures(t *testing.T) {
 		assert.False(t, off.failed("a:1"))
 	}
 	assert.Equal(t, targets, off.order(targets), "EjectAfter < 0: off")
+	assert.Equal(t, 1, DefaultEjectAfter)
+}
+
+// fakeDial answers per target: refused until up is set.
+type fakeDial struct {
+	mu    sync.Mutex
+	up    map[string]bool
+	dials atomic.Int32
+}
+
+func (f *fakeDial) dial(_ context.Context, _, address string) (net.Conn, error) {
+	f.dials.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.up[address] {
+		a, b := net.Pipe()
+		b.Close()
+		return a, nil
+	}
+	return nil, errors.New("connection refused")
+}
+
+// An ejected target is probed with a growing wait until it answers, and
+// then readmitted; one no route names any more is forgotten; the probes
+// end with the server.
+func TestOutliersProbeUntilBack(t *testing.T) {
+	f := &fakeDial{up: map[string]bool{}}
+	o := newOutliers(1, 40*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); o.probes.Wait() }()
+	back := make(chan string, 1)
+	o.dial, o.ctx, o.onReturn = f.dial, ctx, func(target string) { back <- target }
+
+	targets := []string{"a:1", "b:1"}
+	assert.True(t, o.failed("a:1"))
+	assert.Equal(t, []string{"b:1", "a:1"}, o.order(targets))
+	waitFor(t, "a few probes", func() bool { return f.dials.Load() >= 3 })
+	assert.Equal(t, []string{"b:1", "a:1"}, o.order(targets), "still out while probes fail")
+	f.mu.Lock()
+	f.up["a:1"] = true
+	f.mu.Unlock()
+	select {
+	case got := <-back:
+		assert.Equal(t, "a:1", got)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the probe never found a:1 back")
+	}
+	assert.Equal(t, targets, o.order(targets), "readmitted")
+	assert.Zero(t, o.tracked.Load())
+
+	// A target no route names for forgetAfter is forgotten, probes end.
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	o.mu.Lock()
+	o.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	o.mu.Unlock()
+	assert.True(t, o.failed("c:1"))
+	clock.Add(int64(forgetAfter + time.Second))
+	waitFor(t, "c:1 to be forgotten", func() bool { return o.tracked.Load() == 0 })
+	cancel()
+	o.probes.Wait()
 }

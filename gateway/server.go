@@ -72,11 +72,15 @@ type Server struct {
 	RemoteKeepAlive net.KeepAliveConfig
 	// EjectAfter is how many consecutive failed dials eject a target, so
 	// that connections try the route's other targets first: zero means
-	// DefaultEjectAfter (5, as Envoy's outlier detection); negative turns
-	// this off. An ejected target is still tried when all the others fail.
+	// DefaultEjectAfter (1: a dead target costs one connection its connect
+	// timeout, where Envoy's outlier detection waits for five); negative
+	// turns this off. An ejected target is still tried when all the others
+	// fail. It is readmitted when a probe connects to it: a TCP connect
+	// closed at once, made with Dial, 250 ms after the ejection and then
+	// with a doubling wait.
 	EjectAfter int
-	// EjectFor is how long an ejection lasts: zero means DefaultEjectFor
-	// (30 s). One more failure after it ends ejects the target again.
+	// EjectFor bounds the wait between two probes of an ejected target:
+	// zero means DefaultEjectFor (30 s).
 	EjectFor time.Duration
 	// ReleaseMemory returns memory to the operating system after a burst: when
 	// at least 1,000 connections have opened or closed since the last release
@@ -94,10 +98,11 @@ type Server struct {
 	initOnce       sync.Once
 	done           chan struct{} // closed on Shutdown or Close
 	doneOnce       sync.Once
-	slots          chan struct{}     // MaxConns semaphore, or nil
-	budget         *descriptorBudget // the process's, or nil
-	health         *outliers         // targets that fail to connect
-	heldBack       atomic.Bool       // logged that the budget held accepting back
+	slots          chan struct{}      // MaxConns semaphore, or nil
+	budget         *descriptorBudget  // the process's, or nil
+	health         *outliers          // targets that fail to connect
+	stopProbes     context.CancelFunc // ends the probes of ejected targets
+	heldBack       atomic.Bool        // logged that the budget held accepting back
 	mu             sync.Mutex
 	listeners      map[*net.Listener]struct{}
 	conns          map[*conn]struct{}
@@ -140,6 +145,11 @@ func (s *Server) init() {
 		}
 		s.budget = processBudget()
 		s.health = newOutliers(s.EjectAfter, s.EjectFor)
+		s.health.dial, s.health.timeout = s.dialFunc(), func() time.Duration { return s.connectTimeout(Route{}) }
+		s.health.ctx, s.stopProbes = context.WithCancel(context.Background())
+		s.health.onReturn = func(target string) {
+			s.logger().Info("gateway: ejected target answers a probe again; readmitted", "target", target)
+		}
 	})
 }
 
@@ -629,9 +639,9 @@ func peekReason(err error) string {
 	return ReasonClosed
 }
 
-// dial tries the route's targets in order, each within the connect timeout
-// (the route's, else the server's).
-func (s *Server) dial(r Route) (net.Conn, string, error) {
+// connectTimeout is the bound of each dial of r's targets: the route's,
+// else the server's.
+func (s *Server) connectTimeout(r Route) time.Duration {
 	timeout := r.ConnectTimeout
 	if timeout <= 0 {
 		timeout = s.ConnectTimeout
@@ -639,14 +649,26 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 	if timeout <= 0 {
 		timeout = DefaultConnectTimeout
 	}
-	dial := s.Dial
-	if dial == nil {
-		d := net.Dialer{KeepAlive: -1}
-		if s.TCPKeepAlive > 0 {
-			d.KeepAlive = s.TCPKeepAlive
-		}
-		dial = d.DialContext
+	return timeout
+}
+
+// dialFunc is Dial, or a net.Dialer with TCPKeepAlive.
+func (s *Server) dialFunc() func(ctx context.Context, network, address string) (net.Conn, error) {
+	if s.Dial != nil {
+		return s.Dial
 	}
+	d := net.Dialer{KeepAlive: -1}
+	if s.TCPKeepAlive > 0 {
+		d.KeepAlive = s.TCPKeepAlive
+	}
+	return d.DialContext
+}
+
+// dial tries the route's targets in order, each within the connect timeout
+// (the route's, else the server's).
+func (s *Server) dial(r Route) (net.Conn, string, error) {
+	timeout := s.connectTimeout(r)
+	dial := s.dialFunc()
 	var errs []error
 	for _, t := range s.health.order(r.Targets) {
 		if s.closing() {
@@ -666,8 +688,8 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 			return up, t, nil
 		}
 		if s.health.failed(t) {
-			s.logger().Warn("gateway: target ejected: later connections try the route's other targets first",
-				"target", t, "consecutive_failures", s.health.after, "for", s.health.period.String(), "err", err.Error())
+			s.logger().Warn("gateway: target ejected: later connections try the route's other targets first, until a probe connects to it",
+				"target", t, "consecutive_failures", s.health.after, "err", err.Error())
 		}
 		s.observer().DialFailed(r.Name, t, err)
 		errs = append(errs, err)
@@ -748,6 +770,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) stop() {
+	s.stopProbes()
 	s.mu.Lock()
 	s.doneOnce.Do(func() { close(s.done) })
 	for l := range s.listeners {
