@@ -34,15 +34,20 @@ func keepAliveOf(t *testing.T, c *net.TCPConn) (on bool, idle, interval, count i
 }
 
 // RemoteKeepAlive reaches the kernel for the upstream sockets of Remote
-// routes, and only theirs: a local route's upstream keeps keepalive off.
+// routes, and only theirs: a local route's upstream keeps keepalive off. A
+// route's own KeepAlive wins over the server's.
 func TestRemoteKeepAliveOnlyForRemoteRoutes(t *testing.T) {
-	remote, local := startBackend(t, echo), startBackend(t, echo)
+	remote, local, own := startBackend(t, echo), startBackend(t, echo), startBackend(t, echo)
 	var mu sync.Mutex
 	dialled := map[string]*net.TCPConn{} // by target
 	gw := startGateway(t, &Server{
 		Router: RouterFunc(func(_ context.Context, h *sni.ClientHello) (Route, error) {
 			if h.ServerName == "remote.example" {
 				return Route{Name: "remote", Targets: []string{remote.addr()}, Remote: true}, nil
+			}
+			if h.ServerName == "own.example" {
+				return Route{Name: "own", Targets: []string{own.addr()}, Remote: true,
+					KeepAlive: net.KeepAliveConfig{Enable: true, Idle: 11 * time.Second, Interval: 5 * time.Second, Count: 2}}, nil
 			}
 			return Route{Name: "local", Targets: []string{local.addr()}}, nil
 		}),
@@ -57,7 +62,7 @@ func TestRemoteKeepAliveOnlyForRemoteRoutes(t *testing.T) {
 			return c, err
 		},
 	})
-	for _, name := range []string{"remote.example", "local.example"} {
+	for _, name := range []string{"remote.example", "local.example", "own.example"} {
 		c, err := net.Dial("tcp", gw)
 		require.NoError(t, err)
 		defer c.Close()
@@ -75,4 +80,7 @@ func TestRemoteKeepAliveOnlyForRemoteRoutes(t *testing.T) {
 	assert.Equal(t, []int{42, 7, 3}, []int{idle, interval, count}, "remote route: idle, interval (s), probes")
 	on, _, _, _ = keepAliveOf(t, dialled[local.addr()])
 	assert.False(t, on, "local route: keepalive stays off")
+	on, idle, interval, count = keepAliveOf(t, dialled[own.addr()])
+	assert.True(t, on)
+	assert.Equal(t, []int{11, 5, 2}, []int{idle, interval, count}, "the route's own keepalive")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -33,6 +34,10 @@ type Route struct {
 	// RemoteKeepAlive to these connections, as Consul's gateway applies its
 	// remote TCP keepalive options to remote gateway upstreams only.
 	Remote bool
+	// KeepAlive, when Enable is set, is the TCP keepalive of this route's
+	// upstream connections, over the Server's TCPKeepAlive and
+	// RemoteKeepAlive: a Router can change it while the Server runs.
+	KeepAlive net.KeepAliveConfig
 }
 
 // Router decides where a connection goes from its ClientHello. It returns a

@@ -677,10 +677,14 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 		}
 		up, err := dialRetryingEMFILE(dial, t, timeout)
 		if err == nil {
-			if r.Remote && s.RemoteKeepAlive.Enable {
+			ka := r.KeepAlive
+			if !ka.Enable && r.Remote {
+				ka = s.RemoteKeepAlive
+			}
+			if ka.Enable {
 				if tc, ok := up.(*net.TCPConn); ok {
-					if err := tc.SetKeepAliveConfig(s.RemoteKeepAlive); err != nil {
-						s.logger().Debug("gateway: setting remote keepalive", "target", t, "err", err.Error())
+					if err := tc.SetKeepAliveConfig(ka); err != nil {
+						s.logger().Debug("gateway: setting upstream keepalive", "target", t, "err", err.Error())
 					}
 				}
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,57 +24,93 @@ type consulGateway struct {
 	listenSet  bool   // -listen was given
 	reg        consulview.GatewayRegistration
 	deregister func() error // set once registered
+	id         string       // the registration's ID
+	attached   bool         // serving someone else's registration (-proxy-id)
+}
+
+// binds returns where the gateway listens for the registration svc and its
+// options: its own address (-listen, else the registration's when attached)
+// and what the bind options add.
+func (g *consulGateway) binds(svc *api.AgentService, opts proxyconfig.Gateway) []string {
+	own := g.reg.Address
+	if g.attached {
+		own = g.listen
+		if !g.listenSet {
+			// An empty address is every interface, as Consul's gateway binds.
+			own = net.JoinHostPort(svc.Address, strconv.Itoa(svc.Port))
+		}
+	}
+	return opts.Binds(own, consulview.TaggedAddresses(svc))
+}
+
+// checkFollows moves the health check of a gateway this process registered
+// to its first listener when envoy_gateway_no_default_bind leaves its own
+// address out, and back when the option goes.
+func (g *consulGateway) checkFollows(ctx context.Context, opts proxyconfig.Gateway, addrs []string) error {
+	if g.attached || len(addrs) == 0 {
+		return nil
+	}
+	want := ""
+	if opts.NoDefaultBind {
+		want = addrs[0]
+	}
+	if want == g.reg.CheckAddress {
+		return nil
+	}
+	g.reg.CheckAddress = want
+	if _, err := consulview.RegisterGateway(ctx, g.client, g.reg); err != nil {
+		return err
+	}
+	g.log.Info("meshgateway: health check moved", "check_address", cmp.Or(want, g.reg.Address))
+	return nil
 }
 
 // attach serves as the mesh gateway already registered under id: it listens
 // where the registration and its Proxy.Config say, with -listen, when
 // given, in place of the registration's own address.
-func (g *consulGateway) attach(ctx context.Context, id string) ([]net.Listener, proxyconfig.Gateway, error) {
+func (g *consulGateway) attach(ctx context.Context, id string) ([]net.Listener, []string, proxyconfig.Gateway, error) {
+	g.id, g.attached = id, true
 	svc, err := consulview.GatewayService(ctx, g.client, id)
 	if err != nil {
-		return nil, proxyconfig.Gateway{}, err
+		return nil, nil, proxyconfig.Gateway{}, err
 	}
 	opts, err := parseProxyConfig(svc)
 	if err != nil {
-		return nil, opts, err
+		return nil, nil, opts, err
 	}
-	own := g.listen
-	if !g.listenSet {
-		// An empty address is every interface, as Consul's gateway binds.
-		own = net.JoinHostPort(svc.Address, strconv.Itoa(svc.Port))
-	}
-	lns, err := listenAll(ctx, opts.Binds(own, consulview.TaggedAddresses(svc)), nil)
+	binds := g.binds(svc, opts)
+	lns, err := listenAll(ctx, binds, nil)
 	if err != nil {
-		return nil, opts, fmt.Errorf("gateway %q: %w", id, err)
+		return nil, nil, opts, fmt.Errorf("gateway %q: %w", id, err)
 	}
 	g.log.Info("meshgateway: serving as the registered gateway", "id", id, "service", svc.Service)
-	return lns, opts, nil
+	return lns, binds, opts, nil
 }
 
 // register listens on -listen, registers the gateway there, reads the
 // options the agent resolved for it (proxy-defaults' Config) and listens
 // where they say. With envoy_gateway_no_default_bind the health check is
 // moved to the first listener that remains.
-func (g *consulGateway) register(ctx context.Context) ([]net.Listener, proxyconfig.Gateway, error) {
+func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string, proxyconfig.Gateway, error) {
 	first, err := listenAll(ctx, []string{g.listen}, nil)
 	if err != nil {
-		return nil, proxyconfig.Gateway{}, err
+		return nil, nil, proxyconfig.Gateway{}, err
 	}
 	own := first[0]
 	g.reg.Address = own.Addr().String()
-	fail := func(err error) ([]net.Listener, proxyconfig.Gateway, error) {
+	fail := func(err error) ([]net.Listener, []string, proxyconfig.Gateway, error) {
 		own.Close()
-		return nil, proxyconfig.Gateway{}, err
+		return nil, nil, proxyconfig.Gateway{}, err
 	}
 	if g.deregister, err = consulview.RegisterGateway(ctx, g.client, g.reg); err != nil {
 		return fail(err)
 	}
-	id := g.reg.ID
-	if id == "" {
-		id = g.reg.Name
+	g.id = g.reg.ID
+	if g.id == "" {
+		g.id = g.reg.Name
 	}
-	g.log.Info("meshgateway: registered with Consul", "service", g.reg.Name, "id", id, "address", g.reg.Address)
-	svc, err := consulview.GatewayService(ctx, g.client, id)
+	g.log.Info("meshgateway: registered with Consul", "service", g.reg.Name, "id", g.id, "address", g.reg.Address)
+	svc, err := consulview.GatewayService(ctx, g.client, g.id)
 	if err != nil {
 		return fail(err)
 	}
@@ -81,20 +118,22 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, proxyconf
 	if err != nil {
 		return fail(err)
 	}
-	lns, err := listenAll(ctx, opts.Binds(g.reg.Address, consulview.TaggedAddresses(svc)), own)
+	binds := g.binds(svc, opts)
+	lns, err := listenAll(ctx, binds, own)
 	if err != nil {
-		return nil, opts, err
+		return nil, nil, opts, err
 	}
-	if opts.NoDefaultBind {
-		g.reg.CheckAddress = lns[0].Addr().String()
-		if _, err := consulview.RegisterGateway(ctx, g.client, g.reg); err != nil {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			return nil, opts, err
+	addrs := make([]string, len(lns))
+	for i, ln := range lns {
+		addrs[i] = ln.Addr().String()
+	}
+	if err := g.checkFollows(ctx, opts, addrs); err != nil {
+		for _, ln := range lns {
+			ln.Close()
 		}
+		return nil, nil, opts, err
 	}
-	return lns, opts, nil
+	return lns, binds, opts, nil
 }
 
 // waitGatewayService reads the gateway registered under id; with wait, it

@@ -194,11 +194,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	var src resolve.Source
 	var opts proxyconfig.Gateway
 	var listeners []net.Listener
+	var binds []string // the addresses listeners were asked for, in order
 	defer func() {
 		for _, ln := range listeners {
 			ln.Close()
 		}
 	}()
+	var g *consulGateway // with -consul
 	if *useConsul {
 		if len(services) > 0 || len(remotes) > 0 || len(configs) > 0 {
 			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
@@ -227,12 +229,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 				return gatewaymetrics.SourceState{Services: st.Services, LastUpdate: st.LastUpdate, Errors: st.Errors, Failing: st.Failing}
 			}))
 		}
-		g := consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
+		g = &consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
 			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress, ExposeServers: *exposeServers}}
 		if *proxyID != "" {
-			listeners, opts, err = g.attach(ctx, *proxyID)
+			listeners, binds, opts, err = g.attach(ctx, *proxyID)
 		} else {
-			listeners, opts, err = g.register(ctx)
+			listeners, binds, opts, err = g.register(ctx)
 			defer g.deregisterIfRegistered()
 		}
 		if err != nil {
@@ -247,7 +249,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if opts, err = proxyconfig.ParseGateway(config); err != nil {
 			return fmt.Errorf("proxy-defaults Config: %w", err)
 		}
-		if listeners, err = listenAll(ctx, opts.Binds(*listen, nil), nil); err != nil {
+		binds = opts.Binds(*listen, nil)
+		if listeners, err = listenAll(ctx, binds, nil); err != nil {
 			return err
 		}
 		for _, ln := range listeners {
@@ -262,37 +265,36 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if len(opts.Unknown) > 0 {
 		log.Warn("meshgateway: Proxy.Config options Consul does not define are ignored", "options", opts.Unknown)
 	}
-	if opts.ConnectTimeout > 0 && !set["connect-timeout"] {
-		*connectTimeout = opts.ConnectTimeout
-	}
 	v := src.View()
 	var router gateway.Switch // replaced on SIGHUP in file mode
-	router.Store(gatewayRouter(src))
 	s := &gateway.Server{
-		Router:          &router,
-		Observer:        gateway.MultiObserver(observers...),
-		PeekTimeout:     *peekTimeout,
-		MaxHelloSize:    *maxHello,
-		ConnectTimeout:  *connectTimeout,
-		IdleTimeout:     *idleTimeout,
-		MaxConns:        *maxConns,
-		ReleaseMemory:   *releaseMemory,
-		RemoteKeepAlive: opts.RemoteKeepAlive,
-		Logger:          log,
+		Router:         &router,
+		Observer:       gateway.MultiObserver(observers...),
+		PeekTimeout:    *peekTimeout,
+		MaxHelloSize:   *maxHello,
+		ConnectTimeout: *connectTimeout,
+		IdleTimeout:    *idleTimeout,
+		MaxConns:       *maxConns,
+		ReleaseMemory:  *releaseMemory,
+		Logger:         log,
 	}
-	addrs := make([]string, len(listeners))
-	netAddrs := make([]net.Addr, len(listeners))
-	for i, ln := range listeners {
-		addrs[i], netAddrs[i] = ln.Addr().String(), ln.Addr()
-	}
-	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
-		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", s.ConnectTimeout.String(),
-		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil)
-	served := make(chan error, len(listeners))
-	for _, ln := range listeners {
-		go func() { served <- s.Serve(ln) }()
-	}
+	// The Proxy.Config options in force, applied while the gateway runs.
+	lv := newLive(s, log, opts, set["connect-timeout"])
+	router.Store(lv.router(gatewayRouter(src)))
+	lv.serve(binds, listeners)
 	listeners = nil // Serve closes them
+	addrs := lv.addrs(binds)
+	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
+		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.timeout(opts).String(),
+		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil)
+	if g != nil {
+		lv.applied = func(opts proxyconfig.Gateway, addrs []string) {
+			if err := g.checkFollows(ctx, opts, addrs); err != nil {
+				log.Error("meshgateway: moving the health check to the listeners in force", "err", err)
+			}
+		}
+		go lv.followRegistration(ctx, g.client, g.id, g.binds)
+	}
 	if *demo {
 		go func() {
 			demoCheck(log, addrs[0], sni.ServiceSNI("api", "", "", "", v.Datacenter, v.TrustDomain), demoCert)
@@ -314,12 +316,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 wait:
 	for {
 		select {
-		case serveErr = <-served:
+		case serveErr = <-lv.served:
 			break wait
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, netAddrs, opts}, src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen}, src)
 		}
 	}
 	servingNow.Store(false)
@@ -330,13 +332,8 @@ wait:
 		log.Warn("meshgateway: drain ended; closing the rest", "open_connections", s.ActiveConns())
 		s.Close()
 	}
-	if serveErr == nil {
-		serveErr = <-served
-	}
-	for range cap(served) - 1 {
-		<-served
-	}
-	if !errors.Is(serveErr, gateway.ErrServerClosed) {
+	lv.wait()
+	if serveErr != nil && !errors.Is(serveErr, gateway.ErrServerClosed) {
 		return serveErr
 	}
 	return nil

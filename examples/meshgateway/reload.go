@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"reflect"
@@ -18,31 +19,41 @@ type reloadFrom struct {
 	configs                 []string
 	datacenter, trustDomain string
 	services, remotes       addrList
-	listeners               []net.Addr
-	opts                    proxyconfig.Gateway
+	listen                  string
 }
 
-// reload rereads the files and swaps the router, unless they are broken or
-// would route to the gateway itself: then it says why and the previous
+// reload rereads the files, applies the proxy-defaults Config (listeners,
+// timeouts, keepalive) and swaps the router, unless the files are broken,
+// an option is bad, a new address cannot be listened on, or the routes
+// would lead to the gateway itself: then it says why and the previous
 // configuration stays in force. Open connections are untouched either way.
 // It returns the source now in force: prev or the new one.
-func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, from reloadFrom, prev resolve.Source) resolve.Source {
-	src, config, err := buildSource(from.configs, from.datacenter, from.trustDomain, from.services, from.remotes)
-	if err != nil {
+func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *live, from reloadFrom, prev resolve.Source) resolve.Source {
+	refuse := func(err error) resolve.Source {
 		log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
 		return prev
 	}
+	src, config, err := buildSource(from.configs, from.datacenter, from.trustDomain, from.services, from.remotes)
+	if err != nil {
+		return refuse(err)
+	}
+	opts, err := proxyconfig.ParseGateway(config)
+	if err != nil {
+		return refuse(fmt.Errorf("proxy-defaults Config: %w", err))
+	}
 	next := src.View()
-	for _, addr := range from.listeners {
+	for _, addr := range lv.listening() {
 		if err := refuseSelfRoutes(ctx, addr, next); err != nil {
-			log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
-			return prev
+			return refuse(err)
 		}
 	}
-	if opts, err := proxyconfig.ParseGateway(config); err != nil || !reflect.DeepEqual(opts, from.opts) {
-		log.Warn("meshgateway: reload: the proxy-defaults Config (listeners, timeouts, keepalive) applies at the next start")
+	check := lv.check
+	lv.check = func(addr net.Addr) error { return refuseSelfRoutes(ctx, addr, next) }
+	if err := lv.apply(ctx, opts, opts.Binds(from.listen, nil)); err != nil {
+		lv.check = check
+		return refuse(err)
 	}
-	router.Store(gatewayRouter(src))
+	router.Store(lv.router(gatewayRouter(src)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)

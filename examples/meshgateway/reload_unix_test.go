@@ -81,3 +81,50 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	open.Close()
 	require.NoError(t, stop())
 }
+
+// SIGHUP applies the proxy-defaults entry's Config from the files too: a
+// bind address added is listened on, one dropped is closed, while a
+// connection it accepted keeps flowing; a bad value refuses the reload,
+// naming the option, and the configuration in force stays.
+func TestReloadAppliesProxyDefaults(t *testing.T) {
+	web, _ := echoBackend(t)
+	dir := t.TempDir()
+	topology := filepath.Join(dir, "topology.hcl")
+	require.NoError(t, os.WriteFile(topology, []byte(fmt.Sprintf("topology {\n  services = [{ name = \"web\", addresses = [%q] }]\n}\n", web)), 0o644))
+	defaults := filepath.Join(dir, "proxy-defaults.hcl")
+	writeDefaults := func(config string) {
+		require.NoError(t, os.WriteFile(defaults, []byte("Kind = \"proxy-defaults\"\nName = \"global\"\nConfig {\n"+config+"}\n"), 0o644))
+	}
+	extra := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	host, port, _ := net.SplitHostPort(extra)
+	writeDefaults("  connect_timeout_ms = 2000\n")
+	gw, logs, stop := start(t, "-config", dir)
+	defer stop()
+	assert.Contains(t, logs.String(), "connect_timeout=2s")
+	name := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	hup := func(want string, n int) {
+		t.Helper()
+		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+		require.Eventually(t, func() bool { return strings.Count(logs.String(), want) == n }, time.Minute, 10*time.Millisecond, logs.String())
+	}
+
+	writeDefaults(fmt.Sprintf("  envoy_gateway_bind_addresses = { extra = { address = %q, port = %s } }\n", host, port))
+	hup("meshgateway: reloaded", 1)
+	assert.True(t, listens(extra), "the bind address added:\n%s", logs.String())
+	assert.Contains(t, logs.String(), "opened=["+extra+"]")
+	assert.Contains(t, logs.String(), "connect_timeout=5s", "connect_timeout_ms gone: the default")
+	open := keptOpen(t, extra, name)
+
+	writeDefaults("  envoy_gateway_remote_tcp_enable_keepalive = \"maybe\"\n")
+	hup("reload failed; the previous configuration stays in force", 1)
+	assert.Contains(t, logs.String(), "envoy_gateway_remote_tcp_enable_keepalive")
+	assert.True(t, listens(extra), "the configuration in force stays")
+
+	writeDefaults("")
+	hup("meshgateway: reloaded", 2)
+	assert.False(t, listens(extra), "the bind address dropped")
+	assert.True(t, listens(gw))
+	stillEchoes(t, open, "accepted by a listener since closed")
+	open.Close() // or the drain waits for it
+	require.NoError(t, stop())
+}
