@@ -16,9 +16,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// registerMany registers n services, each with a connect-proxy, on n/50
-// nodes, through the catalog in transactions of 64 operations.
-func registerMany(tb testing.TB, c *api.Client, prefix string, n int) {
+// registerMany registers n services, each with a connect-proxy (and with
+// checks, a passing check on it), on n/50 nodes, through the catalog in
+// transactions of 64 operations.
+func registerMany(tb testing.TB, c *api.Client, prefix string, n int, checks bool) {
 	tb.Helper()
 	var ops api.TxnOps
 	flush := func() {
@@ -43,11 +44,20 @@ func registerMany(tb testing.TB, c *api.Client, prefix string, n int) {
 			&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: node, Service: api.AgentService{Kind: api.ServiceKindConnectProxy,
 				ID: svc + "-sidecar-proxy", Service: svc + "-sidecar-proxy", Port: 20000 + i%40000,
 				Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: svc}}}})
+		if checks {
+			ops = append(ops, checkOp(node, svc, api.HealthPassing))
+		}
 		if len(ops) >= 60 {
 			flush()
 		}
 	}
 	flush()
+}
+
+// checkOp sets the check of service svc's sidecar on node to status.
+func checkOp(node, svc, status string) *api.TxnOp {
+	return &api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: node, CheckID: svc + "-check", Name: svc,
+		Status: status, ServiceID: svc + "-sidecar-proxy", ServiceName: svc + "-sidecar-proxy"}}}
 }
 
 func cpuTime() time.Duration {
@@ -66,7 +76,7 @@ func BenchmarkConsulCatalog10k(b *testing.B) {
 	const services = 10000
 	agent := consultest.Start(b, consultest.Options{})
 	td := agent.TrustDomain()
-	registerMany(b, agent.Client, "svc", services)
+	registerMany(b, agent.Client, "svc", services, true)
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -87,7 +97,7 @@ func BenchmarkConsulCatalog10k(b *testing.B) {
 		for i := range changes {
 			name := "late" + strconv.Itoa(i)
 			t0 := time.Now()
-			registerMany(b, agent.Client, name, 1)
+			registerMany(b, agent.Client, name, 1, false)
 			sniName := sni.ServiceSNI(name+"-00000", "", "", "", "dc1", td)
 			for {
 				if got, _ := routeReason(router, sniName); len(got) == 1 {
@@ -101,12 +111,37 @@ func BenchmarkConsulCatalog10k(b *testing.B) {
 			total += time.Since(t0)
 		}
 		cpu := cpuTime() - cpu0
+
+		// A check flapping among 10,000 passing ones: one sidecar's check
+		// goes critical (its service is no longer routed), then passing.
+		const flaps = 10
+		cpu1 := cpuTime()
+		for i := range flaps {
+			svc := fmt.Sprintf("svc-%05d", i)
+			node := fmt.Sprintf("svc-node-%d", i/50)
+			sniName := sni.ServiceSNI(svc, "", "", "", "dc1", td)
+			for _, status := range []string{api.HealthCritical, api.HealthPassing} {
+				ok, resp, _, err := agent.Client.Txn().Txn(api.TxnOps{checkOp(node, svc, status)}, nil)
+				require.True(b, err == nil && ok, "%v %v", err, resp)
+				for t0 := time.Now(); ; time.Sleep(time.Millisecond) {
+					got, _ := routeReason(router, sniName)
+					if (len(got) == 1) == (status == api.HealthPassing) {
+						break
+					}
+					if time.Since(t0) > time.Minute {
+						b.Fatalf("%s never became %s", svc, status)
+					}
+				}
+			}
+		}
+		flapCPU := cpuTime() - cpu1
 		b.ReportMetric(float64(src.Stats().Services), "services")
 		b.ReportMetric(float64(cc.max.Load()), "agent-conns-max")
 		b.ReportMetric(firstLoad.Seconds(), "first-load-s")
 		b.ReportMetric(float64(total.Milliseconds())/changes, "register-to-route-ms")
 		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/(1<<20), "view-heap-MiB")
 		b.ReportMetric(float64(cpu.Milliseconds())/changes, "cpu-ms/change")
+		b.ReportMetric(float64(flapCPU.Milliseconds())/(2*flaps), "cpu-ms/check-change")
 		src.Close()
 	}
 }
