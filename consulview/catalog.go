@@ -95,8 +95,8 @@ func (c *Source) markLocked(name string) {
 // loadServices reads the typical services of the catalog: new names are
 // fetched, removed ones dropped. A change of index with no name or tag
 // change schedules a sweep, unless the checks explain it first.
-func (c *Source) loadServices(index uint64) (uint64, error) {
-	q := c.queryOptions(index)
+func (c *Source) loadServices(ctx context.Context, index uint64) (uint64, error) {
+	q := c.queryOptions(ctx, index)
 	q.Filter = `ServiceKind == ""`
 	services, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
@@ -171,8 +171,8 @@ func (c *Source) scheduleSweepLocked() {
 // only those change routing. Consul filters them (a filter expression),
 // so a change among 10,000 passing checks costs the decoding of the few
 // that are not, not of all of them.
-func (c *Source) loadChecks(index uint64) (uint64, error) {
-	q := c.queryOptions(index)
+func (c *Source) loadChecks(ctx context.Context, index uint64) (uint64, error) {
+	q := c.queryOptions(ctx, index)
 	q.Filter = `Status != "passing"`
 	checks, meta, err := c.client.Health().State(api.HealthAny, q)
 	if err != nil {

@@ -1,6 +1,7 @@
 package consulview
 
 import (
+	"context"
 	"net"
 	"strconv"
 	"strings"
@@ -48,15 +49,15 @@ const federationStatesRetry = time.Second
 
 // loadFederationStates reads the federation states' mesh gateways, by
 // datacenter.
-func (c *Source) loadFederationStates(index uint64) (uint64, error) {
+func (c *Source) loadFederationStates(ctx context.Context, index uint64) (uint64, error) {
 	var out map[string][]*api.ServiceEntry
-	meta, err := c.client.Raw().Query(federationStatesPath, &out, c.queryOptions(index))
+	meta, err := c.client.Raw().Query(federationStatesPath, &out, c.queryOptions(ctx, index))
 	if err != nil {
 		if strings.Contains(err.Error(), "Federation states are currently disabled") {
 			// Consul's answer until every server supports them (and
 			// before the first leader): nothing to route yet; ask again.
 			select {
-			case <-c.ctxOrBackground().Done():
+			case <-ctx.Done():
 			case <-time.After(federationStatesRetry):
 			}
 			return 0, nil

@@ -250,3 +250,60 @@ func TestConsulFollowsALargeCatalogWithinTheConnectionLimit(t *testing.T) {
 	assert.Less(t, cc.max.Load(), int64(limit), "agent connections held at most, for %d services", services+1)
 	t.Logf("%d services followed with at most %d agent connections", services+1, cc.max.Load())
 }
+
+// However many datacenters and services there are, a Source holds at most
+// 8 agent connections (on plain HTTP a blocking query holds one each): with
+// three datacenters of two gateway services each and 1,000 services, the
+// watches beyond the connections take turns, and every kind of change is
+// still seen: a gateway of a third datacenter, a proxy-defaults entry, a
+// service registered and a check going critical.
+func TestConsulHoldsEightAgentConnectionsHoweverLargeTheMesh(t *testing.T) {
+	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
+	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
+	dc3 := consultest.Start(t, consultest.Options{Datacenter: "dc3", PrimaryDatacenter: "dc1", JoinWAN: dc1})
+	td := dc1.TrustDomain()
+	gateway := func(a *consultest.Agent, name string, port int) {
+		t.Helper()
+		require.NoError(t, a.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindMeshGateway, ID: name, Name: name,
+			Address: "127.0.0.1", Port: port, TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.0.1", Port: port}}}))
+	}
+	for i, a := range []*consultest.Agent{dc1, dc2, dc3} {
+		gateway(a, "mesh-gateway", 18000+10*i)
+		gateway(a, "mesh-gateway-b", 18001+10*i)
+	}
+	const services = 1000
+	registerMany(t, dc1.Client, "svc", services, true)
+	var cc connCounter
+	src := newConsul(t, cc.client(t, dc1.HTTPAddr), consulview.Options{})
+	router := &resolve.MeshRouter{Source: src}
+	routes := func(name string, dc string) []string {
+		got, _ := routeReason(router, sni.ServiceSNI(name, "", "", "", dc, td))
+		return got
+	}
+	consultest.WaitFor(t, eventually, "dc3's two gateways", func() bool { return len(routes("api", "dc3")) == 2 })
+
+	seen := func(what string, cond func() bool) {
+		t.Helper()
+		start := time.Now()
+		consultest.WaitFor(t, eventually, what, cond)
+		t.Logf("%s: seen after %v", what, time.Since(start).Round(10*time.Millisecond))
+	}
+	gateway(dc3, "mesh-gateway-c", 18022)
+	seen("a third gateway of dc3 (a watch taking turns)", func() bool { return len(routes("api", "dc3")) == 3 })
+	_, _, err := dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
+		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
+	require.NoError(t, err)
+	seen("a proxy-defaults entry (a watch taking turns)", func() bool {
+		pd := src.View().ProxyDefaults
+		return pd != nil && pd.MeshGateway.Mode == api.MeshGatewayModeLocal
+	})
+	registerMany(t, dc1.Client, "late", 1, false)
+	seen("a service registered (the catalog's own connection)", func() bool { return len(routes("late-00000", "dc1")) == 1 })
+	ok, resp, _, err := dc1.Client.Txn().Txn(api.TxnOps{checkOp("svc-node-0", "svc-00003", api.HealthCritical)}, nil)
+	require.True(t, err == nil && ok, "%v %v", err, resp)
+	seen("a check going critical (the checks' own connection)", func() bool { return len(routes("svc-00003", "dc1")) == 0 })
+
+	assert.NoError(t, src.Stale())
+	assert.LessOrEqual(t, cc.max.Load(), int64(8), "agent connections held at most")
+	t.Logf("%d services, 3 datacenters, 7 gateway services: at most %d agent connections", src.Stats().Services, cc.max.Load())
+}

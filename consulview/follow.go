@@ -3,7 +3,6 @@ package consulview
 import (
 	"context"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/problems"
@@ -46,7 +45,11 @@ func (c *Source) Follow(ctx context.Context, keys ...resolve.ServiceKey) error {
 		key := remoteKey(k)
 		c.remote[key] = func() {} // taken: another Follow of key returns at once
 		c.mu.Unlock()
-		idx, err := c.loadRemote(ctx, key, 0)
+		idx, err := uint64(0), ctx.Err()
+		if qctx, done, ok := c.turns.take(ctx); ok {
+			idx, err = c.loadRemote(qctx, key, 0)
+			done()
+		}
 		c.mu.Lock()
 		if err != nil {
 			c.failing["service "+key] = err
@@ -77,7 +80,7 @@ func (c *Source) loadRemote(ctx context.Context, key string, index uint64) (uint
 	k := parseRemoteKey(key)
 	base := api.QueryOptions{Datacenter: k.Datacenter, Namespace: nonDefault(k.Namespace), Partition: nonDefault(k.Partition)}
 	q := base
-	q.WaitIndex, q.WaitTime = index, 5*time.Minute
+	q.WaitIndex, q.WaitTime = index, waitFor(ctx)
 	what := "reading the mesh endpoints of " + k.Name + " in " + k.Datacenter
 	entries, meta, err := c.client.Health().Connect(k.Name, "", false, (&q).WithContext(ctx))
 	if err != nil {

@@ -29,8 +29,8 @@ const peeringPoll = time.Second
 // the leader serves the peering stream); for WAN federation every instance
 // by node name at its server RPC port. Health is ignored, as Consul's
 // gateway does.
-func (c *Source) loadServers(index uint64) (uint64, error) {
-	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(index))
+func (c *Source) loadServers(ctx context.Context, index uint64) (uint64, error) {
+	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classify("reading the local Consul servers", err)
 	}
@@ -60,9 +60,9 @@ func (c *Source) loadServers(index uint64) (uint64, error) {
 
 // loadPeerings reads the peerings, and starts or stops one watch per
 // imported service. It blocks for at most peeringPoll.
-func (c *Source) loadPeerings(index uint64) (uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: peeringPoll}).WithContext(c.ctxOrBackground())
-	list, meta, err := c.client.Peerings().List(c.ctxOrBackground(), q)
+func (c *Source) loadPeerings(ctx context.Context, index uint64) (uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: min(peeringPoll, waitFor(ctx))}).WithContext(ctx)
+	list, meta, err := c.client.Peerings().List(ctx, q)
 	if err != nil {
 		return index, classifyPeering("listing peerings", err)
 	}
@@ -129,7 +129,7 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	if !ok {
 		namespace, name = "", service
 	}
-	q := (&api.QueryOptions{Peer: peer, Namespace: namespace, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+	q := (&api.QueryOptions{Peer: peer, Namespace: namespace, WaitIndex: index, WaitTime: waitFor(ctx)}).WithContext(ctx)
 	var entries []importedEntry
 	meta, err := c.client.Raw().Query("/v1/health/connect/"+url.PathEscape(name), &entries, q)
 	if err != nil {
@@ -165,8 +165,8 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 
 // loadExports reads the services this cluster exports and their consumer
 // peers, as Consul resolves them (/v1/exported-services).
-func (c *Source) loadExports(index uint64) (uint64, error) {
-	list, meta, err := c.client.ExportedServices(c.queryOptions(index))
+func (c *Source) loadExports(ctx context.Context, index uint64) (uint64, error) {
+	list, meta, err := c.client.ExportedServices(c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classifyPeering("listing exported services", err)
 	}

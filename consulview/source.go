@@ -35,8 +35,21 @@ type Options struct {
 	// Logger receives a line when a watch fails (the view goes stale) and
 	// when it recovers; nil discards. Tokens are never logged.
 	Logger *slog.Logger
+	// MaxConnections bounds the agent connections the Source holds at once
+	// (on plain HTTP, one per query in flight); zero means 8, and fewer
+	// than 4 means 4. The catalog's and the checks' blocking queries have
+	// one each, the Fetchers one each, and the other watches (config
+	// entries, servers, peerings, exports, each datacenter's gateways,
+	// imports, services followed in other datacenters) share the rest:
+	// while they are no more than the connections left, each blocks for 5
+	// minutes as usual; when there are more, they take turns of 2 s each, so
+	// a change they watch is seen after their turn comes (a few seconds)
+	// instead of at once. Over HTTPS the agent speaks HTTP/2, and every
+	// query shares one connection: set it high there to keep every watch
+	// blocking.
+	MaxConnections int
 	// Fetchers is how many services are refetched at once after a change
-	// (each a plain query on its own agent connection); zero means 4.
+	// (each a plain query); zero means 2.
 	Fetchers int
 	// SweepDelay is how long a catalog change that no name or check
 	// explains waits before every service is refetched; zero means 2 s.
@@ -98,6 +111,7 @@ type Source struct {
 	gwNames    map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
 	imports    map[string]context.CancelFunc // "peer/service" -> its watch
 	remote     map[string]context.CancelFunc // remoteKey -> a followed service's watch
+	turns      *turns                        // the agent connections the other watches share
 	started    bool                          // the first load is done; new keys get watches at once
 
 	ctx    context.Context
@@ -127,15 +141,32 @@ type consulState struct {
 	imports                            map[string]resolve.ImportedService // "peer/service" -> import
 }
 
+// AgentConnections is the connection budget to give Options.MaxConnections
+// for a client of cfg when the program itself holds own more long polls on
+// the same client: 8 in all on plain HTTP; over HTTPS, where the agent
+// speaks HTTP/2 and every query shares one connection, enough for every
+// watch to keep its blocking query.
+func AgentConnections(cfg *api.Config, own int) int {
+	if cfg != nil && cfg.Scheme == "https" {
+		return 1 << 10
+	}
+	return max(8-own, 4)
+}
+
 // New loads the first view from the agent client talks to (configured
 // the standard way with api.DefaultConfig: CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN
 // and the TLS variables) and starts the watches that keep it current. It
 // fails if the first load fails (unless opts.WaitForAgent), with an error
 // wrapping ErrAgentUnreachable or ErrPermissionDenied.
 func New(ctx context.Context, client *api.Client, opts Options) (*Source, error) {
-	if opts.Fetchers <= 0 {
-		opts.Fetchers = 4
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = 8
 	}
+	opts.MaxConnections = max(opts.MaxConnections, 4)
+	if opts.Fetchers <= 0 {
+		opts.Fetchers = 2
+	}
+	opts.Fetchers = min(opts.Fetchers, opts.MaxConnections-3)
 	if opts.SweepDelay <= 0 {
 		opts.SweepDelay = 2 * time.Second
 	}
@@ -147,7 +178,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	}
 	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
 		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{},
-		remote: map[string]context.CancelFunc{}}
+		remote: map[string]context.CancelFunc{}, turns: newTurns(opts.MaxConnections-2-opts.Fetchers, crowdedWait)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -181,7 +212,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	// First, every piece once, synchronously, so the first view is whole.
 	first := []struct {
 		name string
-		load func(uint64) (uint64, error)
+		load func(context.Context, uint64) (uint64, error)
 	}{
 		{"proxy-defaults", c.loadProxyDefaults},
 		{"service-defaults", c.loadServiceDefaults},
@@ -196,12 +227,12 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	if opts.WANFederation {
 		first = append(first, struct {
 			name string
-			load func(uint64) (uint64, error)
+			load func(context.Context, uint64) (uint64, error)
 		}{"federation states", c.loadFederationStates})
 	}
 	indexes := make([]uint64, len(first))
 	for i, w := range first {
-		idx, err := w.load(0)
+		idx, err := w.load(c.ctx, 0)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("consulview: first load of %s: %w", w.name, err)
@@ -244,7 +275,9 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.publishLocked()
 	c.mu.Unlock()
 	for i, w := range first {
-		c.watch(c.ctx, w.name, indexes[i], w.load)
+		// The catalog's and the checks' watches carry every service's
+		// changes: a connection each. The others take turns.
+		c.watch(c.ctx, w.name, indexes[i], w.load, w.name != "services" && w.name != "health checks")
 	}
 	c.fetchers(c.ctx)
 	c.wg.Add(1)
@@ -337,20 +370,14 @@ func filtered(what string, meta *api.QueryMeta) error {
 	return nil
 }
 
-// queryOptions is a blocking query from index, for at most 5 minutes.
-func (c *Source) queryOptions(index uint64) *api.QueryOptions {
-	return (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(c.ctxOrBackground())
+// queryOptions is a blocking query from index, made with ctx, for as long
+// as ctx's turn allows (see waitFor).
+func (c *Source) queryOptions(ctx context.Context, index uint64) *api.QueryOptions {
+	return (&api.QueryOptions{WaitIndex: index, WaitTime: waitFor(ctx)}).WithContext(ctx)
 }
 
-func (c *Source) ctxOrBackground() context.Context {
-	if c.ctx != nil {
-		return c.ctx
-	}
-	return context.Background()
-}
-
-func (c *Source) loadProxyDefaults(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.queryOptions(index))
+func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classify("listing proxy-defaults", err)
 	}
@@ -370,8 +397,8 @@ func (c *Source) loadProxyDefaults(index uint64) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
-func (c *Source) loadServiceDefaults(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.queryOptions(index))
+func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classify("listing service-defaults", err)
 	}
@@ -393,8 +420,8 @@ func (c *Source) loadServiceDefaults(index uint64) (uint64, error) {
 
 // loadResolvers reads the service-resolver entries; a service whose
 // resolver changed is refetched (its subsets' endpoints depend on it).
-func (c *Source) loadResolvers(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ServiceResolver, c.queryOptions(index))
+func (c *Source) loadResolvers(ctx context.Context, index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.ServiceResolver, c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classify("listing service-resolvers", err)
 	}
@@ -424,8 +451,8 @@ func (c *Source) loadResolvers(index uint64) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
-func (c *Source) loadMesh(index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(index))
+func (c *Source) loadMesh(ctx context.Context, index uint64) (uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(ctx, index))
 	if err != nil {
 		return index, classify("reading the mesh entry", err)
 	}
@@ -454,7 +481,7 @@ type keyedLoad func(ctx context.Context, key string, index uint64) (uint64, erro
 func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	set[key] = cancel
-	c.watch(ctx, what+key, index, func(idx uint64) (uint64, error) { return load(ctx, key, idx) })
+	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, true)
 }
 
 // ensureKeyedLocked makes sure key has a watch: before the first load is
@@ -530,7 +557,13 @@ func (c *Source) refreshDatacenters() {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
-			if err := c.loadDatacenters(); err != nil {
+			_, done, ok := c.turns.take(c.ctx)
+			if !ok {
+				return
+			}
+			err := c.loadDatacenters()
+			done()
+			if err != nil {
 				c.setFailing("datacenters", err)
 			} else {
 				c.setFailing("datacenters", nil)
@@ -543,7 +576,7 @@ func (c *Source) refreshDatacenters() {
 // are found by kind, as Consul's own gateways find each other, whatever name
 // they were registered with. Each name gets a watch of its instances.
 func (c *Source) loadGatewayNames(ctx context.Context, dc string, index uint64) (uint64, error) {
-	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute,
+	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: waitFor(ctx),
 		Filter: `ServiceKind == "` + string(api.ServiceKindMeshGateway) + `"`}).WithContext(ctx)
 	names, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
@@ -583,7 +616,7 @@ func (c *Source) dropGatewaysLocked(dc string, keep map[string][]string) {
 // a datacenter (key "dc/name").
 func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (uint64, error) {
 	dc, name, _ := strings.Cut(key, "/")
-	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: waitFor(ctx)}).WithContext(ctx)
 	entries, meta, err := c.client.Health().Service(name, "", false, q)
 	if err != nil {
 		return index, classify("reading the mesh gateways of "+dc, err)
@@ -603,15 +636,29 @@ func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (ui
 
 // watch runs load as a blocking query loop until ctx ends, retrying failures
 // with backoff and keeping the last good view meanwhile.
-func (c *Source) watch(ctx context.Context, name string, index uint64, load func(uint64) (uint64, error)) {
+func (c *Source) watch(ctx context.Context, name string, index uint64, load func(context.Context, uint64) (uint64, error), shared bool) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		if shared {
+			defer c.turns.join()()
+		}
 		wait := 100 * time.Millisecond
 		for ctx.Err() == nil {
-			next, err := load(index)
+			qctx, done := ctx, func() bool { return false }
+			if shared {
+				var ok bool
+				if qctx, done, ok = c.turns.take(ctx); !ok {
+					return
+				}
+			}
+			next, err := load(qctx, index)
+			preempted := done()
 			if ctx.Err() != nil {
 				return
+			}
+			if preempted {
+				continue // cut short for a crowd: again, from the same index
 			}
 			if err != nil {
 				c.setFailing(name, err)

@@ -205,7 +205,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if len(services) > 0 || len(remotes) > 0 || len(configs) > 0 {
 			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
 		}
-		client, err := api.NewClient(api.DefaultConfig())
+		cfg := api.DefaultConfig()
+		client, err := api.NewClient(cfg)
 		if err != nil {
 			return err
 		}
@@ -217,7 +218,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}
 			federate = consulview.ExposesServers(svc)
 		}
-		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate})
+		// Its own registration is followed too: one long poll of its own.
+		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate,
+			MaxConnections: consulview.AgentConnections(cfg, 1)})
 		if err != nil {
 			return err
 		}

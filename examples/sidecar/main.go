@@ -111,7 +111,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		defer stopAdmin()
 	}
 
-	client, err := api.NewClient(api.DefaultConfig())
+	cfg := api.DefaultConfig()
+	client, err := api.NewClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,10 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	current.Store(&reg)
 
-	src, err := consulview.New(ctx, client, consulview.Options{})
+	// The view takes consulview's 8 agent connections (the failover
+	// targets it follows need their turns); the certificates (leaf and
+	// roots) and the registration add three long polls of the sidecar's.
+	src, err := consulview.New(ctx, client, consulview.Options{MaxConnections: consulview.AgentConnections(cfg, 0)})
 	if err != nil {
 		return err
 	}
