@@ -42,7 +42,9 @@ type Route struct {
 
 // Router decides where a connection goes from its ClientHello. It returns a
 // Route with at least one target, or an error: a *Rejection (see Reject) to
-// refuse the connection with a reason. The hello is the Router's: it and its
+// refuse the connection with a reason; any other error refuses it with
+// reason ReasonRouterError, so that a Router that fails (a backend it
+// consults is down) does not look like one that knows no such name. The hello is the Router's: it and its
 // strings and slices may be kept, and a Server never writes to it again.
 // Route is called concurrently.
 type Router interface {
@@ -88,6 +90,9 @@ const (
 	ReasonPeekTimeout = "peek-timeout"
 	ReasonClosed      = "closed-before-hello"
 	ReasonNoRoute     = "no-route"
+	// ReasonRouterError: the Router failed with an error that is not a
+	// *Rejection.
+	ReasonRouterError = "router-error"
 	ReasonDialFailed  = "dial-failed"
 	ReasonShutdown    = "shutdown"
 	ReasonLoop        = "loop"

@@ -194,3 +194,25 @@ func TestRouterMayKeepTheHello(t *testing.T) {
 	}
 	assert.Equal(t, n, intact, "hellos still holding their own connection's name, ALPN and versions")
 }
+
+// A Router that fails with a plain error is counted apart from one that
+// knows no such name: a broken backend does not look like an unknown name.
+func TestRouterErrorsHaveTheirOwnReason(t *testing.T) {
+	var counts Counters
+	gw := startGateway(t, &Server{Observer: &counts, Router: RouterFunc(func(_ context.Context, h *sni.ClientHello) (Route, error) {
+		if h.ServerName == "broken.example" {
+			return Route{}, errors.New("the routing table's store is unreachable")
+		}
+		return Route{}, Reject(ReasonNoRoute, "unknown")
+	})})
+	for _, name := range []string{"broken.example", "unknown.example"} {
+		c, err := net.Dial("tcp", gw)
+		require.NoError(t, err)
+		c.Write(helloBytes(t, name))
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	waitFor(t, "both refusals", func() bool { return counts.Snapshot().RejectedTotal() == 2 })
+	assert.Equal(t, map[string]int64{ReasonRouterError: 1, ReasonNoRoute: 1}, counts.Snapshot().Rejected)
+}

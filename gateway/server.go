@@ -504,7 +504,7 @@ func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Ro
 		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
 	}
 	if err != nil {
-		reason := ReasonNoRoute
+		reason := ReasonRouterError
 		var rej *Rejection
 		if errors.As(err, &rej) {
 			reason = rej.Reason

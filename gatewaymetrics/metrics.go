@@ -6,12 +6,14 @@
 //	registry.MustRegister(m)
 //	server := &gateway.Server{Router: r, Observer: m}
 //
-// Every name starts with meshgate_; labels are bounded (route, target,
-// reason, limit), never a client's address.
+// Every name starts with meshgate_; labels are bounded (route, kind, target,
+// reason, limit), never a client's address: past Options.MaxRoutes distinct
+// route names (and as many targets), the rest are counted as "other".
 package gatewaymetrics
 
 import (
 	"net"
+	"sync"
 	"time"
 
 	"github.com/meshgate/meshgate/gateway"
@@ -35,6 +37,54 @@ type Metrics struct {
 	peek       prometheus.Histogram
 	duration   prometheus.Histogram
 	all        []prometheus.Collector
+	routes     *labelSet
+	targets    *labelSet
+}
+
+// Options configures Metrics. Zero values are useful.
+type Options struct {
+	// MaxRoutes bounds the distinct values of the route label, and of the
+	// target label: the first MaxRoutes seen keep their names and later
+	// ones are counted as OtherLabel, so that a mesh of many services (a
+	// route name names a service) cannot grow a scrape without bound.
+	// Zero means DefaultMaxRoutes; negative means no bound.
+	MaxRoutes int
+}
+
+// DefaultMaxRoutes is Options.MaxRoutes' default.
+const DefaultMaxRoutes = 1000
+
+// OtherLabel is the route and target label of what is past MaxRoutes.
+const OtherLabel = "other"
+
+// labelSet admits up to max distinct values and maps the rest to
+// OtherLabel.
+type labelSet struct {
+	max  int
+	mu   sync.RWMutex
+	seen map[string]struct{}
+}
+
+func (l *labelSet) of(v string) string {
+	if l.max < 0 {
+		return v
+	}
+	l.mu.RLock()
+	_, ok := l.seen[v]
+	l.mu.RUnlock()
+	if ok {
+		return v
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.seen[v]; ok {
+		return v
+	}
+	if len(l.seen) >= l.max {
+		return OtherLabel
+	}
+	l.seen[v] = struct{}{}
+	return v
 }
 
 var (
@@ -44,10 +94,18 @@ var (
 	_ prometheus.Collector     = (*Metrics)(nil)
 )
 
-// New returns Metrics with every counter at zero; register it with a
-// prometheus.Registerer.
-func New() *Metrics {
+// New returns Metrics with every counter at zero and the default Options;
+// register it with a prometheus.Registerer.
+func New() *Metrics { return NewWith(Options{}) }
+
+// NewWith returns Metrics with every counter at zero and opts.
+func NewWith(opts Options) *Metrics {
+	if opts.MaxRoutes == 0 {
+		opts.MaxRoutes = DefaultMaxRoutes
+	}
 	m := &Metrics{
+		routes:  &labelSet{max: opts.MaxRoutes, seen: map[string]struct{}{}},
+		targets: &labelSet{max: opts.MaxRoutes, seen: map[string]struct{}{}},
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshgate_connections_accepted_total",
 			Help: "Connections accepted."}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshgate_connections_forwarded_total",
@@ -108,11 +166,12 @@ func (m *Metrics) Rejected(reason string, _ error) {
 
 // DialFailed implements gateway.Observer.
 func (m *Metrics) DialFailed(route, target string, _ error) {
-	m.dialFailed.WithLabelValues(route, target).Inc()
+	m.dialFailed.WithLabelValues(m.routes.of(route), m.targets.of(target)).Inc()
 }
 
 // Forwarded implements gateway.Observer.
 func (m *Metrics) Forwarded(route, _ string, s gateway.Stats) {
+	route = m.routes.of(route)
 	m.forwarded.WithLabelValues(route).Inc()
 	m.bytesUp.WithLabelValues(route).Add(float64(s.ClientToUpstream))
 	m.bytesDown.WithLabelValues(route).Add(float64(s.UpstreamToClient))
@@ -125,7 +184,7 @@ func (m *Metrics) HeldBack(limit string) { m.heldBack.WithLabelValues(limit).Inc
 
 // Connected implements gateway.UpstreamObserver.
 func (m *Metrics) Connected(r *gateway.ConnRecord) {
-	m.opened.WithLabelValues(r.Route, r.Kind).Inc()
+	m.opened.WithLabelValues(m.routes.of(r.Route), r.Kind).Inc()
 	m.open.WithLabelValues(r.Kind).Inc()
 }
 

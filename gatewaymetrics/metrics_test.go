@@ -1,6 +1,7 @@
 package gatewaymetrics_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/meshgate/meshgate/internal/hellotest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -204,4 +206,41 @@ func TestOpenConnectionsShowByKind(t *testing.T) {
 		require.False(t, time.Now().After(deadline), "the gauge did not come back to 0 after the close")
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// The route label takes at most MaxRoutes values; later routes count as
+// "other", so a mesh of many services cannot grow a scrape without bound.
+func TestRouteLabelsAreBounded(t *testing.T) {
+	m := gatewaymetrics.NewWith(gatewaymetrics.Options{MaxRoutes: 2})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m)
+	for _, route := range []string{"a", "b", "c", "d", "a"} {
+		m.Accepted(nil)
+		m.Forwarded(route, "x", gateway.Stats{})
+	}
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "meshgate_connections_forwarded_total" {
+			continue
+		}
+		for _, metric := range f.GetMetric() {
+			got[metric.GetLabel()[0].GetValue()] = metric.GetCounter().GetValue()
+		}
+	}
+	assert.Equal(t, map[string]float64{"a": 2, "b": 1, gatewaymetrics.OtherLabel: 2}, got)
+
+	unbounded := gatewaymetrics.NewWith(gatewaymetrics.Options{MaxRoutes: -1})
+	for i := range 3000 {
+		unbounded.Forwarded(fmt.Sprint("r", i), "x", gateway.Stats{})
+	}
+	assert.Equal(t, 3000, testutil.CollectAndCount(unbounded, "meshgate_connections_forwarded_total"))
+	assert.Equal(t, gatewaymetrics.DefaultMaxRoutes+1, func() int {
+		d := gatewaymetrics.New()
+		for i := range 3000 {
+			d.Forwarded(fmt.Sprint("r", i), "x", gateway.Stats{})
+		}
+		return testutil.CollectAndCount(d, "meshgate_connections_forwarded_total")
+	}(), "the default bound, and other")
 }
