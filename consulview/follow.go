@@ -46,7 +46,7 @@ func (c *Source) Follow(ctx context.Context, keys ...resolve.ServiceKey) error {
 		c.remote[key] = func() {} // taken: another Follow of key returns at once
 		c.mu.Unlock()
 		idx, err := uint64(0), ctx.Err()
-		if qctx, done, ok := c.turns.take(ctx); ok {
+		if qctx, done, ok := c.turns.take(ctx, false); ok {
 			idx, err = c.loadRemote(qctx, key, 0)
 			done()
 		}

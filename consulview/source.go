@@ -42,9 +42,9 @@ type Options struct {
 	// entries, servers, peerings, exports, each datacenter's gateways,
 	// imports, services followed in other datacenters) share the rest:
 	// while they are no more than the connections left, each blocks for 5
-	// minutes as usual; when there are more, they take turns of 2 s each, so
-	// a change they watch is seen after their turn comes (a few seconds)
-	// instead of at once. Over HTTPS the agent speaks HTTP/2, and every
+	// minutes as usual; when there are more, they take turns of 1 s each
+	// (the peerings' first), so a change they watch is seen after their
+	// turn comes (a few seconds) instead of at once. Over HTTPS the agent speaks HTTP/2, and every
 	// query shares one connection: set it high there to keep every watch
 	// blocking.
 	MaxConnections int
@@ -178,7 +178,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	}
 	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
 		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{},
-		remote: map[string]context.CancelFunc{}, turns: newTurns(opts.MaxConnections-2-opts.Fetchers, crowdedWait)}
+		remote: map[string]context.CancelFunc{}, turns: newTurns(opts.MaxConnections - 2 - opts.Fetchers)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -276,8 +276,16 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.mu.Unlock()
 	for i, w := range first {
 		// The catalog's and the checks' watches carry every service's
-		// changes: a connection each. The others take turns.
-		c.watch(c.ctx, w.name, indexes[i], w.load, w.name != "services" && w.name != "health checks")
+		// changes: a connection each. The others take turns, the
+		// peerings' first.
+		l := laneShared
+		switch w.name {
+		case "services", "health checks":
+			l = laneOwn
+		case "peerings":
+			l = laneUrgent
+		}
+		c.watch(c.ctx, w.name, indexes[i], w.load, l)
 	}
 	c.fetchers(c.ctx)
 	c.wg.Add(1)
@@ -481,7 +489,7 @@ type keyedLoad func(ctx context.Context, key string, index uint64) (uint64, erro
 func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	set[key] = cancel
-	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, true)
+	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, laneShared)
 }
 
 // ensureKeyedLocked makes sure key has a watch: before the first load is
@@ -557,7 +565,7 @@ func (c *Source) refreshDatacenters() {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
-			_, done, ok := c.turns.take(c.ctx)
+			_, done, ok := c.turns.take(c.ctx, false)
 			if !ok {
 				return
 			}
@@ -634,21 +642,30 @@ func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (ui
 	return meta.LastIndex, nil
 }
 
+// lane says which agent connection a watch's queries use.
+type lane int
+
+const (
+	laneOwn    lane = iota // one of its own
+	laneShared             // the shared ones, in turn
+	laneUrgent             // the shared ones, before the others
+)
+
 // watch runs load as a blocking query loop until ctx ends, retrying failures
 // with backoff and keeping the last good view meanwhile.
-func (c *Source) watch(ctx context.Context, name string, index uint64, load func(context.Context, uint64) (uint64, error), shared bool) {
+func (c *Source) watch(ctx context.Context, name string, index uint64, load func(context.Context, uint64) (uint64, error), l lane) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if shared {
+		if l != laneOwn {
 			defer c.turns.join()()
 		}
 		wait := 100 * time.Millisecond
 		for ctx.Err() == nil {
 			qctx, done := ctx, func() bool { return false }
-			if shared {
+			if l != laneOwn {
 				var ok bool
-				if qctx, done, ok = c.turns.take(ctx); !ok {
+				if qctx, done, ok = c.turns.take(ctx, l == laneUrgent); !ok {
 					return
 				}
 			}

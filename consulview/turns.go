@@ -11,7 +11,7 @@ import (
 // has an agent connection to itself; crowdedWait when it takes turns.
 const (
 	longWait    = 5 * time.Minute
-	crowdedWait = 2 * time.Second
+	crowdedWait = time.Second
 )
 
 // turns bounds the agent connections of the watches that share them (all
@@ -22,14 +22,17 @@ const (
 // they take turns: each blocks for crowdedWait and gives its slot to the
 // next, and the long polls already waiting when the crowd formed are cut
 // short once, so that a watch waits for its turn at most about
-// (watches/slots) × crowdedWait, and sees a change within that.
+// (watches/slots) × crowdedWait, and sees a change within that. An urgent
+// watch (the peerings', which Consul's servers give the local gateway 3 s
+// to route) takes the next free slot before the others.
 type turns struct {
-	slots       chan struct{}
-	crowdedWait time.Duration
+	slots int
 
-	mu      sync.Mutex
-	watches int
-	long    map[*longPoll]struct{}
+	mu            sync.Mutex
+	busy          int
+	urgent, other []chan struct{} // waiting, in order
+	watches       int
+	long          map[*longPoll]struct{}
 }
 
 // longPoll is a query in flight with the long wait.
@@ -40,15 +43,15 @@ type longPoll struct {
 
 type waitKey struct{}
 
-func newTurns(slots int, crowdedWait time.Duration) *turns {
-	return &turns{slots: make(chan struct{}, max(slots, 1)), crowdedWait: crowdedWait, long: map[*longPoll]struct{}{}}
+func newTurns(slots int) *turns {
+	return &turns{slots: max(slots, 1), long: map[*longPoll]struct{}{}}
 }
 
 // join counts a watch in; the function it returns counts it out.
 func (t *turns) join() (leave func()) {
 	t.mu.Lock()
 	t.watches++
-	if t.watches > cap(t.slots) {
+	if t.watches > t.slots {
 		for p := range t.long {
 			p.preempted.Store(true)
 			p.cancel()
@@ -67,31 +70,85 @@ func (t *turns) join() (leave func()) {
 // query's context, which carries how long its blocking query may wait
 // (see waitFor), and done, which frees the slot and reports whether the
 // query was cut short for the crowd: the watch then asks again at once.
-func (t *turns) take(ctx context.Context) (qctx context.Context, done func() (preempted bool), ok bool) {
-	select {
-	case t.slots <- struct{}{}:
-	case <-ctx.Done():
+func (t *turns) take(ctx context.Context, urgent bool) (qctx context.Context, done func() (preempted bool), ok bool) {
+	if !t.acquire(ctx, urgent) {
 		return ctx, nil, false
 	}
 	qctx, cancel := context.WithCancel(ctx)
 	p := &longPoll{cancel: cancel}
 	t.mu.Lock()
 	wait := longWait
-	if t.watches > cap(t.slots) {
-		wait = t.crowdedWait
+	if t.watches > t.slots {
+		wait = crowdedWait
 	} else {
 		t.long[p] = struct{}{}
 	}
 	t.mu.Unlock()
 	return context.WithValue(qctx, waitKey{}, wait), func() bool {
-		t.mu.Lock()
-		delete(t.long, p)
-		t.mu.Unlock()
 		preempted := p.preempted.Load() && ctx.Err() == nil
 		cancel()
-		<-t.slots
+		t.mu.Lock()
+		delete(t.long, p)
+		t.releaseLocked()
+		t.mu.Unlock()
 		return preempted
 	}, true
+}
+
+// acquire takes a slot, waiting behind the urgent waiters (and, unless
+// urgent, the others) that came first; it reports false if ctx ended.
+func (t *turns) acquire(ctx context.Context, urgent bool) bool {
+	t.mu.Lock()
+	if t.busy < t.slots {
+		t.busy++
+		t.mu.Unlock()
+		return true
+	}
+	ch := make(chan struct{})
+	if urgent {
+		t.urgent = append(t.urgent, ch)
+	} else {
+		t.other = append(t.other, ch)
+	}
+	t.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		select {
+		case <-ch: // granted meanwhile: give it on
+			t.releaseLocked()
+		default:
+			t.urgent = removeWaiter(t.urgent, ch)
+			t.other = removeWaiter(t.other, ch)
+		}
+		return false
+	}
+}
+
+// releaseLocked hands the slot to the first urgent waiter, else the first
+// other one, else frees it. t.mu is held.
+func (t *turns) releaseLocked() {
+	for _, q := range []*[]chan struct{}{&t.urgent, &t.other} {
+		if len(*q) > 0 {
+			ch := (*q)[0]
+			*q = (*q)[1:]
+			close(ch)
+			return
+		}
+	}
+	t.busy--
+}
+
+func removeWaiter(q []chan struct{}, ch chan struct{}) []chan struct{} {
+	for i, c := range q {
+		if c == ch {
+			return append(q[:i], q[i+1:]...)
+		}
+	}
+	return q
 }
 
 // waitFor is how long a blocking query made with ctx may wait: what take
