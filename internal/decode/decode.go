@@ -18,7 +18,7 @@ import (
 type Error struct {
 	File string
 	Line int
-	Path string // the key path, such as "Proxy.Upstreams[1].MeshGateway"
+	Path string // the key path as the file spells it, such as "proxy.upstreams[1].mesh_gateway"
 	Msg  string
 }
 
@@ -186,7 +186,9 @@ func (d *Decoder) structValue(n *Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[f.name] = k.Line
-		d.value(k.Val, v.FieldByIndex(f.index), join(path, f.name))
+		// The path names the key as the file writes it (mesh_gateway or
+		// MeshGateway), so that an error points at what the user wrote.
+		d.value(k.Val, v.FieldByIndex(f.index), join(path, k.Name))
 	}
 }
 
