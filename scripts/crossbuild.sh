@@ -26,7 +26,7 @@ for target in $(go tool dist list | awk -F/ '!seen[$1]++'); do
     js | wasip1 | plan9)
       filter='{{if ne .Name "main"}}{{$api := false}}{{range .Deps}}{{if eq . "github.com/hashicorp/consul/api"}}{{$api = true}}{{end}}{{end}}{{if not $api}}{{.ImportPath}}{{end}}{{end}}' ;;
   esac
-  pkgs=$(GOOS=$os GOARCH=$arch go list -e -f "$filter" ./... | grep -v '/internal/cmd/' || true)
+  pkgs=$(GOOS=$os GOARCH=$arch go list -e -f "$filter" ./... | grep -v '/tools/' || true)
   echo "-- $os/$arch: go build of $(echo $pkgs | wc -w) library packages"
   GOOS=$os GOARCH=$arch CGO_ENABLED=0 go build $pkgs || fail=1
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # peerbench.sh installs the peers from Debian's packages if missing, then runs
-# the comparison harness (internal/cmd/peerbench). Not part of the test suite.
+# the comparison harness (tools/peerbench). Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
@@ -15,4 +15,4 @@ if ! command -v perf >/dev/null && ! command -v strace >/dev/null; then
 fi
 # nginx from the package starts a default site; the harness runs its own.
 systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || true
-exec go run ./internal/cmd/peerbench "$@"
+exec go run ./tools/peerbench "$@"

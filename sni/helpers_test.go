@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 )
 
-// corpusEntry is one captured ClientHello (see internal/tools/capturehellos).
+// corpusEntry is one captured ClientHello (see tools/capturehellos).
 type corpusEntry struct {
 	File       string   `json:"file"`
 	Client     string   `json:"client"`

@@ -22,7 +22,7 @@ import (
 // shadow memory would be measured too.
 func TestIdleBurstMemory(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "meshgateway")
-	build := exec.Command("go", "build", "-o", bin, "../../../examples/meshgateway")
+	build := exec.Command("go", "build", "-o", bin, "../../examples/meshgateway")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "building examples/meshgateway: %s", out)

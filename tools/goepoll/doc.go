@@ -5,10 +5,10 @@
 // the address routed to that exact name, replays what it read and copies
 // both ways, half-closing as the gateway does.
 //
-//	go run ./internal/cmd/goepoll -listen 127.0.0.1:8443 -route api.default.dc1.internal.<trust-domain>.consul=127.0.0.1:21000
+//	go run ./tools/goepoll -listen 127.0.0.1:8443 -route api.default.dc1.internal.<trust-domain>.consul=127.0.0.1:21000
 //
 // It is not a gateway: it has no peek, connect or idle timeout, no limit on
-// connections and no splice. internal/cmd/peerbench runs it beside meshgate,
+// connections and no splice. tools/peerbench runs it beside meshgate,
 // nginx and HAProxy as a yardstick: what any proxy written in Go can reach
 // on the machine, so that the distance between meshgate and nginx can be
 // split into what the gateway's design costs and what Go's runtime costs.

@@ -1,7 +1,7 @@
 // Command capturehellos records the TLS ClientHellos of real clients into
 // sni/testdata/hellos, for the sni package's tests, fuzz seeds and benchmarks.
 //
-//	go run ./internal/tools/capturehellos [-out sni/testdata/hellos]
+//	go run ./tools/capturehellos [-out sni/testdata/hellos]
 //
 // It listens on 127.0.0.1, runs each client against it with a long Consul SNI,
 // and keeps the bytes the client sent before it fell silent waiting for a

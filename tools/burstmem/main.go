@@ -5,7 +5,7 @@
 // nothing, and reads the gateway's resident memory from /proc (Linux):
 //
 //	go build -o /tmp/meshgateway ./examples/meshgateway
-//	go run ./internal/cmd/burstmem -gateway /tmp/meshgateway -n 5000 -c 256 [-- -release-memory=false]
+//	go run ./tools/burstmem -gateway /tmp/meshgateway -n 5000 -c 256 [-- -release-memory=false]
 //
 // It prints the RSS per connection 3 s after the last one reached the sink
 // and again 11 s after (past meshgateway's quiet period), and the RSS above

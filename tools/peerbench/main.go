@@ -2,12 +2,12 @@
 // ssl_preread, map on $ssl_preread_server_name) and HAProxy (req.ssl_sni,
 // option splice-auto), all routing the same long Consul SNI to the same
 // backend on loopback, in one run, and prints one table with ratios. The
-// client talking to the backend directly is the ceiling; internal/cmd/goepoll,
+// client talking to the backend directly is the ceiling; tools/goepoll,
 // the smallest SNI proxy Go allows, is the yardstick for what a Go program
 // reaches on the machine.
 //
 //	bash scripts/peerbench.sh            # installs nginx and haproxy, then runs this
-//	go run ./internal/cmd/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000] [-baseline DIR]
+//	go run ./tools/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000] [-baseline DIR]
 //
 // Client, backend and proxies share this machine's cores, as the numbers say.
 // It only ever connects to 127.0.0.1. It is not part of the test suite.
@@ -406,11 +406,11 @@ func startMeshgateFrom(src, label, dir, backendAddr, name string) (*target, *pro
 	return &target{name: label, addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
 }
 
-// startGoepoll starts internal/cmd/goepoll, the yardstick of what a
+// startGoepoll starts tools/goepoll, the yardstick of what a
 // proxy written in Go reaches here.
 func startGoepoll(dir, backendAddr, name string, _ int) (*target, *proc, error) {
 	bin := filepath.Join(dir, "goepoll")
-	build := exec.Command("go", "build", "-o", bin, "./internal/cmd/goepoll")
+	build := exec.Command("go", "build", "-o", bin, "./tools/goepoll")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, nil, fmt.Errorf("building goepoll: %w", err)
