@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/sni"
@@ -150,4 +151,28 @@ func ExampleCounters() {
 	snap := counters.Snapshot()
 	fmt.Println(snap.Accepted, snap.Rejected[gateway.ReasonNoRoute])
 	// Output: 2 2
+}
+
+// A Router of your own: any function of the ClientHello. Refuse with
+// Reject and a reason of your own (the metrics count refusals by reason);
+// mark routes to other sites' gateways Remote, and give each a Kind.
+func ExampleRouterFunc() {
+	router := gateway.RouterFunc(func(_ context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+		switch {
+		case hello.ServerName == "api.eu.example":
+			return gateway.Route{Name: "api eu", Kind: "service", Targets: []string{"10.0.1.10:8443", "10.0.1.11:8443"}}, nil
+		case strings.HasSuffix(hello.ServerName, ".us.example"):
+			return gateway.Route{Name: "site us", Kind: "gateway", Targets: []string{"192.0.2.10:8443"}, Remote: true}, nil
+		}
+		return gateway.Route{}, gateway.Reject("not-ours", "no site serves %q", hello.ServerName)
+	})
+	for _, name := range []string{"api.eu.example", "web.us.example", "www.example.org"} {
+		route, err := router.Route(context.Background(), &sni.ClientHello{ServerName: name})
+		fmt.Println(route.Name, route.Targets, err)
+	}
+	_ = &gateway.Server{Router: router}
+	// Output:
+	// api eu [10.0.1.10:8443 10.0.1.11:8443] <nil>
+	// site us [192.0.2.10:8443] <nil>
+	//  [] gateway: rejected (not-ours): no site serves "www.example.org"
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -57,4 +58,34 @@ func ExampleCerts_AuthorizingServerTLSConfig() {
 			c.Write([]byte("hello\n"))
 		}()
 	}
+}
+
+// A Go program dials its upstream the way a Consul sidecar would: the plan
+// from the live view (its mode, path and failover targets), mTLS with the
+// program's own leaf, the destination's identity checked. Not run: it
+// needs an agent.
+func ExampleDialer() {
+	ctx := context.Background()
+	client, err := api.NewClient(api.DefaultConfig()) // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...
+	if err != nil {
+		log.Fatal(err)
+	}
+	certs, err := sidecar.WatchCerts(ctx, client, "web") // leaf and CA roots, kept current
+	if err != nil {
+		log.Fatal(err)
+	}
+	src, err := consulview.New(ctx, client, consulview.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	d := &sidecar.Dialer{Source: src, Certs: certs, Client: client,
+		Instance: resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+	conn, plan, err := d.Dial(ctx, api.Upstream{DestinationName: "api", Datacenter: "dc2"})
+	if err != nil {
+		log.Fatal(err) // names every target and address tried, and why each failed
+	}
+	defer conn.Close()
+	// plan.Mode, plan.Source (the deciding layer), plan.Hops; plan.Served is
+	// the target of plan.Chain() that carried the connection.
+	fmt.Println(plan.Chain()[plan.Served], plan.PassedOver)
 }

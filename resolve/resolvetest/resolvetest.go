@@ -45,8 +45,8 @@ func Load(tb testing.TB, opts resolve.StaticOptions, paths ...string) *resolve.S
 }
 
 // Upstream names an upstream and, where the name alone is ambiguous, where
-// it is. Empty fields match anything, except that Namespace and Partition
-// "" match "default" only when set to "default".
+// it is. An empty field matches anything; to ask for the default namespace
+// or partition, say "default".
 type Upstream struct {
 	Name       string
 	Datacenter string
@@ -119,7 +119,10 @@ func describe(p resolve.Plan) string {
 // Want is what a test expects of a plan; zero fields are not checked. Dial
 // is checked when it is not nil (an empty, non-nil Dial expects none).
 type Want struct {
+	// Mode is the mode as set; NoMode expects none set at any layer (Mode
+	// "", from the "default" source), which Mode cannot say.
 	Mode   api.MeshGatewayMode
+	NoMode bool
 	Source modes.Source
 	Route  resolve.Path
 	SNI    string
@@ -139,6 +142,9 @@ func Expect(tb testing.TB, plan resolve.Plan, want Want) {
 		}
 	}
 	check("mode", plan.Mode, want.Mode, want.Mode != "")
+	if want.NoMode && (plan.Mode != "" || plan.Source != modes.SourceDefault) {
+		diffs = append(diffs, fmt.Sprintf("  mode: got %q from %s, want none set", plan.Mode, plan.Source))
+	}
 	check("source (the deciding layer)", plan.Source, want.Source, want.Source != "")
 	check("route", plan.Route, want.Route, want.Route != "")
 	check("sni", plan.SNI, want.SNI, want.SNI != "")
