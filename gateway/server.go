@@ -7,12 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -299,61 +297,6 @@ func (s *Server) work(c *conn) {
 	}
 }
 
-// acquireSlot waits until one more connection may be opened, under
-// MaxConns and then under the process's descriptor budget; it returns false
-// if the server closed meanwhile.
-func (s *Server) acquireSlot() bool {
-	if s.slots != nil && !s.take(s.slots, LimitMaxConns) {
-		return false
-	}
-	if b := s.budget; b != nil && !s.take(b.slots, LimitOpenFiles) {
-		if s.slots != nil {
-			<-s.slots
-		}
-		return false
-	}
-	return true
-}
-
-// take puts a token in slots, waiting if it is full: a LimitObserver hears
-// of each wait, and the first wait on the open-file limit is logged. It
-// returns false if the server closed while it waited.
-func (s *Server) take(slots chan struct{}, limit string) bool {
-	select {
-	case slots <- struct{}{}:
-		return true
-	default:
-	}
-	s.heldBackBy(limit)
-	if b := s.budget; limit == LimitOpenFiles && !s.heldBack.Swap(true) {
-		s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
-			"open_file_limit", b.nofile, "conn_limit", b.conns)
-	}
-	select {
-	case slots <- struct{}{}:
-		return true
-	case <-s.done:
-		return false
-	}
-}
-
-// heldBackBy tells a LimitObserver that accepting waits on limit.
-func (s *Server) heldBackBy(limit string) {
-	if o, ok := s.Observer.(LimitObserver); ok {
-		o.HeldBack(limit)
-	}
-}
-
-// releaseSlot frees what acquireSlot took.
-func (s *Server) releaseSlot() {
-	if b := s.budget; b != nil {
-		<-b.slots
-	}
-	if s.slots != nil {
-		<-s.slots
-	}
-}
-
 func (s *Server) trackListener(l *net.Listener, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -450,40 +393,6 @@ func (s *Server) open(c *conn) (runDown func()) {
 	return s.forward(c, st, upstream, raw)
 }
 
-// story is what a ConnObserver and an UpstreamObserver are told of a
-// connection; to and up are nil when nobody listens.
-type story struct {
-	to                        ConnObserver
-	up                        UpstreamObserver
-	info                      *ConnInfo
-	start                     time.Time
-	peek                      time.Duration
-	serverName, route, target string
-	kind                      string
-}
-
-// connected tells the UpstreamObserver, if any, that the upstream is
-// connected.
-func (st *story) connected() {
-	if st.up == nil {
-		return
-	}
-	st.up.Connected(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
-		Route: st.route, Kind: st.kind, Target: st.target})
-}
-
-// closed tells the ConnObserver, if any, how the connection ended.
-func (st *story) closed(outcome string, stats Stats, err error) {
-	if st.to == nil {
-		return
-	}
-	if stats.Duration == 0 {
-		stats.Duration = time.Since(st.start)
-	}
-	st.to.Closed(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
-		Route: st.route, Kind: st.kind, Target: st.target, Outcome: outcome, Stats: stats, Err: err})
-}
-
 // refuse rejects a connection that will not be forwarded and forgets it.
 func (s *Server) refuse(c *conn, st *story, reason string, err error) {
 	s.reject(c, st.serverName, reason, err)
@@ -514,30 +423,6 @@ func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Ro
 	return route, "", nil
 }
 
-// connect dials the route and records the upstream connection on c (for
-// Close, and for loop detection before any byte is sent on it).
-func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reason string, err error) {
-	upstream, target, err = s.dial(route)
-	if err != nil {
-		reason = ReasonDialFailed
-		if errors.Is(err, ErrServerClosed) {
-			reason = ReasonShutdown // Close or Shutdown came while dialling
-		}
-		return nil, "", reason, err
-	}
-	if pair, ok := pairOf(upstream.LocalAddr(), upstream.RemoteAddr()); ok {
-		s.mu.Lock()
-		c.dialed = pair
-		s.dialed[pair] = struct{}{}
-		s.mu.Unlock()
-	}
-	c.upstream.Store(&upstream)
-	if s.hardClosed.Load() {
-		upstream.Close() // Close ran while we dialled
-	}
-	return upstream, target, "", nil
-}
-
 // forward replays the peeked bytes and starts forwarding, and returns the
 // direction from upstream to client for the caller to run; the Forwarder's
 // done callback reports and forgets the connection.
@@ -559,36 +444,6 @@ func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) (r
 		stop() // Close ran while forwarding started
 	}
 	return runDown
-}
-
-// ownConnection reports whether client is the far end of one of this
-// server's own upstream connections: a route led back to the gateway
-// itself, directly or through a name. The pair of addresses is recorded
-// before the ClientHello is replayed, and the check comes after it is read,
-// so a loop is always caught on its second connection and ends there,
-// instead of taking one connection after another until the process runs out.
-func (s *Server) ownConnection(client net.Conn) bool {
-	pair, ok := pairOf(client.RemoteAddr(), client.LocalAddr())
-	if !ok {
-		return false
-	}
-	s.mu.Lock()
-	_, own := s.dialed[pair]
-	s.mu.Unlock()
-	return own
-}
-
-// tcpPair is a TCP connection's two ends, from the dialler's side.
-type tcpPair struct{ from, to netip.AddrPort }
-
-func pairOf(from, to net.Addr) (tcpPair, bool) {
-	f, ok1 := from.(*net.TCPAddr)
-	t, ok2 := to.(*net.TCPAddr)
-	if !ok1 || !ok2 {
-		return tcpPair{}, false
-	}
-	unmap := func(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
-	return tcpPair{unmap(f.AddrPort()), unmap(t.AddrPort())}, true
 }
 
 // forget forgets a finished connection and frees its slot.
@@ -637,91 +492,6 @@ func peekReason(err error) string {
 		return ReasonMalformed
 	}
 	return ReasonClosed
-}
-
-// connectTimeout is the bound of each dial of r's targets: the route's,
-// else the server's.
-func (s *Server) connectTimeout(r Route) time.Duration {
-	timeout := r.ConnectTimeout
-	if timeout <= 0 {
-		timeout = s.ConnectTimeout
-	}
-	if timeout <= 0 {
-		timeout = DefaultConnectTimeout
-	}
-	return timeout
-}
-
-// dialFunc is Dial, or a net.Dialer with TCPKeepAlive.
-func (s *Server) dialFunc() func(ctx context.Context, network, address string) (net.Conn, error) {
-	if s.Dial != nil {
-		return s.Dial
-	}
-	d := net.Dialer{KeepAlive: -1}
-	if s.TCPKeepAlive > 0 {
-		d.KeepAlive = s.TCPKeepAlive
-	}
-	return d.DialContext
-}
-
-// dial tries the route's targets in order, each within the connect timeout
-// (the route's, else the server's).
-func (s *Server) dial(r Route) (net.Conn, string, error) {
-	timeout := s.connectTimeout(r)
-	dial := s.dialFunc()
-	var errs []error
-	for _, t := range s.health.order(r.Targets) {
-		if s.closing() {
-			errs = append(errs, ErrServerClosed)
-			break
-		}
-		up, err := dialRetryingEMFILE(dial, t, timeout)
-		if err == nil {
-			ka := r.KeepAlive
-			if !ka.Enable && r.Remote {
-				ka = s.RemoteKeepAlive
-			}
-			if ka.Enable {
-				if tc, ok := up.(*net.TCPConn); ok {
-					if err := tc.SetKeepAliveConfig(ka); err != nil {
-						s.logger().Debug("gateway: setting upstream keepalive", "target", t, "err", err.Error())
-					}
-				}
-			}
-			s.health.succeeded(t)
-			return up, t, nil
-		}
-		if s.health.failed(t) {
-			s.logger().Warn("gateway: target ejected: later connections try the route's other targets first, until a probe connects to it",
-				"target", t, "consecutive_failures", s.health.after, "err", err.Error())
-		}
-		s.observer().DialFailed(r.Name, t, err)
-		errs = append(errs, err)
-	}
-	return nil, "", problems.Join(errs...)
-}
-
-// dialRetryingEMFILE dials addr within timeout; while the process is out of
-// file descriptors it waits and retries (5 ms doubling), so a connection
-// accepted at the limit is not lost when another one frees a descriptor.
-func dialRetryingEMFILE(dial func(context.Context, string, string) (net.Conn, error), addr string, timeout time.Duration) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	wait := 5 * time.Millisecond
-	for {
-		up, err := dial(ctx, "tcp", addr)
-		if err == nil || !outOfDescriptors(err) {
-			return up, err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, err
-		case <-t.C:
-		}
-		wait = min(2*wait, 200*time.Millisecond)
-	}
 }
 
 // Shutdown stops accepting, then waits for open connections to end on their
