@@ -1,10 +1,8 @@
 package docs_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -13,45 +11,12 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // guideTimeout bounds one guide's commands, which wait for agents with
 // loops of their own.
 const guideTimeout = 5 * time.Minute
-
-// shBlocks returns the bodies of a Markdown file's ```sh blocks, in order.
-func shBlocks(t *testing.T, path string) []string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
-	var blocks []string
-	var cur *strings.Builder
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case cur == nil && strings.TrimSpace(line) == "```sh":
-			cur = &strings.Builder{}
-		case cur != nil && strings.TrimSpace(line) == "```":
-			blocks = append(blocks, cur.String())
-			cur = nil
-		case cur != nil:
-			cur.WriteString(line + "\n")
-		}
-	}
-	require.Nil(t, cur, "%s: a ```sh block is not closed", path)
-	return blocks
-}
-
-// The blocks are found as a reader sees them: only sh blocks, whole, in
-// order.
-func TestShBlocks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "g.md")
-	require.NoError(t, os.WriteFile(path, []byte("text\n```sh\necho one\necho two\n```\n\n```text\nnot run\n```\n```hcl\nx = 1\n```\n  ```sh\necho three\n  ```\n"), 0o600))
-	assert.Equal(t, []string{"echo one\necho two\n", "echo three\n"}, shBlocks(t, path))
-}
 
 // Every guide's commands run, in order, in one shell from the
 // repository's root, and succeed; whatever a guide starts in the

@@ -1,13 +1,17 @@
 package resolvetest_test
 
 import (
+	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/sni"
 )
 
 var consulDir = filepath.Join("..", "testdata", "failover") // your config directory
@@ -19,6 +23,26 @@ func TestWebReachesAPIThroughTheLocalGateway(t *testing.T) {
 	plan := resolvetest.Plan(t, src, "web", "api")
 	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceUpstream})
 	resolvetest.ExpectChain(t, plan, "api dc1 direct", "api dc2 local-gateway")
+}
+
+// The gateway side, as docs/testing.md shows it: where a mesh gateway
+// built from the same files sends a name, and that it refuses one it
+// does not own.
+func TestGatewaySendsDC2ToItsGateway(t *testing.T) {
+	src := resolvetest.Load(t, resolve.StaticOptions{}, consulDir)
+	router := &resolve.MeshRouter{Source: src}
+	td := src.View().TrustDomain
+
+	route, err := router.Route(context.Background(), &sni.ClientHello{ServerName: "api.default.dc2.internal." + td})
+	if err != nil || route.Kind != "gateway" || len(route.Targets) != 1 || route.Targets[0] != "127.0.2.105:8443" {
+		t.Fatalf("api in dc2: got %+v, %v; want dc2's gateway at its WAN address", route, err)
+	}
+
+	_, err = router.Route(context.Background(), &sni.ClientHello{ServerName: "api.default.dc3.internal." + td})
+	var rej *gateway.Rejection
+	if !errors.As(err, &rej) || rej.Reason != resolve.ReasonUnknownDatacenter {
+		t.Fatalf("api in dc3: got %v; want a rejection for an unknown datacenter", err)
+	}
 }
 
 // Want.NoMode asserts that no layer sets a mode; Mode "" cannot.
