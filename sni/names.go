@@ -240,6 +240,10 @@ func ParseServerName(name, domain string) (ServerName, error) {
 		node = ""
 	} else if node == "" || strings.HasPrefix(node, ".") || strings.HasSuffix(node, ".") || strings.Contains(node, "..") {
 		return ServerName{}, notServer(name, "empty label in the node name")
+	} else if node == "*" {
+		// ServerSNI writes any server as server.<datacenter>, never with
+		// a "*" node, and a wildcard is no name a client sends.
+		return ServerName{}, notServer(name, `node name "*": any server is server.<datacenter>`)
 	}
 	return ServerName{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, nil
 }

@@ -201,6 +201,7 @@ func TestParseServerNameRefusesOtherNames(t *testing.T) {
 		{"a..b.server.dc1.consul", "empty label"},
 		{"xserver.dc1.consul", "server.<datacenter>"},
 		{"server.dc1.xconsul", `domain "consul"`},
+		{"*.server.dc1.consul", `node name "*"`},
 	}
 	for _, c := range cases {
 		_, err := ParseServerName(c.in, "consul")
