@@ -1,7 +1,11 @@
-// Command peerbench measures the meshgate gateway against nginx (stream,
-// ssl_preread, map on $ssl_preread_server_name) and HAProxy (req.ssl_sni,
-// option splice-auto), all routing the same long Consul SNI to the same
-// backend on loopback, in one run, and prints one table with ratios. The
+// Command peerbench measures the meshgate gateway against the Go proxies a
+// user would otherwise embed or run (inetaf/tcpproxy with an SNI route,
+// Traefik's TCP router with HostSNI and TLS passthrough, caddy-l4's tls
+// matcher and proxy, each built from the Go module proxy at a pinned
+// version; see gopeers.go), nginx (stream, ssl_preread, map on
+// $ssl_preread_server_name) and HAProxy (req.ssl_sni, option splice-auto),
+// all routing the same long Consul SNI to the same backend on loopback, in
+// one run, and prints one table with ratios. The
 // client talking to the backend directly is the ceiling; tools/goepoll,
 // the smallest SNI proxy Go allows, is the yardstick for what a Go program
 // reaches on the machine.
@@ -50,7 +54,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
-	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, baseline, goepoll, nginx, haproxy); empty means all")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, baseline, goepoll, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -96,7 +100,9 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll}, {"nginx", startNginx}, {"haproxy", startHAProxy}} {
+	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll},
+		{"tcpproxy", startTCPProxy}, {"caddy-l4", startCaddyL4}, {"traefik", startTraefik},
+		{"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if st.name == "baseline" && *baseline == "" {
 			continue
 		}
@@ -962,10 +968,10 @@ func report(w io.Writer, targets []*target, res results, metrics []string, runs,
 	for _, t := range targets {
 		header += " " + t.name + "\t"
 	}
-	header += " meshgate / nginx\t meshgate / haproxy\t"
+	header += " meshgate / best Go alternative\t meshgate / nginx\t meshgate / haproxy\t"
 	fmt.Fprintln(tw, header)
 	sep := "|---\t"
-	for range len(targets) + 2 {
+	for range len(targets) + 3 {
 		sep += "---\t"
 	}
 	fmt.Fprintln(tw, sep)
@@ -982,8 +988,11 @@ func report(w io.Writer, targets []*target, res results, metrics []string, runs,
 			}
 			row += " " + spread(vs, format) + "\t"
 		}
-		for _, peer := range []string{"nginx", "haproxy"} {
+		for _, peer := range []string{"best Go", "nginx", "haproxy"} {
 			a, b := res[m]["meshgate"], res[m][peer]
+			if peer == "best Go" {
+				b = bestOf(res[m], goAlternatives, higherIsBetter(m))
+			}
 			var ratios []float64
 			for i := range min(len(a), len(b)) {
 				if a[i] != 0 && b[i] != 0 {
@@ -1000,6 +1009,37 @@ func report(w io.Writer, targets []*target, res results, metrics []string, runs,
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nRatios are meshgate's value over the peer's, round by round: above 1 is better for rates and throughput, below 1 is better for latency, CPU, system calls, memory and descriptors.")
+}
+
+// goAlternatives are the Go proxies a user would otherwise embed or run.
+var goAlternatives = []string{"tcpproxy", "caddy-l4", "traefik"}
+
+// higherIsBetter says which way a metric is better: rates and throughput
+// up, the rest (latency, CPU, calls, memory) down.
+func higherIsBetter(metric string) bool {
+	return strings.Contains(metric, "conn/s") || strings.Contains(metric, "MB/s")
+}
+
+// bestOf returns, round by round, the best value among the targets named
+// that were measured in every round.
+func bestOf(byTarget map[string][]float64, names []string, higher bool) []float64 {
+	var best []float64
+	for _, n := range names {
+		vs := byTarget[n]
+		if len(vs) == 0 {
+			continue
+		}
+		if best == nil {
+			best = append([]float64(nil), vs...)
+			continue
+		}
+		for i := range min(len(best), len(vs)) {
+			if higher == (vs[i] > best[i]) && vs[i] != best[i] {
+				best[i] = vs[i]
+			}
+		}
+	}
+	return best
 }
 
 // spread formats values as "median [min-max]", or the one value.
