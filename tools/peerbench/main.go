@@ -109,11 +109,13 @@ func main() {
 		if !want(st.name) {
 			continue
 		}
-		t, p, err := st.start(dir, be.addr, name, *idle)
+		start := func() (*target, *proc, error) { return st.start(dir, be.addr, name, *idle) }
+		t, p, err := start()
 		if err != nil {
 			log.Printf("SKIPPED, LOUDLY: %v", err)
 			continue
 		}
+		t.start = start
 		procs = append(procs, p)
 		targets = append(targets, t)
 	}
@@ -134,15 +136,34 @@ func main() {
 		if t.pids == nil || !strings.Contains(*measure, "idle") {
 			continue // direct: no proxy process to measure
 		}
-		kb, marginal, fds, err := idleCost(t, be, hello, *idle, *idleParallel)
+		kb, marginal, fds, held, err := idleCost(t, be, hello, *idle, *idleParallel)
+		res.add("idle conns held", t.name, float64(held))
 		if err != nil {
-			log.Printf("  idle, %s: %v", t.name, err)
+			log.Printf("  idle, %s: %d of %d connections held, then: %v", t.name, held, *idle, err)
 			continue
 		}
 		res.add("RSS KiB / idle conn", t.name, kb)
 		res.add("  marginal, 2nd half", t.name, marginal)
 		res.add("fds / idle conn", t.name, fds)
 		log.Printf("  idle, %s: %.2f KiB/conn (marginal %.2f), %.2f fds/conn", t.name, kb, marginal, fds)
+	}
+	// A proxy that stopped serving in the idle measurement (out of
+	// descriptors, say) starts again for the rest, and the report says so.
+	for i, t := range targets {
+		if t.start == nil || ping(t.addr, hello) == nil {
+			continue
+		}
+		nt, p, err := t.start()
+		if err == nil {
+			err = ping(nt.addr, hello)
+		}
+		if err != nil {
+			log.Fatalf("%s stopped serving in the idle measurement and does not start again: %v", t.name, err)
+		}
+		log.Printf("RESTARTED, LOUDLY: %s stopped serving in the idle measurement; a fresh process runs the rest", t.name)
+		nt.start = t.start
+		procs = append(procs, p)
+		targets[i] = nt
 	}
 	if *syscallConns > 0 {
 		for _, t := range targets {
@@ -200,7 +221,7 @@ func main() {
 			fmt.Sprintf("p99 ms, %d clients", c), fmt.Sprintf("CPU µs / conn, %d clients", c), fmt.Sprintf("user-space CPU µs / conn, %d clients", c))
 	}
 	metrics = append(metrics, "upload MB/s, 1 stream", "download MB/s, 1 stream", "upload MB/s, 8 streams", "download MB/s, 8 streams",
-		"RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn", "syscalls / conn")
+		"idle conns held", "RSS KiB / idle conn", "  marginal, 2nd half", "fds / idle conn", "syscalls / conn")
 	report(os.Stdout, targets, res, metrics, *runs, *idle, *writeSize, len(hello), name)
 }
 
@@ -321,6 +342,8 @@ type target struct {
 	name string
 	addr string
 	pids func() []int
+	// start starts the target again (a fresh process on a new address).
+	start func() (*target, *proc, error)
 }
 
 type proc struct {
@@ -371,6 +394,7 @@ func startProc(name string, argv []string, logFile string) (*proc, error) {
 func startProcEnv(name string, env, argv []string, logFile string) (*proc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
+	dieWithParent(cmd)
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
@@ -852,7 +876,10 @@ func throughput(addr string, hello []byte, dir byte, streams int, d time.Duratio
 // resident memory and descriptors per connection over all n, and its memory
 // per connection over the second half alone (the marginal cost, without the
 // one-off growth of pools and heap that the first connections pay).
-func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn, marginalKB, fdsPerConn float64, err error) {
+// idleCost opens n idle connections through t, parallel at a time, and
+// returns the resident memory and descriptors each costs it, and how many
+// of them reached the backend (n, unless t failed part way).
+func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn, marginalKB, fdsPerConn float64, held int, err error) {
 	defer waitFewFDs(t)
 	time.Sleep(2 * time.Second) // let earlier connections finish closing
 	rss0, fd0 := usage(t.pids())
@@ -909,14 +936,14 @@ func idleCost(t *target, be *backend, hello []byte, n, parallel int) (kbPerConn,
 		return nil
 	}
 	if err := open(n / 2); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, int(be.idle.Load() - base), err
 	}
 	rssHalf, _ := usage(t.pids())
 	if err := open(n); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, int(be.idle.Load() - base), err
 	}
 	rss1, fd1 := usage(t.pids())
-	return float64(rss1-rss0) / float64(n), float64(rss1-rssHalf) / float64(n-n/2), float64(fd1-fd0) / float64(n), nil
+	return float64(rss1-rss0) / float64(n), float64(rss1-rssHalf) / float64(n-n/2), float64(fd1-fd0) / float64(n), n, nil
 }
 
 // settle is how long idle connections sit before their cost is read: long
@@ -1014,10 +1041,10 @@ func report(w io.Writer, targets []*target, res results, metrics []string, runs,
 // goAlternatives are the Go proxies a user would otherwise embed or run.
 var goAlternatives = []string{"tcpproxy", "caddy-l4", "traefik"}
 
-// higherIsBetter says which way a metric is better: rates and throughput
-// up, the rest (latency, CPU, calls, memory) down.
+// higherIsBetter says which way a metric is better: rates, throughput and
+// connections held up, the rest (latency, CPU, calls, memory) down.
 func higherIsBetter(metric string) bool {
-	return strings.Contains(metric, "conn/s") || strings.Contains(metric, "MB/s")
+	return strings.Contains(metric, "conn/s") || strings.Contains(metric, "MB/s") || strings.Contains(metric, "held")
 }
 
 // bestOf returns, round by round, the best value among the targets named
