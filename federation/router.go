@@ -57,8 +57,8 @@ func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Rou
 	if v.Federation != nil && v.Federation.Domain != "" {
 		domain = v.Federation.Domain
 	}
-	name, err := sni.ParseServerName(hello.ServerName, domain)
-	if err != nil {
+	name, ok := sni.ServerNameOf(hello.ServerName, domain)
+	if !ok {
 		return r.nextRouter().Route(ctx, hello)
 	}
 	if v.Federation == nil {

@@ -215,41 +215,67 @@ func (n ServerName) String() string { return ServerSNI(n.Datacenter, n.Node, n.D
 // a name of another domain) fails with an error wrapping ErrNotServerName
 // that names it. ParseServerName does not allocate on success.
 func ParseServerName(name, domain string) (ServerName, error) {
-	domain = strings.TrimSuffix(domain, ".")
-	if domain == "" {
-		domain = DefaultDomain
+	n, why := parseServerName(name, domain)
+	if why == whyNotDomain {
+		why += " " + strconv.Quote(strings.TrimSuffix(domainOr(domain), "."))
 	}
+	if why != "" {
+		return ServerName{}, fmt.Errorf("%w %q: %s", ErrNotServerName, name, why)
+	}
+	return n, nil
+}
+
+// ServerNameOf is ParseServerName for a router, which asks it of every
+// name it sees: it reports whether name is a Consul server name without
+// saying why not, and so never allocates.
+func ServerNameOf(name, domain string) (ServerName, bool) {
+	n, why := parseServerName(name, domain)
+	return n, why == ""
+}
+
+// whyNotDomain is parseServerName's reason for a name of another domain,
+// which ParseServerName completes with the domain.
+const whyNotDomain = "it does not end in domain"
+
+// domainOr is domain, or DefaultDomain when it is empty or ".".
+func domainOr(domain string) string {
+	if strings.TrimSuffix(domain, ".") == "" {
+		return DefaultDomain
+	}
+	return domain
+}
+
+// parseServerName is ParseServerName's work; why says what is wrong, or is
+// empty. It does not allocate.
+func parseServerName(name, domain string) (_ ServerName, why string) {
+	domain = strings.TrimSuffix(domainOr(domain), ".")
 	rest, ok := cutSuffixFold(name, domain)
 	if ok {
 		rest, ok = strings.CutSuffix(rest, ".")
 	}
 	if !ok {
-		return ServerName{}, notServer(name, "it does not end in domain "+strconv.Quote(domain))
+		return ServerName{}, whyNotDomain
 	}
 	i := strings.LastIndexByte(rest, '.')
 	dc := rest[i+1:]
 	if i < 0 || dc == "" {
-		return ServerName{}, notServer(name, "want server.<datacenter> before the domain")
+		return ServerName{}, "want server.<datacenter> before the domain"
 	}
 	rest = rest[:i]
 	node, ok := strings.CutSuffix(rest, "."+labelServer)
 	if !ok {
 		if rest != labelServer {
-			return ServerName{}, notServer(name, "want server.<datacenter> before the domain")
+			return ServerName{}, "want server.<datacenter> before the domain"
 		}
 		node = ""
 	} else if node == "" || strings.HasPrefix(node, ".") || strings.HasSuffix(node, ".") || strings.Contains(node, "..") {
-		return ServerName{}, notServer(name, "empty label in the node name")
+		return ServerName{}, "empty label in the node name"
 	} else if node == "*" {
 		// ServerSNI writes any server as server.<datacenter>, never with
 		// a "*" node, and a wildcard is no name a client sends.
-		return ServerName{}, notServer(name, `node name "*": any server is server.<datacenter>`)
+		return ServerName{}, `node name "*": any server is server.<datacenter>`
 	}
-	return ServerName{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, nil
-}
-
-func notServer(name, why string) error {
-	return fmt.Errorf("%w %q: %s", ErrNotServerName, name, why)
+	return ServerName{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, ""
 }
 
 // ParseName splits a Consul SNI name of trustDomain into its parts. It is the

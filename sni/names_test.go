@@ -235,3 +235,19 @@ func TestParseServerNameAllocations(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 }
+
+// A router asks ServerNameOf of every name it sees, most of them services'
+// names: it answers without allocating either way, and as ParseServerName
+// does.
+func TestServerNameOfAgreesAndDoesNotAllocate(t *testing.T) {
+	names := []string{"node-dc1.server.dc1.consul", "server.dc2.consul", "api.default.dc1.internal." + td,
+		"server.dc1.peering." + td, "example.com", "*.server.dc1.consul", ".server.dc1.consul", "SERVER.DC1.CONSUL"}
+	for _, name := range names {
+		want, err := ParseServerName(name, "consul")
+		got, ok := ServerNameOf(name, "consul")
+		assert.Equal(t, err == nil, ok, name)
+		assert.Equal(t, want, got, name)
+		allocs := testing.AllocsPerRun(100, func() { ServerNameOf(name, "consul") })
+		assert.Zero(t, allocs, name)
+	}
+}
