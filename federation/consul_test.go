@@ -99,14 +99,7 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 		},
 	}
 	register := addr == ""
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var ln net.Listener
-	consultest.WaitFor(t, eventually, "the gateway's address to be free", func() bool {
-		ln, err = net.Listen("tcp", addr)
-		return err == nil
-	})
+	ln := meshtest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
 	t.Cleanup(g.stop)

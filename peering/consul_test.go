@@ -80,14 +80,7 @@ func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGatew
 			return c, err
 		},
 	}
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var ln net.Listener
-	consultest.WaitFor(t, eventually, "the gateway's address to be free", func() bool {
-		ln, err = net.Listen("tcp", addr)
-		return err == nil
-	})
+	ln := meshtest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
 	g.dereg, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{

@@ -147,3 +147,20 @@ func WatchCerts(t testing.TB, agent *consultest.Agent, service string) *sidecar.
 	t.Cleanup(c.Close)
 	return c
 }
+
+// Listen listens on addr, 127.0.0.1:0 when empty, waiting while it is still
+// taken: a gateway restarted on its old address may find the port held for
+// a moment by the process that just let it go.
+func Listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	consultest.WaitFor(t, time.Minute, "the address "+addr+" to be free", func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	return ln
+}
