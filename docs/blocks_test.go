@@ -4,11 +4,24 @@ import (
 	"bufio"
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 )
+
+// docFiles returns the repository's root and the Markdown files the docs
+// tests read: the README and the guides.
+func docFiles(t *testing.T) (root string, files []string) {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	require.NoError(t, err)
+	guides, err := filepath.Glob("*.md")
+	require.NoError(t, err)
+	require.NotEmpty(t, guides)
+	return root, append([]string{filepath.Join(root, "README.md")}, guides...)
+}
 
 // A block is one fenced code block of a Markdown file.
 type block struct {

@@ -21,11 +21,7 @@ import (
 // are lines of that function, in order, so that it cannot drift from the
 // code the tests run.
 func TestGoBlocksAreRealCode(t *testing.T) {
-	root, err := filepath.Abs("..")
-	require.NoError(t, err)
-	guides, err := filepath.Glob("*.md")
-	require.NoError(t, err)
-	files := append([]string{filepath.Join(root, "README.md")}, guides...)
+	root, files := docFiles(t)
 	total := 0
 	for _, file := range files {
 		for _, b := range blocks(t, file, "go") {

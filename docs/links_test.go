@@ -17,11 +17,7 @@ var mdLink = regexp.MustCompile(`\]\(([^)#\s]*\.md)?(#[^)\s]*)?\)`)
 // Every link between the README and the guides leads to a file that
 // exists and, where it names a section, to a heading of that file.
 func TestLinksLeadSomewhere(t *testing.T) {
-	root, err := filepath.Abs("..")
-	require.NoError(t, err)
-	guides, err := filepath.Glob("*.md")
-	require.NoError(t, err)
-	files := append([]string{filepath.Join(root, "README.md")}, guides...)
+	_, files := docFiles(t)
 	links := 0
 	for _, file := range files {
 		data, err := os.ReadFile(file)

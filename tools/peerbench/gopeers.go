@@ -194,30 +194,28 @@ func buildProgram(name, version, mainSrc, goModExtra string, modules ...string) 
 	return bin, nil
 }
 
-func startTCPProxy(dir, backendAddr, name string, _ int) (*target, *proc, error) {
-	bin, err := buildProgram("tcpproxy", tcpproxyVer, tcpproxyMain, "", tcpproxyModule+"@"+tcpproxyVer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("tcpproxy: %w", err)
+// startFlagsProgram starts one of our small mains (tcpproxy's, Traefik's),
+// which take -listen, -sni and -backend.
+func startFlagsProgram(label, bin string, buildErr error, dir, backendAddr, name string) (*target, *proc, error) {
+	if buildErr != nil {
+		return nil, nil, fmt.Errorf("%s: %w", label, buildErr)
 	}
 	addr := freePort()
-	p, err := startProc("tcpproxy", []string{bin, "-listen", addr, "-sni", name, "-backend", backendAddr}, filepath.Join(dir, "tcpproxy.log"))
+	p, err := startProc(label, []string{bin, "-listen", addr, "-sni", name, "-backend", backendAddr}, filepath.Join(dir, label+".log"))
 	if err != nil {
 		return nil, nil, err
 	}
-	return &target{name: "tcpproxy", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+	return &target{name: label, addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+}
+
+func startTCPProxy(dir, backendAddr, name string, _ int) (*target, *proc, error) {
+	bin, err := buildProgram("tcpproxy", tcpproxyVer, tcpproxyMain, "", tcpproxyModule+"@"+tcpproxyVer)
+	return startFlagsProgram("tcpproxy", bin, err, dir, backendAddr, name)
 }
 
 func startTraefik(dir, backendAddr, name string, _ int) (*target, *proc, error) {
 	bin, err := buildProgram("traefik", traefikVer, traefikMain, traefikReplaces, traefikModule+"@"+traefikVer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("traefik: %w", err)
-	}
-	addr := freePort()
-	p, err := startProc("traefik", []string{bin, "-listen", addr, "-sni", name, "-backend", backendAddr}, filepath.Join(dir, "traefik.log"))
-	if err != nil {
-		return nil, nil, err
-	}
-	return &target{name: "traefik", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+	return startFlagsProgram("traefik", bin, err, dir, backendAddr, name)
 }
 
 func startCaddyL4(dir, backendAddr, name string, _ int) (*target, *proc, error) {
