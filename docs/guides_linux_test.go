@@ -3,6 +3,9 @@ package docs_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -39,6 +42,10 @@ func TestGuidesCommandsWork(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), guideTimeout)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "bash", "-c", script)
+			// The guides keep their files under mktemp -d: here, so that a
+			// failure can show their logs.
+			tmp := t.TempDir()
+			cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 			// Its own process group, so that what it left running can be
 			// ended with it.
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -51,11 +58,30 @@ func TestGuidesCommandsWork(t *testing.T) {
 			err = cmd.Wait()
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			if err != nil {
-				t.Fatalf("%s: the guide's commands failed after %v: %v\n%s", guide, time.Since(start).Round(time.Second), err, tail(out.String(), 6000))
+				t.Fatalf("%s: the guide's commands failed after %v: %v\n%s%s", guide, time.Since(start).Round(time.Second), err, tail(out.String(), 6000), logTails(tmp))
 			}
 			t.Logf("%s: %d command blocks ran in %v", guide, len(blocks), time.Since(start).Round(100*time.Millisecond))
 		})
 	}
+}
+
+// logTails returns the end of every *.log file under dir, each under its
+// name.
+func logTails(dir string) string {
+	var b strings.Builder
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, path)
+		fmt.Fprintf(&b, "\n== %s (end)\n%s", rel, tail(string(data), 3000))
+		return nil
+	})
+	return b.String()
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
