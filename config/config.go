@@ -18,11 +18,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
 	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/modes"
 )
 
@@ -30,16 +32,19 @@ import (
 type Set struct {
 	// ProxyDefaults is the proxy-defaults "global" entry, or nil.
 	ProxyDefaults *api.ProxyConfigEntry
-	// ServiceDefaults holds the service-defaults entries by service name.
-	ServiceDefaults map[string]*api.ServiceConfigEntry
+	// ServiceDefaults holds the service-defaults entries by service name,
+	// namespace and partition.
+	ServiceDefaults map[EntryKey]*api.ServiceConfigEntry
 	// Mesh is the mesh entry, or nil.
 	Mesh *api.MeshConfigEntry
-	// ExportedServices is the exported-services entry of the default
-	// partition, or nil: which services peers may consume.
-	ExportedServices *api.ExportedServicesConfigEntry
-	// ServiceResolvers holds the service-resolver entries by service name:
-	// their subsets, DefaultSubset, Redirect, Failover and ConnectTimeout.
-	ServiceResolvers map[string]*api.ServiceResolverConfigEntry
+	// ExportedServices holds the exported-services entries by partition
+	// (the entry's Name; "default" when the file gives none): which
+	// services of that partition peers may consume.
+	ExportedServices map[string]*api.ExportedServicesConfigEntry
+	// ServiceResolvers holds the service-resolver entries by service name,
+	// namespace and partition: their subsets, DefaultSubset, Redirect,
+	// Failover and ConnectTimeout.
+	ServiceResolvers map[EntryKey]*api.ServiceResolverConfigEntry
 	// SamenessGroups holds the sameness-group entries by name (a Consul
 	// Enterprise feature: Consul CE refuses them, and resolvers naming one).
 	SamenessGroups map[string]*api.SamenessGroupConfigEntry
@@ -50,6 +55,35 @@ type Set struct {
 	Services []Service
 	// Topology is the merged topology documents, or nil if there were none.
 	Topology *Topology
+}
+
+// EntryKey names the config entry of one service (its service-defaults or
+// service-resolver): Consul keeps one per service name, namespace and
+// partition. Keys are stored with empty Namespace and Partition as
+// "default" (KeyOf makes them so), as Consul CE has only those.
+type EntryKey struct {
+	Name      string
+	Namespace string
+	Partition string
+}
+
+// KeyOf returns the key of service name in namespace and partition, an
+// empty one being "default".
+func KeyOf(name, namespace, partition string) EntryKey {
+	return EntryKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition)}
+}
+
+// String names the entry as messages do: the name, then the namespace
+// and partition where they are not "default".
+func (k EntryKey) String() string {
+	s := strconv.Quote(k.Name)
+	if ns := tenancy.OrDefault(k.Namespace); ns != tenancy.Default {
+		s += " in namespace " + strconv.Quote(ns)
+	}
+	if ap := tenancy.OrDefault(k.Partition); ap != tenancy.Default {
+		s += " in partition " + strconv.Quote(ap)
+	}
+	return s
 }
 
 // Service is one agent service definition and where it came from.
@@ -132,8 +166,8 @@ func Parse(name string, src []byte) (*Set, error) {
 }
 
 func newSet() *Set {
-	return &Set{ServiceDefaults: map[string]*api.ServiceConfigEntry{}, ServiceResolvers: map[string]*api.ServiceResolverConfigEntry{},
-		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}}
+	return &Set{ServiceDefaults: map[EntryKey]*api.ServiceConfigEntry{}, ServiceResolvers: map[EntryKey]*api.ServiceResolverConfigEntry{},
+		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}, ExportedServices: map[string]*api.ExportedServicesConfigEntry{}}
 }
 
 // flatten turns nested multierrors into one flat list, formatted one per line.
@@ -282,8 +316,8 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 		return
 	}
 	drop := []string{keyKind}
-	if kind == api.MeshConfig || kind == api.ExportedServices {
-		drop = append(drop, "Name") // fixed names, no Name field
+	if kind == api.MeshConfig {
+		drop = append(drop, "Name") // a fixed name, no Name field
 	}
 	before := errorCount(d.Err())
 	d.Decode(n.Without(drop...), entry, join(path, kind))
@@ -307,22 +341,24 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 			d.Errorf(line, path, "service-defaults has no Name")
 			return
 		}
-		if s.ServiceDefaults[e.Name] != nil {
-			d.Errorf(line, path, "a second service-defaults for %q", e.Name)
+		k := KeyOf(e.Name, e.Namespace, e.Partition)
+		if s.ServiceDefaults[k] != nil {
+			d.Errorf(line, path, "a second service-defaults for %s", k)
 			return
 		}
-		s.ServiceDefaults[e.Name] = e
+		s.ServiceDefaults[k] = e
 	case *api.ServiceResolverConfigEntry:
+		k := KeyOf(e.Name, e.Namespace, e.Partition)
 		switch {
 		case e.Name == "":
 			d.Errorf(line, path, "service-resolver has no Name")
-		case s.ServiceResolvers[e.Name] != nil:
-			d.Errorf(line, path, "a second service-resolver for %q", e.Name)
+		case s.ServiceResolvers[k] != nil:
+			d.Errorf(line, path, "a second service-resolver for %s", k)
 		default:
 			for _, msg := range resolverProblems(e) {
 				d.Errorf(line, path, "service-resolver %q: %s", e.Name, msg)
 			}
-			s.ServiceResolvers[e.Name] = e
+			s.ServiceResolvers[k] = e
 		}
 	case *api.SamenessGroupConfigEntry:
 		switch {
@@ -343,8 +379,10 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 		}
 		s.Mesh = e
 	case *api.ExportedServicesConfigEntry:
-		if s.ExportedServices != nil {
-			d.Errorf(line, path, "a second exported-services entry")
+		// Its Name is the partition whose services it exports.
+		e.Name = tenancy.OrDefault(e.Name)
+		if s.ExportedServices[e.Name] != nil {
+			d.Errorf(line, path, "a second exported-services entry for partition %q", e.Name)
 			return
 		}
 		for i, svc := range e.Services {
@@ -357,7 +395,7 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 				}
 			}
 		}
-		s.ExportedServices = e
+		s.ExportedServices[e.Name] = e
 	default:
 		s.Other = append(s.Other, entry)
 	}

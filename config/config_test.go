@@ -33,8 +33,8 @@ func TestSeedProxyDefaults(t *testing.T) {
 func TestSeedServiceDefaults(t *testing.T) {
 	for _, f := range []string{"web-defaults-local.hcl", "web-defaults-local.yaml"} {
 		s := seed(t, f)
-		require.Contains(t, s.ServiceDefaults, "web", f)
-		assert.Equal(t, api.MeshGatewayModeLocal, s.ServiceDefaults["web"].MeshGateway.Mode, f)
+		require.Contains(t, s.ServiceDefaults, KeyOf("web", "", ""), f)
+		assert.Equal(t, api.MeshGatewayModeLocal, s.ServiceDefaults[KeyOf("web", "", "")].MeshGateway.Mode, f)
 	}
 }
 
@@ -212,10 +212,10 @@ func TestLoadDirectoryAndMultiDocument(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, api.MeshGatewayModeLocal, s.ProxyDefaults.MeshGateway.Mode)
 	assert.ElementsMatch(t, []string{"api", "db", "web"}, keys(s.ServiceDefaults))
-	assert.Equal(t, api.MeshGatewayModeNone, s.ServiceDefaults["web"].UpstreamConfig.Defaults.MeshGateway.Mode)
+	assert.Equal(t, api.MeshGatewayModeNone, s.ServiceDefaults[KeyOf("web", "", "")].UpstreamConfig.Defaults.MeshGateway.Mode)
 	assert.True(t, s.Mesh.Peering.PeerThroughMeshGateways)
 	assert.Empty(t, s.Other)
-	resolver := s.ServiceResolvers["api"]
+	resolver := s.ServiceResolvers[KeyOf("api", "", "")]
 	require.NotNil(t, resolver)
 	assert.Equal(t, "3s", resolver.ConnectTimeout.String())
 	require.Len(t, s.Services, 2)
@@ -244,10 +244,10 @@ func TestTopologyMerges(t *testing.T) {
 	require.ErrorContains(t, err, `datacenter "dc9" disagrees with "dc1"`)
 }
 
-func keys[V any](m map[string]V) []string {
+func keys[V any](m map[EntryKey]V) []string {
 	var out []string
 	for k := range m {
-		out = append(out, k)
+		out = append(out, k.Name)
 	}
 	return out
 }
@@ -265,7 +265,7 @@ Failover = {
 }
 `)
 	require.NoError(t, err)
-	f := set.ServiceResolvers["api"].Failover
+	f := set.ServiceResolvers[KeyOf("api", "", "")].Failover
 	assert.Equal(t, []string{"dc2", "dc3"}, f["*"].Datacenters)
 	assert.Equal(t, []api.ServiceResolverFailoverTarget{{Datacenter: "dc2"}, {Service: "api-backup"}, {Peer: "other"}}, f["v1"].Targets)
 

@@ -36,5 +36,5 @@ func TestHostileYAML(t *testing.T) {
 	ok := "Kind: service-defaults\nName: web\nMeta: &m {a: b}\n---\nKind: service-defaults\nName: api\nMeta: *m\n"
 	set, err := Parse("ok.yaml", []byte(ok))
 	require.NoError(t, err)
-	assert.Equal(t, "b", set.ServiceDefaults["api"].Meta["a"])
+	assert.Equal(t, "b", set.ServiceDefaults[KeyOf("api", "", "")].Meta["a"])
 }

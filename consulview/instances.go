@@ -37,7 +37,7 @@ func UnmergeCentralConfig(v *resolve.View, inst resolve.Instance) resolve.Instan
 		return inst
 	}
 	proxy := *inst.Proxy
-	sd, pd := v.ServiceDefaults[inst.Service], v.ProxyDefaults
+	sd, pd := v.ServiceDefaultsFor(inst.Service, inst.Namespace, inst.Partition), v.ProxyDefaults
 	central := modes.Decide(modes.ForUpstream(api.Upstream{}, nil, sd, pd))
 	if central.Mode != "" && proxy.MeshGateway.Mode == central.Mode {
 		proxy.MeshGateway.Mode = ""

@@ -358,9 +358,9 @@ func (c *Source) publishLocked() {
 		Partition:       s.partition,
 		TrustDomain:     s.trustDomain,
 		ProxyDefaults:   s.proxyDefaults,
-		ServiceDefaults: make(map[string]*api.ServiceConfigEntry, len(s.serviceDefaults)),
+		ServiceDefaults: make(map[resolve.EntryKey]*api.ServiceConfigEntry, len(s.serviceDefaults)),
 		Mesh:            s.mesh,
-		Resolvers:       s.resolvers,
+		Resolvers:       make(map[resolve.EntryKey]*api.ServiceResolverConfigEntry, len(s.resolvers)),
 		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
 		Subsets:         make(map[resolve.ServiceKey]map[string][]resolve.Endpoint, len(c.cat.subsets)),
 		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),
@@ -372,8 +372,13 @@ func (c *Source) publishLocked() {
 		k.Datacenter = s.datacenter
 		v.Exports[k] = peers
 	}
-	for k, e := range s.serviceDefaults {
-		v.ServiceDefaults[k] = e
+	// The entries of the agent's namespace and partition, which the
+	// source follows (Consul CE has only "default").
+	for _, e := range s.serviceDefaults {
+		v.ServiceDefaults[resolve.KeyOf(e.Name, e.Namespace, e.Partition)] = e
+	}
+	for _, r := range s.resolvers {
+		v.Resolvers[resolve.KeyOf(r.Name, r.Namespace, r.Partition)] = r
 	}
 	for name, eps := range s.endpoints {
 		v.Services[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps

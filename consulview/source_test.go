@@ -411,7 +411,7 @@ func TestRegisterGateway(t *testing.T) {
 func TestUnmergeCentralConfig(t *testing.T) {
 	v := &resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
 		ProxyDefaults:   &api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: "global", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},
-		ServiceDefaults: map[string]*api.ServiceConfigEntry{}}
+		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{}}
 	merged := resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{
 		MeshGateway: api.MeshGatewayConfig{Mode: "local"},
 		Upstreams: []api.Upstream{

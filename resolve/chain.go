@@ -209,7 +209,7 @@ func (v *View) resolverOf(t chainTarget) *api.ServiceResolverConfigEntry {
 	if t.peer != "" {
 		return nil
 	}
-	if r := v.Resolvers[t.service]; r != nil {
+	if r := v.ResolverFor(t.service, t.namespace, t.partition); r != nil {
 		return r
 	}
 	if t.partition != v.Local().Partition {
@@ -291,7 +291,7 @@ func failoverOf(v *View, t chainTarget, r *api.ServiceResolverConfigEntry) ([]ch
 // downstream's layers, else the target's own service-defaults), its route,
 // SNI, addresses, hops and health.
 func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Target, []string) {
-	d := modes.Decide(layers.WithDestination(v.ServiceDefaults[t.service]))
+	d := modes.Decide(layers.WithDestination(v.ServiceDefaultsFor(t.service, t.namespace, t.partition)))
 	out := Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition,
 		Datacenter: t.datacenter, Peer: t.peer, Mode: d.Mode, Source: d.Source, Dial: []string{}}
 	if t.peer != "" {

@@ -101,6 +101,7 @@ func PlanInstance(v *View, inst Instance) []Plan {
 }
 
 // PlanUpstream applies Consul's semantics to one upstream of inst:
+//   - an upstream without a namespace or partition is in the proxy's;
 //   - the mode comes from modes.Resolve over the upstream, the downstream's
 //     service-defaults (overrides, defaults, its own mode), the instance and
 //     proxy-defaults, and, when none of them sets one, the service-defaults
@@ -126,7 +127,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 		LocalBindPort: up.LocalBindPort,
 		Warnings:      []string{},
 	}
-	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaults[inst.Service], v.ProxyDefaults)
+	layers := modes.ForUpstream(up, inst.Proxy, v.ServiceDefaultsFor(inst.Service, inst.Namespace, firstNonEmpty(inst.Partition, v.Partition)), v.ProxyDefaults)
 	if err := layers.Validate(); err != nil {
 		p.Warnings = append(p.Warnings, err.Error())
 	}
@@ -135,7 +136,10 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	}
 	self := inst.Service + " sidecar"
 
-	start := chainTarget{service: up.DestinationName, namespace: up.DestinationNamespace,
+	// An upstream without a namespace is in the proxy's, and one without a
+	// partition in the proxy's, as the agent fills them in
+	// (agent/proxycfg/state.go); a peer's namespace is the one at the peer.
+	start := chainTarget{service: up.DestinationName, namespace: firstNonEmpty(up.DestinationNamespace, inst.Namespace),
 		partition: firstNonEmpty(up.DestinationPartition, inst.Partition, local.Partition), peer: up.DestinationPeer}
 	if start.peer == "" {
 		start.datacenter = firstNonEmpty(up.Datacenter, v.Datacenter)

@@ -89,7 +89,7 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 // it has one, else to every healthy endpoint; dials within the resolver's
 // ConnectTimeout.
 func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
-	res := v.Resolvers[name.Service]
+	res := v.ResolverFor(name.Service, name.Namespace, name.Partition)
 	subset := name.Subset
 	if subset == "" && res != nil {
 		subset = res.DefaultSubset

@@ -117,9 +117,9 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	if v.TrustDomain == "" {
 		v.TrustDomain = DefaultTrustDomain
 	}
-	if e := set.ExportedServices; e != nil {
+	for partition, e := range set.ExportedServices {
 		for _, svc := range e.Services {
-			k := ServiceKey{Name: svc.Name, Namespace: svc.Namespace}
+			k := ServiceKey{Name: svc.Name, Namespace: svc.Namespace, Partition: partition}
 			for _, c := range svc.Consumers {
 				if c.Peer != "" {
 					v.Exports[k] = append(v.Exports[k], c.Peer)
@@ -233,18 +233,26 @@ func StaticView(v *View) (*Static, error) {
 		k = key(k)
 		n.Services[k] = append(n.Services[k], eps...)
 	}
+	n.Resolvers = make(map[EntryKey]*api.ServiceResolverConfigEntry, len(v.Resolvers))
+	for k, r := range v.Resolvers {
+		n.Resolvers[KeyOf(k.Name, k.Namespace, k.Partition)] = r
+	}
 	n.Subsets = make(map[ServiceKey]map[string][]Endpoint, len(v.Subsets))
 	for k, subsets := range v.Subsets {
 		for name, eps := range subsets {
-			if !definesSubset(v.Resolvers[k.Name], name) {
-				return nil, fmt.Errorf("resolve: subset %q of service %q has endpoints, but no service-resolver for %q defines it", name, k.Name, k.Name)
-			}
 			k := key(k)
+			if !definesSubset(n.Resolvers[KeyOf(k.Name, k.Namespace, k.Partition)], name) {
+				return nil, fmt.Errorf("resolve: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, KeyOf(k.Name, k.Namespace, k.Partition))
+			}
 			if n.Subsets[k] == nil {
 				n.Subsets[k] = map[string][]Endpoint{}
 			}
 			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
 		}
+	}
+	n.ServiceDefaults = make(map[EntryKey]*api.ServiceConfigEntry, len(v.ServiceDefaults))
+	for k, e := range v.ServiceDefaults {
+		n.ServiceDefaults[KeyOf(k.Name, k.Namespace, k.Partition)] = e
 	}
 	n.SamenessGroups = make(map[string]*api.SamenessGroupConfigEntry, len(v.SamenessGroups))
 	for name, g := range v.SamenessGroups {

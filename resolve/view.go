@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
@@ -153,13 +154,16 @@ type View struct {
 	Partition   string
 	TrustDomain string
 
-	ProxyDefaults   *api.ProxyConfigEntry
-	ServiceDefaults map[string]*api.ServiceConfigEntry
+	ProxyDefaults *api.ProxyConfigEntry
+	// ServiceDefaults holds the service-defaults entries by service name,
+	// namespace and partition (see ServiceDefaultsFor).
+	ServiceDefaults map[EntryKey]*api.ServiceConfigEntry
 	Mesh            *api.MeshConfigEntry
-	// Resolvers holds the service-resolver entries by service name: a local
-	// service's subsets, DefaultSubset and ConnectTimeout for the router;
-	// DefaultSubset, Redirect and Failover for the planner.
-	Resolvers map[string]*api.ServiceResolverConfigEntry
+	// Resolvers holds the service-resolver entries by service name,
+	// namespace and partition (see ResolverFor): a local service's subsets,
+	// DefaultSubset and ConnectTimeout for the router; DefaultSubset,
+	// Redirect and Failover for the planner.
+	Resolvers map[EntryKey]*api.ServiceResolverConfigEntry
 	// SamenessGroups holds the sameness-group entries by name, for
 	// failover (a Consul Enterprise feature; a CE source has none).
 	SamenessGroups map[string]*api.SamenessGroupConfigEntry
@@ -190,6 +194,30 @@ type View struct {
 	// The other datacenters' gateways it routes servers' names to are
 	// Gateways.
 	Federation *Federation
+}
+
+// EntryKey names the config entry of one service: its name, namespace and
+// partition, the last two "default" when empty (KeyOf makes keys so, and
+// StaticView stores them so).
+type EntryKey = config.EntryKey
+
+// KeyOf returns the EntryKey of service name in namespace and partition,
+// an empty one being "default".
+func KeyOf(name, namespace, partition string) EntryKey {
+	return config.KeyOf(name, namespace, partition)
+}
+
+// ServiceDefaultsFor returns the service-defaults entry of service name in
+// namespace and partition (empty means "default"), or nil: each namespace
+// and partition has its own, as in Consul.
+func (v *View) ServiceDefaultsFor(name, namespace, partition string) *api.ServiceConfigEntry {
+	return v.ServiceDefaults[KeyOf(name, namespace, partition)]
+}
+
+// ResolverFor returns the service-resolver entry of service name in
+// namespace and partition (empty means "default"), or nil.
+func (v *View) ResolverFor(name, namespace, partition string) *api.ServiceResolverConfigEntry {
+	return v.Resolvers[KeyOf(name, namespace, partition)]
 }
 
 // Federation is what a mesh gateway needs to carry WAN federation between

@@ -181,7 +181,7 @@ func failoverWorld(tb testing.TB, w *world, dc1Addr string, dc1Healthy, dc2Healt
 		services[resolve.ServiceKey{Name: "api", Datacenter: "dc2"}] = w.dialer.Source.View().Endpoints("api", "", "", "dc2")
 	}
 	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain, Services: services,
-		Resolvers: map[string]*api.ServiceResolverConfigEntry{"api": {Kind: api.ServiceResolver, Name: "api",
+		Resolvers: map[resolve.EntryKey]*api.ServiceResolverConfigEntry{resolve.KeyOf("api", "", ""): {Kind: api.ServiceResolver, Name: "api",
 			Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}},
 		Gateways: w.dialer.Source.View().Gateways})
 	require.NoError(tb, err)
