@@ -102,25 +102,31 @@ func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error
 }
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
-// sidecar or gateway reaching a service this cluster exports to it.
+// sidecar or gateway reaching a service this cluster exports to it, along
+// the service's discovery chain (resolve.View.ExportedRoute): the primary
+// target's endpoints in turn, then the local failover targets'.
 func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, error) {
 	local := v.Local()
 	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
 		return gateway.Route{}, gateway.Reject(ReasonNotExported,
 			"service %q (namespace %q, partition %q) is not exported to peer %q", name.Service, name.Namespace, name.Partition, name.Peer)
 	}
-	eps := v.Endpoints(name.Service, name.Namespace, name.Partition, "")
-	targets := make([]string, 0, len(eps))
-	for _, e := range eps {
-		if e.Address != "" {
-			targets = append(targets, e.Address)
+	er := v.ExportedRoute(name.Service, name.Namespace)
+	if len(er.Primary)+len(er.Failover) == 0 {
+		if len(er.Skipped) > 0 {
+			return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
+				"exported service %q resolves to %s, in another datacenter, partition or peer: a mesh gateway sends a peer's connections to targets in its own (%s) only, as Consul's does",
+				name.Service, strings.Join(er.Skipped, ", then "), local)
 		}
-	}
-	if len(targets) == 0 {
 		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
-			"exported service %q (namespace %q) has no healthy mesh endpoints in %s", name.Service, name.Namespace, local)
+			"exported service %q (namespace %q) has no healthy mesh endpoints in %s (its chain's target: %s)", name.Service, name.Namespace, local, er.Target)
 	}
-	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.turn.Of(targets), Kind: KindExported}, nil
+	targets := r.turn.Of(er.Primary)
+	if len(er.Failover) > 0 {
+		targets = append(append(make([]string, 0, len(targets)+len(er.Failover)), targets...), er.Failover...)
+	}
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: targets, Kind: KindExported,
+		ConnectTimeout: er.ConnectTimeout}, nil
 }
 
 // toPeer routes a name in another cluster's trust domain, only if it is

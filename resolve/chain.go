@@ -3,6 +3,7 @@ package resolve
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
@@ -374,4 +375,64 @@ func planPeered(v *View, t *Target, d modes.Decision, self string) []string {
 		warnings = append(warnings, "no addresses known for "+t.Hops[1])
 	}
 	return warnings
+}
+
+// ExportedRoute is where a mesh gateway sends a peer's connection to a
+// service this cluster exports: the service's discovery chain as Consul's
+// gateway compiles it for exports (makeExportedUpstreamClustersForMeshGateway
+// and makeExportedUpstreamEndpointsForMeshGateway in agent/xds), with only
+// the targets in the gateway's datacenter and partition.
+type ExportedRoute struct {
+	// Target names the chain's primary target, after redirects and the
+	// default subset, as Target.String does: "v1.api dc1".
+	Target string
+	// Primary lists the primary target's healthy endpoints, when it is
+	// local.
+	Primary []string
+	// Failover lists the endpoints of the failover targets that are local,
+	// in chain order, to try after Primary.
+	Failover []string
+	// ConnectTimeout is the primary target's service-resolver's; zero when
+	// it sets none.
+	ConnectTimeout time.Duration
+	// Skipped names the chain's targets left out because they are in
+	// another datacenter, partition or peer, as Consul's gateway leaves them
+	// out (with a warning in its log).
+	Skipped []string
+}
+
+// ExportedRoute returns the route of a peer's connection to service name
+// in namespace (empty means "default") of the local partition: redirects,
+// the default subset and failover apply as for a local upstream.
+func (v *View) ExportedRoute(name, namespace string) ExportedRoute {
+	local := v.Local()
+	start := normalTarget(v, chainTarget{service: name, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
+	primary, resolver, _, _ := resolveTarget(v, start)
+	out := ExportedRoute{Target: describeTarget(primary)}
+	isLocal := func(t chainTarget) bool {
+		return t.peer == "" && (Location{t.datacenter, t.partition}) == local
+	}
+	if isLocal(primary) {
+		out.Primary = addrs(endpointsOf(v, primary), false)
+	} else {
+		out.Skipped = append(out.Skipped, out.Target)
+	}
+	if resolver != nil {
+		out.ConnectTimeout = resolver.ConnectTimeout
+	}
+	failover, _, _ := failoverOf(v, primary, resolver)
+	for _, f := range failover {
+		resolved, _, _, _ := resolveTarget(v, f)
+		if !isLocal(resolved) {
+			out.Skipped = append(out.Skipped, describeTarget(resolved))
+			continue
+		}
+		out.Failover = append(out.Failover, addrs(endpointsOf(v, resolved), false)...)
+	}
+	return out
+}
+
+// describeTarget names a resolved target as Target.String does.
+func describeTarget(t chainTarget) string {
+	return Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition, Datacenter: t.datacenter, Peer: t.peer}.String()
 }

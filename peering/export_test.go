@@ -1,0 +1,119 @@
+package peering_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// exportTopology is cluster B in partition part (empty: default), with api
+// and its neighbours.
+func exportTopology(partition string) string {
+	return `topology {
+  datacenter   = "dc1"
+  partition    = "` + partition + `"
+  trust_domain = "` + tdB + `"
+  services = [
+    { name = "api", partition = "` + partition + `", addresses = ["127.0.20.10:21000", "127.0.20.11:21000"] },
+    { name = "api", partition = "` + partition + `", subset = "v1", addresses = ["127.0.20.11:21000"] },
+    { name = "api-v2", partition = "` + partition + `", addresses = ["127.0.20.20:21000"] },
+    { name = "api-backup", partition = "` + partition + `", addresses = ["127.0.20.30:21000"] },
+    { name = "db", addresses = ["127.0.20.40:21000"] },
+    { name = "api", datacenter = "dc2", partition = "` + partition + `", addresses = ["127.0.21.10:21000"] },
+  ]
+  gateways = [{ datacenter = "dc2", partition = "` + partition + `", addresses = ["127.0.21.5:8443"] }]
+  peers = [{ name = "cluster-a", trust_domain = "` + tdA + `" }]
+}
+`
+}
+
+// Each partition has its own exported-services entry, named after it (as
+// Consul Enterprise keeps them); a gateway serves its own partition's
+// exports only.
+func TestExportsOfEachPartition(t *testing.T) {
+	exports := `Kind = "exported-services"
+Name = "part1"
+Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
+`
+	defaults := `Kind = "exported-services"
+Name = "default"
+Services = [{ Name = "db", Consumers = [{ Peer = "cluster-a" }] }]
+`
+	files := map[string]string{"topology.hcl": exportTopology("part1"), "exports.hcl": exports, "defaults.hcl": defaults,
+		"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nPartition = \"part1\"\nSubsets = { v1 = {} }\n"}
+	r := &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+	targets, reason := route(t, r, sni.PeeredServiceSNI("api", "", "part1", "cluster-a", tdB))
+	assert.Empty(t, reason)
+	assert.ElementsMatch(t, []string{"127.0.20.10:21000", "127.0.20.11:21000"}, targets)
+	_, reason = route(t, r, sni.PeeredServiceSNI("db", "", "", "cluster-a", tdB))
+	assert.Equal(t, peering.ReasonNotExported, reason, "the default partition's export, not this gateway's partition")
+
+	// The default partition's gateway serves db, not part1's api.
+	files["topology.hcl"] = exportTopology("")
+	delete(files, "api.hcl")
+	files["api.hcl"] = "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n"
+	r = &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+	targets, reason = route(t, r, sni.PeeredServiceSNI("db", "", "", "cluster-a", tdB))
+	assert.Empty(t, reason)
+	assert.Equal(t, []string{"127.0.20.40:21000"}, targets)
+	_, reason = route(t, r, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
+	assert.Equal(t, peering.ReasonNotExported, reason)
+
+	// One entry per partition.
+	_, err := config.Parse("twice.yaml", []byte("Kind: exported-services\nName: part1\n---\nKind: exported-services\nName: part1\n"))
+	assert.ErrorContains(t, err, `a second exported-services entry for partition "part1"`)
+}
+
+// A peer's connection to an exported service follows the service's
+// discovery chain as Consul's gateway compiles it for exports
+// (makeExportedUpstreamClustersForMeshGateway): the resolver's
+// DefaultSubset, a Redirect to another local service, its ConnectTimeout,
+// and failover to local targets after the primary's endpoints. Targets in
+// another datacenter, partition or peer are left out, as Consul's gateway
+// leaves them out; a chain with no local target left is refused with a
+// reason that names it.
+func TestExportedServiceFollowsItsResolver(t *testing.T) {
+	exports := `Kind = "exported-services"
+Name = "default"
+Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
+`
+	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
+	for _, tc := range []struct {
+		what, resolver string
+		targets        []string
+		timeout        time.Duration
+		reason, msg    string
+	}{
+		{"the default subset", "DefaultSubset = \"v1\"\nConnectTimeout = \"3s\"\n", []string{"127.0.20.11:21000"}, 3 * time.Second, "", ""},
+		{"a redirect to another service", "Redirect { Service = \"api-v2\" }\n", []string{"127.0.20.20:21000"}, 0, "", ""},
+		{"failover to a local service, after the primary", "DefaultSubset = \"v1\"\nFailover = { \"*\" = { Targets = [{ Datacenter = \"dc2\" }, { Service = \"api-backup\" }] } }\n",
+			[]string{"127.0.20.11:21000", "127.0.20.30:21000"}, 0, "", ""},
+		{"a redirect to another datacenter", "Redirect { Datacenter = \"dc2\" }\n", nil, 0, resolve.ReasonUnknownService,
+			`exported service "api" resolves to api dc2, in another datacenter, partition or peer`},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": exports,
+				"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n" + tc.resolver}
+			r := &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+			got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+			if tc.reason != "" {
+				_, reason := route(t, r, name)
+				assert.Equal(t, tc.reason, reason)
+				assert.ErrorContains(t, err, tc.msg)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.targets, got.Targets)
+			assert.Equal(t, tc.timeout, got.ConnectTimeout)
+			assert.Equal(t, peering.KindExported, got.Kind)
+		})
+	}
+}
