@@ -9,6 +9,39 @@
 // mode, an upstream with both datacenter and destination_peer, a second
 // proxy-defaults; each error names the value, the file and the line, and
 // every problem of a load is reported at once.
+//
+// A topology document (a top-level topology key) says where things are,
+// for planning and routing without a Consul agent; it decodes straight
+// into package mesh's View (Set.Topology), meshgate's one model of the
+// mesh. Its rows are the file spelling of the View's maps: a services row
+// is one entry of View.Services (of View.Subsets when it names a subset), a
+// gateways row one of View.Gateways, a peers row one of View.Peers. In HCL:
+//
+//	topology {
+//	  datacenter   = "dc1"
+//	  trust_domain = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+//	  services = [
+//	    { name = "api", datacenter = "dc2", addresses = ["10.0.2.10:21000"], wan_addresses = ["203.0.113.7:21000"] },
+//	    { name = "api", subset = "v1", namespace = "team", addresses = ["10.0.1.10:21000"] },
+//	  ]
+//	  gateways = [
+//	    { datacenter = "dc1", addresses = ["10.0.1.5:8443"], wan_addresses = ["198.51.100.5:8443"] },
+//	  ]
+//	  servers = ["10.0.1.2:8503"]
+//	  wan_federation {
+//	    servers = [{ node = "dc1-server-1", address = "10.0.1.2:8300" }]
+//	  }
+//	  peers = [
+//	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"],
+//	      imports = ["billing", "team/ledger"] },
+//	  ]
+//	}
+//
+// JSON and YAML use the same keys. Several topology documents merge into one
+// View: datacenter, partition and trust_domain must agree, rows add up, a
+// peer is listed once. This package checks what a file can get wrong on its
+// own (missing names, malformed addresses, fields that go together);
+// resolve.NewStatic adds the config entries and applies the View's rules.
 package config
 
 import (
@@ -18,13 +51,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
 	"github.com/meshgate/meshgate/internal/decode"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 )
 
@@ -34,7 +67,7 @@ type Set struct {
 	ProxyDefaults *api.ProxyConfigEntry
 	// ServiceDefaults holds the service-defaults entries by service name,
 	// namespace and partition.
-	ServiceDefaults map[EntryKey]*api.ServiceConfigEntry
+	ServiceDefaults map[mesh.EntryKey]*api.ServiceConfigEntry
 	// Mesh is the mesh entry, or nil.
 	Mesh *api.MeshConfigEntry
 	// ExportedServices holds the exported-services entries by partition
@@ -44,7 +77,7 @@ type Set struct {
 	// ServiceResolvers holds the service-resolver entries by service name,
 	// namespace and partition: their subsets, DefaultSubset, Redirect,
 	// Failover and ConnectTimeout.
-	ServiceResolvers map[EntryKey]*api.ServiceResolverConfigEntry
+	ServiceResolvers map[mesh.EntryKey]*api.ServiceResolverConfigEntry
 	// SamenessGroups holds the sameness-group entries by name (a Consul
 	// Enterprise feature: Consul CE refuses them, and resolvers naming one).
 	SamenessGroups map[string]*api.SamenessGroupConfigEntry
@@ -53,37 +86,11 @@ type Set struct {
 	Other []api.ConfigEntry
 	// Services are the agent service definitions, in file order.
 	Services []Service
-	// Topology is the merged topology documents, or nil if there were none.
-	Topology *Topology
-}
-
-// EntryKey names the config entry of one service (its service-defaults or
-// service-resolver): Consul keeps one per service name, namespace and
-// partition. Keys are stored with empty Namespace and Partition as
-// "default" (KeyOf makes them so), as Consul CE has only those.
-type EntryKey struct {
-	Name      string
-	Namespace string
-	Partition string
-}
-
-// KeyOf returns the key of service name in namespace and partition, an
-// empty one being "default".
-func KeyOf(name, namespace, partition string) EntryKey {
-	return EntryKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition)}
-}
-
-// String names the entry as messages do: the name, then the namespace
-// and partition where they are not "default".
-func (k EntryKey) String() string {
-	s := strconv.Quote(k.Name)
-	if ns := tenancy.OrDefault(k.Namespace); ns != tenancy.Default {
-		s += " in namespace " + strconv.Quote(ns)
-	}
-	if ap := tenancy.OrDefault(k.Partition); ap != tenancy.Default {
-		s += " in partition " + strconv.Quote(ap)
-	}
-	return s
+	// Topology is what the topology documents say, decoded into the model
+	// and merged (see the topology document's description in topology.go's
+	// doc), or nil if there were none: where services, gateways, peers and
+	// servers are, without the config entries, which the Set holds apart.
+	Topology *mesh.View
 }
 
 // Service is one agent service definition and where it came from.
@@ -166,7 +173,7 @@ func Parse(name string, src []byte) (*Set, error) {
 }
 
 func newSet() *Set {
-	return &Set{ServiceDefaults: map[EntryKey]*api.ServiceConfigEntry{}, ServiceResolvers: map[EntryKey]*api.ServiceResolverConfigEntry{},
+	return &Set{ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{}, ServiceResolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{},
 		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}, ExportedServices: map[string]*api.ExportedServicesConfigEntry{}}
 }
 
@@ -341,14 +348,14 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 			d.Errorf(line, path, "service-defaults has no Name")
 			return
 		}
-		k := KeyOf(e.Name, e.Namespace, e.Partition)
+		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
 		if s.ServiceDefaults[k] != nil {
 			d.Errorf(line, path, "a second service-defaults for %s", k)
 			return
 		}
 		s.ServiceDefaults[k] = e
 	case *api.ServiceResolverConfigEntry:
-		k := KeyOf(e.Name, e.Namespace, e.Partition)
+		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
 		switch {
 		case e.Name == "":
 			d.Errorf(line, path, "service-resolver has no Name")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-multierror"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -33,8 +34,8 @@ func TestSeedProxyDefaults(t *testing.T) {
 func TestSeedServiceDefaults(t *testing.T) {
 	for _, f := range []string{"web-defaults-local.hcl", "web-defaults-local.yaml"} {
 		s := seed(t, f)
-		require.Contains(t, s.ServiceDefaults, KeyOf("web", "", ""), f)
-		assert.Equal(t, api.MeshGatewayModeLocal, s.ServiceDefaults[KeyOf("web", "", "")].MeshGateway.Mode, f)
+		require.Contains(t, s.ServiceDefaults, mesh.KeyOf("web", "", ""), f)
+		assert.Equal(t, api.MeshGatewayModeLocal, s.ServiceDefaults[mesh.KeyOf("web", "", "")].MeshGateway.Mode, f)
 	}
 }
 
@@ -212,10 +213,10 @@ func TestLoadDirectoryAndMultiDocument(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, api.MeshGatewayModeLocal, s.ProxyDefaults.MeshGateway.Mode)
 	assert.ElementsMatch(t, []string{"api", "db", "web"}, keys(s.ServiceDefaults))
-	assert.Equal(t, api.MeshGatewayModeNone, s.ServiceDefaults[KeyOf("web", "", "")].UpstreamConfig.Defaults.MeshGateway.Mode)
+	assert.Equal(t, api.MeshGatewayModeNone, s.ServiceDefaults[mesh.KeyOf("web", "", "")].UpstreamConfig.Defaults.MeshGateway.Mode)
 	assert.True(t, s.Mesh.Peering.PeerThroughMeshGateways)
 	assert.Empty(t, s.Other)
-	resolver := s.ServiceResolvers[KeyOf("api", "", "")]
+	resolver := s.ServiceResolvers[mesh.KeyOf("api", "", "")]
 	require.NotNil(t, resolver)
 	assert.Equal(t, "3s", resolver.ConnectTimeout.String())
 	require.Len(t, s.Services, 2)
@@ -235,16 +236,23 @@ func TestTopologyMerges(t *testing.T) {
 	top := s.Topology
 	assert.Equal(t, "dc1", top.Datacenter)
 	assert.Equal(t, "td.consul", top.TrustDomain)
-	assert.Equal(t, []string{"127.0.0.1:21000"}, top.Services[0].Addresses)
-	assert.Equal(t, []string{"127.0.0.2:8443"}, top.Gateways[0].WANAddresses)
-	assert.Equal(t, "me", top.Peers[0].NameAtPeer)
+	assert.Equal(t, []mesh.Endpoint{{Address: "127.0.0.1:21000"}}, top.Services[mesh.ServiceKey{Name: "api"}])
+	assert.Equal(t, []mesh.Endpoint{{WAN: "127.0.0.2:8443"}}, top.Gateways[mesh.Location{Datacenter: "dc2"}])
+	assert.Equal(t, "me", top.Peers["p"].NameAtPeer)
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "d.hcl"), []byte(`topology {
+  peers = [{ name = "p" }]
+}`), 0o644))
+	_, err = Load(dir)
+	require.ErrorContains(t, err, `peer "p" listed twice`)
+	require.NoError(t, os.Remove(filepath.Join(dir, "d.hcl")))
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "c.json"), []byte(`{"topology": {"datacenter": "dc9"}}`), 0o644))
 	_, err = Load(dir)
 	require.ErrorContains(t, err, `datacenter "dc9" disagrees with "dc1"`)
 }
 
-func keys[V any](m map[EntryKey]V) []string {
+func keys[V any](m map[mesh.EntryKey]V) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k.Name)
@@ -265,7 +273,7 @@ Failover = {
 }
 `)
 	require.NoError(t, err)
-	f := set.ServiceResolvers[KeyOf("api", "", "")].Failover
+	f := set.ServiceResolvers[mesh.KeyOf("api", "", "")].Failover
 	assert.Equal(t, []string{"dc2", "dc3"}, f["*"].Datacenters)
 	assert.Equal(t, []api.ServiceResolverFailoverTarget{{Datacenter: "dc2"}, {Service: "api-backup"}, {Peer: "other"}}, f["v1"].Targets)
 

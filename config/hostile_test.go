@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -36,5 +37,5 @@ func TestHostileYAML(t *testing.T) {
 	ok := "Kind: service-defaults\nName: web\nMeta: &m {a: b}\n---\nKind: service-defaults\nName: api\nMeta: *m\n"
 	set, err := Parse("ok.yaml", []byte(ok))
 	require.NoError(t, err)
-	assert.Equal(t, "b", set.ServiceDefaults[KeyOf("api", "", "")].Meta["a"])
+	assert.Equal(t, "b", set.ServiceDefaults[mesh.KeyOf("api", "", "")].Meta["a"])
 }

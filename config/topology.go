@@ -7,125 +7,58 @@ import (
 	"strings"
 
 	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/mesh"
 )
 
-// Topology is meshgate's own document: where things are, for planning and
-// routing without a Consul agent. It is only the file form of
-// [github.com/meshgate/meshgate/resolve.View], meshgate's one model of the
-// mesh: resolve.NewStatic copies it into a View as written, and the View's
-// rules (defaults, lower-case datacenters, the SNI of a peer's imports) apply
-// to it there, as to a View built in Go. This package checks only what a
-// file can get wrong on its own: missing names, malformed addresses, fields
-// that go together. In HCL:
-//
-//	topology {
-//	  datacenter   = "dc1"
-//	  trust_domain = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
-//	  services = [
-//	    { name = "api", datacenter = "dc2", addresses = ["10.0.2.10:21000"], wan_addresses = ["203.0.113.7:21000"] },
-//	  ]
-//	  gateways = [
-//	    { datacenter = "dc1", addresses = ["10.0.1.5:8443"], wan_addresses = ["198.51.100.5:8443"] },
-//	  ]
-//	  servers = ["10.0.1.2:8503"]
-//	  wan_federation {
-//	    servers = [{ node = "dc1-server-1", address = "10.0.1.2:8300" }]
-//	  }
-//	  peers = [
-//	    { name = "webstuff", trust_domain = "...consul", name_at_peer = "dc1-cluster", gateways = ["192.0.2.9:8443"],
-//	      imports = ["billing"] },
-//	  ]
-//	}
-//
-// JSON and YAML use the same keys. Several topology documents merge: scalar
-// fields must agree, lists are appended.
-type Topology struct {
-	// Datacenter is the local datacenter.
-	Datacenter string
-	// Partition is the local admin partition; empty means "default".
-	Partition string
-	// TrustDomain is the cluster's trust domain, "<cluster-id>.consul".
+// topologyDoc is a topology document as written (see the package
+// comment): the View's fields, with rows for its maps.
+type topologyDoc struct {
+	Datacenter  string
+	Partition   string
 	TrustDomain string
-	// Services lists each service's mesh endpoints (its sidecar proxies or
-	// Connect-native instances) per datacenter.
-	Services []TopologyService
-	// Gateways lists the mesh gateways of each datacenter and partition.
-	Gateways []TopologyGateway
-	// Peers lists the cluster peers.
-	Peers []TopologyPeer
-	// Servers are the local Consul servers' gRPC TLS addresses, where peering
-	// control-plane traffic goes when the mesh entry routes peering through
-	// mesh gateways.
-	Servers []string
-	// WANFederation, when present, makes the gateway carry WAN federation
-	// between Consul's servers through mesh gateways: the local servers'
-	// names route to them, and other datacenters' server names to those
-	// datacenters' Gateways.
-	WANFederation *TopologyFederation `alias:"wan_federation"`
+	Services    []serviceRow
+	Gateways    []gatewayRow
+	Peers       []peerRow
+	Servers     []string
+	// WANFederation decodes straight into the model's type.
+	WANFederation *mesh.Federation `alias:"wan_federation"`
 }
 
-// TopologyFederation is the file form of resolve.Federation:
-//
-//	wan_federation {
-//	  domain  = "consul"
-//	  servers = [{ node = "dc1-server-1", address = "10.0.1.2:8300" }]
-//	}
-type TopologyFederation struct {
-	// Domain is the servers' DNS domain; empty means "consul".
-	Domain string
-	// Servers are the local Consul servers: node name and server RPC
-	// address.
-	Servers []TopologyServer
-}
-
-// TopologyServer is one local Consul server: resolve.Server.
-type TopologyServer struct {
-	Node    string
-	Address string
-}
-
-// TopologyService is one service's healthy mesh endpoints in one datacenter:
-// an entry of resolve.View's Services, or of its Subsets when Subset is set.
-type TopologyService struct {
-	Name       string
-	Namespace  string // empty means "default"
-	Partition  string // empty means "default"
-	Datacenter string // empty means the local datacenter
-	// Subset, if set, names the service-resolver subset these endpoints
-	// make up: what Consul would select with the subset's Filter. The
-	// service's resolver must define it.
-	Subset string
-	// Addresses are LAN "host:port" addresses; WANAddresses, where set, the
-	// ones reachable from other datacenters, in the same order.
-	Addresses    []string
-	WANAddresses []string `alias:"wan_addresses"`
-}
-
-// TopologyGateway is the mesh gateways of one datacenter and partition: an
-// entry of resolve.View's Gateways.
-type TopologyGateway struct {
+// serviceRow is one service's mesh endpoints in one datacenter (and
+// subset): mesh.ServiceKey's fields, and the endpoints' LAN and WAN
+// addresses in the same order.
+type serviceRow struct {
+	Name         string
+	Namespace    string
+	Partition    string
 	Datacenter   string
-	Partition    string // empty means "default"
+	Subset       string
 	Addresses    []string
 	WANAddresses []string `alias:"wan_addresses"`
 }
 
-// TopologyPeer is one cluster peer: the file form of resolve.Peer, whose
-// fields of the same names say what each means.
-type TopologyPeer struct {
+// gatewayRow is the mesh gateways of one datacenter and partition.
+type gatewayRow struct {
+	Datacenter   string
+	Partition    string
+	Addresses    []string
+	WANAddresses []string `alias:"wan_addresses"`
+}
+
+// peerRow is mesh.Peer with its imports written "name" or
+// "namespace/name" (see splitImport).
+type peerRow struct {
 	Name            string
 	TrustDomain     string `alias:"trust_domain"`
 	NameAtPeer      string `alias:"name_at_peer"`
 	Gateways        []string
 	ServerName      string   `alias:"server_name"`
 	ServerAddresses []string `alias:"server_addresses"`
-	// Imports names the services the peer exports to this cluster, "name"
-	// or "namespace/name" (see SplitImport): resolve.Peer's Imports.
-	Imports []string
+	Imports         []string
 }
 
 func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
-	var t Topology
+	var t topologyDoc
 	before := errorCount(d.Err())
 	d.Decode(n, &t, keyTopology)
 	if errorCount(d.Err()) != before {
@@ -138,17 +71,53 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 			}
 		}
 	}
+	if s.Topology == nil {
+		s.Topology = &mesh.View{}
+	}
+	v := s.Topology
+	merge := func(field string, dst *string, src string) {
+		if src != "" && *dst != "" && *dst != src {
+			d.Errorf(n.Line, keyTopology, "%s %q disagrees with %q from an earlier topology document", field, src, *dst)
+		} else if src != "" {
+			*dst = src
+		}
+	}
+	merge("datacenter", &v.Datacenter, t.Datacenter)
+	merge("partition", &v.Partition, t.Partition)
+	merge("trust_domain", &v.TrustDomain, t.TrustDomain)
+
 	for _, sv := range t.Services {
 		if sv.Name == "" {
 			d.Errorf(n.Line, keyTopology, "a service without a name")
 		}
 		check("service "+sv.Name, append(sv.Addresses, sv.WANAddresses...))
+		k := mesh.ServiceKey{Name: sv.Name, Namespace: sv.Namespace, Partition: sv.Partition, Datacenter: sv.Datacenter}
+		eps := endpoints(sv.Addresses, sv.WANAddresses)
+		if sv.Subset == "" {
+			if v.Services == nil {
+				v.Services = map[mesh.ServiceKey][]mesh.Endpoint{}
+			}
+			v.Services[k] = append(v.Services[k], eps...)
+			continue
+		}
+		if v.Subsets == nil {
+			v.Subsets = map[mesh.ServiceKey]map[string][]mesh.Endpoint{}
+		}
+		if v.Subsets[k] == nil {
+			v.Subsets[k] = map[string][]mesh.Endpoint{}
+		}
+		v.Subsets[k][sv.Subset] = append(v.Subsets[k][sv.Subset], eps...)
 	}
 	for _, g := range t.Gateways {
 		if g.Datacenter == "" {
 			d.Errorf(n.Line, keyTopology, "gateways without a datacenter")
 		}
 		check("gateways of "+g.Datacenter, append(g.Addresses, g.WANAddresses...))
+		if v.Gateways == nil {
+			v.Gateways = map[mesh.Location][]mesh.Endpoint{}
+		}
+		l := mesh.Location{Datacenter: g.Datacenter, Partition: g.Partition}
+		v.Gateways[l] = append(v.Gateways[l], endpoints(g.Addresses, g.WANAddresses)...)
 	}
 	for _, p := range t.Peers {
 		if p.Name == "" {
@@ -161,15 +130,34 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 		if len(p.Imports) > 0 && (p.TrustDomain == "" || p.NameAtPeer == "" || len(p.Gateways) == 0) {
 			d.Errorf(n.Line, keyTopology, "peer %q: imports need trust_domain, name_at_peer and gateways", p.Name)
 		}
+		peer := mesh.Peer{Name: p.Name, TrustDomain: p.TrustDomain, NameAtPeer: p.NameAtPeer,
+			Gateways: p.Gateways, ServerName: p.ServerName, ServerAddresses: p.ServerAddresses}
 		for _, im := range p.Imports {
-			if _, _, err := SplitImport(im); err != nil {
+			ns, name, err := splitImport(im)
+			if err != nil {
 				d.Errorf(n.Line, keyTopology, "peer %q: %v", p.Name, err)
+				continue
 			}
+			peer.Imports = append(peer.Imports, mesh.ImportedService{Name: name, Namespace: ns})
 		}
+		if _, dup := v.Peers[p.Name]; dup {
+			d.Errorf(n.Line, keyTopology, "peer %q listed twice", p.Name)
+			continue
+		}
+		if v.Peers == nil {
+			v.Peers = map[string]mesh.Peer{}
+		}
+		v.Peers[p.Name] = peer
 	}
 	check("servers", t.Servers)
+	v.Servers = append(v.Servers, t.Servers...)
 	if f := t.WANFederation; f != nil {
 		seen := map[string]bool{}
+		if v.Federation != nil {
+			for _, srv := range v.Federation.Servers {
+				seen[strings.ToLower(srv.Node)] = true
+			}
+		}
 		for _, srv := range f.Servers {
 			node := strings.ToLower(srv.Node)
 			switch {
@@ -183,38 +171,35 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 			seen[node] = true
 			check("wan_federation server "+srv.Node, []string{srv.Address})
 		}
-	}
-	if s.Topology == nil {
-		s.Topology = &t
-		return
-	}
-	merge := func(field string, dst *string, src string) {
-		if src != "" && *dst != "" && *dst != src {
-			d.Errorf(n.Line, keyTopology, "%s %q disagrees with %q from an earlier topology document", field, src, *dst)
-		} else if src != "" {
-			*dst = src
+		if v.Federation == nil {
+			v.Federation = f
+		} else {
+			merge("wan_federation domain", &v.Federation.Domain, f.Domain)
+			v.Federation.Servers = append(v.Federation.Servers, f.Servers...)
 		}
-	}
-	merge("datacenter", &s.Topology.Datacenter, t.Datacenter)
-	merge("partition", &s.Topology.Partition, t.Partition)
-	merge("trust_domain", &s.Topology.TrustDomain, t.TrustDomain)
-	s.Topology.Services = append(s.Topology.Services, t.Services...)
-	s.Topology.Gateways = append(s.Topology.Gateways, t.Gateways...)
-	s.Topology.Peers = append(s.Topology.Peers, t.Peers...)
-	s.Topology.Servers = append(s.Topology.Servers, t.Servers...)
-	switch f := t.WANFederation; {
-	case f == nil:
-	case s.Topology.WANFederation == nil:
-		s.Topology.WANFederation = f
-	default:
-		merge("wan_federation domain", &s.Topology.WANFederation.Domain, f.Domain)
-		s.Topology.WANFederation.Servers = append(s.Topology.WANFederation.Servers, f.Servers...)
 	}
 }
 
-// SplitImport splits a peer's import, "name" or "namespace/name", into its
+// endpoints pairs LAN addresses with the WAN addresses at the same index;
+// WAN addresses beyond the LAN list stand alone.
+func endpoints(lan, wan []string) []mesh.Endpoint {
+	out := make([]mesh.Endpoint, 0, max(len(lan), len(wan)))
+	for i := range max(len(lan), len(wan)) {
+		var e mesh.Endpoint
+		if i < len(lan) {
+			e.Address = lan[i]
+		}
+		if i < len(wan) {
+			e.WAN = wan[i]
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// splitImport splits a peer's import, "name" or "namespace/name", into its
 // namespace ("" for the default) and name.
-func SplitImport(s string) (namespace, name string, err error) {
+func splitImport(s string) (namespace, name string, err error) {
 	namespace, name, ok := strings.Cut(s, "/")
 	if !ok {
 		namespace, name = "", s

@@ -103,7 +103,7 @@ func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
 // sidecar or gateway reaching a service this cluster exports to it, along
-// the service's discovery chain (resolve.View.ExportedRoute): the primary
+// the service's discovery chain (resolve.RouteExported): the primary
 // target's endpoints in turn, then the local failover targets'.
 func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, error) {
 	local := v.Local()
@@ -111,7 +111,7 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 		return gateway.Route{}, gateway.Reject(ReasonNotExported,
 			"service %q (namespace %q, partition %q) is not exported to peer %q", name.Service, name.Namespace, name.Partition, name.Peer)
 	}
-	er := v.ExportedRoute(name.Service, name.Namespace)
+	er := resolve.RouteExported(v, name.Service, name.Namespace)
 	if len(er.Primary)+len(er.Failover) == 0 {
 		if len(er.Skipped) > 0 {
 			return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,

@@ -58,7 +58,7 @@ func (t Target) String() string {
 	if t.Peer != "" {
 		return name + " peer " + t.Peer
 	}
-	return name + " " + Location{t.Datacenter, t.Partition}.String()
+	return name + " " + Location{Datacenter: t.Datacenter, Partition: t.Partition}.String()
 }
 
 // Chain returns the plan's targets in the order a dialer tries them: the
@@ -177,7 +177,7 @@ func resolveTarget(v *View, t chainTarget) (chainTarget, *api.ServiceResolverCon
 		}
 		seen[t.id()] = true
 		order = append(order, t.id())
-		r := v.resolverOf(t)
+		r := resolverOf(v, t)
 		if r == nil {
 			return t, nil, notes, ""
 		}
@@ -206,7 +206,7 @@ func resolveTarget(v *View, t chainTarget) (chainTarget, *api.ServiceResolverCon
 // service's, or for a service without one a redirect to the sameness group
 // that is the default for failover, as Consul materializes it. A peer's
 // services are resolved by the peer.
-func (v *View) resolverOf(t chainTarget) *api.ServiceResolverConfigEntry {
+func resolverOf(v *View, t chainTarget) *api.ServiceResolverConfigEntry {
 	if t.peer != "" {
 		return nil
 	}
@@ -299,7 +299,7 @@ func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Targe
 		return out, planPeered(v, &out, d, self)
 	}
 	local := v.Local()
-	dest := Location{t.datacenter, t.partition}
+	dest := Location{Datacenter: t.datacenter, Partition: t.partition}
 	destHop := t.service + " " + dest.String()
 	out.SNI = serviceSNI(v, t)
 	eps := endpointsOf(v, t)
@@ -401,16 +401,16 @@ type ExportedRoute struct {
 	Skipped []string
 }
 
-// ExportedRoute returns the route of a peer's connection to service name
-// in namespace (empty means "default") of the local partition: redirects,
+// RouteExported returns the route of a peer's connection to service name
+// in namespace (empty means "default") of v's local partition: redirects,
 // the default subset and failover apply as for a local upstream.
-func (v *View) ExportedRoute(name, namespace string) ExportedRoute {
+func RouteExported(v *View, name, namespace string) ExportedRoute {
 	local := v.Local()
 	start := normalTarget(v, chainTarget{service: name, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
 	primary, resolver, _, _ := resolveTarget(v, start)
 	out := ExportedRoute{Target: describeTarget(primary)}
 	isLocal := func(t chainTarget) bool {
-		return t.peer == "" && (Location{t.datacenter, t.partition}) == local
+		return t.peer == "" && (Location{Datacenter: t.datacenter, Partition: t.partition}) == local
 	}
 	if isLocal(primary) {
 		out.Primary = addrs(endpointsOf(v, primary), false)

@@ -157,7 +157,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	p.Subset, p.Namespace, p.Partition, p.Datacenter, p.Peer = t.Subset, t.Namespace, t.Partition, t.Datacenter, t.Peer
 	p.Mode, p.Source, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Source, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
 	failover, note, warnings := failoverOf(v, primary, resolver)
-	if t.Peer == "" && (Location{t.Datacenter, t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
+	if t.Peer == "" && (Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
 		which := ""
 		if len(failover) > 0 {
 			which = " for the primary target"

@@ -68,13 +68,13 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 	local := v.Local()
 	switch name.Kind {
 	case sni.KindService:
-		dest := Location{name.Datacenter, name.Partition}
+		dest := Location{Datacenter: name.Datacenter, Partition: name.Partition}
 		if dest != local {
 			return r.toGateways(v, dest, hello.ServerName)
 		}
 		return r.toService(v, name)
 	case sni.KindGateway:
-		dest := Location{name.Datacenter, name.Partition}
+		dest := Location{Datacenter: name.Datacenter, Partition: name.Partition}
 		if dest == local {
 			return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "%q addresses this gateway's own datacenter", hello.ServerName)
 		}

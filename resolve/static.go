@@ -46,71 +46,19 @@ func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
 // NewStatic builds a Static source from loaded files: config entries and
 // service definitions, and the topology document when there is one. A
 // topology's datacenter and trust domain take precedence over opts. The
-// topology document is only the file form of a View: NewStatic copies it into
-// one as written and hands that to StaticView, so files and Views built in Go
-// go through the same defaults and checks.
+// topology is already a View (config decodes it into one); NewStatic adds
+// the config entries and instances and hands it to StaticView, so files and
+// Views built in Go go through the same defaults and checks.
 func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
-	v := &View{
-		Datacenter:      opts.Datacenter,
-		TrustDomain:     opts.TrustDomain,
-		ProxyDefaults:   set.ProxyDefaults,
-		ServiceDefaults: set.ServiceDefaults,
-		Mesh:            set.Mesh,
-		Resolvers:       set.ServiceResolvers,
-		SamenessGroups:  set.SamenessGroups,
-		Services:        map[ServiceKey][]Endpoint{},
-		Subsets:         map[ServiceKey]map[string][]Endpoint{},
-		Gateways:        map[Location][]Endpoint{},
-		Peers:           map[string]Peer{},
-		Exports:         map[ServiceKey][]string{},
+	v := &View{}
+	if set.Topology != nil {
+		*v = *set.Topology
 	}
-	if t := set.Topology; t != nil {
-		if t.Datacenter != "" {
-			v.Datacenter = t.Datacenter
-		}
-		if t.TrustDomain != "" {
-			v.TrustDomain = t.TrustDomain
-		}
-		v.Partition = t.Partition
-		for _, s := range t.Services {
-			k := ServiceKey{s.Name, s.Namespace, s.Partition, s.Datacenter}
-			eps := endpoints(s.Addresses, s.WANAddresses)
-			if s.Subset == "" {
-				v.Services[k] = append(v.Services[k], eps...)
-				continue
-			}
-			if v.Subsets[k] == nil {
-				v.Subsets[k] = map[string][]Endpoint{}
-			}
-			v.Subsets[k][s.Subset] = append(v.Subsets[k][s.Subset], eps...)
-		}
-		for _, g := range t.Gateways {
-			l := Location{g.Datacenter, g.Partition}
-			v.Gateways[l] = append(v.Gateways[l], endpoints(g.Addresses, g.WANAddresses)...)
-		}
-		for _, p := range t.Peers {
-			if _, dup := v.Peers[p.Name]; dup {
-				return nil, fmt.Errorf("resolve: peer %q listed twice in the topology", p.Name)
-			}
-			peer := Peer{Name: p.Name, TrustDomain: p.TrustDomain, NameAtPeer: p.NameAtPeer,
-				Gateways: p.Gateways, ServerName: p.ServerName, ServerAddresses: p.ServerAddresses}
-			for _, im := range p.Imports {
-				ns, name, err := config.SplitImport(im)
-				if err != nil {
-					return nil, fmt.Errorf("resolve: peer %q: %w", p.Name, err)
-				}
-				peer.Imports = append(peer.Imports, ImportedService{Name: name, Namespace: ns})
-			}
-			v.Peers[p.Name] = peer
-		}
-		v.Servers = t.Servers
-		if f := t.WANFederation; f != nil {
-			v.Federation = &Federation{Domain: f.Domain}
-			for _, srv := range f.Servers {
-				v.Federation.Servers = append(v.Federation.Servers, Server{Node: srv.Node, Address: srv.Address})
-			}
-		}
-	}
+	v.Datacenter = firstNonEmpty(v.Datacenter, opts.Datacenter)
+	v.TrustDomain = firstNonEmpty(v.TrustDomain, opts.TrustDomain)
+	v.ProxyDefaults, v.ServiceDefaults, v.Mesh = set.ProxyDefaults, set.ServiceDefaults, set.Mesh
+	v.Resolvers, v.SamenessGroups = set.ServiceResolvers, set.SamenessGroups
+	v.Exports = map[ServiceKey][]string{}
 	if v.Datacenter == "" {
 		v.Datacenter = "dc1"
 	}
@@ -143,23 +91,6 @@ func definesSubset(r *api.ServiceResolverConfigEntry, name string) bool {
 	}
 	_, ok := r.Subsets[name]
 	return ok
-}
-
-// endpoints pairs LAN addresses with the WAN addresses at the same index;
-// WAN addresses beyond the LAN list stand alone.
-func endpoints(lan, wan []string) []Endpoint {
-	out := make([]Endpoint, 0, max(len(lan), len(wan)))
-	for i := range max(len(lan), len(wan)) {
-		var e Endpoint
-		if i < len(lan) {
-			e.Address = lan[i]
-		}
-		if i < len(wan) {
-			e.WAN = wan[i]
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // InstanceOf returns the proxy instance a service registration defines: the

@@ -2,13 +2,8 @@ package resolve
 
 import (
 	"context"
-	"fmt"
-	"sort"
-	"strings"
 
-	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // Source provides the current View of the mesh. Static and the live Consul
@@ -30,290 +25,32 @@ type Follower interface {
 	Follow(ctx context.Context, keys ...ServiceKey) error
 }
 
-// Endpoint is one address to dial: a service's sidecar or Connect-native
-// instance, or a mesh gateway.
-type Endpoint struct {
-	// Address is the LAN "host:port".
-	Address string
-	// WAN is the "host:port" reachable from other datacenters, or "".
-	WAN string
-}
-
-// BestAddress returns the address to dial: from another datacenter (wan)
-// the WAN address where there is one, else the LAN address; either one when
-// the other is empty; "" when both are.
-func (e Endpoint) BestAddress(wan bool) string {
-	if wan && e.WAN != "" || e.Address == "" {
-		return e.WAN
-	}
-	return e.Address
-}
-
-// Location is a datacenter and an admin partition ("default" when empty).
-type Location struct {
-	Datacenter string
-	Partition  string
-}
-
-// String returns "dc", or "dc/partition" outside the default partition.
-func (l Location) String() string {
-	if l.Partition == "" || l.Partition == tenancy.Default {
-		return l.Datacenter
-	}
-	return l.Datacenter + "/" + l.Partition
-}
-
-// ServiceKey identifies a service in a datacenter. Empty Namespace and
-// Partition are stored as "default".
-type ServiceKey struct {
-	Name       string
-	Namespace  string
-	Partition  string
-	Datacenter string
-}
-
-// Peer is a cluster peer as this cluster knows it.
-type Peer struct {
-	// Name is the local name of the peering.
-	Name string
-	// TrustDomain is the peer's trust domain.
-	TrustDomain string
-	// NameAtPeer is the name the peer gave this cluster: the peer label in the
-	// SNI of services the peer exports to us.
-	NameAtPeer string
-	// Gateways are the peer's mesh gateway addresses.
-	Gateways []string
-	// ServerName and ServerAddresses are the peer's servers for the peering
-	// control plane, set only on the side that dials the peer (the cluster
-	// that established the peering with a token); the accepting side leaves
-	// them empty.
-	ServerName      string
-	ServerAddresses []string
-	// Roots are the peer's CA certificates, PEM (api.Peering's
-	// PeerCAPems), where the source knows them: what the peer's services
-	// present chains to them.
-	Roots []string
-	// Imports are the services the peer exports to this cluster.
-	Imports []ImportedService
-}
-
-// ImportedService is a service a peer exports to this cluster, as this
-// cluster's sidecars reach it: with SNI, through Gateways (the peer's mesh
-// gateways, by WAN address).
-type ImportedService struct {
-	Name      string
-	Namespace string
-	Partition string
-	// SNI is the server name the peer expects for the service:
-	// <svc>.<ns>.<partition>.<the peer's name for us>.external.<peer td>.
-	SNI string
-	// Gateways are the addresses to dial, the exporting peer's mesh gateways.
-	Gateways []string
-}
-
-// Import returns the peer's import of service name in namespace (empty
-// means "default"), and whether there is one.
-func (p Peer) Import(name, namespace string) (ImportedService, bool) {
-	for _, im := range p.Imports {
-		if im.Name == name && tenancy.OrDefault(im.Namespace) == tenancy.OrDefault(namespace) {
-			return im, true
-		}
-	}
-	return ImportedService{}, false
-}
-
-// Instance is a proxy whose upstreams can be planned: a connect-proxy
-// registration, or the sidecar_service of a service definition.
-type Instance struct {
-	// Service is the downstream service the proxy fronts.
-	Service string
-	// Name is the proxy's own service name, such as "web-sidecar-proxy".
-	Name      string
-	Namespace string
-	Partition string
-	// Proxy is the proxy configuration: upstreams and the instance's
-	// mesh_gateway.
-	Proxy *api.AgentServiceConnectProxyConfig
-	// Origin says where the instance came from ("file:line", or the node in
-	// Consul), for messages.
-	Origin string
-	// Address and Port are the proxy's own: where a sidecar's public
-	// listener takes the mesh's connections for Service. An empty Address
-	// means every address; Port 0 means none is known (the agent gives a
-	// sidecar_service without a port one from its range when it registers
-	// it).
-	Address string
-	Port    int
-}
-
-// View is one consistent picture of the mesh, as a Consul mesh gateway or
-// sidecar would see it: the local cluster's identity, the config entries that
-// decide modes, and where services, gateways and peers are.
-type View struct {
-	Datacenter  string
-	Partition   string
-	TrustDomain string
-
-	ProxyDefaults *api.ProxyConfigEntry
-	// ServiceDefaults holds the service-defaults entries by service name,
-	// namespace and partition (see ServiceDefaultsFor).
-	ServiceDefaults map[EntryKey]*api.ServiceConfigEntry
-	Mesh            *api.MeshConfigEntry
-	// Resolvers holds the service-resolver entries by service name,
-	// namespace and partition (see ResolverFor): a local service's subsets,
-	// DefaultSubset and ConnectTimeout for the router; DefaultSubset,
-	// Redirect and Failover for the planner.
-	Resolvers map[EntryKey]*api.ServiceResolverConfigEntry
-	// SamenessGroups holds the sameness-group entries by name, for
-	// failover (a Consul Enterprise feature; a CE source has none).
-	SamenessGroups map[string]*api.SamenessGroupConfigEntry
-
-	// Services holds each service's healthy mesh endpoints.
-	Services map[ServiceKey][]Endpoint
-	// Subsets holds, for a service with a service-resolver, the healthy mesh
-	// endpoints of each of its subsets by subset name: those the subset's
-	// Filter selects (passing ones only where the subset says OnlyPassing).
-	Subsets map[ServiceKey]map[string][]Endpoint
-	// Gateways holds the mesh gateways of each datacenter and partition.
-	Gateways map[Location][]Endpoint
-	// Peers holds the cluster peers by local name.
-	Peers map[string]Peer
-	// Exports holds, for each local service exported to peers, the local
-	// names of the peers that may consume it (Consul's resolved
-	// exported-services).
-	Exports map[ServiceKey][]string
-	// Servers are the local Consul servers' gRPC TLS addresses (read
-	// replicas excluded): where peers' control-plane traffic goes when the
-	// mesh entry routes peering through mesh gateways.
-	Servers []string
-	// Instances are the proxies whose upstreams can be planned.
-	Instances []Instance
-	// Federation is WAN federation through mesh gateways, when this
-	// gateway takes part in it (Consul's consul-wan-federation meta on its
-	// registration, or a topology's wan_federation block); nil otherwise.
-	// The other datacenters' gateways it routes servers' names to are
-	// Gateways.
-	Federation *Federation
-}
-
-// EntryKey names the config entry of one service: its name, namespace and
-// partition, the last two "default" when empty (KeyOf makes keys so, and
-// StaticView stores them so).
-type EntryKey = config.EntryKey
+// The model of the mesh is package mesh's: these names are the same types,
+// so that a program planning with resolve need not import mesh.
+type (
+	// View is mesh.View: one consistent picture of the mesh.
+	View = mesh.View
+	// Endpoint is mesh.Endpoint: one address to dial.
+	Endpoint = mesh.Endpoint
+	// Location is mesh.Location: a datacenter and an admin partition.
+	Location = mesh.Location
+	// ServiceKey is mesh.ServiceKey: a service in a datacenter.
+	ServiceKey = mesh.ServiceKey
+	// EntryKey is mesh.EntryKey: the config entry of one service.
+	EntryKey = mesh.EntryKey
+	// Peer is mesh.Peer: a cluster peer.
+	Peer = mesh.Peer
+	// ImportedService is mesh.ImportedService: a service a peer exports
+	// to this cluster.
+	ImportedService = mesh.ImportedService
+	// Instance is mesh.Instance: a proxy whose upstreams can be planned.
+	Instance = mesh.Instance
+	// Federation is mesh.Federation: WAN federation through mesh gateways.
+	Federation = mesh.Federation
+	// Server is mesh.Server: one Consul server of the local datacenter.
+	Server = mesh.Server
+)
 
 // KeyOf returns the EntryKey of service name in namespace and partition,
-// an empty one being "default".
-func KeyOf(name, namespace, partition string) EntryKey {
-	return config.KeyOf(name, namespace, partition)
-}
-
-// ServiceDefaultsFor returns the service-defaults entry of service name in
-// namespace and partition (empty means "default"), or nil: each namespace
-// and partition has its own, as in Consul.
-func (v *View) ServiceDefaultsFor(name, namespace, partition string) *api.ServiceConfigEntry {
-	return v.ServiceDefaults[KeyOf(name, namespace, partition)]
-}
-
-// ResolverFor returns the service-resolver entry of service name in
-// namespace and partition (empty means "default"), or nil.
-func (v *View) ResolverFor(name, namespace, partition string) *api.ServiceResolverConfigEntry {
-	return v.Resolvers[KeyOf(name, namespace, partition)]
-}
-
-// Federation is what a mesh gateway needs to carry WAN federation between
-// Consul's servers (connect { enable_mesh_gateway_wan_federation = true }):
-// the local servers, and the DNS domain their names end in.
-type Federation struct {
-	// Domain is the DNS domain of the servers' names (the agents' "domain"
-	// option); empty means sni.DefaultDomain, "consul".
-	Domain string
-	// Servers are the local datacenter's Consul servers.
-	Servers []Server
-}
-
-// Server is one Consul server of the local datacenter, as WAN federation
-// reaches it.
-type Server struct {
-	// Node is the server's node name: <node>.server.<dc>.<domain> names it.
-	Node string
-	// Address is its server RPC address, "host:port" (the agent's
-	// ports.server, 8300 by default), where the other datacenters' RPC and
-	// WAN gossip arrive.
-	Address string
-}
-
-// Local returns the view's own location.
-func (v *View) Local() Location { return Location{v.Datacenter, tenancy.OrDefault(v.Partition)} }
-
-// Endpoints returns the mesh endpoints of a service; empty namespace and
-// partition mean "default", empty datacenter the local one.
-func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoint {
-	if datacenter == "" {
-		datacenter = v.Datacenter
-	}
-	return v.Services[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}]
-}
-
-// SubsetEndpoints returns the mesh endpoints of a service's subset, with
-// the same defaults as Endpoints.
-func (v *View) SubsetEndpoints(name, subset, namespace, partition, datacenter string) []Endpoint {
-	if datacenter == "" {
-		datacenter = v.Datacenter
-	}
-	return v.Subsets[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}][subset]
-}
-
-// GatewaysIn returns the mesh gateways of a location.
-func (v *View) GatewaysIn(l Location) []Endpoint {
-	return v.Gateways[Location{l.Datacenter, tenancy.OrDefault(l.Partition)}]
-}
-
-// PeerThroughMeshGateways reports whether the mesh entry routes peering
-// control-plane traffic through mesh gateways.
-func (v *View) PeerThroughMeshGateways() bool {
-	return v.Mesh != nil && v.Mesh.Peering != nil && v.Mesh.Peering.PeerThroughMeshGateways
-}
-
-// ExportedTo reports whether the local service name (in namespace; empty
-// means "default") is exported to the peer this cluster calls peer.
-func (v *View) ExportedTo(name, namespace, peer string) bool {
-	for _, p := range v.Exports[ServiceKey{name, tenancy.OrDefault(namespace), v.Local().Partition, v.Datacenter}] {
-		if p == peer {
-			return true
-		}
-	}
-	return false
-}
-
-// Datacenters lists the datacenters the view knows of, sorted.
-func (v *View) Datacenters() []string {
-	seen := map[string]bool{v.Datacenter: true}
-	for k := range v.Services {
-		seen[k.Datacenter] = true
-	}
-	for l := range v.Gateways {
-		seen[l.Datacenter] = true
-	}
-	out := make([]string, 0, len(seen))
-	for dc := range seen {
-		if dc != "" {
-			out = append(out, dc)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
-// Validate reports a view that cannot be used: no datacenter or trust domain.
-func (v *View) Validate() error {
-	if v.Datacenter == "" {
-		return fmt.Errorf("resolve: the view has no local datacenter")
-	}
-	if v.TrustDomain == "" {
-		return fmt.Errorf("resolve: the view has no trust domain")
-	}
-	if lower := strings.ToLower(v.Datacenter); lower != v.Datacenter {
-		return fmt.Errorf("resolve: datacenter %q has upper-case letters; Consul lower-cases datacenter names, so no SNI name would match it: use %q", v.Datacenter, lower)
-	}
-	return nil
-}
+// an empty one being "default": mesh.KeyOf.
+func KeyOf(name, namespace, partition string) EntryKey { return mesh.KeyOf(name, namespace, partition) }

@@ -406,7 +406,7 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 		}
 	}
 	if set.Topology == nil {
-		set.Topology = &config.Topology{}
+		set.Topology = &resolve.View{}
 	}
 	t := set.Topology
 	if t.Datacenter == "" {
@@ -415,14 +415,26 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 	if t.TrustDomain == "" {
 		t.TrustDomain = trustDomain
 	}
+	if t.Services == nil {
+		t.Services = map[resolve.ServiceKey][]resolve.Endpoint{}
+	}
 	for name, addrs := range services {
-		t.Services = append(t.Services, config.TopologyService{Name: name, Addresses: addrs})
+		k := resolve.ServiceKey{Name: name}
+		for _, a := range addrs {
+			t.Services[k] = append(t.Services[k], resolve.Endpoint{Address: a})
+		}
 	}
 	for dc, addrs := range remotes {
 		if strings.EqualFold(dc, t.Datacenter) {
 			return nil, nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
 		}
-		t.Gateways = append(t.Gateways, config.TopologyGateway{Datacenter: dc, WANAddresses: addrs})
+		if t.Gateways == nil {
+			t.Gateways = map[resolve.Location][]resolve.Endpoint{}
+		}
+		l := resolve.Location{Datacenter: dc}
+		for _, a := range addrs {
+			t.Gateways[l] = append(t.Gateways[l], resolve.Endpoint{WAN: a})
+		}
 	}
 	var proxyConfig map[string]any
 	if set.ProxyDefaults != nil {
