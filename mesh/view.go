@@ -266,6 +266,22 @@ func (v *View) GatewaysIn(l Location) []Endpoint {
 	return v.Gateways[Location{l.Datacenter, tenancy.OrDefault(l.Partition)}]
 }
 
+// Protocol returns the protocol of service name in namespace and partition
+// as Consul's discovery chain compiler takes it: its service-defaults'
+// Protocol, else proxy-defaults' Config["protocol"], else "tcp";
+// lower-case.
+func (v *View) Protocol(name, namespace, partition string) string {
+	if sd := v.ServiceDefaultsFor(name, namespace, partition); sd != nil && sd.Protocol != "" {
+		return strings.ToLower(sd.Protocol)
+	}
+	if pd := v.ProxyDefaults; pd != nil {
+		if p, ok := pd.Config["protocol"].(string); ok && p != "" {
+			return strings.ToLower(p)
+		}
+	}
+	return "tcp"
+}
+
 // PeerThroughMeshGateways reports whether the mesh entry routes peering
 // control-plane traffic through mesh gateways.
 func (v *View) PeerThroughMeshGateways() bool {

@@ -430,6 +430,23 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	assert.Equal(t, before.Forwarded, after.Forwarded)
 	assert.Zero(t, billingAccepted.get())
 
+	// api made http: Consul's gateway would terminate it, meshgate's refuses
+	// it, without a dial, until it is tcp again.
+	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "B's gateway to see api's protocol", func() bool {
+		_, reason := routeOf(&peering.Router{Source: gwB.src}, apiSNI)
+		return reason == peering.ReasonL7Export
+	})
+	before = gwB.counters.Snapshot()
+	assert.Error(t, dialPeered(a, gwB.addr, apiSNI, apiID, peerRoots(t, a, "cluster-b")))
+	after = gwB.counters.Snapshot()
+	assert.Equal(t, before.Rejected[peering.ReasonL7Export]+1, after.Rejected[peering.ReasonL7Export])
+	assert.Equal(t, before.Forwarded, after.Forwarded)
+	_, err = b.Client.ConfigEntries().Delete(api.ServiceDefaults, "api", nil)
+	require.NoError(t, err)
+	checkDataPath("after api's protocol is tcp again")
+
 	// B's gateway restarts on its address, then B's agent restarts: the
 	// peering and the data path come back.
 	addrB := gwB.addr

@@ -117,3 +117,49 @@ Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
 		})
 	}
 }
+
+// An export whose protocol is http, http2 or grpc is one Consul's gateway
+// terminates, to apply the service's routers, splitters and L7
+// intentions. meshgate does not terminate it, so it refuses it with a
+// reason that says what to change, unless told to pass it through as TCP.
+// The protocol is the service's service-defaults', else proxy-defaults',
+// else tcp, as Consul compiles it.
+func TestL7ExportsAreRefusedUnlessPassedThrough(t *testing.T) {
+	exports := `Kind = "exported-services"
+Name = "default"
+Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
+`
+	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
+	for _, tc := range []struct {
+		what   string
+		files  map[string]string
+		reason string
+	}{
+		{"tcp by default", nil, ""},
+		{"http from service-defaults", map[string]string{"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"http\"\n"}, peering.ReasonL7Export},
+		{"grpc from proxy-defaults", map[string]string{"pd.hcl": "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"grpc\" }\n"}, peering.ReasonL7Export},
+		{"tcp in service-defaults over http in proxy-defaults", map[string]string{
+			"pd.hcl": "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"http2\" }\n",
+			"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"tcp\"\n"}, ""},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": exports,
+				"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n"}
+			for k, v := range tc.files {
+				files[k] = v
+			}
+			src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
+			_, reason := route(t, &peering.Router{Source: src}, name)
+			assert.Equal(t, tc.reason, reason)
+			if tc.reason == "" {
+				return
+			}
+			_, err := (&peering.Router{Source: src}).Route(context.Background(), &sni.ClientHello{ServerName: name})
+			assert.ErrorContains(t, err, `is exported to peer "cluster-a" with protocol`)
+			assert.ErrorContains(t, err, "PassThroughL7Exports")
+			targets, reason := route(t, &peering.Router{Source: src, PassThroughL7Exports: true}, name)
+			assert.Empty(t, reason)
+			assert.ElementsMatch(t, []string{"127.0.20.10:21000", "127.0.20.11:21000"}, targets, "passed through as TCP")
+		})
+	}
+}

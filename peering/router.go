@@ -21,6 +21,10 @@ const (
 	// ReasonNotExported: an exported-service name for a service that is not
 	// exported to the peer the name carries.
 	ReasonNotExported = "not-exported"
+	// ReasonL7Export: an exported service whose protocol is http, http2 or
+	// grpc, which Consul's gateway terminates and meshgate does not (see
+	// Router.PassThroughL7Exports).
+	ReasonL7Export = "l7-export"
 )
 
 // Route kinds of Router (gateway.Route.Kind).
@@ -48,6 +52,15 @@ type Router struct {
 	// Mesh routes the names that are not peering's; nil means a
 	// resolve.MeshRouter over Source.
 	Mesh gateway.Router
+	// PassThroughL7Exports passes an exported service whose protocol is
+	// http, http2 or grpc through as TCP, as every other export. Consul's
+	// gateway terminates such exports to apply the service's
+	// service-router and service-splitter and to forward the peer's
+	// identity for L7 intentions, which meshgate does not do; so by default
+	// the Router refuses them (ReasonL7Export) rather than let peers skip
+	// those rules unseen. Set it where no such rule is written for the
+	// service's peers.
+	PassThroughL7Exports bool
 
 	mesh  atomic.Pointer[gateway.Router]
 	turn  gateway.Rotation
@@ -110,6 +123,12 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
 		return gateway.Route{}, gateway.Reject(ReasonNotExported,
 			"service %q (namespace %q, partition %q) is not exported to peer %q", name.Service, name.Namespace, name.Partition, name.Peer)
+	}
+	if p := v.Protocol(name.Service, name.Namespace, name.Partition); !r.PassThroughL7Exports && (p == "http" || p == "http2" || p == "grpc") {
+		return gateway.Route{}, gateway.Reject(ReasonL7Export,
+			"service %q is exported to peer %q with protocol %q: Consul's mesh gateway terminates such exports to apply its service-router, service-splitter and L7 intentions, which meshgate does not; "+
+				"make its protocol tcp (service-defaults), serve it with Consul's gateway, or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
+			name.Service, name.Peer, p)
 	}
 	er := resolve.RouteExported(v, name.Service, name.Namespace)
 	if len(er.Primary)+len(er.Failover) == 0 {

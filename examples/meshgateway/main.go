@@ -52,6 +52,7 @@ import (
 	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/echo"
+	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -112,6 +113,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config), instead of registering one")
 	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
+	l7Exports := fs.String("l7-exports", "refuse", "an exported service whose protocol is http, http2 or grpc (which Consul's gateway terminates, to apply routers, splitters and L7 intentions): refuse it with reason l7-export, or passthrough as TCP without those rules")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway; then start a second datacenter (a meshgate gateway and a Connect-native api) and reach its api from a sidecar in each mesh-gateway mode, this gateway being the local one`)
 	if err := cli.Parse(fs, args); err != nil {
@@ -166,6 +168,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	if *exposeServers && (!*useConsul || *proxyID != "") {
 		return cli.Usagef("-expose-servers needs -consul, and goes with registering: a gateway run with -proxy-id carries WAN federation when its registration has the consul-wan-federation meta")
+	}
+	var passL7 bool
+	switch *l7Exports {
+	case "refuse":
+	case "passthrough":
+		passL7 = true
+	default:
+		return cli.Usagef("-l7-exports %q: want refuse or passthrough", *l7Exports)
 	}
 	var demoCert tls.Certificate
 	if *demo {
@@ -283,7 +293,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	// The Proxy.Config options in force, applied while the gateway runs.
 	lv := newLive(s, log, opts, set["connect-timeout"])
-	router.Store(lv.router(gatewayRouter(src)))
+	router.Store(lv.router(gatewayRouter(src, passL7)))
 	lv.serve(binds, listeners)
 	listeners = nil // Serve closes them
 	addrs := lv.addrs(binds)
@@ -324,7 +334,7 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen}, src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, passL7}, src)
 		}
 	}
 	servingNow.Store(false)
@@ -343,10 +353,10 @@ wait:
 }
 
 // gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
-// WAN federation (when the view takes part), then cluster peering's names,
-// then the mesh's.
-func gatewayRouter(src resolve.Source) gateway.Router {
-	return &federation.Router{Source: src}
+// WAN federation (when the view takes part), then cluster peering's names
+// (passing L7 exports through as TCP when passL7 is set), then the mesh's.
+func gatewayRouter(src resolve.Source, passL7 bool) gateway.Router {
+	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: passL7}}
 }
 
 // listenAll listens on each of addrs, reusing have for its own address,

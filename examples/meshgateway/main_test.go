@@ -119,7 +119,7 @@ func TestBadFlags(t *testing.T) {
 		assert.Error(t, err, "%v", args)
 	}
 	// The exit statuses of every example binary: help and version 0, bad usage 2.
-	for args, want := range map[string]int{"-h": 0, "-version": 0, "-nope": 2, "extra": 2, "-log-level loud": 2} {
+	for args, want := range map[string]int{"-h": 0, "-version": 0, "-nope": 2, "extra": 2, "-log-level loud": 2, "-l7-exports terminate": 2} {
 		var logs bytes.Buffer
 		err := run(context.Background(), strings.Fields(args), &logs, nil)
 		assert.Equal(t, want, cli.ExitCode(&logs, "meshgateway", err), "%s: %s", args, logs.String())

@@ -20,6 +20,7 @@ type reloadFrom struct {
 	datacenter, trustDomain string
 	services, remotes       addrList
 	listen                  string
+	passL7                  bool // -l7-exports passthrough
 }
 
 // reload rereads the files, applies the proxy-defaults Config (listeners,
@@ -53,7 +54,7 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 		lv.check = check
 		return refuse(err)
 	}
-	router.Store(lv.router(gatewayRouter(src)))
+	router.Store(lv.router(gatewayRouter(src, from.passL7)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)
