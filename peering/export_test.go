@@ -35,6 +35,12 @@ func exportTopology(partition string) string {
 `
 }
 
+// apiExport exports the default partition's api to cluster-a.
+const apiExport = `Kind = "exported-services"
+Name = "default"
+Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
+`
+
 // Each partition has its own exported-services entry, named after it (as
 // Consul Enterprise keeps them); a gateway serves its own partition's
 // exports only.
@@ -81,10 +87,6 @@ Services = [{ Name = "db", Consumers = [{ Peer = "cluster-a" }] }]
 // leaves them out; a chain with no local target left is refused with a
 // reason that names it.
 func TestExportedServiceFollowsItsResolver(t *testing.T) {
-	exports := `Kind = "exported-services"
-Name = "default"
-Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
-`
 	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
 	for _, tc := range []struct {
 		what, resolver string
@@ -100,7 +102,7 @@ Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
 			`exported service "api" resolves to api dc2, in another datacenter, partition or peer`},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
-			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": exports,
+			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": apiExport,
 				"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n" + tc.resolver}
 			r := &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
 			got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
@@ -125,10 +127,6 @@ Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
 // The protocol is the service's service-defaults', else proxy-defaults',
 // else tcp, as Consul compiles it.
 func TestL7ExportsAreRefusedUnlessPassedThrough(t *testing.T) {
-	exports := `Kind = "exported-services"
-Name = "default"
-Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
-`
 	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
 	for _, tc := range []struct {
 		what   string
@@ -143,7 +141,7 @@ Services = [{ Name = "api", Consumers = [{ Peer = "cluster-a" }] }]
 			"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"tcp\"\n"}, ""},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
-			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": exports,
+			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": apiExport,
 				"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n"}
 			for k, v := range tc.files {
 				files[k] = v
