@@ -145,6 +145,7 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 		}
 		if pm := e.Service.Connect.PeerMeta; pm != nil && len(pm.SNI) > 0 && im.SNI == "" {
 			im.SNI = pm.SNI[0]
+			im.SpiffeIDs = pm.SpiffeID
 		}
 		// The WAN address: Envoy under Consul dials imports by WAN. Never
 		// wan_ipv4, which the agent fills with the LAN address.

@@ -89,6 +89,12 @@ type ImportedService struct {
 	SNI string
 	// Gateways are the addresses to dial, the exporting peer's mesh gateways.
 	Gateways []string
+	// SpiffeIDs are the identities the exporting side may present for the
+	// service, as the peering lists them (its PeerMeta.SpiffeID): the
+	// service's own, and the exporting mesh gateway's, which serves with its
+	// own certificate the exports it terminates (http, http2, grpc). Empty
+	// means the service's own only.
+	SpiffeIDs []string
 }
 
 // Import returns the peer's import of service name in namespace (empty

@@ -325,6 +325,8 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 		imported, ok = gwA.src.View().Peers["cluster-b"].Import("api", "")
 		return ok && imported.SNI == apiSNI && len(imported.Gateways) == 1 && imported.Gateways[0] == gwB.addr
 	})
+	assert.Equal(t, []string{apiID, "spiffe://" + tdB + "/gateway/mesh/dc/dc1"}, imported.SpiffeIDs,
+		"the identities B lists for api: its own and its gateway's, which would serve an L7 export")
 	// A sidecar of web in A with api from B as an upstream is planned with
 	// the SNI and addresses learned from A's agent, in each mode.
 	web := resolve.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}

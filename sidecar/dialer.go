@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -186,10 +187,14 @@ func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Dur
 func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, t resolve.Target) (*tls.Config, error) {
 	leaf := d.Certs.Certificate()
 	pool, want := d.Certs.Roots(), TargetIdentity(t, d.Certs.TrustDomain())
+	var listed []string // exact identities a peer lists for its export
 	if t.Peer != "" {
 		var err error
 		if pool, want, err = d.peerTrust(ctx, v.Peers[t.Peer], t); err != nil {
 			return nil, err
+		}
+		if im, ok := v.Peers[t.Peer].Import(t.Service, t.Namespace); ok {
+			listed = im.SpiffeIDs
 		}
 	}
 	return &tls.Config{
@@ -200,7 +205,7 @@ func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, t resolve.Targe
 		// identity: a mesh certificate names a SPIFFE ID, not a host.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return VerifyIdentity(raw, pool, want)
+			return verifyIdentity(raw, pool, want, listed)
 		},
 	}, nil
 }
@@ -294,14 +299,24 @@ var ErrWrongIdentity = errors.New("sidecar: the server is not the expected servi
 // VerifyIdentity checks a server's certificate chain (leaf first, DER)
 // against roots, and that the leaf carries want's SPIFFE ID.
 func VerifyIdentity(raw [][]byte, roots *x509.CertPool, want Identity) error {
+	return verifyIdentity(raw, roots, want, nil)
+}
+
+// verifyIdentity is VerifyIdentity, also accepting a leaf that carries
+// exactly one of the SPIFFE IDs listed: those a peer lists for its export
+// (the service's and its mesh gateway's), when there is a list.
+func verifyIdentity(raw [][]byte, roots *x509.CertPool, want Identity, listed []string) error {
 	leaf, err := verifyChain("server", raw, roots)
 	if err != nil {
 		return err
 	}
 	for _, u := range leaf.URIs {
-		if want.Matches(u) {
+		if want.Matches(u) || slices.Contains(listed, u.String()) {
 			return nil
 		}
+	}
+	if len(listed) > 0 {
+		return fmt.Errorf("%w: want %s or one of %v, the certificate names %v", ErrWrongIdentity, want, listed, leaf.URIs)
 	}
 	return fmt.Errorf("%w: want %s, the certificate names %v", ErrWrongIdentity, want, leaf.URIs)
 }

@@ -11,8 +11,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"math/big"
 	"net/url"
+	"path"
 	"sync/atomic"
 	"time"
 
@@ -53,23 +55,39 @@ func New(trustDomain string) (*CA, error) {
 // certificate and returns it with the CA's root as sidecar.Certs.
 func (ca *CA) Certs(id sidecar.Identity) (*sidecar.Certs, error) {
 	id.TrustDomain = ca.TrustDomain
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	u, err := url.Parse(id.String())
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: pkix.Name{CommonName: id.Service}, URIs: []*url.URL{u},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		NotBefore:   time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.root, &key.PublicKey, ca.key)
+	leaf, err := ca.Leaf(id.String())
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.root)
-	return sidecar.StaticCerts(tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool, ca.TrustDomain), nil
+	return sidecar.StaticCerts(leaf, pool, ca.TrustDomain), nil
+}
+
+// Leaf issues a leaf certificate naming spiffeID, any SPIFFE ID (a
+// service's, or a mesh gateway's: spiffe://<td>/gateway/mesh/dc/<dc>).
+func (ca *CA) Leaf(spiffeID string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	u, err := url.Parse(spiffeID)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: pkix.Name{CommonName: path.Base(u.Path)}, URIs: []*url.URL{u},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		NotBefore:   time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.root, &key.PublicKey, ca.key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// RootPEM returns the CA's root certificate, PEM, as a peering's
+// PeerCAPems lists it.
+func (ca *CA) RootPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.root.Raw}))
 }
