@@ -178,6 +178,22 @@ func ExpectChain(tb testing.TB, plan resolve.Plan, want ...string) {
 	}
 }
 
+// ExpectExport checks where a peer's connection to the exported service
+// name (in namespace; empty means "default") goes (resolve.RouteExported),
+// in one line: the addresses in the order the gateway tries them, the
+// primary target's endpoints then its local failover targets'. Whether the
+// service is exported to a given peer is the peering.Router's to say.
+//
+//	resolvetest.ExpectExport(t, src, "api", "", "10.0.1.11:21000")
+func ExpectExport(tb testing.TB, src resolve.Source, name, namespace string, want ...string) {
+	tb.Helper()
+	r := resolve.RouteExported(src.View(), name, namespace)
+	if got := append(slices.Clone(r.Primary), r.Failover...); !slices.Equal(got, want) {
+		tb.Errorf("resolvetest: export of %q (namespace %q) resolves to %s and goes to %q, want %q (left out: %q)",
+			name, namespace, r.Target, got, want, r.Skipped)
+	}
+}
+
 // Plan returns the plan of service's upstream named upstream, failing tb if
 // the view has no such upstream or has it more than once (PlanTo then says
 // which).

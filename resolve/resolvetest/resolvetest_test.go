@@ -139,3 +139,21 @@ func TestLoadSaysWhichTrustDomain(t *testing.T) {
 	})
 	assert.Empty(t, r.logs, "the topology gave the trust domain, even if it is the default one")
 }
+
+// ExpectExport asserts an export's route in one line, and says what it
+// got when it differs.
+func TestExpectExport(t *testing.T) {
+	src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+		"topology.hcl": `topology {
+  services = [
+    { name = "api", addresses = ["127.0.0.10:21000", "127.0.0.11:21000"] },
+    { name = "api", subset = "v1", addresses = ["127.0.0.11:21000"] },
+    { name = "api-backup", addresses = ["127.0.0.20:21000"] },
+  ]
+}`,
+		"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nDefaultSubset = \"v1\"\nSubsets = { v1 = {} }\nFailover = { \"*\" = { Service = \"api-backup\" } }\n"}))
+	resolvetest.ExpectExport(t, src, "api", "", "127.0.0.11:21000", "127.0.0.20:21000")
+	ft := &testing.T{}
+	resolvetest.ExpectExport(ft, src, "api", "", "127.0.0.10:21000")
+	assert.True(t, ft.Failed())
+}
