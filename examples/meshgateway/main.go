@@ -316,14 +316,16 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}
 		}()
 	}
-	servingNow.Store(true)
-	if ready != nil {
-		ready <- addrs[0]
-	}
+	// SIGHUP is taken before anyone is told the gateway is ready, so that
+	// one sent at once is not lost.
 	hup := make(chan os.Signal, 1)
 	if !*useConsul {
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
+	}
+	servingNow.Store(true)
+	if ready != nil {
+		ready <- addrs[0]
 	}
 	var serveErr error
 wait:

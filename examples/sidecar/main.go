@@ -165,7 +165,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		}
 	}
 	if len(configs) > 0 {
-		go rereadOnHUP(ctx, configs, *proxyID, changed, log)
+		// Taken here, before anyone is told the sidecar is ready, so that a
+		// SIGHUP sent at once is not lost.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go rereadOnHUP(ctx, hup, configs, *proxyID, changed, log)
 	} else {
 		go followRegistration(ctx, client, *proxyID, hash, changed, log)
 	}
@@ -370,10 +375,7 @@ func instanceFromFiles(paths []string, id string) (resolve.Instance, error) {
 // rereadOnHUP reloads the registration from the files on SIGHUP and calls
 // changed with it; a file that no longer loads leaves the registration in
 // force.
-func rereadOnHUP(ctx context.Context, paths []string, id string, changed func(resolve.Instance), log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func rereadOnHUP(ctx context.Context, hup <-chan os.Signal, paths []string, id string, changed func(resolve.Instance), log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
