@@ -83,6 +83,9 @@ func TestFailoverAcrossDatacenters(t *testing.T) {
 
 		api1.SetHealth(t, api.HealthCritical)
 		failovers = append(failovers, servedBy(mode, 1, string(mode)+": a connection to fail over to dc2"))
+		// The gateways count a connection when it closes: the ones
+		// servedBy made are counted before the one measured here.
+		consultest.WaitFor(t, eventually, string(mode)+": the gateways to close earlier connections", func() bool { return gw1.Idle() && gw2.Idle() })
 		before1, before2 = api1.Accepted(), api2.Accepted()
 		g1, g2 := gw1.Count(dc2SNI), gw2.Count(dc2SNI)
 		plan, err := dial(mode)

@@ -8,10 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -156,9 +158,9 @@ func Start(tb testing.TB, opts Options) *Agent {
 	a := &Agent{Datacenter: opts.Datacenter, NodeName: "node-" + opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
 	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
 	tb.Cleanup(a.Stop)
-	// The ports were free when picked, but any connection the machine
-	// opens meanwhile may take one (they come from the ephemeral range):
-	// an agent that cannot bind gets new ones.
+	// The ports were free when picked, but another test may take one
+	// meanwhile (or any connection, where they come from the ephemeral
+	// range): an agent that cannot bind gets new ones.
 	for attempt := 1; ; attempt++ {
 		a.configure(opts, pickPorts(tb, 6))
 		a.start()
@@ -368,7 +370,10 @@ func (a *Agent) ClientWithToken(token string) *api.Client {
 var pickPorts = freePorts
 
 // freePorts returns n distinct loopback ports that were free a moment ago
-// (TCP and UDP, as serf needs both).
+// (TCP and UDP, as serf needs both). It picks them below the machine's
+// ephemeral range when it can (portBand), where no outgoing connection can
+// take one before the agent binds it, or while a stopped agent waits to
+// restart on it; else wherever the system gives.
 func freePorts(tb testing.TB, n int) []int {
 	tb.Helper()
 	var out []int
@@ -378,9 +383,17 @@ func freePorts(tb testing.TB, n int) []int {
 			l.Close()
 		}
 	}()
-	for len(out) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi, banded := portBand()
+	for tries := 0; len(out) < n; tries++ {
+		addr := "127.0.0.1:0"
+		if banded && tries < 10000 {
+			addr = fmt.Sprintf("127.0.0.1:%d", lo+rand.IntN(hi-lo))
+		}
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
+			if addr != "127.0.0.1:0" {
+				continue // taken
+			}
 			tb.Fatal(err)
 		}
 		port := l.Addr().(*net.TCPAddr).Port
@@ -394,6 +407,27 @@ func freePorts(tb testing.TB, n int) []int {
 		out = append(out, port)
 	}
 	return out
+}
+
+// portBand returns the ports agents take, [lo, hi): from 2000 to the start
+// of the machine's ephemeral range (Linux's ip_local_port_range), but not
+// above 8000, which keeps clear of the fixed ports the guides use (8300 and
+// up). ok is false where there is no such range, or too small a band.
+func portBand() (lo, hi int, ok bool) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 0, 0, false
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0, 0, false
+	}
+	lo, hi = 2000, min(low, 8000)
+	return lo, hi, hi-lo >= 1000
 }
 
 // WaitFor polls cond for up to timeout; tests assert outcomes, not timings.

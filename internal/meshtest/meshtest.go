@@ -28,9 +28,14 @@ import (
 type Gateway struct {
 	gateway.Counters
 	Addr string
+	srv  *gateway.Server
 	mu   sync.Mutex
 	n    map[string]int
 }
+
+// Idle reports whether the gateway has no connection open: every
+// connection it accepted is counted.
+func (g *Gateway) Idle() bool { return g.srv.ActiveConns() == 0 }
 
 // Closed counts a forwarded connection by its server name.
 func (g *Gateway) Closed(r *gateway.ConnRecord) {
@@ -62,6 +67,7 @@ func StartGateway(t testing.TB, agent *consultest.Agent) *Gateway {
 	t.Cleanup(src.Close)
 	g := &Gateway{n: map[string]int{}}
 	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
+	g.srv = srv
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
