@@ -409,6 +409,14 @@ func freePorts(tb testing.TB, n int) []int {
 	return out
 }
 
+// FreeAddr returns a loopback address whose port was free a moment ago,
+// picked as the agents' ports are: for a listener a test restarts on the
+// same address.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	return fmt.Sprintf("127.0.0.1:%d", freePorts(tb, 1)[0])
+}
+
 // portBand returns the ports agents take, [lo, hi): from 2000 to the start
 // of the machine's ephemeral range (Linux's ip_local_port_range), but not
 // above 8000, which keeps clear of the fixed ports the guides use (8300 and

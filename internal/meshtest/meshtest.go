@@ -154,13 +154,16 @@ func WatchCerts(t testing.TB, agent *consultest.Agent, service string) *sidecar.
 	return c
 }
 
-// Listen listens on addr, 127.0.0.1:0 when empty, waiting while it is still
-// taken: a gateway restarted on its old address may find the port held for
-// a moment by the process that just let it go.
+// Listen listens on addr, waiting while it is still taken: a gateway
+// restarted on its old address may find the port held for a moment by the
+// process that just let it go. An empty addr is a port picked as
+// consultest picks agents' (consultest.FreeAddr), outside the ephemeral
+// range where the machine has one, so that no outgoing connection takes it
+// while the gateway is down.
 func Listen(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		addr = consultest.FreeAddr(t)
 	}
 	var ln net.Listener
 	consultest.WaitFor(t, time.Minute, "the address "+addr+" to be free", func() bool {
