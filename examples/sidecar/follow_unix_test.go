@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/consultest"
@@ -70,10 +69,10 @@ func (h *hops) through(t *testing.T, bind int, logs *syncbuf.Buffer, logLine str
 		got, _ := io.ReadAll(c)
 		return string(got) == "x" && strings.Contains(logs.String(), logLine)
 	})
-	consultest.WaitFor(t, eventually, "the gateways to settle", func() bool {
-		a, b := h.gw1.Count(h.sni), h.gw2.Count(h.sni)
-		time.Sleep(500 * time.Millisecond) // the connections that checked the path close behind them
-		return a == h.gw1.Count(h.sni) && b == h.gw2.Count(h.sni)
+	// The gateways count a connection when it closes: the ones that
+	// checked the path are counted once no connection is open.
+	consultest.WaitFor(t, eventually, "the gateways to close the connections that checked the path", func() bool {
+		return h.gw1.Idle() && h.gw2.Idle()
 	})
 	h.want1, h.want2 = h.gw1.Count(h.sni), h.gw2.Count(h.sni)
 	payload := make([]byte, 128<<10)
