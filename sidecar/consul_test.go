@@ -62,19 +62,27 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 		Instance: resolve.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := d.Plan(api.Upstream{DestinationName: "api", Datacenter: "dc2"}).SNI
 
-	var want1, want2 int
+	// dial waits until up is planned along route and a connection gets
+	// through, then counts what one more connection crosses: the gateways
+	// count a connection when it closes, so the earlier ones are let close
+	// first.
 	dial := func(t *testing.T, up api.Upstream, route resolve.Path, source modes.Source, through1, through2 bool) {
 		t.Helper()
-		var c *tls.Conn
-		var plan resolve.Plan
 		consultest.WaitFor(t, eventually, "the plan for "+string(route)+" to be dialled", func() bool {
-			plan = d.Plan(up)
+			plan := d.Plan(up)
 			if plan.Route != route || plan.Source != source {
 				return false
 			}
-			c, plan, err = d.Dial(context.Background(), up)
+			c, _, err := d.Dial(context.Background(), up)
+			if err == nil {
+				c.Close()
+			}
 			return err == nil
 		})
+		consultest.WaitFor(t, eventually, "the gateways to close earlier connections", func() bool { return gw1.Idle() && gw2.Idle() })
+		want1, want2 := gw1.Count(apiSNI), gw2.Count(apiSNI)
+		c, plan, err := d.Dial(context.Background(), up)
+		require.NoError(t, err)
 		assert.Equal(t, route, plan.Route)
 		assert.Equal(t, source, plan.Source)
 		echoes(t, c)
@@ -86,7 +94,7 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 			want2++
 		}
 		consultest.WaitFor(t, eventually, "the gateways to count the connection", func() bool {
-			return gw1.Count(apiSNI) >= want1 && gw2.Count(apiSNI) >= want2
+			return gw1.Count(apiSNI) >= want1 && gw2.Count(apiSNI) >= want2 && gw1.Idle() && gw2.Idle()
 		})
 		assert.Equal(t, want1, gw1.Count(apiSNI), "connections forwarded by dc1's gateway, after %s", route)
 		assert.Equal(t, want2, gw2.Count(apiSNI), "connections forwarded by dc2's gateway, after %s", route)
