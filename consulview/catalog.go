@@ -325,7 +325,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	c.mu.Lock()
 	dest, classified := c.cat.proxyOf[name]
 	typical := c.cat.names[name]
-	resolver := c.state.resolvers[name]
+	resolver := c.resolverLocked(name)
 	c.mu.Unlock()
 	counted := func(n int) {
 		c.mu.Lock()

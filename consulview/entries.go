@@ -4,19 +4,36 @@ import (
 	"context"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/resolve"
 )
 
-func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ProxyDefaults, c.queryOptions(ctx, index))
+// listEntries lists the config entries of kind (what names the listing in
+// errors) and keeps those of type T, with the index to wait on next.
+func listEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64) ([]T, uint64, error) {
+	entries, meta, err := c.client.ConfigEntries().List(kind, c.queryOptions(ctx, index))
 	if err != nil {
-		return index, classify("listing proxy-defaults", err)
+		return nil, index, classify(what, err)
 	}
-	if err := filtered("listing proxy-defaults", meta); err != nil {
-		return index, err
+	if err := filtered(what, meta); err != nil {
+		return nil, index, err
+	}
+	out := make([]T, 0, len(entries))
+	for _, e := range entries {
+		if t, ok := e.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out, meta.LastIndex, nil
+}
+
+func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, error) {
+	entries, next, err := listEntries[*api.ProxyConfigEntry](ctx, c, api.ProxyDefaults, "listing proxy-defaults", index)
+	if err != nil {
+		return next, err
 	}
 	var global *api.ProxyConfigEntry
-	for _, e := range entries {
-		if p, ok := e.(*api.ProxyConfigEntry); ok && p.Name == api.ProxyConfigGlobal {
+	for _, p := range entries {
+		if p.Name == api.ProxyConfigGlobal {
 			global = p
 		}
 	}
@@ -24,80 +41,74 @@ func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, e
 	c.state.proxyDefaults = global
 	c.publishLocked()
 	c.mu.Unlock()
-	return meta.LastIndex, nil
+	return next, nil
 }
 
+// loadServiceDefaults reads the service-defaults entries, keyed as the
+// View keys them; the map is replaced, never changed, so Views share it.
 func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ServiceDefaults, c.queryOptions(ctx, index))
+	entries, next, err := listEntries[*api.ServiceConfigEntry](ctx, c, api.ServiceDefaults, "listing service-defaults", index)
 	if err != nil {
-		return index, classify("listing service-defaults", err)
+		return next, err
 	}
-	if err := filtered("listing service-defaults", meta); err != nil {
-		return index, err
-	}
-	m := make(map[string]*api.ServiceConfigEntry, len(entries))
+	m := make(map[resolve.EntryKey]*api.ServiceConfigEntry, len(entries))
 	for _, e := range entries {
-		if s, ok := e.(*api.ServiceConfigEntry); ok {
-			m[s.Name] = s
-		}
+		m[resolve.KeyOf(e.Name, e.Namespace, e.Partition)] = e
 	}
 	c.mu.Lock()
 	c.state.serviceDefaults = m
 	c.publishLocked()
 	c.mu.Unlock()
-	return meta.LastIndex, nil
+	return next, nil
 }
 
-// loadResolvers reads the service-resolver entries; a service whose
-// resolver changed is refetched (its subsets' endpoints depend on it).
+// loadResolvers reads the service-resolver entries, keyed and shared as
+// loadServiceDefaults' are; a service whose resolver changed is refetched
+// (its subsets' endpoints depend on it).
 func (c *Source) loadResolvers(ctx context.Context, index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.ServiceResolver, c.queryOptions(ctx, index))
+	entries, next, err := listEntries[*api.ServiceResolverConfigEntry](ctx, c, api.ServiceResolver, "listing service-resolvers", index)
 	if err != nil {
-		return index, classify("listing service-resolvers", err)
+		return next, err
 	}
-	if err := filtered("listing service-resolvers", meta); err != nil {
-		return index, err
-	}
-	m := make(map[string]*api.ServiceResolverConfigEntry, len(entries))
-	for _, e := range entries {
-		if r, ok := e.(*api.ServiceResolverConfigEntry); ok {
-			m[r.Name] = r
-		}
+	m := make(map[resolve.EntryKey]*api.ServiceResolverConfigEntry, len(entries))
+	for _, r := range entries {
+		m[resolve.KeyOf(r.Name, r.Namespace, r.Partition)] = r
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for name, r := range m {
-		if old := c.state.resolvers[name]; old == nil || old.ModifyIndex != r.ModifyIndex {
-			c.markLocked(name)
+	for k, r := range m {
+		if old := c.state.resolvers[k]; old == nil || old.ModifyIndex != r.ModifyIndex {
+			c.markLocked(k.Name)
 		}
 	}
-	for name := range c.state.resolvers {
-		if m[name] == nil {
-			c.markLocked(name)
+	for k := range c.state.resolvers {
+		if m[k] == nil {
+			c.markLocked(k.Name)
 		}
 	}
 	c.state.resolvers = m
 	c.publishLocked()
-	return meta.LastIndex, nil
+	return next, nil
+}
+
+// resolverLocked returns the resolver of the local service name (the
+// source follows the agent's namespace and partition); c.mu is held.
+func (c *Source) resolverLocked(name string) *api.ServiceResolverConfigEntry {
+	return c.state.resolvers[resolve.KeyOf(name, "", c.state.partition)]
 }
 
 func (c *Source) loadMesh(ctx context.Context, index uint64) (uint64, error) {
-	entries, meta, err := c.client.ConfigEntries().List(api.MeshConfig, c.queryOptions(ctx, index))
+	entries, next, err := listEntries[*api.MeshConfigEntry](ctx, c, api.MeshConfig, "reading the mesh entry", index)
 	if err != nil {
-		return index, classify("reading the mesh entry", err)
-	}
-	if err := filtered("reading the mesh entry", meta); err != nil {
-		return index, err
+		return next, err
 	}
 	var mesh *api.MeshConfigEntry
-	for _, e := range entries {
-		if m, ok := e.(*api.MeshConfigEntry); ok {
-			mesh = m
-		}
+	for _, m := range entries {
+		mesh = m
 	}
 	c.mu.Lock()
 	c.state.mesh = mesh
 	c.publishLocked()
 	c.mu.Unlock()
-	return meta.LastIndex, nil
+	return next, nil
 }

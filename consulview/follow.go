@@ -90,7 +90,7 @@ func (c *Source) loadRemote(ctx context.Context, key string, index uint64) (uint
 		return index, err
 	}
 	c.mu.Lock()
-	resolver := c.state.resolvers[k.Name]
+	resolver := c.state.resolvers[resolve.KeyOf(k.Name, k.Namespace, k.Partition)]
 	c.mu.Unlock()
 	subsets, err := c.subsetEndpoints(ctx, k.Name, entries, resolver, &base, func(int) {})
 	if err != nil {

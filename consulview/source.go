@@ -123,8 +123,8 @@ var _ resolve.Source = (*Source)(nil)
 type consulState struct {
 	datacenter, partition, trustDomain string
 	proxyDefaults                      *api.ProxyConfigEntry
-	serviceDefaults                    map[string]*api.ServiceConfigEntry
-	resolvers                          map[string]*api.ServiceResolverConfigEntry
+	serviceDefaults                    map[resolve.EntryKey]*api.ServiceConfigEntry
+	resolvers                          map[resolve.EntryKey]*api.ServiceResolverConfigEntry
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
 	gateways                           map[string]gatewaySet         // "dc/name" -> gateways
@@ -179,8 +179,8 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	c.state.serviceDefaults = map[string]*api.ServiceConfigEntry{}
-	c.state.resolvers = map[string]*api.ServiceResolverConfigEntry{}
+	c.state.serviceDefaults = map[resolve.EntryKey]*api.ServiceConfigEntry{}
+	c.state.resolvers = map[resolve.EntryKey]*api.ServiceResolverConfigEntry{}
 	c.state.endpoints = map[string][]resolve.Endpoint{}
 	c.state.gateways = map[string]gatewaySet{}
 	c.state.fedGateways = map[string]gatewaySet{}
@@ -358,9 +358,9 @@ func (c *Source) publishLocked() {
 		Partition:       s.partition,
 		TrustDomain:     s.trustDomain,
 		ProxyDefaults:   s.proxyDefaults,
-		ServiceDefaults: make(map[resolve.EntryKey]*api.ServiceConfigEntry, len(s.serviceDefaults)),
+		ServiceDefaults: s.serviceDefaults, // replaced on change, never changed
 		Mesh:            s.mesh,
-		Resolvers:       make(map[resolve.EntryKey]*api.ServiceResolverConfigEntry, len(s.resolvers)),
+		Resolvers:       s.resolvers, // likewise
 		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
 		Subsets:         make(map[resolve.ServiceKey]map[string][]resolve.Endpoint, len(c.cat.subsets)),
 		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),
@@ -371,14 +371,6 @@ func (c *Source) publishLocked() {
 	for k, peers := range s.exports {
 		k.Datacenter = s.datacenter
 		v.Exports[k] = peers
-	}
-	// The entries of the agent's namespace and partition, which the
-	// source follows (Consul CE has only "default").
-	for _, e := range s.serviceDefaults {
-		v.ServiceDefaults[resolve.KeyOf(e.Name, e.Namespace, e.Partition)] = e
-	}
-	for _, r := range s.resolvers {
-		v.Resolvers[resolve.KeyOf(r.Name, r.Namespace, r.Partition)] = r
 	}
 	for name, eps := range s.endpoints {
 		v.Services[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
