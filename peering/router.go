@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -116,8 +117,9 @@ func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
 // sidecar or gateway reaching a service this cluster exports to it, along
-// the service's discovery chain (resolve.RouteExported): the primary
-// target's endpoints in turn, then the local failover targets'.
+// the service's discovery chain (resolve.RouteExported, computed once per
+// view): the primary target's endpoints in turn, then the local failover
+// targets'.
 func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, error) {
 	local := v.Local()
 	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
@@ -130,7 +132,7 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 				"make its protocol tcp (service-defaults), serve it with Consul's gateway, or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
 			name.Service, name.Peer, p)
 	}
-	er := resolve.RouteExported(v, name.Service, name.Namespace)
+	er := r.indexOf(v).exported[[2]string{name.Service, tenancy.OrDefault(name.Namespace)}]
 	if len(er.Primary)+len(er.Failover) == 0 {
 		if len(er.Skipped) > 0 {
 			return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
@@ -164,10 +166,13 @@ func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, erro
 	return gateway.Route{Name: pr.name, Targets: r.turn.Of(pr.targets), Remote: true, Kind: pr.kind}, nil
 }
 
-// peerIndex maps the exact foreign names of one view to their routes.
+// peerIndex holds what one view routes that is worth working out once: the
+// exact foreign names and their routes, and the route of each local
+// service exported to a peer, by name and namespace.
 type peerIndex struct {
-	view   *resolve.View
-	routes map[string]peerRoute
+	view     *resolve.View
+	routes   map[string]peerRoute
+	exported map[[2]string]resolve.ExportedRoute
 }
 
 type peerRoute struct {
@@ -183,7 +188,13 @@ func (r *Router) indexOf(v *resolve.View) *peerIndex {
 	if idx := r.index.Load(); idx != nil && idx.view == v {
 		return idx
 	}
-	idx := &peerIndex{view: v, routes: map[string]peerRoute{}}
+	idx := &peerIndex{view: v, routes: map[string]peerRoute{}, exported: map[[2]string]resolve.ExportedRoute{}}
+	local := v.Local()
+	for k := range v.Exports {
+		if (resolve.Location{Datacenter: k.Datacenter, Partition: k.Partition}) == local {
+			idx.exported[[2]string{k.Name, k.Namespace}] = resolve.RouteExported(v, k.Name, k.Namespace)
+		}
+	}
 	for _, p := range v.Peers {
 		if p.ServerName != "" && len(p.ServerAddresses) > 0 {
 			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, kind: KindPeerServers, peer: p.Name, server: true, targets: p.ServerAddresses}
