@@ -399,6 +399,11 @@ type ExportedRoute struct {
 	// another datacenter, partition or peer, as Consul's gateway leaves them
 	// out (with a warning in its log).
 	Skipped []string
+	// Local lists the local targets in the order Primary and Failover hold
+	// their endpoints, each with its SNI and its endpoints in Dial: what a
+	// gateway that terminates the peer's connection (an L7 export) needs to
+	// open its own to each.
+	Local []Target
 }
 
 // RouteExported returns the route of a peer's connection to service name
@@ -412,8 +417,14 @@ func RouteExported(v *View, name, namespace string) ExportedRoute {
 	isLocal := func(t chainTarget) bool {
 		return t.peer == "" && (Location{Datacenter: t.datacenter, Partition: t.partition}) == local
 	}
+	localTarget := func(t chainTarget, dial []string) Target {
+		eps := endpointsOf(v, t)
+		return Target{Service: t.service, Subset: t.subset, Namespace: tenancy.OrDefault(t.namespace), Partition: tenancy.OrDefault(t.partition),
+			Datacenter: t.datacenter, SNI: serviceSNI(v, t), Dial: dial, Healthy: len(eps)}
+	}
 	if isLocal(primary) {
 		out.Primary = addrs(endpointsOf(v, primary), false)
+		out.Local = append(out.Local, localTarget(primary, out.Primary))
 	} else {
 		out.Skipped = append(out.Skipped, out.Target)
 	}
@@ -427,7 +438,9 @@ func RouteExported(v *View, name, namespace string) ExportedRoute {
 			out.Skipped = append(out.Skipped, describeTarget(resolved))
 			continue
 		}
-		out.Failover = append(out.Failover, addrs(endpointsOf(v, resolved), false)...)
+		dial := addrs(endpointsOf(v, resolved), false)
+		out.Failover = append(out.Failover, dial...)
+		out.Local = append(out.Local, localTarget(resolved, dial))
 	}
 	return out
 }

@@ -128,7 +128,10 @@ type Agent struct {
 	NodeName string
 	HTTPAddr string
 	GRPCTLS  string
-	SerfWAN  string
+	// GRPC is the plaintext gRPC address (ports.grpc), where the agent
+	// serves xDS to the proxies registered with it.
+	GRPC    string
+	SerfWAN string
 	// ServerRPC is the server RPC address (ports.server), where WAN
 	// federation through mesh gateways reaches the server.
 	ServerRPC string
@@ -177,7 +180,7 @@ func Start(tb testing.TB, opts Options) *Agent {
 }
 
 // configure writes the agent's configuration for ports (HTTP, gRPC TLS,
-// serf LAN, serf WAN, server RPC, spare) and points Client at it.
+// serf LAN, serf WAN, server RPC, gRPC) and points Client at it.
 func (a *Agent) configure(opts Options, ports []int) {
 	tb := a.tb
 	tb.Helper()
@@ -185,6 +188,7 @@ func (a *Agent) configure(opts Options, ports []int) {
 	a.GRPCTLS = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	a.SerfWAN = fmt.Sprintf("127.0.0.1:%d", ports[3])
 	a.ServerRPC = fmt.Sprintf("127.0.0.1:%d", ports[4])
+	a.GRPC = fmt.Sprintf("127.0.0.1:%d", ports[5])
 	connect := "connect { enabled = true }"
 	if opts.WANFederation {
 		connect = "connect {\n  enabled = true\n  enable_mesh_gateway_wan_federation = true\n}"
@@ -203,7 +207,7 @@ log_level = "warn"
 ports {
   http = %d
   https = -1
-  grpc = -1
+  grpc = %d
   grpc_tls = %d
   dns = -1
   serf_lan = %d
@@ -211,7 +215,7 @@ ports {
   server = %d
 }
 performance { raft_multiplier = 1 }
-`, opts.Datacenter, opts.PrimaryDatacenter, a.NodeName, filepath.Join(a.dir, "data"), connect, ports[0], ports[1], ports[2], ports[3], ports[4])
+`, opts.Datacenter, opts.PrimaryDatacenter, a.NodeName, filepath.Join(a.dir, "data"), connect, ports[0], ports[5], ports[1], ports[2], ports[3], ports[4])
 	if opts.JoinWAN != nil {
 		cfg += fmt.Sprintf("retry_join_wan = [%q]\n", opts.JoinWAN.SerfWAN)
 	}
