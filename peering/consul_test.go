@@ -54,11 +54,18 @@ type meshGateway struct {
 // gateway for agent.
 func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGateway {
 	t.Helper()
+	return startGatewayWith(t, agent, addr, func(*consulview.Source) string { return "" })
+}
+
+// startGatewayWith is startGateway whose router sends L7 exports to the
+// address l7 returns for the gateway's source, if any.
+func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, l7 func(*consulview.Source) string) *meshGateway {
+	t.Helper()
 	g := &meshGateway{t: t, agent: agent, counters: &gateway.Counters{}, dialed: map[string]bool{}, seen: map[string][]string{}}
 	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
 	require.NoError(t, err)
 	g.src = src
-	router := &peering.Router{Source: src}
+	router := &peering.Router{Source: src, L7: l7(src)}
 	g.srv = &gateway.Server{
 		Router: gateway.RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
 			if ci, ok := gateway.ConnInfoFrom(ctx); ok {
@@ -123,6 +130,32 @@ func peerThroughGateways(t *testing.T, a *consultest.Agent) {
 	t.Helper()
 	_, _, err := a.Client.ConfigEntries().Set(&api.MeshConfigEntry{Peering: &api.PeeringMeshConfig{PeerThroughMeshGateways: true}}, nil)
 	require.NoError(t, err)
+}
+
+// peeringToken is what a peering token tells the dialling cluster.
+type peeringToken struct {
+	ServerAddresses []string
+	ServerName      string
+}
+
+// establishPeering peers a ("cluster-b" there) with b ("cluster-a"
+// there), b generating the token, and waits until both sides are ACTIVE.
+func establishPeering(t *testing.T, a, b *consultest.Agent) peeringToken {
+	t.Helper()
+	tok, _, err := b.Client.Peerings().GenerateToken(context.Background(), api.PeeringGenerateTokenRequest{PeerName: "cluster-a"}, nil)
+	require.NoError(t, err)
+	raw, err := base64.StdEncoding.DecodeString(tok.PeeringToken)
+	require.NoError(t, err)
+	var token peeringToken
+	require.NoError(t, json.Unmarshal(raw, &token))
+	start := time.Now()
+	_, _, err = a.Client.Peerings().Establish(context.Background(), api.PeeringEstablishRequest{PeerName: "cluster-b", PeeringToken: tok.PeeringToken}, nil)
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "the peering to be ACTIVE on both sides", func() bool {
+		return peeringState(t, a, "cluster-b") == api.PeeringStateActive && peeringState(t, b, "cluster-a") == api.PeeringStateActive
+	})
+	t.Logf("peering ACTIVE on both sides %v after Establish", time.Since(start).Round(time.Millisecond))
+	return token
 }
 
 func peeringState(t *testing.T, a *consultest.Agent, name string) api.PeeringState {
@@ -279,25 +312,9 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	})
 
 	// B generates a token for A: its server addresses are B's gateway only.
-	tok, _, err := b.Client.Peerings().GenerateToken(context.Background(), api.PeeringGenerateTokenRequest{PeerName: "cluster-a"}, nil)
-	require.NoError(t, err)
-	raw, err := base64.StdEncoding.DecodeString(tok.PeeringToken)
-	require.NoError(t, err)
-	var token struct {
-		ServerAddresses []string
-		ServerName      string
-	}
-	require.NoError(t, json.Unmarshal(raw, &token))
+	token := establishPeering(t, a, b)
 	assert.Equal(t, []string{gwB.addr}, token.ServerAddresses, "the token names only B's meshgate gateway")
 	assert.Equal(t, bServers, token.ServerName)
-
-	start := time.Now()
-	_, _, err = a.Client.Peerings().Establish(context.Background(), api.PeeringEstablishRequest{PeerName: "cluster-b", PeeringToken: tok.PeeringToken}, nil)
-	require.NoError(t, err)
-	consultest.WaitFor(t, eventually, "the peering to be ACTIVE on both sides", func() bool {
-		return peeringState(t, a, "cluster-b") == api.PeeringStateActive && peeringState(t, b, "cluster-a") == api.PeeringStateActive
-	})
-	t.Logf("peering ACTIVE on both sides %v after Establish", time.Since(start).Round(time.Millisecond))
 
 	// Every control-plane connection that reached B's gateway came from A's
 	// gateway: none from A's servers directly, which Consul falls back to
@@ -314,7 +331,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 
 	// The data plane: B exports a Connect-native api to A.
 	_, apiAccepted := connectService(t, b, "api", func() *x509.CertPool { return peerRoots(t, b, "cluster-a") })
-	_, _, err = b.Client.ConfigEntries().Set(&api.ExportedServicesConfigEntry{Name: "default",
+	_, _, err := b.Client.ConfigEntries().Set(&api.ExportedServicesConfigEntry{Name: "default",
 		Services: []api.ExportedService{{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}}, nil)
 	require.NoError(t, err)
 	apiSNI := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)

@@ -62,6 +62,11 @@ type Router struct {
 	// those rules unseen. Set it where no such rule is written for the
 	// service's peers.
 	PassThroughL7Exports bool
+	// L7 is the address of an l7.Terminator that serves this gateway's
+	// exports whose protocol is http, http2 or grpc, as Consul's gateway
+	// does: those connections are sent there whole, instead of refused or
+	// passed through. It takes precedence over PassThroughL7Exports.
+	L7 string
 
 	mesh  atomic.Pointer[gateway.Router]
 	turn  gateway.Rotation
@@ -126,11 +131,16 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 		return gateway.Route{}, gateway.Reject(ReasonNotExported,
 			"service %q (namespace %q, partition %q) is not exported to peer %q", name.Service, name.Namespace, name.Partition, name.Peer)
 	}
-	if p := v.Protocol(name.Service, name.Namespace, name.Partition); !r.PassThroughL7Exports && (p == "http" || p == "http2" || p == "grpc") {
-		return gateway.Route{}, gateway.Reject(ReasonL7Export,
-			"service %q is exported to peer %q with protocol %q: Consul's mesh gateway terminates such exports to apply its service-router, service-splitter and L7 intentions, which meshgate does not; "+
-				"make its protocol tcp (service-defaults), serve it with Consul's gateway, or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
-			name.Service, name.Peer, p)
+	if p := v.Protocol(name.Service, name.Namespace, name.Partition); p == "http" || p == "http2" || p == "grpc" {
+		switch {
+		case r.L7 != "":
+			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Targets: []string{r.L7}, Kind: KindExported}, nil
+		case !r.PassThroughL7Exports:
+			return gateway.Route{}, gateway.Reject(ReasonL7Export,
+				"service %q is exported to peer %q with protocol %q: Consul's mesh gateway terminates such exports to apply its service-router, service-splitter and L7 intentions; "+
+					"terminate them (peering.Router.L7, meshgateway -l7-exports terminate), make its protocol tcp (service-defaults), or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
+				name.Service, name.Peer, p)
+		}
 	}
 	er := r.indexOf(v).exported[[2]string{name.Service, tenancy.OrDefault(name.Namespace)}]
 	if len(er.Primary)+len(er.Failover) == 0 {

@@ -321,6 +321,14 @@ func verifyIdentity(raw [][]byte, roots *x509.CertPool, want Identity, listed []
 	return fmt.Errorf("%w: want %s, the certificate names %v", ErrWrongIdentity, want, leaf.URIs)
 }
 
+// VerifyPeerChain checks that a client's certificate chain (leaf first,
+// DER) leads to roots, and returns its leaf: the check a server makes of
+// a client of the mesh or of a peer (with that peer's roots), before it
+// looks at the client's identity.
+func VerifyPeerChain(raw [][]byte, roots *x509.CertPool) (*x509.Certificate, error) {
+	return verifyChain("client", raw, roots)
+}
+
 // verifyChain checks that a peer's certificate chain (leaf first, DER; the
 // peer is "server" or "client" in messages) leads to roots, and returns the
 // leaf.

@@ -1,0 +1,330 @@
+// Package l7 terminates a cluster peer's connections to exported services
+// whose protocol is http, http2 or grpc, as Consul's mesh gateway does.
+//
+// Consul's gateway does not pass such a connection through: it completes
+// the peer's mTLS with its own certificate
+// (spiffe://<td>/gateway/mesh/dc/<dc>), accepting only clients whose
+// certificates chain to that peer's CA bundle; it replaces the
+// X-Forwarded-Client-Cert header with the peer client's certificate and
+// identity, which the destination's L7 intentions read; it sends each
+// request along the service's discovery chain; and it opens its own mTLS,
+// with the same certificate, to the instance, expecting the target
+// service's identity. A Terminator does that, with HTTP/1.1 and HTTP/2
+// (and so gRPC) from net/http.
+//
+// A Terminator listens on its own socket (on loopback, say); the gateway's
+// peering.Router sends it these connections (peering.Router.L7) whole,
+// ClientHello included, so the gateway's accept, limits, metrics and
+// access log apply to them as to every other connection.
+package l7
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sni"
+)
+
+// handshakeTimeout bounds a peer's TLS handshake.
+const handshakeTimeout = 10 * time.Second
+
+// Terminator serves a peer's connections to exported L7 services. Source
+// and Certs are required; the zero value of the rest works.
+type Terminator struct {
+	// Source provides the view: what is exported to which peer, with what
+	// protocol and discovery chain, the instances, and each peer's CA roots
+	// and trust domain.
+	Source resolve.Source
+	// Certs is the gateway's own identity and the cluster's roots
+	// (sidecar.WatchGatewayCerts).
+	Certs *sidecar.Certs
+	// Logger receives a line per connection that fails its handshake and
+	// per request that finds no instance; nil means slog.Default().
+	Logger *slog.Logger
+
+	http     http.Server
+	conns    chan net.Conn // to http
+	initOnce sync.Once
+	upstream upstreams
+	routes   atomic.Pointer[routeCache]
+
+	mu     sync.Mutex
+	open   map[net.Conn]struct{}
+	closed bool
+}
+
+// connKey carries a connection's export in its context.
+type connKey struct{}
+
+// peerConn is one terminated connection: which export it reaches, from
+// which peer, and the client's XFCC element.
+type peerConn struct {
+	name sni.Name // the exported service's SNI, parsed
+	xfcc string
+}
+
+// Serve accepts connections on ln until ln is closed or Close is called.
+// It returns nil after Close, else ln's error.
+func (t *Terminator) Serve(ln net.Listener) error {
+	t.init()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if t.isClosed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if !t.track(c, true) {
+			c.Close()
+			return nil
+		}
+		go t.serveConn(c)
+	}
+}
+
+// Close closes every connection the Terminator serves; Serve returns.
+func (t *Terminator) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	open := t.open
+	t.open = nil
+	t.mu.Unlock()
+	for c := range open {
+		c.Close()
+	}
+	t.upstream.closeIdle()
+	return nil
+}
+
+func (t *Terminator) init() {
+	t.initOnce.Do(func() {
+		t.conns = make(chan net.Conn)
+		t.http = http.Server{
+			Handler:           http.HandlerFunc(t.serveHTTP),
+			ReadHeaderTimeout: time.Minute,
+			ErrorLog:          slog.NewLogLogger(t.logger().Handler(), slog.LevelDebug),
+			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+				return context.WithValue(ctx, connKey{}, c.(*termConn).pc)
+			},
+			Protocols: new(http.Protocols),
+		}
+		t.http.Protocols.SetHTTP1(true)
+		t.http.Protocols.SetUnencryptedHTTP2(true)
+		go t.http.Serve(chanListener{t.conns})
+		t.upstream.t = t
+	})
+}
+
+func (t *Terminator) logger() *slog.Logger {
+	if t.Logger != nil {
+		return t.Logger
+	}
+	return slog.Default()
+}
+
+func (t *Terminator) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// track adds c to (or, add false, removes it from) the open connections;
+// it reports false once the Terminator is closed.
+func (t *Terminator) track(c net.Conn, add bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	if t.open == nil {
+		t.open = map[net.Conn]struct{}{}
+	}
+	if add {
+		t.open[c] = struct{}{}
+	} else {
+		delete(t.open, c)
+	}
+	return true
+}
+
+// serveConn completes the peer's handshake and serves HTTP on it.
+func (t *Terminator) serveConn(raw net.Conn) {
+	pc := &peerConn{}
+	tc := tls.Server(raw, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			return t.configFor(hello.ServerName, pc)
+		},
+	})
+	tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		t.logger().Info("l7: peer handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
+		tc.Close()
+		t.track(raw, false)
+		return
+	}
+	tc.SetDeadline(time.Time{})
+	// The HTTP server sees a plain connection, so that it takes the peer's
+	// HTTP/2 by its preface whether ALPN named it or not (a peer's Envoy
+	// speaks HTTP/2 to an http2 or grpc export without ALPN).
+	c := &termConn{Conn: tc, pc: pc, done: func() { t.track(raw, false) }}
+	select {
+	case t.conns <- c:
+	case <-time.After(handshakeTimeout):
+		c.Close()
+	}
+}
+
+// configFor is the TLS configuration for a peer's connection to
+// serverName: the gateway's certificate, and the client's chain checked
+// against the roots of the peer serverName names.
+func (t *Terminator) configFor(serverName string, pc *peerConn) (*tls.Config, error) {
+	v := t.Source.View()
+	name, err := sni.ParseName(serverName, v.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("l7: server name %q: %w", serverName, err)
+	}
+	if name.Kind != sni.KindPeeredService || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
+		return nil, fmt.Errorf("l7: server name %q is not a service exported to a peer", serverName)
+	}
+	peer, ok := v.Peers[name.Peer]
+	if !ok || len(peer.Roots) == 0 || peer.TrustDomain == "" {
+		return nil, fmt.Errorf("l7: no CA roots or trust domain known for peer %q", name.Peer)
+	}
+	cert := t.Certs.Certificate()
+	if cert == nil {
+		return nil, fmt.Errorf("l7: no certificate for this gateway yet: %w", t.Certs.Err())
+	}
+	roots := x509.NewCertPool()
+	for _, r := range peer.Roots {
+		roots.AppendCertsFromPEM([]byte(r))
+	}
+	pc.name = name
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{*cert},
+		ClientAuth:   tls.RequireAnyClientCert,
+		NextProtos:   []string{"h2", "http/1.1"},
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := sidecar.VerifyPeerChain(raw, roots)
+			if err != nil {
+				return fmt.Errorf("l7: a client of peer %q: %w", name.Peer, err)
+			}
+			if !inTrustDomain(leaf, peer.TrustDomain) {
+				return fmt.Errorf("l7: a client of peer %q names %v, outside its trust domain %s", name.Peer, leaf.URIs, peer.TrustDomain)
+			}
+			pc.xfcc = clientCertElement(cert, raw, leaf)
+			return nil
+		},
+	}, nil
+}
+
+// inTrustDomain reports whether leaf carries a SPIFFE ID of trustDomain.
+func inTrustDomain(leaf *x509.Certificate, trustDomain string) bool {
+	for _, u := range leaf.URIs {
+		if u.Scheme == "spiffe" && strings.EqualFold(u.Host, trustDomain) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveHTTP sends one request along the exported service's chain.
+func (t *Terminator) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	pc, _ := r.Context().Value(connKey{}).(*peerConn)
+	if pc == nil {
+		http.Error(w, "l7: no export for this connection", http.StatusInternalServerError)
+		return
+	}
+	v := t.Source.View()
+	name := pc.name
+	route := t.routeOf(v, name.Service, tenancy.OrDefault(name.Namespace))
+	target, ok := firstWithEndpoints(route.Local)
+	if !ok {
+		msg := fmt.Sprintf("exported service %q has no healthy instance in %s (its chain's target: %s)", name.Service, v.Local(), route.Target)
+		t.logger().Info("l7: "+msg, "peer", name.Peer, "reason", resolve.ReasonUnknownService)
+		http.Error(w, msg, http.StatusServiceUnavailable)
+		return
+	}
+	protocol := v.Protocol(target.Service, target.Namespace, target.Partition)
+	t.upstream.proxy(w, r, target, protocol, pc.xfcc, route.ConnectTimeout)
+}
+
+// firstWithEndpoints returns the first target with an instance: the
+// primary, else the first local failover target that has one.
+func firstWithEndpoints(targets []resolve.Target) (resolve.Target, bool) {
+	for _, t := range targets {
+		if len(t.Dial) > 0 {
+			return t, true
+		}
+	}
+	return resolve.Target{}, false
+}
+
+// routeCache holds the routes of one view's exports.
+type routeCache struct {
+	view   *resolve.View
+	mu     sync.Mutex
+	routes map[[2]string]resolve.ExportedRoute
+}
+
+// routeOf returns the route of exported service name in namespace,
+// worked out once per view.
+func (t *Terminator) routeOf(v *resolve.View, name, namespace string) resolve.ExportedRoute {
+	rc := t.routes.Load()
+	if rc == nil || rc.view != v {
+		rc = &routeCache{view: v, routes: map[[2]string]resolve.ExportedRoute{}}
+		t.routes.Store(rc)
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	key := [2]string{name, namespace}
+	r, ok := rc.routes[key]
+	if !ok {
+		r = resolve.RouteExported(v, name, namespace)
+		rc.routes[key] = r
+	}
+	return r
+}
+
+// termConn is a terminated connection handed to the HTTP server,
+// carrying its export; done runs once when the server closes it.
+type termConn struct {
+	net.Conn
+	pc   *peerConn
+	once sync.Once
+	done func()
+}
+
+func (c *termConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
+}
+
+// chanListener hands the HTTP server the connections sent on its
+// channel.
+type chanListener struct{ conns chan net.Conn }
+
+func (l chanListener) Accept() (net.Conn, error) { return <-l.conns, nil }
+func (l chanListener) Close() error              { return nil }
+func (l chanListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }

@@ -1,0 +1,236 @@
+package peering_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/peering/l7"
+	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// startL7Gateway is startGateway with an l7.Terminator beside it, holding
+// the gateway's own certificate from agent's xDS.
+func startL7Gateway(t *testing.T, agent *consultest.Agent) *meshGateway {
+	t.Helper()
+	return startGatewayWith(t, agent, "", func(src *consulview.Source) string {
+		certs, err := sidecar.WatchGatewayCerts(context.Background(), agent.Client, sidecar.GatewayCertsOptions{GRPCAddr: agent.GRPC, GatewayID: "mesh-gateway"})
+		require.NoError(t, err)
+		t.Cleanup(certs.Close)
+		term := &l7.Terminator{Source: src, Certs: certs}
+		ln := meshtest.Listen(t, "")
+		go term.Serve(ln)
+		t.Cleanup(func() { term.Close(); ln.Close() })
+		return ln.Addr().String()
+	})
+}
+
+// l7Request is what an instance saw of one request.
+type l7Request struct {
+	instance, path, proto, xfcc, client string
+}
+
+// l7Instances are Connect-native instances of one service that answer
+// HTTP/1.1, HTTP/2 and gRPC (health) with the service's leaf, accepting
+// clients of their own cluster, and record each request.
+type l7Instances struct {
+	mu   sync.Mutex
+	seen []l7Request
+}
+
+func (s *l7Instances) requests() []l7Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]l7Request(nil), s.seen...)
+}
+
+// start serves one instance named id of service on agent, with meta.
+func (s *l7Instances) start(t *testing.T, agent *consultest.Agent, service, id string, meta map[string]string) {
+	t.Helper()
+	certs := meshtest.WatchCerts(t, agent, service)
+	cfg := certs.ServerTLSConfig()
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	srv := &http.Server{TLSConfig: cfg, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		client := ""
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) > 0 {
+			client = r.TLS.PeerCertificates[0].URIs[0].String()
+		}
+		s.mu.Lock()
+		s.seen = append(s.seen, l7Request{instance: id, path: r.URL.Path, proto: r.Proto, xfcc: r.Header.Get(l7.XFCCHeader), client: client})
+		s.mu.Unlock()
+		if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			gs.ServeHTTP(w, r)
+			return
+		}
+		fmt.Fprintf(w, "%s %s", id, r.URL.Path)
+	})}
+	ln := meshtest.Listen(t, "")
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: service, Address: "127.0.0.1", Port: port,
+		Meta: meta, Connect: &api.AgentServiceConnect{Native: true}}))
+}
+
+// peerClientTLS is the TLS of web in agent's cluster reaching an export of
+// its peer through serverName: web's leaf, and the peer's gateway's
+// identity under the peer's roots.
+func peerClientTLS(t *testing.T, agent *consultest.Agent, peer, serverName, gatewayID string) *tls.Config {
+	leaf, _, err := agent.Client.Agent().ConnectCALeaf("web", nil)
+	require.NoError(t, err)
+	cert, err := tls.X509KeyPair([]byte(leaf.CertPEM), []byte(leaf.PrivateKeyPEM))
+	require.NoError(t, err)
+	return &tls.Config{
+		ServerName:         serverName,
+		Certificates:       []tls.Certificate{cert},
+		InsecureSkipVerify: true, // the SPIFFE identity is checked instead
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyChain(raw, peerRoots(t, agent, peer), gatewayID)
+		},
+	}
+}
+
+// A peer's client reaches an exported http service through meshgate
+// gateways on both sides, and B's gateway terminates it as Consul's does:
+// the client sees B's gateway's identity, the instance sees the gateway's
+// certificate and, in X-Forwarded-Client-Cert, the peer client's identity
+// (a forged header is replaced); HTTP/1.1, HTTP/2 and gRPC all get through.
+func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
+	a := consultest.Start(t, consultest.Options{})
+	b := consultest.Start(t, consultest.Options{})
+	tdA, tdB := a.TrustDomain(), b.TrustDomain()
+	peerThroughGateways(t, a)
+	peerThroughGateways(t, b)
+	gwA := startGateway(t, a, "")
+	gwB := startL7Gateway(t, b)
+	consultest.WaitFor(t, eventually, "B's gateway to know B's servers", func() bool {
+		_, reason := routeOf(&peering.Router{Source: gwB.src}, sni.PeeringServerSNI("dc1", tdB))
+		return reason == ""
+	})
+	establishPeering(t, a, b)
+
+	_, _, err := b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}, nil)
+	require.NoError(t, err)
+	inst := &l7Instances{}
+	inst.start(t, b, "api", "api-1", nil)
+	_, _, err = b.Client.ConfigEntries().Set(&api.ExportedServicesConfigEntry{Name: "default",
+		Services: []api.ExportedService{{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}}, nil)
+	require.NoError(t, err)
+	apiSNI := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
+	consultest.WaitFor(t, eventually, "A's gateway to learn api imported from B", func() bool {
+		_, ok := gwA.src.View().Peers["cluster-b"].Import("api", "")
+		return ok
+	})
+	gatewayB := "spiffe://" + tdB + "/gateway/mesh/dc/dc1"
+	webA := "spiffe://" + tdA + "/ns/default/dc/dc1/svc/web"
+	clientTLS := peerClientTLS(t, a, "cluster-b", apiSNI, gatewayB)
+	dialA := func(ctx context.Context, cfg *tls.Config) (net.Conn, error) {
+		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", gwA.addr)
+	}
+	h1 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			cfg := clientTLS.Clone()
+			cfg.NextProtos = []string{"http/1.1"}
+			return dialA(ctx, cfg)
+		}}}
+	get := func(c *http.Client, path string, header http.Header) (int, string, error) {
+		req, _ := http.NewRequest("GET", "https://api"+path, nil)
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), err
+	}
+
+	// HTTP/1.1, once B's gateway has its certificate and routes api to the
+	// terminator.
+	consultest.WaitFor(t, eventually, "a request through both gateways", func() bool {
+		code, _, err := get(h1, "/first", nil)
+		return err == nil && code == http.StatusOK
+	})
+	code, body, err := get(h1, "/hello", http.Header{l7.XFCCHeader: {"By=spiffe://forged;URI=spiffe://forged/ns/default/dc/dc1/svc/admin"}})
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "api-1 /hello", body)
+	seen := inst.requests()
+	last := seen[len(seen)-1]
+	assert.Equal(t, "/hello", last.path)
+	assert.Equal(t, "HTTP/1.1", last.proto)
+	assert.Equal(t, gatewayB, last.client, "the instance is dialled with B's gateway's certificate")
+	assert.True(t, strings.HasPrefix(last.xfcc, "By="+gatewayB+";Hash="), "XFCC: %s", last.xfcc)
+	assert.Contains(t, last.xfcc, ";URI="+webA, "XFCC names the peer's client")
+	assert.NotContains(t, last.xfcc, "forged", "the client's own XFCC is replaced")
+	assert.NotEmpty(t, gwA.remotesOf(apiSNI), "through A's gateway")
+	assert.NotEmpty(t, gwB.remotesOf(apiSNI), "through B's gateway")
+
+	// A client of B's own cluster is not a client of peer cluster-a.
+	ownB := peerClientTLS(t, b, "cluster-a", apiSNI, gatewayB)
+	ownB.VerifyPeerCertificate = nil
+	c, err := tls.Dial("tcp", gwB.addr, ownB)
+	if err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	assert.Error(t, err, "B's gateway refuses a client outside cluster-a's trust domain")
+
+	// HTTP/2 and gRPC, once api speaks http2.
+	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http2"}, nil)
+	require.NoError(t, err)
+	h2Only := new(http.Protocols)
+	h2Only.SetHTTP2(true)
+	h2 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		ForceAttemptHTTP2: true,
+		Protocols:         h2Only,
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			cfg := clientTLS.Clone()
+			cfg.NextProtos = []string{"h2"}
+			return dialA(ctx, cfg)
+		}}}
+	consultest.WaitFor(t, eventually, "an HTTP/2 request to reach api over HTTP/2", func() bool {
+		code, _, err := get(h2, "/h2", nil)
+		seen := inst.requests()
+		return err == nil && code == http.StatusOK && seen[len(seen)-1].proto == "HTTP/2.0"
+	})
+	gc, err := grpc.NewClient("passthrough:///api", grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", gwA.addr)
+		}))
+	require.NoError(t, err)
+	defer gc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hr, err := healthpb.NewHealthClient(gc).Check(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err, "gRPC through both gateways")
+	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, hr.Status)
+	seen = inst.requests()
+	assert.Equal(t, "/grpc.health.v1.Health/Check", seen[len(seen)-1].path)
+	assert.Contains(t, seen[len(seen)-1].xfcc, ";URI="+webA)
+}
