@@ -78,10 +78,15 @@ type Set struct {
 	// namespace and partition: their subsets, DefaultSubset, Redirect,
 	// Failover and ConnectTimeout.
 	ServiceResolvers map[mesh.EntryKey]*api.ServiceResolverConfigEntry
+	// ServiceRouters and ServiceSplitters hold the service-router and
+	// service-splitter entries by service name, namespace and partition:
+	// how an http, http2 or grpc service's requests are routed and split.
+	ServiceRouters   map[mesh.EntryKey]*api.ServiceRouterConfigEntry
+	ServiceSplitters map[mesh.EntryKey]*api.ServiceSplitterConfigEntry
 	// SamenessGroups holds the sameness-group entries by name (a Consul
 	// Enterprise feature: Consul CE refuses them, and resolvers naming one).
 	SamenessGroups map[string]*api.SamenessGroupConfigEntry
-	// Other holds config entries of other kinds (service-router, ...),
+	// Other holds config entries of other kinds (service-intentions, ...),
 	// checked as strictly but not used by meshgate.
 	Other []api.ConfigEntry
 	// Services are the agent service definitions, in file order.
@@ -174,7 +179,8 @@ func Parse(name string, src []byte) (*Set, error) {
 
 func newSet() *Set {
 	return &Set{ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{}, ServiceResolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{},
-		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}, ExportedServices: map[string]*api.ExportedServicesConfigEntry{}}
+		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}, ExportedServices: map[string]*api.ExportedServicesConfigEntry{},
+		ServiceRouters: map[mesh.EntryKey]*api.ServiceRouterConfigEntry{}, ServiceSplitters: map[mesh.EntryKey]*api.ServiceSplitterConfigEntry{}}
 }
 
 // flatten turns nested multierrors into one flat list, formatted one per line.
@@ -366,6 +372,32 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 				d.Errorf(line, path, "service-resolver %q: %s", e.Name, msg)
 			}
 			s.ServiceResolvers[k] = e
+		}
+	case *api.ServiceRouterConfigEntry:
+		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
+		switch {
+		case e.Name == "":
+			d.Errorf(line, path, "service-router has no Name")
+		case s.ServiceRouters[k] != nil:
+			d.Errorf(line, path, "a second service-router for %s", k)
+		default:
+			for _, msg := range routerProblems(e) {
+				d.Errorf(line, path, "service-router %q: %s", e.Name, msg)
+			}
+			s.ServiceRouters[k] = e
+		}
+	case *api.ServiceSplitterConfigEntry:
+		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
+		switch {
+		case e.Name == "":
+			d.Errorf(line, path, "service-splitter has no Name")
+		case s.ServiceSplitters[k] != nil:
+			d.Errorf(line, path, "a second service-splitter for %s", k)
+		default:
+			for _, msg := range splitterProblems(e) {
+				d.Errorf(line, path, "service-splitter %q: %s", e.Name, msg)
+			}
+			s.ServiceSplitters[k] = e
 		}
 	case *api.SamenessGroupConfigEntry:
 		switch {

@@ -44,19 +44,54 @@ func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, e
 	return next, nil
 }
 
+// keyedEntries lists the config entries of kind as listEntries does, keyed
+// as the View keys them (name, namespace, partition).
+func keyedEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64) (map[resolve.EntryKey]T, uint64, error) {
+	entries, next, err := listEntries[T](ctx, c, kind, what, index)
+	if err != nil {
+		return nil, next, err
+	}
+	m := make(map[resolve.EntryKey]T, len(entries))
+	for _, e := range entries {
+		m[resolve.KeyOf(e.GetName(), e.GetNamespace(), e.GetPartition())] = e
+	}
+	return m, next, nil
+}
+
 // loadServiceDefaults reads the service-defaults entries, keyed as the
 // View keys them; the map is replaced, never changed, so Views share it.
+// So do loadRouters and loadSplitters.
 func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
-	entries, next, err := listEntries[*api.ServiceConfigEntry](ctx, c, api.ServiceDefaults, "listing service-defaults", index)
+	m, next, err := keyedEntries[*api.ServiceConfigEntry](ctx, c, api.ServiceDefaults, "listing service-defaults", index)
 	if err != nil {
 		return next, err
 	}
-	m := make(map[resolve.EntryKey]*api.ServiceConfigEntry, len(entries))
-	for _, e := range entries {
-		m[resolve.KeyOf(e.Name, e.Namespace, e.Partition)] = e
-	}
 	c.mu.Lock()
 	c.state.serviceDefaults = m
+	c.publishLocked()
+	c.mu.Unlock()
+	return next, nil
+}
+
+func (c *Source) loadRouters(ctx context.Context, index uint64) (uint64, error) {
+	m, next, err := keyedEntries[*api.ServiceRouterConfigEntry](ctx, c, api.ServiceRouter, "listing service-routers", index)
+	if err != nil {
+		return next, err
+	}
+	c.mu.Lock()
+	c.state.routers = m
+	c.publishLocked()
+	c.mu.Unlock()
+	return next, nil
+}
+
+func (c *Source) loadSplitters(ctx context.Context, index uint64) (uint64, error) {
+	m, next, err := keyedEntries[*api.ServiceSplitterConfigEntry](ctx, c, api.ServiceSplitter, "listing service-splitters", index)
+	if err != nil {
+		return next, err
+	}
+	c.mu.Lock()
+	c.state.splitters = m
 	c.publishLocked()
 	c.mu.Unlock()
 	return next, nil
@@ -66,13 +101,9 @@ func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64,
 // loadServiceDefaults' are; a service whose resolver changed is refetched
 // (its subsets' endpoints depend on it).
 func (c *Source) loadResolvers(ctx context.Context, index uint64) (uint64, error) {
-	entries, next, err := listEntries[*api.ServiceResolverConfigEntry](ctx, c, api.ServiceResolver, "listing service-resolvers", index)
+	m, next, err := keyedEntries[*api.ServiceResolverConfigEntry](ctx, c, api.ServiceResolver, "listing service-resolvers", index)
 	if err != nil {
 		return next, err
-	}
-	m := make(map[resolve.EntryKey]*api.ServiceResolverConfigEntry, len(entries))
-	for _, r := range entries {
-		m[resolve.KeyOf(r.Name, r.Namespace, r.Partition)] = r
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

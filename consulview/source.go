@@ -81,7 +81,8 @@ type Options struct {
 
 // Source is a resolve.Source kept current from a live Consul agent through blocking
 // queries: the local datacenter and trust domain, proxy-defaults,
-// service-defaults, service-resolver and mesh entries, every local service's
+// service-defaults, service-resolver, service-router, service-splitter and
+// mesh entries, every local service's
 // healthy mesh endpoints (its sidecar proxies or Connect-native instances)
 // and those of its resolver subsets, and the mesh gateways of every
 // datacenter (found by kind, whatever their name) with their WAN addresses.
@@ -125,6 +126,8 @@ type consulState struct {
 	proxyDefaults                      *api.ProxyConfigEntry
 	serviceDefaults                    map[resolve.EntryKey]*api.ServiceConfigEntry
 	resolvers                          map[resolve.EntryKey]*api.ServiceResolverConfigEntry
+	routers                            map[resolve.EntryKey]*api.ServiceRouterConfigEntry
+	splitters                          map[resolve.EntryKey]*api.ServiceSplitterConfigEntry
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
 	gateways                           map[string]gatewaySet         // "dc/name" -> gateways
@@ -214,6 +217,8 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		{"proxy-defaults", c.loadProxyDefaults},
 		{"service-defaults", c.loadServiceDefaults},
 		{"service-resolvers", c.loadResolvers},
+		{"service-routers", c.loadRouters},
+		{"service-splitters", c.loadSplitters},
 		{"mesh", c.loadMesh},
 		{"services", c.loadServices},
 		{"health checks", c.loadChecks},
@@ -361,6 +366,8 @@ func (c *Source) publishLocked() {
 		ServiceDefaults: s.serviceDefaults, // replaced on change, never changed
 		Mesh:            s.mesh,
 		Resolvers:       s.resolvers, // likewise
+		Routers:         s.routers,
+		Splitters:       s.splitters,
 		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
 		Subsets:         make(map[resolve.ServiceKey]map[string][]resolve.Endpoint, len(c.cat.subsets)),
 		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),

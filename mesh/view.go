@@ -150,6 +150,12 @@ type View struct {
 	// DefaultSubset and ConnectTimeout for the router; DefaultSubset,
 	// Redirect and Failover for the planner.
 	Resolvers map[EntryKey]*api.ServiceResolverConfigEntry
+	// Routers and Splitters hold the service-router and service-splitter
+	// entries by service name, namespace and partition: the L7 part of a
+	// discovery chain, which a gateway that terminates a peer's http, http2
+	// or grpc export applies (resolve.RouteHTTP).
+	Routers   map[EntryKey]*api.ServiceRouterConfigEntry
+	Splitters map[EntryKey]*api.ServiceSplitterConfigEntry
 	// SamenessGroups holds the sameness-group entries by name, for
 	// failover (a Consul Enterprise feature; a CE source has none).
 	SamenessGroups map[string]*api.SamenessGroupConfigEntry

@@ -190,6 +190,48 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	assert.NotEmpty(t, gwA.remotesOf(apiSNI), "through A's gateway")
 	assert.NotEmpty(t, gwB.remotesOf(apiSNI), "through B's gateway")
 
+	// api's service-router sends /admin/ to admin, with the prefix
+	// rewritten; its service-splitter halves the rest between two subsets.
+	inst.start(t, b, "api", "api-2", map[string]string{"version": "v2"})
+	inst.start(t, b, "admin", "admin-1", nil)
+	for _, e := range []api.ConfigEntry{
+		&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "admin", Protocol: "http"},
+		&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", Subsets: map[string]api.ServiceResolverSubset{
+			"v1": {Filter: "Service.Meta.version != v2"}, "v2": {Filter: "Service.Meta.version == v2"}}},
+		&api.ServiceSplitterConfigEntry{Kind: api.ServiceSplitter, Name: "api", Splits: []api.ServiceSplit{
+			{Weight: 50, ServiceSubset: "v1"}, {Weight: 50, ServiceSubset: "v2"}}},
+		&api.ServiceRouterConfigEntry{Kind: api.ServiceRouter, Name: "api", Routes: []api.ServiceRoute{
+			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{PathPrefix: "/admin/"}},
+				Destination: &api.ServiceRouteDestination{Service: "admin", PrefixRewrite: "/"}}}},
+	} {
+		_, _, err := b.Client.ConfigEntries().Set(e, nil)
+		require.NoError(t, err, "%s %s", e.GetKind(), e.GetName())
+	}
+	consultest.WaitFor(t, eventually, "B's gateway to route /admin/ to admin", func() bool {
+		code, body, err := get(h1, "/admin/users", nil)
+		return err == nil && code == http.StatusOK && body == "admin-1 /users"
+	})
+	consultest.WaitFor(t, eventually, "B's gateway to split api's requests to api-2 too", func() bool {
+		_, body, err := get(h1, "/split", nil)
+		return err == nil && body == "api-2 /split"
+	})
+	before := len(inst.requests())
+	const n = 200
+	for i := range n {
+		code, _, err := get(h1, fmt.Sprintf("/split/%d", i), nil)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, code)
+	}
+	counts := map[string]int{}
+	for _, r := range inst.requests()[before:] {
+		counts[r.instance]++
+	}
+	t.Logf("%d requests split 50/50: %v", n, counts)
+	assert.Equal(t, n, counts["api-1"]+counts["api-2"], "every request reached api: %v", counts)
+	// Binomial(200, 0.5): 60 to 140 is more than five standard deviations.
+	assert.InDelta(t, n/2, counts["api-1"], 40, "api-1's share: %v", counts)
+	assert.InDelta(t, n/2, counts["api-2"], 40, "api-2's share: %v", counts)
+
 	// A client of B's own cluster is not a client of peer cluster-a.
 	ownB := peerClientTLS(t, b, "cluster-a", apiSNI, gatewayB)
 	ownB.VerifyPeerCertificate = nil
@@ -201,7 +243,11 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	}
 	assert.Error(t, err, "B's gateway refuses a client outside cluster-a's trust domain")
 
-	// HTTP/2 and gRPC, once api speaks http2.
+	// HTTP/2 and gRPC, once api speaks http2 (without the router, to a
+	// service that still speaks http: Consul refuses a chain of two
+	// protocols).
+	_, err = b.Client.ConfigEntries().Delete(api.ServiceRouter, "api", nil)
+	require.NoError(t, err)
 	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http2"}, nil)
 	require.NoError(t, err)
 	h2Only := new(http.Protocols)

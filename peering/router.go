@@ -57,9 +57,9 @@ type Router struct {
 	// http, http2 or grpc through as TCP, as every other export. Consul's
 	// gateway terminates such exports to apply the service's
 	// service-router and service-splitter and to forward the peer's
-	// identity for L7 intentions, which meshgate does not do; so by default
-	// the Router refuses them (ReasonL7Export) rather than let peers skip
-	// those rules unseen. Set it where no such rule is written for the
+	// identity for L7 intentions; a Router does that only with L7 set, so
+	// without either it refuses them (ReasonL7Export) rather than let peers
+	// skip those rules unseen. Set it where no such rule is written for the
 	// service's peers.
 	PassThroughL7Exports bool
 	// L7 is the address of an l7.Terminator that serves this gateway's

@@ -410,8 +410,15 @@ type ExportedRoute struct {
 // in namespace (empty means "default") of v's local partition: redirects,
 // the default subset and failover apply as for a local upstream.
 func RouteExported(v *View, name, namespace string) ExportedRoute {
+	return RouteExportedTo(v, name, "", namespace)
+}
+
+// RouteExportedTo is RouteExported for subset of service name (empty means
+// the resolver's default): where an L7 export's service-router or
+// service-splitter sends a request (RouteHTTP).
+func RouteExportedTo(v *View, name, subset, namespace string) ExportedRoute {
 	local := v.Local()
-	start := normalTarget(v, chainTarget{service: name, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
+	start := normalTarget(v, chainTarget{service: name, subset: subset, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
 	primary, resolver, _, _ := resolveTarget(v, start)
 	out := ExportedRoute{Target: describeTarget(primary)}
 	isLocal := func(t chainTarget) bool {

@@ -58,6 +58,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	v.TrustDomain = firstNonEmpty(v.TrustDomain, opts.TrustDomain)
 	v.ProxyDefaults, v.ServiceDefaults, v.Mesh = set.ProxyDefaults, set.ServiceDefaults, set.Mesh
 	v.Resolvers, v.SamenessGroups = set.ServiceResolvers, set.SamenessGroups
+	v.Routers, v.Splitters = set.ServiceRouters, set.ServiceSplitters
 	v.Exports = map[ServiceKey][]string{}
 	if v.Datacenter == "" {
 		v.Datacenter = "dc1"

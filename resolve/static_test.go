@@ -93,6 +93,8 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 		Datacenter:  "DC1",
 		TrustDomain: resolve.DefaultTrustDomain,
 		Resolvers:   entries.ServiceResolvers,
+		Routers:     entries.ServiceRouters,
+		Splitters:   entries.ServiceSplitters,
 		Services: map[resolve.ServiceKey][]resolve.Endpoint{
 			{Name: "api"}: {{Address: "127.0.0.1:9001", WAN: "127.0.0.2:9001"}},
 			{Name: "db", Namespace: "ops", Datacenter: "DC2"}: {{Address: "127.0.0.1:9004"}},

@@ -14,8 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The gateway's router refuses an http export unless -l7-exports
-// passthrough says to pass it through as TCP.
+// The gateway's router refuses an http export unless -l7-exports says to
+// pass it through as TCP (passthrough) or send it to the terminator
+// (terminate).
 func TestL7ExportsFlagReachesTheRouter(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "mesh.hcl"), []byte(`topology {
@@ -34,11 +35,14 @@ config_entries {
 	src, _, err := buildSource([]string{dir}, "dc1", "", nil, nil)
 	require.NoError(t, err)
 	hello := &sni.ClientHello{ServerName: sni.PeeredServiceSNI("api", "", "", "cluster-a", "bbbbbbbb-0000-4000-8000-000000000002.consul")}
-	_, err = gatewayRouter(src, false).Route(context.Background(), hello)
+	_, err = gatewayRouter(src, l7Handling{}).Route(context.Background(), hello)
 	var rej *gateway.Rejection
 	require.True(t, errors.As(err, &rej), "%v", err)
 	assert.Equal(t, peering.ReasonL7Export, rej.Reason)
-	route, err := gatewayRouter(src, true).Route(context.Background(), hello)
+	route, err := gatewayRouter(src, l7Handling{pass: true}).Route(context.Background(), hello)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.20.10:21000"}, route.Targets)
+	route, err = gatewayRouter(src, l7Handling{addr: "127.0.0.1:7001"}).Route(context.Background(), hello)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"127.0.0.1:7001"}, route.Targets, "to the terminator")
 }

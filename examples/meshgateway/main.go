@@ -20,6 +20,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -53,8 +54,10 @@ import (
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/peering/l7"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -113,7 +116,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config), instead of registering one")
 	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
-	l7Exports := fs.String("l7-exports", "refuse", "an exported service whose protocol is http, http2 or grpc (which Consul's gateway terminates, to apply routers, splitters and L7 intentions): refuse it with reason l7-export, or passthrough as TCP without those rules")
+	l7Flag := fs.String("l7-exports", "refuse", "an exported service whose protocol is http, http2 or grpc (which Consul's gateway terminates, to apply routers, splitters and L7 intentions): refuse it with reason l7-export, terminate it as Consul's gateway does (needs -consul), or passthrough as TCP without those rules")
+	grpcAddr := fs.String("grpc-addr", cmp.Or(os.Getenv("CONSUL_GRPC_ADDR"), "127.0.0.1:8502"), "with -l7-exports terminate: the agent's plaintext gRPC address (ports.grpc), where it gives the gateway its certificate")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway; then start a second datacenter (a meshgate gateway and a Connect-native api) and reach its api from a sidecar in each mesh-gateway mode, this gateway being the local one`)
 	if err := cli.Parse(fs, args); err != nil {
@@ -169,13 +173,17 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if *exposeServers && (!*useConsul || *proxyID != "") {
 		return cli.Usagef("-expose-servers needs -consul, and goes with registering: a gateway run with -proxy-id carries WAN federation when its registration has the consul-wan-federation meta")
 	}
-	var passL7 bool
-	switch *l7Exports {
+	var l7mode l7Handling
+	switch *l7Flag {
 	case "refuse":
 	case "passthrough":
-		passL7 = true
+		l7mode.pass = true
+	case "terminate":
+		if !*useConsul {
+			return cli.Usagef("-l7-exports terminate needs -consul: the gateway's certificate comes from the agent")
+		}
 	default:
-		return cli.Usagef("-l7-exports %q: want refuse or passthrough", *l7Exports)
+		return cli.Usagef("-l7-exports %q: want refuse, terminate or passthrough", *l7Flag)
 	}
 	var demoCert tls.Certificate
 	if *demo {
@@ -253,6 +261,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
+		if *l7Flag == "terminate" {
+			stopL7, addr, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, log)
+			if err != nil {
+				return err
+			}
+			defer stopL7()
+			l7mode.addr = addr
+		}
 	} else {
 		s, config, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
 		if err != nil {
@@ -293,7 +309,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	// The Proxy.Config options in force, applied while the gateway runs.
 	lv := newLive(s, log, opts, set["connect-timeout"])
-	router.Store(lv.router(gatewayRouter(src, passL7)))
+	router.Store(lv.router(gatewayRouter(src, l7mode)))
 	lv.serve(binds, listeners)
 	listeners = nil // Serve closes them
 	addrs := lv.addrs(binds)
@@ -336,7 +352,7 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, passL7}, src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, l7mode}, src)
 		}
 	}
 	servingNow.Store(false)
@@ -354,11 +370,37 @@ wait:
 	return nil
 }
 
+// l7Handling is what the gateway does with exports whose protocol is http,
+// http2 or grpc (-l7-exports): pass them through as TCP, or send them to
+// the terminator at addr; neither means refuse them.
+type l7Handling struct {
+	pass bool
+	addr string
+}
+
 // gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
 // WAN federation (when the view takes part), then cluster peering's names
-// (passing L7 exports through as TCP when passL7 is set), then the mesh's.
-func gatewayRouter(src resolve.Source, passL7 bool) gateway.Router {
-	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: passL7}}
+// (L7 exports as l7mode says), then the mesh's.
+func gatewayRouter(src resolve.Source, l7mode l7Handling) gateway.Router {
+	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: l7mode.pass, L7: l7mode.addr}}
+}
+
+// startTerminator serves the gateway's L7 exports on a loopback port, as
+// the registered gateway id, whose certificate the agent at grpcAddr gives.
+func startTerminator(ctx context.Context, client *api.Client, src resolve.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), addr string, err error) {
+	certs, err := sidecar.WatchGatewayCerts(ctx, client, sidecar.GatewayCertsOptions{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
+	if err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		certs.Close()
+		return nil, "", err
+	}
+	t := &l7.Terminator{Source: src, Certs: certs, Logger: log}
+	go t.Serve(ln)
+	log.Info("meshgateway: terminating L7 exports", "terminator", ln.Addr().String(), "grpc_addr", grpcAddr, "gateway_id", id)
+	return func() { t.Close(); ln.Close(); certs.Close() }, ln.Addr().String(), nil
 }
 
 // listenAll listens on each of addrs, reusing have for its own address,

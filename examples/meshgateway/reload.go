@@ -20,7 +20,7 @@ type reloadFrom struct {
 	datacenter, trustDomain string
 	services, remotes       addrList
 	listen                  string
-	passL7                  bool // -l7-exports passthrough
+	l7                      l7Handling
 }
 
 // reload rereads the files, applies the proxy-defaults Config (listeners,
@@ -54,7 +54,7 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 		lv.check = check
 		return refuse(err)
 	}
-	router.Store(lv.router(gatewayRouter(src, from.passL7)))
+	router.Store(lv.router(gatewayRouter(src, from.l7)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)

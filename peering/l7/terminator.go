@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -32,7 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
@@ -257,16 +258,46 @@ func (t *Terminator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	v := t.Source.View()
 	name := pc.name
-	route := t.routeOf(v, name.Service, tenancy.OrDefault(name.Namespace))
+	dest := resolve.RouteHTTP(v, name.Service, name.Namespace, r, rand.Float32()*100)
+	route := t.routeOf(v, dest.Service, dest.Subset, dest.Namespace)
 	target, ok := firstWithEndpoints(route.Local)
 	if !ok {
-		msg := fmt.Sprintf("exported service %q has no healthy instance in %s (its chain's target: %s)", name.Service, v.Local(), route.Target)
-		t.logger().Info("l7: "+msg, "peer", name.Peer, "reason", resolve.ReasonUnknownService)
+		msg := fmt.Sprintf("exported service %q has no healthy instance in %s for this request (its chain's target: %s)", name.Service, v.Local(), route.Target)
+		if len(route.Skipped) > 0 {
+			msg += "; left out, as Consul's gateway leaves them: " + strings.Join(route.Skipped, ", ")
+		}
+		t.logger().Info("l7: "+msg, "peer", name.Peer, "reason", resolve.ReasonUnknownService, "decided", dest.Decided)
 		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
+	if dest.PrefixRewrite != "" {
+		r.URL.Path = dest.PrefixRewrite + strings.TrimPrefix(r.URL.Path, dest.MatchedPrefix)
+		r.URL.RawPath = ""
+	}
+	for _, m := range dest.RequestHeaders {
+		modify(r.Header, m)
+	}
+	if dest.RequestTimeout > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), dest.RequestTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
 	protocol := v.Protocol(target.Service, target.Namespace, target.Partition)
-	t.upstream.proxy(w, r, target, protocol, pc.xfcc, route.ConnectTimeout)
+	t.upstream.proxy(w, r, target, protocol, pc.xfcc, route.ConnectTimeout, dest.ResponseHeaders)
+}
+
+// modify applies a route's or split's header modifiers to h: Add appends,
+// Set replaces, Remove deletes.
+func modify(h http.Header, m *api.HTTPHeaderModifiers) {
+	for k, v := range m.Add {
+		h.Add(k, v)
+	}
+	for k, v := range m.Set {
+		h.Set(k, v)
+	}
+	for _, k := range m.Remove {
+		h.Del(k)
+	}
 }
 
 // firstWithEndpoints returns the first target with an instance: the
@@ -284,23 +315,23 @@ func firstWithEndpoints(targets []resolve.Target) (resolve.Target, bool) {
 type routeCache struct {
 	view   *resolve.View
 	mu     sync.Mutex
-	routes map[[2]string]resolve.ExportedRoute
+	routes map[[3]string]resolve.ExportedRoute
 }
 
-// routeOf returns the route of exported service name in namespace,
+// routeOf returns the route to subset of service name in namespace,
 // worked out once per view.
-func (t *Terminator) routeOf(v *resolve.View, name, namespace string) resolve.ExportedRoute {
+func (t *Terminator) routeOf(v *resolve.View, name, subset, namespace string) resolve.ExportedRoute {
 	rc := t.routes.Load()
 	if rc == nil || rc.view != v {
-		rc = &routeCache{view: v, routes: map[[2]string]resolve.ExportedRoute{}}
+		rc = &routeCache{view: v, routes: map[[3]string]resolve.ExportedRoute{}}
 		t.routes.Store(rc)
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	key := [2]string{name, namespace}
+	key := [3]string{name, subset, namespace}
 	r, ok := rc.routes[key]
 	if !ok {
-		r = resolve.RouteExported(v, name, namespace)
+		r = resolve.RouteExportedTo(v, name, subset, namespace)
 		rc.routes[key] = r
 	}
 	return r

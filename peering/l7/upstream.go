@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -48,7 +49,7 @@ type upstream struct {
 }
 
 // proxy sends r to target's instances with the client's XFCC element.
-func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target resolve.Target, protocol, xfcc string, connectTimeout time.Duration) {
+func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target resolve.Target, protocol, xfcc string, connectTimeout time.Duration, response []*api.HTTPHeaderModifiers) {
 	key := protocol + " " + target.SNI
 	u.mu.Lock()
 	if u.m == nil {
@@ -66,6 +67,9 @@ func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target resolve
 	}
 	ctx := context.WithValue(r.Context(), xfccKey{}, xfcc)
 	ctx = context.WithValue(ctx, timeoutKey{}, connectTimeout)
+	if len(response) > 0 {
+		ctx = context.WithValue(ctx, responseKey{}, response)
+	}
 	up.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -79,6 +83,7 @@ func (u *upstreams) closeIdle() {
 
 type xfccKey struct{}
 type timeoutKey struct{}
+type responseKey struct{}
 
 // newUpstream builds the proxy to the instances of the target whose SNI is
 // targetSNI, speaking protocol to them.
@@ -107,6 +112,13 @@ func (t *Terminator) newUpstream(protocol, targetSNI string) *upstream {
 			if x, _ := pr.In.Context().Value(xfccKey{}).(string); x != "" {
 				pr.Out.Header.Set(XFCCHeader, x)
 			}
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			mods, _ := resp.Request.Context().Value(responseKey{}).([]*api.HTTPHeaderModifiers)
+			for _, m := range mods {
+				modify(resp.Header, m)
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			t.logger().Info("l7: request to an instance failed", "target", targetSNI, "error", err)
