@@ -67,31 +67,46 @@ func (s *l7Instances) requests() []l7Request {
 // start serves one instance named id of service on agent, with meta.
 func (s *l7Instances) start(t *testing.T, agent *consultest.Agent, service, id string, meta map[string]string) {
 	t.Helper()
+	s.startWrapped(t, agent, service, id, meta, func(h http.Handler) http.Handler { return h })
+}
+
+// startWrapped is start with the instance's handler wrapped.
+func (s *l7Instances) startWrapped(t *testing.T, agent *consultest.Agent, service, id string, meta map[string]string, wrap func(http.Handler) http.Handler) {
+	t.Helper()
 	certs := meshtest.WatchCerts(t, agent, service)
 	cfg := certs.ServerTLSConfig()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	gs := grpc.NewServer()
 	healthpb.RegisterHealthServer(gs, health.NewServer())
-	srv := &http.Server{TLSConfig: cfg, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{TLSConfig: cfg, Handler: wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		client := ""
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && len(r.TLS.PeerCertificates[0].URIs) > 0 {
 			client = r.TLS.PeerCertificates[0].URIs[0].String()
 		}
 		s.mu.Lock()
-		s.seen = append(s.seen, l7Request{instance: id, path: r.URL.Path, proto: r.Proto, xfcc: r.Header.Get(l7.XFCCHeader), client: client})
+		s.seen = append(s.seen, l7Request{instance: id, path: r.URL.Path, proto: r.Proto, xfcc: r.Header.Get(sidecar.XFCCHeader), client: client})
 		s.mu.Unlock()
 		if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 			gs.ServeHTTP(w, r)
 			return
 		}
 		fmt.Fprintf(w, "%s %s", id, r.URL.Path)
-	})}
+	}))}
 	ln := meshtest.Listen(t, "")
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: service, Address: "127.0.0.1", Port: port,
 		Meta: meta, Connect: &api.AgentServiceConnect{Native: true}}))
+}
+
+// setEntries writes config entries to agent's cluster, in order.
+func setEntries(t *testing.T, agent *consultest.Agent, entries ...api.ConfigEntry) {
+	t.Helper()
+	for _, e := range entries {
+		_, _, err := agent.Client.ConfigEntries().Set(e, nil)
+		require.NoError(t, err, "%s %s", e.GetKind(), e.GetName())
+	}
 }
 
 // peerClientTLS is the TLS of web in agent's cluster reaching an export of
@@ -175,7 +190,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 		code, _, err := get(h1, "/first", nil)
 		return err == nil && code == http.StatusOK
 	})
-	code, body, err := get(h1, "/hello", http.Header{l7.XFCCHeader: {"By=spiffe://forged;URI=spiffe://forged/ns/default/dc/dc1/svc/admin"}})
+	code, body, err := get(h1, "/hello", http.Header{sidecar.XFCCHeader: {"By=spiffe://forged;URI=spiffe://forged/ns/default/dc/dc1/svc/admin"}})
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, code)
 	assert.Equal(t, "api-1 /hello", body)
@@ -194,7 +209,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	// rewritten; its service-splitter halves the rest between two subsets.
 	inst.start(t, b, "api", "api-2", map[string]string{"version": "v2"})
 	inst.start(t, b, "admin", "admin-1", nil)
-	for _, e := range []api.ConfigEntry{
+	setEntries(t, b,
 		&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "admin", Protocol: "http"},
 		&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", Subsets: map[string]api.ServiceResolverSubset{
 			"v1": {Filter: "Service.Meta.version != v2"}, "v2": {Filter: "Service.Meta.version == v2"}}},
@@ -202,11 +217,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 			{Weight: 50, ServiceSubset: "v1"}, {Weight: 50, ServiceSubset: "v2"}}},
 		&api.ServiceRouterConfigEntry{Kind: api.ServiceRouter, Name: "api", Routes: []api.ServiceRoute{
 			{Match: &api.ServiceRouteMatch{HTTP: &api.ServiceRouteHTTPMatch{PathPrefix: "/admin/"}},
-				Destination: &api.ServiceRouteDestination{Service: "admin", PrefixRewrite: "/"}}}},
-	} {
-		_, _, err := b.Client.ConfigEntries().Set(e, nil)
-		require.NoError(t, err, "%s %s", e.GetKind(), e.GetName())
-	}
+				Destination: &api.ServiceRouteDestination{Service: "admin", PrefixRewrite: "/"}}}})
 	consultest.WaitFor(t, eventually, "B's gateway to route /admin/ to admin", func() bool {
 		code, body, err := get(h1, "/admin/users", nil)
 		return err == nil && code == http.StatusOK && body == "admin-1 /users"
@@ -231,6 +242,47 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	// Binomial(200, 0.5): 60 to 140 is more than five standard deviations.
 	assert.InDelta(t, n/2, counts["api-1"], 40, "api-1's share: %v", counts)
 	assert.InDelta(t, n/2, counts["api-2"], 40, "api-2's share: %v", counts)
+
+	// L7 intentions, enforced by orders' instance from the identity B's
+	// gateway forwards: web of cluster-a may GET /public only; then not at
+	// all. The default is deny.
+	intentions, err := sidecar.WatchIntentions(context.Background(), b.Client, "orders")
+	require.NoError(t, err)
+	t.Cleanup(intentions.Close)
+	inst.startWrapped(t, b, "orders", "orders-1", nil, func(h http.Handler) http.Handler {
+		return intentions.Handler(h, tdB, gwB.src, false)
+	})
+	setEntries(t, b,
+		&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "orders", Protocol: "http"},
+		&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "orders", Sources: []*api.SourceIntention{
+			{Name: "web", Peer: "cluster-a", Permissions: []*api.IntentionPermission{
+				{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/public", Methods: []string{"GET"}}}}}}},
+		&api.ExportedServicesConfigEntry{Name: "default", Services: []api.ExportedService{
+			{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}},
+			{Name: "orders", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}})
+	ordersSNI := sni.PeeredServiceSNI("orders", "", "", "cluster-a", tdB)
+	ordersTLS := peerClientTLS(t, a, "cluster-b", ordersSNI, gatewayB)
+	orders := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			cfg := ordersTLS.Clone()
+			cfg.NextProtos = []string{"http/1.1"}
+			return dialA(ctx, cfg)
+		}}}
+	consultest.WaitFor(t, eventually, "web of cluster-a allowed to GET /public of orders", func() bool {
+		code, body, err := get(orders, "/public/menu", nil)
+		return err == nil && code == http.StatusOK && body == "orders-1 /public/menu"
+	})
+	code, body, err = get(orders, "/private", nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusForbidden, code, "web of cluster-a denied /private: %s", body)
+	assert.Contains(t, body, "web of peer cluster-a via "+gatewayB)
+	assert.Contains(t, body, "no permission matches GET /private: the default, deny")
+	setEntries(t, b, &api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "orders", Sources: []*api.SourceIntention{
+		{Name: "web", Peer: "cluster-a", Action: api.IntentionActionDeny}}})
+	consultest.WaitFor(t, eventually, "web of cluster-a denied /public once the intention says deny", func() bool {
+		code, _, err := get(orders, "/public/menu", nil)
+		return err == nil && code == http.StatusForbidden
+	})
 
 	// A client of B's own cluster is not a client of peer cluster-a.
 	ownB := peerClientTLS(t, b, "cluster-a", apiSNI, gatewayB)

@@ -27,11 +27,6 @@ import (
 // sets no ConnectTimeout, as Consul's default of 5 s does.
 const defaultConnectTimeout = 5 * time.Second
 
-// XFCCHeader is the header the gateway sets to the peer client's
-// certificate and identity, replacing any the client sent (Envoy's
-// SANITIZE_SET, as Consul configures its gateway).
-const XFCCHeader = "X-Forwarded-Client-Cert"
-
 // upstreams holds one transport per target and protocol, so connections
 // to an instance are reused across the peer's requests.
 type upstreams struct {
@@ -108,9 +103,9 @@ func (t *Terminator) newUpstream(protocol, targetSNI string) *upstream {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
 			pr.Out.URL.Host = targetSNI
-			pr.Out.Header.Del(XFCCHeader)
+			pr.Out.Header.Del(sidecar.XFCCHeader) // replaced, never passed on (Envoy's SANITIZE_SET)
 			if x, _ := pr.In.Context().Value(xfccKey{}).(string); x != "" {
-				pr.Out.Header.Set(XFCCHeader, x)
+				pr.Out.Header.Set(sidecar.XFCCHeader, x)
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
