@@ -165,10 +165,7 @@ func StaticView(v *View) (*Static, error) {
 		k = key(k)
 		n.Services[k] = append(n.Services[k], eps...)
 	}
-	n.Resolvers = make(map[EntryKey]*api.ServiceResolverConfigEntry, len(v.Resolvers))
-	for k, r := range v.Resolvers {
-		n.Resolvers[KeyOf(k.Name, k.Namespace, k.Partition)] = r
-	}
+	n.Resolvers = rekey(v.Resolvers)
 	n.Subsets = make(map[ServiceKey]map[string][]Endpoint, len(v.Subsets))
 	for k, subsets := range v.Subsets {
 		for name, eps := range subsets {
@@ -182,10 +179,9 @@ func StaticView(v *View) (*Static, error) {
 			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
 		}
 	}
-	n.ServiceDefaults = make(map[EntryKey]*api.ServiceConfigEntry, len(v.ServiceDefaults))
-	for k, e := range v.ServiceDefaults {
-		n.ServiceDefaults[KeyOf(k.Name, k.Namespace, k.Partition)] = e
-	}
+	n.ServiceDefaults = rekey(v.ServiceDefaults)
+	n.Routers = rekey(v.Routers)
+	n.Splitters = rekey(v.Splitters)
 	n.SamenessGroups = make(map[string]*api.SamenessGroupConfigEntry, len(v.SamenessGroups))
 	for name, g := range v.SamenessGroups {
 		n.SamenessGroups[name] = g
@@ -224,4 +220,14 @@ func StaticView(v *View) (*Static, error) {
 		n.Federation = &nf
 	}
 	return &Static{view: &n}, n.Validate()
+}
+
+// rekey stores config entries under their keys with empty namespaces and
+// partitions made "default", as View's lookups expect.
+func rekey[T any](m map[EntryKey]T) map[EntryKey]T {
+	out := make(map[EntryKey]T, len(m))
+	for k, e := range m {
+		out[KeyOf(k.Name, k.Namespace, k.Partition)] = e
+	}
+	return out
 }

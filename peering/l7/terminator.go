@@ -24,6 +24,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -58,12 +59,13 @@ type Terminator struct {
 
 	http     http.Server
 	conns    chan net.Conn // to http
+	done     chan struct{} // closed by Close
 	initOnce sync.Once
 	upstream upstreams
 	routes   atomic.Pointer[routeCache]
 
 	mu     sync.Mutex
-	open   map[net.Conn]struct{}
+	open   map[io.Closer]struct{} // connections and listeners
 	closed bool
 }
 
@@ -77,10 +79,15 @@ type peerConn struct {
 	xfcc string
 }
 
-// Serve accepts connections on ln until ln is closed or Close is called.
-// It returns nil after Close, else ln's error.
+// Serve accepts connections on ln until ln is closed or Close is called
+// (which closes ln). It returns nil after Close, else ln's error.
 func (t *Terminator) Serve(ln net.Listener) error {
 	t.init()
+	if !t.track(ln, true) {
+		ln.Close()
+		return nil
+	}
+	defer t.track(ln, false)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -104,24 +111,32 @@ func (t *Terminator) Serve(ln net.Listener) error {
 
 // Close closes every connection the Terminator serves; Serve returns.
 func (t *Terminator) Close() error {
+	t.init()
 	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
 	t.closed = true
 	open := t.open
 	t.open = nil
+	close(t.done)
 	t.mu.Unlock()
 	for c := range open {
 		c.Close()
 	}
+	err := t.http.Close()
 	t.upstream.closeIdle()
-	return nil
+	return err
 }
 
 func (t *Terminator) init() {
 	t.initOnce.Do(func() {
-		t.conns = make(chan net.Conn)
+		t.conns, t.done = make(chan net.Conn), make(chan struct{})
 		t.http = http.Server{
 			Handler:           http.HandlerFunc(t.serveHTTP),
 			ReadHeaderTimeout: time.Minute,
+			IdleTimeout:       time.Hour, // Envoy's, as Consul leaves it
 			ErrorLog:          slog.NewLogLogger(t.logger().Handler(), slog.LevelDebug),
 			ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 				return context.WithValue(ctx, connKey{}, c.(*termConn).pc)
@@ -130,7 +145,7 @@ func (t *Terminator) init() {
 		}
 		t.http.Protocols.SetHTTP1(true)
 		t.http.Protocols.SetUnencryptedHTTP2(true)
-		go t.http.Serve(chanListener{t.conns})
+		go t.http.Serve(chanListener{t.conns, t.done})
 		t.upstream.t = t
 	})
 }
@@ -148,16 +163,17 @@ func (t *Terminator) isClosed() bool {
 	return t.closed
 }
 
-// track adds c to (or, add false, removes it from) the open connections;
-// it reports false once the Terminator is closed.
-func (t *Terminator) track(c net.Conn, add bool) bool {
+// track adds c (a connection or a listener) to, or with add false removes
+// it from, what Close closes; it reports false once the Terminator is
+// closed.
+func (t *Terminator) track(c io.Closer, add bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return false
 	}
 	if t.open == nil {
-		t.open = map[net.Conn]struct{}{}
+		t.open = map[io.Closer]struct{}{}
 	}
 	if add {
 		t.open[c] = struct{}{}
@@ -190,7 +206,7 @@ func (t *Terminator) serveConn(raw net.Conn) {
 	c := &termConn{Conn: tc, pc: pc, done: func() { t.track(raw, false) }}
 	select {
 	case t.conns <- c:
-	case <-time.After(handshakeTimeout):
+	case <-t.done:
 		c.Close()
 	}
 }
@@ -354,8 +370,19 @@ func (c *termConn) Close() error {
 
 // chanListener hands the HTTP server the connections sent on its
 // channel.
-type chanListener struct{ conns chan net.Conn }
+type chanListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+}
 
-func (l chanListener) Accept() (net.Conn, error) { return <-l.conns, nil }
-func (l chanListener) Close() error              { return nil }
-func (l chanListener) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+func (l chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l chanListener) Close() error   { return nil }
+func (l chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }

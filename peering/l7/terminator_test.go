@@ -1,0 +1,207 @@
+package l7_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/democa"
+	"github.com/meshgate/meshgate/peering/l7"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sni"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"golang.org/x/net/http2"
+)
+
+const (
+	tdLocal = "bbbbbbbb-0000-4000-8000-000000000002.consul" // the exporting cluster
+	tdPeer  = "aaaaaaaa-0000-4000-8000-000000000001.consul" // cluster-a, the consumer
+)
+
+// world is a terminator for the local cluster, which exports api (http) to
+// cluster-a, with its CAs and an instance of api.
+type world struct {
+	local, peer *democa.CA
+	gateway     *sidecar.Certs
+	addr        string // the terminator's
+	api         string // the instance's
+	term        *l7.Terminator
+	served      chan error
+}
+
+func newWorld(t *testing.T, instances []string) *world {
+	t.Helper()
+	w := &world{served: make(chan error, 1)}
+	var err error
+	w.local, err = democa.New(tdLocal)
+	require.NoError(t, err)
+	w.peer, err = democa.New(tdPeer)
+	require.NoError(t, err)
+	roots, err := w.local.Certs(sidecar.Identity{Service: "roots-only", Datacenter: "dc1"})
+	require.NoError(t, err)
+	leaf, err := w.local.Leaf("spiffe://" + tdLocal + "/gateway/mesh/dc/dc1")
+	require.NoError(t, err)
+	w.gateway = sidecar.StaticCerts(leaf, roots.Roots(), tdLocal)
+	if instances == nil {
+		w.api = w.startAPI(t)
+		instances = []string{w.api}
+	}
+	eps := make([]resolve.Endpoint, len(instances))
+	for i, a := range instances {
+		eps[i] = resolve.Endpoint{Address: a}
+	}
+	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: tdLocal,
+		Services:        map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: eps},
+		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
+		Exports:         map[resolve.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
+		Peers:           map[string]resolve.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{w.peer.RootPEM()}}},
+	})
+	require.NoError(t, err)
+	w.term = &l7.Terminator{Source: src, Certs: w.gateway}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	w.addr = ln.Addr().String()
+	go func() { w.served <- w.term.Serve(ln) }()
+	t.Cleanup(func() { w.term.Close() })
+	return w
+}
+
+// startAPI serves api's instance: mTLS with api's leaf, clients of the
+// local cluster only, answering with what it saw.
+func (w *world) startAPI(t *testing.T) string {
+	t.Helper()
+	certs, err := w.local.Certs(sidecar.Identity{Service: "api", Datacenter: "dc1"})
+	require.NoError(t, err)
+	srv := &http.Server{TLSConfig: certs.ServerTLSConfig(), Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "%s %s client=%s xfcc=%s", r.Proto, r.URL.Path, r.TLS.PeerCertificates[0].URIs[0], r.Header.Get(sidecar.XFCCHeader))
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// clientTLS is web of cluster-a's TLS to api's export, issued by ca.
+func (w *world) clientTLS(t *testing.T, ca *democa.CA, serverName string) *tls.Config {
+	leaf, err := ca.Leaf(sidecar.Identity{TrustDomain: ca.TrustDomain, Datacenter: "dc1", Service: "web"}.String())
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(w.local.RootPEM()))
+	return &tls.Config{ServerName: serverName, Certificates: []tls.Certificate{leaf}, RootCAs: roots, InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := sidecar.VerifyPeerChain(raw, roots)
+			if err == nil && (len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://"+tdLocal+"/gateway/mesh/dc/dc1") {
+				err = fmt.Errorf("the server is %v, not the exporting gateway", leaf.URIs)
+			}
+			return err
+		}}
+}
+
+var apiSNI = sni.PeeredServiceSNI("api", "", "", "cluster-a", tdLocal)
+
+// get sends GET path over a new connection with cfg and returns the status
+// and body, or the error.
+func (w *world) get(cfg *tls.Config, path string) (int, string, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", w.addr)
+		}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("https://api" + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// The terminator completes a peer's mTLS with the gateway's own identity
+// and opens its own to the instance, which sees the gateway's certificate
+// and the peer's client in X-Forwarded-Client-Cert; and a peer's Envoy,
+// which speaks HTTP/2 to such exports without ALPN, is understood by its
+// preface.
+func TestTerminatorServesAPeersRequests(t *testing.T) {
+	w := newWorld(t, nil)
+	code, body, err := w.get(w.clientTLS(t, w.peer, apiSNI), "/hello")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, code, body)
+	assert.True(t, strings.HasPrefix(body, "HTTP/1.1 /hello client=spiffe://"+tdLocal+"/gateway/mesh/dc/dc1 xfcc=By=spiffe://"+tdLocal+"/gateway/mesh/dc/dc1;Hash="), body)
+	assert.True(t, strings.HasSuffix(body, ";URI=spiffe://"+tdPeer+"/ns/default/dc/dc1/svc/web"), body)
+
+	// HTTP/2 with prior knowledge: no ALPN, the preface, then SETTINGS.
+	c, err := tls.Dial("tcp", w.addr, w.clientTLS(t, w.peer, apiSNI))
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Empty(t, c.ConnectionState().NegotiatedProtocol)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, http2.ClientPreface)
+	require.NoError(t, err)
+	fr := http2.NewFramer(c, c)
+	require.NoError(t, fr.WriteSettings())
+	f, err := fr.ReadFrame()
+	require.NoError(t, err)
+	assert.IsType(t, &http2.SettingsFrame{}, f, "the terminator answers HTTP/2")
+}
+
+// What the terminator refuses, each with its reason and without reaching
+// the instance: a name it does not export, a client of another CA; and
+// what it answers when the instance is not there.
+func TestTerminatorRefusals(t *testing.T) {
+	w := newWorld(t, nil)
+	_, _, err := w.get(w.clientTLS(t, w.peer, sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdLocal)), "/")
+	assert.Error(t, err, "billing is not exported")
+	_, _, err = w.get(w.clientTLS(t, w.peer, sni.PeeredServiceSNI("api", "", "", "cluster-c", tdLocal)), "/")
+	assert.Error(t, err, "api is not exported to cluster-c")
+	_, _, err = w.get(w.clientTLS(t, w.local, apiSNI), "/")
+	assert.Error(t, err, "a client of the local CA is not cluster-a's")
+
+	// An instance that is gone: 502, naming the target.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := gone.Addr().String()
+	gone.Close()
+	w2 := newWorld(t, []string{addr})
+	code, body, err := w2.get(w2.clientTLS(t, w2.peer, apiSNI), "/")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusBadGateway, code)
+	assert.Contains(t, body, "no instance of api.default.dc1.internal."+tdLocal+" answered")
+	assert.Contains(t, body, addr)
+}
+
+// Close ends Serve and every connection, and leaves no goroutine behind.
+func TestTerminatorCloses(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) }) // after the world's cleanups
+	w := newWorld(t, nil)
+	cfg := w.clientTLS(t, w.peer, apiSNI)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", w.addr)
+	}}}
+	resp, err := client.Get("https://api/kept-alive")
+	require.NoError(t, err)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	require.NoError(t, w.term.Close())
+	select {
+	case err := <-w.served:
+		assert.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+	_, err = client.Get("https://api/after-close")
+	assert.Error(t, err)
+	client.CloseIdleConnections()
+}
