@@ -4,7 +4,9 @@
 // (a peering.Router with an l7.Terminator, as meshgateway -l7-exports
 // terminate runs it) against the same gateway passing it through as TCP
 // (-l7-exports passthrough), both to the same mTLS instance, in one run,
-// alternating rounds.
+// alternating rounds; and the terminator reached directly, without the
+// gateway in front, which shows what the gateway's loopback hop to it
+// costs.
 //
 //	go run ./tools/l7bench [-duration 5s] [-rounds 3] [-c 16,128] [-body 1024]
 //
@@ -56,7 +58,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds; each runs both paths at every concurrency, the order alternating")
 	conc := flag.String("c", "16,128", "comma-separated numbers of concurrent clients")
 	body := flag.Int("body", 1024, "bytes in each response body")
-	only := flag.String("only", "", "run this path only: terminated or passthrough")
+	only := flag.String("only", "", "run this path only: terminated, terminator-direct or passthrough")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -81,10 +83,10 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	paths := []string{"terminated", "passthrough"}
+	paths := []string{"terminated", "terminator-direct", "passthrough"}
 	if *only != "" {
 		if !slices.Contains(paths, *only) {
-			log.Fatalf("l7bench: -only %q: want terminated or passthrough", *only)
+			log.Fatalf("l7bench: -only %q: want one of %v", *only, paths)
 		}
 		paths = []string{*only}
 	}
@@ -104,22 +106,22 @@ func main() {
 					log.Fatalf("l7bench: %s at %d clients: %v", p, c, err)
 				}
 				results[p][c] = append(results[p][c], res)
-				fmt.Fprintf(os.Stderr, "round %d  %-11s  c=%-4d  %8.0f req/s  p50 %v  p99 %v  errors %d\n", r+1, p, c, res.rate, res.p50, res.p99, res.errors)
+				fmt.Fprintf(os.Stderr, "round %d  %-17s  c=%-4d  %8.0f req/s  p50 %v  p99 %v  errors %d\n", r+1, p, c, res.rate, res.p50, res.p99, res.errors)
 			}
 		}
 	}
 	fmt.Printf("l7bench: %d rounds of %v, %d-byte bodies, HTTP/1.1 keep-alive, GOMAXPROCS %d\n", *rounds, *duration, *body, runtime.GOMAXPROCS(0))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "clients\tpath\treq/s median [range]\tp50 median\tp99 median [range]\tterminated/passthrough req/s\tp99")
+	fmt.Fprintln(tw, "clients\tpath\treq/s median [range]\tp50 median\tp99 median [range]\t/passthrough req/s\tp99")
 	for _, c := range levels {
-		t, p := results["terminated"][c], results["passthrough"][c]
+		p := results["passthrough"][c]
 		for _, name := range paths {
 			rs := results[name][c]
 			fmt.Fprintf(tw, "%d\t%s\t%.0f [%.0f-%.0f]\t%v\t%v [%v-%v]\t", c, name, median(rs, rate), minOf(rs, rate), maxOf(rs, rate),
 				time.Duration(median(rs, p50)), time.Duration(median(rs, p99)), time.Duration(minOf(rs, p99)), time.Duration(maxOf(rs, p99)))
-			if name == "terminated" && len(p) > 0 {
-				fmt.Fprintf(tw, "%.2fx [%.2f-%.2f]\t%.2fx\n", median(t, rate)/median(p, rate), minOf(t, rate)/maxOf(p, rate), maxOf(t, rate)/minOf(p, rate),
-					median(t, p99)/median(p, p99))
+			if name != "passthrough" && len(p) > 0 {
+				fmt.Fprintf(tw, "%.2fx [%.2f-%.2f]\t%.2fx\n", median(rs, rate)/median(p, rate), minOf(rs, rate)/maxOf(p, rate), maxOf(rs, rate)/minOf(p, rate),
+					median(rs, p99)/median(p, p99))
 			} else {
 				fmt.Fprintln(tw, "\t")
 			}
@@ -167,6 +169,7 @@ func maxOf(rs []result, f func(result) float64) float64 {
 // bench is the two gateways, the terminator and the instance.
 type bench struct {
 	terminated, passthrough string // the gateways' addresses
+	terminator              string // the terminator's own
 	client                  *tls.Config
 }
 
@@ -217,7 +220,7 @@ func setUp(bodySize int) (*bench, error) {
 		return nil, err
 	}
 	go term.Serve(termLn)
-	b := &bench{}
+	b := &bench{terminator: termLn.Addr().String()}
 	for _, g := range []struct {
 		addr   *string
 		router *peering.Router
@@ -249,10 +252,7 @@ func setUp(bodySize int) (*bench, error) {
 
 // run drives path with c clients for d.
 func (b *bench) run(path string, c int, d time.Duration) (result, error) {
-	addr := b.terminated
-	if path == "passthrough" {
-		addr = b.passthrough
-	}
+	addr := map[string]string{"terminated": b.terminated, "terminator-direct": b.terminator, "passthrough": b.passthrough}[path]
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var mu sync.Mutex
