@@ -361,44 +361,11 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 		}
 		s.ServiceDefaults[k] = e
 	case *api.ServiceResolverConfigEntry:
-		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
-		switch {
-		case e.Name == "":
-			d.Errorf(line, path, "service-resolver has no Name")
-		case s.ServiceResolvers[k] != nil:
-			d.Errorf(line, path, "a second service-resolver for %s", k)
-		default:
-			for _, msg := range resolverProblems(e) {
-				d.Errorf(line, path, "service-resolver %q: %s", e.Name, msg)
-			}
-			s.ServiceResolvers[k] = e
-		}
+		addKeyed(d, line, path, s.ServiceResolvers, e, resolverProblems)
 	case *api.ServiceRouterConfigEntry:
-		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
-		switch {
-		case e.Name == "":
-			d.Errorf(line, path, "service-router has no Name")
-		case s.ServiceRouters[k] != nil:
-			d.Errorf(line, path, "a second service-router for %s", k)
-		default:
-			for _, msg := range routerProblems(e) {
-				d.Errorf(line, path, "service-router %q: %s", e.Name, msg)
-			}
-			s.ServiceRouters[k] = e
-		}
+		addKeyed(d, line, path, s.ServiceRouters, e, routerProblems)
 	case *api.ServiceSplitterConfigEntry:
-		k := mesh.KeyOf(e.Name, e.Namespace, e.Partition)
-		switch {
-		case e.Name == "":
-			d.Errorf(line, path, "service-splitter has no Name")
-		case s.ServiceSplitters[k] != nil:
-			d.Errorf(line, path, "a second service-splitter for %s", k)
-		default:
-			for _, msg := range splitterProblems(e) {
-				d.Errorf(line, path, "service-splitter %q: %s", e.Name, msg)
-			}
-			s.ServiceSplitters[k] = e
-		}
+		addKeyed(d, line, path, s.ServiceSplitters, e, splitterProblems)
 	case *api.SamenessGroupConfigEntry:
 		switch {
 		case e.Name == "":
@@ -437,6 +404,26 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 		s.ExportedServices[e.Name] = e
 	default:
 		s.Other = append(s.Other, entry)
+	}
+}
+
+// addKeyed stores e, a config entry Consul keeps one of per service name,
+// namespace and partition, in m: an entry without a Name, or a second one
+// for the same key, is an error at line; so is each of problems(e), the
+// checks Consul makes before it stores one.
+func addKeyed[T api.ConfigEntry](d *decode.Decoder, line int, path string, m map[mesh.EntryKey]T, e T, problems func(T) []string) {
+	k := mesh.KeyOf(e.GetName(), e.GetNamespace(), e.GetPartition())
+	kind := e.GetKind()
+	switch _, dup := m[k]; {
+	case e.GetName() == "":
+		d.Errorf(line, path, "%s has no Name", kind)
+	case dup:
+		d.Errorf(line, path, "a second %s for %s", kind, k)
+	default:
+		for _, msg := range problems(e) {
+			d.Errorf(line, path, "%s %q: %s", kind, e.GetName(), msg)
+		}
+		m[k] = e
 	}
 }
 

@@ -58,43 +58,34 @@ func keyedEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what 
 	return m, next, nil
 }
 
-// loadServiceDefaults reads the service-defaults entries, keyed as the
-// View keys them; the map is replaced, never changed, so Views share it.
-// So do loadRouters and loadSplitters.
-func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
-	m, next, err := keyedEntries[*api.ServiceConfigEntry](ctx, c, api.ServiceDefaults, "listing service-defaults", index)
+// loadKeyed reads the entries of kind as keyedEntries does and stores the
+// map with set, then publishes; the map is replaced, never changed, so
+// Views share it.
+func loadKeyed[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64, set func(*consulState, map[resolve.EntryKey]T)) (uint64, error) {
+	m, next, err := keyedEntries[T](ctx, c, kind, what, index)
 	if err != nil {
 		return next, err
 	}
 	c.mu.Lock()
-	c.state.serviceDefaults = m
+	set(&c.state, m)
 	c.publishLocked()
 	c.mu.Unlock()
 	return next, nil
+}
+
+func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
+	return loadKeyed(ctx, c, api.ServiceDefaults, "listing service-defaults", index,
+		func(s *consulState, m map[resolve.EntryKey]*api.ServiceConfigEntry) { s.serviceDefaults = m })
 }
 
 func (c *Source) loadRouters(ctx context.Context, index uint64) (uint64, error) {
-	m, next, err := keyedEntries[*api.ServiceRouterConfigEntry](ctx, c, api.ServiceRouter, "listing service-routers", index)
-	if err != nil {
-		return next, err
-	}
-	c.mu.Lock()
-	c.state.routers = m
-	c.publishLocked()
-	c.mu.Unlock()
-	return next, nil
+	return loadKeyed(ctx, c, api.ServiceRouter, "listing service-routers", index,
+		func(s *consulState, m map[resolve.EntryKey]*api.ServiceRouterConfigEntry) { s.routers = m })
 }
 
 func (c *Source) loadSplitters(ctx context.Context, index uint64) (uint64, error) {
-	m, next, err := keyedEntries[*api.ServiceSplitterConfigEntry](ctx, c, api.ServiceSplitter, "listing service-splitters", index)
-	if err != nil {
-		return next, err
-	}
-	c.mu.Lock()
-	c.state.splitters = m
-	c.publishLocked()
-	c.mu.Unlock()
-	return next, nil
+	return loadKeyed(ctx, c, api.ServiceSplitter, "listing service-splitters", index,
+		func(s *consulState, m map[resolve.EntryKey]*api.ServiceSplitterConfigEntry) { s.splitters = m })
 }
 
 // loadResolvers reads the service-resolver entries, keyed and shared as

@@ -100,6 +100,23 @@ func (s *l7Instances) startWrapped(t *testing.T, agent *consultest.Agent, servic
 		Meta: meta, Connect: &api.AgentServiceConnect{Native: true}}))
 }
 
+// httpVia is an HTTP client whose connections go to addr with cfg,
+// speaking proto ("http/1.1" or "h2", also named in ALPN).
+func httpVia(addr string, cfg *tls.Config, proto string) *http.Client {
+	tr := &http.Transport{Protocols: new(http.Protocols), DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		c := cfg.Clone()
+		c.NextProtos = []string{proto}
+		return (&tls.Dialer{Config: c}).DialContext(ctx, "tcp", addr)
+	}}
+	if proto == "h2" {
+		tr.Protocols.SetHTTP2(true)
+		tr.ForceAttemptHTTP2 = true
+	} else {
+		tr.Protocols.SetHTTP1(true)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: tr}
+}
+
 // setEntries writes config entries to agent's cluster, in order.
 func setEntries(t *testing.T, agent *consultest.Agent, entries ...api.ConfigEntry) {
 	t.Helper()
@@ -161,15 +178,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	gatewayB := "spiffe://" + tdB + "/gateway/mesh/dc/dc1"
 	webA := "spiffe://" + tdA + "/ns/default/dc/dc1/svc/web"
 	clientTLS := peerClientTLS(t, a, "cluster-b", apiSNI, gatewayB)
-	dialA := func(ctx context.Context, cfg *tls.Config) (net.Conn, error) {
-		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", gwA.addr)
-	}
-	h1 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			cfg := clientTLS.Clone()
-			cfg.NextProtos = []string{"http/1.1"}
-			return dialA(ctx, cfg)
-		}}}
+	h1 := httpVia(gwA.addr, clientTLS, "http/1.1")
 	get := func(c *http.Client, path string, header http.Header) (int, string, error) {
 		req, _ := http.NewRequest("GET", "https://api"+path, nil)
 		for k, v := range header {
@@ -262,12 +271,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 			{Name: "orders", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}})
 	ordersSNI := sni.PeeredServiceSNI("orders", "", "", "cluster-a", tdB)
 	ordersTLS := peerClientTLS(t, a, "cluster-b", ordersSNI, gatewayB)
-	orders := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			cfg := ordersTLS.Clone()
-			cfg.NextProtos = []string{"http/1.1"}
-			return dialA(ctx, cfg)
-		}}}
+	orders := httpVia(gwA.addr, ordersTLS, "http/1.1")
 	consultest.WaitFor(t, eventually, "web of cluster-a allowed to GET /public of orders", func() bool {
 		code, body, err := get(orders, "/public/menu", nil)
 		return err == nil && code == http.StatusOK && body == "orders-1 /public/menu"
@@ -302,16 +306,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	require.NoError(t, err)
 	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http2"}, nil)
 	require.NoError(t, err)
-	h2Only := new(http.Protocols)
-	h2Only.SetHTTP2(true)
-	h2 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		ForceAttemptHTTP2: true,
-		Protocols:         h2Only,
-		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			cfg := clientTLS.Clone()
-			cfg.NextProtos = []string{"h2"}
-			return dialA(ctx, cfg)
-		}}}
+	h2 := httpVia(gwA.addr, clientTLS, "h2")
 	consultest.WaitFor(t, eventually, "an HTTP/2 request to reach api over HTTP/2", func() bool {
 		code, _, err := get(h2, "/h2", nil)
 		seen := inst.requests()

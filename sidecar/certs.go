@@ -89,11 +89,21 @@ func (c *Certs) Err() error {
 // watch runs load until ctx ends; *lastErr is its last error.
 func (c *Certs) watch(ctx context.Context, lastErr *error, index uint64, load func(context.Context, uint64) (uint64, error)) {
 	defer c.wg.Done()
-	for ctx.Err() == nil {
-		next, err := load(ctx, index)
+	keepLoading(ctx, index, load, func(err error) {
 		c.errMu.Lock()
 		*lastErr = err
 		c.errMu.Unlock()
+	})
+}
+
+// keepLoading runs a blocking query, load, from index until ctx ends,
+// giving each one's error to report; after a failure it waits retryWait,
+// and it starts over from index 0 when the index goes backwards, as
+// Consul advises.
+func keepLoading(ctx context.Context, index uint64, load func(context.Context, uint64) (uint64, error), report func(error)) {
+	for ctx.Err() == nil {
+		next, err := load(ctx, index)
+		report(err)
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -102,7 +112,7 @@ func (c *Certs) watch(ctx context.Context, lastErr *error, index uint64, load fu
 			continue
 		}
 		if next < index {
-			next = 0 // the index went backwards: start over, as Consul advises
+			next = 0
 		}
 		index = next
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
@@ -255,23 +254,11 @@ func WatchIntentions(ctx context.Context, client *api.Client, service string) (*
 	in.wg.Add(1)
 	go func() {
 		defer in.wg.Done()
-		for ctx.Err() == nil {
-			next, err := in.load(ctx, index)
+		keepLoading(ctx, index, in.load, func(err error) {
 			in.errMu.Lock()
 			in.err = err
 			in.errMu.Unlock()
-			if err != nil {
-				select {
-				case <-ctx.Done():
-				case <-time.After(retryWait):
-				}
-				continue
-			}
-			if next < index {
-				next = 0
-			}
-			index = next
-		}
+		})
 	}()
 	return in, nil
 }
