@@ -38,7 +38,21 @@ type Route struct {
 	// upstream connections, over the Server's TCPKeepAlive and
 	// RemoteKeepAlive: a Router can change it while the Server runs.
 	KeepAlive net.KeepAliveConfig
+	// Serve, when set, serves the connection in this process instead of
+	// a dial to Targets, which may then be empty: a Router that terminates
+	// TLS itself (peering.Router with an l7.Terminator) hands it the
+	// client's connection, whose first reads return the ClientHello again.
+	// Serve owns the connection and returns once it is done with it. Until
+	// then the connection holds its slot and counts as open, as a
+	// forwarded one does; Close, and Shutdown's caller, close it under
+	// Serve. Observers see it forwarded to target TargetInProcess, with the
+	// bytes Serve read from the client and wrote to it.
+	Serve func(net.Conn)
 }
+
+// TargetInProcess is the target observers see for a connection a
+// Route.Serve served.
+const TargetInProcess = "in-process"
 
 // Router decides where a connection goes from its ClientHello. It returns a
 // Route with at least one target, or an error: a *Rejection (see Reject) to

@@ -379,6 +379,11 @@ func (s *Server) open(c *conn) (runDown func()) {
 		s.refuse(c, &st, reason, err)
 		return nil
 	}
+	if route.Serve != nil {
+		st.target = TargetInProcess
+		st.connected()
+		return s.serveInProcess(c, st, route.Serve, raw)
+	}
 	upstream, target, reason, err := s.connect(c, route)
 	if err != nil {
 		s.refuse(c, &st, reason, err)
@@ -409,7 +414,7 @@ func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Ro
 	// The Router may keep the hello: it gets one that the next connection's
 	// parse, into the pooled hello, cannot overwrite.
 	route, err := s.Router.Route(ctx, hello.Clone())
-	if err == nil && len(route.Targets) == 0 {
+	if err == nil && len(route.Targets) == 0 && route.Serve == nil {
 		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
 	}
 	if err != nil {
@@ -444,6 +449,56 @@ func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) (r
 		stop() // Close ran while forwarding started
 	}
 	return runDown
+}
+
+// serveInProcess hands the connection to serve, the ClientHello to be read
+// again first, and returns the call for the caller to run; when serve
+// returns, the connection is reported as forwarded and forgotten.
+func (s *Server) serveInProcess(c *conn, st story, serve func(net.Conn), replay []byte) (run func()) {
+	rc := &replayConn{Conn: c.client, replay: append([]byte(nil), replay...)}
+	stop := func() { c.client.Close() }
+	c.stop.Store(&stop)
+	if s.hardClosed.Load() {
+		stop() // Close ran while routing
+	}
+	return func() {
+		serve(rc)
+		rc.Close()
+		stats := Stats{ClientToUpstream: rc.read.Load(), UpstreamToClient: rc.written.Load(), Duration: time.Since(st.start)}
+		s.observer().Forwarded(st.route, st.target, stats)
+		st.closed(OutcomeForwarded, stats, nil)
+		s.forget(c)
+	}
+}
+
+// replayConn is a client connection whose first reads return replay (the
+// ClientHello the Server read), counting the bytes each way.
+type replayConn struct {
+	net.Conn
+	mu            sync.Mutex
+	replay        []byte
+	read, written atomic.Int64
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if len(c.replay) > 0 {
+		n := copy(p, c.replay)
+		c.replay = c.replay[n:]
+		c.mu.Unlock()
+		c.read.Add(int64(n))
+		return n, nil
+	}
+	c.mu.Unlock()
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *replayConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
 }
 
 // forget forgets a finished connection and frees its slot.
