@@ -54,18 +54,19 @@ type meshGateway struct {
 // gateway for agent.
 func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGateway {
 	t.Helper()
-	return startGatewayWith(t, agent, addr, func(*consulview.Source) string { return "" })
+	return startGatewayWith(t, agent, addr, func(*peering.Router) {})
 }
 
-// startGatewayWith is startGateway whose router sends L7 exports to the
-// address l7 returns for the gateway's source, if any.
-func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, l7 func(*consulview.Source) string) *meshGateway {
+// startGatewayWith is startGateway whose router configure completes (its
+// Source set).
+func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, configure func(*peering.Router)) *meshGateway {
 	t.Helper()
 	g := &meshGateway{t: t, agent: agent, counters: &gateway.Counters{}, dialed: map[string]bool{}, seen: map[string][]string{}}
 	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
 	require.NoError(t, err)
 	g.src = src
-	router := &peering.Router{Source: src, L7: l7(src)}
+	router := &peering.Router{Source: src}
+	configure(router)
 	g.srv = &gateway.Server{
 		Router: gateway.RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
 			if ci, ok := gateway.ConnInfoFrom(ctx); ok {

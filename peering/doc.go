@@ -15,8 +15,9 @@
 //     is exported to that peer (View.Exports); the bytes pass through, never
 //     decrypted. An export whose protocol is http, http2 or grpc, which
 //     Consul's gateway terminates, goes to an l7.Terminator (package
-//     peering/l7) when Router.L7 names one, passes through as TCP with
-//     Router.PassThroughL7Exports, and is refused otherwise;
+//     peering/l7) when Router.Terminate (or Router.L7) names one, passes
+//     through as TCP with Router.PassThroughL7Exports, and is refused
+//     otherwise;
 //   - imported services: the exact SNI of each service a peer exports to this
 //     cluster (View.Peers[...].Imports) goes to that peer's gateways, which is
 //     how sidecars in "local" mode reach peered upstreams.

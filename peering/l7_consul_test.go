@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/meshtest"
 	"github.com/meshgate/meshgate/peering"
@@ -29,19 +28,18 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// startL7Gateway is startGateway with an l7.Terminator beside it, holding
-// the gateway's own certificate from agent's xDS.
+// startL7Gateway is startGateway whose router hands L7 exports to an
+// l7.Terminator in the process, holding the gateway's own certificate
+// from agent's xDS.
 func startL7Gateway(t *testing.T, agent *consultest.Agent) *meshGateway {
 	t.Helper()
-	return startGatewayWith(t, agent, "", func(src *consulview.Source) string {
+	return startGatewayWith(t, agent, "", func(r *peering.Router) {
 		certs, err := sidecar.WatchGatewayCerts(context.Background(), agent.Client, sidecar.GatewayCertsOptions{GRPCAddr: agent.GRPC, GatewayID: "mesh-gateway"})
 		require.NoError(t, err)
 		t.Cleanup(certs.Close)
-		term := &l7.Terminator{Source: src, Certs: certs}
-		ln := meshtest.Listen(t, "")
-		go term.Serve(ln)
-		t.Cleanup(func() { term.Close(); ln.Close() })
-		return ln.Addr().String()
+		term := &l7.Terminator{Source: r.Source, Certs: certs}
+		t.Cleanup(func() { term.Close() })
+		r.Terminate = term.ServeConn
 	})
 }
 

@@ -3,6 +3,7 @@ package peering
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"sync/atomic"
 
@@ -62,10 +63,15 @@ type Router struct {
 	// skip those rules unseen. Set it where no such rule is written for the
 	// service's peers.
 	PassThroughL7Exports bool
-	// L7 is the address of an l7.Terminator that serves this gateway's
-	// exports whose protocol is http, http2 or grpc, as Consul's gateway
-	// does: those connections are sent there whole, instead of refused or
-	// passed through. It takes precedence over PassThroughL7Exports.
+	// Terminate serves this gateway's exports whose protocol is http,
+	// http2 or grpc, as Consul's gateway does, in this process: those
+	// connections are handed to it whole (gateway.Route.Serve), instead of
+	// refused or passed through. Set it to an l7.Terminator's ServeConn.
+	// It takes precedence over L7 and PassThroughL7Exports.
+	Terminate func(net.Conn)
+	// L7 is the address of an l7.Terminator's listener to send those
+	// connections to instead, one loopback hop away, when Terminate is not
+	// set. It takes precedence over PassThroughL7Exports.
 	L7 string
 
 	mesh  atomic.Pointer[gateway.Router]
@@ -133,12 +139,14 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 	}
 	if p := v.Protocol(name.Service, name.Namespace, name.Partition); p == "http" || p == "http2" || p == "grpc" {
 		switch {
+		case r.Terminate != nil:
+			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Kind: KindExported, Serve: r.Terminate}, nil
 		case r.L7 != "":
 			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Targets: []string{r.L7}, Kind: KindExported}, nil
 		case !r.PassThroughL7Exports:
 			return gateway.Route{}, gateway.Reject(ReasonL7Export,
 				"service %q is exported to peer %q with protocol %q: Consul's mesh gateway terminates such exports to apply its service-router, service-splitter and L7 intentions; "+
-					"terminate them (peering.Router.L7, meshgateway -l7-exports terminate), make its protocol tcp (service-defaults), or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
+					"terminate them (peering.Router.Terminate, meshgateway -l7-exports terminate), make its protocol tcp (service-defaults), or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
 				name.Service, name.Peer, p)
 		}
 	}

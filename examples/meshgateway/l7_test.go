@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -42,7 +43,11 @@ config_entries {
 	route, err := gatewayRouter(src, l7Handling{pass: true}).Route(context.Background(), hello)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.20.10:21000"}, route.Targets)
-	route, err = gatewayRouter(src, l7Handling{addr: "127.0.0.1:7001"}).Route(context.Background(), hello)
+	served := false
+	route, err = gatewayRouter(src, l7Handling{serve: func(net.Conn) { served = true }}).Route(context.Background(), hello)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"127.0.0.1:7001"}, route.Targets, "to the terminator")
+	require.NotNil(t, route.Serve, "to the terminator")
+	route.Serve(nil)
+	assert.True(t, served)
+	assert.Empty(t, route.Targets)
 }

@@ -262,12 +262,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return err
 		}
 		if *l7Flag == "terminate" {
-			stopL7, addr, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, log)
+			stopL7, serve, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, log)
 			if err != nil {
 				return err
 			}
 			defer stopL7()
-			l7mode.addr = addr
+			l7mode.serve = serve
 		}
 	} else {
 		s, config, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
@@ -371,36 +371,31 @@ wait:
 }
 
 // l7Handling is what the gateway does with exports whose protocol is http,
-// http2 or grpc (-l7-exports): pass them through as TCP, or send them to
-// the terminator at addr; neither means refuse them.
+// http2 or grpc (-l7-exports): pass them through as TCP, or hand them to
+// the terminator's serve; neither means refuse them.
 type l7Handling struct {
-	pass bool
-	addr string
+	pass  bool
+	serve func(net.Conn)
 }
 
 // gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
 // WAN federation (when the view takes part), then cluster peering's names
 // (L7 exports as l7mode says), then the mesh's.
 func gatewayRouter(src resolve.Source, l7mode l7Handling) gateway.Router {
-	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: l7mode.pass, L7: l7mode.addr}}
+	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: l7mode.pass, Terminate: l7mode.serve}}
 }
 
-// startTerminator serves the gateway's L7 exports on a loopback port, as
-// the registered gateway id, whose certificate the agent at grpcAddr gives.
-func startTerminator(ctx context.Context, client *api.Client, src resolve.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), addr string, err error) {
+// startTerminator makes the terminator of the gateway's L7 exports, as
+// the registered gateway id, whose certificate the agent at grpcAddr gives;
+// serve takes a connection in the process.
+func startTerminator(ctx context.Context, client *api.Client, src resolve.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
 	certs, err := sidecar.WatchGatewayCerts(ctx, client, sidecar.GatewayCertsOptions{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
 	if err != nil {
-		return nil, "", err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		certs.Close()
-		return nil, "", err
+		return nil, nil, err
 	}
 	t := &l7.Terminator{Source: src, Certs: certs, Logger: log}
-	go t.Serve(ln)
-	log.Info("meshgateway: terminating L7 exports", "terminator", ln.Addr().String(), "grpc_addr", grpcAddr, "gateway_id", id)
-	return func() { t.Close(); ln.Close(); certs.Close() }, ln.Addr().String(), nil
+	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id)
+	return func() { t.Close(); certs.Close() }, t.ServeConn, nil
 }
 
 // listenAll listens on each of addrs, reusing have for its own address,

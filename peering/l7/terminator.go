@@ -12,10 +12,11 @@
 // service's identity. A Terminator does that, with HTTP/1.1 and HTTP/2
 // (and so gRPC) from net/http.
 //
-// A Terminator listens on its own socket (on loopback, say); the gateway's
-// peering.Router sends it these connections (peering.Router.L7) whole,
-// ClientHello included, so the gateway's accept, limits, metrics and
-// access log apply to them as to every other connection.
+// The gateway's peering.Router hands a Terminator these connections whole,
+// ClientHello included, in the same process (peering.Router.Terminate,
+// which calls ServeConn), or sends them to the socket it Serves
+// (peering.Router.L7); either way the gateway's accept, limits, metrics
+// and access log apply to them as to every other connection.
 package l7
 
 import (
@@ -184,7 +185,25 @@ func (t *Terminator) track(c io.Closer, add bool) bool {
 }
 
 // serveConn completes the peer's handshake and serves HTTP on it.
-func (t *Terminator) serveConn(raw net.Conn) {
+// ServeConn serves one connection, the peer's ClientHello unread, and
+// returns once it is closed: the way a gateway hands the Terminator a
+// connection in the same process (gateway.Route.Serve; peering.Router's
+// Terminate field), without a listener in between.
+func (t *Terminator) ServeConn(c net.Conn) {
+	t.init()
+	if !t.track(c, true) {
+		c.Close()
+		return
+	}
+	if closed := t.serveConn(c); closed != nil {
+		<-closed
+	}
+}
+
+// serveConn completes the peer's handshake and hands the connection to the
+// HTTP server; it returns a channel closed once the connection is, or nil
+// if it was closed at once.
+func (t *Terminator) serveConn(raw net.Conn) <-chan struct{} {
 	pc := &peerConn{}
 	tc := tls.Server(raw, &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -197,18 +216,19 @@ func (t *Terminator) serveConn(raw net.Conn) {
 		t.logger().Info("l7: peer handshake failed", "remote", raw.RemoteAddr().String(), "error", err)
 		tc.Close()
 		t.track(raw, false)
-		return
+		return nil
 	}
 	tc.SetDeadline(time.Time{})
 	// The HTTP server sees a plain connection, so that it takes the peer's
 	// HTTP/2 by its preface whether ALPN named it or not (a peer's Envoy
 	// speaks HTTP/2 to an http2 or grpc export without ALPN).
-	c := &termConn{Conn: tc, pc: pc, done: func() { t.track(raw, false) }}
+	c := &termConn{Conn: tc, pc: pc, closed: make(chan struct{}), done: func() { t.track(raw, false) }}
 	select {
 	case t.conns <- c:
 	case <-t.done:
 		c.Close()
 	}
+	return c.closed
 }
 
 // configFor is the TLS configuration for a peer's connection to
@@ -357,14 +377,15 @@ func (t *Terminator) routeOf(v *resolve.View, name, subset, namespace string) re
 // carrying its export; done runs once when the server closes it.
 type termConn struct {
 	net.Conn
-	pc   *peerConn
-	once sync.Once
-	done func()
+	pc     *peerConn
+	once   sync.Once
+	done   func()
+	closed chan struct{} // closed with the connection
 }
 
 func (c *termConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.done)
+	c.once.Do(func() { c.done(); close(c.closed) })
 	return err
 }
 

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
+	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/peering/l7"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -35,6 +37,8 @@ type world struct {
 	local, peer *democa.CA
 	gateway     *sidecar.Certs
 	addr        string // the terminator's
+	gatewayAddr string // a gateway's that hands it connections in the process
+	counters    *gateway.Counters
 	api         string // the instance's
 	term        *l7.Terminator
 	served      chan error
@@ -74,6 +78,13 @@ func newWorld(t *testing.T, instances []string) *world {
 	w.addr = ln.Addr().String()
 	go func() { w.served <- w.term.Serve(ln) }()
 	t.Cleanup(func() { w.term.Close() })
+	w.counters = &gateway.Counters{}
+	gw := &gateway.Server{Router: &peering.Router{Source: src, Terminate: w.term.ServeConn}, Observer: w.counters}
+	gln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	w.gatewayAddr = gln.Addr().String()
+	go gw.Serve(gln)
+	t.Cleanup(func() { gw.Close() })
 	return w
 }
 
@@ -111,12 +122,17 @@ func (w *world) clientTLS(t *testing.T, ca *democa.CA, serverName string) *tls.C
 
 var apiSNI = sni.PeeredServiceSNI("api", "", "", "cluster-a", tdLocal)
 
-// get sends GET path over a new connection with cfg and returns the status
-// and body, or the error.
+// get sends GET path over a new connection to the terminator with cfg and
+// returns the status and body, or the error.
 func (w *world) get(cfg *tls.Config, path string) (int, string, error) {
+	return w.getVia(w.addr, cfg, path)
+}
+
+// getVia is get through addr.
+func (w *world) getVia(addr string, cfg *tls.Config, path string) (int, string, error) {
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", w.addr)
+			return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", addr)
 		}}}
 	defer c.CloseIdleConnections()
 	resp, err := c.Get("https://api" + path)
@@ -140,6 +156,17 @@ func TestTerminatorServesAPeersRequests(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code, body)
 	assert.True(t, strings.HasPrefix(body, "HTTP/1.1 /hello client=spiffe://"+tdLocal+"/gateway/mesh/dc/dc1 xfcc=By=spiffe://"+tdLocal+"/gateway/mesh/dc/dc1;Hash="), body)
 	assert.True(t, strings.HasSuffix(body, ";URI=spiffe://"+tdPeer+"/ns/default/dc/dc1/svc/web"), body)
+
+	// The same through a gateway that hands the connection over in the
+	// process: the gateway counts it forwarded once it closes, having
+	// dialled nothing.
+	code, body, err = w.getVia(w.gatewayAddr, w.clientTLS(t, w.peer, apiSNI), "/through-the-gateway")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, code, body)
+	assert.True(t, strings.HasPrefix(body, "HTTP/1.1 /through-the-gateway client=spiffe://"+tdLocal+"/gateway/mesh/dc/dc1 "), body)
+	require.Eventually(t, func() bool { return w.counters.Snapshot().Forwarded == 1 }, 10*time.Second, 5*time.Millisecond,
+		"the gateway counts the connection forwarded")
+	assert.Zero(t, w.counters.Snapshot().DialFailures)
 
 	// HTTP/2 with prior knowledge: no ALPN, the preface, then SETTINGS.
 	c, err := tls.Dial("tcp", w.addr, w.clientTLS(t, w.peer, apiSNI))

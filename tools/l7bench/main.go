@@ -1,12 +1,12 @@
 // Command l7bench measures what terminating a peer's HTTP export costs:
 // requests per second and latency percentiles of a peer's client reaching
 // an exported http service through a meshgate gateway that terminates it
-// (a peering.Router with an l7.Terminator, as meshgateway -l7-exports
-// terminate runs it) against the same gateway passing it through as TCP
-// (-l7-exports passthrough), both to the same mTLS instance, in one run,
-// alternating rounds; and the terminator reached directly, without the
-// gateway in front, which shows what the gateway's loopback hop to it
-// costs.
+// in the process (a peering.Router whose Terminate is an l7.Terminator's
+// ServeConn, as meshgateway -l7-exports terminate runs it) against the
+// same gateway passing it through as TCP (-l7-exports passthrough), both
+// to the same mTLS instance, in one run, alternating rounds; and a gateway
+// that sends them to the terminator's own port instead
+// (peering.Router.L7), which shows what that loopback hop costs.
 //
 //	go run ./tools/l7bench [-duration 5s] [-rounds 3] [-c 16,128] [-body 1024]
 //
@@ -58,7 +58,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds; each runs both paths at every concurrency, the order alternating")
 	conc := flag.String("c", "16,128", "comma-separated numbers of concurrent clients")
 	body := flag.Int("body", 1024, "bytes in each response body")
-	only := flag.String("only", "", "run this path only: terminated, terminator-direct or passthrough")
+	only := flag.String("only", "", "run this path only: terminated, terminated-via-port or passthrough")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -83,7 +83,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	paths := []string{"terminated", "terminator-direct", "passthrough"}
+	paths := []string{"terminated", "terminated-via-port", "passthrough"}
 	if *only != "" {
 		if !slices.Contains(paths, *only) {
 			log.Fatalf("l7bench: -only %q: want one of %v", *only, paths)
@@ -106,7 +106,7 @@ func main() {
 					log.Fatalf("l7bench: %s at %d clients: %v", p, c, err)
 				}
 				results[p][c] = append(results[p][c], res)
-				fmt.Fprintf(os.Stderr, "round %d  %-17s  c=%-4d  %8.0f req/s  p50 %v  p99 %v  errors %d\n", r+1, p, c, res.rate, res.p50, res.p99, res.errors)
+				fmt.Fprintf(os.Stderr, "round %d  %-19s  c=%-4d  %8.0f req/s  p50 %v  p99 %v  errors %d\n", r+1, p, c, res.rate, res.p50, res.p99, res.errors)
 			}
 		}
 	}
@@ -168,8 +168,7 @@ func maxOf(rs []result, f func(result) float64) float64 {
 
 // bench is the two gateways, the terminator and the instance.
 type bench struct {
-	terminated, passthrough string // the gateways' addresses
-	terminator              string // the terminator's own
+	terminated, viaPort, passthrough string // the gateways' addresses
 	client                  *tls.Config
 }
 
@@ -220,12 +219,13 @@ func setUp(bodySize int) (*bench, error) {
 		return nil, err
 	}
 	go term.Serve(termLn)
-	b := &bench{terminator: termLn.Addr().String()}
+	b := &bench{}
 	for _, g := range []struct {
 		addr   *string
 		router *peering.Router
 	}{
-		{&b.terminated, &peering.Router{Source: src, L7: termLn.Addr().String()}},
+		{&b.terminated, &peering.Router{Source: src, Terminate: term.ServeConn}},
+		{&b.viaPort, &peering.Router{Source: src, L7: termLn.Addr().String()}},
 		{&b.passthrough, &peering.Router{Source: src, PassThroughL7Exports: true}},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -252,7 +252,7 @@ func setUp(bodySize int) (*bench, error) {
 
 // run drives path with c clients for d.
 func (b *bench) run(path string, c int, d time.Duration) (result, error) {
-	addr := map[string]string{"terminated": b.terminated, "terminator-direct": b.terminator, "passthrough": b.passthrough}[path]
+	addr := map[string]string{"terminated": b.terminated, "terminated-via-port": b.viaPort, "passthrough": b.passthrough}[path]
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var mu sync.Mutex
