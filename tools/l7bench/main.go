@@ -169,7 +169,7 @@ func maxOf(rs []result, f func(result) float64) float64 {
 // bench is the two gateways, the terminator and the instance.
 type bench struct {
 	terminated, viaPort, passthrough string // the gateways' addresses
-	client                  *tls.Config
+	client                           *tls.Config
 }
 
 // setUp starts the instance, the terminator and the two gateways.
