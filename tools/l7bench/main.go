@@ -166,13 +166,13 @@ func maxOf(rs []result, f func(result) float64) float64 {
 	return m
 }
 
-// bench is the two gateways, the terminator and the instance.
+// bench is the three gateways, the terminator and the instance.
 type bench struct {
 	terminated, viaPort, passthrough string // the gateways' addresses
 	client                           *tls.Config
 }
 
-// setUp starts the instance, the terminator and the two gateways.
+// setUp starts the instance, the terminator and the three gateways.
 func setUp(bodySize int) (*bench, error) {
 	local, err := democa.New(tdLocal)
 	if err != nil {
