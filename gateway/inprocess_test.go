@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,35 +12,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// connRecords is a ConnObserver that keeps every record.
-type connRecords struct {
-	mu   sync.Mutex
-	recs []ConnRecord
-}
-
-func (r *connRecords) Accepted(net.Addr)                {}
-func (r *connRecords) Rejected(string, error)           {}
-func (r *connRecords) DialFailed(string, string, error) {}
-func (r *connRecords) Forwarded(string, string, Stats)  {}
-func (r *connRecords) Closed(rec *ConnRecord) {
-	r.mu.Lock()
-	r.recs = append(r.recs, *rec)
-	r.mu.Unlock()
-}
-
-func (r *connRecords) records() []ConnRecord {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]ConnRecord(nil), r.recs...)
-}
-
 // A Route with Serve takes the connection in this process, no dial: Serve
 // reads the ClientHello again first, the connection counts as open until
 // Serve returns, and observers see it forwarded to TargetInProcess with
 // the bytes each way.
 func TestRouteServeTakesTheConnection(t *testing.T) {
-	counters := &Counters{}
-	records := &connRecords{}
+	records := &recorder{} // counts too
+	counters := &records.Counters
 	served := make(chan struct{}, 1)
 	s := &Server{
 		Router: RouterFunc(func(context.Context, *sni.ClientHello) (Route, error) {
@@ -51,7 +28,7 @@ func TestRouteServeTakesTheConnection(t *testing.T) {
 				io.Copy(c, c)
 			}}, nil
 		}),
-		Observer: MultiObserver(counters, records),
+		Observer: records,
 	}
 	gw := startGateway(t, s)
 	hello := helloBytes(t, longName)
@@ -69,7 +46,7 @@ func TestRouteServeTakesTheConnection(t *testing.T) {
 	assert.Equal(t, int64(len(hello)+4), snap.BytesUp)
 	assert.Equal(t, int64(len(hello)+4), snap.BytesDown)
 	assert.Zero(t, snap.DialFailures)
-	recs := records.records()
+	recs := records.all()
 	require.Len(t, recs, 1)
 	assert.Equal(t, TargetInProcess, recs[0].Target)
 	assert.Equal(t, OutcomeForwarded, recs[0].Outcome)
