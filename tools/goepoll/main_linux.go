@@ -309,6 +309,12 @@ func (l *loop) pump(src *sock, shortDrains bool) {
 	if dst.connecting || len(dst.pending) > 0 {
 		return // dst's EPOLLOUT resumes src
 	}
+	if src.eof {
+		// src's FIN was read and passed on: reading again would pass it on
+		// again, and a second shutdown fails once the peer has closed too,
+		// which closed the pair with bytes still pending the other way.
+		return
+	}
 	for !src.closed {
 		n, err := unix.Read(src.fd, l.buf)
 		switch {
