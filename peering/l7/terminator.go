@@ -294,6 +294,13 @@ func (t *Terminator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	v := t.Source.View()
 	name := pc.name
+	if !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
+		// Unexported while the connection stayed open: as Consul's gateway
+		// drops the filter chain, this connection serves no more.
+		w.Header().Set("Connection", "close")
+		http.Error(w, fmt.Sprintf("l7: service %q is no longer exported to peer %q", name.Service, name.Peer), http.StatusForbidden)
+		return
+	}
 	dest := resolve.RouteHTTP(v, name.Service, name.Namespace, r, rand.Float32()*100)
 	route := t.routeOf(v, dest.Service, dest.Subset, dest.Namespace)
 	target, ok := firstWithEndpoints(route.Local)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,6 +207,40 @@ func TestTerminatorRefusals(t *testing.T) {
 	assert.Equal(t, http.StatusBadGateway, code)
 	assert.Contains(t, body, "no instance of api.default.dc1.internal."+tdLocal+" answered")
 	assert.Contains(t, body, addr)
+}
+
+// swapSource is a resolve.Source whose view a test replaces.
+type swapSource struct{ v atomic.Pointer[resolve.View] }
+
+func (s *swapSource) View() *resolve.View { return s.v.Load() }
+
+// A connection open when its service stops being exported to the peer
+// serves no more requests.
+func TestTerminatorStopsServingAnExportThatEnded(t *testing.T) {
+	w := newWorld(t, nil)
+	src := &swapSource{}
+	src.v.Store(w.term.Source.View())
+	w.term.Source = src // before any request reads it
+	cfg := w.clientTLS(t, w.peer, apiSNI)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", w.addr)
+	}}}
+	defer client.CloseIdleConnections()
+	get := func() (int, string) {
+		resp, err := client.Get("https://api/")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, _ := get()
+	require.Equal(t, http.StatusOK, code)
+	unexported := *src.View()
+	unexported.Exports = map[resolve.ServiceKey][]string{}
+	src.v.Store(&unexported)
+	code, body := get() // on the same, kept-alive connection
+	assert.Equal(t, http.StatusForbidden, code)
+	assert.Contains(t, body, `service "api" is no longer exported to peer "cluster-a"`)
 }
 
 // Close ends Serve and every connection, and leaves no goroutine behind.
