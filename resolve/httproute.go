@@ -3,13 +3,12 @@ package resolve
 import (
 	"fmt"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/fullmatch"
 	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
@@ -156,7 +155,7 @@ func matchHTTP(match *api.ServiceRouteMatch, req *http.Request) (string, bool) {
 		if m.CaseInsensitive {
 			expr = "(?i)" + expr
 		}
-		if !fullMatch(expr, path) {
+		if !fullmatch.Match(expr, path) {
 			return "", false
 		}
 	}
@@ -193,24 +192,7 @@ func matchValue(exact, prefix, suffix, regex string, values []string) bool {
 	case suffix != "":
 		return strings.HasSuffix(v, suffix)
 	case regex != "":
-		return fullMatch(regex, v)
+		return fullmatch.Match(regex, v)
 	}
 	return true
-}
-
-var regexps sync.Map // expression -> *regexp.Regexp, or nil when it does not compile
-
-// fullMatch reports whether expr (RE2, as Envoy's safe_regex) matches all
-// of s.
-func fullMatch(expr string, s string) bool {
-	re, ok := regexps.Load(expr)
-	if !ok {
-		c, err := regexp.Compile(`^(?:` + expr + `)$`)
-		if err != nil {
-			c = nil
-		}
-		re, _ = regexps.LoadOrStore(expr, c)
-	}
-	c, _ := re.(*regexp.Regexp)
-	return c != nil && c.MatchString(s)
 }

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/fullmatch"
 	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/resolve"
 )
@@ -177,7 +177,7 @@ func permissionMatches(p *api.IntentionHTTPPermission, r *http.Request) bool {
 	switch {
 	case p.PathExact != "" && path != p.PathExact,
 		p.PathPrefix != "" && !strings.HasPrefix(path, p.PathPrefix),
-		p.PathRegex != "" && !wholeMatch(p.PathRegex, path),
+		p.PathRegex != "" && !fullmatch.Match(p.PathRegex, path),
 		len(p.Methods) > 0 && !slices.Contains(p.Methods, r.Method):
 		return false
 	}
@@ -208,24 +208,9 @@ func headerMatches(h api.IntentionHTTPHeaderPermission, values []string) bool {
 	case h.Contains != "":
 		return strings.Contains(v, want(h.Contains))
 	case h.Regex != "":
-		return wholeMatch(h.Regex, v)
+		return fullmatch.Match(h.Regex, v)
 	}
 	return true // Present
-}
-
-var intentionRegexps sync.Map // expression -> *regexp.Regexp or nil
-
-func wholeMatch(expr, s string) bool {
-	re, ok := intentionRegexps.Load(expr)
-	if !ok {
-		c, err := regexp.Compile(`^(?:` + expr + `)$`)
-		if err != nil {
-			c = nil // Consul refuses such entries; never match one
-		}
-		re, _ = intentionRegexps.LoadOrStore(expr, c)
-	}
-	c, _ := re.(*regexp.Regexp)
-	return c != nil && c.MatchString(s)
 }
 
 // Intentions enforces the L7 intentions of one destination service on the
