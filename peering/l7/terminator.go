@@ -344,40 +344,39 @@ func modify(h http.Header, m *api.HTTPHeaderModifiers) {
 }
 
 // firstWithEndpoints returns the first target with an instance: the
-// primary, else the first local failover target that has one.
-func firstWithEndpoints(targets []resolve.Target) (resolve.Target, bool) {
-	for _, t := range targets {
-		if len(t.Dial) > 0 {
-			return t, true
+// primary, else the first local failover target that has one; it points
+// into targets, which the route cache keeps.
+func firstWithEndpoints(targets []resolve.Target) (*resolve.Target, bool) {
+	for i := range targets {
+		if len(targets[i].Dial) > 0 {
+			return &targets[i], true
 		}
 	}
-	return resolve.Target{}, false
+	return nil, false
 }
 
-// routeCache holds the routes of one view's exports.
+// routeCache holds the routes of one view's exports, by service, subset
+// and namespace: *resolve.ExportedRoute, never changed once stored.
 type routeCache struct {
 	view   *resolve.View
-	mu     sync.Mutex
-	routes map[[3]string]resolve.ExportedRoute
+	routes sync.Map
 }
 
 // routeOf returns the route to subset of service name in namespace,
 // worked out once per view.
-func (t *Terminator) routeOf(v *resolve.View, name, subset, namespace string) resolve.ExportedRoute {
+func (t *Terminator) routeOf(v *resolve.View, name, subset, namespace string) *resolve.ExportedRoute {
 	rc := t.routes.Load()
 	if rc == nil || rc.view != v {
-		rc = &routeCache{view: v, routes: map[[3]string]resolve.ExportedRoute{}}
+		rc = &routeCache{view: v}
 		t.routes.Store(rc)
 	}
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
 	key := [3]string{name, subset, namespace}
-	r, ok := rc.routes[key]
-	if !ok {
-		r = resolve.RouteExportedTo(v, name, subset, namespace)
-		rc.routes[key] = r
+	if r, ok := rc.routes.Load(key); ok {
+		return r.(*resolve.ExportedRoute)
 	}
-	return r
+	r := resolve.RouteExportedTo(v, name, subset, namespace)
+	stored, _ := rc.routes.LoadOrStore(key, &r)
+	return stored.(*resolve.ExportedRoute)
 }
 
 // termConn is a terminated connection handed to the HTTP server,

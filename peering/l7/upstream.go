@@ -38,13 +38,15 @@ type upstreams struct {
 // upstream is the way to one target's instances.
 type upstream struct {
 	target atomic.Pointer[resolve.Target] // the latest, with its endpoints
+	alpn   []string                       // what the instances are asked to speak
 	turn   atomic.Uint32
 	proxy  *httputil.ReverseProxy
 	idle   func()
 }
 
-// proxy sends r to target's instances with the client's XFCC element.
-func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target resolve.Target, protocol, xfcc string, connectTimeout time.Duration, response []*api.HTTPHeaderModifiers) {
+// proxy sends r to target's instances, which speak protocol, with the
+// client's XFCC element.
+func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target *resolve.Target, protocol, xfcc string, connectTimeout time.Duration, response []*api.HTTPHeaderModifiers) {
 	key := protocol + " " + target.SNI
 	u.mu.Lock()
 	if u.m == nil {
@@ -56,7 +58,7 @@ func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target resolve
 		u.m[key] = up
 	}
 	u.mu.Unlock()
-	up.target.Store(&target)
+	up.target.Store(target)
 	if connectTimeout <= 0 {
 		connectTimeout = defaultConnectTimeout
 	}
@@ -83,10 +85,9 @@ type responseKey struct{}
 // newUpstream builds the proxy to the instances of the target whose SNI is
 // targetSNI, speaking protocol to them.
 func (t *Terminator) newUpstream(protocol, targetSNI string) *upstream {
-	up := &upstream{}
-	dial := func(ctx context.Context) (net.Conn, error) { return t.dialInstance(ctx, up) }
+	up := &upstream{alpn: []string{"http/1.1"}}
 	tr := &http.Transport{
-		DialTLSContext:      func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DialTLSContext:      func(ctx context.Context, _, _ string) (net.Conn, error) { return t.dialInstance(ctx, up) },
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     time.Minute,
 		Protocols:           new(http.Protocols),
@@ -94,6 +95,7 @@ func (t *Terminator) newUpstream(protocol, targetSNI string) *upstream {
 	if protocol == "http2" || protocol == "grpc" {
 		tr.Protocols.SetHTTP2(true)
 		tr.ForceAttemptHTTP2 = true
+		up.alpn = []string{"h2"}
 	} else {
 		tr.Protocols.SetHTTP1(true)
 	}
@@ -149,11 +151,7 @@ func (t *Terminator) dialInstance(ctx context.Context, up *upstream) (net.Conn, 
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return sidecar.VerifyIdentity(raw, t.Certs.Roots(), want)
 		},
-	}
-	if p := t.Source.View().Protocol(target.Service, target.Namespace, target.Partition); p == "http2" || p == "grpc" {
-		cfg.NextProtos = []string{"h2"}
-	} else {
-		cfg.NextProtos = []string{"http/1.1"}
+		NextProtos: up.alpn,
 	}
 	var errs []error
 	n := len(target.Dial)
