@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
+	"github.com/meshgate/meshgate/internal/syncbuf"
 	"github.com/meshgate/meshgate/peering"
 	"github.com/meshgate/meshgate/peering/l7"
 	"github.com/meshgate/meshgate/resolve"
@@ -42,12 +44,13 @@ type world struct {
 	counters    *gateway.Counters
 	api         string // the instance's
 	term        *l7.Terminator
+	logs        *syncbuf.Buffer // the terminator's log
 	served      chan error
 }
 
 func newWorld(t *testing.T, instances []string) *world {
 	t.Helper()
-	w := &world{served: make(chan error, 1)}
+	w := &world{served: make(chan error, 1), logs: &syncbuf.Buffer{}}
 	var err error
 	w.local, err = democa.New(tdLocal)
 	require.NoError(t, err)
@@ -73,7 +76,7 @@ func newWorld(t *testing.T, instances []string) *world {
 		Peers:           map[string]resolve.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{w.peer.RootPEM()}}},
 	})
 	require.NoError(t, err)
-	w.term = &l7.Terminator{Source: src, Certs: w.gateway}
+	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, nil))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	w.addr = ln.Addr().String()
@@ -189,12 +192,29 @@ func TestTerminatorServesAPeersRequests(t *testing.T) {
 // what it answers when the instance is not there.
 func TestTerminatorRefusals(t *testing.T) {
 	w := newWorld(t, nil)
-	_, _, err := w.get(w.clientTLS(t, w.peer, sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdLocal)), "/")
-	assert.Error(t, err, "billing is not exported")
-	_, _, err = w.get(w.clientTLS(t, w.peer, sni.PeeredServiceSNI("api", "", "", "cluster-c", tdLocal)), "/")
-	assert.Error(t, err, "api is not exported to cluster-c")
-	_, _, err = w.get(w.clientTLS(t, w.local, apiSNI), "/")
-	assert.Error(t, err, "a client of the local CA is not cluster-a's")
+	for _, tc := range []struct {
+		what   string
+		client *tls.Config
+		logged string // the reason the terminator logs
+	}{
+		{"billing is not exported", w.clientTLS(t, w.peer, sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdLocal)),
+			`server name \"billing.default.default.cluster-a.external.` + tdLocal + `\" is not a service exported to a peer`},
+		{"api is not exported to cluster-c", w.clientTLS(t, w.peer, sni.PeeredServiceSNI("api", "", "", "cluster-c", tdLocal)),
+			`server name \"api.default.default.cluster-c.external.` + tdLocal + `\" is not a service exported to a peer`},
+		{"a client of the local CA is not cluster-a's", w.clientTLS(t, w.local, apiSNI),
+			`a client of peer \"cluster-a\": sidecar: the client's certificate does not chain to the mesh's roots`},
+	} {
+		_, _, err := w.get(tc.client, "/")
+		assert.Error(t, err, tc.what)
+		// The server logs after the client has seen its handshake fail.
+		assert.Eventually(t, func() bool { return strings.Contains(w.logs.String(), tc.logged) }, 10*time.Second, 5*time.Millisecond,
+			"%s: want %s in the log:\n%s", tc.what, tc.logged, w.logs.String())
+	}
+	// The same world serves a good client: the refusals were for their
+	// reasons.
+	code, _, err := w.get(w.clientTLS(t, w.peer, apiSNI), "/")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, code)
 
 	// An instance that is gone: 502, naming the target.
 	gone, err := net.Listen("tcp", "127.0.0.1:0")
