@@ -257,7 +257,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(intentions.Close)
 	inst.startWrapped(t, b, "orders", "orders-1", nil, func(h http.Handler) http.Handler {
-		return intentions.Handler(h, tdB, gwB.src, false)
+		return intentions.Handler(h, gwB.src, false)
 	})
 	setEntries(t, b,
 		&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "orders", Protocol: "http"},

@@ -46,13 +46,15 @@ const XFCCHeader = "X-Forwarded-Client-Cert"
 
 // SourceOf returns the source of a request that arrived over mTLS whose
 // client chain has been verified (state is its connection's): the service
-// the client certificate names; or, when the client is a mesh gateway of
-// trustDomain (spiffe://<trustDomain>/gateway/mesh/dc/<dc>), the service
-// named by the first element of the X-Forwarded-Client-Cert header the
-// gateway set, which must be in the trust domain of one of v's peers. This
-// is how Consul's sidecars tell a peer's request apart for L7 intentions;
-// the header of any other client is ignored.
-func SourceOf(state *tls.ConnectionState, header http.Header, trustDomain string, v *resolve.View) (RequestSource, error) {
+// the client certificate names, in v's trust domain; or, when the client
+// is a mesh gateway of v's trust domain
+// (spiffe://<td>/gateway/mesh/dc/<dc>), the service named by the first
+// element of the X-Forwarded-Client-Cert header the gateway set, which
+// must be in the trust domain of one of v's peers. This is how Consul's
+// sidecars tell a peer's request apart for L7 intentions; the header of
+// any other client is ignored.
+func SourceOf(state *tls.ConnectionState, header http.Header, v *resolve.View) (RequestSource, error) {
+	trustDomain := v.TrustDomain
 	if state == nil || len(state.PeerCertificates) == 0 {
 		return RequestSource{}, errors.New("sidecar: the request came without a client certificate")
 	}
@@ -287,12 +289,12 @@ func (in *Intentions) Close() {
 }
 
 // Handler serves next the requests the intentions allow, and answers the
-// others 403 Forbidden with the reason: the source as SourceOf finds it
-// (trustDomain is the local cluster's, src's view gives the peers' trust
-// domains), decided by Authorize with defaultAllow.
-func (in *Intentions) Handler(next http.Handler, trustDomain string, src resolve.Source, defaultAllow bool) http.Handler {
+// others 403 Forbidden with the reason: the source as SourceOf finds it in
+// src's current view (the local trust domain, the peers'), decided by
+// Authorize with defaultAllow.
+func (in *Intentions) Handler(next http.Handler, src resolve.Source, defaultAllow bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		from, err := SourceOf(r.TLS, r.Header, trustDomain, src.View())
+		from, err := SourceOf(r.TLS, r.Header, src.View())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
 			return

@@ -72,7 +72,7 @@ func TestIntentionsDecideAsConsulDoes(t *testing.T) {
 // client's header is ignored.
 func TestSourceOfARequest(t *testing.T) {
 	const local, peerTD = "aaaaaaaa-0000-4000-8000-000000000001.consul", "bbbbbbbb-0000-4000-8000-000000000002.consul"
-	v := &resolve.View{Peers: map[string]resolve.Peer{"cluster-b": {Name: "cluster-b", TrustDomain: peerTD}}}
+	v := &resolve.View{TrustDomain: local, Peers: map[string]resolve.Peer{"cluster-b": {Name: "cluster-b", TrustDomain: peerTD}}}
 	state := func(uri string) *tls.ConnectionState {
 		u, err := url.Parse(uri)
 		require.NoError(t, err)
@@ -99,7 +99,7 @@ func TestSourceOfARequest(t *testing.T) {
 		{"not a service", "spiffe://" + local + "/agent/client/dc/dc1/id/x", nil, sidecar.RequestSource{}, "is not a service's SPIFFE ID"},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
-			got, err := sidecar.SourceOf(state(tc.client), tc.header, local, v)
+			got, err := sidecar.SourceOf(state(tc.client), tc.header, v)
 			if tc.err != "" {
 				assert.ErrorContains(t, err, tc.err)
 				return
@@ -108,6 +108,6 @@ func TestSourceOfARequest(t *testing.T) {
 			assert.Equal(t, tc.want, got)
 		})
 	}
-	_, err := sidecar.SourceOf(nil, nil, local, v)
+	_, err := sidecar.SourceOf(nil, nil, v)
 	assert.ErrorContains(t, err, "without a client certificate")
 }
