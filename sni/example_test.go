@@ -62,3 +62,44 @@ func ExampleServiceSNI() {
 	// api.billing.default.webstuff.external.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul
 	// dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul
 }
+
+// An event loop reads a socket without blocking and asks a Gatherer, after
+// each read, whether the ClientHello is whole yet.
+func ExampleGatherer() {
+	// A hello captured off the wire, arriving in two reads.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: "api.example", InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+		}
+	}()
+	conn, _ := ln.Accept()
+	defer conn.Close()
+	var wire sni.ClientHello
+	raw, _ := sni.Reader{}.Read(context.Background(), conn, nil, &wire)
+
+	var g sni.Gatherer
+	defer g.Reset()
+	var data []byte
+	for _, read := range [][]byte{raw[:100], raw[100:]} {
+		data = append(data, read...)
+		msg, need, err := g.Next(data)
+		switch {
+		case err != nil:
+			fmt.Println(err)
+			return
+		case msg == nil:
+			fmt.Println("not yet: need", need > len(data))
+		default:
+			var hello sni.ClientHello
+			if err := sni.ParseClientHello(msg, &hello); err == nil {
+				fmt.Println(hello.ServerName)
+			}
+		}
+	}
+	// Output:
+	// not yet: need true
+	// api.example
+}

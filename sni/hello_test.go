@@ -170,6 +170,66 @@ func TestReadErrors(t *testing.T) {
 	}
 }
 
+// Gatherer, fed the bytes as a non-blocking socket would hand them over,
+// accepts and refuses what Reader does, with the same errors, and finds
+// the same name in a hello split over many records.
+func TestGathererAgreesWithReader(t *testing.T) {
+	good := recordsOf(buildHello(helloSpec{names: [][]byte{[]byte("a.b")}}), 1<<14)
+	split := recordsOf(buildHello(helloSpec{names: [][]byte{[]byte("split.example")}, alpn: []string{"h2"}}), 7)
+	notHello := append([]byte(nil), good...)
+	notHello[5] = 2
+	cases := []struct {
+		name     string
+		in       []byte
+		max      int
+		wantErr  error
+		wantName string
+	}{
+		{"one record", good, 0, nil, "a.b"},
+		{"records of 7 bytes", split, 0, nil, "split.example"},
+		{"plain HTTP", []byte("GET / HTTP/1.1\r\n"), 0, ErrNotTLS, ""},
+		{"not a ClientHello", notHello, 0, ErrMalformed, ""},
+		{"over the size limit", hugeHello(), 0, ErrTooLarge, ""},
+		{"over a small limit", good, 32, ErrTooLarge, ""},
+		{"truncated", good[:len(good)-3], 0, io.ErrUnexpectedEOF, ""},
+		{"empty", nil, 0, io.EOF, ""},
+	}
+	for _, c := range cases {
+		for _, chunk := range []int{1, 1000, 1 << 20} {
+			t.Run(fmt.Sprintf("%s/%d-byte reads", c.name, chunk), func(t *testing.T) {
+				g := Gatherer{MaxSize: c.max}
+				defer g.Reset()
+				var data []byte
+				var msg []byte
+				var err error
+				for rest := c.in; msg == nil && err == nil; {
+					if len(rest) == 0 {
+						err = g.Closed(data)
+						break
+					}
+					n := min(chunk, len(rest))
+					data, rest = append(data, rest[:n]...), rest[n:]
+					var need int
+					msg, need, err = g.Next(data)
+					if err == nil && msg == nil {
+						require.Greater(t, need, len(data), "asks for more than it has")
+					}
+				}
+				if c.wantErr != nil {
+					require.ErrorIs(t, err, c.wantErr)
+					_, rerr := Reader{MaxSize: c.max}.Read(context.Background(), &trickleConn{data: c.in, chunk: chunk}, nil, &ClientHello{})
+					require.ErrorIs(t, rerr, c.wantErr, "Reader's error for the same bytes")
+					return
+				}
+				require.NoError(t, err)
+				var h ClientHello
+				require.NoError(t, ParseClientHello(msg, &h))
+				assert.Equal(t, c.wantName, h.ServerName)
+			})
+		}
+	}
+}
+
 func TestOversizeRejectedBeforeReadingIt(t *testing.T) {
 	big := hugeHello()
 	conn := &trickleConn{data: big, chunk: 1 << 16}

@@ -250,3 +250,56 @@ func sniffTLS(b []byte) error {
 }
 
 func isPrintable(c byte) bool { return c >= 0x20 && c < 0x7f }
+
+// Gatherer collects a ClientHello from bytes as they arrive, for an event
+// loop that reads sockets without blocking and so cannot use Reader. It
+// checks each byte once, as Reader does, with the same limits and errors.
+// The zero Gatherer is ready, with DefaultMaxSize; reset it with Reset
+// before using it for another connection.
+type Gatherer struct {
+	// MaxSize bounds the ClientHello as Reader.MaxSize does.
+	MaxSize int
+	p       parser
+	started bool
+}
+
+// Next examines data, every byte the connection has sent so far, and
+// returns the whole ClientHello handshake message once it is there (to
+// parse with ParseClientHello; it points into data or into the Gatherer's
+// own buffer, valid until Reset), or else need, how many bytes data must
+// hold before Next can say more. Errors wrap ErrNotTLS, ErrMalformed or
+// ErrTooLarge.
+func (g *Gatherer) Next(data []byte) (msg []byte, need int, err error) {
+	if !g.started {
+		g.started = true
+		g.p = parser{maxSize: g.MaxSize}
+		if g.p.maxSize <= 0 {
+			g.p.maxSize = DefaultMaxSize
+		}
+	}
+	msg, need, err = g.p.advance(data)
+	if err == nil && msg == nil && need > 2*g.p.maxSize {
+		err = fmt.Errorf("%w: record framing exceeds %d bytes", ErrTooLarge, 2*g.p.maxSize)
+	}
+	return msg, need, err
+}
+
+// Closed returns the error Reader.Read gives when the connection ends
+// (read returns 0) after sending data, before its ClientHello was whole: it
+// wraps io.EOF when nothing came, else io.ErrUnexpectedEOF, or the error
+// that what did come already shows.
+func (g *Gatherer) Closed(data []byte) error {
+	if len(data) > 0 {
+		if _, _, err := g.Next(data); err != nil {
+			return err
+		}
+	}
+	return g.p.readError(context.Background(), io.EOF, len(data))
+}
+
+// Reset makes g ready for another connection and gives back the buffer a
+// message spread over several records was reassembled in.
+func (g *Gatherer) Reset() {
+	g.p.release()
+	*g = Gatherer{MaxSize: g.MaxSize}
+}
