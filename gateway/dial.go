@@ -40,8 +40,8 @@ func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reaso
 // before the ClientHello is replayed, and the check comes after it is read,
 // so a loop is always caught on its second connection and ends there,
 // instead of taking one connection after another until the process runs out.
-func (s *Server) ownConnection(client net.Conn) bool {
-	pair, ok := pairOf(client.RemoteAddr(), client.LocalAddr())
+func (s *Server) ownConnection(remote, local net.Addr) bool {
+	pair, ok := pairOf(remote, local)
 	if !ok {
 		return false
 	}

@@ -8,10 +8,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -22,9 +26,53 @@ import (
 	"go.uber.org/goleak"
 )
 
+// eventLoopEnv, set to 1, makes startGateway turn Server.EventLoop on.
+const eventLoopEnv = "MESHGATE_TEST_EVENTLOOP"
+
+// eventLoopUnderTest: this run's gateways use the event loops.
+var eventLoopUnderTest = os.Getenv(eventLoopEnv) == "1"
+
+// TestMain runs the package's tests, then, on Linux, runs them all again
+// in a child process with eventLoopEnv set, so that every test that
+// starts its gateway with startGateway also checks the event loops.
 func TestMain(m *testing.M) {
+	code := m.Run()
 	// The idle poller is a process-wide goroutine, like Go's own netpoller.
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/meshgate/meshgate/gateway.(*parker).loop"))
+	if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/meshgate/meshgate/gateway.(*parker).loop")); code == 0 && err != nil {
+		fmt.Fprintln(os.Stderr, "goleak:", err)
+		code = 1
+	}
+	if code == 0 && !eventLoopUnderTest && runtime.GOOS == "linux" && !fuzzingOrListing() {
+		fmt.Println("gateway: the tests again, startGateway's servers with EventLoop on (" + eventLoopEnv + "=1)")
+		cmd := exec.Command(os.Args[0], os.Args[1:]...)
+		cmd.Env = append(os.Environ(), eventLoopEnv+"=1")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "gateway: with EventLoop on:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// goroutineEngineOnly skips a test of the goroutines that carry
+// connections without the event loop, in the run that has it on: the
+// first run checked them.
+func goroutineEngineOnly(t *testing.T) {
+	if eventLoopUnderTest {
+		t.Skip("SKIP in the EventLoop run: this test checks the goroutines of the engine without it, which the first run of the package tested")
+	}
+}
+
+// fuzzingOrListing reports whether this run fuzzes or lists tests, which
+// the second run would repeat for nothing.
+func fuzzingOrListing() bool {
+	for _, name := range []string{"test.fuzz", "test.list"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" {
+			return true
+		}
+	}
+	return false
 }
 
 const longName = "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
@@ -124,6 +172,7 @@ func tlsEcho(cert tls.Certificate) func(net.Conn) {
 // startGateway runs s on a loopback listener until the test ends.
 func startGateway(t testing.TB, s *Server) string {
 	t.Helper()
+	s.EventLoop = s.EventLoop || eventLoopUnderTest
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	errc := make(chan error, 1)

@@ -48,6 +48,7 @@ func openIdle(t *testing.T, gw string, n int) []net.Conn {
 // Idle directions park after the grace period and hold no goroutine; data
 // wakes them, both ways, and half-close still works from the parked state.
 func TestIdleDirectionsParkAndResume(t *testing.T) {
+	goroutineEngineOnly(t)
 	const n = 50
 	b := startBackend(t, echo)
 	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})}

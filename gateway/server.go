@@ -92,6 +92,20 @@ type Server struct {
 	// Dial opens upstream connections; nil means a net.Dialer with
 	// TCPKeepAlive. Return a bare *net.TCPConn to keep the zero-copy path.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// EventLoop, on Linux, serves a *net.TCPListener's connections on
+	// event loops, one per GOMAXPROCS, instead of a goroutine each: a
+	// loop accepts, reads the ClientHello, asks the Router, connects and
+	// forwards short exchanges itself on raw sockets, which costs less
+	// CPU per connection. A connection whose route has a Serve, a Server
+	// with a Dial, a target that is not ip:port, or a connection that
+	// moves more than 64 KiB either way continues as without it (a
+	// goroutine, splice). Routers, observers, limits and timeouts keep
+	// their contracts, with two differences: the Router is called on the
+	// loop, so a Router that blocks holds up the other connections of its
+	// loop (the Routers of this module never block); and deadlines (peek,
+	// connect, idle) are checked every 200 ms. Elsewhere, or for another
+	// kind of listener, it is ignored.
+	EventLoop bool
 
 	initOnce       sync.Once
 	done           chan struct{} // closed on Shutdown or Close
@@ -108,12 +122,13 @@ type Server struct {
 	active         atomic.Int64
 	hardClosed     atomic.Bool
 	lastID         atomic.Uint64
-	handoff        chan *conn    // Serve's accepted connections, to idle workers
-	idleWorkers    atomic.Int32  // workers waiting on handoff
-	releaser       sync.Once     // starts releaseAfterBursts
-	burst          burstRule     // zero: burstConns in releaseEvery
-	memoryReleases atomic.Int64  // how many times it released memory
-	ended          atomic.Uint64 // connections finished
+	handoff        chan *conn           // Serve's accepted connections, to idle workers
+	idleWorkers    atomic.Int32         // workers waiting on handoff
+	releaser       sync.Once            // starts releaseAfterBursts
+	burst          burstRule            // zero: burstConns in releaseEvery
+	memoryReleases atomic.Int64         // how many times it released memory
+	ended          atomic.Uint64        // connections finished
+	loops          map[*evloop]struct{} // running event loops, under mu
 }
 
 // conn is one accepted connection, tracked from accept to close.
@@ -226,6 +241,13 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			go s.releaseAfterBursts(rule)
 		})
+	}
+	if s.EventLoop {
+		if tl, ok := l.(*onceCloseListener).Listener.(*net.TCPListener); ok {
+			if ok, err := s.serveLoops(tl); ok {
+				return err
+			}
+		}
 	}
 
 	var delay time.Duration
@@ -373,12 +395,19 @@ func (s *Server) open(c *conn) (runDown func()) {
 		return nil
 	}
 	st.serverName = hello.ServerName
-	route, reason, err := s.route(ctx, c, hello)
+	route, reason, err := s.route(ctx, c.client.RemoteAddr(), c.client.LocalAddr(), hello)
 	st.route, st.kind = route.Name, route.Kind
 	if err != nil {
 		s.refuse(c, &st, reason, err)
 		return nil
 	}
+	return s.openRouted(c, st, route, raw)
+}
+
+// openRouted dials a routed connection (or hands it to its Route.Serve)
+// and starts forwarding; raw is the ClientHello read, to replay. It returns
+// the direction for the caller to run, or nil if the connection was refused.
+func (s *Server) openRouted(c *conn, st story, route Route, raw []byte) (runDown func()) {
 	if route.Serve != nil {
 		st.target = TargetInProcess
 		st.connected()
@@ -391,11 +420,16 @@ func (s *Server) open(c *conn) (runDown func()) {
 	}
 	st.target = target
 	st.connected()
-	if l := s.logger(); l.Enabled(ctx, slog.LevelDebug) {
-		l.Debug("gateway: forwarding", "remote", c.client.RemoteAddr().String(), "server_name", hello.ServerName,
-			"route", route.Name, "target", target)
-	}
+	s.logForwarding(c.client.RemoteAddr(), &st)
 	return s.forward(c, st, upstream, raw)
+}
+
+// logForwarding logs, at Debug, that a connection starts forwarding.
+func (s *Server) logForwarding(remote net.Addr, st *story) {
+	if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+		l.Debug("gateway: forwarding", "remote", remote.String(), "server_name", st.serverName,
+			"route", st.route, "target", st.target)
+	}
 }
 
 // refuse rejects a connection that will not be forwarded and forgets it.
@@ -407,9 +441,9 @@ func (s *Server) refuse(c *conn, st *story, reason string, err error) {
 
 // route asks the Router, after making sure the connection is not one of the
 // server's own (a loop); on error it also returns the rejection's reason.
-func (s *Server) route(ctx context.Context, c *conn, hello *sni.ClientHello) (Route, string, error) {
-	if s.ownConnection(c.client) {
-		return Route{}, ReasonLoop, fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", c.client.RemoteAddr())
+func (s *Server) route(ctx context.Context, remote, local net.Addr, hello *sni.ClientHello) (Route, string, error) {
+	if s.ownConnection(remote, local) {
+		return Route{}, ReasonLoop, fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", remote)
 	}
 	// The Router may keep the hello: it gets one that the next connection's
 	// parse, into the pooled hello, cannot overwrite.
@@ -523,12 +557,17 @@ func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
 func (s *Server) reject(c *conn, serverName, reason string, err error) {
 	s.observer().Rejected(reason, err) // counted before the client can see the close
 	c.client.Close()
+	s.logRejection(c.client.RemoteAddr(), serverName, reason, err)
+}
+
+// logRejection logs a rejected connection, as reject describes.
+func (s *Server) logRejection(remote net.Addr, serverName, reason string, err error) {
 	level := slog.LevelInfo
 	if reason == ReasonClosed && errors.Is(err, io.EOF) {
 		level = slog.LevelDebug
 	}
 	if l := s.logger(); l.Enabled(context.Background(), level) {
-		l.Log(context.Background(), level, "gateway: connection rejected", "remote", c.client.RemoteAddr().String(),
+		l.Log(context.Background(), level, "gateway: connection rejected", "remote", remote.String(),
 			"server_name", serverName, "reason", reason, "err", err.Error())
 	}
 }
@@ -604,6 +643,9 @@ func (s *Server) stop() {
 	s.doneOnce.Do(func() { close(s.done) })
 	for l := range s.listeners {
 		(*l).Close()
+	}
+	for l := range s.loops {
+		l.wakeUp()
 	}
 	s.mu.Unlock()
 }

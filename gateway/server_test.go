@@ -43,7 +43,9 @@ func TestTLSEndToEndGoClient(t *testing.T) {
 	c.Close()
 	waitFor(t, "the connection to be reported", func() bool { return counters.Snapshot().Forwarded == 1 })
 	snap := counters.Snapshot()
-	assert.Equal(t, int64(1), snap.Spliced)
+	if !eventLoopUnderTest { // the event loop copies a short exchange itself
+		assert.Equal(t, int64(1), snap.Spliced)
+	}
 	assert.Greater(t, snap.BytesUp, int64(25))
 }
 
@@ -338,6 +340,7 @@ func TestCloseEndsConnections(t *testing.T) {
 // ending (its stack has grown to what a connection needs), no more than
 // maxIdleWorkers of them wait at once, and none is left after Close.
 func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
+	goroutineEngineOnly(t)
 	b := startBackend(t, echo)
 	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}})}
 	gw := startGateway(t, s)

@@ -20,15 +20,8 @@ func (s *Server) acquireSlot() bool {
 // of each wait, and the first wait on the open-file limit is logged. It
 // returns false if the server closed while it waited.
 func (s *Server) take(slots chan struct{}, limit string) bool {
-	select {
-	case slots <- struct{}{}:
+	if s.tryTake(slots, limit) {
 		return true
-	default:
-	}
-	s.heldBackBy(limit)
-	if b := s.budget; limit == LimitOpenFiles && !s.heldBack.Swap(true) {
-		s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
-			"open_file_limit", b.nofile, "conn_limit", b.conns)
 	}
 	select {
 	case slots <- struct{}{}:
@@ -53,4 +46,36 @@ func (s *Server) releaseSlot() {
 	if s.slots != nil {
 		<-s.slots
 	}
+}
+
+// tryTake puts a token in slots if it is not full; if it is, a
+// LimitObserver hears of it, the first time on the open-file limit is
+// logged, and it returns false.
+func (s *Server) tryTake(slots chan struct{}, limit string) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	s.heldBackBy(limit)
+	if b := s.budget; limit == LimitOpenFiles && !s.heldBack.Swap(true) {
+		s.logger().Warn("gateway: the open-file limit holds new connections back; they wait in the listen backlog until connections close (raise ulimit -n to serve more at once)",
+			"open_file_limit", b.nofile, "conn_limit", b.conns)
+	}
+	return false
+}
+
+// trySlot is acquireSlot for an event loop, which must not wait: it takes
+// a slot if one is free at once.
+func (s *Server) trySlot() bool {
+	if s.slots != nil && !s.tryTake(s.slots, LimitMaxConns) {
+		return false
+	}
+	if b := s.budget; b != nil && !s.tryTake(b.slots, LimitOpenFiles) {
+		if s.slots != nil {
+			<-s.slots
+		}
+		return false
+	}
+	return true
 }
