@@ -105,6 +105,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
 	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet second)")
+	eventLoop := fs.Bool("event-loop", true, "on Linux, serve connections on an event loop per core instead of a goroutine each (gateway.Server.EventLoop); -event-loop=false for a goroutine per connection")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
@@ -305,6 +306,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		IdleTimeout:    *idleTimeout,
 		MaxConns:       *maxConns,
 		ReleaseMemory:  *releaseMemory,
+		EventLoop:      *eventLoop,
 		Logger:         log,
 	}
 	// The Proxy.Config options in force, applied while the gateway runs.

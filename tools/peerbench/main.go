@@ -5,7 +5,9 @@
 // version; see gopeers.go), nginx (stream, ssl_preread, map on
 // $ssl_preread_server_name) and HAProxy (req.ssl_sni, option splice-auto),
 // all routing the same long Consul SNI to the same backend on loopback, in
-// one run, and prints one table with ratios. The
+// one run, and prints one table with ratios. meshgate is
+// examples/meshgateway as it ships (event loops on); meshgate-goroutines
+// is the same binary with -event-loop=false. The
 // client talking to the backend directly is the ceiling; tools/goepoll,
 // the smallest SNI proxy Go allows, is the yardstick for what a Go program
 // reaches on the machine.
@@ -54,7 +56,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
-	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, baseline, goepoll, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, meshgate-goroutines, baseline, goepoll, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -100,7 +102,7 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll},
+	}{{"meshgate", startMeshgate}, {"meshgate-goroutines", startMeshgateGoroutines}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll},
 		{"tcpproxy", startTCPProxy}, {"caddy-l4", startCaddyL4}, {"traefik", startTraefik},
 		{"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if st.name == "baseline" && *baseline == "" {
@@ -412,6 +414,12 @@ func startMeshgate(dir, backendAddr, name string, idle int) (*target, *proc, err
 	return startMeshgateFrom(".", "meshgate", dir, backendAddr, name)
 }
 
+// startMeshgateGoroutines starts the same gateway with its event loops
+// off (gateway.Server.EventLoop false): a goroutine per connection.
+func startMeshgateGoroutines(dir, backendAddr, name string, idle int) (*target, *proc, error) {
+	return startMeshgateFrom(".", "meshgate-goroutines", dir, backendAddr, name, "-event-loop=false")
+}
+
 // startBaseline starts the meshgateway of another checkout, src.
 func startBaseline(src string) func(dir, backendAddr, name string, idle int) (*target, *proc, error) {
 	return func(dir, backendAddr, name string, _ int) (*target, *proc, error) {
@@ -419,7 +427,7 @@ func startBaseline(src string) func(dir, backendAddr, name string, idle int) (*t
 	}
 }
 
-func startMeshgateFrom(src, label, dir, backendAddr, name string) (*target, *proc, error) {
+func startMeshgateFrom(src, label, dir, backendAddr, name string, flags ...string) (*target, *proc, error) {
 	bin := filepath.Join(dir, label+"-meshgateway")
 	build := exec.Command("go", "build", "-o", bin, "./examples/meshgateway")
 	build.Dir = src
@@ -429,7 +437,7 @@ func startMeshgateFrom(src, label, dir, backendAddr, name string) (*target, *pro
 	}
 	svc := strings.SplitN(name, ".", 2)[0]
 	addr := freePort()
-	p, err := startProcEnv(label, extraEnv, append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, extraFlags...), filepath.Join(dir, label+".log"))
+	p, err := startProcEnv(label, extraEnv, append([]string{bin, "-listen", addr, "-service", svc + "=" + backendAddr, "-log-level", "error"}, append(flags, extraFlags...)...), filepath.Join(dir, label+".log"))
 	if err != nil {
 		return nil, nil, err
 	}
