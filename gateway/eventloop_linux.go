@@ -63,7 +63,8 @@ type evloop struct {
 	lrc       syscall.RawConn // the listener
 	local     net.Addr        // the listener's address when it is one address, else nil
 	listening bool
-	held      bool // a limit held accepting back
+	held      bool // a limit holds accepting back: retried when a connection closes, and every tick
+	backoff   bool // an accept error such as EMFILE: retried at the next tick
 	seq       int32
 	socks     map[int]*lsock
 	conns     map[*lconn]struct{}
@@ -299,8 +300,8 @@ func (l *evloop) sweep() {
 			}
 		}
 	}
-	if l.held {
-		l.held = false
+	if l.held || l.backoff {
+		l.backoff = false
 		l.accept()
 	}
 	l.nextSweep = l.now.Add(loopTick)
@@ -322,16 +323,21 @@ func (l *evloop) closeAll() {
 // it.
 func (l *evloop) accept() {
 	s := l.s
-	for l.listening && !l.held && !s.closing() {
-		if !s.trySlot() {
-			l.held = true // the next tick, or a connection's close, tries again
+	for l.listening && !l.backoff && !s.closing() {
+		// A LimitObserver hears when accepting starts to wait, not of
+		// every retry.
+		if !s.trySlot(!l.held) {
+			l.held = true
 			return
 		}
+		l.held = false
 		var fd int
-		var sa unix.Sockaddr
+		var sa syscall.Sockaddr
 		var err error
+		// syscall's, not unix's: x/sys/unix asks each IPv4 and IPv6
+		// address's socket for its protocol, a getsockopt per call.
 		if cerr := l.lrc.Control(func(lfd uintptr) {
-			fd, sa, err = unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			fd, sa, err = syscall.Accept4(int(lfd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		}); cerr != nil {
 			s.releaseSlot()
 			l.listening = false
@@ -349,7 +355,7 @@ func (l *evloop) accept() {
 				continue
 			case temporary(err):
 				s.logger().Warn("gateway: accept error; retrying", "err", os.NewSyscallError("accept4", err).Error(), "retry_in", loopTick)
-				l.held = true
+				l.backoff = true
 			default:
 				l.listening = false
 				select {
@@ -364,7 +370,7 @@ func (l *evloop) accept() {
 }
 
 // open starts a connection the loop accepted.
-func (l *evloop) open(fd int, sa unix.Sockaddr) {
+func (l *evloop) open(fd int, sa syscall.Sockaddr) {
 	s := l.s
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if s.TCPKeepAlive > 0 {
@@ -373,7 +379,7 @@ func (l *evloop) open(fd int, sa unix.Sockaddr) {
 	remote := tcpAddrOf(sa)
 	local := l.local
 	if local == nil {
-		if lsa, err := unix.Getsockname(fd); err == nil {
+		if lsa, err := syscall.Getsockname(fd); err == nil {
 			local = tcpAddrOf(lsa)
 		}
 	}
@@ -427,7 +433,9 @@ func (l *evloop) handle(k *lsock, ev uint32) {
 	c := k.c
 	switch c.phase {
 	case phaseHello:
-		l.readHello(c)
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			l.readHello(c)
+		}
 	case phaseDial:
 		// A client's events wait: connected reads it. An upstream's that
 		// completes the connect may also say it sent something already.
@@ -635,7 +643,7 @@ func (l *evloop) connectDone(c *lconn) {
 // written to it.
 func (l *evloop) connected(c *lconn) {
 	s := l.s
-	if lsa, err := unix.Getsockname(c.up.fd); err == nil {
+	if lsa, err := syscall.Getsockname(c.up.fd); err == nil {
 		to, _ := netip.ParseAddrPort(c.target)
 		c.pair = tcpPair{addrPortOf(lsa), netip.AddrPortFrom(to.Addr().Unmap(), to.Port())}
 		s.mu.Lock()
@@ -759,10 +767,6 @@ func (l *evloop) finish(c *lconn, err error) {
 	s := l.s
 	l.closeSock(c.client)
 	l.closeSock(c.up)
-	if c.client.pending != nil || (c.up != nil && c.up.pending != nil) {
-		c.raw = nil // pending may point into it; the collector takes it
-		c.rawp = nil
-	}
 	stats := Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient, Duration: l.now.Sub(c.st.start), Err: err}
 	s.observer().Forwarded(c.st.route, c.st.target, stats)
 	if err != nil {
@@ -805,7 +809,6 @@ func (l *evloop) forget(c *lconn) {
 	s.active.Add(-1)
 	s.releaseSlot()
 	if l.held {
-		l.held = false
 		l.accept()
 	}
 }
@@ -941,15 +944,15 @@ func setKeepAlive(fd int, ka net.KeepAliveConfig) {
 
 // addrPortOf converts a socket address to an address and port, an IPv4
 // address in IPv6 unmapped.
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+func addrPortOf(sa syscall.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
+	case *syscall.SockaddrInet4:
 		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
+	case *syscall.SockaddrInet6:
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
 	return netip.AddrPort{}
 }
 
 // tcpAddrOf converts a socket address to a *net.TCPAddr.
-func tcpAddrOf(sa unix.Sockaddr) *net.TCPAddr { return net.TCPAddrFromAddrPort(addrPortOf(sa)) }
+func tcpAddrOf(sa syscall.Sockaddr) *net.TCPAddr { return net.TCPAddrFromAddrPort(addrPortOf(sa)) }

@@ -20,7 +20,7 @@ func (s *Server) acquireSlot() bool {
 // of each wait, and the first wait on the open-file limit is logged. It
 // returns false if the server closed while it waited.
 func (s *Server) take(slots chan struct{}, limit string) bool {
-	if s.tryTake(slots, limit) {
+	if s.tryTake(slots, limit, true) {
 		return true
 	}
 	select {
@@ -48,14 +48,17 @@ func (s *Server) releaseSlot() {
 	}
 }
 
-// tryTake puts a token in slots if it is not full; if it is, a
-// LimitObserver hears of it, the first time on the open-file limit is
-// logged, and it returns false.
-func (s *Server) tryTake(slots chan struct{}, limit string) bool {
+// tryTake puts a token in slots if it is not full; if it is, it returns
+// false, and with report a LimitObserver hears of it and the first time on
+// the open-file limit is logged.
+func (s *Server) tryTake(slots chan struct{}, limit string, report bool) bool {
 	select {
 	case slots <- struct{}{}:
 		return true
 	default:
+	}
+	if !report {
+		return false
 	}
 	s.heldBackBy(limit)
 	if b := s.budget; limit == LimitOpenFiles && !s.heldBack.Swap(true) {
@@ -66,12 +69,12 @@ func (s *Server) tryTake(slots chan struct{}, limit string) bool {
 }
 
 // trySlot is acquireSlot for an event loop, which must not wait: it takes
-// a slot if one is free at once.
-func (s *Server) trySlot() bool {
-	if s.slots != nil && !s.tryTake(s.slots, LimitMaxConns) {
+// a slot if one is free at once. report is tryTake's.
+func (s *Server) trySlot(report bool) bool {
+	if s.slots != nil && !s.tryTake(s.slots, LimitMaxConns, report) {
 		return false
 	}
-	if b := s.budget; b != nil && !s.tryTake(b.slots, LimitOpenFiles) {
+	if b := s.budget; b != nil && !s.tryTake(b.slots, LimitOpenFiles, report) {
 		if s.slots != nil {
 			<-s.slots
 		}
