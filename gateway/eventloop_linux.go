@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -767,14 +766,7 @@ func (l *evloop) finish(c *lconn, err error) {
 	s := l.s
 	l.closeSock(c.client)
 	l.closeSock(c.up)
-	stats := Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient, Duration: l.now.Sub(c.st.start), Err: err}
-	s.observer().Forwarded(c.st.route, c.st.target, stats)
-	if err != nil {
-		if lg := s.logger(); lg.Enabled(context.Background(), slog.LevelDebug) {
-			lg.Debug("gateway: connection ended with an error", "route", c.st.route, "target", c.st.target, "err", err.Error())
-		}
-	}
-	c.st.closed(OutcomeForwarded, stats, err)
+	s.forwarded(&c.st, Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient, Duration: l.now.Sub(c.st.start), Err: err})
 	l.forget(c)
 }
 
@@ -891,28 +883,9 @@ func (l *evloop) handOverForwarding(c *lconn) bool {
 	gc := &conn{client: client, dialed: c.pair}
 	gc.upstream.Store(&up)
 	s.mu.Lock()
-	s.conns[gc] = struct{}{}
+	s.conns[gc] = struct{}{} // counted in active since accept
 	s.mu.Unlock()
-	st := c.st
-	before := Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient}
-	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	stop, runDown := f.start(client, up, nil, func(stats Stats) {
-		stats.ClientToUpstream += before.ClientToUpstream
-		stats.UpstreamToClient += before.UpstreamToClient
-		stats.Duration = time.Since(st.start)
-		s.observer().Forwarded(st.route, st.target, stats)
-		if stats.Err != nil {
-			if lg := s.logger(); lg.Enabled(context.Background(), slog.LevelDebug) {
-				lg.Debug("gateway: connection ended with an error", "route", st.route, "target", st.target, "err", stats.Err.Error())
-			}
-		}
-		st.closed(OutcomeForwarded, stats, stats.Err)
-		s.forget(gc)
-	})
-	gc.stop.Store(&stop)
-	if s.hardClosed.Load() {
-		stop()
-	}
+	runDown := s.forward(gc, c.st, up, nil, Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient})
 	go runDown()
 	return true
 }

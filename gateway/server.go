@@ -421,7 +421,7 @@ func (s *Server) openRouted(c *conn, st story, route Route, raw []byte) (runDown
 	st.target = target
 	st.connected()
 	s.logForwarding(c.client.RemoteAddr(), &st)
-	return s.forward(c, st, upstream, raw)
+	return s.forward(c, st, upstream, raw, Stats{})
 }
 
 // logForwarding logs, at Debug, that a connection starts forwarding.
@@ -430,6 +430,17 @@ func (s *Server) logForwarding(remote net.Addr, st *story) {
 		l.Debug("gateway: forwarding", "remote", remote.String(), "server_name", st.serverName,
 			"route", st.route, "target", st.target)
 	}
+}
+
+// forwarded reports a forwarded connection that ended.
+func (s *Server) forwarded(st *story, stats Stats) {
+	s.observer().Forwarded(st.route, st.target, stats)
+	if stats.Err != nil {
+		if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("gateway: connection ended with an error", "route", st.route, "target", st.target, "err", stats.Err.Error())
+		}
+	}
+	st.closed(OutcomeForwarded, stats, stats.Err)
 }
 
 // refuse rejects a connection that will not be forwarded and forgets it.
@@ -464,18 +475,15 @@ func (s *Server) route(ctx context.Context, remote, local net.Addr, hello *sni.C
 
 // forward replays the peeked bytes and starts forwarding, and returns the
 // direction from upstream to client for the caller to run; the Forwarder's
-// done callback reports and forgets the connection.
-func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte) (runDown func()) {
+// done callback reports and forgets the connection, its bytes added to
+// before (what an event loop moved before it handed the connection over).
+func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte, before Stats) (runDown func()) {
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
 	stop, runDown := f.start(c.client, upstream, replay, func(stats Stats) {
+		stats.ClientToUpstream += before.ClientToUpstream
+		stats.UpstreamToClient += before.UpstreamToClient
 		stats.Duration = time.Since(st.start)
-		s.observer().Forwarded(st.route, st.target, stats)
-		if stats.Err != nil {
-			if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
-				l.Debug("gateway: connection ended with an error", "route", st.route, "target", st.target, "err", stats.Err.Error())
-			}
-		}
-		st.closed(OutcomeForwarded, stats, stats.Err)
+		s.forwarded(&st, stats)
 		s.forget(c)
 	})
 	c.stop.Store(&stop)
