@@ -71,6 +71,16 @@ type evloop struct {
 	now       time.Time
 	nextSweep time.Time
 	failed    chan<- error // where run reports a listener that failed
+
+	// accept4Call is the call accept makes on the listener's descriptor,
+	// made once so that accepting allocates no closure; it leaves its
+	// results in accepted.
+	accept4Call func(uintptr)
+	accepted    struct {
+		fd  int
+		sa  syscall.Sockaddr
+		err error
+	}
 }
 
 // lsock is one socket of a loop connection.
@@ -85,7 +95,8 @@ type lsock struct {
 
 // lconn is one connection of a loop.
 type lconn struct {
-	client, up *lsock
+	client, up *lsock   // in socks once registered; up is nil while no dial is in progress
+	socks      [2]lsock // client's and up's, in the connection's own allocation
 	phase      int
 	gather     sni.Gatherer
 	rawp       *[]byte // the pooled buffer raw started in
@@ -165,6 +176,12 @@ func (s *Server) newLoop(lrc syscall.RawConn, local net.Addr, failed chan<- erro
 	}
 	l := &evloop{s: s, ep: ep, wake: wake, lrc: lrc, local: local, listening: true, failed: failed,
 		socks: map[int]*lsock{}, conns: map[*lconn]struct{}{}, events: make([]unix.EpollEvent, 256), buf: make([]byte, 32<<10)}
+	// syscall's accept4, not unix's: x/sys/unix asks each IPv4 and IPv6
+	// address's socket for its protocol, a getsockopt per call.
+	l.accept4Call = func(lfd uintptr) {
+		a := &l.accepted
+		a.fd, a.sa, a.err = syscall.Accept4(int(lfd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+	}
 	fail := func(err error) (*evloop, error) {
 		unix.Close(ep)
 		unix.Close(wake)
@@ -330,14 +347,7 @@ func (l *evloop) accept() {
 			return
 		}
 		l.held = false
-		var fd int
-		var sa syscall.Sockaddr
-		var err error
-		// syscall's, not unix's: x/sys/unix asks each IPv4 and IPv6
-		// address's socket for its protocol, a getsockopt per call.
-		if cerr := l.lrc.Control(func(lfd uintptr) {
-			fd, sa, err = syscall.Accept4(int(lfd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
-		}); cerr != nil {
+		if cerr := l.lrc.Control(l.accept4Call); cerr != nil {
 			s.releaseSlot()
 			l.listening = false
 			select {
@@ -346,6 +356,7 @@ func (l *evloop) accept() {
 			}
 			return
 		}
+		fd, sa, err := l.accepted.fd, l.accepted.sa, l.accepted.err
 		if err != nil {
 			s.releaseSlot()
 			switch {
@@ -387,7 +398,7 @@ func (l *evloop) open(fd int, sa syscall.Sockaddr) {
 	s.active.Add(1)
 	l.conns[c] = struct{}{}
 	s.observer().Accepted(remote)
-	c.client = l.addSock(c, fd)
+	c.client = l.addSock(c, &c.socks[0], fd)
 	if c.client == nil {
 		l.refuse(c, ReasonClosed, fmt.Errorf("gateway: registering the connection with epoll failed"))
 		return
@@ -405,11 +416,11 @@ func (l *evloop) open(fd int, sa syscall.Sockaddr) {
 	l.readHello(c) // the hello usually came with the handshake's last ACK
 }
 
-// addSock registers fd with the loop's epoll set for c, or closes it and
-// returns nil.
-func (l *evloop) addSock(c *lconn, fd int) *lsock {
+// addSock registers fd with the loop's epoll set as k, one of c's two
+// sockets, and returns k; or it closes fd and returns nil.
+func (l *evloop) addSock(c *lconn, k *lsock, fd int) *lsock {
 	l.seq++
-	k := &lsock{fd: fd, seq: l.seq, c: c}
+	*k = lsock{fd: fd, seq: l.seq, c: c}
 	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: sockEvents, Fd: int32(fd), Pad: k.seq}); err != nil {
 		unix.Close(fd)
 		return nil
@@ -553,9 +564,12 @@ func (l *evloop) dialNext(c *lconn) {
 		c.next++
 		ap, _ := netip.ParseAddrPort(c.target)
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()})
+		var family int
+		var sa unix.Sockaddr
 		if ap.Addr().Is4() {
 			family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+		} else {
+			family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 		}
 		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -576,7 +590,7 @@ func (l *evloop) dialNext(c *lconn) {
 			l.dialFailed(c, dialError(c.target, "connect", err))
 			continue
 		}
-		if c.up = l.addSock(c, fd); c.up == nil {
+		if c.up = l.addSock(c, &c.socks[1], fd); c.up == nil {
 			l.dialFailed(c, dialError(c.target, "epoll_ctl", unix.ENOMEM))
 			continue
 		}
