@@ -106,10 +106,11 @@ type lconn struct {
 	st         story
 	route      Route
 	targets    []string
-	next       int     // the next target to dial
-	target     string  // the target being dialled
-	waitFD     bool    // out of descriptors: dial target again at the next tick
-	errs       []error // each target's dial error
+	next       int            // the next target to dial
+	target     string         // the target being dialled
+	targetAddr netip.AddrPort // target, parsed and unmapped
+	waitFD     bool           // out of descriptors: dial target again at the next tick
+	errs       []error        // each target's dial error
 	deadline   time.Time
 	last       time.Time // the last byte moved
 	toUp       int64
@@ -307,7 +308,7 @@ func (l *evloop) sweep() {
 				l.dialNext(c)
 			case c.up != nil && l.now.After(c.deadline):
 				l.dropUp(c)
-				l.dialFailed(c, dialError(c.target, "connect", os.ErrDeadlineExceeded))
+				l.dialFailed(c, dialError(c.targetAddr, "connect", os.ErrDeadlineExceeded))
 				l.dialNext(c)
 			}
 		case phaseForward:
@@ -562,8 +563,9 @@ func (l *evloop) dialNext(c *lconn) {
 		}
 		c.target = c.targets[c.next]
 		c.next++
-		ap, _ := netip.ParseAddrPort(c.target)
+		ap, _ := netip.ParseAddrPort(c.target) // routeConn checked it parses
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		c.targetAddr = ap
 		var family int
 		var sa unix.Sockaddr
 		if ap.Addr().Is4() {
@@ -580,18 +582,18 @@ func (l *evloop) dialNext(c *lconn) {
 				c.waitFD = true // not the target's fault: try it again at the next tick
 				return
 			}
-			l.dialFailed(c, dialError(c.target, "socket", err))
+			l.dialFailed(c, dialError(c.targetAddr, "socket", err))
 			continue
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		err = unix.Connect(fd, sa)
 		if err != nil && err != unix.EINPROGRESS {
 			unix.Close(fd)
-			l.dialFailed(c, dialError(c.target, "connect", err))
+			l.dialFailed(c, dialError(c.targetAddr, "connect", err))
 			continue
 		}
 		if c.up = l.addSock(c, &c.socks[1], fd); c.up == nil {
-			l.dialFailed(c, dialError(c.target, "epoll_ctl", unix.ENOMEM))
+			l.dialFailed(c, dialError(c.targetAddr, "epoll_ctl", unix.ENOMEM))
 			continue
 		}
 		c.deadline = l.now.Add(s.connectTimeout(c.route))
@@ -607,15 +609,13 @@ func (l *evloop) dialNext(c *lconn) {
 	l.refuse(c, reason, problems.Join(c.errs...))
 }
 
-func dialError(target, op string, err error) error {
-	var addr net.Addr
-	if ap, perr := netip.ParseAddrPort(target); perr == nil {
-		addr = net.TCPAddrFromAddrPort(ap)
-	}
+// dialError is the error net.Dial would give for a dial of target that
+// failed in op.
+func dialError(target netip.AddrPort, op string, err error) error {
 	if errno, ok := err.(unix.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}
-	return &net.OpError{Op: "dial", Net: "tcp", Addr: addr, Err: err}
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(target), Err: err}
 }
 
 // dialFailed records a target's failure, as Server.dial does.
@@ -644,7 +644,7 @@ func (l *evloop) connectDone(c *lconn) {
 	}
 	if err != nil {
 		l.dropUp(c)
-		l.dialFailed(c, dialError(c.target, "connect", err))
+		l.dialFailed(c, dialError(c.targetAddr, "connect", err))
 		l.dialNext(c)
 		return
 	}
@@ -657,8 +657,7 @@ func (l *evloop) connectDone(c *lconn) {
 func (l *evloop) connected(c *lconn) {
 	s := l.s
 	if lsa, err := syscall.Getsockname(c.up.fd); err == nil {
-		to, _ := netip.ParseAddrPort(c.target)
-		c.pair = tcpPair{addrPortOf(lsa), netip.AddrPortFrom(to.Addr().Unmap(), to.Port())}
+		c.pair = tcpPair{addrPortOf(lsa), c.targetAddr}
 		s.mu.Lock()
 		s.dialed[c.pair] = struct{}{}
 		s.mu.Unlock()
@@ -851,12 +850,8 @@ func (l *evloop) handOver(c *lconn, route Route) {
 	l.release(c)
 	nc, err := netConn(c.client.fd)
 	if err != nil {
-		s.observer().Rejected(ReasonDialFailed, err)
-		s.logRejection(c.info.Remote, c.st.serverName, ReasonDialFailed, err)
-		c.st.closed(ReasonDialFailed, Stats{}, err)
-		s.ended.Add(1)
-		s.active.Add(-1)
-		s.releaseSlot()
+		l.conns[c] = struct{}{} // the socket is closed: refuse reports and forgets it
+		l.refuse(c, ReasonDialFailed, err)
 		return
 	}
 	gc := &conn{client: nc}
