@@ -1,0 +1,117 @@
+package resolve_test
+
+import (
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/resolve"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func resolverWith(policy string, choice uint32) *api.ServiceResolverConfigEntry {
+	lb := &api.LoadBalancer{Policy: policy}
+	if choice > 0 {
+		lb.LeastRequestConfig = &api.LeastRequestConfig{ChoiceCount: choice}
+	}
+	return &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", LoadBalancer: lb}
+}
+
+// A gateway's service clusters take the resolver's policy, except the
+// hash-based ones, which Consul does not apply there.
+func TestGatewayBalance(t *testing.T) {
+	b, warn := resolve.GatewayBalance(nil)
+	assert.Equal(t, resolve.Balance{Policy: "round_robin", From: "default"}, b)
+	assert.Empty(t, warn)
+	b, warn = resolve.GatewayBalance(resolverWith("least_request", 3))
+	assert.Equal(t, resolve.Balance{Policy: "least_request", ChoiceCount: 3, From: `service-resolver "api"`}, b)
+	assert.Empty(t, warn)
+	assert.Equal(t, `least_request choice_count 3 (service-resolver "api")`, b.String())
+	b, _ = resolve.GatewayBalance(resolverWith("random", 0))
+	assert.Equal(t, "random", b.Policy)
+	for _, p := range []string{"ring_hash", "maglev"} {
+		b, warn = resolve.GatewayBalance(resolverWith(p, 0))
+		assert.Equal(t, "round_robin (default)", b.String())
+		assert.Contains(t, warn, `LoadBalancer.Policy "`+p+`" is hash-based, which Consul does not apply on a mesh gateway's clusters`)
+	}
+}
+
+// A chain's clusters (a sidecar's, an export's) apply a hash-based policy,
+// which picks at random for TCP.
+func TestChainBalance(t *testing.T) {
+	b, warn := resolve.ChainBalance(resolverWith("maglev", 0))
+	assert.Equal(t, "random", b.Policy)
+	assert.Contains(t, warn, "picked at random")
+	b, _ = resolve.ChainBalance(resolverWith("least_request", 0))
+	assert.Equal(t, "least_request (service-resolver \"api\")", b.String())
+	b, _ = resolve.ChainBalance(&api.ServiceResolverConfigEntry{Name: "api"})
+	assert.Equal(t, "round_robin (default)", b.String())
+}
+
+// The limits are the gateway's own service-defaults' UpstreamConfig
+// Defaults Limits, in the view's partition.
+func TestGatewayLimits(t *testing.T) {
+	five := 5
+	sd := &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "mesh-gateway",
+		UpstreamConfig: &api.UpstreamConfiguration{Defaults: &api.UpstreamConfig{Limits: &api.UpstreamLimits{MaxConnections: &five}}}}
+	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: sd}})
+	require.NoError(t, err)
+	l := resolve.GatewayLimits(src.View(), "mesh-gateway")
+	require.NotNil(t, l)
+	assert.Equal(t, 5, *l.MaxConnections)
+	assert.Nil(t, l.MaxPendingRequests)
+	assert.Nil(t, resolve.GatewayLimits(src.View(), "other-gateway"), "another gateway's name")
+}
+
+// Wildcard exports are every typical service of the namespace, consul
+// excepted, consumers merged; sameness groups stand for their peers.
+func TestResolveExports(t *testing.T) {
+	services := []resolve.ServiceKey{{Name: "api"}, {Name: "web"}, {Name: "consul"}, {Name: "db", Namespace: "ns1"},
+		{Name: "other", Partition: "part1"}}
+	e := &api.ExportedServicesConfigEntry{Name: "default", Services: []api.ExportedService{
+		{Name: "*", Consumers: []api.ServiceConsumer{{Peer: "peer-b"}, {Partition: "part2"}}},
+		{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "peer-a"}, {Peer: "peer-b"}, {SamenessGroup: "g"}}},
+		{Name: "db", Namespace: "*", Consumers: []api.ServiceConsumer{{Peer: "peer-c"}}},
+	}}
+	groups := map[string]*api.SamenessGroupConfigEntry{"g": {Name: "g", Members: []api.SamenessGroupMember{{Peer: "peer-d"}, {Partition: "part3"}}}}
+	got := resolve.ResolveExports(e, "", services, groups)
+	assert.Equal(t, map[resolve.ServiceKey][]string{
+		{Name: "api", Namespace: "default", Partition: "default"}: {"peer-a", "peer-b", "peer-d"},
+		{Name: "web", Namespace: "default", Partition: "default"}: {"peer-b"},
+		{Name: "db", Namespace: "ns1", Partition: "default"}:      {"peer-c"},
+	}, got)
+	assert.Nil(t, resolve.ResolveExports(nil, "", services, nil))
+}
+
+// Unapplied names each field that is set and not applied, and nothing
+// when nothing is.
+func TestUnapplied(t *testing.T) {
+	five := 5
+	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		Resolvers: map[resolve.EntryKey]*api.ServiceResolverConfigEntry{
+			{Name: "api"}: {Kind: api.ServiceResolver, Name: "api", LoadBalancer: &api.LoadBalancer{Policy: "ring_hash",
+				RingHashConfig: &api.RingHashConfig{MinimumRingSize: 1024}, HashPolicies: []api.HashPolicy{{SourceIP: true}}},
+				Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}, Policy: &api.ServiceResolverFailoverPolicy{Mode: "order-by-locality"}}}},
+			{Name: "web"}: {Kind: api.ServiceResolver, Name: "web", LoadBalancer: &api.LoadBalancer{Policy: "least_request"}},
+		},
+		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: {Kind: api.ServiceDefaults, Name: "mesh-gateway",
+			UpstreamConfig: &api.UpstreamConfiguration{
+				Overrides: []*api.UpstreamConfig{{Name: "api"}},
+				Defaults:  &api.UpstreamConfig{Limits: &api.UpstreamLimits{MaxConnections: &five}, ConnectTimeoutMs: 100, PassiveHealthCheck: &api.PassiveHealthCheck{MaxFailures: 3}}}}},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		`service-defaults "mesh-gateway" (this gateway's): UpstreamConfig.Defaults.ConnectTimeoutMs: a mesh gateway reads only UpstreamConfig.Defaults.Limits, as Consul's`,
+		`service-defaults "mesh-gateway" (this gateway's): UpstreamConfig.Defaults.PassiveHealthCheck: a mesh gateway reads only UpstreamConfig.Defaults.Limits, as Consul's`,
+		`service-defaults "mesh-gateway" (this gateway's): UpstreamConfig.Overrides: a mesh gateway reads only UpstreamConfig.Defaults.Limits, as Consul's`,
+		`service-resolver "api": Failover["*"].Policy.Mode "order-by-locality": failover targets are tried in the order written`,
+		`service-resolver "api": LoadBalancer.HashPolicies: the service is tcp, so nothing is hashed`,
+		`service-resolver "api": LoadBalancer.Policy "ring_hash": round_robin on a mesh gateway's service clusters (as Consul's gateway), random for its exports and for sidecars (no hash key on a TCP connection, as Envoy)`,
+		`service-resolver "api": LoadBalancer.RingHashConfig: no hash ring (nothing to hash on a TCP connection)`,
+	}, resolve.Unapplied(src.View(), "mesh-gateway"))
+	assert.Len(t, resolve.Unapplied(src.View(), "other-gateway"), 4, "another gateway's service-defaults are not this one's")
+	clean, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul"})
+	require.NoError(t, err)
+	assert.Empty(t, resolve.Unapplied(clean.View(), "mesh-gateway"))
+}
