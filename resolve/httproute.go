@@ -26,8 +26,24 @@ type HTTPDestination struct {
 	// MatchedPrefix and PrefixRewrite: the path's MatchedPrefix is
 	// replaced by PrefixRewrite, when the route sets one.
 	MatchedPrefix, PrefixRewrite string
-	// RequestTimeout is the route's, else the resolver's; zero means none.
+	// Route is the destination of the service-router route that matched,
+	// nil when none did (or it names none): its retries (NumRetries,
+	// RetryOn...) and IdleTimeout apply to the request.
+	Route *api.ServiceRouteDestination
+	// RequestTimeout is the route timeout as Consul's
+	// makeUpstreamRouteForDiscoveryChain sets it: the matched route's; or,
+	// when the chain starts at the resolver (the service has neither a
+	// service-router nor a service-splitter), the resolver's. It never
+	// comes from a resolver after a router or a splitter, whose branches
+	// share one Envoy route. Zero means unset (Envoy's 15 s default then
+	// applies); negative means none.
 	RequestTimeout time.Duration
+	// HashPolicies are the load balancer's hash policies for the request,
+	// from the chain node the routing reached, as injectLBToRouteAction
+	// takes them: its resolver's LoadBalancer when hash-based (ring_hash,
+	// maglev); for a splitter, the first hash-based one among the
+	// resolvers its splits reach directly (compile.go's splitNode).
+	HashPolicies []api.HashPolicy
 	// RequestHeaders and ResponseHeaders are the route's modifiers, then
 	// the splits'.
 	RequestHeaders, ResponseHeaders []*api.HTTPHeaderModifiers
@@ -48,7 +64,8 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 	partition := v.Local().Partition
 	namespace = tenancy.OrDefault(namespace)
 	d := HTTPDestination{Service: name, Namespace: namespace}
-	if router := v.Routers[KeyOf(name, namespace, partition)]; router != nil {
+	router := v.Routers[KeyOf(name, namespace, partition)]
+	if router != nil {
 		for i, r := range router.Routes {
 			prefix, ok := matchHTTP(r.Match, req)
 			if !ok {
@@ -59,6 +76,7 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 				d.Service = cmpOr(dst.Service, name)
 				d.Subset = dst.ServiceSubset
 				d.Namespace = tenancy.OrDefault(cmpOr(dst.Namespace, namespace))
+				d.Route = dst
 				d.RequestTimeout = dst.RequestTimeout
 				if dst.PrefixRewrite != "" {
 					d.MatchedPrefix, d.PrefixRewrite = prefix, dst.PrefixRewrite
@@ -69,11 +87,16 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 			break
 		}
 	}
+	split := false
 	if d.Subset == "" {
 		for depth := 0; depth < maxSplitDepth; depth++ {
 			splitter := v.Splitters[KeyOf(d.Service, d.Namespace, partition)]
 			if splitter == nil || len(splitter.Splits) == 0 {
 				break
+			}
+			if !split {
+				d.HashPolicies = splitterHashPolicies(v, splitter, d.Namespace)
+				split = true
 			}
 			i := chooseSplit(splitter.Splits, pick)
 			s := splitter.Splits[i]
@@ -89,12 +112,57 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 			}
 		}
 	}
-	if d.RequestTimeout == 0 {
-		if r := v.ResolverFor(d.Service, d.Namespace, partition); r != nil {
+	if !split {
+		r := resolverNode(v, d.Service, d.Subset, d.Namespace)
+		if r != nil && router == nil {
 			d.RequestTimeout = r.RequestTimeout
 		}
+		d.HashPolicies = hashPolicies(r)
 	}
 	return d
+}
+
+// resolverNode returns the service-resolver of the chain's resolver node
+// for subset of service in namespace: after redirects, as Consul's
+// getResolverNode builds it; nil when there is none.
+func resolverNode(v *View, service, subset, namespace string) *api.ServiceResolverConfigEntry {
+	t := normalTarget(v, chainTarget{service: service, subset: subset, namespace: namespace, partition: v.Local().Partition, datacenter: v.Datacenter})
+	_, r, _, _ := resolveTarget(v, t)
+	return r
+}
+
+// hashPolicies returns r's hash policies when its policy is hash-based.
+func hashPolicies(r *api.ServiceResolverConfigEntry) []api.HashPolicy {
+	if r == nil || r.LoadBalancer == nil {
+		return nil
+	}
+	switch r.LoadBalancer.Policy {
+	case "ring_hash", "maglev":
+		return r.LoadBalancer.HashPolicies
+	}
+	return nil
+}
+
+// splitterHashPolicies returns the hash policies of a splitter node: those
+// of the first split, in order, that goes straight to a resolver with a
+// hash-based policy (a split to a service with a splitter of its own is
+// passed over), as Consul's compiler picks the splitter's LoadBalancer.
+func splitterHashPolicies(v *View, splitter *api.ServiceSplitterConfigEntry, namespace string) []api.HashPolicy {
+	partition := v.Local().Partition
+	for _, s := range splitter.Splits {
+		service := cmpOr(s.Service, splitter.Name)
+		ns := tenancy.OrDefault(cmpOr(s.Namespace, namespace))
+		self := service == splitter.Name && ns == namespace
+		if s.ServiceSubset == "" && !self {
+			if next := v.Splitters[KeyOf(service, ns, partition)]; next != nil && len(next.Splits) > 0 {
+				continue
+			}
+		}
+		if p := hashPolicies(resolverNode(v, service, s.ServiceSubset, ns)); p != nil {
+			return p
+		}
+	}
+	return nil
 }
 
 // chooseSplit returns the index of the split pick falls in, the weights

@@ -100,8 +100,10 @@ func TestRequestsFollowRoutersAndSplitters(t *testing.T) {
 	assert.Equal(t, "/admin/", admin.MatchedPrefix)
 	assert.Equal(t, "/", admin.PrefixRewrite)
 	assert.Equal(t, 3*time.Second, admin.RequestTimeout, "the route's timeout")
+	assert.Equal(t, "admin", admin.Route.Service, "the route's destination, for its retries and idle timeout")
 	canary := resolve.RouteHTTP(v, "api", "", httptest.NewRequest("GET", "/", nil), 10)
-	assert.Equal(t, 20*time.Second, canary.RequestTimeout, "the resolver's timeout, without the route's")
+	assert.Zero(t, canary.RequestTimeout, "after a router, never the resolver's timeout: Envoy's default applies")
+	assert.Nil(t, canary.Route, "the router's catch-all route has no destination of its own")
 	require.Len(t, canary.ResponseHeaders, 1)
 	assert.Equal(t, map[string]string{"x-split": "v1"}, canary.ResponseHeaders[0].Add)
 
@@ -143,4 +145,66 @@ func TestRoutersAndSplittersAreCheckedAsConsulChecksThem(t *testing.T) {
 	set, err := config.Parse("router.hcl", []byte(l7Files["router.hcl"]))
 	require.NoError(t, err)
 	assert.Len(t, set.ServiceRouters[resolve.KeyOf("api", "", "")].Routes, 4)
+}
+
+// Where the route timeout and the hash policies come from, as Consul's
+// makeUpstreamRouteForDiscoveryChain and compiler take them: the resolver's
+// RequestTimeout only for a chain that starts at the resolver; the hash
+// policies of the node the routing reaches (its resolver after redirects,
+// or the first hash-based resolver among a splitter's splits).
+func TestRouteTimeoutsAndHashPoliciesFollowTheChain(t *testing.T) {
+	v := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+		"topology.hcl": `topology {
+  datacenter = "dc1"
+  services = [
+    { name = "plain", addresses = ["127.0.1.10:21000"] },
+    { name = "old", addresses = ["127.0.1.11:21000"] },
+    { name = "split", addresses = ["127.0.1.12:21000"] },
+    { name = "round", addresses = ["127.0.1.13:21000"] },
+    { name = "hashed", addresses = ["127.0.1.14:21000"] },
+  ]
+}
+`,
+		"plain.hcl": `Kind = "service-resolver"
+Name = "plain"
+RequestTimeout = "7s"
+LoadBalancer = { Policy = "ring_hash", HashPolicies = [{ Field = "header", FieldValue = "x-user" }] }
+`,
+		"old.hcl": `Kind = "service-resolver"
+Name = "old"
+Redirect = { Service = "plain" }
+`,
+		"round.hcl": `Kind = "service-resolver"
+Name = "round"
+LoadBalancer = { Policy = "least_request" }
+`,
+		"hashed.hcl": `Kind = "service-resolver"
+Name = "hashed"
+RequestTimeout = "9s"
+LoadBalancer = { Policy = "maglev", HashPolicies = [{ SourceIP = true }] }
+`,
+		"split.hcl": `Kind = "service-splitter"
+Name = "split"
+Splits = [{ Weight = 50, Service = "round" }, { Weight = 50, Service = "hashed" }]
+`,
+	})).View()
+	get := httptest.NewRequest("GET", "/", nil)
+
+	plain := resolve.RouteHTTP(v, "plain", "", get, 0)
+	assert.Equal(t, 7*time.Second, plain.RequestTimeout, "the chain starts at the resolver")
+	assert.Equal(t, "x-user", plain.HashPolicies[0].FieldValue)
+
+	old := resolve.RouteHTTP(v, "old", "", get, 0)
+	assert.Equal(t, 7*time.Second, old.RequestTimeout, "the redirect's resolver is the node's")
+	require.Len(t, old.HashPolicies, 1)
+
+	round := resolve.RouteHTTP(v, "round", "", get, 0)
+	assert.Nil(t, round.HashPolicies, "least_request has none")
+
+	for _, pick := range []float32{10, 90} {
+		split := resolve.RouteHTTP(v, "split", "", get, pick)
+		assert.Zero(t, split.RequestTimeout, "after a splitter, never a resolver's timeout (pick %v)", pick)
+		require.Len(t, split.HashPolicies, 1, "the splitter's: the first hash-based split's")
+		assert.True(t, split.HashPolicies[0].SourceIP)
+	}
 }
