@@ -116,9 +116,16 @@ type Options struct {
 	// listens on (127.0.0.254), so that no other datacenter's server can
 	// reach it directly: only through mesh gateways.
 	UnreachableWAN bool
+	// TLSOnly closes the agent's plaintext ports, as production agents do:
+	// ports.http = -1 and ports.grpc = -1, with HTTPS (HTTPSAddr) that
+	// requires a client certificate from TLS (tls.https.verify_incoming)
+	// and gRPC over TLS (GRPCTLS) only. It needs TLS. Client, Config and
+	// Env then speak HTTPS with TLS's client certificate.
+	TLSOnly bool
 }
 
-// ManagementToken is the initial management token of agents with ACL.
+// ManagementToken is the initial management token of agents with ACL (the
+// primary's; secondaries use it as their agent and replication token).
 const ManagementToken = "8f2c2b7a-9a3e-4a50-8c0e-6a9d3c1f0b11"
 
 // Agent is one running Consul server agent.
@@ -126,10 +133,16 @@ type Agent struct {
 	Datacenter string
 	// NodeName is the agent's node, "node-<datacenter>".
 	NodeName string
-	HTTPAddr string
-	GRPCTLS  string
+	// HTTPAddr is the plaintext HTTP address (ports.http), empty with
+	// Options.TLSOnly; HTTPSAddr the HTTPS one (ports.https), empty
+	// without it.
+	HTTPAddr  string
+	HTTPSAddr string
+	// GRPCTLS is the gRPC TLS address (ports.grpc_tls).
+	GRPCTLS string
 	// GRPC is the plaintext gRPC address (ports.grpc), where the agent
-	// serves xDS to the proxies registered with it.
+	// serves xDS to the proxies registered with it; empty with
+	// Options.TLSOnly.
 	GRPC    string
 	SerfWAN string
 	// ServerRPC is the server RPC address (ports.server), where WAN
@@ -146,6 +159,7 @@ type Agent struct {
 	exited  chan struct{} // closed when cmd has ended
 	log     *syncbuf.Buffer
 	acl     bool
+	tls     *TLS // with Options.TLSOnly
 }
 
 // Start starts an agent and waits until it has a leader and a Connect CA.
@@ -157,6 +171,9 @@ func Start(tb testing.TB, opts Options) *Agent {
 	}
 	if opts.PrimaryDatacenter == "" {
 		opts.PrimaryDatacenter = opts.Datacenter
+	}
+	if opts.TLSOnly && opts.TLS == nil {
+		tb.Fatal("consultest: Options.TLSOnly needs Options.TLS")
 	}
 	a := &Agent{Datacenter: opts.Datacenter, NodeName: "node-" + opts.Datacenter, tb: tb, bin: Binary(tb), dir: tb.TempDir(), acl: opts.ACL}
 	a.cfgFile = filepath.Join(a.dir, "agent.hcl")
@@ -189,6 +206,12 @@ func (a *Agent) configure(opts Options, ports []int) {
 	a.SerfWAN = fmt.Sprintf("127.0.0.1:%d", ports[3])
 	a.ServerRPC = fmt.Sprintf("127.0.0.1:%d", ports[4])
 	a.GRPC = fmt.Sprintf("127.0.0.1:%d", ports[5])
+	http, https, grpc := ports[0], -1, ports[5]
+	if opts.TLSOnly {
+		a.tls = opts.TLS
+		a.HTTPSAddr, a.HTTPAddr, a.GRPC = a.HTTPAddr, "", ""
+		http, https, grpc = -1, ports[0], -1
+	}
 	connect := "connect { enabled = true }"
 	if opts.WANFederation {
 		connect = "connect {\n  enabled = true\n  enable_mesh_gateway_wan_federation = true\n}"
@@ -206,7 +229,7 @@ log_level = "warn"
 %s
 ports {
   http = %d
-  https = -1
+  https = %d
   grpc = %d
   grpc_tls = %d
   dns = -1
@@ -215,12 +238,12 @@ ports {
   server = %d
 }
 performance { raft_multiplier = 1 }
-`, opts.Datacenter, opts.PrimaryDatacenter, a.NodeName, filepath.Join(a.dir, "data"), connect, ports[0], ports[5], ports[1], ports[2], ports[3], ports[4])
+`, opts.Datacenter, opts.PrimaryDatacenter, a.NodeName, filepath.Join(a.dir, "data"), connect, http, https, grpc, ports[1], ports[2], ports[3], ports[4])
 	if opts.JoinWAN != nil {
 		cfg += fmt.Sprintf("retry_join_wan = [%q]\n", opts.JoinWAN.SerfWAN)
 	}
 	if opts.TLS != nil {
-		cfg += opts.TLS.agentConfig(tb, opts.Datacenter, a.NodeName)
+		cfg += opts.TLS.agentConfig(tb, opts.Datacenter, a.NodeName, opts.TLSOnly)
 	}
 	if len(opts.PrimaryGateways) > 0 {
 		// The first WAN join runs before the primary's gateways are
@@ -231,24 +254,23 @@ performance { raft_multiplier = 1 }
 	if opts.UnreachableWAN {
 		cfg += "advertise_addr_wan = \"127.0.0.254\"\n"
 	}
-	if opts.ACL {
+	switch {
+	case opts.ACL && opts.PrimaryDatacenter == opts.Datacenter:
 		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens { initial_management = %q }\n}\n", ManagementToken)
+	case opts.ACL:
+		// A secondary replicates the primary's policies and tokens, with
+		// the primary's management token.
+		cfg += fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  enable_token_replication = true\n  tokens {\n    agent = %q\n    replication = %q\n  }\n}\n", ManagementToken, ManagementToken)
 	}
 	cfg += opts.ExtraConfig + "\n"
 	if err := os.WriteFile(a.cfgFile, []byte(cfg), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	cc := api.DefaultConfig()
-	cc.Address = a.HTTPAddr
-	cc.Token = ""
+	token := ""
 	if opts.ACL {
-		cc.Token = ManagementToken
+		token = ManagementToken
 	}
-	client, err := api.NewClient(cc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	a.Client = client
+	a.Client = a.ClientWithToken(token)
 }
 
 // start starts the agent's process; exited is closed when it ends.
@@ -358,16 +380,69 @@ func hclList(ss []string) string {
 // Log returns what the agent printed.
 func (a *Agent) Log() string { return a.log.String() }
 
-// ClientWithToken returns a client of this agent that uses token.
+// ClientWithToken returns a client of this agent that uses token (none
+// when empty), over HTTPS with a client certificate with Options.TLSOnly.
 func (a *Agent) ClientWithToken(token string) *api.Client {
-	cc := api.DefaultConfig()
-	cc.Address = a.HTTPAddr
-	cc.Token = token
-	c, err := api.NewClient(cc)
+	c, err := api.NewClient(a.Config(token))
 	if err != nil {
 		a.tb.Fatal(err)
 	}
 	return c
+}
+
+// Config returns the client configuration of this agent with token (none
+// when empty): its HTTP address, or with Options.TLSOnly its HTTPS address
+// with the CA and a client certificate.
+func (a *Agent) Config(token string) *api.Config {
+	cc := &api.Config{Address: a.HTTPAddr, Scheme: "http", Token: token}
+	if a.tls != nil {
+		cert, key := a.tls.ClientFiles(a.tb)
+		cc.Address, cc.Scheme = a.HTTPSAddr, "https"
+		cc.TLSConfig = api.TLSConfig{CAFile: a.tls.CAFile(), CertFile: cert, KeyFile: key}
+	}
+	return cc
+}
+
+// Env returns the environment a program such as the consul command or
+// meshgateway needs to reach this agent with token (none when empty):
+// CONSUL_HTTP_ADDR and CONSUL_GRPC_ADDR (https:// with Options.TLSOnly, with
+// CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY and
+// CONSUL_GRPC_CACERT), CONSUL_HTTP_TOKEN, and nothing else of the CONSUL_
+// variables the test process has.
+func (a *Agent) Env(token string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONSUL_") {
+			env = append(env, kv)
+		}
+	}
+	if token != "" {
+		env = append(env, api.HTTPTokenEnvName+"="+token)
+	}
+	if a.tls == nil {
+		return append(env, api.HTTPAddrEnvName+"="+a.HTTPAddr, api.GRPCAddrEnvName+"="+a.GRPC)
+	}
+	cert, key := a.tls.ClientFiles(a.tb)
+	return append(env, api.HTTPAddrEnvName+"=https://"+a.HTTPSAddr, api.HTTPCAFile+"="+a.tls.CAFile(),
+		api.HTTPClientCert+"="+cert, api.HTTPClientKey+"="+key,
+		api.GRPCAddrEnvName+"=https://"+a.GRPCTLS, api.GRPCCAFileEnvName+"="+a.tls.CAFile())
+}
+
+// Token creates a policy named name with rules (Consul's ACL rule
+// language) and a token linked to it, with the management token, and
+// returns the token's secret. The agent needs Options.ACL.
+func (a *Agent) Token(tb testing.TB, name, rules string) string {
+	tb.Helper()
+	acl := a.Client.ACL()
+	policy, _, err := acl.PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+	if err != nil {
+		tb.Fatalf("consultest: creating policy %s: %v", name, err)
+	}
+	token, _, err := acl.TokenCreate(&api.ACLToken{Description: name, Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		tb.Fatalf("consultest: creating a token of policy %s: %v", name, err)
+	}
+	return token.SecretID
 }
 
 // pickPorts picks an agent's ports; tests of this package replace it.

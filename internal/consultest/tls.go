@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,10 @@ type TLS struct {
 	ca     *x509.Certificate
 	key    *ecdsa.PrivateKey
 	serial atomic.Int64
+
+	clientOnce            sync.Once
+	clientCert, clientKey string
+	clientErr             error
 }
 
 // NewTLS makes a CA, valid for a day, in a directory of the test's.
@@ -50,7 +55,9 @@ func NewTLS(tb testing.TB) *TLS {
 	t := &TLS{dir: tb.TempDir(), ca: ca, key: key}
 	t.serial.Store(1)
 	t.caFile = filepath.Join(t.dir, "ca.pem")
-	writePEM(tb, t.caFile, "CERTIFICATE", der)
+	if err := writePEM(t.caFile, "CERTIFICATE", der); err != nil {
+		tb.Fatal(err)
+	}
 	return t
 }
 
@@ -69,34 +76,69 @@ func (t *TLS) CertPool() *x509.CertPool {
 // its key; it returns their files.
 func (t *TLS) serverFiles(tb testing.TB, dc, node string) (certFile, keyFile string) {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(t.serial.Add(1)), Subject: pkix.Name{CommonName: "server." + dc + ".consul"},
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "server." + dc + ".consul"},
 		DNSNames:    []string{"server." + dc + ".consul", node + ".server." + dc + ".consul", "*.server." + dc + ".consul", "localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, t.ca, &key.PublicKey, t.key)
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	certFile, keyFile, err := t.issue(tmpl, node)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	certFile = filepath.Join(t.dir, node+".pem")
-	keyFile = filepath.Join(t.dir, node+"-key.pem")
-	writePEM(tb, certFile, "CERTIFICATE", der)
-	writePEM(tb, keyFile, "EC PRIVATE KEY", keyDER)
 	return certFile, keyFile
 }
 
-// agentConfig is the tls block of a server agent of dc named node.
-func (t *TLS) agentConfig(tb testing.TB, dc, node string) string {
+// ClientFiles returns the files of a client certificate of the CA (as
+// "consul tls cert create -client" makes), for programs that talk to
+// agents that verify incoming HTTPS connections; the same each call.
+func (t *TLS) ClientFiles(tb testing.TB) (certFile, keyFile string) {
+	tb.Helper()
+	t.clientOnce.Do(func() {
+		tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "client.consul"}, DNSNames: []string{"client.consul", "localhost"},
+			KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		t.clientCert, t.clientKey, t.clientErr = t.issue(tmpl, "client")
+	})
+	if t.clientErr != nil {
+		tb.Fatal(t.clientErr)
+	}
+	return t.clientCert, t.clientKey
+}
+
+// issue signs tmpl, valid from an hour ago for a day, with a fresh key, and
+// writes the certificate and the key as name.pem and name-key.pem.
+func (t *TLS) issue(tmpl *x509.Certificate, name string) (certFile, keyFile string, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	tmpl.SerialNumber = big.NewInt(t.serial.Add(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, t.ca, &key.PublicKey, t.key)
+	if err != nil {
+		return "", "", err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	certFile = filepath.Join(t.dir, name+".pem")
+	keyFile = filepath.Join(t.dir, name+"-key.pem")
+	if err := writePEM(certFile, "CERTIFICATE", der); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, writePEM(keyFile, "EC PRIVATE KEY", keyDER)
+}
+
+// agentConfig is the tls block of a server agent of dc named node; with
+// httpsOnly, HTTPS also verifies its clients' certificates (gRPC TLS does
+// not: cluster peers and xDS clients present none, as Consul expects).
+func (t *TLS) agentConfig(tb testing.TB, dc, node string, httpsOnly bool) string {
 	cert, key := t.serverFiles(tb, dc, node)
+	https := ""
+	if httpsOnly {
+		https = "  https {\n    verify_incoming = true\n  }\n"
+	}
 	return fmt.Sprintf(`tls {
   defaults {
     ca_file = %q
@@ -108,13 +150,10 @@ func (t *TLS) agentConfig(tb testing.TB, dc, node string) string {
     verify_incoming = true
     verify_server_hostname = true
   }
-}
-`, t.caFile, cert, key)
+%s}
+`, t.caFile, cert, key, https)
 }
 
-func writePEM(tb testing.TB, path, kind string, der []byte) {
-	tb.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+func writePEM(path, kind string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600)
 }
