@@ -1,10 +1,10 @@
 package accesslog_test
 
 import (
-	"github.com/hashicorp/consul/api"
 	"log/slog"
 	"os"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/accesslog"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
