@@ -76,20 +76,28 @@ func (s *sink) close() {
 }
 
 // Check reports whether cfg is an AccessLogs configuration Consul accepts
-// (AccessLogsConfig.Validate) whose format meshgate can write: a known
-// Type, a Path exactly with "file", not both formats, a JSON format that
-// parses, command operators Envoy knows.
+// in a config entry (AccessLogsConfig.Validate) whose format meshgate can
+// write: a known Type, a Path exactly with "file", not both formats, a
+// JSON format that parses, command operators Envoy knows.
 func Check(cfg *api.AccessLogsConfig) error {
+	switch {
+	case cfg.Type != api.FileLogSinkType && cfg.Path != "":
+		return fmt.Errorf("accesslog: AccessLogs.Path %q is only valid with Type %q", cfg.Path, api.FileLogSinkType)
+	case cfg.JSONFormat != "" && cfg.TextFormat != "":
+		return errors.New("accesslog: AccessLogs sets both JSONFormat and TextFormat")
+	}
 	_, err := formatOf(cfg)
 	return err
 }
 
+// formatOf is the format of cfg as Consul hands it to Envoy
+// (MakeAccessLogs, getLogger, getLogFormat), for a configuration the agent
+// has merged from a registration and proxy-defaults without validating the
+// result: JSONFormat wins over TextFormat, and Path counts only with Type
+// "file".
 func formatOf(cfg *api.AccessLogsConfig) (*Format, error) {
 	switch cfg.Type {
 	case api.DefaultLogSinkType, api.StdOutLogSinkType, api.StdErrLogSinkType:
-		if cfg.Path != "" {
-			return nil, fmt.Errorf("accesslog: AccessLogs.Path %q is only valid with Type %q", cfg.Path, api.FileLogSinkType)
-		}
 	case api.FileLogSinkType:
 		if cfg.Path == "" {
 			return nil, errors.New("accesslog: AccessLogs.Type \"file\" needs a Path")
@@ -98,19 +106,20 @@ func formatOf(cfg *api.AccessLogsConfig) (*Format, error) {
 		return nil, fmt.Errorf("accesslog: AccessLogs.Type %q: want stdout, stderr or file", cfg.Type)
 	}
 	switch {
-	case cfg.JSONFormat != "" && cfg.TextFormat != "":
-		return nil, errors.New("accesslog: AccessLogs sets both JSONFormat and TextFormat")
-	case cfg.TextFormat != "":
-		return ParseTextFormat(cfg.TextFormat)
 	case cfg.JSONFormat != "":
 		return ParseJSONFormat(cfg.JSONFormat)
+	case cfg.TextFormat != "":
+		return ParseTextFormat(cfg.TextFormat)
 	}
 	return ParseJSONFormat(DefaultJSONFormat)
 }
 
 // Apply puts cfg in force for the next connections: nil or not Enabled
-// turns the log off. A configuration that cannot be applied (see Check,
-// or a file that cannot be opened) leaves the one in force and returns why.
+// turns the log off. It takes cfg as Consul hands a merged configuration
+// to Envoy (see formatOf: no entry validation, JSONFormat over
+// TextFormat); a configuration that cannot be applied (an unknown Type or
+// command operator, a JSON format that does not parse, a file that cannot
+// be opened) leaves the one in force and returns why.
 // Applying the configuration in force again changes nothing (the file is
 // not reopened).
 func (e *Envoy) Apply(cfg *api.AccessLogsConfig) error {

@@ -161,3 +161,14 @@ func TestApplyLive(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "missing", "dir", "access.log")
 	require.ErrorContains(t, e.Apply(&api.AccessLogsConfig{Enabled: true, Type: api.FileLogSinkType, Path: bad}), "missing")
 }
+
+// A configuration the agent merged from a registration and proxy-defaults
+// is applied as Consul hands it to Envoy, unvalidated: a Path without Type
+// "file" is ignored (stdout), and JSONFormat wins over TextFormat.
+func TestApplyMerged(t *testing.T) {
+	var stdout bytes.Buffer
+	e := &accesslog.Envoy{Stdout: &stdout}
+	require.NoError(t, e.Apply(&api.AccessLogsConfig{Enabled: true, Path: "/nonexistent/x", TextFormat: "%UPSTREAM_HOST%", JSONFormat: `{"host": "%UPSTREAM_HOST%"}`}))
+	e.Closed(envoyRecord(gateway.OutcomeForwarded))
+	assert.JSONEq(t, `{"host": "127.0.1.10:21000"}`, stdout.String())
+}
