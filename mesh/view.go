@@ -168,6 +168,13 @@ type View struct {
 	Subsets map[ServiceKey]map[string][]Endpoint
 	// Gateways holds the mesh gateways of each datacenter and partition.
 	Gateways map[Location][]Endpoint
+	// UnhealthyGateways holds, by datacenter and partition, the mesh
+	// gateways the catalog lists with a critical check (those in
+	// maintenance excepted: they were taken out on purpose). They are not
+	// routed; a source that probes gateways (package gatewayhealth) routes
+	// those that answer, such as a gateway that has just started, before
+	// the agent's first check of it.
+	UnhealthyGateways map[Location][]Endpoint
 	// Peers holds the cluster peers by local name.
 	Peers map[string]Peer
 	// Exports holds, for each local service exported to peers, the local
