@@ -54,8 +54,9 @@ type follower interface {
 
 // Options configures a Source; the zero value is usable.
 type Options struct {
-	// Interval is the wait between two probes of each gateway: zero means
-	// DefaultInterval (2 s). A gateway first seen in a view is probed at
+	// Interval is the wait between two probes of a gateway that answers:
+	// zero means DefaultInterval (2 s). One that does not is probed every
+	// quarter of it (500 ms by default), and one first seen in a view at
 	// once.
 	Interval time.Duration
 	// Timeout bounds a probe: zero means DefaultTimeout (1 s).
@@ -83,6 +84,7 @@ type Source struct {
 	cache    atomic.Pointer[derived]
 	mu       sync.Mutex
 	gateways map[string]*gatewayState // by address
+	probes   sync.WaitGroup
 }
 
 // derived is a view made from an inner view at a generation of states.
@@ -100,6 +102,8 @@ type gatewayState struct {
 	latency  time.Duration
 	err      error
 	since    time.Time // of the current state
+	last     time.Time // the last probe's start
+	probing  bool      // a probe is under way
 }
 
 // New wraps src and starts probing the gateways its views name, until
@@ -129,6 +133,7 @@ func New(src source, opts Options) *Source {
 func (s *Source) Close() error {
 	s.cancel()
 	<-s.done
+	s.probes.Wait()
 	return nil
 }
 
@@ -357,11 +362,13 @@ func (s *Source) keptLocked(addrs []string) []string {
 	return addrs
 }
 
-// run probes every gateway the wrapped source's views name, each Interval,
-// and at once those it has never probed, until Close.
+// run probes the gateways the wrapped source's views name until Close:
+// those that answer every Interval, those that do not every quarter of it
+// (so that a gateway that comes back is routed soon), and one never probed
+// at once.
 func (s *Source) run() {
 	defer close(s.done)
-	t := time.NewTicker(s.opts.Interval)
+	t := time.NewTicker(s.opts.Interval / 4)
 	defer t.Stop()
 	s.round(false)
 	for {
@@ -376,10 +383,12 @@ func (s *Source) run() {
 	}
 }
 
-// round probes, at once, each gateway of the current view (only those never
-// probed, with onlyNew), and forgets those it no longer names.
+// round probes, at once, each gateway of the current view that is due
+// (only those never probed, with onlyNew), and forgets those it no longer
+// names.
 func (s *Source) round(onlyNew bool) {
 	ts := targets(s.inner.View())
+	now := time.Now()
 	s.mu.Lock()
 	seen := make(map[string]bool, len(ts))
 	var todo []string
@@ -394,27 +403,27 @@ func (s *Source) round(onlyNew bool) {
 			s.gateways[t.address] = g
 		}
 		g.location = t.location
-		if !onlyNew || !g.probed {
+		due := !g.probed || (!onlyNew && (!g.up || now.Sub(g.last) >= s.opts.Interval-s.opts.Interval/8))
+		if due && !g.probing {
+			g.probing = true
 			todo = append(todo, t.address)
 		}
 	}
 	if !onlyNew {
-		for addr := range s.gateways {
-			if !seen[addr] {
+		for addr, g := range s.gateways {
+			if !seen[addr] && !g.probing {
 				delete(s.gateways, addr)
 			}
 		}
 	}
 	s.mu.Unlock()
-	var wg sync.WaitGroup
 	for _, addr := range todo {
-		wg.Add(1)
+		s.probes.Add(1)
 		go func() {
-			defer wg.Done()
+			defer s.probes.Done()
 			s.probe(addr)
 		}()
 	}
-	wg.Wait()
 }
 
 // probe connects to addr once and records what it found.
@@ -427,15 +436,17 @@ func (s *Source) probe(addr string) {
 	if c != nil {
 		c.Close()
 	}
+	s.mu.Lock()
 	if s.ctx.Err() != nil {
+		s.mu.Unlock()
 		return // closing: no verdict
 	}
-	s.mu.Lock()
 	g := s.gateways[addr]
 	if g == nil {
 		s.mu.Unlock()
-		return // no longer named
+		return
 	}
+	g.probing, g.last = false, start
 	wasProbed, wasUp := g.probed, g.up
 	g.probed = true
 	if err == nil {
