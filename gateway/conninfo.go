@@ -33,6 +33,7 @@ func ConnInfoFrom(ctx context.Context) (ConnInfo, bool) {
 type story struct {
 	to                        ConnObserver
 	up                        UpstreamObserver
+	dial                      DialObserver
 	info                      *ConnInfo
 	start                     time.Time
 	peek                      time.Duration
@@ -48,6 +49,16 @@ func (st *story) connected() {
 	}
 	st.up.Connected(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
 		Route: st.route, Kind: st.kind, Target: st.target})
+}
+
+// dialFailed tells the DialObserver, if any, that target failed to
+// connect.
+func (st *story) dialFailed(target string, err error) {
+	if st.dial == nil {
+		return
+	}
+	st.dial.DialFailedConn(&ConnRecord{ConnInfo: *st.info, Start: st.start, Peek: st.peek, ServerName: st.serverName,
+		Route: st.route, Kind: st.kind, Target: target}, err)
 }
 
 // closed tells the ConnObserver, if any, how the connection ended.

@@ -150,3 +150,78 @@ func TestUpstreamObserverHearsOpenConnections(t *testing.T) {
 	assert.Nil(t, upstreamObserverOf(MultiObserver(&Counters{}, &recorder{})))
 	assert.NotNil(t, upstreamObserverOf(MultiObserver(&Counters{}, &opened{})))
 }
+
+// dialRecorder is a DialObserver keeping the failed dials' records.
+type dialRecorder struct {
+	Counters
+	mu     sync.Mutex
+	failed []ConnRecord
+}
+
+func (d *dialRecorder) DialFailedConn(r *ConnRecord, err error) {
+	d.mu.Lock()
+	d.failed = append(d.failed, *r)
+	d.mu.Unlock()
+}
+
+func (d *dialRecorder) all() []ConnRecord {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]ConnRecord(nil), d.failed...)
+}
+
+// A DialObserver hears each failed dial with the connection's server name,
+// route and kind and the target that failed, whether another target then
+// connects or none does; and the failed target is then ejected.
+func TestDialObserverHearsEachFailedDial(t *testing.T) {
+	b := startBackend(t, echo)
+	dead := startBackend(t, echo)
+	deadAddr := dead.addr()
+	dead.ln.Close()
+	var rec dialRecorder
+	router := RouterFunc(func(_ context.Context, h *sni.ClientHello) (Route, error) {
+		if h.ServerName == "none.example" {
+			return Route{Name: "none", Kind: "k", Targets: []string{deadAddr}}, nil
+		}
+		return Route{Name: "some", Kind: "k", Targets: []string{deadAddr, b.addr()}}, nil
+	})
+	s := &Server{Router: router, Observer: MultiObserver(nil, &rec), EjectAfter: -1}
+	gw := startGateway(t, s)
+	echoed(t, gw, helloBytes(t, longName)).Close()
+
+	c, err := net.Dial("tcp", gw)
+	require.NoError(t, err)
+	c.Write(helloBytes(t, "none.example"))
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	io.Copy(io.Discard, c)
+	c.Close()
+
+	waitFor(t, "two failed dials", func() bool { return len(rec.all()) == 2 })
+	got := map[string]ConnRecord{}
+	for _, r := range rec.all() {
+		got[r.ServerName] = r
+		assert.Equal(t, deadAddr, r.Target)
+		assert.Equal(t, "k", r.Kind)
+		assert.Empty(t, r.Outcome)
+	}
+	assert.Equal(t, "some", got[longName].Route)
+	assert.Equal(t, "none", got["none.example"].Route)
+	assert.EqualValues(t, 2, rec.Snapshot().DialFailures, "the plain event still comes")
+}
+
+// Ejected lists the targets outlier detection took out, and forgets one
+// once a dial of it works again.
+func TestServerEjectedListsEjectedTargets(t *testing.T) {
+	b := startBackend(t, echo)
+	dead := startBackend(t, echo)
+	deadAddr := dead.addr()
+	dead.ln.Close()
+	s := &Server{Router: tableFor(t, map[string][]string{longName: {deadAddr, b.addr()}})}
+	assert.Nil(t, s.Ejected(), "nothing before serving")
+	gw := startGateway(t, s)
+	echoed(t, gw, helloBytes(t, longName)).Close()
+	ej := s.Ejected()
+	require.Contains(t, ej, deadAddr)
+	assert.False(t, ej[deadAddr].IsZero())
+	assert.NotContains(t, ej, b.addr())
+}

@@ -12,8 +12,8 @@ import (
 
 // connect dials the route and records the upstream connection on c (for
 // Close, and for loop detection before any byte is sent on it).
-func (s *Server) connect(c *conn, route Route) (upstream net.Conn, target, reason string, err error) {
-	upstream, target, err = s.dial(route)
+func (s *Server) connect(c *conn, st *story, route Route) (upstream net.Conn, target, reason string, err error) {
+	upstream, target, err = s.dial(st, route)
 	if err != nil {
 		reason = ReasonDialFailed
 		if errors.Is(err, ErrServerClosed) {
@@ -90,8 +90,8 @@ func (s *Server) dialFunc() func(ctx context.Context, network, address string) (
 }
 
 // dial tries the route's targets in order, each within the connect timeout
-// (the route's, else the server's).
-func (s *Server) dial(r Route) (net.Conn, string, error) {
+// (the route's, else the server's); st hears of each failure.
+func (s *Server) dial(st *story, r Route) (net.Conn, string, error) {
 	timeout := s.connectTimeout(r)
 	dial := s.dialFunc()
 	var errs []error
@@ -121,6 +121,7 @@ func (s *Server) dial(r Route) (net.Conn, string, error) {
 				"target", t, "consecutive_failures", s.health.after, "err", err.Error())
 		}
 		s.observer().DialFailed(r.Name, t, err)
+		st.dialFailed(t, err)
 		errs = append(errs, err)
 	}
 	return nil, "", problems.Join(errs...)

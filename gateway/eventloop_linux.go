@@ -395,7 +395,8 @@ func (l *evloop) open(fd int, sa syscall.Sockaddr) {
 		}
 	}
 	c := &lconn{info: ConnInfo{ID: s.lastID.Add(1), Remote: remote, Local: local}}
-	c.st = story{info: &c.info, start: l.now, to: connObserverOf(s.Observer), up: upstreamObserverOf(s.Observer)}
+	c.st = story{info: &c.info, start: l.now, to: connObserverOf(s.Observer), up: upstreamObserverOf(s.Observer),
+		dial: dialObserverOf(s.Observer)}
 	s.active.Add(1)
 	l.conns[c] = struct{}{}
 	s.observer().Accepted(remote)
@@ -627,6 +628,7 @@ func (l *evloop) dialFailed(c *lconn, err error) {
 			"target", c.target, "consecutive_failures", s.health.after, "err", err.Error())
 	}
 	s.observer().DialFailed(c.route.Name, c.target, err)
+	c.st.dialFailed(c.target, err)
 	c.errs = append(c.errs, err)
 }
 

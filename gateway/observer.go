@@ -59,6 +59,20 @@ type UpstreamObserver interface {
 	Connected(r *ConnRecord)
 }
 
+// DialObserver is an Observer that is also told of each failed dial with
+// the connection's record (its ServerName, Route, Kind, and the Target that
+// failed), where Observer.DialFailed has only the route's name: for metrics
+// per upstream, such as Envoy's per-cluster connect failures. A Server
+// looks for it on its Observer, and builds the record only then.
+type DialObserver interface {
+	Observer
+	// DialFailedConn is called once per failed dial of a target, after
+	// Observer.DialFailed for it and before the connection's Connected
+	// (another target connected) or Closed. The record's Outcome and Stats
+	// are not set.
+	DialFailedConn(r *ConnRecord, err error)
+}
+
 // ConnRecord is one connection's story. It is valid only during the
 // ConnObserver's Closed call (or the UpstreamObserver's Connected call);
 // copy what you keep.
@@ -90,8 +104,8 @@ type ConnRecord struct {
 const OutcomeForwarded = "forwarded"
 
 // MultiObserver returns an Observer that passes every event to each of
-// observers in turn, including the LimitObserver, ConnObserver and
-// UpstreamObserver events to those that implement them. Nil observers are
+// observers in turn, including the LimitObserver, ConnObserver,
+// UpstreamObserver and DialObserver events to those that implement them. Nil observers are
 // left out.
 func MultiObserver(observers ...Observer) Observer {
 	m := &multiObserver{}
@@ -109,8 +123,21 @@ func MultiObserver(observers ...Observer) Observer {
 		if uo, ok := o.(UpstreamObserver); ok {
 			m.upstream = append(m.upstream, uo)
 		}
+		if do, ok := o.(DialObserver); ok {
+			m.dial = append(m.dial, do)
+		}
 	}
 	return m
+}
+
+// dialObserverOf returns o as a DialObserver, or nil if it is none or is
+// a MultiObserver without one.
+func dialObserverOf(o Observer) DialObserver {
+	if m, ok := o.(*multiObserver); ok && len(m.dial) == 0 {
+		return nil
+	}
+	do, _ := o.(DialObserver)
+	return do
 }
 
 // connObserverOf returns o as a ConnObserver, or nil if it is none or is a
@@ -140,12 +167,14 @@ type multiObserver struct {
 	limit    []LimitObserver
 	conn     []ConnObserver
 	upstream []UpstreamObserver
+	dial     []DialObserver
 }
 
 var _ interface {
 	LimitObserver
 	ConnObserver
 	UpstreamObserver
+	DialObserver
 } = (*multiObserver)(nil)
 
 func (m *multiObserver) Accepted(remote net.Addr) {
@@ -181,6 +210,12 @@ func (m *multiObserver) HeldBack(limit string) {
 func (m *multiObserver) Closed(r *ConnRecord) {
 	for _, o := range m.conn {
 		o.Closed(r)
+	}
+}
+
+func (m *multiObserver) DialFailedConn(r *ConnRecord, err error) {
+	for _, o := range m.dial {
+		o.DialFailedConn(r, err)
 	}
 }
 

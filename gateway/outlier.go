@@ -190,3 +190,23 @@ func (o *outliers) probe(target string, h *targetHealth) {
 		wait = min(2*wait, o.maxWait)
 	}
 }
+
+// ejected returns the targets ejected now, with when each was ejected;
+// nil when there are none.
+func (o *outliers) ejected() map[string]time.Time {
+	if o == nil || o.tracked.Load() == 0 {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out map[string]time.Time
+	for t, h := range o.m {
+		if h.ejected {
+			if out == nil {
+				out = map[string]time.Time{}
+			}
+			out[t] = h.since
+		}
+	}
+	return out
+}

@@ -355,6 +355,15 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 // ActiveConns returns how many connections are open.
 func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 
+// Ejected returns the targets that outlier detection has ejected now (see
+// EjectAfter), each with the time it was ejected: a connection tries them
+// only after the route's other targets, until a probe connects to one. It
+// is a copy, nil when none is ejected.
+func (s *Server) Ejected() map[string]time.Time {
+	s.init()
+	return s.health.ejected()
+}
+
 // handle is a connection's goroutine. Once forwarding starts, it carries
 // the direction from upstream to client itself, until that direction ends
 // or parks.
@@ -378,6 +387,7 @@ func (s *Server) open(c *conn) (runDown func()) {
 	st := story{info: info, start: start}
 	st.to = connObserverOf(s.Observer)
 	st.up = upstreamObserverOf(s.Observer)
+	st.dial = dialObserverOf(s.Observer)
 
 	bp := helloBuffers.get()
 	hello := helloPool.get()
@@ -413,7 +423,7 @@ func (s *Server) openRouted(c *conn, st story, route Route, raw []byte) (runDown
 		st.connected()
 		return s.serveInProcess(c, st, route.Serve, raw)
 	}
-	upstream, target, reason, err := s.connect(c, route)
+	upstream, target, reason, err := s.connect(c, &st, route)
 	if err != nil {
 		s.refuse(c, &st, reason, err)
 		return nil
