@@ -14,14 +14,15 @@ package gatewaymetrics
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics is a gateway.Observer (with the LimitObserver, ConnObserver and
-// UpstreamObserver events) and a prometheus.Collector of what it observed.
+// Metrics is a gateway.Observer (with the LimitObserver, ConnObserver,
+// UpstreamObserver and DialObserver events) and a prometheus.Collector of what it observed.
 // Create it with New.
 type Metrics struct {
 	accepted   prometheus.Counter
@@ -32,13 +33,15 @@ type Metrics struct {
 	bytesDown  *prometheus.CounterVec
 	active     prometheus.Gauge
 	opened     *prometheus.CounterVec
-	open       *prometheus.GaugeVec
+	upOpen     *prometheus.GaugeVec
 	heldBack   *prometheus.CounterVec
 	peek       prometheus.Histogram
 	duration   prometheus.Histogram
 	all        []prometheus.Collector
 	routes     *labelSet
 	targets    *labelSet
+	envoy      *envoyMetrics // nil unless Options.Envoy
+	open       atomic.Int64  // connections accepted and not yet closed
 }
 
 // Options configures Metrics. Zero values are useful.
@@ -49,6 +52,9 @@ type Options struct {
 	// route name names a service) cannot grow a scrape without bound.
 	// Zero means DefaultMaxRoutes; negative means no bound.
 	MaxRoutes int
+	// Envoy, when set, adds the Envoy-compatible metrics it describes,
+	// beside the meshgate_* ones.
+	Envoy *Envoy
 }
 
 // DefaultMaxRoutes is Options.MaxRoutes' default.
@@ -91,6 +97,7 @@ var (
 	_ gateway.LimitObserver    = (*Metrics)(nil)
 	_ gateway.ConnObserver     = (*Metrics)(nil)
 	_ gateway.UpstreamObserver = (*Metrics)(nil)
+	_ gateway.DialObserver     = (*Metrics)(nil)
 	_ prometheus.Collector     = (*Metrics)(nil)
 )
 
@@ -122,7 +129,7 @@ func NewWith(opts Options) *Metrics {
 			Help: "Connections accepted and not yet closed."}),
 		opened: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshgate_upstream_connections_total",
 			Help: "Connections whose upstream was connected, counted at once (not at close), by route and route kind (service, gateway, wan-federation, ...)."}, []string{"route", "kind"}),
-		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshgate_upstream_connections_active",
+		upOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshgate_upstream_connections_active",
 			Help: "Forwarded connections open now, by route kind."}, []string{"kind"}),
 		heldBack: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshgate_accept_held_back_total",
 			Help: "Times accepting waited on a limit (max-conns, open-files)."}, []string{"limit"}),
@@ -133,8 +140,11 @@ func NewWith(opts Options) *Metrics {
 			Help:    "Lifetime of forwarded connections, from accept to close.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12)}),
 	}
+	if opts.Envoy != nil {
+		m.envoy = newEnvoyMetrics(*opts.Envoy)
+	}
 	m.all = []prometheus.Collector{m.accepted, m.forwarded, m.rejected, m.dialFailed, m.bytesUp, m.bytesDown,
-		m.active, m.opened, m.open, m.heldBack, m.peek, m.duration}
+		m.active, m.opened, m.upOpen, m.heldBack, m.peek, m.duration}
 	return m
 }
 
@@ -143,6 +153,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range m.all {
 		c.Describe(ch)
 	}
+	if m.envoy != nil {
+		m.envoy.describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector.
@@ -150,18 +163,23 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range m.all {
 		c.Collect(ch)
 	}
+	if m.envoy != nil {
+		m.envoy.collect(ch, m.open.Load())
+	}
 }
 
 // Accepted implements gateway.Observer.
 func (m *Metrics) Accepted(net.Addr) {
 	m.accepted.Inc()
 	m.active.Inc()
+	m.open.Add(1)
 }
 
 // Rejected implements gateway.Observer.
 func (m *Metrics) Rejected(reason string, _ error) {
 	m.rejected.WithLabelValues(reason).Inc()
 	m.active.Dec()
+	m.open.Add(-1)
 }
 
 // DialFailed implements gateway.Observer.
@@ -177,6 +195,14 @@ func (m *Metrics) Forwarded(route, _ string, s gateway.Stats) {
 	m.bytesDown.WithLabelValues(route).Add(float64(s.UpstreamToClient))
 	m.duration.Observe(s.Duration.Seconds())
 	m.active.Dec()
+	m.open.Add(-1)
+}
+
+// DialFailedConn implements gateway.DialObserver.
+func (m *Metrics) DialFailedConn(r *gateway.ConnRecord, err error) {
+	if m.envoy != nil {
+		m.envoy.dialFailed(r, err)
+	}
 }
 
 // HeldBack implements gateway.LimitObserver.
@@ -185,14 +211,20 @@ func (m *Metrics) HeldBack(limit string) { m.heldBack.WithLabelValues(limit).Inc
 // Connected implements gateway.UpstreamObserver.
 func (m *Metrics) Connected(r *gateway.ConnRecord) {
 	m.opened.WithLabelValues(m.routes.of(r.Route), r.Kind).Inc()
-	m.open.WithLabelValues(r.Kind).Inc()
+	m.upOpen.WithLabelValues(r.Kind).Inc()
+	if m.envoy != nil {
+		m.envoy.connected(r)
+	}
 }
 
 // Closed implements gateway.ConnObserver.
 func (m *Metrics) Closed(r *gateway.ConnRecord) {
 	m.peek.Observe(r.Peek.Seconds())
 	if r.Outcome == gateway.OutcomeForwarded {
-		m.open.WithLabelValues(r.Kind).Dec()
+		m.upOpen.WithLabelValues(r.Kind).Dec()
+	}
+	if m.envoy != nil {
+		m.envoy.closed(r)
 	}
 }
 
