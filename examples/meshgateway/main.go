@@ -111,6 +111,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
 	accessLog := fs.String("access-log", "", "write one line per connection, forwarded or rejected, to this file (- for standard output); off by default")
 	adminAddr := fs.String("admin", "", "serve /metrics, /ready and /debug/pprof/ on this address, such as 127.0.0.1:19000; off by default (keep it off public interfaces)")
+	envoyMetrics := fs.Bool("envoy-metrics", false, "with -admin: also serve the metrics a Consul mesh gateway's Envoy reports (envoy_cluster_*, envoy_tcp_*, envoy_server_*, with Consul's labels), for Consul's Grafana dashboards and Envoy-named alerts")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
 	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
@@ -144,11 +145,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	var servingNow atomic.Bool // for /ready
 	var registry *prometheus.Registry
+	var metrics gatewayMetrics // made once the view is known
+	if *envoyMetrics && *adminAddr == "" {
+		return cli.Usagef("-envoy-metrics needs -admin")
+	}
 	if *adminAddr != "" {
-		m := gatewaymetrics.New()
-		observers = append(observers, m)
 		registry = admin.Registry()
-		registry.MustRegister(m)
 		stopAdmin, err := admin.Serve(*adminAddr, registry, servingNow.Load, log, "meshgateway")
 		if err != nil {
 			return err
@@ -296,6 +298,10 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		log.Warn("meshgateway: Proxy.Config options Consul does not define are ignored", "options", opts.Unknown)
 	}
 	v := src.View()
+	metrics.setSource(src)
+	if registry != nil {
+		observers = append(observers, metrics.observer(registry, *envoyMetrics, *serviceName, v, *listen, opts, servingNow.Load))
+	}
 	var router gateway.Switch // replaced on SIGHUP in file mode
 	s := &gateway.Server{
 		Router:         &router,
@@ -309,6 +315,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		EventLoop:      *eventLoop,
 		Logger:         log,
 	}
+	metrics.server.Store(s)
 	// The Proxy.Config options in force, applied while the gateway runs.
 	lv := newLive(s, log, opts, set["connect-timeout"])
 	router.Store(lv.router(gatewayRouter(src, l7mode)))
@@ -355,6 +362,7 @@ wait:
 			break wait
 		case <-hup:
 			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, l7mode}, src)
+			metrics.setSource(src)
 		}
 	}
 	servingNow.Store(false)

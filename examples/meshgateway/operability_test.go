@@ -137,3 +137,33 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 		assert.True(t, json.Valid([]byte(line)), "diagnostic log line is JSON: %s", line)
 	}
 }
+
+// -envoy-metrics adds the series a Consul mesh gateway's Envoy reports,
+// labelled as Consul labels them; it needs -admin.
+func TestEnvoyMetricsFlag(t *testing.T) {
+	err := run(t.Context(), []string{"-envoy-metrics"}, io.Discard, nil)
+	require.ErrorContains(t, err, "-envoy-metrics needs -admin")
+
+	web, reached := echoBackend(t)
+	admin := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	gw, _, _ := start(t, "-service", "web="+web, "-admin", strings.TrimPrefix(admin, "http://"), "-envoy-metrics", "-service-name", "gw1")
+	webName := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	assert.True(t, reaches(t, gw, webName, reached))
+	var families map[string]*dto.MetricFamily
+	labels := map[string]string{"envoy_cluster_name": "web", "consul_destination_service": "web", "local_cluster": "gw1",
+		"consul_source_service": "gw1", "consul_source_datacenter": "dc1"}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		p := expfmt.NewTextParser(model.LegacyValidation)
+		families, err = p.TextToMetricFamilies(resp.Body)
+		require.NoError(t, err)
+		return counter(families, "envoy_cluster_upstream_cx_total", labels) == 1
+	}, time.Minute, 20*time.Millisecond)
+	assert.EqualValues(t, 1, counter(families, "envoy_cluster_membership_healthy", labels))
+	assert.EqualValues(t, 1, counter(families, "envoy_server_live", map[string]string{"local_cluster": "gw1"}))
+	assert.Contains(t, families, "meshgate_connections_accepted_total", "beside the meshgate_* ones")
+}
