@@ -309,7 +309,7 @@ func ResponseFlag(outcome string) string {
 // limit (gateway.ReasonOverLimit once the gateway has it).
 const ReasonOverLimit = "over-limit"
 
-// reasonUnknownService is resolve.ReasonUnknownService, without importing
+// reasonUnknownService is routing.ReasonUnknownService, without importing
 // the package that routes.
 const reasonUnknownService = "unknown-service"
 

@@ -40,8 +40,12 @@
 // JSON and YAML use the same keys. Several topology documents merge into one
 // View: datacenter, partition and trust_domain must agree, rows add up, a
 // peer is listed once. This package checks what a file can get wrong on its
-// own (missing names, malformed addresses, fields that go together);
-// resolve.NewStatic adds the config entries and applies the View's rules.
+// own (missing names, malformed addresses, fields that go together).
+//
+// Static is the mesh.Source of files: LoadStatic loads them and NewStatic
+// builds one from a loaded Set, adding the config entries to the topology's
+// View and applying the View's rules; StaticView does the same for a View
+// built in Go.
 package config
 
 import (

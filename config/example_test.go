@@ -1,10 +1,14 @@
 package config_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/sni"
 )
 
 func ExampleParse() {
@@ -36,4 +40,22 @@ MeshGateway { Mode = "sideways" }
 		fmt.Printf("%s line %d, %s: %s\n", p.File, p.Line, p.Path, p.Msg)
 	}
 	// Output: defaults.hcl line 4, proxy-defaults.MeshGateway.Mode: modes: invalid mesh gateway mode "sideways" (valid: "", "none", "local", "remote")
+}
+
+// Route with a View built in Go: empty namespaces and partitions mean
+// "default", as in the files.
+func ExampleStaticView() {
+	src, err := config.StaticView(&mesh.View{
+		Datacenter:  "dc1",
+		TrustDomain: config.DefaultTrustDomain,
+		Services:    map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: "10.0.1.10:21000"}}},
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	route, err := (&routing.MeshRouter{Source: src}).Route(context.Background(),
+		&sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain)})
+	fmt.Println(route.Targets, err)
+	// Output: [10.0.1.10:21000] <nil>
 }

@@ -1,12 +1,12 @@
-package resolve
+package config
 
 import (
 	"fmt"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -24,19 +24,20 @@ type StaticOptions struct {
 	TrustDomain string
 }
 
-// Static is a Source whose view never changes: built once from files.
+// Static is a mesh.Source whose view never changes: built once from files
+// or from a View built in Go.
 type Static struct {
-	view *View
+	view *mesh.View
 }
 
-var _ Source = (*Static)(nil)
+var _ mesh.Source = (*Static)(nil)
 
 // View returns the static view.
-func (s *Static) View() *View { return s.view }
+func (s *Static) View() *mesh.View { return s.view }
 
-// LoadStatic loads files with config.Load and builds a Static source.
+// LoadStatic loads files with Load and builds a Static source.
 func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
-	set, err := config.Load(paths...)
+	set, err := Load(paths...)
 	if err != nil {
 		return nil, err
 	}
@@ -49,8 +50,8 @@ func LoadStatic(opts StaticOptions, paths ...string) (*Static, error) {
 // topology is already a View (config decodes it into one); NewStatic adds
 // the config entries and instances and hands it to StaticView, so files and
 // Views built in Go go through the same defaults and checks.
-func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
-	v := &View{}
+func NewStatic(set *Set, opts StaticOptions) (*Static, error) {
+	v := &mesh.View{}
 	if set.Topology != nil {
 		*v = *set.Topology
 	}
@@ -59,7 +60,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	v.ProxyDefaults, v.ServiceDefaults, v.Mesh = set.ProxyDefaults, set.ServiceDefaults, set.Mesh
 	v.Resolvers, v.SamenessGroups = set.ServiceResolvers, set.SamenessGroups
 	v.Routers, v.Splitters = set.ServiceRouters, set.ServiceSplitters
-	v.Exports = map[ServiceKey][]string{}
+	v.Exports = map[mesh.ServiceKey][]string{}
 	if v.Datacenter == "" {
 		v.Datacenter = "dc1"
 	}
@@ -68,7 +69,7 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	}
 	for partition, e := range set.ExportedServices {
 		for _, svc := range e.Services {
-			k := ServiceKey{Name: svc.Name, Namespace: svc.Namespace, Partition: partition}
+			k := mesh.ServiceKey{Name: svc.Name, Namespace: svc.Namespace, Partition: partition}
 			for _, c := range svc.Consumers {
 				if c.Peer != "" {
 					v.Exports[k] = append(v.Exports[k], c.Peer)
@@ -84,22 +85,12 @@ func NewStatic(set *config.Set, opts StaticOptions) (*Static, error) {
 	return StaticView(v)
 }
 
-// definesSubset reports whether the service-resolver r (nil when the service
-// has none) defines the subset name.
-func definesSubset(r *api.ServiceResolverConfigEntry, name string) bool {
-	if r == nil {
-		return false
-	}
-	_, ok := r.Subsets[name]
-	return ok
-}
-
 // InstanceOf returns the proxy instance a service registration defines: the
 // registration itself when it is a connect-proxy, or its sidecar_service.
-func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, bool) {
+func InstanceOf(reg *api.AgentServiceRegistration, origin string) (mesh.Instance, bool) {
 	switch {
 	case reg.Kind == api.ServiceKindConnectProxy && reg.Proxy != nil:
-		return Instance{Service: reg.Proxy.DestinationServiceName, Name: reg.Name,
+		return mesh.Instance{Service: reg.Proxy.DestinationServiceName, Name: reg.Name,
 			Namespace: reg.Namespace, Partition: reg.Partition, Proxy: reg.Proxy, Origin: origin,
 			Address: reg.Address, Port: reg.Port}, true
 	case reg.Connect != nil && reg.Connect.SidecarService != nil:
@@ -127,13 +118,13 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, boo
 				proxy.LocalServicePort = reg.Port
 			}
 		}
-		return Instance{Service: reg.Name, Name: name, Namespace: reg.Namespace, Partition: reg.Partition, Proxy: &proxy, Origin: origin,
+		return mesh.Instance{Service: reg.Name, Name: name, Namespace: reg.Namespace, Partition: reg.Partition, Proxy: &proxy, Origin: origin,
 			Address: address, Port: sc.Port}, true
 	}
-	return Instance{}, false
+	return mesh.Instance{}, false
 }
 
-// StaticView makes a Source of a View built in Go, in one step. It routes
+// StaticView makes a mesh.Source of a View built in Go, in one step. It routes
 // exactly as the same topology loaded from files, because NewStatic ends
 // here too. It works on a copy of v in which:
 //   - empty namespaces and partitions are "default", and empty service
@@ -148,11 +139,11 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (Instance, boo
 //
 // It refuses a subset that no service-resolver in Resolvers defines, and
 // returns v.Validate's error if the result is not usable.
-func StaticView(v *View) (*Static, error) {
+func StaticView(v *mesh.View) (*Static, error) {
 	n := *v
 	n.Datacenter = strings.ToLower(n.Datacenter)
 	n.Partition = tenancy.OrDefault(n.Partition)
-	key := func(k ServiceKey) ServiceKey {
+	key := func(k mesh.ServiceKey) mesh.ServiceKey {
 		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
 		if k.Datacenter == "" {
 			k.Datacenter = n.Datacenter
@@ -160,21 +151,21 @@ func StaticView(v *View) (*Static, error) {
 		k.Datacenter = strings.ToLower(k.Datacenter)
 		return k
 	}
-	n.Services = make(map[ServiceKey][]Endpoint, len(v.Services))
+	n.Services = make(map[mesh.ServiceKey][]mesh.Endpoint, len(v.Services))
 	for k, eps := range v.Services {
 		k = key(k)
 		n.Services[k] = append(n.Services[k], eps...)
 	}
 	n.Resolvers = rekey(v.Resolvers)
-	n.Subsets = make(map[ServiceKey]map[string][]Endpoint, len(v.Subsets))
+	n.Subsets = make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(v.Subsets))
 	for k, subsets := range v.Subsets {
 		for name, eps := range subsets {
 			k := key(k)
-			if !definesSubset(n.Resolvers[KeyOf(k.Name, k.Namespace, k.Partition)], name) {
-				return nil, fmt.Errorf("resolve: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, KeyOf(k.Name, k.Namespace, k.Partition))
+			if !n.DefinesSubset(k.Name, name, k.Namespace, k.Partition) {
+				return nil, fmt.Errorf("config: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, mesh.KeyOf(k.Name, k.Namespace, k.Partition))
 			}
 			if n.Subsets[k] == nil {
-				n.Subsets[k] = map[string][]Endpoint{}
+				n.Subsets[k] = map[string][]mesh.Endpoint{}
 			}
 			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
 		}
@@ -186,19 +177,19 @@ func StaticView(v *View) (*Static, error) {
 	for name, g := range v.SamenessGroups {
 		n.SamenessGroups[name] = g
 	}
-	n.Gateways = make(map[Location][]Endpoint, len(v.Gateways))
+	n.Gateways = make(map[mesh.Location][]mesh.Endpoint, len(v.Gateways))
 	for l, eps := range v.Gateways {
 		l.Datacenter, l.Partition = strings.ToLower(l.Datacenter), tenancy.OrDefault(l.Partition)
 		n.Gateways[l] = append(n.Gateways[l], eps...)
 	}
-	n.Exports = make(map[ServiceKey][]string, len(v.Exports))
+	n.Exports = make(map[mesh.ServiceKey][]string, len(v.Exports))
 	for k, peers := range v.Exports {
 		k = key(k)
 		n.Exports[k] = append(n.Exports[k], peers...)
 	}
-	n.Peers = make(map[string]Peer, len(v.Peers))
+	n.Peers = make(map[string]mesh.Peer, len(v.Peers))
 	for name, p := range v.Peers {
-		imports := make([]ImportedService, len(p.Imports))
+		imports := make([]mesh.ImportedService, len(p.Imports))
 		for i, im := range p.Imports {
 			if im.SNI == "" {
 				im.SNI = sni.PeeredServiceSNI(im.Name, im.Namespace, im.Partition, p.NameAtPeer, p.TrustDomain)
@@ -213,7 +204,7 @@ func StaticView(v *View) (*Static, error) {
 		n.Peers[name] = p
 	}
 	if f := v.Federation; f != nil {
-		nf := Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]Server(nil), f.Servers...)}
+		nf := mesh.Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]mesh.Server(nil), f.Servers...)}
 		if nf.Domain == "" {
 			nf.Domain = sni.DefaultDomain
 		}
@@ -224,10 +215,19 @@ func StaticView(v *View) (*Static, error) {
 
 // rekey stores config entries under their keys with empty namespaces and
 // partitions made "default", as View's lookups expect.
-func rekey[T any](m map[EntryKey]T) map[EntryKey]T {
-	out := make(map[EntryKey]T, len(m))
+func rekey[T any](m map[mesh.EntryKey]T) map[mesh.EntryKey]T {
+	out := make(map[mesh.EntryKey]T, len(m))
 	for k, e := range m {
-		out[KeyOf(k.Name, k.Namespace, k.Partition)] = e
+		out[mesh.KeyOf(k.Name, k.Namespace, k.Partition)] = e
 	}
 	return out
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
 }

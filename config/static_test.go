@@ -1,4 +1,4 @@
-package resolve_test
+package config_test
 
 import (
 	"context"
@@ -8,7 +8,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,39 +26,39 @@ func TestDatacenterNamesAreLowerCased(t *testing.T) {
   gateways = [{ datacenter = "DC2", wan_addresses = ["127.0.0.1:9002"] }]
 }
 `), 0o600))
-	src, err := resolve.LoadStatic(resolve.StaticOptions{}, dir)
+	src, err := config.LoadStatic(config.StaticOptions{}, dir)
 	require.NoError(t, err)
 	v := src.View()
 	assert.Equal(t, "dc1", v.Datacenter)
-	assert.Contains(t, v.Gateways, resolve.Location{Datacenter: "dc2", Partition: "default"})
-	route, err := (&resolve.MeshRouter{Source: src}).Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain)})
+	assert.Contains(t, v.Gateways, mesh.Location{Datacenter: "dc2", Partition: "default"})
+	route, err := (&routing.MeshRouter{Source: src}).Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain)})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.0.1:9001"}, route.Targets)
 
-	bad := &resolve.View{Datacenter: "DC1", TrustDomain: resolve.DefaultTrustDomain}
+	bad := &mesh.View{Datacenter: "DC1", TrustDomain: config.DefaultTrustDomain}
 	assert.ErrorContains(t, bad.Validate(), `datacenter "DC1" has upper-case letters`)
 }
 
 // A View built by hand, with empty namespaces, partitions and datacenters,
 // routes as the same topology from files does.
 func TestStaticViewRoutesLikeFiles(t *testing.T) {
-	src, err := resolve.StaticView(&resolve.View{
+	src, err := config.StaticView(&mesh.View{
 		Datacenter:  "dc1",
-		TrustDomain: resolve.DefaultTrustDomain,
-		Services:    map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: "127.0.0.1:9001"}}},
-		Gateways:    map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.0.1:9002"}}},
+		TrustDomain: config.DefaultTrustDomain,
+		Services:    map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: "127.0.0.1:9001"}}},
+		Gateways:    map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.0.1:9002"}}},
 	})
 	require.NoError(t, err)
-	r := &resolve.MeshRouter{Source: src}
+	r := &routing.MeshRouter{Source: src}
 	for name, want := range map[string]string{
-		sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain): "127.0.0.1:9001",
-		sni.ServiceSNI("web", "", "", "", "dc2", resolve.DefaultTrustDomain): "127.0.0.1:9002",
+		sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain): "127.0.0.1:9001",
+		sni.ServiceSNI("web", "", "", "", "dc2", config.DefaultTrustDomain): "127.0.0.1:9002",
 	} {
 		got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
 		require.NoError(t, err, name)
 		assert.Equal(t, []string{want}, got.Targets, name)
 	}
-	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1"})
+	_, err = config.StaticView(&mesh.View{Datacenter: "dc1"})
 	assert.ErrorContains(t, err, "no trust domain")
 }
 
@@ -70,7 +72,7 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 `
 	set, err := config.Parse("topology.hcl", []byte(`topology {
   datacenter = "DC1"
-  trust_domain = "`+resolve.DefaultTrustDomain+`"
+  trust_domain = "`+config.DefaultTrustDomain+`"
   services = [
     { name = "api", addresses = ["127.0.0.1:9001"], wan_addresses = ["127.0.0.2:9001"] },
     { name = "api", subset = "v2", addresses = ["127.0.0.1:9003"] },
@@ -86,25 +88,25 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 	entries, err := config.Parse("resolver.hcl", []byte(resolver))
 	require.NoError(t, err)
 	set.ServiceResolvers = entries.ServiceResolvers
-	fromFiles, err := resolve.NewStatic(set, resolve.StaticOptions{})
+	fromFiles, err := config.NewStatic(set, config.StaticOptions{})
 	require.NoError(t, err)
 
-	fromGo, err := resolve.StaticView(&resolve.View{
+	fromGo, err := config.StaticView(&mesh.View{
 		Datacenter:  "DC1",
-		TrustDomain: resolve.DefaultTrustDomain,
+		TrustDomain: config.DefaultTrustDomain,
 		Resolvers:   entries.ServiceResolvers,
 		Routers:     entries.ServiceRouters,
 		Splitters:   entries.ServiceSplitters,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{
 			{Name: "api"}: {{Address: "127.0.0.1:9001", WAN: "127.0.0.2:9001"}},
 			{Name: "db", Namespace: "ops", Datacenter: "DC2"}: {{Address: "127.0.0.1:9004"}},
 		},
-		Subsets:  map[resolve.ServiceKey]map[string][]resolve.Endpoint{{Name: "api"}: {"v2": {{Address: "127.0.0.1:9003"}}}},
-		Gateways: map[resolve.Location][]resolve.Endpoint{{Datacenter: "DC2"}: {{WAN: "127.0.0.1:9002"}}},
+		Subsets:  map[mesh.ServiceKey]map[string][]mesh.Endpoint{{Name: "api"}: {"v2": {{Address: "127.0.0.1:9003"}}}},
+		Gateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "DC2"}: {{WAN: "127.0.0.1:9002"}}},
 		Servers:  []string{"127.0.0.1:8503"},
-		Peers: map[string]resolve.Peer{"other": {Name: "other", TrustDomain: "11111111-2222-3333-4444-555555555555.consul",
+		Peers: map[string]mesh.Peer{"other": {Name: "other", TrustDomain: "11111111-2222-3333-4444-555555555555.consul",
 			NameAtPeer: "here", Gateways: []string{"127.0.0.3:8443"},
-			Imports: []resolve.ImportedService{{Name: "billing"}, {Name: "ledger", Namespace: "ops"}}}},
+			Imports: []mesh.ImportedService{{Name: "billing"}, {Name: "ledger", Namespace: "ops"}}}},
 	})
 	require.NoError(t, err)
 
@@ -117,8 +119,8 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 	assert.Equal(t, "billing.default.default.here.external.11111111-2222-3333-4444-555555555555.consul", billing.SNI)
 	assert.Equal(t, []string{"127.0.0.3:8443"}, billing.Gateways)
 
-	_, err = resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: resolve.DefaultTrustDomain,
-		Subsets: map[resolve.ServiceKey]map[string][]resolve.Endpoint{{Name: "web"}: {"canary": {{Address: "127.0.0.1:9005"}}}}})
+	_, err = config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: config.DefaultTrustDomain,
+		Subsets: map[mesh.ServiceKey]map[string][]mesh.Endpoint{{Name: "web"}: {"canary": {{Address: "127.0.0.1:9005"}}}}})
 	assert.ErrorContains(t, err, `subset "canary" of service "web"`)
 }
 
@@ -126,7 +128,7 @@ Subsets = { v2 = { Filter = "Service.Meta.version == v2" } }
 // gets the agent's defaults: the parent's address, and the parent at
 // 127.0.0.1 on its port as the local application, unless it says otherwise.
 func TestInstanceOfAddressesAndLocalApplication(t *testing.T) {
-	proxy, ok := resolve.InstanceOf(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy, Name: "web-sidecar-proxy",
+	proxy, ok := config.InstanceOf(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy, Name: "web-sidecar-proxy",
 		Address: "10.0.0.5", Port: 21000,
 		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", LocalServicePort: 8080}}, "test")
 	require.True(t, ok)
@@ -136,7 +138,7 @@ func TestInstanceOfAddressesAndLocalApplication(t *testing.T) {
 
 	parent := &api.AgentServiceRegistration{Name: "api", Address: "10.0.0.6", Port: 9090,
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: 21001}}}
-	sc, ok := resolve.InstanceOf(parent, "test")
+	sc, ok := config.InstanceOf(parent, "test")
 	require.True(t, ok)
 	assert.Equal(t, "api-sidecar-proxy", sc.Name)
 	assert.Equal(t, "10.0.0.6", sc.Address, "the parent's address")
@@ -147,10 +149,20 @@ func TestInstanceOfAddressesAndLocalApplication(t *testing.T) {
 
 	parent.Connect.SidecarService = &api.AgentServiceRegistration{Address: "10.0.0.7",
 		Proxy: &api.AgentServiceConnectProxyConfig{LocalServiceAddress: "10.0.0.8", LocalServicePort: 7070}}
-	sc, ok = resolve.InstanceOf(parent, "test")
+	sc, ok = config.InstanceOf(parent, "test")
 	require.True(t, ok)
 	assert.Equal(t, "10.0.0.7", sc.Address)
 	assert.Equal(t, 0, sc.Port, "no port: the agent would pick one")
 	assert.Equal(t, "10.0.0.8", sc.Proxy.LocalServiceAddress)
 	assert.Equal(t, 7070, sc.Proxy.LocalServicePort)
+}
+
+// A topology listing a subset no resolver defines is refused, naming it.
+func TestStaticRefusesAnUndefinedSubset(t *testing.T) {
+	dir := resolvetest.Dir(t, map[string]string{"t.hcl": `topology {
+  services = [{ name = "api", subset = "v2", addresses = ["127.0.0.1:2"] }]
+}`})
+	_, err := config.LoadStatic(config.StaticOptions{}, dir)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `subset "v2" of service "api"`)
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // How the local catalog is followed with a fixed number of agent
@@ -40,7 +40,7 @@ type catalog struct {
 	nodePrnt map[string]string          // node -> its node checks, as compared
 	dirty    map[string]bool            // to fetch
 	inflight map[string]bool            // being fetched
-	subsets  map[string]map[string][]resolve.Endpoint
+	subsets  map[string]map[string][]mesh.Endpoint
 	wake     chan struct{}
 	sweep    *time.Timer // pending sweep after an unexplained change, or nil
 
@@ -52,7 +52,7 @@ type catalog struct {
 func newCatalog() catalog {
 	return catalog{names: map[string]bool{}, proxyOf: map[string]string{}, onNode: map[string]map[string]bool{},
 		nodesOf: map[string][]string{}, prints: map[string]string{}, nodePrnt: map[string]string{},
-		dirty: map[string]bool{}, inflight: map[string]bool{}, subsets: map[string]map[string][]resolve.Endpoint{},
+		dirty: map[string]bool{}, inflight: map[string]bool{}, subsets: map[string]map[string][]mesh.Endpoint{},
 		wake: make(chan struct{}, 1)}
 }
 
@@ -372,7 +372,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	var eps []resolve.Endpoint
+	var eps []mesh.Endpoint
 	var nodes []string
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -419,13 +419,13 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 // where it has one (q gives the datacenter; counted hears of each query).
 // It returns nil when the resolver defines no subset.
 func (c *Source) subsetEndpoints(ctx context.Context, name string, entries []*api.ServiceEntry, resolver *api.ServiceResolverConfigEntry,
-	q *api.QueryOptions, counted func(int)) (map[string][]resolve.Endpoint, error) {
+	q *api.QueryOptions, counted func(int)) (map[string][]mesh.Endpoint, error) {
 	if resolver == nil || len(resolver.Subsets) == 0 {
 		return nil, nil
 	}
-	subsets := make(map[string][]resolve.Endpoint, len(resolver.Subsets))
+	subsets := make(map[string][]mesh.Endpoint, len(resolver.Subsets))
 	for sub, def := range resolver.Subsets {
-		se, eps := entries, []resolve.Endpoint(nil)
+		se, eps := entries, []mesh.Endpoint(nil)
 		if def.Filter != "" {
 			counted(1)
 			fq := *q
@@ -477,7 +477,7 @@ func routable(e *api.ServiceEntry, onlyPassing bool) bool {
 // the service's "wan" tagged address, the service address, the node's "wan"
 // tagged address, the node address. A "wan" tagged port replaces the
 // service port.
-func endpointOf(e *api.ServiceEntry) resolve.Endpoint {
+func endpointOf(e *api.ServiceEntry) mesh.Endpoint {
 	var nodeAddr, nodeWAN string
 	if e.Node != nil {
 		nodeAddr, nodeWAN = e.Node.Address, e.Node.TaggedAddresses["wan"]
@@ -499,7 +499,7 @@ func endpointOf(e *api.ServiceEntry) resolve.Endpoint {
 	if wan == "" {
 		wan = nodeAddr
 	}
-	ep := resolve.Endpoint{Address: net.JoinHostPort(lan, strconv.Itoa(e.Service.Port))}
+	ep := mesh.Endpoint{Address: net.JoinHostPort(lan, strconv.Itoa(e.Service.Port))}
 	if wan != "" {
 		ep.WAN = net.JoinHostPort(wan, strconv.Itoa(wanPort))
 	}

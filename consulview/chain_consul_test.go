@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -43,7 +44,7 @@ func TestChainsAreTheAgentsCompiledChains(t *testing.T) {
 	}
 	src := newConsul(t, c, consulview.Options{})
 	consultest.WaitFor(t, eventually, "the view to hold the resolvers", func() bool { return len(src.View().Resolvers) == 6 })
-	inst := resolve.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
+	inst := mesh.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
 
 	checked := 0
 	for _, service := range []string{"api", "api-v1", "api-backup", "db", "cache", "queue", "plain"} {

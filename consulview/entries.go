@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // listEntries lists the config entries of kind (what names the listing in
@@ -46,14 +46,14 @@ func (c *Source) loadProxyDefaults(ctx context.Context, index uint64) (uint64, e
 
 // keyedEntries lists the config entries of kind as listEntries does, keyed
 // as the View keys them (name, namespace, partition).
-func keyedEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64) (map[resolve.EntryKey]T, uint64, error) {
+func keyedEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64) (map[mesh.EntryKey]T, uint64, error) {
 	entries, next, err := listEntries[T](ctx, c, kind, what, index)
 	if err != nil {
 		return nil, next, err
 	}
-	m := make(map[resolve.EntryKey]T, len(entries))
+	m := make(map[mesh.EntryKey]T, len(entries))
 	for _, e := range entries {
-		m[resolve.KeyOf(e.GetName(), e.GetNamespace(), e.GetPartition())] = e
+		m[mesh.KeyOf(e.GetName(), e.GetNamespace(), e.GetPartition())] = e
 	}
 	return m, next, nil
 }
@@ -61,7 +61,7 @@ func keyedEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what 
 // loadKeyed reads the entries of kind as keyedEntries does and stores the
 // map with set, then publishes; the map is replaced, never changed, so
 // Views share it.
-func loadKeyed[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64, set func(*consulState, map[resolve.EntryKey]T)) (uint64, error) {
+func loadKeyed[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64, set func(*consulState, map[mesh.EntryKey]T)) (uint64, error) {
 	m, next, err := keyedEntries[T](ctx, c, kind, what, index)
 	if err != nil {
 		return next, err
@@ -75,17 +75,17 @@ func loadKeyed[T api.ConfigEntry](ctx context.Context, c *Source, kind, what str
 
 func (c *Source) loadServiceDefaults(ctx context.Context, index uint64) (uint64, error) {
 	return loadKeyed(ctx, c, api.ServiceDefaults, "listing service-defaults", index,
-		func(s *consulState, m map[resolve.EntryKey]*api.ServiceConfigEntry) { s.serviceDefaults = m })
+		func(s *consulState, m map[mesh.EntryKey]*api.ServiceConfigEntry) { s.serviceDefaults = m })
 }
 
 func (c *Source) loadRouters(ctx context.Context, index uint64) (uint64, error) {
 	return loadKeyed(ctx, c, api.ServiceRouter, "listing service-routers", index,
-		func(s *consulState, m map[resolve.EntryKey]*api.ServiceRouterConfigEntry) { s.routers = m })
+		func(s *consulState, m map[mesh.EntryKey]*api.ServiceRouterConfigEntry) { s.routers = m })
 }
 
 func (c *Source) loadSplitters(ctx context.Context, index uint64) (uint64, error) {
 	return loadKeyed(ctx, c, api.ServiceSplitter, "listing service-splitters", index,
-		func(s *consulState, m map[resolve.EntryKey]*api.ServiceSplitterConfigEntry) { s.splitters = m })
+		func(s *consulState, m map[mesh.EntryKey]*api.ServiceSplitterConfigEntry) { s.splitters = m })
 }
 
 // loadResolvers reads the service-resolver entries, keyed and shared as
@@ -116,7 +116,7 @@ func (c *Source) loadResolvers(ctx context.Context, index uint64) (uint64, error
 // resolverLocked returns the resolver of the local service name (the
 // source follows the agent's namespace and partition); c.mu is held.
 func (c *Source) resolverLocked(name string) *api.ServiceResolverConfigEntry {
-	return c.state.resolvers[resolve.KeyOf(name, "", c.state.partition)]
+	return c.state.resolvers[mesh.KeyOf(name, "", c.state.partition)]
 }
 
 func (c *Source) loadMesh(ctx context.Context, index uint64) (uint64, error) {

@@ -8,7 +8,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/registration"
+	"github.com/meshgate/meshgate/routing"
 )
 
 // A mesh gateway routed from a live Consul agent: the agent is found the
@@ -31,12 +32,12 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	deregister, err := consulview.RegisterGateway(ctx, client, consulview.GatewayRegistration{Address: ln.Addr().String()})
+	deregister, err := registration.Register(ctx, client, registration.Gateway{Address: ln.Addr().String()})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer deregister()
 
-	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}}
+	srv := &gateway.Server{Router: &routing.MeshRouter{Source: src}}
 	log.Fatal(srv.Serve(ln))
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -18,7 +18,7 @@ import (
 // of its instances, healthy or not: the two sources of a datacenter's
 // gateways are compared by it.
 type gatewaySet struct {
-	eps   []resolve.Endpoint
+	eps   []mesh.Endpoint
 	index uint64
 }
 
@@ -85,12 +85,12 @@ func (c *Source) loadFederationStates(ctx context.Context, index uint64) (uint64
 // the WAN pool does not list yet is known from its state alone, and a
 // gateway that moved is found at its new address even while the old one
 // no longer carries the RPC that would tell the catalog. c.mu is held.
-func (c *Source) mergeFederationStatesLocked(v *resolve.View, newest map[string]uint64) {
+func (c *Source) mergeFederationStatesLocked(v *mesh.View, newest map[string]uint64) {
 	for dc, set := range c.state.fedGateways {
 		if dc == c.state.datacenter || set.index <= newest[dc] {
 			continue
 		}
-		l := resolve.Location{Datacenter: dc, Partition: tenancy.Default}
+		l := mesh.Location{Datacenter: dc, Partition: tenancy.Default}
 		if len(set.eps) == 0 {
 			delete(v.Gateways, l)
 			continue
@@ -102,8 +102,8 @@ func (c *Source) mergeFederationStatesLocked(v *resolve.View, newest map[string]
 // federationServers returns every local Consul server of the "consul"
 // service's entries (read replicas too, as Consul's gateway routes them), by
 // node name, at its LAN address and server RPC port.
-func federationServers(entries []*api.ServiceEntry) []resolve.Server {
-	out := make([]resolve.Server, 0, len(entries))
+func federationServers(entries []*api.ServiceEntry) []mesh.Server {
+	out := make([]mesh.Server, 0, len(entries))
 	for _, e := range entries {
 		if e.Node == nil || e.Service == nil || e.Service.Port == 0 {
 			continue
@@ -112,7 +112,7 @@ func federationServers(entries []*api.ServiceEntry) []resolve.Server {
 		if host == "" {
 			host = e.Node.Address
 		}
-		out = append(out, resolve.Server{Node: e.Node.Node, Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))})
+		out = append(out, mesh.Server{Node: e.Node.Node, Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))})
 	}
 	return out
 }

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -18,9 +18,9 @@ import (
 func TestFederationStatesAndCatalogNewestWins(t *testing.T) {
 	c := &Source{opts: Options{WANFederation: true}, cat: newCatalog()}
 	c.state.datacenter, c.state.domain = "dc1", "consul"
-	c.state.fedServers = []resolve.Server{{Node: "s1", Address: "127.0.1.2:8300"}}
+	c.state.fedServers = []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}
 	gw := func(addr string, index uint64) gatewaySet {
-		return gatewaySet{eps: []resolve.Endpoint{{WAN: addr}}, index: index}
+		return gatewaySet{eps: []mesh.Endpoint{{WAN: addr}}, index: index}
 	}
 	c.state.gateways = map[string]gatewaySet{
 		"dc1/mesh-gateway": gw("127.0.1.5:8443", 7),
@@ -53,7 +53,7 @@ func TestFederationStatesAndCatalogNewestWins(t *testing.T) {
 	c.opts.WANFederation = false
 	c.publishLocked()
 	assert.Nil(t, c.View().Federation)
-	assert.Equal(t, "127.0.2.5:8443", c.View().Gateways[resolve.Location{Datacenter: "dc2", Partition: "default"}][0].WAN)
+	assert.Equal(t, "127.0.2.5:8443", c.View().Gateways[mesh.Location{Datacenter: "dc2", Partition: "default"}][0].WAN)
 }
 
 // A gateway set's index is the newest of all its mesh gateways, routable or
@@ -84,7 +84,7 @@ func TestFederationServers(t *testing.T) {
 			Meta: map[string]string{"read_replica": "true"}}},
 		{Node: &api.Node{Node: "s3", Address: "10.0.0.3"}, Service: &api.AgentService{Service: "consul"}}, // no port
 	})
-	assert.Equal(t, []resolve.Server{{Node: "s1", Address: "10.0.0.1:8300"}, {Node: "s2", Address: "10.0.9.2:8300"}}, got)
+	assert.Equal(t, []mesh.Server{{Node: "s1", Address: "10.0.0.1:8300"}, {Node: "s2", Address: "10.0.9.2:8300"}}, got)
 	assert.Equal(t, "consul", normalDomain(""))
 	assert.Equal(t, "mesh.example.com", normalDomain("Mesh.Example.COM."))
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -80,7 +80,7 @@ func TestConsulSubsetsAndHealth(t *testing.T) {
 	require.NoError(t, err)
 
 	src := newConsul(t, c, consulview.Options{})
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	name := func(subset, svc string) string { return sni.ServiceSNI(svc, subset, "", "", "dc1", td) }
 	want := map[string][]string{
 		name("", "api"):       {v1.addr},
@@ -99,7 +99,7 @@ func TestConsulSubsetsAndHealth(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1500*time.Millisecond, route.ConnectTimeout, "the resolver's ConnectTimeout")
 	_, reason := routeReason(router, name("v9", "api"))
-	assert.Equal(t, resolve.ReasonUnknownSubset, reason)
+	assert.Equal(t, routing.ReasonUnknownSubset, reason)
 
 	// Real connections: count where each SNI's bytes arrive.
 	gw := &gateway.Server{Router: router}
@@ -136,7 +136,7 @@ func TestConsulSubsetsAndHealth(t *testing.T) {
 		return len(got) == 3
 	})
 	_, reason = routeReason(router, name("v2", "api"))
-	assert.Equal(t, resolve.ReasonUnknownSubset, reason)
+	assert.Equal(t, routing.ReasonUnknownSubset, reason)
 }
 
 func sameSet(a, b []string) bool {
@@ -224,7 +224,7 @@ func TestConsulFollowsALargeCatalogWithinTheConnectionLimit(t *testing.T) {
 	}
 	var cc connCounter
 	src := newConsul(t, cc.client(t, agent.HTTPAddr), consulview.Options{SweepDelay: 200 * time.Millisecond})
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	routes := func(svc string, n int) func() bool {
 		return func() bool {
 			got, _ := routeReason(router, sni.ServiceSNI(svc, "", "", "", "dc1", td))
@@ -281,7 +281,7 @@ func TestConsulHoldsEightAgentConnectionsHoweverLargeTheMesh(t *testing.T) {
 	registerMany(t, dc1.Client, "svc", services, true)
 	var cc connCounter
 	src := newConsul(t, cc.client(t, dc1.HTTPAddr), consulview.Options{})
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	routes := func(name string, dc string) []string {
 		got, _ := routeReason(router, sni.ServiceSNI(name, "", "", "", dc, td))
 		return got

@@ -7,17 +7,17 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
-var _ resolve.Follower = (*Source)(nil)
+var _ mesh.Follower = (*Source)(nil)
 
 // remoteService is what the view holds of a followed service of another
 // datacenter.
 type remoteService struct {
-	key     resolve.ServiceKey
-	eps     []resolve.Endpoint
-	subsets map[string][]resolve.Endpoint
+	key     mesh.ServiceKey
+	eps     []mesh.Endpoint
+	subsets map[string][]mesh.Endpoint
 }
 
 // Follow makes the view hold the healthy mesh endpoints (LAN and WAN
@@ -30,10 +30,10 @@ type remoteService struct {
 // that could not be (their watches retry with backoff, and Stale names them).
 // Keys of the local datacenter need nothing: the view holds it whole. A key
 // stays followed until Close.
-func (c *Source) Follow(ctx context.Context, keys ...resolve.ServiceKey) error {
+func (c *Source) Follow(ctx context.Context, keys ...mesh.ServiceKey) error {
 	var errs []error
 	for _, k := range keys {
-		k = resolve.ServiceKey{Name: k.Name, Namespace: tenancy.OrDefault(k.Namespace), Partition: tenancy.OrDefault(k.Partition),
+		k = mesh.ServiceKey{Name: k.Name, Namespace: tenancy.OrDefault(k.Namespace), Partition: tenancy.OrDefault(k.Partition),
 			Datacenter: strings.ToLower(k.Datacenter)}
 		c.mu.Lock()
 		_, followed := c.remote[remoteKey(k)]
@@ -64,13 +64,13 @@ func (c *Source) Follow(ctx context.Context, keys ...resolve.ServiceKey) error {
 }
 
 // remoteKey is a followed service's key: "dc/namespace/partition/name".
-func remoteKey(k resolve.ServiceKey) string {
+func remoteKey(k mesh.ServiceKey) string {
 	return k.Datacenter + "/" + k.Namespace + "/" + k.Partition + "/" + k.Name
 }
 
-func parseRemoteKey(key string) resolve.ServiceKey {
+func parseRemoteKey(key string) mesh.ServiceKey {
 	parts := strings.SplitN(key, "/", 4)
-	return resolve.ServiceKey{Datacenter: parts[0], Namespace: parts[1], Partition: parts[2], Name: parts[3]}
+	return mesh.ServiceKey{Datacenter: parts[0], Namespace: parts[1], Partition: parts[2], Name: parts[3]}
 }
 
 // loadRemote reads a followed service of another datacenter: its mesh
@@ -90,7 +90,7 @@ func (c *Source) loadRemote(ctx context.Context, key string, index uint64) (uint
 		return index, err
 	}
 	c.mu.Lock()
-	resolver := c.state.resolvers[resolve.KeyOf(k.Name, k.Namespace, k.Partition)]
+	resolver := c.state.resolvers[mesh.KeyOf(k.Name, k.Namespace, k.Partition)]
 	c.mu.Unlock()
 	subsets, err := c.subsetEndpoints(ctx, k.Name, entries, resolver, &base, func(int) {})
 	if err != nil {

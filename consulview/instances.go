@@ -2,23 +2,23 @@ package consulview
 
 import (
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
-	"github.com/meshgate/meshgate/resolve"
 )
 
 // AgentInstances returns the proxies registered with the agent client talks
 // to (connect-proxy services with their upstreams), for planning.
-func AgentInstances(client *api.Client) ([]resolve.Instance, error) {
+func AgentInstances(client *api.Client) ([]mesh.Instance, error) {
 	services, err := client.Agent().Services()
 	if err != nil {
 		return nil, classify("listing the agent's services", err)
 	}
-	var out []resolve.Instance
+	var out []mesh.Instance
 	for _, s := range services {
 		if s.Kind != api.ServiceKindConnectProxy || s.Proxy == nil {
 			continue
 		}
-		out = append(out, resolve.Instance{Service: s.Proxy.DestinationServiceName, Name: s.Service,
+		out = append(out, mesh.Instance{Service: s.Proxy.DestinationServiceName, Name: s.Service,
 			Namespace: s.Namespace, Partition: s.Partition, Proxy: s.Proxy, Origin: "consul agent service " + s.ID})
 	}
 	return out, nil
@@ -32,7 +32,7 @@ func AgentInstances(client *api.Client) ([]resolve.Instance, error) {
 // cleared, so planning reports their layer as the source. The mode, and so
 // the plan, is the same either way; only a value written explicitly and equal
 // to the central one is attributed to the central layer.
-func UnmergeCentralConfig(v *resolve.View, inst resolve.Instance) resolve.Instance {
+func UnmergeCentralConfig(v *mesh.View, inst mesh.Instance) mesh.Instance {
 	if inst.Proxy == nil {
 		return inst
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -138,7 +138,7 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	if err := filtered("reading service "+name+" imported from peer "+peer, meta); err != nil {
 		return index, err
 	}
-	im := resolve.ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
+	im := mesh.ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
 	for _, e := range entries {
 		if e.Checks.AggregatedStatus() == api.HealthCritical {
 			continue
@@ -174,12 +174,12 @@ func (c *Source) loadExports(ctx context.Context, index uint64) (uint64, error) 
 	if err := filtered("listing exported services", meta); err != nil {
 		return index, err
 	}
-	exports := map[resolve.ServiceKey][]string{}
+	exports := map[mesh.ServiceKey][]string{}
 	for _, e := range list {
 		if len(e.Consumers.Peers) == 0 {
 			continue
 		}
-		k := resolve.ServiceKey{Name: e.Service, Namespace: tenancy.OrDefault(e.Namespace), Partition: tenancy.OrDefault(e.Partition)}
+		k := mesh.ServiceKey{Name: e.Service, Namespace: tenancy.OrDefault(e.Namespace), Partition: tenancy.OrDefault(e.Partition)}
 		exports[k] = append(exports[k], e.Consumers.Peers...)
 	}
 	c.mu.Lock()
@@ -201,11 +201,11 @@ func classifyPeering(what string, err error) error {
 
 // peersLocked builds the view's peers from the peerings and their imports.
 // c.mu is held.
-func (c *Source) peersLocked() map[string]resolve.Peer {
+func (c *Source) peersLocked() map[string]mesh.Peer {
 	s := &c.state
-	peers := make(map[string]resolve.Peer, len(s.peerings))
+	peers := make(map[string]mesh.Peer, len(s.peerings))
 	for name, p := range s.peerings {
-		peer := resolve.Peer{Name: name, TrustDomain: peerTrustDomain(p), Roots: p.PeerCAPems}
+		peer := mesh.Peer{Name: name, TrustDomain: peerTrustDomain(p), Roots: p.PeerCAPems}
 		// Consul's ShouldDial: the side that established the peering knows
 		// the peer's server addresses; the accepting side has none.
 		if len(p.PeerServerAddresses) > 0 && p.PeerServerName != "" {

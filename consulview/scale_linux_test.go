@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/require"
 )
@@ -42,7 +42,7 @@ func BenchmarkConsulCatalog10k(b *testing.B) {
 		start := time.Now()
 		src := newConsul(b, cc.client(b, agent.HTTPAddr), consulview.Options{})
 		firstLoad := time.Since(start)
-		router := &resolve.MeshRouter{Source: src}
+		router := &routing.MeshRouter{Source: src}
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)

@@ -12,18 +12,19 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // ErrPermissionDenied wraps Consul's 403 answers, with the permission a
-// gateway's token needs.
-var ErrPermissionDenied = errors.New("consulview: Consul denied the request")
+// gateway's token needs. It is registration.ErrPermissionDenied too.
+var ErrPermissionDenied = agenterr.ErrPermissionDenied
 
 // ErrAgentUnreachable wraps a failed first load from an agent that does not
-// answer.
-var ErrAgentUnreachable = errors.New("consulview: Consul agent unreachable")
+// answer. It is registration.ErrAgentUnreachable too.
+var ErrAgentUnreachable = agenterr.ErrAgentUnreachable
 
 // Options configures a Consul source. Zero values are useful.
 type Options struct {
@@ -79,7 +80,7 @@ type Options struct {
 	Domain string
 }
 
-// Source is a resolve.Source kept current from a live Consul agent through blocking
+// Source is a mesh.Source kept current from a live Consul agent through blocking
 // queries: the local datacenter and trust domain, proxy-defaults,
 // service-defaults, service-resolver, service-router, service-splitter and
 // mesh entries, every local service's
@@ -97,7 +98,7 @@ type Source struct {
 	opts   Options
 	log    *slog.Logger
 
-	view atomic.Pointer[resolve.View]
+	view atomic.Pointer[mesh.View]
 
 	mu         sync.Mutex
 	state      consulState
@@ -117,28 +118,28 @@ type Source struct {
 	wg     sync.WaitGroup
 }
 
-var _ resolve.Source = (*Source)(nil)
+var _ mesh.Source = (*Source)(nil)
 
 // consulState is what the watches have gathered; each publish copies it into
 // a new View.
 type consulState struct {
 	datacenter, partition, trustDomain string
 	proxyDefaults                      *api.ProxyConfigEntry
-	serviceDefaults                    map[resolve.EntryKey]*api.ServiceConfigEntry
-	resolvers                          map[resolve.EntryKey]*api.ServiceResolverConfigEntry
-	routers                            map[resolve.EntryKey]*api.ServiceRouterConfigEntry
-	splitters                          map[resolve.EntryKey]*api.ServiceSplitterConfigEntry
+	serviceDefaults                    map[mesh.EntryKey]*api.ServiceConfigEntry
+	resolvers                          map[mesh.EntryKey]*api.ServiceResolverConfigEntry
+	routers                            map[mesh.EntryKey]*api.ServiceRouterConfigEntry
+	splitters                          map[mesh.EntryKey]*api.ServiceSplitterConfigEntry
 	mesh                               *api.MeshConfigEntry
-	endpoints                          map[string][]resolve.Endpoint // local service -> endpoints
-	gateways                           map[string]gatewaySet         // "dc/name" -> gateways
-	domain                             string                        // the servers' DNS domain
-	fedServers                         []resolve.Server              // every local server, by node, at its RPC address
-	fedGateways                        map[string]gatewaySet         // datacenter -> gateways, from the federation states
-	remote                             map[string]remoteService      // followed services of other datacenters, by remoteKey
-	servers                            []string                      // local servers' gRPC TLS addresses
+	endpoints                          map[string][]mesh.Endpoint // local service -> endpoints
+	gateways                           map[string]gatewaySet      // "dc/name" -> gateways
+	domain                             string                     // the servers' DNS domain
+	fedServers                         []mesh.Server              // every local server, by node, at its RPC address
+	fedGateways                        map[string]gatewaySet      // datacenter -> gateways, from the federation states
+	remote                             map[string]remoteService   // followed services of other datacenters, by remoteKey
+	servers                            []string                   // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
-	exports                            map[resolve.ServiceKey][]string    // datacenter left empty
-	imports                            map[string]resolve.ImportedService // "peer/service" -> import
+	exports                            map[mesh.ServiceKey][]string    // datacenter left empty
+	imports                            map[string]mesh.ImportedService // "peer/service" -> import
 }
 
 // AgentConnections is the connection budget to give Options.MaxConnections
@@ -182,14 +183,14 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	c.state.serviceDefaults = map[resolve.EntryKey]*api.ServiceConfigEntry{}
-	c.state.resolvers = map[resolve.EntryKey]*api.ServiceResolverConfigEntry{}
-	c.state.endpoints = map[string][]resolve.Endpoint{}
+	c.state.serviceDefaults = map[mesh.EntryKey]*api.ServiceConfigEntry{}
+	c.state.resolvers = map[mesh.EntryKey]*api.ServiceResolverConfigEntry{}
+	c.state.endpoints = map[string][]mesh.Endpoint{}
 	c.state.gateways = map[string]gatewaySet{}
 	c.state.fedGateways = map[string]gatewaySet{}
 	c.state.remote = map[string]remoteService{}
 	c.state.peerings = map[string]*api.Peering{}
-	c.state.imports = map[string]resolve.ImportedService{}
+	c.state.imports = map[string]mesh.ImportedService{}
 
 	wait := 100 * time.Millisecond
 	for {
@@ -296,7 +297,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 }
 
 // View returns the current view.
-func (c *Source) View() *resolve.View { return c.view.Load() }
+func (c *Source) View() *mesh.View { return c.view.Load() }
 
 // Stale returns nil while every watch is current, or an error naming the
 // failing watches while the view is kept from before the failure.
@@ -358,7 +359,7 @@ func (c *Source) loadIdentity() error {
 func (c *Source) publishLocked() {
 	c.lastUpdate = time.Now()
 	s := &c.state
-	v := &resolve.View{
+	v := &mesh.View{
 		Datacenter:      s.datacenter,
 		Partition:       s.partition,
 		TrustDomain:     s.trustDomain,
@@ -368,11 +369,11 @@ func (c *Source) publishLocked() {
 		Resolvers:       s.resolvers, // likewise
 		Routers:         s.routers,
 		Splitters:       s.splitters,
-		Services:        make(map[resolve.ServiceKey][]resolve.Endpoint, len(s.endpoints)),
-		Subsets:         make(map[resolve.ServiceKey]map[string][]resolve.Endpoint, len(c.cat.subsets)),
-		Gateways:        make(map[resolve.Location][]resolve.Endpoint, len(s.gateways)),
+		Services:        make(map[mesh.ServiceKey][]mesh.Endpoint, len(s.endpoints)),
+		Subsets:         make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.subsets)),
+		Gateways:        make(map[mesh.Location][]mesh.Endpoint, len(s.gateways)),
 		Peers:           c.peersLocked(),
-		Exports:         make(map[resolve.ServiceKey][]string, len(s.exports)),
+		Exports:         make(map[mesh.ServiceKey][]string, len(s.exports)),
 		Servers:         s.servers,
 	}
 	for k, peers := range s.exports {
@@ -380,10 +381,10 @@ func (c *Source) publishLocked() {
 		v.Exports[k] = peers
 	}
 	for name, eps := range s.endpoints {
-		v.Services[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
+		v.Services[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
 	}
 	for name, subsets := range c.cat.subsets {
-		v.Subsets[resolve.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+		v.Subsets[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
 	}
 	for _, rs := range s.remote {
 		if len(rs.eps) > 0 {
@@ -402,12 +403,12 @@ func (c *Source) publishLocked() {
 	newest := map[string]uint64{} // datacenter -> the catalog's newest gateway
 	for _, key := range keys {
 		dc, _, _ := strings.Cut(key, "/")
-		l := resolve.Location{Datacenter: dc, Partition: tenancy.Default}
+		l := mesh.Location{Datacenter: dc, Partition: tenancy.Default}
 		v.Gateways[l] = append(v.Gateways[l], s.gateways[key].eps...)
 		newest[dc] = max(newest[dc], s.gateways[key].index)
 	}
 	if c.opts.WANFederation {
-		v.Federation = &resolve.Federation{Domain: s.domain, Servers: s.fedServers}
+		v.Federation = &mesh.Federation{Domain: s.domain, Servers: s.fedServers}
 		c.mergeFederationStatesLocked(v, newest)
 	}
 	for l, eps := range v.Gateways {

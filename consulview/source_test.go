@@ -14,7 +14,10 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/registration"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -82,7 +85,7 @@ func TestConsulSidecarRouting(t *testing.T) {
 	v := src.View()
 	assert.Equal(t, "dc1", v.Datacenter)
 	assert.Equal(t, td, v.TrustDomain)
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	name := sni.ServiceSNI("web", "", "", "", "dc1", td)
 	want := net.JoinHostPort(host, strconv.Itoa(port))
 	consultest.WaitFor(t, eventually, "web to route", func() bool { got, _ := routeReason(router, name); return len(got) == 1 && got[0] == want })
@@ -104,12 +107,12 @@ func TestConsulSidecarRouting(t *testing.T) {
 	conn.Close()
 
 	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "failing on purpose", api.HealthCritical))
-	consultest.WaitFor(t, eventually, "an unhealthy sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == resolve.ReasonUnknownService })
+	consultest.WaitFor(t, eventually, "an unhealthy sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == routing.ReasonUnknownService })
 	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "", api.HealthPassing))
 	consultest.WaitFor(t, eventually, "a healthy sidecar to return", func() bool { _, r := routeReason(router, name); return r == "" })
 
 	require.NoError(t, agent.Client.Agent().ServiceDeregister("web-sidecar-proxy"))
-	consultest.WaitFor(t, eventually, "a deregistered sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == resolve.ReasonUnknownService })
+	consultest.WaitFor(t, eventually, "a deregistered sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == routing.ReasonUnknownService })
 	assert.NoError(t, src.Stale())
 }
 
@@ -155,7 +158,7 @@ func TestConsulTwoDatacenters(t *testing.T) {
 		api.Upstream{DestinationName: "cache", Datacenter: "dc2", LocalBindPort: 9193})
 
 	src := newConsul(t, dc1.Client, consulview.Options{})
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	consultest.WaitFor(t, eventually, "dc2's gateway to be found from dc1", func() bool {
 		got, _ := routeReason(router, sni.ServiceSNI("api", "", "", "", "dc2", td))
 		return len(got) == 1 && got[0] == "127.0.2.105:8443"
@@ -222,13 +225,13 @@ func TestConsulTwoDatacenters(t *testing.T) {
 	stale := later.Stale()
 	require.Error(t, stale, "the start says what it could not read")
 	assert.Contains(t, stale.Error(), "dc2")
-	_, reason := routeReason(&resolve.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
-	assert.Equal(t, resolve.ReasonUnknownDatacenter, reason)
-	got, _ = routeReason(&resolve.MeshRouter{Source: later}, sni.ServiceSNI("web", "", "", "", "dc1", td))
+	_, reason := routeReason(&routing.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
+	assert.Equal(t, routing.ReasonUnknownDatacenter, reason)
+	got, _ = routeReason(&routing.MeshRouter{Source: later}, sni.ServiceSNI("web", "", "", "", "dc1", td))
 	assert.Len(t, got, 1, "dc1's own routes are there")
 	dc2.Restart()
 	consultest.WaitFor(t, eventually, "dc2's gateway to be found once dc2 answers", func() bool {
-		got, _ := routeReason(&resolve.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
+		got, _ := routeReason(&routing.MeshRouter{Source: later}, sni.GatewaySNI("dc2", "", td))
 		return sameSet(got, []string{"127.0.2.105:8443"})
 	})
 	consultest.WaitFor(t, eventually, "the view to be current", func() bool { return later.Stale() == nil })
@@ -245,7 +248,7 @@ func TestConsulAgentOutage(t *testing.T) {
 	var staleEvents []error
 	events := make(chan error, 16)
 	src := newConsul(t, agent.Client, consulview.Options{OnStale: func(err error) { events <- err }})
-	router := &resolve.MeshRouter{Source: src}
+	router := &routing.MeshRouter{Source: src}
 	webName := sni.ServiceSNI("web", "", "", "", "dc1", td)
 	consultest.WaitFor(t, eventually, "web to route", func() bool { _, r := routeReason(router, webName); return r == "" })
 
@@ -315,7 +318,7 @@ mesh = "read"
 
 	src := newConsul(t, agent.ClientWithToken(good.SecretID), consulview.Options{})
 	assert.Equal(t, "dc1", src.View().Datacenter)
-	dereg, err := consulview.RegisterGateway(context.Background(), agent.ClientWithToken(good.SecretID), consulview.GatewayRegistration{Address: "127.0.0.1:18443"})
+	dereg, err := registration.Register(context.Background(), agent.ClientWithToken(good.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
 	require.NoError(t, err)
 	require.NoError(t, dereg())
 
@@ -341,7 +344,7 @@ mesh = "read"
 	_, err = consulview.New(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.Options{Datacenter: "dc1"})
 	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "service:read on all services and node:read")
-	_, err = consulview.RegisterGateway(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.GatewayRegistration{Address: "127.0.0.1:18443"})
+	_, err = registration.Register(context.Background(), agent.ClientWithToken(weak.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
 	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
 }
 
@@ -382,37 +385,11 @@ func TestConsulUnreachable(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded, "WaitForAgent retries until the context ends")
 }
 
-// The registration helper registers a mesh-gateway service with lan and wan
-// addresses and a TCP check on the listener, and removes it.
-func TestRegisterGateway(t *testing.T) {
-	agent := consultest.Start(t, consultest.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	dereg, err := consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{
-		Address: ln.Addr().String(), WANAddress: "127.0.9.9:443", CheckInterval: 200 * time.Millisecond})
-	require.NoError(t, err)
-	consultest.WaitFor(t, eventually, "the gateway's check to pass", func() bool {
-		entries, _, err := agent.Client.Health().Service("mesh-gateway", "", true, nil)
-		return err == nil && len(entries) == 1
-	})
-	entries, _, err := agent.Client.Health().Service("mesh-gateway", "", true, nil)
-	require.NoError(t, err)
-	s := entries[0].Service
-	assert.Equal(t, api.ServiceKindMeshGateway, s.Kind)
-	assert.Equal(t, api.ServiceAddress{Address: "127.0.9.9", Port: 443}, s.TaggedAddresses["wan"])
-	assert.Equal(t, ln.Addr().String(), net.JoinHostPort(s.TaggedAddresses["lan"].Address, strconv.Itoa(s.TaggedAddresses["lan"].Port)))
-	require.NoError(t, dereg())
-	services, err := agent.Client.Agent().Services()
-	require.NoError(t, err)
-	assert.NotContains(t, services, "mesh-gateway")
-}
-
 func TestUnmergeCentralConfig(t *testing.T) {
-	v := &resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
+	v := &mesh.View{Datacenter: "dc1", TrustDomain: "td.consul",
 		ProxyDefaults:   &api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: "global", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},
-		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{}}
-	merged := resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{}}
+	merged := mesh.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{
 		MeshGateway: api.MeshGatewayConfig{Mode: "local"},
 		Upstreams: []api.Upstream{
 			{DestinationName: "a", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "local"}},

@@ -2,38 +2,22 @@ package consulview
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 )
 
 // classify wraps err as ErrPermissionDenied (naming what a gateway's token
 // needs) or ErrAgentUnreachable where it is one of those.
-func classify(what string, err error) error {
-	var se api.StatusError
-	msg := err.Error()
-	// Consul's answer reads "Unexpected response code: 403 (Permission
-	// denied ...)"; a bare "403" could be part of an address.
-	if errors.As(err, &se) && se.Code == 403 || strings.Contains(msg, "response code: 403") || strings.Contains(msg, "Permission denied") {
-		return fmt.Errorf("%w while %s: a mesh gateway's token needs service:read on all services and node:read (and service:write on its own name to register itself): %v", ErrPermissionDenied, what, err)
-	}
-	var ne net.Error
-	var oe *net.OpError
-	if errors.As(err, &ne) || errors.As(err, &oe) || strings.Contains(msg, "connection refused") {
-		return fmt.Errorf("%w while %s: %v", ErrAgentUnreachable, what, err)
-	}
-	return fmt.Errorf("consulview: %s: %w", what, err)
-}
+func classify(what string, err error) error { return agenterr.Classify("consulview", what, err) }
 
 // filtered turns an answer that Consul filtered by ACLs into an error: a
 // gateway that silently saw only part of the mesh would route wrongly.
 func filtered(what string, meta *api.QueryMeta) error {
 	if meta != nil && meta.ResultsFilteredByACLs {
-		return fmt.Errorf("%w while %s: results were filtered by ACLs; a mesh gateway's token needs service:read on all services and node:read", ErrPermissionDenied, what)
+		return fmt.Errorf("consulview: %w while %s: results were filtered by ACLs; a mesh gateway's token needs service:read on all services and node:read", ErrPermissionDenied, what)
 	}
 	return nil
 }

@@ -2,8 +2,8 @@
 // TLS connections, peeks at the ClientHello (package sni), asks a pluggable
 // Router where the connection goes, dials the route's targets in order, and
 // forwards the still-encrypted bytes both ways with a zero-copy Forwarder. It
-// knows nothing of Consul; package resolve provides a Router with Consul's
-// semantics.
+// knows nothing of Consul; package routing provides the Routers with
+// Consul's semantics.
 //
 // The Server's lifecycle follows net/http: Serve returns ErrServerClosed after
 // Shutdown (stop accepting, let connections finish) or Close (end them now),

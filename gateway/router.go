@@ -40,7 +40,7 @@ type Route struct {
 	KeepAlive net.KeepAliveConfig
 	// Serve, when set, serves the connection in this process instead of
 	// a dial to Targets, which may then be empty: a Router that terminates
-	// TLS itself (peering.Router with an l7.Terminator) hands it the
+	// TLS itself (routing.PeeringRouter with an l7.Terminator) hands it the
 	// client's connection, whose first reads return the ClientHello again.
 	// Serve owns the connection and returns once it is done with it. Until
 	// then the connection holds its slot and counts as open, as a

@@ -1,27 +1,31 @@
-package sidecar_test
+package gatewaycert_test
 
 import (
 	"context"
 	"crypto/x509"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/gatewaycert"
 	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/registration"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+// eventually bounds a wait for the agent.
+const eventually = 60 * time.Second
 
 // A mesh gateway's own certificate, which the agent's HTTP API does not
 // issue, is read over xDS once the gateway serves an http export to a peer:
 // it names the gateway's identity and chains to the cluster's roots.
 func TestGatewayCertsComeFromTheAgentsXDS(t *testing.T) {
 	a := consultest.Start(t, consultest.Options{})
-	dereg, err := consulview.RegisterGateway(context.Background(), a.Client, consulview.GatewayRegistration{Address: "127.0.0.1:9"})
+	dereg, err := registration.Register(context.Background(), a.Client, registration.Gateway{Address: "127.0.0.1:9"})
 	require.NoError(t, err)
 	t.Cleanup(func() { dereg() })
-	certs, err := sidecar.WatchGatewayCerts(context.Background(), a.Client, sidecar.GatewayCertsOptions{GRPCAddr: a.GRPC, GatewayID: "mesh-gateway"})
+	certs, err := gatewaycert.Watch(context.Background(), a.Client, gatewaycert.Options{GRPCAddr: a.GRPC, GatewayID: "mesh-gateway"})
 	require.NoError(t, err)
 	t.Cleanup(certs.Close)
 	assert.Nil(t, certs.Certificate(), "no certificate before an L7 export")

@@ -1,16 +1,4 @@
-// Package xdsleaf reads a mesh gateway's own certificate from a Consul
-// agent's xDS server, the one place the agent hands it out.
-//
-// Consul issues a mesh gateway a leaf certificate of its own, with the
-// identity spiffe://<trust domain>/gateway/mesh/dc/<dc>, once the gateway
-// serves an export to a cluster peer. The agent's HTTP API does not issue
-// it (/v1/agent/connect/ca/leaf makes service certificates only); the agent
-// puts it inline in the TLS context of the listener it gives the gateway
-// over its ADS stream, on the filter chains of exports whose protocol is
-// http, http2 or grpc, which the gateway terminates. Watch opens that
-// stream as the gateway's proxy, asks for listeners only, and reports the
-// certificate each time it changes.
-package xdsleaf
+package gatewaycert
 
 import (
 	"context"
@@ -37,7 +25,7 @@ const listenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
 // of clients that call themselves envoy only.
 const userAgent = "meshgate"
 
-// Watch opens a delta ADS stream on conn as the proxy proxyID (the mesh
+// watchXDS opens a delta ADS stream on conn as the proxy proxyID (the mesh
 // gateway's service ID, registered with the agent behind conn), with token
 // if it is not empty, and calls found with the gateway's certificate when
 // the listeners first carry one and each time it changes. It returns when
@@ -46,9 +34,9 @@ const userAgent = "meshgate"
 // The agent adds the certificate only while the gateway serves an export
 // to a peer whose protocol is http, http2 or grpc; until then found is not
 // called.
-func Watch(ctx context.Context, conn grpc.ClientConnInterface, proxyID, token string, found func(tls.Certificate)) error {
+func watchXDS(ctx context.Context, conn grpc.ClientConnInterface, proxyID, token string, found func(tls.Certificate)) error {
 	if proxyID == "" {
-		return errors.New("xdsleaf: no proxy ID")
+		return errors.New("no proxy ID")
 	}
 	if token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "x-consul-token", token)
@@ -57,11 +45,11 @@ func Watch(ctx context.Context, conn grpc.ClientConnInterface, proxyID, token st
 	defer cancel()
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
-		return fmt.Errorf("xdsleaf: opening the ADS stream: %w", err)
+		return fmt.Errorf("opening the ADS stream: %w", err)
 	}
 	node := &corev3.Node{Id: proxyID, UserAgentName: userAgent}
 	if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: listenerType}); err != nil {
-		return fmt.Errorf("xdsleaf: subscribing to listeners: %w", err)
+		return fmt.Errorf("subscribing to listeners: %w", err)
 	}
 	certs := map[string]*tls.Certificate{} // by listener name
 	var current []byte                     // the reported certificate's leaf, DER
@@ -71,7 +59,7 @@ func Watch(ctx context.Context, conn grpc.ClientConnInterface, proxyID, token st
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("xdsleaf: the ADS stream of %q: %w", proxyID, err)
+			return fmt.Errorf("the ADS stream of %q: %w", proxyID, err)
 		}
 		if resp.GetTypeUrl() != listenerType {
 			continue
@@ -93,7 +81,7 @@ func Watch(ctx context.Context, conn grpc.ClientConnInterface, proxyID, token st
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: nack.Error()}
 		}
 		if err := stream.Send(ack); err != nil {
-			return fmt.Errorf("xdsleaf: acknowledging listeners: %w", err)
+			return fmt.Errorf("acknowledging listeners: %w", err)
 		}
 		if cert := pick(certs); cert != nil && string(cert.Certificate[0]) != string(current) {
 			current = cert.Certificate[0]

@@ -198,7 +198,7 @@ type View struct {
 // EntryKey names the config entry of one service (its service-defaults or
 // service-resolver): Consul keeps one per service name, namespace and
 // partition. Keys are stored with empty Namespace and Partition as
-// "default" (KeyOf makes them so; resolve.StaticView stores them so), as Consul CE has only those.
+// "default" (KeyOf makes them so; config.StaticView stores them so), as Consul CE has only those.
 type EntryKey struct {
 	Name      string
 	Namespace string
@@ -237,6 +237,17 @@ func (v *View) ResolverFor(name, namespace, partition string) *api.ServiceResolv
 	return v.Resolvers[KeyOf(name, namespace, partition)]
 }
 
+// DefinesSubset reports whether the service-resolver of service name in
+// namespace and partition (empty means "default") defines subset.
+func (v *View) DefinesSubset(name, subset, namespace, partition string) bool {
+	r := v.ResolverFor(name, namespace, partition)
+	if r == nil {
+		return false
+	}
+	_, ok := r.Subsets[subset]
+	return ok
+}
+
 // Federation is what a mesh gateway needs to carry WAN federation between
 // Consul's servers (connect { enable_mesh_gateway_wan_federation = true }):
 // the local servers, and the DNS domain their names end in.
@@ -257,6 +268,18 @@ type Server struct {
 	// ports.server, 8300 by default), where the other datacenters' RPC and
 	// WAN gossip arrive.
 	Address string
+}
+
+// Addresses returns the endpoints' addresses in order, preferring WAN ones
+// when wan is set, and leaving out endpoints with none.
+func Addresses(eps []Endpoint, wan bool) []string {
+	out := make([]string, 0, len(eps))
+	for _, e := range eps {
+		if a := e.BestAddress(wan); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // Local returns the view's own location.
@@ -340,13 +363,13 @@ func (v *View) Datacenters() []string {
 // Validate reports a view that cannot be used: no datacenter or trust domain.
 func (v *View) Validate() error {
 	if v.Datacenter == "" {
-		return fmt.Errorf("resolve: the view has no local datacenter")
+		return fmt.Errorf("mesh: the view has no local datacenter")
 	}
 	if v.TrustDomain == "" {
-		return fmt.Errorf("resolve: the view has no trust domain")
+		return fmt.Errorf("mesh: the view has no trust domain")
 	}
 	if lower := strings.ToLower(v.Datacenter); lower != v.Datacenter {
-		return fmt.Errorf("resolve: datacenter %q has upper-case letters; Consul lower-cases datacenter names, so no SNI name would match it: use %q", v.Datacenter, lower)
+		return fmt.Errorf("mesh: datacenter %q has upper-case letters; Consul lower-cases datacenter names, so no SNI name would match it: use %q", v.Datacenter, lower)
 	}
 	return nil
 }

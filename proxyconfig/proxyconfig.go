@@ -6,7 +6,7 @@
 //
 // A gateway's effective Proxy.Config is its registration's Proxy.Config over
 // the proxy-defaults entry's Config (the local agent merges them:
-// consulview.GatewayService returns the result). Since proxy-defaults is
+// registration.GatewayService returns the result). Since proxy-defaults is
 // shared with sidecars, it also carries options for them and for Envoy's
 // bootstrap; ParseGateway lists those as Ignored, and options Consul does
 // not define at all (a misspelling, most likely) as Unknown, so neither is

@@ -1,4 +1,4 @@
-package consulview
+package registration
 
 import (
 	"context"
@@ -9,11 +9,24 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 )
 
-// GatewayRegistration describes a mesh gateway to register with the local
-// Consul agent.
-type GatewayRegistration struct {
+// ErrPermissionDenied wraps Consul's 403 answers, with the permission a
+// gateway's token needs. It is consulview.ErrPermissionDenied too.
+var ErrPermissionDenied = agenterr.ErrPermissionDenied
+
+// ErrAgentUnreachable wraps a failed request to an agent that does not
+// answer. It is consulview.ErrAgentUnreachable too.
+var ErrAgentUnreachable = agenterr.ErrAgentUnreachable
+
+// classify wraps err as ErrPermissionDenied or ErrAgentUnreachable where it
+// is one of those.
+func classify(what string, err error) error { return agenterr.Classify("registration", what, err) }
+
+// Gateway describes a mesh gateway to register with the local Consul
+// agent.
+type Gateway struct {
 	// Name is the service name; empty means "mesh-gateway". ID defaults to
 	// Name.
 	Name string
@@ -41,7 +54,7 @@ type GatewayRegistration struct {
 	// -gateway=mesh -register -expose-servers" does: Meta gets
 	// MetaWANFederation = "1", which Consul's servers look for when they
 	// pick gateways to federate through. Run the gateway's Source with
-	// Options.WANFederation and route with a federation.Router.
+	// Options.WANFederation and route with a routing.FederationRouter.
 	ExposeServers bool
 	// ProxyConfig is the registration's Proxy.Config: options such as those
 	// package proxyconfig reads, over the proxy-defaults entry's.
@@ -53,12 +66,12 @@ type GatewayRegistration struct {
 // structs.MetaWANFederationKey), with the value "1".
 const MetaWANFederation = "consul-wan-federation"
 
-// RegisterGateway registers the gateway with the agent client talks to, as
+// Register registers the gateway with the agent client talks to, as
 // Consul's own gateways are: Kind mesh-gateway, lan and wan tagged addresses,
 // and a TCP check on its listener that deregisters the gateway once critical
 // for DeregisterCriticalAfter. The token needs service:write on the
 // gateway's name. It returns a function that deregisters it.
-func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistration) (deregister func() error, err error) {
+func Register(ctx context.Context, client *api.Client, r Gateway) (deregister func() error, err error) {
 	reg, err := r.registration()
 	if err != nil {
 		return nil, err
@@ -75,8 +88,8 @@ func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistrat
 	}, nil
 }
 
-// registration is what RegisterGateway sends to the agent.
-func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, error) {
+// registration is what Register sends to the agent.
+func (r Gateway) registration() (*api.AgentServiceRegistration, error) {
 	if r.Name == "" {
 		r.Name = "mesh-gateway"
 	}
@@ -97,11 +110,11 @@ func (r GatewayRegistration) registration() (*api.AgentServiceRegistration, erro
 	}
 	lan, err := serviceAddress(r.Address)
 	if err != nil {
-		return nil, fmt.Errorf("consulview: gateway address: %w", err)
+		return nil, fmt.Errorf("registration: gateway address: %w", err)
 	}
 	wan, err := serviceAddress(r.WANAddress)
 	if err != nil {
-		return nil, fmt.Errorf("consulview: gateway WAN address: %w", err)
+		return nil, fmt.Errorf("registration: gateway WAN address: %w", err)
 	}
 	meta := r.Meta
 	if r.ExposeServers {
@@ -150,19 +163,19 @@ func GatewayService(ctx context.Context, client *api.Client, id string) (*api.Ag
 	svc, _, err := client.Agent().Service(id, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		if se := (api.StatusError{}); errors.As(err, &se) && se.Code == 404 {
-			return nil, fmt.Errorf("consulview: the agent has no service with ID %q", id)
+			return nil, fmt.Errorf("registration: the agent has no service with ID %q", id)
 		}
 		return nil, classify("reading gateway service "+id, err)
 	}
 	if svc == nil {
-		return nil, fmt.Errorf("consulview: the agent has no service with ID %q", id)
+		return nil, fmt.Errorf("registration: the agent has no service with ID %q", id)
 	}
 	if svc.Kind != api.ServiceKindMeshGateway {
 		kind := string(svc.Kind)
 		if kind == "" {
 			kind = "typical"
 		}
-		return nil, fmt.Errorf("consulview: service %q is a %s service, not a %s", id, kind, api.ServiceKindMeshGateway)
+		return nil, fmt.Errorf("registration: service %q is a %s service, not a %s", id, kind, api.ServiceKindMeshGateway)
 	}
 	return svc, nil
 }

@@ -1,4 +1,4 @@
-package consulview
+package registration
 
 import (
 	"testing"
@@ -14,8 +14,8 @@ import (
 // unless told otherwise. (The agent does not report the deregistration
 // setting back, and reaps after a minute at the soonest, so this is checked
 // on what is sent.)
-func TestGatewayRegistration(t *testing.T) {
-	reg, err := GatewayRegistration{Address: "127.0.0.1:8443", WANAddress: "198.51.100.5:443"}.registration()
+func TestGatewayIsRegisteredAsConsulsOwn(t *testing.T) {
+	reg, err := Gateway{Address: "127.0.0.1:8443", WANAddress: "198.51.100.5:443"}.registration()
 	require.NoError(t, err)
 	assert.Equal(t, api.ServiceKindMeshGateway, reg.Kind)
 	assert.Equal(t, "mesh-gateway", reg.Name)
@@ -25,7 +25,7 @@ func TestGatewayRegistration(t *testing.T) {
 
 	assert.Nil(t, reg.Proxy, "no Proxy.Config unless given: proxy-defaults' applies")
 
-	reg, err = GatewayRegistration{Address: "127.0.0.1:8443", DeregisterCriticalAfter: 90 * time.Second,
+	reg, err = Gateway{Address: "127.0.0.1:8443", DeregisterCriticalAfter: 90 * time.Second,
 		CheckAddress: "127.0.0.2:9443", ProxyConfig: map[string]any{"connect_timeout_ms": 900}}.registration()
 	require.NoError(t, err)
 	assert.Equal(t, "1m30s", reg.Check.DeregisterCriticalServiceAfter)
@@ -33,21 +33,21 @@ func TestGatewayRegistration(t *testing.T) {
 	assert.Equal(t, "127.0.0.1", reg.Address)
 	assert.Equal(t, map[string]any{"connect_timeout_ms": 900}, reg.Proxy.Config)
 
-	_, err = GatewayRegistration{Address: "127.0.0.1:99999"}.registration()
+	_, err = Gateway{Address: "127.0.0.1:99999"}.registration()
 	assert.ErrorContains(t, err, `"99999"`)
 }
 
 // ExposeServers is Consul's -expose-servers: the meta its servers pick
 // gateways to federate through by, and the caller's own meta kept.
-func TestGatewayRegistrationExposesServers(t *testing.T) {
+func TestGatewayExposesServers(t *testing.T) {
 	mine := map[string]string{"zone": "a"}
-	reg, err := GatewayRegistration{Address: "127.0.0.1:8443", Meta: mine, ExposeServers: true}.registration()
+	reg, err := Gateway{Address: "127.0.0.1:8443", Meta: mine, ExposeServers: true}.registration()
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"zone": "a", "consul-wan-federation": "1"}, reg.Meta)
 	assert.Equal(t, map[string]string{"zone": "a"}, mine, "the caller's map is not changed")
 	assert.True(t, ExposesServers(&api.AgentService{Meta: reg.Meta}))
 
-	reg, err = GatewayRegistration{Address: "127.0.0.1:8443"}.registration()
+	reg, err = Gateway{Address: "127.0.0.1:8443"}.registration()
 	require.NoError(t, err)
 	assert.Empty(t, reg.Meta[MetaWANFederation])
 	assert.False(t, ExposesServers(&api.AgentService{Meta: reg.Meta}))

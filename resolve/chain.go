@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 )
 
@@ -58,7 +59,7 @@ func (t Target) String() string {
 	if t.Peer != "" {
 		return name + " peer " + t.Peer
 	}
-	return name + " " + Location{Datacenter: t.Datacenter, Partition: t.Partition}.String()
+	return name + " " + mesh.Location{Datacenter: t.Datacenter, Partition: t.Partition}.String()
 }
 
 // Chain returns the plan's targets in the order a dialer tries them: the
@@ -120,7 +121,7 @@ func merged(opts ...targetOpts) targetOpts {
 // service drops the subset, a namespace is taken only when given (or with
 // a peer), the peer is always the options' own, and a target with no peer
 // defaults to the view's datacenter while a peer's has none.
-func rewrite(v *View, t chainTarget, o targetOpts) chainTarget {
+func rewrite(v *mesh.View, t chainTarget, o targetOpts) chainTarget {
 	if o.service != "" && o.service != t.service {
 		t.service, t.subset = o.service, ""
 	}
@@ -140,7 +141,7 @@ func rewrite(v *View, t chainTarget, o targetOpts) chainTarget {
 	return normalTarget(v, t)
 }
 
-func normalTarget(v *View, t chainTarget) chainTarget {
+func normalTarget(v *mesh.View, t chainTarget) chainTarget {
 	t.namespace = tenancy.OrDefault(t.namespace)
 	if t.peer != "" {
 		// A peer's services are named in its own datacenter and partition,
@@ -166,7 +167,7 @@ const maxRedirects = 16
 // returns the target, its resolver (nil when the service has none), notes
 // on which resolvers decided, and a warning for a chain Consul would refuse
 // to compile.
-func resolveTarget(v *View, t chainTarget) (chainTarget, *api.ServiceResolverConfigEntry, []string, string) {
+func resolveTarget(v *mesh.View, t chainTarget) (chainTarget, *api.ServiceResolverConfigEntry, []string, string) {
 	var notes []string
 	seen := map[string]bool{}
 	var order []string
@@ -206,7 +207,7 @@ func resolveTarget(v *View, t chainTarget) (chainTarget, *api.ServiceResolverCon
 // service's, or for a service without one a redirect to the sameness group
 // that is the default for failover, as Consul materializes it. A peer's
 // services are resolved by the peer.
-func resolverOf(v *View, t chainTarget) *api.ServiceResolverConfigEntry {
+func resolverOf(v *mesh.View, t chainTarget) *api.ServiceResolverConfigEntry {
 	if t.peer != "" {
 		return nil
 	}
@@ -231,7 +232,7 @@ func resolverOf(v *View, t chainTarget) *api.ServiceResolverConfigEntry {
 // its Targets, its sameness group, or its one other service, subset or
 // namespace; a redirect to a sameness group too. A target that is t itself
 // is left out. It also returns a note and warnings.
-func failoverOf(v *View, t chainTarget, r *api.ServiceResolverConfigEntry) ([]chainTarget, string, []string) {
+func failoverOf(v *mesh.View, t chainTarget, r *api.ServiceResolverConfigEntry) ([]chainTarget, string, []string) {
 	if r == nil {
 		return nil, "", nil
 	}
@@ -291,7 +292,7 @@ func failoverOf(v *View, t chainTarget, r *api.ServiceResolverConfigEntry) ([]ch
 // planTarget plans the path to one resolved target: its mode (the
 // downstream's layers, else the target's own service-defaults), its route,
 // SNI, addresses, hops and health.
-func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Target, []string) {
+func planTarget(v *mesh.View, self string, layers modes.Layers, t chainTarget) (Target, []string) {
 	d := modes.Decide(layers.WithDestination(v.ServiceDefaultsFor(t.service, t.namespace, t.partition)))
 	out := Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition,
 		Datacenter: t.datacenter, Peer: t.peer, Mode: d.Mode, Source: d.Source, Dial: []string{}}
@@ -299,7 +300,7 @@ func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Targe
 		return out, planPeered(v, &out, d, self)
 	}
 	local := v.Local()
-	dest := Location{Datacenter: t.datacenter, Partition: t.partition}
+	dest := mesh.Location{Datacenter: t.datacenter, Partition: t.partition}
 	destHop := t.service + " " + dest.String()
 	out.SNI = serviceSNI(v, t)
 	eps := endpointsOf(v, t)
@@ -308,19 +309,19 @@ func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Targe
 	switch {
 	case dest == local:
 		out.Route = PathDirect
-		out.Dial = addrs(eps, false)
+		out.Dial = mesh.Addresses(eps, false)
 		out.Hops = []string{self, destHop}
 	case d.Effective() == api.MeshGatewayModeLocal:
 		out.Route = PathLocalGateway
-		out.Dial = addrs(v.GatewaysIn(local), false)
+		out.Dial = mesh.Addresses(v.GatewaysIn(local), false)
 		out.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
 	case d.Effective() == api.MeshGatewayModeRemote:
 		out.Route = PathRemoteGateway
-		out.Dial = addrs(v.GatewaysIn(dest), crossDC)
+		out.Dial = mesh.Addresses(v.GatewaysIn(dest), crossDC)
 		out.Hops = []string{self, "gateway " + dest.String(), destHop}
 	default:
 		out.Route = PathDirect
-		out.Dial = addrs(eps, crossDC)
+		out.Dial = mesh.Addresses(eps, crossDC)
 		out.Hops = []string{self, destHop}
 	}
 	var warnings []string
@@ -332,7 +333,7 @@ func planTarget(v *View, self string, layers modes.Layers, t chainTarget) (Targe
 
 // planPeered plans the path to a peer's service: always through a gateway,
 // "none" being treated as "remote", as in Consul.
-func planPeered(v *View, t *Target, d modes.Decision, self string) []string {
+func planPeered(v *mesh.View, t *Target, d modes.Decision, self string) []string {
 	var warnings []string
 	peer, known := v.Peers[t.Peer]
 	gateways := peer.Gateways
@@ -355,7 +356,7 @@ func planPeered(v *View, t *Target, d modes.Decision, self string) []string {
 		t.Hops = []string{self, peerHop, destHop}
 	case api.MeshGatewayModeLocal:
 		t.Route = PathLocalGateway
-		t.Dial = addrs(v.GatewaysIn(v.Local()), false)
+		t.Dial = mesh.Addresses(v.GatewaysIn(v.Local()), false)
 		t.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
 	default:
 		t.Route = PathRemoteGateway
@@ -409,20 +410,20 @@ type ExportedRoute struct {
 // RouteExported returns the route of a peer's connection to service name
 // in namespace (empty means "default") of v's local partition: redirects,
 // the default subset and failover apply as for a local upstream.
-func RouteExported(v *View, name, namespace string) ExportedRoute {
+func RouteExported(v *mesh.View, name, namespace string) ExportedRoute {
 	return RouteExportedTo(v, name, "", namespace)
 }
 
 // RouteExportedTo is RouteExported for subset of service name (empty means
 // the resolver's default): where an L7 export's service-router or
 // service-splitter sends a request (RouteHTTP).
-func RouteExportedTo(v *View, name, subset, namespace string) ExportedRoute {
+func RouteExportedTo(v *mesh.View, name, subset, namespace string) ExportedRoute {
 	local := v.Local()
 	start := normalTarget(v, chainTarget{service: name, subset: subset, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
 	primary, resolver, _, _ := resolveTarget(v, start)
 	out := ExportedRoute{Target: describeTarget(primary)}
 	isLocal := func(t chainTarget) bool {
-		return t.peer == "" && (Location{Datacenter: t.datacenter, Partition: t.partition}) == local
+		return t.peer == "" && (mesh.Location{Datacenter: t.datacenter, Partition: t.partition}) == local
 	}
 	localTarget := func(t chainTarget, dial []string) Target {
 		eps := endpointsOf(v, t)
@@ -430,7 +431,7 @@ func RouteExportedTo(v *View, name, subset, namespace string) ExportedRoute {
 			Datacenter: t.datacenter, SNI: serviceSNI(v, t), Dial: dial, Healthy: len(eps)}
 	}
 	if isLocal(primary) {
-		out.Primary = addrs(endpointsOf(v, primary), false)
+		out.Primary = mesh.Addresses(endpointsOf(v, primary), false)
 		out.Local = append(out.Local, localTarget(primary, out.Primary))
 	} else {
 		out.Skipped = append(out.Skipped, out.Target)
@@ -445,7 +446,7 @@ func RouteExportedTo(v *View, name, subset, namespace string) ExportedRoute {
 			out.Skipped = append(out.Skipped, describeTarget(resolved))
 			continue
 		}
-		dial := addrs(endpointsOf(v, resolved), false)
+		dial := mesh.Addresses(endpointsOf(v, resolved), false)
 		out.Failover = append(out.Failover, dial...)
 		out.Local = append(out.Local, localTarget(resolved, dial))
 	}
@@ -455,4 +456,14 @@ func RouteExportedTo(v *View, name, subset, namespace string) ExportedRoute {
 // describeTarget names a resolved target as Target.String does.
 func describeTarget(t chainTarget) string {
 	return Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition, Datacenter: t.datacenter, Peer: t.peer}.String()
+}
+
+// definesSubset reports whether the service-resolver r (nil when the service
+// has none) defines the subset name.
+func definesSubset(r *api.ServiceResolverConfigEntry, name string) bool {
+	if r == nil {
+		return false
+	}
+	_, ok := r.Subsets[name]
+	return ok
 }

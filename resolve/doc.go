@@ -1,14 +1,13 @@
-// Package resolve applies Consul's mesh-gateway semantics on top of sni and
-// modes: where an upstream's connections go (PlanUpstream and friends), and,
-// on a gateway, where a connection with a given SNI goes (MeshRouter).
+// Package resolve applies Consul's rules on top of sni, modes and the mesh
+// model: where an upstream's connections go (PlanUpstream and friends, with
+// the failover chain Consul's discovery chain compiles), where a peer's
+// connections to an exported service go (RouteExported), and which HTTP
+// route and split a request takes (RouteHTTP).
 //
-// Both work on a View, one immutable picture of the mesh: the local
-// datacenter, partition and trust domain, the config entries that decide
-// modes, each service's healthy mesh endpoints, the mesh gateways of each
-// datacenter, and the peers. A Source provides the current View. Static
-// builds one from files (config entries, service definitions and a topology
-// document, see package config), StaticView from a View built in Go;
-// package consulview keeps one current from a live agent. Planning and
-// routing are pure functions of a View, and this package's tests need no
-// Consul agent.
+// It works on a mesh.View, one immutable picture of the mesh, which a
+// mesh.Source provides: config.Static from files or from a View built in
+// Go, consulview.Source from a live agent. Planning is a pure function of a
+// View: this package imports neither the gateway nor the file loaders, and
+// its tests need no Consul agent. Package routing turns the same rules into
+// a gateway's Routers.
 package resolve

@@ -5,6 +5,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // wildcard is Consul's WildcardSpecifier.
@@ -20,17 +21,17 @@ const wildcard = "*"
 // SamenessGroup stands for the group's peer members (groups holds the
 // sameness-group entries); consumers that are partitions are not peers and
 // are left out. nil e gives nil.
-func ResolveExports(e *api.ExportedServicesConfigEntry, partition string, services []ServiceKey, groups map[string]*api.SamenessGroupConfigEntry) map[ServiceKey][]string {
+func ResolveExports(e *api.ExportedServicesConfigEntry, partition string, services []mesh.ServiceKey, groups map[string]*api.SamenessGroupConfigEntry) map[mesh.ServiceKey][]string {
 	if e == nil {
 		return nil
 	}
 	partition = tenancy.OrDefault(partition)
-	out := map[ServiceKey][]string{}
+	out := map[mesh.ServiceKey][]string{}
 	add := func(name, namespace string, peers []string) {
 		if name == "consul" || len(peers) == 0 {
 			return
 		}
-		k := ServiceKey{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: partition}
+		k := mesh.ServiceKey{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: partition}
 		for _, p := range peers {
 			if !slices.Contains(out[k], p) {
 				out[k] = append(out[k], p)

@@ -4,8 +4,9 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -54,7 +55,7 @@ Failover = { "*" = { Datacenters = ["dc9"] } }
 
 // failoverSource loads files with failoverTopology; api and api-backup get
 // resolvers that define the topology's subsets unless files has theirs.
-func failoverSource(t *testing.T, files map[string]string) resolve.Source {
+func failoverSource(t *testing.T, files map[string]string) mesh.Source {
 	t.Helper()
 	files["topology.hcl"] = failoverTopology
 	if _, ok := files["api.hcl"]; !ok {
@@ -63,7 +64,7 @@ func failoverSource(t *testing.T, files map[string]string) resolve.Source {
 	if _, ok := files["backup.hcl"]; !ok {
 		files["backup.hcl"] = "Kind = \"service-resolver\"\nName = \"api-backup\"\nSubsets = { b = {} }\n"
 	}
-	return resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
+	return resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
 }
 
 // Failover by Datacenters: each datacenter in order, after the primary

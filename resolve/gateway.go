@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // Load-balancing policy names, as a service-resolver's LoadBalancer.Policy
@@ -115,7 +116,7 @@ func balanceOf(r *api.ServiceResolverConfigEntry) (Balance, string) {
 // federation's servers, of the local servers for peers, of local services
 // and subsets, and of imported peered services; not on a peer's servers
 // (the dialling side of a peering) nor on exported services.
-func GatewayLimits(v *View, gatewayService string) *api.UpstreamLimits {
+func GatewayLimits(v *mesh.View, gatewayService string) *api.UpstreamLimits {
 	sd := v.ServiceDefaultsFor(gatewayService, "", v.Local().Partition)
 	if sd == nil || sd.UpstreamConfig == nil || sd.UpstreamConfig.Defaults == nil {
 		return nil

@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -54,8 +56,8 @@ func TestGatewayLimits(t *testing.T) {
 	five := 5
 	sd := &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "mesh-gateway",
 		UpstreamConfig: &api.UpstreamConfiguration{Defaults: &api.UpstreamConfig{Limits: &api.UpstreamLimits{MaxConnections: &five}}}}
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
-		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: sd}})
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: sd}})
 	require.NoError(t, err)
 	l := resolve.GatewayLimits(src.View(), "mesh-gateway")
 	require.NotNil(t, l)
@@ -67,7 +69,7 @@ func TestGatewayLimits(t *testing.T) {
 // Wildcard exports are every typical service of the namespace, consul
 // excepted, consumers merged; sameness groups stand for their peers.
 func TestResolveExports(t *testing.T) {
-	services := []resolve.ServiceKey{{Name: "api"}, {Name: "web"}, {Name: "consul"}, {Name: "db", Namespace: "ns1"},
+	services := []mesh.ServiceKey{{Name: "api"}, {Name: "web"}, {Name: "consul"}, {Name: "db", Namespace: "ns1"},
 		{Name: "other", Partition: "part1"}}
 	e := &api.ExportedServicesConfigEntry{Name: "default", Services: []api.ExportedService{
 		{Name: "*", Consumers: []api.ServiceConsumer{{Peer: "peer-b"}, {Partition: "part2"}}},
@@ -76,7 +78,7 @@ func TestResolveExports(t *testing.T) {
 	}}
 	groups := map[string]*api.SamenessGroupConfigEntry{"g": {Name: "g", Members: []api.SamenessGroupMember{{Peer: "peer-d"}, {Partition: "part3"}}}}
 	got := resolve.ResolveExports(e, "", services, groups)
-	assert.Equal(t, map[resolve.ServiceKey][]string{
+	assert.Equal(t, map[mesh.ServiceKey][]string{
 		{Name: "api", Namespace: "default", Partition: "default"}: {"peer-a", "peer-b", "peer-d"},
 		{Name: "web", Namespace: "default", Partition: "default"}: {"peer-b"},
 		{Name: "db", Namespace: "ns1", Partition: "default"}:      {"peer-c"},
@@ -88,14 +90,14 @@ func TestResolveExports(t *testing.T) {
 // when nothing is.
 func TestUnapplied(t *testing.T) {
 	five := 5
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul",
-		Resolvers: map[resolve.EntryKey]*api.ServiceResolverConfigEntry{
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		Resolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{
 			{Name: "api"}: {Kind: api.ServiceResolver, Name: "api", LoadBalancer: &api.LoadBalancer{Policy: "ring_hash",
 				RingHashConfig: &api.RingHashConfig{MinimumRingSize: 1024}, HashPolicies: []api.HashPolicy{{SourceIP: true}}},
 				Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}, Policy: &api.ServiceResolverFailoverPolicy{Mode: "order-by-locality"}}}},
 			{Name: "web"}: {Kind: api.ServiceResolver, Name: "web", LoadBalancer: &api.LoadBalancer{Policy: "least_request"}},
 		},
-		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: {Kind: api.ServiceDefaults, Name: "mesh-gateway",
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{{Name: "mesh-gateway"}: {Kind: api.ServiceDefaults, Name: "mesh-gateway",
 			UpstreamConfig: &api.UpstreamConfiguration{
 				Overrides: []*api.UpstreamConfig{{Name: "api"}},
 				Defaults:  &api.UpstreamConfig{Limits: &api.UpstreamLimits{MaxConnections: &five}, ConnectTimeoutMs: 100, PassiveHealthCheck: &api.PassiveHealthCheck{MaxFailures: 3}}}}},
@@ -111,7 +113,7 @@ func TestUnapplied(t *testing.T) {
 		`service-resolver "api": LoadBalancer.RingHashConfig: no hash ring (nothing to hash on a TCP connection)`,
 	}, resolve.Unapplied(src.View(), "mesh-gateway"))
 	assert.Len(t, resolve.Unapplied(src.View(), "other-gateway"), 4, "another gateway's service-defaults are not this one's")
-	clean, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: "td.consul"})
+	clean, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: "td.consul"})
 	require.NoError(t, err)
 	assert.Empty(t, resolve.Unapplied(clean.View(), "mesh-gateway"))
 }

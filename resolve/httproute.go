@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/fullmatch"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // HTTPDestination is where one HTTP request to a service goes once the
@@ -60,11 +61,11 @@ const maxSplitDepth = 8
 // Consul's weighted choice): a split to another service goes on to that
 // service's splitter. A regular expression in a route that does not
 // compile never matches; config.Load refuses such entries.
-func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32) HTTPDestination {
+func RouteHTTP(v *mesh.View, name, namespace string, req *http.Request, pick float32) HTTPDestination {
 	partition := v.Local().Partition
 	namespace = tenancy.OrDefault(namespace)
 	d := HTTPDestination{Service: name, Namespace: namespace}
-	router := v.Routers[KeyOf(name, namespace, partition)]
+	router := v.Routers[mesh.KeyOf(name, namespace, partition)]
 	if router != nil {
 		for i, r := range router.Routes {
 			prefix, ok := matchHTTP(r.Match, req)
@@ -90,7 +91,7 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 	split := false
 	if d.Subset == "" {
 		for depth := 0; depth < maxSplitDepth; depth++ {
-			splitter := v.Splitters[KeyOf(d.Service, d.Namespace, partition)]
+			splitter := v.Splitters[mesh.KeyOf(d.Service, d.Namespace, partition)]
 			if splitter == nil || len(splitter.Splits) == 0 {
 				break
 			}
@@ -125,7 +126,7 @@ func RouteHTTP(v *View, name, namespace string, req *http.Request, pick float32)
 // resolverNode returns the service-resolver of the chain's resolver node
 // for subset of service in namespace: after redirects, as Consul's
 // getResolverNode builds it; nil when there is none.
-func resolverNode(v *View, service, subset, namespace string) *api.ServiceResolverConfigEntry {
+func resolverNode(v *mesh.View, service, subset, namespace string) *api.ServiceResolverConfigEntry {
 	t := normalTarget(v, chainTarget{service: service, subset: subset, namespace: namespace, partition: v.Local().Partition, datacenter: v.Datacenter})
 	_, r, _, _ := resolveTarget(v, t)
 	return r
@@ -147,14 +148,14 @@ func hashPolicies(r *api.ServiceResolverConfigEntry) []api.HashPolicy {
 // of the first split, in order, that goes straight to a resolver with a
 // hash-based policy (a split to a service with a splitter of its own is
 // passed over), as Consul's compiler picks the splitter's LoadBalancer.
-func splitterHashPolicies(v *View, splitter *api.ServiceSplitterConfigEntry, namespace string) []api.HashPolicy {
+func splitterHashPolicies(v *mesh.View, splitter *api.ServiceSplitterConfigEntry, namespace string) []api.HashPolicy {
 	partition := v.Local().Partition
 	for _, s := range splitter.Splits {
 		service := cmpOr(s.Service, splitter.Name)
 		ns := tenancy.OrDefault(cmpOr(s.Namespace, namespace))
 		self := service == splitter.Name && ns == namespace
 		if s.ServiceSubset == "" && !self {
-			if next := v.Splitters[KeyOf(service, ns, partition)]; next != nil && len(next.Splits) > 0 {
+			if next := v.Splitters[mesh.KeyOf(service, ns, partition)]; next != nil && len(next.Splits) > 0 {
 				continue
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
 	"github.com/stretchr/testify/assert"
@@ -57,7 +58,7 @@ Splits = [{ Weight = 90 }, { Weight = 10, Service = "admin-next" }]
 // send them, as Consul compiles them: the first route that matches, else
 // the service; then the destination service's splitter, by weight.
 func TestRequestsFollowRoutersAndSplitters(t *testing.T) {
-	v := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, l7Files)).View()
+	v := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, l7Files)).View()
 	for _, tc := range []struct {
 		what, method, target string
 		header               map[string]string
@@ -111,7 +112,7 @@ func TestRequestsFollowRoutersAndSplitters(t *testing.T) {
 	route := resolve.RouteExportedTo(v, "api", "v2", "")
 	require.Len(t, route.Local, 1)
 	assert.Equal(t, []string{"127.0.1.11:21000"}, route.Local[0].Dial)
-	assert.Equal(t, "v2.api.default.dc1.internal."+resolve.DefaultTrustDomain, route.Local[0].SNI)
+	assert.Equal(t, "v2.api.default.dc1.internal."+config.DefaultTrustDomain, route.Local[0].SNI)
 
 	// Without a router or splitter, the service itself.
 	plain := resolve.RouteHTTP(v, "admin-next", "", httptest.NewRequest("GET", "/", nil), 50)
@@ -144,7 +145,7 @@ func TestRoutersAndSplittersAreCheckedAsConsulChecksThem(t *testing.T) {
 	}
 	set, err := config.Parse("router.hcl", []byte(l7Files["router.hcl"]))
 	require.NoError(t, err)
-	assert.Len(t, set.ServiceRouters[resolve.KeyOf("api", "", "")].Routes, 4)
+	assert.Len(t, set.ServiceRouters[mesh.KeyOf("api", "", "")].Routes, 4)
 }
 
 // Where the route timeout and the hash policies come from, as Consul's
@@ -153,7 +154,7 @@ func TestRoutersAndSplittersAreCheckedAsConsulChecksThem(t *testing.T) {
 // policies of the node the routing reaches (its resolver after redirects,
 // or the first hash-based resolver among a splitter's splits).
 func TestRouteTimeoutsAndHashPoliciesFollowTheChain(t *testing.T) {
-	v := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+	v := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{
 		"topology.hcl": `topology {
   datacenter = "dc1"
   services = [

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -80,7 +81,7 @@ type Plan struct {
 }
 
 // PlanAll plans every upstream of every instance in the view, in order.
-func PlanAll(v *View) []Plan {
+func PlanAll(v *mesh.View) []Plan {
 	var out []Plan
 	for _, inst := range v.Instances {
 		out = append(out, PlanInstance(v, inst)...)
@@ -89,7 +90,7 @@ func PlanAll(v *View) []Plan {
 }
 
 // PlanInstance plans every upstream of one proxy instance.
-func PlanInstance(v *View, inst Instance) []Plan {
+func PlanInstance(v *mesh.View, inst mesh.Instance) []Plan {
 	if inst.Proxy == nil {
 		return nil
 	}
@@ -118,7 +119,7 @@ func PlanInstance(v *View, inst Instance) []Plan {
 //     "remote", with a warning, as in Consul.
 //
 // It is a pure function of its arguments.
-func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
+func PlanUpstream(v *mesh.View, inst mesh.Instance, up api.Upstream) Plan {
 	local := v.Local()
 	p := Plan{
 		Service:       inst.Service,
@@ -157,7 +158,7 @@ func PlanUpstream(v *View, inst Instance, up api.Upstream) Plan {
 	p.Subset, p.Namespace, p.Partition, p.Datacenter, p.Peer = t.Subset, t.Namespace, t.Partition, t.Datacenter, t.Peer
 	p.Mode, p.Source, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Source, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
 	failover, note, warnings := failoverOf(v, primary, resolver)
-	if t.Peer == "" && (Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
+	if t.Peer == "" && (mesh.Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
 		which := ""
 		if len(failover) > 0 {
 			which = " for the primary target"
@@ -199,7 +200,7 @@ func describeRedirect(r *api.ServiceResolverRedirect) string {
 
 // endpointsOf returns a target's healthy endpoints: its subset's when it
 // names one.
-func endpointsOf(v *View, t chainTarget) []Endpoint {
+func endpointsOf(v *mesh.View, t chainTarget) []mesh.Endpoint {
 	if t.subset != "" {
 		return v.SubsetEndpoints(t.service, t.subset, t.namespace, t.partition, t.datacenter)
 	}
@@ -207,25 +208,14 @@ func endpointsOf(v *View, t chainTarget) []Endpoint {
 }
 
 // serviceSNI is the SNI of a target in this cluster.
-func serviceSNI(v *View, t chainTarget) string {
+func serviceSNI(v *mesh.View, t chainTarget) string {
 	return sni.ServiceSNI(t.service, t.subset, t.namespace, t.partition, t.datacenter, v.TrustDomain)
 }
 
 // peeredSNI is the SNI a peer expects for one of its services, built with
 // the peer's trust domain and the name it gave this cluster.
-func peeredSNI(service, namespace, partition string, peer Peer) string {
+func peeredSNI(service, namespace, partition string, peer mesh.Peer) string {
 	return sni.PeeredServiceSNI(service, namespace, partition, peer.NameAtPeer, peer.TrustDomain)
-}
-
-// addrs returns the endpoints' addresses, preferring WAN ones when wan is set.
-func addrs(eps []Endpoint, wan bool) []string {
-	out := make([]string, 0, len(eps))
-	for _, e := range eps {
-		if a := e.BestAddress(wan); a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 func firstNonEmpty(ss ...string) string {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
@@ -44,7 +45,7 @@ func webProxy(instanceMode, upstreams string) string {
 // upstream in datacenter "secondary".
 func TestSeedInstanceRemote(t *testing.T) {
 	for _, f := range []string{"instance-remote.hcl", "instance-remote.yaml"} {
-		src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed(f))
+		src := resolvetest.Load(t, config.StaticOptions{}, topology, seed(f))
 		plans := resolve.PlanAll(src.View())
 		require.NotEmpty(t, plans, f)
 		for _, p := range plans {
@@ -65,7 +66,7 @@ func TestSeedInstanceRemote(t *testing.T) {
 // The inline sidecar_service alternative of the same seed example plans the
 // same way.
 func TestSeedInstanceInlineSidecar(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed("instance-remote.hcl"))
+	src := resolvetest.Load(t, config.StaticOptions{}, topology, seed("instance-remote.hcl"))
 	plans := resolve.PlanAll(src.View())
 	require.Len(t, plans, 2)
 	assert.Equal(t, "web-sidecar-proxy", plans[1].Proxy)
@@ -77,7 +78,7 @@ func TestSeedInstanceInlineSidecar(t *testing.T) {
 // upstreams name no datacenter, so they are local and dialled directly.
 func TestSeedUpstreamModesInLocalDatacenter(t *testing.T) {
 	for _, f := range []string{"upstreams.hcl", "upstreams.yaml"} {
-		src := resolvetest.Load(t, resolve.StaticOptions{}, topology, seed(f))
+		src := resolvetest.Load(t, config.StaticOptions{}, topology, seed(f))
 		api_ := resolvetest.Plan(t, src, "web", "api")
 		assert.Equal(t, api.MeshGatewayModeRemote, api_.Mode)
 		assert.Equal(t, modes.SourceUpstream, api_.Source)
@@ -102,7 +103,7 @@ func TestUpstreamModesAcrossDatacenters(t *testing.T) {
 		{ destination_name = "logging", datacenter = "secondary", mesh_gateway { mode = "none" } },
 		{ destination_name = "api", datacenter = "nowhere", local_bind_port = 9 },
 	`)})
-	src := resolvetest.Load(t, resolve.StaticOptions{}, topology, dir)
+	src := resolvetest.Load(t, config.StaticOptions{}, topology, dir)
 	plans := resolve.PlanAll(src.View())
 	require.Len(t, plans, 4)
 
@@ -159,7 +160,7 @@ MeshGateway { Mode = "local" }`, "g.yaml": "Kind: proxy-defaults\nName: global\n
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			src := resolvetest.Load(t, resolve.StaticOptions{}, topology, resolvetest.Dir(t, c.files))
+			src := resolvetest.Load(t, config.StaticOptions{}, topology, resolvetest.Dir(t, c.files))
 			p := resolvetest.Plan(t, src, "web", "api")
 			assert.Equal(t, c.mode, p.Mode)
 			assert.Equal(t, c.source, p.Source)
@@ -175,7 +176,7 @@ func TestPeeredUpstreams(t *testing.T) {
 		{ destination_name = "billing", destination_peer = "webstuff", mesh_gateway { mode = "local" } },
 		{ destination_name = "billing", destination_peer = "stranger" },
 	`)})
-	plans := resolve.PlanAll(resolvetest.Load(t, resolve.StaticOptions{}, topology, dir).View())
+	plans := resolve.PlanAll(resolvetest.Load(t, config.StaticOptions{}, topology, dir).View())
 	require.Len(t, plans, 4)
 	def, none, local, stranger := plans[0], plans[1], plans[2], plans[3]
 
@@ -200,17 +201,17 @@ func TestPeeredUpstreams(t *testing.T) {
 }
 
 func TestStaticDefaults(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, seed("global-local.hcl"))
+	src := resolvetest.Load(t, config.StaticOptions{}, seed("global-local.hcl"))
 	v := src.View()
 	assert.Equal(t, "dc1", v.Datacenter)
-	assert.Equal(t, resolve.DefaultTrustDomain, v.TrustDomain)
+	assert.Equal(t, config.DefaultTrustDomain, v.TrustDomain)
 	assert.Equal(t, "default", v.Partition)
 
-	src = resolvetest.Load(t, resolve.StaticOptions{Datacenter: "east", TrustDomain: "x.consul"}, seed("global-local.hcl"))
+	src = resolvetest.Load(t, config.StaticOptions{Datacenter: "east", TrustDomain: "x.consul"}, seed("global-local.hcl"))
 	assert.Equal(t, "east", src.View().Datacenter)
 	assert.Equal(t, "x.consul", src.View().TrustDomain)
 
-	src = resolvetest.Load(t, resolve.StaticOptions{Datacenter: "east"}, topology)
+	src = resolvetest.Load(t, config.StaticOptions{Datacenter: "east"}, topology)
 	assert.Equal(t, "dc1", src.View().Datacenter, "the topology's datacenter wins")
 	assert.Equal(t, []string{"dc1", "secondary"}, src.View().Datacenters())
 }
@@ -245,7 +246,7 @@ Redirect: {Service: api, Datacenter: secondary}
 }`,
 		"web.hcl": webProxy("", `{ destination_name = "api", local_bind_port = 1 }, { destination_name = "db", local_bind_port = 2 }`),
 	})
-	src := resolvetest.Load(t, resolve.StaticOptions{TrustDomain: td}, topology, dir)
+	src := resolvetest.Load(t, config.StaticOptions{TrustDomain: td}, topology, dir)
 	api1 := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api"})
 	resolvetest.Expect(t, api1, resolvetest.Want{Route: resolve.PathDirect, Subset: "v1",
 		SNI: sni.ServiceSNI("api", "v1", "", "", "dc1", td), Dial: []string{"127.0.1.20:21000"}})

@@ -9,6 +9,7 @@ import (
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -55,7 +56,7 @@ func proxyIn(ns, upstreams string) string {
 // fills it in (agent/proxycfg's state.go: DestinationNamespace defaults to
 // the proxy's namespace), for a peer's service too.
 func TestUpstreamWithoutNamespaceIsInTheProxys(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{"topology.hcl": tenancyTopology, "api-team.hcl": teamResolver,
+	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{"topology.hcl": tenancyTopology, "api-team.hcl": teamResolver,
 		"web.hcl": proxyIn("team", `{ destination_name = "api", local_bind_port = 1 },
       { destination_name = "api", destination_namespace = "default", local_bind_port = 2 },
       { destination_name = "api", destination_peer = "other", local_bind_port = 3 }`)}))
@@ -68,7 +69,7 @@ func TestUpstreamWithoutNamespaceIsInTheProxys(t *testing.T) {
 	resolvetest.Expect(t, plan, resolvetest.Want{SNI: "api.team.default.dc1-default.external.11111111-2222-3333-4444-555555555555.consul"})
 
 	// In the default namespace, the default namespace.
-	src = resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{"topology.hcl": tenancyTopology, "api-team.hcl": teamResolver,
+	src = resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{"topology.hcl": tenancyTopology, "api-team.hcl": teamResolver,
 		"web.hcl": webProxy("", `{ destination_name = "api" }`)}))
 	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Dial: []string{"127.0.1.10:21000"}})
 }
@@ -85,7 +86,7 @@ func TestEntriesOfEachNamespace(t *testing.T) {
 		"web.hcl": webProxy("", `{ destination_name = "api", datacenter = "dc2", local_bind_port = 1 },
       { destination_name = "api", destination_namespace = "team", datacenter = "dc2", local_bind_port = 2 },
       { destination_name = "api", destination_namespace = "team", local_bind_port = 3 }`)}
-	src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
+	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
 	plan := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Namespace: "default", Datacenter: "dc2"})
 	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceDestinationDefaults, Route: resolve.PathLocalGateway})
 	plan = resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Namespace: "team", Datacenter: "dc2"})
@@ -97,19 +98,19 @@ func TestEntriesOfEachNamespace(t *testing.T) {
 	// The downstream's own service-defaults: those of its namespace.
 	files["web-team-sd.hcl"] = "Kind = \"service-defaults\"\nName = \"web\"\nNamespace = \"team\"\nMeshGateway { Mode = \"remote\" }\n"
 	files["web.hcl"] = webProxy("", `{ destination_name = "api", datacenter = "dc2" }`)
-	src = resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
+	src = resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
 	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceDestinationDefaults})
 	files["web.hcl"] = proxyIn("team", `{ destination_name = "api", destination_namespace = "default", datacenter = "dc2" }`)
-	src = resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
+	src = resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
 	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeRemote, Source: modes.SourceServiceDefaults})
 
 	// The gateway: team's api goes to its default subset, default's to
 	// every instance.
-	r := &resolve.MeshRouter{Source: src}
-	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "team", "", "dc1", resolve.DefaultTrustDomain)})
+	r := &routing.MeshRouter{Source: src}
+	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "team", "", "dc1", config.DefaultTrustDomain)})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.1.31:21000"}, got.Targets)
-	got, err = r.Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain)})
+	got, err = r.Route(context.Background(), &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain)})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.1.10:21000"}, got.Targets)
 

@@ -5,6 +5,7 @@ import (
 	"sort"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // Unapplied lists the fields of v's config entries that are set and that
@@ -15,7 +16,7 @@ import (
 // expect them to act on a gateway (the gateway's service-defaults beyond
 // UpstreamConfig.Defaults.Limits, hash-based load balancing), saying so.
 // The L7 fields of terminated exports are routing/l7's to name.
-func Unapplied(v *View, gatewayService string) []string {
+func Unapplied(v *mesh.View, gatewayService string) []string {
 	var out []string
 	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 	for k, r := range v.Resolvers {
@@ -42,7 +43,7 @@ func Unapplied(v *View, gatewayService string) []string {
 		}
 	}
 	if sd := v.ServiceDefaultsFor(gatewayService, "", v.Local().Partition); sd != nil {
-		name := fmt.Sprintf("service-defaults %s (this gateway's)", KeyOf(sd.Name, sd.Namespace, sd.Partition))
+		name := fmt.Sprintf("service-defaults %s (this gateway's)", mesh.KeyOf(sd.Name, sd.Namespace, sd.Partition))
 		if uc := sd.UpstreamConfig; uc != nil {
 			if len(uc.Overrides) > 0 {
 				add("%s: UpstreamConfig.Overrides: a mesh gateway reads only UpstreamConfig.Defaults.Limits, as Consul's", name)

@@ -1,4 +1,4 @@
-package federation
+package routing
 
 import (
 	"context"
@@ -7,51 +7,73 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
 
-// KindServers is the Kind (gateway.Route.Kind) of every route of Router:
-// Consul servers' WAN federation traffic.
-const KindServers = "wan-federation"
-
-// Rejection reasons of Router, besides resolve.ReasonUnknownDatacenter for
-// the servers of a datacenter whose gateways the view does not know.
-const (
-	// ReasonNotFederating: a server name while the view has no Federation.
-	ReasonNotFederating = "wan-federation-off"
-	// ReasonUnknownServer: the name of a local node the view does not list
-	// as a server.
-	ReasonUnknownServer = "unknown-server"
-	// ReasonNoServers: any server of the local datacenter, while the view
-	// lists none.
-	ReasonNoServers = "no-servers"
-)
-
-// Router is a gateway.Router for a mesh gateway that carries WAN federation:
-// it routes Consul servers' names as the package comment describes and hands
-// every other name to Next. The zero value is not usable: set Source.
+// FederationRouter is a gateway.Router for a mesh gateway that carries WAN
+// federation through mesh gateways: Consul's servers of different
+// datacenters reaching each other only through the datacenters' mesh
+// gateways (servers with connect { enable_mesh_gateway_wan_federation =
+// true }, secondaries bootstrapping through primary_gateways), for RPC, WAN
+// gossip and replication alike. It does what Consul's own gateway does when
+// it is registered with the consul-wan-federation meta ("consul connect
+// envoy -gateway=mesh -register -expose-servers"); Consul 1.22's
+// agent/xds/listeners.go makeMeshGatewayListener, clusters.go
+// clustersFromSnapshotMeshGateway and endpoints.go
+// endpointsFromSnapshotMeshGateway build the same routes for Envoy:
+//
+//   - <node>.server.<local dc>.<domain>: that local server's RPC address
+//     (its service address, else its node's, at the "consul" service's
+//     port), one filter chain per server in Consul;
+//   - server.<local dc>.<domain>: every local server (Consul's catch-all
+//     cluster "so that remote datacenters can dial ANY server", reached
+//     through its sni_cluster filter);
+//   - <anything>.server.<dc>.<domain> of another datacenter (Consul's
+//     "*.server.<dc>.<domain>" filter chain), and server.<dc>.<domain>
+//     itself: that datacenter's mesh gateways, by WAN address; they are
+//     known from the federation states before the WAN gossip pool forms.
+//
+// Consul's servers always dial with a node name (tlsutil's
+// wrapALPNTLSClient refuses to dial without one), from their own
+// datacenter's gateways, except a secondary bootstrapping through
+// primary_gateways, which dials the primary's gateways directly.
+//
+// The servers encrypt end to end with their own TLS and ALPN, and the
+// gateway reads only the name. A server name is refused, with a reason and
+// without any dial, while the view says the gateway takes no part in
+// federation (View.Federation is nil), and for a node the view does not
+// list or a datacenter whose gateways it does not know: a gateway is no
+// open relay for servers either.
+//
+// The servers encrypt end to end with their own TLS and ALPN, and the
+// gateway reads only the name. A server name is refused, with a reason and
+// without any dial, while the view says the gateway takes no part in
+// federation (View.Federation is nil; ReasonNotFederating), and for a node
+// the view does not list (ReasonUnknownServer) or a datacenter whose
+// gateways it does not know (ReasonUnknownDatacenter): a gateway is no open
+// relay for servers either. Every other name goes to Next. The zero value
+// is not usable: set Source.
 //
 // Targets are rotated per connection; the gateway tries the rest in order
 // when one fails. Each connection reads the Source's current View once.
-type Router struct {
+type FederationRouter struct {
 	// Source provides the view. Required.
-	Source resolve.Source
+	Source mesh.Source
 	// Next routes the names that are not servers'; nil means a
-	// peering.Router over Source, which hands what is not peering's to a
-	// resolve.MeshRouter: with it, Router routes every name Consul's own
-	// mesh gateway routes.
+	// PeeringRouter over Source, which hands what is not peering's to a
+	// MeshRouter: with it, a FederationRouter routes every name Consul's
+	// own mesh gateway routes, as New's Router does.
 	Next gateway.Router
 
 	next atomic.Pointer[gateway.Router]
 	turn gateway.Rotation
 }
 
-var _ gateway.Router = (*Router)(nil)
+var _ gateway.Router = (*FederationRouter)(nil)
 
 // Route implements gateway.Router.
-func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+func (r *FederationRouter) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
 	v := r.Source.View()
 	domain := sni.DefaultDomain
 	if v.Federation != nil && v.Federation.Domain != "" {
@@ -73,7 +95,7 @@ func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Rou
 	}
 	for _, s := range v.Federation.Servers {
 		if strings.EqualFold(s.Node, name.Node) {
-			return gateway.Route{Name: "server " + s.Node, Targets: []string{s.Address}, Kind: KindServers}, nil
+			return gateway.Route{Name: "server " + s.Node, Targets: []string{s.Address}, Kind: RouteWANFederation}, nil
 		}
 	}
 	return gateway.Route{}, gateway.Reject(ReasonUnknownServer,
@@ -83,7 +105,7 @@ func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Rou
 // toAllServers routes server.<local dc>.<domain> to every local server, as
 // Consul's gateway does so that other datacenters can reach any of them
 // without a node name.
-func (r *Router) toAllServers(v *resolve.View, serverName string) (gateway.Route, error) {
+func (r *FederationRouter) toAllServers(v *mesh.View, serverName string) (gateway.Route, error) {
 	servers := v.Federation.Servers
 	if len(servers) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonNoServers, "%q: no Consul server is known in %s", serverName, v.Datacenter)
@@ -92,14 +114,14 @@ func (r *Router) toAllServers(v *resolve.View, serverName string) (gateway.Route
 	for i, s := range servers {
 		targets[i] = s.Address
 	}
-	return gateway.Route{Name: "servers " + v.Datacenter, Targets: r.turn.Of(targets), Kind: KindServers}, nil
+	return gateway.Route{Name: "servers " + v.Datacenter, Targets: r.turn.Of(targets), Kind: RouteWANFederation}, nil
 }
 
 // toDatacenter routes any server name of another datacenter to that
 // datacenter's mesh gateways, by WAN address.
-func (r *Router) toDatacenter(v *resolve.View, name sni.ServerName, serverName string) (gateway.Route, error) {
+func (r *FederationRouter) toDatacenter(v *mesh.View, name sni.ServerName, serverName string) (gateway.Route, error) {
 	dc := strings.ToLower(name.Datacenter)
-	eps := v.GatewaysIn(resolve.Location{Datacenter: dc, Partition: tenancy.Default})
+	eps := v.GatewaysIn(mesh.Location{Datacenter: dc, Partition: tenancy.Default})
 	targets := make([]string, 0, len(eps))
 	for _, e := range eps {
 		if a := e.BestAddress(true); a != "" {
@@ -107,20 +129,20 @@ func (r *Router) toDatacenter(v *resolve.View, name sni.ServerName, serverName s
 		}
 	}
 	if len(targets) == 0 {
-		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownDatacenter,
+		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter,
 			"%q: no mesh gateways known for datacenter %q", serverName, dc)
 	}
-	return gateway.Route{Name: "servers " + dc, Targets: r.turn.Of(targets), Remote: true, Kind: KindServers}, nil
+	return gateway.Route{Name: "servers " + dc, Targets: r.turn.Of(targets), Remote: true, Kind: RouteWANFederation}, nil
 }
 
-func (r *Router) nextRouter() gateway.Router {
+func (r *FederationRouter) nextRouter() gateway.Router {
 	if r.Next != nil {
 		return r.Next
 	}
 	if n := r.next.Load(); n != nil {
 		return *n
 	}
-	var n gateway.Router = &peering.Router{Source: r.Source}
+	var n gateway.Router = &PeeringRouter{Source: r.Source}
 	r.next.CompareAndSwap(nil, &n)
 	return *r.next.Load()
 }

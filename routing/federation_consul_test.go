@@ -1,4 +1,4 @@
-package federation_test
+package routing_test
 
 import (
 	"context"
@@ -12,23 +12,24 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/meshtest"
-	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/registration"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // eventually bounds every wait on Consul; the waits poll a condition.
-const eventually = 90 * time.Second
+const fedEventually = 90 * time.Second
 
 // fedGateway is a meshgate gateway for one datacenter, carrying WAN
 // federation: registered with the consul-wan-federation meta, routing with
-// a federation.Router over a live view that follows the federation states.
+// a routing.FederationRouter over a live view that follows the federation states.
 // It counts the connections it forwarded by route kind and server name when
 // their upstream connects (Consul's server connections are pooled and stay
 // open), and their bytes when they close.
@@ -88,7 +89,7 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 	require.NoError(t, err)
 	g.src = src
 	g.srv = &gateway.Server{
-		Router:         &federation.Router{Source: src, Next: &peering.Router{Source: src}},
+		Router:         &routing.FederationRouter{Source: src, Next: &routing.PeeringRouter{Source: src}},
 		Observer:       g,
 		ConnectTimeout: 2 * time.Second,
 		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -104,7 +105,7 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 	go g.srv.Serve(ln)
 	t.Cleanup(g.stop)
 	if register {
-		_, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{
+		_, err = registration.Register(context.Background(), agent.Client, registration.Gateway{
 			Address: g.addr, CheckInterval: time.Second, ExposeServers: true})
 		require.NoError(t, err)
 	}
@@ -236,7 +237,7 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	agentTLS := consultest.NewTLS(t)
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1", TLS: agentTLS, WANFederation: true, UnreachableWAN: true})
 	gw1 := startFedGateway(t, dc1, "")
-	consultest.WaitFor(t, eventually, "dc1's gateway to know dc1's server and to pass its check", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc1's gateway to know dc1's server and to pass its check", func() bool {
 		v := gw1.src.View()
 		entries, _, err := dc1.Client.Health().Service("mesh-gateway", "", true, nil)
 		return v.Federation != nil && len(v.Federation.Servers) == 1 && v.Federation.Servers[0].Address == dc1.ServerRPC &&
@@ -253,16 +254,16 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 		m := wanMembers(a)
 		return m["node-dc1.dc1"] && m["node-dc2.dc2"]
 	}
-	consultest.WaitFor(t, eventually, "members -wan to list both servers, on both sides", func() bool { return both(dc1) && both(dc2) })
+	consultest.WaitFor(t, fedEventually, "members -wan to list both servers, on both sides", func() bool { return both(dc1) && both(dc2) })
 	t.Logf("WAN pool formed through the gateways %v after dc2's start", time.Since(start).Round(time.Millisecond))
 
 	lap("WAN pool formed")
 	// Each datacenter answers the other's queries.
-	consultest.WaitFor(t, eventually, "a catalog query from dc1 with ?dc=dc2 to answer", func() bool {
+	consultest.WaitFor(t, fedEventually, "a catalog query from dc1 with ?dc=dc2 to answer", func() bool {
 		nodes, err := nodesIn(dc1, "dc2")
 		return err == nil && assert.ObjectsAreEqual([]string{"node-dc2"}, nodes)
 	})
-	consultest.WaitFor(t, eventually, "a catalog query from dc2 with ?dc=dc1 to answer", func() bool {
+	consultest.WaitFor(t, fedEventually, "a catalog query from dc2 with ?dc=dc1 to answer", func() bool {
 		nodes, err := nodesIn(dc2, "dc1")
 		return err == nil && assert.ObjectsAreEqual([]string{"node-dc1"}, nodes)
 	})
@@ -282,12 +283,12 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 		{gw2, "node-dc2.server.dc2.consul"}, // ... and arriving in dc2
 		{gw1, "node-dc1.server.dc1.consul"}, // dc2's server arriving in dc1
 	} {
-		consultest.WaitFor(t, eventually, fmt.Sprintf("%s's gateway to carry a connection for %s", c.g.agent.Datacenter, c.name), func() bool {
+		consultest.WaitFor(t, fedEventually, fmt.Sprintf("%s's gateway to carry a connection for %s", c.g.agent.Datacenter, c.name), func() bool {
 			return c.g.name(c.name) > 0
 		})
 	}
 	for _, g := range []*fedGateway{gw1, gw2} {
-		t.Logf("%s's gateway: %d server connections so far", g.agent.Datacenter, g.kind(federation.KindServers))
+		t.Logf("%s's gateway: %d server connections so far", g.agent.Datacenter, g.kind(routing.RouteWANFederation))
 	}
 	// And nothing else carried them: neither server holds a connection it
 	// opened to anything but its own ports and gateways (dc2's bootstrap
@@ -297,13 +298,13 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	dialledOnly(t, dc2, dc1, gw2.addr, gw1.addr)
 	// dc1's gateway knows dc2's gateways, from the federation states or the
 	// catalog, and routes dc2's server names there.
-	got, reason := route(gw1.srv.Router, "node-dc2.server.dc2.consul")
+	got, reason := fedRoute(gw1.srv.Router, "node-dc2.server.dc2.consul")
 	require.Empty(t, reason)
 	assert.Equal(t, []string{gw2.addr}, got.Targets)
-	got, reason = route(gw2.srv.Router, "node-dc2.server.dc2.consul")
+	got, reason = fedRoute(gw2.srv.Router, "node-dc2.server.dc2.consul")
 	require.Empty(t, reason)
 	assert.Equal(t, []string{dc2.ServerRPC}, got.Targets)
-	got, reason = route(gw2.srv.Router, "node-dc1.server.dc1.consul")
+	got, reason = fedRoute(gw2.srv.Router, "node-dc1.server.dc1.consul")
 	require.Empty(t, reason)
 	assert.Equal(t, []string{gw1.addr}, got.Targets, "dc2's gateway sends dc1's server names to dc1's gateway")
 
@@ -315,9 +316,9 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	meshtest.ServeNative(t, dc2, "api", apiCerts)
 	webCerts := meshtest.WatchCerts(t, dc1, "web")
 	d := &sidecar.Dialer{Source: gw1.src, Certs: webCerts,
-		Instance: resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+		Instance: mesh.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := "api.default.dc2.internal." + dc1.TrustDomain()
-	consultest.WaitFor(t, eventually, "dc1's gateway to see api in dc2 behind dc2's gateway", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc1's gateway to see api in dc2 behind dc2's gateway", func() bool {
 		_, err := echoVia(d, api.MeshGatewayModeRemote)
 		return err == nil
 	})
@@ -330,7 +331,7 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 		plan, err := echoVia(d, m.mode)
 		require.NoError(t, err, m.mode)
 		assert.Equal(t, []string{m.firstHop}, plan.Dial, m.mode)
-		consultest.WaitFor(t, eventually, string(m.mode)+": the gateways to count the connection", func() bool {
+		consultest.WaitFor(t, fedEventually, string(m.mode)+": the gateways to count the connection", func() bool {
 			return gw2.name(apiSNI)-before2 == 1
 		})
 		assert.Equal(t, m.via1, gw1.name(apiSNI)-before1, "%s: connections through dc1's gateway", m.mode)
@@ -342,8 +343,8 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	// and nothing is dialled.
 	beforeDials, beforeSnap := gw1.dials(), gw1.Snapshot()
 	require.Error(t, handshake(gw1.addr, "node-dc9.server.dc9.consul"))
-	consultest.WaitFor(t, eventually, "the refusal to be counted", func() bool {
-		return gw1.Snapshot().Rejected[resolve.ReasonUnknownDatacenter] == beforeSnap.Rejected[resolve.ReasonUnknownDatacenter]+1
+	consultest.WaitFor(t, fedEventually, "the refusal to be counted", func() bool {
+		return gw1.Snapshot().Rejected[routing.ReasonUnknownDatacenter] == beforeSnap.Rejected[routing.ReasonUnknownDatacenter]+1
 	})
 	assert.Equal(t, beforeDials, gw1.dials(), "no dial for an unknown datacenter's server")
 
@@ -358,13 +359,13 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	addr2 := gw2.addr
 	gw2.stop()
 	lap("dc2's gateway stopped")
-	consultest.WaitFor(t, eventually, "dc1's queries of dc2 to fail without dc2's gateway", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc1's queries of dc2 to fail without dc2's gateway", func() bool {
 		_, err := nodesIn(dc1, "dc2")
 		return err != nil
 	})
 	lap("dc1 cannot reach dc2")
 	viaGw1 := gw1.name("node-dc1.server.dc1.consul")
-	consultest.WaitFor(t, eventually, "dc2's queries of dc1 to answer, through dc1's gateway", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc2's queries of dc1 to answer, through dc1's gateway", func() bool {
 		nodes, err := nodesIn(dc2, "dc1")
 		return err == nil && len(nodes) == 1
 	})
@@ -372,19 +373,19 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	t.Logf("dc2 reached dc1 through dc1's gateway alone: %d connections for dc1's server since the stop", gw1.name("node-dc1.server.dc1.consul")-viaGw1)
 	stopped := time.Now()
 	gw2 = startFedGateway(t, dc2, addr2)
-	consultest.WaitFor(t, eventually, "dc1's queries of dc2 to answer again", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc1's queries of dc2 to answer again", func() bool {
 		nodes, err := nodesIn(dc1, "dc2")
 		return err == nil && len(nodes) == 1
 	})
-	consultest.WaitFor(t, eventually, "dc2's queries of dc1 to answer again", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc2's queries of dc1 to answer again", func() bool {
 		nodes, err := nodesIn(dc2, "dc1")
 		return err == nil && len(nodes) == 1
 	})
 	t.Logf("federation restored %v after dc2's gateway came back", time.Since(stopped).Round(time.Millisecond))
-	consultest.WaitFor(t, eventually, "the restarted gateway to carry server connections", func() bool {
-		return gw2.kind(federation.KindServers) > 0
+	consultest.WaitFor(t, fedEventually, "the restarted gateway to carry server connections", func() bool {
+		return gw2.kind(routing.RouteWANFederation) > 0
 	})
-	consultest.WaitFor(t, eventually, "service traffic to cross again", func() bool {
+	consultest.WaitFor(t, fedEventually, "service traffic to cross again", func() bool {
 		_, err := echoVia(d, api.MeshGatewayModeLocal)
 		return err == nil
 	})
@@ -394,11 +395,11 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	// since every path, the secondary's fallback included, crosses it.
 	addr1 := gw1.addr
 	gw1.stop()
-	consultest.WaitFor(t, eventually, "dc1's queries of dc2 to fail without dc1's gateway", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc1's queries of dc2 to fail without dc1's gateway", func() bool {
 		_, err := nodesIn(dc1, "dc2")
 		return err != nil
 	})
-	consultest.WaitFor(t, eventually, "dc2's queries of dc1 to fail without dc1's gateway", func() bool {
+	consultest.WaitFor(t, fedEventually, "dc2's queries of dc1 to fail without dc1's gateway", func() bool {
 		_, err := nodesIn(dc2, "dc1")
 		return err != nil
 	})
@@ -406,7 +407,7 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	stopped = time.Now()
 	gw1 = startFedGateway(t, dc1, addr1)
 	for _, q := range []struct{ from, to *consultest.Agent }{{dc1, dc2}, {dc2, dc1}} {
-		consultest.WaitFor(t, eventually, q.from.Datacenter+"'s queries of "+q.to.Datacenter+" to answer again", func() bool {
+		consultest.WaitFor(t, fedEventually, q.from.Datacenter+"'s queries of "+q.to.Datacenter+" to answer again", func() bool {
 			nodes, err := nodesIn(q.from, q.to.Datacenter)
 			return err == nil && len(nodes) == 1
 		})

@@ -1,4 +1,4 @@
-package federation_test
+package routing_test
 
 import (
 	"context"
@@ -6,11 +6,10 @@ import (
 	"testing"
 
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,7 +17,7 @@ import (
 
 const td = "5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
 
-func route(r gateway.Router, name string) (gateway.Route, string) {
+func fedRoute(r gateway.Router, name string) (gateway.Route, string) {
 	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
 	var rej *gateway.Rejection
 	if errors.As(err, &rej) {
@@ -28,7 +27,7 @@ func route(r gateway.Router, name string) (gateway.Route, string) {
 }
 
 func TestRoutesServerNamesAsConsulsGateway(t *testing.T) {
-	r := &federation.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, "testdata/dc1.hcl")}
+	r := &routing.FederationRouter{Source: resolvetest.Load(t, config.StaticOptions{}, "testdata/dc1.hcl")}
 	cases := []struct {
 		name, server string
 		targets      []string
@@ -41,30 +40,30 @@ func TestRoutesServerNamesAsConsulsGateway(t *testing.T) {
 		{"any local server", "server.dc1.consul", []string{"127.0.1.2:8300", "127.0.1.3:8300", "127.0.1.4:8300"}, false, ""},
 		{"a server of another datacenter: its gateways, WAN", "dc2-server-1.server.dc2.consul", []string{"127.0.2.105:8443"}, true, ""},
 		{"any server of another datacenter", "server.dc2.consul", []string{"127.0.2.105:8443"}, true, ""},
-		{"a local node that is no server", "web-1.server.dc1.consul", nil, false, federation.ReasonUnknownServer},
-		{"a datacenter the gateway knows no gateways of", "server.dc9.consul", nil, false, resolve.ReasonUnknownDatacenter},
-		{"another domain is not a server name: the mesh router refuses it", "server.dc1.example.com", nil, false, resolve.ReasonForeignTrustDomain},
+		{"a local node that is no server", "web-1.server.dc1.consul", nil, false, routing.ReasonUnknownServer},
+		{"a datacenter the gateway knows no gateways of", "server.dc9.consul", nil, false, routing.ReasonUnknownDatacenter},
+		{"another domain is not a server name: the mesh router refuses it", "server.dc1.example.com", nil, false, routing.ReasonForeignTrustDomain},
 		{"service names go on to the mesh router", sni.ServiceSNI("api", "", "", "", "dc1", td), []string{"127.0.1.10:21000"}, false, ""},
-		{"the peering control plane goes on to the peering router", sni.PeeringServerSNI("dc1", td), nil, false, peering.ReasonNotThroughGateways},
+		{"the peering control plane goes on to the peering router", sni.PeeringServerSNI("dc1", td), nil, false, routing.ReasonNotThroughGateways},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, reason := route(r, c.server)
+			got, reason := fedRoute(r, c.server)
 			assert.Equal(t, c.reason, reason)
 			assert.ElementsMatch(t, c.targets, got.Targets)
 			assert.Equal(t, c.remote, got.Remote, "Remote only for other datacenters' gateways")
 			if reason == "" && c.targets[0] != "127.0.1.10:21000" {
-				assert.Equal(t, federation.KindServers, got.Kind)
+				assert.Equal(t, routing.RouteWANFederation, got.Kind)
 			}
 		})
 	}
 }
 
 func TestAnyLocalServerRotates(t *testing.T) {
-	r := &federation.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, "testdata/dc1.hcl")}
+	r := &routing.FederationRouter{Source: resolvetest.Load(t, config.StaticOptions{}, "testdata/dc1.hcl")}
 	first := map[string]int{}
 	for range 30 {
-		got, reason := route(r, "server.dc1.consul")
+		got, reason := fedRoute(r, "server.dc1.consul")
 		require.Empty(t, reason)
 		require.Len(t, got.Targets, 3)
 		first[got.Targets[0]]++
@@ -73,45 +72,45 @@ func TestAnyLocalServerRotates(t *testing.T) {
 }
 
 func TestServerNamesAreRefusedWithoutFederation(t *testing.T) {
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: td,
-		Gateways: map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.2.105:8443"}}}})
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
+		Gateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.2.105:8443"}}}})
 	require.NoError(t, err)
-	r := &federation.Router{Source: src}
+	r := &routing.FederationRouter{Source: src}
 	for _, name := range []string{"server.dc1.consul", "s1.server.dc1.consul", "server.dc2.consul"} {
-		got, reason := route(r, name)
-		assert.Equal(t, federation.ReasonNotFederating, reason, name)
+		got, reason := fedRoute(r, name)
+		assert.Equal(t, routing.ReasonNotFederating, reason, name)
 		assert.Empty(t, got.Targets, name)
 	}
 	// The same names route once the view takes part.
-	src, err = resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: td,
-		Gateways:   map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.2.105:8443"}}},
-		Federation: &resolve.Federation{Servers: []resolve.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
+	src, err = config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
+		Gateways:   map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.2.105:8443"}}},
+		Federation: &mesh.Federation{Servers: []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
 	require.NoError(t, err)
-	r = &federation.Router{Source: src}
+	r = &routing.FederationRouter{Source: src}
 	for name, want := range map[string]string{"server.dc1.consul": "127.0.1.2:8300", "s1.server.dc1.consul": "127.0.1.2:8300", "server.dc2.consul": "127.0.2.105:8443"} {
-		got, reason := route(r, name)
+		got, reason := fedRoute(r, name)
 		assert.Empty(t, reason, name)
 		assert.Equal(t, []string{want}, got.Targets, name)
 	}
 }
 
 func TestOwnDomain(t *testing.T) {
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: td,
-		Federation: &resolve.Federation{Domain: "Mesh.Example.COM.", Servers: []resolve.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
+		Federation: &mesh.Federation{Domain: "Mesh.Example.COM.", Servers: []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
 	require.NoError(t, err)
-	r := &federation.Router{Source: src}
-	got, reason := route(r, "s1.server.dc1.mesh.example.com")
+	r := &routing.FederationRouter{Source: src}
+	got, reason := fedRoute(r, "s1.server.dc1.mesh.example.com")
 	assert.Empty(t, reason)
 	assert.Equal(t, []string{"127.0.1.2:8300"}, got.Targets)
-	_, reason = route(r, "s1.server.dc1.consul")
-	assert.Equal(t, resolve.ReasonForeignTrustDomain, reason, "the default domain is not this cluster's")
+	_, reason = fedRoute(r, "s1.server.dc1.consul")
+	assert.Equal(t, routing.ReasonForeignTrustDomain, reason, "the default domain is not this cluster's")
 }
 
 func TestNoLocalServersKnown(t *testing.T) {
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: td, Federation: &resolve.Federation{}})
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td, Federation: &mesh.Federation{}})
 	require.NoError(t, err)
-	_, reason := route(&federation.Router{Source: src}, "server.dc1.consul")
-	assert.Equal(t, federation.ReasonNoServers, reason)
+	_, reason := fedRoute(&routing.FederationRouter{Source: src}, "server.dc1.consul")
+	assert.Equal(t, routing.ReasonNoServers, reason)
 }
 
 func TestTopologyFederationProblems(t *testing.T) {

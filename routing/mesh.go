@@ -1,41 +1,23 @@
-package resolve
+package routing
 
 import (
 	"context"
 	"errors"
 
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
 
-// Rejection reasons of MeshRouter, as reported to the gateway's Observer.
-const (
-	ReasonNoServerName       = "no-server-name"
-	ReasonForeignTrustDomain = "foreign-trust-domain"
-	ReasonMalformedName      = "malformed-name"
-	ReasonUnknownService     = "unknown-service"
-	ReasonUnknownSubset      = "unknown-subset"
-	ReasonUnknownDatacenter  = "unknown-datacenter"
-	ReasonUnsupportedName    = "unsupported-name"
-)
-
-// Route kinds of MeshRouter (gateway.Route.Kind).
-const (
-	// KindService: a local service's (or subset's) mesh endpoints.
-	KindService = "service"
-	// KindGateway: another datacenter's or partition's mesh gateways.
-	KindGateway = "gateway"
-)
-
 // MeshRouter is a gateway.Router with the semantics of a Consul mesh gateway
-// (Envoy, as Consul 1.22 configures it): the SNI of a service in the local datacenter and
-// partition routes to that service's healthy mesh endpoints; the SNI of a
+// (Envoy, as Consul 1.22 configures it): the SNI of a service in the local
+// datacenter and partition routes to that service's healthy mesh endpoints; the SNI of a
 // service or gateway of another datacenter (or partition) routes to that
 // location's mesh gateways, by WAN address across datacenters. Everything
 // else is rejected and never dialled, so the gateway is no open relay: no SNI,
 // another trust domain, a malformed name, a service or datacenter the view
 // does not know, and the kinds this router does not serve (prepared queries,
-// peered services and peering servers; see package peering).
+// peered services and peering servers, which PeeringRouter routes).
 //
 // Service-resolvers count as in Consul: a subset's SNI routes to the
 // subset's endpoints, the plain SNI of a service whose resolver has a
@@ -46,7 +28,7 @@ const (
 // gateway tries the rest in order when one fails. Each connection reads the
 // Source's current View once.
 type MeshRouter struct {
-	Source Source
+	Source mesh.Source
 	turn   gateway.Rotation
 }
 
@@ -68,13 +50,13 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 	local := v.Local()
 	switch name.Kind {
 	case sni.KindService:
-		dest := Location{Datacenter: name.Datacenter, Partition: name.Partition}
+		dest := mesh.Location{Datacenter: name.Datacenter, Partition: name.Partition}
 		if dest != local {
 			return r.toGateways(v, dest, hello.ServerName)
 		}
 		return r.toService(v, name)
 	case sni.KindGateway:
-		dest := Location{Datacenter: name.Datacenter, Partition: name.Partition}
+		dest := mesh.Location{Datacenter: name.Datacenter, Partition: name.Partition}
 		if dest == local {
 			return gateway.Route{}, gateway.Reject(ReasonUnsupportedName, "%q addresses this gateway's own datacenter", hello.ServerName)
 		}
@@ -88,18 +70,18 @@ func (r *MeshRouter) Route(_ context.Context, hello *sni.ClientHello) (gateway.R
 // the subset's endpoints, the plain name to the resolver's DefaultSubset when
 // it has one, else to every healthy endpoint; dials within the resolver's
 // ConnectTimeout.
-func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
+func (r *MeshRouter) toService(v *mesh.View, name sni.Name) (gateway.Route, error) {
 	res := v.ResolverFor(name.Service, name.Namespace, name.Partition)
 	subset := name.Subset
 	if subset == "" && res != nil {
 		subset = res.DefaultSubset
 	}
 	routeName := "service " + name.Service
-	var eps []Endpoint
+	var eps []mesh.Endpoint
 	if subset == "" {
 		eps = v.Endpoints(name.Service, name.Namespace, name.Partition, name.Datacenter)
 	} else {
-		if !definesSubset(res, subset) {
+		if !v.DefinesSubset(name.Service, subset, name.Namespace, name.Partition) {
 			return gateway.Route{}, gateway.Reject(ReasonUnknownSubset, "service %q has no subset %q: no service-resolver defines it", name.Service, subset)
 		}
 		routeName += " subset " + subset
@@ -108,17 +90,17 @@ func (r *MeshRouter) toService(v *View, name sni.Name) (gateway.Route, error) {
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for %s (namespace %q) in %s", routeName, name.Namespace, v.Local())
 	}
-	route := gateway.Route{Name: routeName, Targets: r.turn.Of(addrs(eps, false)), Kind: KindService}
+	route := gateway.Route{Name: routeName, Targets: r.turn.Of(mesh.Addresses(eps, false)), Kind: RouteService}
 	if res != nil {
 		route.ConnectTimeout = res.ConnectTimeout
 	}
 	return route, nil
 }
 
-func (r *MeshRouter) toGateways(v *View, dest Location, serverName string) (gateway.Route, error) {
+func (r *MeshRouter) toGateways(v *mesh.View, dest mesh.Location, serverName string) (gateway.Route, error) {
 	eps := v.GatewaysIn(dest)
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter, "no mesh gateways known for %s (server name %q)", dest, serverName)
 	}
-	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.turn.Of(addrs(eps, dest.Datacenter != v.Datacenter)), Remote: true, Kind: KindGateway}, nil
+	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.turn.Of(mesh.Addresses(eps, dest.Datacenter != v.Datacenter)), Remote: true, Kind: RouteGateway}, nil
 }

@@ -1,19 +1,27 @@
-package resolve_test
+package routing_test
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-func route(t *testing.T, r gateway.Router, name string) (gateway.Route, string) {
+// peerTD is another cluster's trust domain.
+const peerTD = "11111111-2222-3333-4444-555555555555.consul"
+
+// meshTopology says where things are for the mesh router's tests.
+var meshTopology = filepath.Join("..", "resolve", "testdata", "topology.hcl")
+
+func meshRoute(t *testing.T, r gateway.Router, name string) (gateway.Route, string) {
 	t.Helper()
 	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
 	if err != nil {
@@ -25,7 +33,7 @@ func route(t *testing.T, r gateway.Router, name string) (gateway.Route, string) 
 }
 
 func TestMeshRouter(t *testing.T) {
-	r := &resolve.MeshRouter{Source: resolvetest.Load(t, resolve.StaticOptions{}, topology)}
+	r := &routing.MeshRouter{Source: resolvetest.Load(t, config.StaticOptions{}, meshTopology)}
 	cases := []struct {
 		name, sniName string
 		targets       []string
@@ -35,22 +43,22 @@ func TestMeshRouter(t *testing.T) {
 		{"service of another datacenter: its gateways, WAN", sni.ServiceSNI("api", "", "", "", "secondary", td), []string{"127.0.2.105:8443"}, ""},
 		{"service of another datacenter the view lacks endpoints for", sni.ServiceSNI("nothing", "", "", "", "secondary", td), []string{"127.0.2.105:8443"}, ""},
 		{"gateway name of another datacenter", sni.GatewaySNI("secondary", "", td), []string{"127.0.2.105:8443"}, ""},
-		{"unknown local service", sni.ServiceSNI("nothing", "", "", "", "dc1", td), nil, resolve.ReasonUnknownService},
-		{"unknown datacenter", sni.ServiceSNI("api", "", "", "", "dc9", td), nil, resolve.ReasonUnknownDatacenter},
-		{"other partition without gateways", sni.ServiceSNI("api", "", "", "part1", "dc1", td), nil, resolve.ReasonUnknownDatacenter},
-		{"foreign trust domain", sni.ServiceSNI("api", "", "", "", "dc1", peerTD), nil, resolve.ReasonForeignTrustDomain},
-		{"not a Consul name", "www.example.com", nil, resolve.ReasonForeignTrustDomain},
-		{"malformed", "api.dc1.internal." + td, nil, resolve.ReasonMalformedName},
-		{"no SNI", "", nil, resolve.ReasonNoServerName},
-		{"own datacenter's gateway name", sni.GatewaySNI("dc1", "", td), nil, resolve.ReasonUnsupportedName},
-		{"subset of a service without a resolver", sni.ServiceSNI("api", "v2", "", "", "dc1", td), nil, resolve.ReasonUnknownSubset},
-		{"prepared query", sni.QuerySNI("q", "dc1", td), nil, resolve.ReasonUnsupportedName},
-		{"peered service", sni.PeeredServiceSNI("api", "", "", "webstuff", td), nil, resolve.ReasonUnsupportedName},
-		{"peering server", sni.PeeringServerSNI("dc1", td), nil, resolve.ReasonUnsupportedName},
+		{"unknown local service", sni.ServiceSNI("nothing", "", "", "", "dc1", td), nil, routing.ReasonUnknownService},
+		{"unknown datacenter", sni.ServiceSNI("api", "", "", "", "dc9", td), nil, routing.ReasonUnknownDatacenter},
+		{"other partition without gateways", sni.ServiceSNI("api", "", "", "part1", "dc1", td), nil, routing.ReasonUnknownDatacenter},
+		{"foreign trust domain", sni.ServiceSNI("api", "", "", "", "dc1", peerTD), nil, routing.ReasonForeignTrustDomain},
+		{"not a Consul name", "www.example.com", nil, routing.ReasonForeignTrustDomain},
+		{"malformed", "api.dc1.internal." + td, nil, routing.ReasonMalformedName},
+		{"no SNI", "", nil, routing.ReasonNoServerName},
+		{"own datacenter's gateway name", sni.GatewaySNI("dc1", "", td), nil, routing.ReasonUnsupportedName},
+		{"subset of a service without a resolver", sni.ServiceSNI("api", "v2", "", "", "dc1", td), nil, routing.ReasonUnknownSubset},
+		{"prepared query", sni.QuerySNI("q", "dc1", td), nil, routing.ReasonUnsupportedName},
+		{"peered service", sni.PeeredServiceSNI("api", "", "", "webstuff", td), nil, routing.ReasonUnsupportedName},
+		{"peering server", sni.PeeringServerSNI("dc1", td), nil, routing.ReasonUnsupportedName},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, reason := route(t, r, c.sniName)
+			got, reason := meshRoute(t, r, c.sniName)
 			assert.Equal(t, c.reason, reason)
 			assert.Equal(t, c.targets, got.Targets)
 			remote := strings.HasPrefix(c.name, "service of another") || strings.HasPrefix(c.name, "gateway name of another")
@@ -63,10 +71,10 @@ func TestMeshRouterRotatesTargets(t *testing.T) {
 	dir := resolvetest.Dir(t, map[string]string{"t.hcl": `topology {
   services = [{ name = "api", addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"] }]
 }`})
-	r := &resolve.MeshRouter{Source: resolvetest.Load(t, resolve.StaticOptions{}, dir)}
+	r := &routing.MeshRouter{Source: resolvetest.Load(t, config.StaticOptions{}, dir)}
 	firsts := map[string]int{}
 	for range 30 {
-		got, reason := route(t, r, sni.ServiceSNI("api", "", "", "", "dc1", resolve.DefaultTrustDomain))
+		got, reason := meshRoute(t, r, sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain))
 		require.Empty(t, reason)
 		require.Len(t, got.Targets, 3, "every endpoint stays in the list for failover")
 		assert.ElementsMatch(t, []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}, got.Targets)
@@ -76,7 +84,7 @@ func TestMeshRouterRotatesTargets(t *testing.T) {
 }
 
 func BenchmarkMeshRouter(b *testing.B) {
-	r := &resolve.MeshRouter{Source: resolvetest.Load(b, resolve.StaticOptions{}, topology)}
+	r := &routing.MeshRouter{Source: resolvetest.Load(b, config.StaticOptions{}, meshTopology)}
 	hello := &sni.ClientHello{ServerName: sni.ServiceSNI("api", "", "", "", "dc1", td)}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -108,7 +116,7 @@ Subsets = {
     { name = "db", addresses = ["127.0.0.1:3"] },
   ]
 }`})
-	r := &resolve.MeshRouter{Source: resolvetest.Load(t, resolve.StaticOptions{}, dir)}
+	r := &routing.MeshRouter{Source: resolvetest.Load(t, config.StaticOptions{}, dir)}
 	for _, c := range []struct {
 		sniName, routeName string
 		targets            []string
@@ -117,10 +125,10 @@ Subsets = {
 		{sni.ServiceSNI("api", "", "", "", "dc1", td), "service api subset v1", []string{"127.0.0.1:1"}, ""},
 		{sni.ServiceSNI("api", "v1", "", "", "dc1", td), "service api subset v1", []string{"127.0.0.1:1"}, ""},
 		{sni.ServiceSNI("api", "v2", "", "", "dc1", td), "service api subset v2", []string{"127.0.0.1:2"}, ""},
-		{sni.ServiceSNI("api", "v3", "", "", "dc1", td), "", nil, resolve.ReasonUnknownSubset},
+		{sni.ServiceSNI("api", "v3", "", "", "dc1", td), "", nil, routing.ReasonUnknownSubset},
 		{sni.ServiceSNI("db", "", "", "", "dc1", td), "service db", []string{"127.0.0.1:3"}, ""},
 	} {
-		got, reason := route(t, r, c.sniName)
+		got, reason := meshRoute(t, r, c.sniName)
 		assert.Equal(t, c.reason, reason, c.sniName)
 		assert.Equal(t, c.targets, got.Targets, c.sniName)
 		assert.Equal(t, c.routeName, got.Name, c.sniName)
@@ -130,14 +138,4 @@ Subsets = {
 			assert.Zero(t, got.ConnectTimeout, c.sniName)
 		}
 	}
-}
-
-// A topology listing a subset no resolver defines is refused, naming it.
-func TestStaticRefusesAnUndefinedSubset(t *testing.T) {
-	dir := resolvetest.Dir(t, map[string]string{"t.hcl": `topology {
-  services = [{ name = "api", subset = "v2", addresses = ["127.0.0.1:2"] }]
-}`})
-	_, err := resolve.LoadStatic(resolve.StaticOptions{}, dir)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), `subset "v2" of service "api"`)
 }

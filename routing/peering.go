@@ -1,4 +1,4 @@
-package peering
+package routing
 
 import (
 	"context"
@@ -9,59 +9,57 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
 
-// Rejection reasons of Router, besides those of resolve.MeshRouter.
-const (
-	// ReasonNotThroughGateways: a peering control-plane name while the mesh
-	// entry does not route peering through mesh gateways.
-	ReasonNotThroughGateways = "peering-not-through-gateways"
-	// ReasonNoServers: the local servers' gRPC TLS addresses are not known.
-	ReasonNoServers = "no-peering-servers"
-	// ReasonNotExported: an exported-service name for a service that is not
-	// exported to the peer the name carries.
-	ReasonNotExported = "not-exported"
-	// ReasonL7Export: an exported service whose protocol is http, http2 or
-	// grpc, which Consul's gateway terminates and meshgate does not (see
-	// Router.PassThroughL7Exports).
-	ReasonL7Export = "l7-export"
-)
-
-// Route kinds of Router (gateway.Route.Kind).
-const (
-	// KindPeeringServers: the local servers' peering control plane.
-	KindPeeringServers = "peering-servers"
-	// KindPeerServers: a peer's servers, for a peering this cluster dials.
-	KindPeerServers = "peer-servers"
-	// KindExported: a local service exported to a peer.
-	KindExported = "exported-service"
-	// KindImported: a service a peer exports to this cluster, at the peer's
-	// gateways.
-	KindImported = "imported-service"
-)
-
-// Router is a gateway.Router for a mesh gateway that takes part in cluster
-// peering: it routes the peering names described in the package comment and
-// hands every other name to Mesh. The zero value is not usable: set Source.
+// PeeringRouter is a gateway.Router for a mesh gateway that takes part in
+// Consul cluster peering, as Consul's own mesh gateway (Envoy, as Consul
+// 1.22 configures it) does, over the same mesh.View as the rest of the
+// mesh:
+//
+//   - control plane, accepting side: while the mesh config entry says
+//     Peering { PeerThroughMeshGateways = true }, the name
+//     server.<local dc>.peering.<local trust domain> goes to the local Consul
+//     servers' gRPC TLS addresses (View.Servers);
+//   - control plane, dialing side: under the same entry, each peering this
+//     cluster dials sends its peer's server name (View.Peers[...].ServerName)
+//     to the peer's server addresses, which are the peer's mesh gateways when
+//     the peer routes peering through them too;
+//   - exported services: <svc>.<ns>.<partition>.<peer>.external.<local td>
+//     goes to the service's healthy local mesh endpoints, only if the service
+//     is exported to that peer (View.Exports); the bytes pass through, never
+//     decrypted. An export whose protocol is http, http2 or grpc, which
+//     Consul's gateway terminates, goes to an l7.Terminator (package
+//     routing/l7) when Terminate (or L7) names one, passes through as TCP
+//     with PassThroughL7Exports, and is refused otherwise
+//     (ReasonL7Export);
+//   - imported services: the exact SNI of each service a peer exports to this
+//     cluster (View.Peers[...].Imports) goes to that peer's gateways, which is
+//     how sidecars in "local" mode reach peered upstreams.
+//
+// Every other name goes to Mesh. A name in a peer's trust domain is routed
+// only when it equals one learned from Consul (or from a static topology),
+// never by pattern, so a gateway is no open relay for peers either; every
+// refusal names its reason. The zero value is not usable: set Source.
 //
 // Targets are rotated per connection; the gateway tries the rest in order
 // when one fails. Each connection reads the Source's current View once.
-type Router struct {
+type PeeringRouter struct {
 	// Source provides the view. Required.
-	Source resolve.Source
+	Source mesh.Source
 	// Mesh routes the names that are not peering's; nil means a
-	// resolve.MeshRouter over Source.
+	// MeshRouter over Source.
 	Mesh gateway.Router
 	// PassThroughL7Exports passes an exported service whose protocol is
 	// http, http2 or grpc through as TCP, as every other export. Consul's
 	// gateway terminates such exports to apply the service's
 	// service-router and service-splitter and to forward the peer's
-	// identity for L7 intentions; a Router does that only with L7 set, so
-	// without either it refuses them (ReasonL7Export) rather than let peers
-	// skip those rules unseen. Set it where no such rule is written for the
-	// service's peers.
+	// identity for L7 intentions; a PeeringRouter does that only with
+	// Terminate or L7 set, so without them it refuses such exports
+	// (ReasonL7Export) rather than let peers skip those rules unseen. Set
+	// it where no such rule is written for the service's peers.
 	PassThroughL7Exports bool
 	// Terminate serves this gateway's exports whose protocol is http,
 	// http2 or grpc, as Consul's gateway does, in this process: those
@@ -79,10 +77,10 @@ type Router struct {
 	index atomic.Pointer[peerIndex]
 }
 
-var _ gateway.Router = (*Router)(nil)
+var _ gateway.Router = (*PeeringRouter)(nil)
 
 // Route implements gateway.Router.
-func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
+func (r *PeeringRouter) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
 	v := r.Source.View()
 	if hello.ServerName != "" {
 		name, err := sni.ParseName(hello.ServerName, v.TrustDomain)
@@ -98,32 +96,32 @@ func (r *Router) Route(ctx context.Context, hello *sni.ClientHello) (gateway.Rou
 	return r.meshRouter().Route(ctx, hello)
 }
 
-func (r *Router) meshRouter() gateway.Router {
+func (r *PeeringRouter) meshRouter() gateway.Router {
 	if r.Mesh != nil {
 		return r.Mesh
 	}
 	if m := r.mesh.Load(); m != nil {
 		return *m
 	}
-	var m gateway.Router = &resolve.MeshRouter{Source: r.Source}
+	var m gateway.Router = &MeshRouter{Source: r.Source}
 	r.mesh.CompareAndSwap(nil, &m)
 	return *r.mesh.Load()
 }
 
 // toServers routes server.<dc>.peering.<local td>: a peer's servers dialling
 // ours through this gateway.
-func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error) {
+func (r *PeeringRouter) toServers(v *mesh.View, name sni.Name) (gateway.Route, error) {
 	switch {
 	case name.Datacenter != v.Datacenter:
-		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownDatacenter,
+		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter,
 			"peering servers of datacenter %q: this gateway serves the peering control plane of %q only", name.Datacenter, v.Datacenter)
 	case !v.PeerThroughMeshGateways():
 		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
 			"%q: the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", name.String())
 	case len(v.Servers) == 0:
-		return gateway.Route{}, gateway.Reject(ReasonNoServers, "%q: no Consul server with a gRPC TLS port is known in %s", name.String(), v.Datacenter)
+		return gateway.Route{}, gateway.Reject(ReasonNoPeeringServers, "%q: no Consul server with a gRPC TLS port is known in %s", name.String(), v.Datacenter)
 	}
-	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.turn.Of(v.Servers), Kind: KindPeeringServers}, nil
+	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.turn.Of(v.Servers), Kind: RoutePeeringServers}, nil
 }
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
@@ -131,7 +129,7 @@ func (r *Router) toServers(v *resolve.View, name sni.Name) (gateway.Route, error
 // the service's discovery chain (resolve.RouteExported, computed once per
 // view): the primary target's endpoints in turn, then the local failover
 // targets'.
-func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, error) {
+func (r *PeeringRouter) toExported(v *mesh.View, name sni.Name) (gateway.Route, error) {
 	local := v.Local()
 	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
 		return gateway.Route{}, gateway.Reject(ReasonNotExported,
@@ -140,42 +138,42 @@ func (r *Router) toExported(v *resolve.View, name sni.Name) (gateway.Route, erro
 	if p := v.Protocol(name.Service, name.Namespace, name.Partition); p == "http" || p == "http2" || p == "grpc" {
 		switch {
 		case r.Terminate != nil:
-			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Kind: KindExported, Serve: r.Terminate}, nil
+			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Kind: RouteExportedService, Serve: r.Terminate}, nil
 		case r.L7 != "":
-			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Targets: []string{r.L7}, Kind: KindExported}, nil
+			return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer + ", terminated", Targets: []string{r.L7}, Kind: RouteExportedService}, nil
 		case !r.PassThroughL7Exports:
 			return gateway.Route{}, gateway.Reject(ReasonL7Export,
 				"service %q is exported to peer %q with protocol %q: Consul's mesh gateway terminates such exports to apply its service-router, service-splitter and L7 intentions; "+
-					"terminate them (peering.Router.Terminate, meshgateway -l7-exports terminate), make its protocol tcp (service-defaults), or pass it through as TCP without those rules (peering.Router.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
+					"terminate them (routing.PeeringRouter.Terminate, meshgateway -l7-exports terminate), make its protocol tcp (service-defaults), or pass it through as TCP without those rules (routing.PeeringRouter.PassThroughL7Exports, meshgateway -l7-exports passthrough)",
 				name.Service, name.Peer, p)
 		}
 	}
 	er := r.indexOf(v).exported[[2]string{name.Service, tenancy.OrDefault(name.Namespace)}]
 	if len(er.Primary)+len(er.Failover) == 0 {
 		if len(er.Skipped) > 0 {
-			return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
+			return gateway.Route{}, gateway.Reject(ReasonUnknownService,
 				"exported service %q resolves to %s, in another datacenter, partition or peer: a mesh gateway sends a peer's connections to targets in its own (%s) only, as Consul's does",
 				name.Service, strings.Join(er.Skipped, ", then "), local)
 		}
-		return gateway.Route{}, gateway.Reject(resolve.ReasonUnknownService,
+		return gateway.Route{}, gateway.Reject(ReasonUnknownService,
 			"exported service %q (namespace %q) has no healthy mesh endpoints in %s (its chain's target: %s)", name.Service, name.Namespace, local, er.Target)
 	}
 	targets := r.turn.Of(er.Primary)
 	if len(er.Failover) > 0 {
 		targets = append(append(make([]string, 0, len(targets)+len(er.Failover)), targets...), er.Failover...)
 	}
-	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: targets, Kind: KindExported,
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: targets, Kind: RouteExportedService,
 		ConnectTimeout: er.ConnectTimeout}, nil
 }
 
 // toPeer routes a name in another cluster's trust domain, only if it is
 // exactly one the view learned: a peer's server name or an imported
 // service's SNI.
-func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, error) {
+func (r *PeeringRouter) toPeer(v *mesh.View, serverName string) (gateway.Route, error) {
 	pr, ok := r.indexOf(v).routes[strings.ToLower(serverName)]
 	switch {
 	case !ok:
-		return gateway.Route{}, gateway.Reject(resolve.ReasonForeignTrustDomain,
+		return gateway.Route{}, gateway.Reject(ReasonForeignTrustDomain,
 			"%q is neither in trust domain %q nor a peer's server or imported service name known to this gateway", serverName, v.TrustDomain)
 	case pr.server && !v.PeerThroughMeshGateways():
 		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
@@ -188,7 +186,7 @@ func (r *Router) toPeer(v *resolve.View, serverName string) (gateway.Route, erro
 // exact foreign names and their routes, and the route of each local
 // service exported to a peer, by name and namespace.
 type peerIndex struct {
-	view     *resolve.View
+	view     *mesh.View
 	routes   map[string]peerRoute
 	exported map[[2]string]resolve.ExportedRoute
 }
@@ -202,24 +200,24 @@ type peerRoute struct {
 }
 
 // indexOf returns the index of v, building it once per view.
-func (r *Router) indexOf(v *resolve.View) *peerIndex {
+func (r *PeeringRouter) indexOf(v *mesh.View) *peerIndex {
 	if idx := r.index.Load(); idx != nil && idx.view == v {
 		return idx
 	}
 	idx := &peerIndex{view: v, routes: map[string]peerRoute{}, exported: map[[2]string]resolve.ExportedRoute{}}
 	local := v.Local()
 	for k := range v.Exports {
-		if (resolve.Location{Datacenter: k.Datacenter, Partition: k.Partition}) == local {
+		if (mesh.Location{Datacenter: k.Datacenter, Partition: k.Partition}) == local {
 			idx.exported[[2]string{k.Name, k.Namespace}] = resolve.RouteExported(v, k.Name, k.Namespace)
 		}
 	}
 	for _, p := range v.Peers {
 		if p.ServerName != "" && len(p.ServerAddresses) > 0 {
-			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, kind: KindPeerServers, peer: p.Name, server: true, targets: p.ServerAddresses}
+			idx.routes[strings.ToLower(p.ServerName)] = peerRoute{name: "peer servers " + p.Name, kind: RoutePeerServers, peer: p.Name, server: true, targets: p.ServerAddresses}
 		}
 		for _, im := range p.Imports {
 			if im.SNI != "" && len(im.Gateways) > 0 {
-				idx.routes[strings.ToLower(im.SNI)] = peerRoute{name: "imported " + im.Name + " from peer " + p.Name, kind: KindImported, peer: p.Name, targets: im.Gateways}
+				idx.routes[strings.ToLower(im.SNI)] = peerRoute{name: "imported " + im.Name + " from peer " + p.Name, kind: RouteImportedService, peer: p.Name, targets: im.Gateways}
 			}
 		}
 	}

@@ -1,11 +1,12 @@
-package peering_test
+package routing_test
 
 import (
 	"testing"
 
-	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -38,7 +39,7 @@ Subsets = { b = { Filter = "Service.Meta.x == y" } }
 // its destination (local endpoints, the other datacenter's gateways, the
 // peer's), and the destination datacenter's gateway to the instances.
 func TestGatewaysRouteEveryChainTarget(t *testing.T) {
-	dc1 := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+	dc1 := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{
 		"api.hcl": chainEntries, "backup.hcl": backupEntries,
 		"web.hcl": `service {
   name = "web"
@@ -60,7 +61,7 @@ func TestGatewaysRouteEveryChainTarget(t *testing.T) {
   peers = [{ name = "other", trust_domain = "11111111-2222-3333-4444-555555555555.consul", name_at_peer = "dc1-default",
              gateways = ["127.0.9.5:8443"], imports = ["api"] }]
 }`}))
-	dc2 := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+	dc2 := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{
 		"api.hcl": chainEntries, "backup.hcl": backupEntries,
 		"topology.hcl": `topology {
   datacenter = "dc2"
@@ -70,7 +71,7 @@ func TestGatewaysRouteEveryChainTarget(t *testing.T) {
     { name = "api", subset = "v1", addresses = ["127.0.2.11:21000"] },
   ]
 }`}))
-	gw1, gw2 := &peering.Router{Source: dc1}, &peering.Router{Source: dc2}
+	gw1, gw2 := &routing.PeeringRouter{Source: dc1}, &routing.PeeringRouter{Source: dc2}
 
 	all := resolvetest.Chain(resolvetest.Plan(t, dc1, "web", "api"))
 	all = append(all, resolvetest.Chain(resolvetest.Plan(t, dc1, "web", "api-v1"))...)

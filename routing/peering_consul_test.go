@@ -1,4 +1,4 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
@@ -21,8 +21,10 @@ import (
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/echo"
 	"github.com/meshgate/meshgate/internal/meshtest"
-	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/registration"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -32,7 +34,7 @@ import (
 // eventually bounds every wait on Consul; the waits poll a condition.
 const eventually = 60 * time.Second
 
-// meshGateway is a meshgate gateway serving one cluster: a peering.Router
+// meshGateway is a meshgate gateway serving one cluster: a routing.PeeringRouter
 // over a live consulview.Source, registered with the cluster's agent. It
 // records which local addresses its upstream dials came from, and which
 // client addresses each server name arrived from.
@@ -54,18 +56,18 @@ type meshGateway struct {
 // gateway for agent.
 func startGateway(t *testing.T, agent *consultest.Agent, addr string) *meshGateway {
 	t.Helper()
-	return startGatewayWith(t, agent, addr, func(*peering.Router) {})
+	return startGatewayWith(t, agent, addr, func(*routing.PeeringRouter) {})
 }
 
 // startGatewayWith is startGateway whose router configure completes (its
 // Source set).
-func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, configure func(*peering.Router)) *meshGateway {
+func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, configure func(*routing.PeeringRouter)) *meshGateway {
 	t.Helper()
 	g := &meshGateway{t: t, agent: agent, counters: &gateway.Counters{}, dialed: map[string]bool{}, seen: map[string][]string{}}
 	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{})
 	require.NoError(t, err)
 	g.src = src
-	router := &peering.Router{Source: src}
+	router := &routing.PeeringRouter{Source: src}
 	configure(router)
 	g.srv = &gateway.Server{
 		Router: gateway.RouterFunc(func(ctx context.Context, hello *sni.ClientHello) (gateway.Route, error) {
@@ -91,7 +93,7 @@ func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, config
 	ln := meshtest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
-	g.dereg, err = consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{
+	g.dereg, err = registration.Register(context.Background(), agent.Client, registration.Gateway{
 		Address: g.addr, CheckInterval: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(g.stop)
@@ -308,7 +310,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 
 	// B's gateway routes B's server name to B's gRPC TLS port.
 	consultest.WaitFor(t, eventually, "B's gateway to know B's servers", func() bool {
-		r, reason := routeOf(&peering.Router{Source: gwB.src}, bServers)
+		r, reason := routeOf(&routing.PeeringRouter{Source: gwB.src}, bServers)
 		return reason == "" && len(r.Targets) == 1 && r.Targets[0] == b.GRPCTLS
 	})
 
@@ -327,7 +329,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	}
 	assert.NotEmpty(t, gwA.remotesOf(bServers), "A's servers dialled A's gateway")
 	snapA := gwA.counters.Snapshot()
-	assert.Zero(t, snapA.Rejected[peering.ReasonNotThroughGateways]+snapA.Rejected[resolve.ReasonForeignTrustDomain],
+	assert.Zero(t, snapA.Rejected[routing.ReasonNotThroughGateways]+snapA.Rejected[routing.ReasonForeignTrustDomain],
 		"A's gateway refused none of A's servers' connections: %v", snapA.Rejected)
 
 	// The data plane: B exports a Connect-native api to A.
@@ -337,7 +339,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	require.NoError(t, err)
 	apiSNI := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
 	apiID := "spiffe://" + tdB + "/ns/default/dc/dc1/svc/api"
-	var imported resolve.ImportedService
+	var imported mesh.ImportedService
 	consultest.WaitFor(t, eventually, "A's gateway to learn api imported from B, with B's gateway as address", func() bool {
 		var ok bool
 		imported, ok = gwA.src.View().Peers["cluster-b"].Import("api", "")
@@ -347,7 +349,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 		"the identities B lists for api: its own and its gateway's, which would serve an L7 export")
 	// A sidecar of web in A with api from B as an upstream is planned with
 	// the SNI and addresses learned from A's agent, in each mode.
-	web := resolve.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
+	web := mesh.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
 	for mode, want := range map[api.MeshGatewayMode]string{api.MeshGatewayModeRemote: gwB.addr, api.MeshGatewayModeLocal: gwA.addr} {
 		plan := resolve.PlanUpstream(gwA.src.View(), web, api.Upstream{DestinationName: "api", DestinationPeer: "cluster-b",
 			MeshGateway: api.MeshGatewayConfig{Mode: mode}})
@@ -445,7 +447,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	billingSNI := sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB)
 	assert.Error(t, dialPeered(a, gwB.addr, billingSNI, wrongID, peerRoots(t, a, "cluster-b")))
 	after := gwB.counters.Snapshot()
-	assert.Equal(t, before.Rejected[peering.ReasonNotExported]+1, after.Rejected[peering.ReasonNotExported])
+	assert.Equal(t, before.Rejected[routing.ReasonNotExported]+1, after.Rejected[routing.ReasonNotExported])
 	assert.Equal(t, before.DialFailures, after.DialFailures)
 	assert.Equal(t, before.Forwarded, after.Forwarded)
 	assert.Zero(t, billingAccepted.get())
@@ -455,13 +457,13 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}, nil)
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "B's gateway to see api's protocol", func() bool {
-		_, reason := routeOf(&peering.Router{Source: gwB.src}, apiSNI)
-		return reason == peering.ReasonL7Export
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwB.src}, apiSNI)
+		return reason == routing.ReasonL7Export
 	})
 	before = gwB.counters.Snapshot()
 	assert.Error(t, dialPeered(a, gwB.addr, apiSNI, apiID, peerRoots(t, a, "cluster-b")))
 	after = gwB.counters.Snapshot()
-	assert.Equal(t, before.Rejected[peering.ReasonL7Export]+1, after.Rejected[peering.ReasonL7Export])
+	assert.Equal(t, before.Rejected[routing.ReasonL7Export]+1, after.Rejected[routing.ReasonL7Export])
 	assert.Equal(t, before.Forwarded, after.Forwarded)
 	_, err = b.Client.ConfigEntries().Delete(api.ServiceDefaults, "api", nil)
 	require.NoError(t, err)
@@ -484,20 +486,20 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	_, err = b.Client.ConfigEntries().Delete(api.ExportedServices, "default", nil)
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "B's gateway to stop routing api to A", func() bool {
-		_, reason := routeOf(&peering.Router{Source: gwB.src}, apiSNI)
-		return reason == peering.ReasonNotExported
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwB.src}, apiSNI)
+		return reason == routing.ReasonNotExported
 	})
 	consultest.WaitFor(t, eventually, "A's gateway to forget api", func() bool {
-		_, reason := routeOf(&peering.Router{Source: gwA.src}, apiSNI)
-		return reason == resolve.ReasonForeignTrustDomain
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwA.src}, apiSNI)
+		return reason == routing.ReasonForeignTrustDomain
 	})
 
 	// Deleting the peering removes the control-plane route on A's side.
 	_, err = a.Client.Peerings().Delete(context.Background(), "cluster-b", nil)
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "A's gateway to stop routing B's servers", func() bool {
-		_, reason := routeOf(&peering.Router{Source: gwA.src}, bServers)
-		return reason == resolve.ReasonForeignTrustDomain
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwA.src}, bServers)
+		return reason == routing.ReasonForeignTrustDomain
 	})
 }
 
@@ -507,10 +509,10 @@ func TestControlPlaneFollowsTheMeshEntry(t *testing.T) {
 	src, err := consulview.New(context.Background(), a.Client, consulview.Options{})
 	require.NoError(t, err)
 	defer src.Close()
-	r := &peering.Router{Source: src}
+	r := &routing.PeeringRouter{Source: src}
 	name := sni.PeeringServerSNI("dc1", a.TrustDomain())
 	_, reason := routeOf(r, name)
-	assert.Equal(t, peering.ReasonNotThroughGateways, reason)
+	assert.Equal(t, routing.ReasonNotThroughGateways, reason)
 	peerThroughGateways(t, a)
 	consultest.WaitFor(t, eventually, "the servers to route once the mesh entry says so", func() bool {
 		got, reason := routeOf(r, name)
@@ -520,7 +522,7 @@ func TestControlPlaneFollowsTheMeshEntry(t *testing.T) {
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "the servers to stop routing once the entry is gone", func() bool {
 		_, reason := routeOf(r, name)
-		return reason == peering.ReasonNotThroughGateways
+		return reason == routing.ReasonNotThroughGateways
 	})
 }
 

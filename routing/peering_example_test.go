@@ -1,25 +1,25 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
 	"fmt"
 
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 )
 
 // Cluster B's gateway, from B's files: the peering control plane to B's
 // servers, api exported to cluster-a to api's instances, and a service not
 // exported refused.
-func ExampleRouter() {
-	src, err := resolve.LoadStatic(resolve.StaticOptions{}, "testdata/cluster-b")
+func ExamplePeeringRouter() {
+	src, err := config.LoadStatic(config.StaticOptions{}, "testdata/cluster-b")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	td := src.View().TrustDomain
-	router := &peering.Router{Source: src}
+	router := &routing.PeeringRouter{Source: src}
 	for _, name := range []string{
 		sni.PeeringServerSNI("dc1", td),
 		sni.PeeredServiceSNI("api", "", "", "cluster-a", td),

@@ -1,4 +1,4 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
@@ -6,9 +6,8 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -55,23 +54,23 @@ Services = [{ Name = "db", Consumers = [{ Peer = "cluster-a" }] }]
 `
 	files := map[string]string{"topology.hcl": exportTopology("part1"), "exports.hcl": exports, "defaults.hcl": defaults,
 		"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nPartition = \"part1\"\nSubsets = { v1 = {} }\n"}
-	r := &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+	r := &routing.PeeringRouter{Source: resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))}
 	targets, reason := route(t, r, sni.PeeredServiceSNI("api", "", "part1", "cluster-a", tdB))
 	assert.Empty(t, reason)
 	assert.ElementsMatch(t, []string{"127.0.20.10:21000", "127.0.20.11:21000"}, targets)
 	_, reason = route(t, r, sni.PeeredServiceSNI("db", "", "", "cluster-a", tdB))
-	assert.Equal(t, peering.ReasonNotExported, reason, "the default partition's export, not this gateway's partition")
+	assert.Equal(t, routing.ReasonNotExported, reason, "the default partition's export, not this gateway's partition")
 
 	// The default partition's gateway serves db, not part1's api.
 	files["topology.hcl"] = exportTopology("")
 	delete(files, "api.hcl")
 	files["api.hcl"] = "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n"
-	r = &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+	r = &routing.PeeringRouter{Source: resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))}
 	targets, reason = route(t, r, sni.PeeredServiceSNI("db", "", "", "cluster-a", tdB))
 	assert.Empty(t, reason)
 	assert.Equal(t, []string{"127.0.20.40:21000"}, targets)
 	_, reason = route(t, r, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
-	assert.Equal(t, peering.ReasonNotExported, reason)
+	assert.Equal(t, routing.ReasonNotExported, reason)
 
 	// One entry per partition.
 	_, err := config.Parse("twice.yaml", []byte("Kind: exported-services\nName: part1\n---\nKind: exported-services\nName: part1\n"))
@@ -98,13 +97,13 @@ func TestExportedServiceFollowsItsResolver(t *testing.T) {
 		{"a redirect to another service", "Redirect { Service = \"api-v2\" }\n", []string{"127.0.20.20:21000"}, 0, "", ""},
 		{"failover to a local service, after the primary", "DefaultSubset = \"v1\"\nFailover = { \"*\" = { Targets = [{ Datacenter = \"dc2\" }, { Service = \"api-backup\" }] } }\n",
 			[]string{"127.0.20.11:21000", "127.0.20.30:21000"}, 0, "", ""},
-		{"a redirect to another datacenter", "Redirect { Datacenter = \"dc2\" }\n", nil, 0, resolve.ReasonUnknownService,
+		{"a redirect to another datacenter", "Redirect { Datacenter = \"dc2\" }\n", nil, 0, routing.ReasonUnknownService,
 			`exported service "api" resolves to api dc2, in another datacenter, partition or peer`},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			files := map[string]string{"topology.hcl": exportTopology(""), "exports.hcl": apiExport,
 				"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = {} }\n" + tc.resolver}
-			r := &peering.Router{Source: resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))}
+			r := &routing.PeeringRouter{Source: resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))}
 			got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
 			if tc.reason != "" {
 				_, reason := route(t, r, name)
@@ -115,7 +114,7 @@ func TestExportedServiceFollowsItsResolver(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, tc.targets, got.Targets)
 			assert.Equal(t, tc.timeout, got.ConnectTimeout)
-			assert.Equal(t, peering.KindExported, got.Kind)
+			assert.Equal(t, routing.RouteExportedService, got.Kind)
 		})
 	}
 }
@@ -134,8 +133,8 @@ func TestL7ExportsAreRefusedUnlessPassedThrough(t *testing.T) {
 		reason string
 	}{
 		{"tcp by default", nil, ""},
-		{"http from service-defaults", map[string]string{"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"http\"\n"}, peering.ReasonL7Export},
-		{"grpc from proxy-defaults", map[string]string{"pd.hcl": "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"grpc\" }\n"}, peering.ReasonL7Export},
+		{"http from service-defaults", map[string]string{"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"http\"\n"}, routing.ReasonL7Export},
+		{"grpc from proxy-defaults", map[string]string{"pd.hcl": "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"grpc\" }\n"}, routing.ReasonL7Export},
 		{"tcp in service-defaults over http in proxy-defaults", map[string]string{
 			"pd.hcl": "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"http2\" }\n",
 			"sd.hcl": "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"tcp\"\n"}, ""},
@@ -146,16 +145,16 @@ func TestL7ExportsAreRefusedUnlessPassedThrough(t *testing.T) {
 			for k, v := range tc.files {
 				files[k] = v
 			}
-			src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, files))
-			_, reason := route(t, &peering.Router{Source: src}, name)
+			src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
+			_, reason := route(t, &routing.PeeringRouter{Source: src}, name)
 			assert.Equal(t, tc.reason, reason)
 			if tc.reason == "" {
 				return
 			}
-			_, err := (&peering.Router{Source: src}).Route(context.Background(), &sni.ClientHello{ServerName: name})
+			_, err := (&routing.PeeringRouter{Source: src}).Route(context.Background(), &sni.ClientHello{ServerName: name})
 			assert.ErrorContains(t, err, `is exported to peer "cluster-a" with protocol`)
 			assert.ErrorContains(t, err, "PassThroughL7Exports")
-			targets, reason := route(t, &peering.Router{Source: src, PassThroughL7Exports: true}, name)
+			targets, reason := route(t, &routing.PeeringRouter{Source: src, PassThroughL7Exports: true}, name)
 			assert.Empty(t, reason)
 			assert.ElementsMatch(t, []string{"127.0.20.10:21000", "127.0.20.11:21000"}, targets, "passed through as TCP")
 		})

@@ -1,11 +1,12 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
 	"testing"
 
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -21,14 +22,14 @@ func FuzzRoute(f *testing.F) {
 	} {
 		f.Add(name)
 	}
-	var routers []*peering.Router
+	var routers []*routing.PeeringRouter
 	var known []map[string]bool
 	for _, dir := range []string{"testdata/cluster-a", "testdata/cluster-b"} {
-		src, err := resolve.LoadStatic(resolve.StaticOptions{}, dir)
+		src, err := config.LoadStatic(config.StaticOptions{}, dir)
 		if err != nil {
 			f.Fatal(err)
 		}
-		routers = append(routers, &peering.Router{Source: src})
+		routers = append(routers, &routing.PeeringRouter{Source: src})
 		known = append(known, addressesOf(src.View()))
 	}
 	f.Fuzz(func(t *testing.T, name string) {
@@ -50,7 +51,7 @@ func FuzzRoute(f *testing.F) {
 }
 
 // addressesOf returns every address a view holds.
-func addressesOf(v *resolve.View) map[string]bool {
+func addressesOf(v *mesh.View) map[string]bool {
 	out := map[string]bool{}
 	for _, eps := range v.Services {
 		for _, e := range eps {

@@ -1,4 +1,4 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/gatewaycert"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/meshtest"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/peering/l7"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -33,8 +34,8 @@ import (
 // from agent's xDS.
 func startL7Gateway(t *testing.T, agent *consultest.Agent) *meshGateway {
 	t.Helper()
-	return startGatewayWith(t, agent, "", func(r *peering.Router) {
-		certs, err := sidecar.WatchGatewayCerts(context.Background(), agent.Client, sidecar.GatewayCertsOptions{GRPCAddr: agent.GRPC, GatewayID: "mesh-gateway"})
+	return startGatewayWith(t, agent, "", func(r *routing.PeeringRouter) {
+		certs, err := gatewaycert.Watch(context.Background(), agent.Client, gatewaycert.Options{GRPCAddr: agent.GRPC, GatewayID: "mesh-gateway"})
 		require.NoError(t, err)
 		t.Cleanup(certs.Close)
 		term := &l7.Terminator{Source: r.Source, Certs: certs}
@@ -156,7 +157,7 @@ func TestPeersReachAnL7ExportThroughMeshgate(t *testing.T) {
 	gwA := startGateway(t, a, "")
 	gwB := startL7Gateway(t, b)
 	consultest.WaitFor(t, eventually, "B's gateway to know B's servers", func() bool {
-		_, reason := routeOf(&peering.Router{Source: gwB.src}, sni.PeeringServerSNI("dc1", tdB))
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwB.src}, sni.PeeringServerSNI("dc1", tdB))
 		return reason == ""
 	})
 	establishPeering(t, a, b)

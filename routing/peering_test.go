@@ -1,4 +1,4 @@
-package peering_test
+package routing_test
 
 import (
 	"context"
@@ -6,9 +6,10 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,9 +20,9 @@ const (
 	tdB = "bbbbbbbb-0000-4000-8000-000000000002.consul"
 )
 
-func load(t *testing.T, dir string) *resolve.Static {
+func load(t *testing.T, dir string) *config.Static {
 	t.Helper()
-	src, err := resolve.LoadStatic(resolve.StaticOptions{}, dir)
+	src, err := config.LoadStatic(config.StaticOptions{}, dir)
 	require.NoError(t, err)
 	return src
 }
@@ -41,24 +42,24 @@ func route(t *testing.T, r gateway.Router, serverName string) ([]string, string)
 }
 
 func TestRouterAcceptingAndExportingSide(t *testing.T) {
-	r := &peering.Router{Source: load(t, "testdata/cluster-b")}
+	r := &routing.PeeringRouter{Source: load(t, "testdata/cluster-b")}
 	for _, tc := range []struct {
 		what, name string
 		targets    []string
 		reason     string
 	}{
 		{"A's servers reach ours", sni.PeeringServerSNI("dc1", tdB), []string{"127.0.20.2:8503"}, ""},
-		{"another datacenter's servers", sni.PeeringServerSNI("dc2", tdB), nil, resolve.ReasonUnknownDatacenter},
+		{"another datacenter's servers", sni.PeeringServerSNI("dc2", tdB), nil, routing.ReasonUnknownDatacenter},
 		{"an export to A", sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB), nil, ""},
-		{"not exported at all", sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB), nil, peering.ReasonNotExported},
-		{"exported, but not to that peer", sni.PeeredServiceSNI("api", "", "", "cluster-z", tdB), nil, peering.ReasonNotExported},
-		{"exported from another namespace", sni.PeeredServiceSNI("api", "other", "", "cluster-a", tdB), nil, peering.ReasonNotExported},
-		{"exported from another partition", sni.PeeredServiceSNI("api", "", "part1", "cluster-a", tdB), nil, peering.ReasonNotExported},
-		{"exported with no healthy endpoint", sni.PeeredServiceSNI("quiet", "", "", "cluster-a", tdB), nil, resolve.ReasonUnknownService},
+		{"not exported at all", sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB), nil, routing.ReasonNotExported},
+		{"exported, but not to that peer", sni.PeeredServiceSNI("api", "", "", "cluster-z", tdB), nil, routing.ReasonNotExported},
+		{"exported from another namespace", sni.PeeredServiceSNI("api", "other", "", "cluster-a", tdB), nil, routing.ReasonNotExported},
+		{"exported from another partition", sni.PeeredServiceSNI("api", "", "part1", "cluster-a", tdB), nil, routing.ReasonNotExported},
+		{"exported with no healthy endpoint", sni.PeeredServiceSNI("quiet", "", "", "cluster-a", tdB), nil, routing.ReasonUnknownService},
 		{"a local service, through the mesh router", sni.ServiceSNI("billing", "", "", "", "dc1", tdB), []string{"127.0.20.12:21000"}, ""},
-		{"A's own names are not B's to route", sni.PeeringServerSNI("dc1", tdA), nil, resolve.ReasonForeignTrustDomain},
-		{"an outside name", "www.example.com", nil, resolve.ReasonForeignTrustDomain},
-		{"no server name", "", nil, resolve.ReasonNoServerName},
+		{"A's own names are not B's to route", sni.PeeringServerSNI("dc1", tdA), nil, routing.ReasonForeignTrustDomain},
+		{"an outside name", "www.example.com", nil, routing.ReasonForeignTrustDomain},
+		{"no server name", "", nil, routing.ReasonNoServerName},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			targets, reason := route(t, r, tc.name)
@@ -79,7 +80,7 @@ func TestRouterAcceptingAndExportingSide(t *testing.T) {
 }
 
 func TestRouterDialingAndImportingSide(t *testing.T) {
-	r := &peering.Router{Source: load(t, "testdata/cluster-a")}
+	r := &routing.PeeringRouter{Source: load(t, "testdata/cluster-a")}
 	for _, tc := range []struct {
 		what, name string
 		targets    []string
@@ -87,13 +88,13 @@ func TestRouterDialingAndImportingSide(t *testing.T) {
 	}{
 		{"our servers reach B's, through B's gateway", sni.PeeringServerSNI("dc1", tdB), []string{"127.0.20.5:8443"}, ""},
 		{"a sidecar in local mode reaches B's api", sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB), []string{"127.0.20.5:8443"}, ""},
-		{"a service B does not export to us", sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB), nil, resolve.ReasonForeignTrustDomain},
-		{"api under another peer label", sni.PeeredServiceSNI("api", "", "", "cluster-z", tdB), nil, resolve.ReasonForeignTrustDomain},
-		{"B's internal names are never matched by pattern", sni.ServiceSNI("api", "", "", "", "dc1", tdB), nil, resolve.ReasonForeignTrustDomain},
-		{"B's other datacenters' servers", sni.PeeringServerSNI("dc2", tdB), nil, resolve.ReasonForeignTrustDomain},
+		{"a service B does not export to us", sni.PeeredServiceSNI("billing", "", "", "cluster-a", tdB), nil, routing.ReasonForeignTrustDomain},
+		{"api under another peer label", sni.PeeredServiceSNI("api", "", "", "cluster-z", tdB), nil, routing.ReasonForeignTrustDomain},
+		{"B's internal names are never matched by pattern", sni.ServiceSNI("api", "", "", "", "dc1", tdB), nil, routing.ReasonForeignTrustDomain},
+		{"B's other datacenters' servers", sni.PeeringServerSNI("dc2", tdB), nil, routing.ReasonForeignTrustDomain},
 		{"our own servers, for B's servers dialling us", sni.PeeringServerSNI("dc1", tdA), []string{"127.0.10.2:8503"}, ""},
 		{"our own service, through the mesh router", sni.ServiceSNI("web", "", "", "", "dc1", tdA), []string{"127.0.10.1:21000"}, ""},
-		{"we export nothing", sni.PeeredServiceSNI("web", "", "", "cluster-b", tdA), nil, peering.ReasonNotExported},
+		{"we export nothing", sni.PeeredServiceSNI("web", "", "", "cluster-b", tdA), nil, routing.ReasonNotExported},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			targets, reason := route(t, r, tc.name)
@@ -106,7 +107,7 @@ func TestRouterDialingAndImportingSide(t *testing.T) {
 // Routes to a peer's gateways are Remote (the Server applies its remote
 // keepalive to them); routes to our own servers and instances are not.
 func TestRouterMarksPeersGatewaysRemote(t *testing.T) {
-	r := &peering.Router{Source: load(t, "testdata/cluster-a")}
+	r := &routing.PeeringRouter{Source: load(t, "testdata/cluster-a")}
 	for name, remote := range map[string]bool{
 		sni.PeeringServerSNI("dc1", tdB):                      true,
 		sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB): true,
@@ -125,20 +126,20 @@ func TestRouterControlPlaneNeedsTheMeshEntry(t *testing.T) {
 	for _, dir := range []string{"testdata/cluster-a", "testdata/cluster-b"} {
 		v := *load(t, dir).View()
 		v.Mesh = &api.MeshConfigEntry{}
-		r := &peering.Router{Source: staticView{&v}}
+		r := &routing.PeeringRouter{Source: staticView{&v}}
 		_, reason := route(t, r, sni.PeeringServerSNI("dc1", tdB))
-		assert.Equal(t, peering.ReasonNotThroughGateways, reason, dir)
+		assert.Equal(t, routing.ReasonNotThroughGateways, reason, dir)
 	}
 	v := *load(t, "testdata/cluster-a").View()
 	v.Mesh = nil
-	targets, reason := route(t, &peering.Router{Source: staticView{&v}}, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
+	targets, reason := route(t, &routing.PeeringRouter{Source: staticView{&v}}, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
 	assert.Empty(t, reason)
 	assert.Equal(t, []string{"127.0.20.5:8443"}, targets)
 
 	v = *load(t, "testdata/cluster-b").View()
 	v.Servers = nil
-	_, reason = route(t, &peering.Router{Source: staticView{&v}}, sni.PeeringServerSNI("dc1", tdB))
-	assert.Equal(t, peering.ReasonNoServers, reason)
+	_, reason = route(t, &routing.PeeringRouter{Source: staticView{&v}}, sni.PeeringServerSNI("dc1", tdB))
+	assert.Equal(t, routing.ReasonNoPeeringServers, reason)
 }
 
 // A new view is seen by the next connection: the router's index of peer
@@ -147,21 +148,21 @@ func TestRouterFollowsTheView(t *testing.T) {
 	a := load(t, "testdata/cluster-a").View()
 	src := &switchable{}
 	src.v = a
-	r := &peering.Router{Source: src}
+	r := &routing.PeeringRouter{Source: src}
 	_, reason := route(t, r, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
 	require.Empty(t, reason)
 
 	without := *a
-	without.Peers = map[string]resolve.Peer{}
+	without.Peers = map[string]mesh.Peer{}
 	src.v = &without
 	_, reason = route(t, r, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
-	assert.Equal(t, resolve.ReasonForeignTrustDomain, reason, "a peering deleted: its names are no longer routed")
+	assert.Equal(t, routing.ReasonForeignTrustDomain, reason, "a peering deleted: its names are no longer routed")
 }
 
-type staticView struct{ v *resolve.View }
+type staticView struct{ v *mesh.View }
 
-func (s staticView) View() *resolve.View { return s.v }
+func (s staticView) View() *mesh.View { return s.v }
 
-type switchable struct{ v *resolve.View }
+type switchable struct{ v *mesh.View }
 
-func (s *switchable) View() *resolve.View { return s.v }
+func (s *switchable) View() *mesh.View { return s.v }

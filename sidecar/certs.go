@@ -63,6 +63,43 @@ func WatchCerts(ctx context.Context, client *api.Client, service string) (*Certs
 	return c, nil
 }
 
+// LeafSource keeps a leaf certificate coming for WatchCertsFrom: it runs
+// until ctx ends, calling set with each new certificate and a nil error, or
+// with a nil certificate and the error while it cannot have one (the last
+// certificate stays in use, and Err reports the error).
+type LeafSource func(ctx context.Context, set func(*tls.Certificate, error))
+
+// WatchCertsFrom is WatchCerts with the leaf certificate from leaf rather
+// than the agent's HTTP API (package gatewaycert gives a mesh gateway's own
+// this way); the CA roots come from client and are kept current as for
+// WatchCerts. Certificate returns nil until leaf first gives one, and Err
+// returns pending until then. It fails at once only if the roots cannot be
+// read. Close stops leaf and waits for it to return.
+func WatchCertsFrom(ctx context.Context, client *api.Client, pending error, leaf LeafSource) (*Certs, error) {
+	c := &Certs{client: client}
+	ctx, c.cancel = context.WithCancel(ctx)
+	rootsIndex, err := c.loadRoots(ctx, 0)
+	if err != nil {
+		c.cancel()
+		return nil, err
+	}
+	c.errs[0] = pending
+	c.wg.Add(2)
+	go c.watch(ctx, &c.errs[1], rootsIndex, c.loadRoots)
+	go func() {
+		defer c.wg.Done()
+		leaf(ctx, func(cert *tls.Certificate, err error) {
+			if cert != nil {
+				c.leaf.Store(cert)
+			}
+			c.errMu.Lock()
+			c.errs[0] = err
+			c.errMu.Unlock()
+		})
+	}()
+	return c, nil
+}
+
 // Close stops watching.
 func (c *Certs) Close() {
 	c.cancel()

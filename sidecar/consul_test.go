@@ -20,6 +20,7 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -59,7 +60,7 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
 	d := &sidecar.Dialer{Source: src, Certs: meshtest.WatchCerts(t, dc1, "web"), Client: dc1.Client,
-		Instance: resolve.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+		Instance: mesh.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := d.Plan(api.Upstream{DestinationName: "api", Datacenter: "dc2"}).SNI
 
 	// dial waits until up is planned along route and a connection gets

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 )
 
@@ -31,15 +32,15 @@ const DefaultConnectTimeout = 5 * time.Second
 type Dialer struct {
 	// Source gives the current view: config entries that decide the mode,
 	// and where gateways and services are (consulview.Source, or a static
-	// one). A resolve.Follower is asked to follow the services of other
+	// one). A mesh.Follower is asked to follow the services of other
 	// datacenters that a plan needs, so that their health is known.
-	Source resolve.Source
+	Source mesh.Source
 	// Certs is the program's identity and the CA roots.
 	Certs *Certs
 	// Instance is the program as a planning instance: Instance.Service is
 	// its service name, and Instance.Proxy.MeshGateway the mode its own
 	// registration sets (the "service instance" layer).
-	Instance resolve.Instance
+	Instance mesh.Instance
 	// Client, if set, finds a peer's CA roots when the view has none for it
 	// (a static one).
 	Client *api.Client
@@ -50,7 +51,7 @@ type Dialer struct {
 // Plan returns the plan for upstream up, from the current view.
 func (d *Dialer) Plan(up api.Upstream) resolve.Plan { return d.plan(d.Source.View(), up) }
 
-func (d *Dialer) plan(v *resolve.View, up api.Upstream) resolve.Plan {
+func (d *Dialer) plan(v *mesh.View, up api.Upstream) resolve.Plan {
 	inst := d.Instance
 	if inst.Proxy == nil {
 		inst.Proxy = &api.AgentServiceConnectProxyConfig{}
@@ -67,7 +68,7 @@ func (d *Dialer) plan(v *resolve.View, up api.Upstream) resolve.Plan {
 // or to hand-shake (Envoy stays on a target until outlier detection ejects
 // its hosts). Targets with no healthy instance known are tried last, in
 // order, as Envoy routes to unhealthy hosts when none is healthy. A source
-// that follows other datacenters on demand (resolve.Follower) is asked to
+// that follows other datacenters on demand (mesh.Follower) is asked to
 // follow every target there first. The returned plan's Served is the index
 // in Chain() of the target that carried the connection, and PassedOver says
 // why each target before it was not used. The error names every target and
@@ -76,7 +77,7 @@ func (d *Dialer) plan(v *resolve.View, up api.Upstream) resolve.Plan {
 func (d *Dialer) Dial(ctx context.Context, up api.Upstream) (*tls.Conn, resolve.Plan, error) {
 	v := d.Source.View() // one picture for the plan and the trust it needs
 	plan := d.plan(v, up)
-	if f, ok := d.Source.(resolve.Follower); ok {
+	if f, ok := d.Source.(mesh.Follower); ok {
 		if keys := remoteTargets(v, plan); len(keys) > 0 {
 			// A datacenter that does not answer leaves its targets without
 			// health: they are tried last.
@@ -134,18 +135,18 @@ func tryOrder(chain []resolve.Target) []int {
 
 // remoteTargets returns the services of other datacenters that plan's
 // targets are.
-func remoteTargets(v *resolve.View, plan resolve.Plan) []resolve.ServiceKey {
-	var keys []resolve.ServiceKey
+func remoteTargets(v *mesh.View, plan resolve.Plan) []mesh.ServiceKey {
+	var keys []mesh.ServiceKey
 	for _, t := range plan.Chain() {
 		if t.Peer == "" && t.Datacenter != v.Datacenter {
-			keys = append(keys, resolve.ServiceKey{Name: t.Service, Namespace: t.Namespace, Partition: t.Partition, Datacenter: t.Datacenter})
+			keys = append(keys, mesh.ServiceKey{Name: t.Service, Namespace: t.Namespace, Partition: t.Partition, Datacenter: t.Datacenter})
 		}
 	}
 	return keys
 }
 
 // dialTarget tries each of a target's addresses in order.
-func (d *Dialer) dialTarget(ctx context.Context, v *resolve.View, t resolve.Target, timeout time.Duration) (*tls.Conn, error) {
+func (d *Dialer) dialTarget(ctx context.Context, v *mesh.View, t resolve.Target, timeout time.Duration) (*tls.Conn, error) {
 	if len(t.Dial) == 0 {
 		return nil, fmt.Errorf("nothing to dial: the view knows no address for route %s", t.Route)
 	}
@@ -184,7 +185,7 @@ func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Dur
 
 // tlsConfig is the client side of mTLS for a target: the leaf, the SNI,
 // and a check of the server's chain and SPIFFE identity.
-func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, t resolve.Target) (*tls.Config, error) {
+func (d *Dialer) tlsConfig(ctx context.Context, v *mesh.View, t resolve.Target) (*tls.Config, error) {
 	leaf := d.Certs.Certificate()
 	pool, want := d.Certs.Roots(), TargetIdentity(t, d.Certs.TrustDomain())
 	var listed []string // exact identities a peer lists for its export
@@ -213,7 +214,7 @@ func (d *Dialer) tlsConfig(ctx context.Context, v *resolve.View, t resolve.Targe
 // peerTrust returns a peer's roots and the identity its exported service
 // presents: from the view, or, for a view without the peer's roots, from
 // the peering through Client.
-func (d *Dialer) peerTrust(ctx context.Context, peer resolve.Peer, t resolve.Target) (*x509.CertPool, Identity, error) {
+func (d *Dialer) peerTrust(ctx context.Context, peer mesh.Peer, t resolve.Target) (*x509.CertPool, Identity, error) {
 	if peer.TrustDomain == "" {
 		return nil, Identity{}, fmt.Errorf("the view knows no trust domain for peer %q", t.Peer)
 	}

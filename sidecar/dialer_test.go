@@ -9,10 +9,12 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/internal/meshtest"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -30,7 +32,7 @@ type world struct {
 
 // routeCounter is a Router that counts the names it routes.
 type routeCounter struct {
-	next resolve.MeshRouter
+	next routing.MeshRouter
 	addr string
 	mu   sync.Mutex
 	n    map[string]int
@@ -52,10 +54,10 @@ func serveTLS(tb testing.TB, cfg *tls.Config) string {
 	return ln.Addr().String()
 }
 
-func startGatewayOver(tb testing.TB, v *resolve.View) *routeCounter {
-	src, err := resolve.StaticView(v)
+func startGatewayOver(tb testing.TB, v *mesh.View) *routeCounter {
+	src, err := config.StaticView(v)
 	require.NoError(tb, err)
-	r := &routeCounter{next: resolve.MeshRouter{Source: src}, n: map[string]int{}}
+	r := &routeCounter{next: routing.MeshRouter{Source: src}, n: map[string]int{}}
 	srv := &gateway.Server{Router: r}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
@@ -68,7 +70,7 @@ func startGatewayOver(tb testing.TB, v *resolve.View) *routeCounter {
 // newWorld builds the world; with deadFirst, api's first direct address in
 // dc2 is one nothing listens on.
 func newWorld(tb testing.TB, deadFirst bool) *world {
-	ca, err := democa.New(resolve.DefaultTrustDomain)
+	ca, err := democa.New(config.DefaultTrustDomain)
 	require.NoError(tb, err)
 	certs := func(svc, dc string) *sidecar.Certs {
 		c, err := ca.Certs(sidecar.Identity{Datacenter: dc, Service: svc})
@@ -83,26 +85,26 @@ func newWorld(tb testing.TB, deadFirst bool) *world {
 	deadAddr := dead.Addr().String()
 	dead.Close()
 
-	gw2 := startGatewayOver(tb, &resolve.View{Datacenter: "dc2", TrustDomain: ca.TrustDomain,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: apiAddr}}, {Name: "cache"}: {{Address: cacheAddr}}}})
-	gw1 := startGatewayOver(tb, &resolve.View{Datacenter: "dc1", TrustDomain: ca.TrustDomain,
-		Gateways: map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2"}: {{WAN: gw2.addr}}}})
-	apiDirect := []resolve.Endpoint{{WAN: apiAddr}}
+	gw2 := startGatewayOver(tb, &mesh.View{Datacenter: "dc2", TrustDomain: ca.TrustDomain,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: apiAddr}}, {Name: "cache"}: {{Address: cacheAddr}}}})
+	gw1 := startGatewayOver(tb, &mesh.View{Datacenter: "dc1", TrustDomain: ca.TrustDomain,
+		Gateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2"}: {{WAN: gw2.addr}}}})
+	apiDirect := []mesh.Endpoint{{WAN: apiAddr}}
 	if deadFirst {
-		apiDirect = append([]resolve.Endpoint{{WAN: deadAddr}}, apiDirect...)
+		apiDirect = append([]mesh.Endpoint{{WAN: deadAddr}}, apiDirect...)
 	}
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: ca.TrustDomain,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: ca.TrustDomain,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{
 			{Name: "api", Datacenter: "dc2"}:   apiDirect,
 			{Name: "cache", Datacenter: "dc2"}: {{WAN: cacheAddr}},
 		},
-		Gateways: map[resolve.Location][]resolve.Endpoint{
+		Gateways: map[mesh.Location][]mesh.Endpoint{
 			{Datacenter: "dc1"}: {{Address: gw1.addr}},
 			{Datacenter: "dc2"}: {{WAN: gw2.addr}},
 		}})
 	require.NoError(tb, err)
 	return &world{ca: ca, gw1: gw1, gw2: gw2, dialer: &sidecar.Dialer{Source: src, Certs: certs("web", "dc1"),
-		Instance: resolve.Instance{Service: "web", Name: "web-sidecar-proxy"}}}
+		Instance: mesh.Instance{Service: "web", Name: "web-sidecar-proxy"}}}
 }
 
 func upstream(name string, mode api.MeshGatewayMode) api.Upstream {
@@ -140,8 +142,8 @@ func TestDialerCarriesOutEachMode(t *testing.T) {
 	impostor, err := other.Certs(sidecar.Identity{Datacenter: "dc2", Service: "api"})
 	require.NoError(t, err)
 	addr := serveTLS(t, impostor.ServerTLSConfig())
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api", Datacenter: "dc2"}: {{WAN: addr}}}})
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api", Datacenter: "dc2"}: {{WAN: addr}}}})
 	require.NoError(t, err)
 	d := *w.dialer
 	d.Source = src
@@ -173,15 +175,15 @@ func BenchmarkDial(b *testing.B) {
 // where it is (a live api or a dead address), dc2Healthy whether the view
 // lists dc2's.
 func failoverWorld(tb testing.TB, w *world, dc1Addr string, dc1Healthy, dc2Healthy bool) *sidecar.Dialer {
-	services := map[resolve.ServiceKey][]resolve.Endpoint{}
+	services := map[mesh.ServiceKey][]mesh.Endpoint{}
 	if dc1Healthy {
-		services[resolve.ServiceKey{Name: "api"}] = []resolve.Endpoint{{Address: dc1Addr}}
+		services[mesh.ServiceKey{Name: "api"}] = []mesh.Endpoint{{Address: dc1Addr}}
 	}
 	if dc2Healthy {
-		services[resolve.ServiceKey{Name: "api", Datacenter: "dc2"}] = w.dialer.Source.View().Endpoints("api", "", "", "dc2")
+		services[mesh.ServiceKey{Name: "api", Datacenter: "dc2"}] = w.dialer.Source.View().Endpoints("api", "", "", "dc2")
 	}
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain, Services: services,
-		Resolvers: map[resolve.EntryKey]*api.ServiceResolverConfigEntry{resolve.KeyOf("api", "", ""): {Kind: api.ServiceResolver, Name: "api",
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain, Services: services,
+		Resolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{mesh.KeyOf("api", "", ""): {Kind: api.ServiceResolver, Name: "api",
 			Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}},
 		Gateways: w.dialer.Source.View().Gateways})
 	require.NoError(tb, err)
@@ -251,8 +253,8 @@ func TestDialerFailsOver(t *testing.T) {
 
 	// Nothing answers anywhere: the error names each target and why.
 	d := failoverWorld(t, w, deadAddr, true, false)
-	d.Source = mustStatic(t, &resolve.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
-		Services:  map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: deadAddr}}},
+	d.Source = mustStatic(t, &mesh.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
+		Services:  map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: deadAddr}}},
 		Resolvers: d.Source.View().Resolvers})
 	_, _, err = d.Dial(context.Background(), api.Upstream{DestinationName: "api"})
 	require.Error(t, err)
@@ -260,8 +262,8 @@ func TestDialerFailsOver(t *testing.T) {
 	assert.Contains(t, err.Error(), "api dc2: nothing to dial")
 }
 
-func mustStatic(tb testing.TB, v *resolve.View) *resolve.Static {
-	src, err := resolve.StaticView(v)
+func mustStatic(tb testing.TB, v *mesh.View) *config.Static {
+	src, err := config.StaticView(v)
 	require.NoError(tb, err)
 	return src
 }

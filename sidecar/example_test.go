@@ -9,7 +9,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -18,9 +20,9 @@ import (
 // plan's datacenter, namespace and partition.
 func ExampleExpectedIdentity() {
 	plan := resolve.Plan{Upstream: "api", Datacenter: "dc2", Namespace: "default", Partition: "default"}
-	id := sidecar.ExpectedIdentity(plan, resolve.DefaultTrustDomain)
+	id := sidecar.ExpectedIdentity(plan, config.DefaultTrustDomain)
 	fmt.Println(id)
-	u, _ := url.Parse("spiffe://" + resolve.DefaultTrustDomain + "/ns/default/dc/dc2/svc/billing")
+	u, _ := url.Parse("spiffe://" + config.DefaultTrustDomain + "/ns/default/dc/dc2/svc/billing")
 	fmt.Println(id.Matches(u))
 	// Output:
 	// spiffe://5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul/ns/default/dc/dc2/svc/api
@@ -79,7 +81,7 @@ func ExampleDialer() {
 		log.Fatal(err)
 	}
 	d := &sidecar.Dialer{Source: src, Certs: certs, Client: client,
-		Instance: resolve.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+		Instance: mesh.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	conn, plan, err := d.Dial(ctx, api.Upstream{DestinationName: "api", Datacenter: "dc2"})
 	if err != nil {
 		log.Fatal(err) // names every target and address tried, and why each failed

@@ -11,6 +11,7 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/stretchr/testify/assert"
@@ -40,7 +41,7 @@ func TestFailoverAcrossDatacenters(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
 	d := &sidecar.Dialer{Source: src, Certs: meshtest.WatchCerts(t, dc1, "web"), ConnectTimeout: 2 * time.Second,
-		Instance: resolve.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
+		Instance: mesh.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	dc2SNI := targetSNI(t, d, "api", "dc2")
 
 	// dial makes one connection to api in mode, echoes through it and

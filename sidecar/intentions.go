@@ -15,7 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/fullmatch"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // RequestSource is who an HTTP request comes from, as Consul's intentions
@@ -41,7 +41,7 @@ func (s RequestSource) String() string {
 }
 
 // XFCCHeader is the header in which a mesh gateway that terminates a
-// peer's request names the peer's client (see package peering/l7).
+// peer's request names the peer's client (see package routing/l7).
 const XFCCHeader = "X-Forwarded-Client-Cert"
 
 // SourceOf returns the source of a request that arrived over mTLS whose
@@ -53,7 +53,7 @@ const XFCCHeader = "X-Forwarded-Client-Cert"
 // must be in the trust domain of one of v's peers. This is how Consul's
 // sidecars tell a peer's request apart for L7 intentions; the header of
 // any other client is ignored.
-func SourceOf(state *tls.ConnectionState, header http.Header, v *resolve.View) (RequestSource, error) {
+func SourceOf(state *tls.ConnectionState, header http.Header, v *mesh.View) (RequestSource, error) {
 	trustDomain := v.TrustDomain
 	if state == nil || len(state.PeerCertificates) == 0 {
 		return RequestSource{}, errors.New("sidecar: the request came without a client certificate")
@@ -74,7 +74,7 @@ func SourceOf(state *tls.ConnectionState, header http.Header, v *resolve.View) (
 
 // peerSourceOf reads the peer's client from the XFCC header the local
 // gateway via set.
-func peerSourceOf(via, xfcc string, v *resolve.View) (RequestSource, error) {
+func peerSourceOf(via, xfcc string, v *mesh.View) (RequestSource, error) {
 	first, _, _ := strings.Cut(xfcc, ",")
 	var uri string
 	for _, kv := range strings.Split(first, ";") {
@@ -292,7 +292,7 @@ func (in *Intentions) Close() {
 // others 403 Forbidden with the reason: the source as SourceOf finds it in
 // src's current view (the local trust domain, the peers'), decided by
 // Authorize with defaultAllow.
-func (in *Intentions) Handler(next http.Handler, src resolve.Source, defaultAllow bool) http.Handler {
+func (in *Intentions) Handler(next http.Handler, src mesh.Source, defaultAllow bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		from, err := SourceOf(r.TLS, r.Header, src.View())
 		if err != nil {

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -72,7 +72,7 @@ func TestIntentionsDecideAsConsulDoes(t *testing.T) {
 // client's header is ignored.
 func TestSourceOfARequest(t *testing.T) {
 	const local, peerTD = "aaaaaaaa-0000-4000-8000-000000000001.consul", "bbbbbbbb-0000-4000-8000-000000000002.consul"
-	v := &resolve.View{TrustDomain: local, Peers: map[string]resolve.Peer{"cluster-b": {Name: "cluster-b", TrustDomain: peerTD}}}
+	v := &mesh.View{TrustDomain: local, Peers: map[string]mesh.Peer{"cluster-b": {Name: "cluster-b", TrustDomain: peerTD}}}
 	state := func(uri string) *tls.ConnectionState {
 		u, err := url.Parse(uri)
 		require.NoError(t, err)

@@ -7,8 +7,9 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/democa"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -22,7 +23,7 @@ import (
 // identities the import lists, and no other.
 func TestDialerAcceptsTheIdentitiesAPeerListsForAnImport(t *testing.T) {
 	const tdB = "bbbbbbbb-0000-4000-8000-000000000002.consul"
-	caA, err := democa.New(resolve.DefaultTrustDomain)
+	caA, err := democa.New(config.DefaultTrustDomain)
 	require.NoError(t, err)
 	caB, err := democa.New(tdB)
 	require.NoError(t, err)
@@ -35,11 +36,11 @@ func TestDialerAcceptsTheIdentitiesAPeerListsForAnImport(t *testing.T) {
 	web, err := caA.Certs(sidecar.Identity{Datacenter: "dc1", Service: "web"})
 	require.NoError(t, err)
 	dial := func(addr string, ids []string) error {
-		src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: caA.TrustDomain,
-			Peers: map[string]resolve.Peer{"b": {Name: "b", TrustDomain: tdB, NameAtPeer: "a", Gateways: []string{addr},
-				Roots: []string{caB.RootPEM()}, Imports: []resolve.ImportedService{{Name: "api", SpiffeIDs: ids}}}}})
+		src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: caA.TrustDomain,
+			Peers: map[string]mesh.Peer{"b": {Name: "b", TrustDomain: tdB, NameAtPeer: "a", Gateways: []string{addr},
+				Roots: []string{caB.RootPEM()}, Imports: []mesh.ImportedService{{Name: "api", SpiffeIDs: ids}}}}})
 		require.NoError(t, err)
-		d := &sidecar.Dialer{Source: src, Certs: web, Instance: resolve.Instance{Service: "web", Name: "web-sidecar-proxy"}}
+		d := &sidecar.Dialer{Source: src, Certs: web, Instance: mesh.Instance{Service: "web", Name: "web-sidecar-proxy"}}
 		c, _, err := d.Dial(context.Background(), api.Upstream{DestinationName: "api", DestinationPeer: "b"})
 		if err == nil {
 			c.Close()

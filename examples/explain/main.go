@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	datacenter := fs.String("datacenter", "dc1", "local datacenter (a topology document's datacenter must agree)")
-	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul (a topology document's must agree)")
+	trustDomain := fs.String("trust-domain", config.DefaultTrustDomain, "trust domain, <cluster-id>.consul (a topology document's must agree)")
 	format := fs.String("format", "json", "output format: json (one object per line) or text (a table)")
 	useConsul := fs.Bool("consul", false, "plan from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...): its config entries, proxy registrations and catalog")
 	var routeNames listFlag
@@ -109,7 +109,7 @@ func explain(fs *flag.FlagSet, datacenter, trustDomain string) ([]resolve.Plan, 
 }
 
 // staticSource loads the files named on the command line.
-func staticSource(fs *flag.FlagSet, datacenter, trustDomain string) (*resolve.Static, error) {
+func staticSource(fs *flag.FlagSet, datacenter, trustDomain string) (*config.Static, error) {
 	set, err := config.Load(fs.Args()...)
 	if err != nil {
 		return nil, err
@@ -128,7 +128,7 @@ func staticSource(fs *flag.FlagSet, datacenter, trustDomain string) (*resolve.St
 			return nil, err
 		}
 	}
-	return resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
+	return config.NewStatic(set, config.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
 }
 
 // explainConsul plans every upstream of every proxy registered with the

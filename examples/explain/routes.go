@@ -12,9 +12,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -37,10 +37,10 @@ type routeRow struct {
 }
 
 // explainRoutes prints how a mesh gateway routes each name: the router is
-// the one examples/meshgateway runs (federation.Router with its defaults:
-// WAN federation, then cluster peering, then the mesh).
+// the one examples/meshgateway runs (routing.New's: WAN federation, then
+// cluster peering, then the mesh).
 func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, datacenter, trustDomain, format string, stdout, stderr io.Writer) int {
-	var src resolve.Source
+	var src mesh.Source
 	if useConsul {
 		if fs.NArg() > 0 {
 			fmt.Fprintf(stderr, "explain: -consul reads the agent, not files: drop %q\n", fs.Args())
@@ -67,7 +67,7 @@ func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, d
 		}
 		src = st
 	}
-	router := &federation.Router{Source: src}
+	router := routing.New(src)
 	rows := make([]routeRow, 0, len(names))
 	for _, name := range names {
 		rows = append(rows, routeOf(router, name))

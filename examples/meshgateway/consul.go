@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/proxyconfig"
+	"github.com/meshgate/meshgate/registration"
 )
 
 // consulGateway is this gateway as the local Consul agent knows it: the
@@ -22,7 +23,7 @@ type consulGateway struct {
 	log        *slog.Logger
 	listen     string // -listen
 	listenSet  bool   // -listen was given
-	reg        consulview.GatewayRegistration
+	reg        registration.Gateway
 	deregister func() error // set once registered
 	id         string       // the registration's ID
 	attached   bool         // serving someone else's registration (-proxy-id)
@@ -40,7 +41,7 @@ func (g *consulGateway) binds(svc *api.AgentService, opts proxyconfig.Gateway) [
 			own = net.JoinHostPort(svc.Address, strconv.Itoa(svc.Port))
 		}
 	}
-	return opts.Binds(own, consulview.TaggedAddresses(svc))
+	return opts.Binds(own, registration.TaggedAddresses(svc))
 }
 
 // checkFollows moves the health check of a gateway this process registered
@@ -58,7 +59,7 @@ func (g *consulGateway) checkFollows(ctx context.Context, opts proxyconfig.Gatew
 		return nil
 	}
 	g.reg.CheckAddress = want
-	if _, err := consulview.RegisterGateway(ctx, g.client, g.reg); err != nil {
+	if _, err := registration.Register(ctx, g.client, g.reg); err != nil {
 		return err
 	}
 	g.log.Info("meshgateway: health check moved", "check_address", cmp.Or(want, g.reg.Address))
@@ -70,7 +71,7 @@ func (g *consulGateway) checkFollows(ctx context.Context, opts proxyconfig.Gatew
 // given, in place of the registration's own address.
 func (g *consulGateway) attach(ctx context.Context, id string) ([]net.Listener, []string, proxyconfig.Gateway, error) {
 	g.id, g.attached = id, true
-	svc, err := consulview.GatewayService(ctx, g.client, id)
+	svc, err := registration.GatewayService(ctx, g.client, id)
 	if err != nil {
 		return nil, nil, proxyconfig.Gateway{}, err
 	}
@@ -102,7 +103,7 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string,
 		own.Close()
 		return nil, nil, proxyconfig.Gateway{}, err
 	}
-	if g.deregister, err = consulview.RegisterGateway(ctx, g.client, g.reg); err != nil {
+	if g.deregister, err = registration.Register(ctx, g.client, g.reg); err != nil {
 		return fail(err)
 	}
 	g.id = g.reg.ID
@@ -110,7 +111,7 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string,
 		g.id = g.reg.Name
 	}
 	g.log.Info("meshgateway: registered with Consul", "service", g.reg.Name, "id", g.id, "address", g.reg.Address)
-	svc, err := consulview.GatewayService(ctx, g.client, g.id)
+	svc, err := registration.GatewayService(ctx, g.client, g.id)
 	if err != nil {
 		return fail(err)
 	}
@@ -141,7 +142,7 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string,
 func waitGatewayService(ctx context.Context, client *api.Client, id string, wait bool, log *slog.Logger) (*api.AgentService, error) {
 	delay := 100 * time.Millisecond
 	for {
-		svc, err := consulview.GatewayService(ctx, client, id)
+		svc, err := registration.GatewayService(ctx, client, id)
 		if err == nil || !wait || !errors.Is(err, consulview.ErrAgentUnreachable) {
 			return svc, err
 		}

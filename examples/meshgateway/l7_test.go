@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/peering"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -39,7 +39,7 @@ config_entries {
 	_, err = gatewayRouter(src, l7Handling{}).Route(context.Background(), hello)
 	var rej *gateway.Rejection
 	require.True(t, errors.As(err, &rej), "%v", err)
-	assert.Equal(t, peering.ReasonL7Export, rej.Reason)
+	assert.Equal(t, routing.ReasonL7Export, rej.Reason)
 	route, err := gatewayRouter(src, l7Handling{pass: true}).Route(context.Background(), hello)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.20.10:21000"}, route.Targets)

@@ -9,10 +9,10 @@
 //
 // Where things are comes from flags and, optionally, files (-config: a
 // topology document and config entries, see package config). It routes
-// cluster peering too (package peering): exported and imported services,
+// cluster peering too (package routing): exported and imported services,
 // and, when the mesh config entry says PeerThroughMeshGateways, the peering
 // control plane; and with -expose-servers (or a topology's wan_federation
-// block) WAN federation between Consul's servers (package federation).
+// block) WAN federation between Consul's servers.
 // Connections it
 // cannot route are closed without any dial, one log line each. SIGINT or
 // SIGTERM stop accepting and drain open connections for -drain, then close
@@ -47,17 +47,17 @@ import (
 	"github.com/meshgate/meshgate/accesslog"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/gatewaycert"
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/peering/l7"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
-	"github.com/meshgate/meshgate/resolve"
-	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/registration"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -94,7 +94,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	services, remotes := addrList{}, addrList{}
 	listen := fs.String("listen", "127.0.0.1:8443", "address to accept mesh connections on")
 	datacenter := fs.String("datacenter", "dc1", "local datacenter (lower-cased, as Consul does)")
-	trustDomain := fs.String("trust-domain", resolve.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
+	trustDomain := fs.String("trust-domain", config.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
 	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable)")
 	fs.Var(remotes, "remote-gateway", "another datacenter's mesh gateways, DC=ADDR[,ADDR...] (repeatable)")
 	var configs stringList
@@ -212,7 +212,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 
 	// The source, the gateway's Proxy.Config options and its listeners.
-	var src resolve.Source
+	var src mesh.Source
 	var opts proxyconfig.Gateway
 	var listeners []net.Listener
 	var binds []string // the addresses listeners were asked for, in order
@@ -237,7 +237,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			if err != nil {
 				return err
 			}
-			federate = consulview.ExposesServers(svc)
+			federate = registration.ExposesServers(svc)
 		}
 		// Its own registration is followed too: one long poll of its own.
 		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate,
@@ -254,7 +254,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}))
 		}
 		g = &consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
-			reg: consulview.GatewayRegistration{Name: *serviceName, WANAddress: *wanAddress, ExposeServers: *exposeServers}}
+			reg: registration.Gateway{Name: *serviceName, WANAddress: *wanAddress, ExposeServers: *exposeServers}}
 		if *proxyID != "" {
 			listeners, binds, opts, err = g.attach(ctx, *proxyID)
 		} else {
@@ -391,15 +391,17 @@ type l7Handling struct {
 // gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
 // WAN federation (when the view takes part), then cluster peering's names
 // (L7 exports as l7mode says), then the mesh's.
-func gatewayRouter(src resolve.Source, l7mode l7Handling) gateway.Router {
-	return &federation.Router{Source: src, Next: &peering.Router{Source: src, PassThroughL7Exports: l7mode.pass, Terminate: l7mode.serve}}
+func gatewayRouter(src mesh.Source, l7mode l7Handling) gateway.Router {
+	r := routing.New(src)
+	r.Peering.PassThroughL7Exports, r.Peering.Terminate = l7mode.pass, l7mode.serve
+	return r
 }
 
 // startTerminator makes the terminator of the gateway's L7 exports, as
 // the registered gateway id, whose certificate the agent at grpcAddr gives;
 // serve takes a connection in the process.
-func startTerminator(ctx context.Context, client *api.Client, src resolve.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
-	certs, err := sidecar.WatchGatewayCerts(ctx, client, sidecar.GatewayCertsOptions{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
+func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
+	certs, err := gatewaycert.Watch(ctx, client, gatewaycert.Options{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -456,7 +458,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // buildSource merges the files' topology with the flags. It also returns
 // the proxy-defaults entry's Config, which Consul merges into every
 // gateway's Proxy.Config.
-func buildSource(paths []string, datacenter, trustDomain string, services, remotes addrList) (*resolve.Static, map[string]any, error) {
+func buildSource(paths []string, datacenter, trustDomain string, services, remotes addrList) (*config.Static, map[string]any, error) {
 	set := &config.Set{}
 	if len(paths) > 0 {
 		var err error
@@ -465,7 +467,7 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 		}
 	}
 	if set.Topology == nil {
-		set.Topology = &resolve.View{}
+		set.Topology = &mesh.View{}
 	}
 	t := set.Topology
 	if t.Datacenter == "" {
@@ -475,12 +477,12 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 		t.TrustDomain = trustDomain
 	}
 	if t.Services == nil {
-		t.Services = map[resolve.ServiceKey][]resolve.Endpoint{}
+		t.Services = map[mesh.ServiceKey][]mesh.Endpoint{}
 	}
 	for name, addrs := range services {
-		k := resolve.ServiceKey{Name: name}
+		k := mesh.ServiceKey{Name: name}
 		for _, a := range addrs {
-			t.Services[k] = append(t.Services[k], resolve.Endpoint{Address: a})
+			t.Services[k] = append(t.Services[k], mesh.Endpoint{Address: a})
 		}
 	}
 	for dc, addrs := range remotes {
@@ -488,18 +490,18 @@ func buildSource(paths []string, datacenter, trustDomain string, services, remot
 			return nil, nil, fmt.Errorf("-remote-gateway %s: that is the local datacenter", dc)
 		}
 		if t.Gateways == nil {
-			t.Gateways = map[resolve.Location][]resolve.Endpoint{}
+			t.Gateways = map[mesh.Location][]mesh.Endpoint{}
 		}
-		l := resolve.Location{Datacenter: dc}
+		l := mesh.Location{Datacenter: dc}
 		for _, a := range addrs {
-			t.Gateways[l] = append(t.Gateways[l], resolve.Endpoint{WAN: a})
+			t.Gateways[l] = append(t.Gateways[l], mesh.Endpoint{WAN: a})
 		}
 	}
 	var proxyConfig map[string]any
 	if set.ProxyDefaults != nil {
 		proxyConfig = set.ProxyDefaults.Config
 	}
-	src, err := resolve.NewStatic(set, resolve.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
+	src, err := config.NewStatic(set, config.StaticOptions{Datacenter: datacenter, TrustDomain: trustDomain})
 	return src, proxyConfig, err
 }
 

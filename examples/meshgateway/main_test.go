@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/cli"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/syncbuf"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -90,13 +90,13 @@ func TestFlagsRouteAndReject(t *testing.T) {
 		tc.SetDeadline(time.Now().Add(5 * time.Second))
 		tc.Handshake()
 	}
-	dial(sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain))
+	dial(sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain))
 	select {
 	case <-accepted:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the web backend was never dialled")
 	}
-	dial(sni.ServiceSNI("db", "", "", "", "dc1", resolve.DefaultTrustDomain))
+	dial(sni.ServiceSNI("db", "", "", "", "dc1", config.DefaultTrustDomain))
 	dial("www.example.com")
 	require.NoError(t, stop())
 	out := logs.String()
@@ -222,7 +222,7 @@ func TestUpperCaseDatacenterIsLowerCasedLikeConsul(t *testing.T) {
 	c, err := net.Dial("tcp", gw)
 	require.NoError(t, err)
 	defer c.Close()
-	tc := tls.Client(c, &tls.Config{ServerName: sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain), InsecureSkipVerify: true})
+	tc := tls.Client(c, &tls.Config{ServerName: sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain), InsecureSkipVerify: true})
 	tc.SetDeadline(time.Now().Add(5 * time.Second))
 	go tc.Handshake()
 	select {

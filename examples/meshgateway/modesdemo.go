@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -78,12 +80,12 @@ func startModesDemo(ctx context.Context, local, trustDomain string) (*modesDemo,
 	go echo.Serve(ln, nil)
 	m.apiAddr = ln.Addr().String()
 
-	remoteView, err := resolve.StaticView(&resolve.View{Datacenter: m.remote, TrustDomain: trustDomain,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: m.apiAddr, WAN: m.apiAddr}}}})
+	remoteView, err := config.StaticView(&mesh.View{Datacenter: m.remote, TrustDomain: trustDomain,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: m.apiAddr, WAN: m.apiAddr}}}})
 	if err != nil {
 		return nil, err
 	}
-	gw := &gateway.Server{Router: &resolve.MeshRouter{Source: remoteView}, Observer: m.remoteGateway}
+	gw := &gateway.Server{Router: &routing.MeshRouter{Source: remoteView}, Observer: m.remoteGateway}
 	gln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -102,9 +104,9 @@ func (m *modesDemo) certs(service, datacenter string) (*sidecar.Certs, error) {
 // run dials api from web in each mode through localGateway (the gateway
 // being run) and logs the hops each connection took.
 func (m *modesDemo) run(log *slog.Logger, localGateway string) {
-	src, err := resolve.StaticView(&resolve.View{Datacenter: m.local, TrustDomain: m.trustDomain,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api", Datacenter: m.remote}: {{WAN: m.apiAddr}}},
-		Gateways: map[resolve.Location][]resolve.Endpoint{
+	src, err := config.StaticView(&mesh.View{Datacenter: m.local, TrustDomain: m.trustDomain,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api", Datacenter: m.remote}: {{WAN: m.apiAddr}}},
+		Gateways: map[mesh.Location][]mesh.Endpoint{
 			{Datacenter: m.local}:  {{Address: localGateway}},
 			{Datacenter: m.remote}: {{WAN: m.remoteAddr}},
 		}})
@@ -117,7 +119,7 @@ func (m *modesDemo) run(log *slog.Logger, localGateway string) {
 		log.Error("demo: modes", "err", err)
 		return
 	}
-	d := &sidecar.Dialer{Source: src, Certs: certs, Instance: resolve.Instance{Service: "web", Name: "web-sidecar-proxy"}}
+	d := &sidecar.Dialer{Source: src, Certs: certs, Instance: mesh.Instance{Service: "web", Name: "web-sidecar-proxy"}}
 	for _, mode := range []api.MeshGatewayMode{api.MeshGatewayModeNone, api.MeshGatewayModeLocal, api.MeshGatewayModeRemote} {
 		before := [2]int{m.localGateway.count(), m.remoteGateway.count()}
 		start := time.Now()

@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -62,7 +63,7 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 	accessPath := filepath.Join(t.TempDir(), "access.log")
 	gw, logs, stop := start(t, "-service", "web="+web, "-admin", strings.TrimPrefix(admin, "http://"),
 		"-access-log", accessPath, "-log-format", "json", "-drain", "1m")
-	webName := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	webName := sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain)
 
 	code, body := getStatus(admin + "/ready")
 	assert.Equal(t, http.StatusOK, code, body)
@@ -75,7 +76,7 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 	c.Close()
 	c, err = net.Dial("tcp", gw)
 	require.NoError(t, err)
-	assert.Error(t, tlsClient(c, sni.ServiceSNI("db", "", "", "", "dc1", resolve.DefaultTrustDomain)).Handshake(), "no route: closed")
+	assert.Error(t, tlsClient(c, sni.ServiceSNI("db", "", "", "", "dc1", config.DefaultTrustDomain)).Handshake(), "no route: closed")
 	c.Close()
 
 	// Scrape until every connection has closed.
@@ -94,7 +95,7 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 	}, time.Minute, 20*time.Millisecond)
 	assert.EqualValues(t, 2, counter(families, "meshgate_connections_forwarded_total", map[string]string{"route": "service web"}))
 	assert.EqualValues(t, 1, counter(families, "meshgate_connections_rejected_total", map[string]string{"reason": "not-tls"}))
-	assert.EqualValues(t, 1, counter(families, "meshgate_connections_rejected_total", map[string]string{"reason": resolve.ReasonUnknownService}))
+	assert.EqualValues(t, 1, counter(families, "meshgate_connections_rejected_total", map[string]string{"reason": routing.ReasonUnknownService}))
 	assert.Positive(t, counter(families, "meshgate_client_to_upstream_bytes_total", map[string]string{"route": "service web"}))
 	assert.Contains(t, families, "go_goroutines", "the Go runtime's collectors")
 	code, body = getStatus(admin + "/debug/pprof/")
@@ -132,7 +133,7 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 			assert.Equal(t, web, line["target"])
 		}
 	}
-	assert.Equal(t, map[string]int{"forwarded": 3, "not-tls": 1, resolve.ReasonUnknownService: 1}, outcomes)
+	assert.Equal(t, map[string]int{"forwarded": 3, "not-tls": 1, routing.ReasonUnknownService: 1}, outcomes)
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		assert.True(t, json.Valid([]byte(line)), "diagnostic log line is JSON: %s", line)
 	}

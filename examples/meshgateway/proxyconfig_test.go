@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -207,7 +207,7 @@ Config {
 }
 `, extra)), 0o644))
 	gw, logs, stop := start(t, "-config", file, "-service", "web="+backend)
-	name := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	name := sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain)
 	assert.True(t, reaches(t, gw, name, reached), logs.String())
 	assert.True(t, reaches(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(extra)), name, reached), logs.String())
 	require.NoError(t, stop())

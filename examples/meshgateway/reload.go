@@ -10,8 +10,8 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
-	"github.com/meshgate/meshgate/resolve"
 )
 
 // reloadFrom is what a file-mode gateway was started from.
@@ -29,8 +29,8 @@ type reloadFrom struct {
 // would lead to the gateway itself: then it says why and the previous
 // configuration stays in force. Open connections are untouched either way.
 // It returns the source now in force: prev or the new one.
-func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *live, from reloadFrom, prev resolve.Source) resolve.Source {
-	refuse := func(err error) resolve.Source {
+func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *live, from reloadFrom, prev mesh.Source) mesh.Source {
+	refuse := func(err error) mesh.Source {
 		log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
 		return prev
 	}
@@ -63,7 +63,7 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 
 // serviceChanges names the services whose endpoints appeared, went, or
 // changed from before to after.
-func serviceChanges(before, after *resolve.View) (added, removed, changed []string) {
+func serviceChanges(before, after *mesh.View) (added, removed, changed []string) {
 	for k, eps := range after.Services {
 		old, ok := before.Services[k]
 		switch {
@@ -85,7 +85,7 @@ func serviceChanges(before, after *resolve.View) (added, removed, changed []stri
 }
 
 // keyName writes k as namespace/name in datacenter, leaving out defaults.
-func keyName(k resolve.ServiceKey) string {
+func keyName(k mesh.ServiceKey) string {
 	name := k.Name
 	if k.Namespace != "" && k.Namespace != tenancy.Default {
 		name = k.Namespace + "/" + name

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/internal/hellotest"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -36,7 +36,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	gw, logs, stop := start(t, "-config", file)
 	defer stop()
 	name := func(service string) string {
-		return sni.ServiceSNI(service, "", "", "", "dc1", resolve.DefaultTrustDomain)
+		return sni.ServiceSNI(service, "", "", "", "dc1", config.DefaultTrustDomain)
 	}
 	hup := func(want string, n int) {
 		t.Helper()
@@ -101,7 +101,7 @@ func TestReloadAppliesProxyDefaults(t *testing.T) {
 	gw, logs, stop := start(t, "-config", dir)
 	defer stop()
 	assert.Contains(t, logs.String(), "connect_timeout=2s")
-	name := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	name := sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain)
 	hup := func(want string, n int) {
 		t.Helper()
 		require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))

@@ -9,14 +9,14 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
 )
 
 // refuseSelfRoutes returns an error naming the first address in the view
 // that this gateway would forward to and that is its own listener, by
 // address or through a name: such a route would loop. The local
 // datacenter's own gateways are left out: they are never a route's target.
-func refuseSelfRoutes(ctx context.Context, listen net.Addr, v *resolve.View) error {
+func refuseSelfRoutes(ctx context.Context, listen net.Addr, v *mesh.View) error {
 	self, ok := listen.(*net.TCPAddr)
 	if !ok {
 		return nil
@@ -64,9 +64,9 @@ type target struct{ what, addr string }
 
 // targetsOf lists every address a route of v can dial, sorted for a stable
 // error message.
-func targetsOf(v *resolve.View) []target {
+func targetsOf(v *mesh.View) []target {
 	var out []target
-	add := func(what string, eps []resolve.Endpoint) {
+	add := func(what string, eps []mesh.Endpoint) {
 		for _, e := range eps {
 			for _, a := range []string{e.Address, e.WAN} {
 				if a != "" {

@@ -54,6 +54,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -118,8 +119,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var current atomic.Pointer[resolve.Instance]
-	var reg resolve.Instance
+	var current atomic.Pointer[mesh.Instance]
+	var reg mesh.Instance
 	var hash string
 	if len(configs) > 0 {
 		reg, err = instanceFromFiles(configs, *proxyID)
@@ -158,7 +159,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	}
 	// A changed registration applies to the next connection, and opens or
 	// closes listeners as its upstreams and port change.
-	changed := func(inst resolve.Instance) {
+	changed := func(inst mesh.Instance) {
 		current.Store(&inst)
 		if err := binds.sync(inst); err != nil {
 			log.Error("sidecar: listening as the changed registration says", "err", err)
@@ -215,7 +216,7 @@ func (l listener) String() string {
 
 // listeners returns the listeners inst calls for, and the upstreams that
 // have no local_bind_port.
-func listeners(inst resolve.Instance) (want []listener, unbound []string) {
+func listeners(inst mesh.Instance) (want []listener, unbound []string) {
 	for _, up := range inst.Proxy.Upstreams {
 		if up.LocalBindPort == 0 {
 			unbound = append(unbound, up.DestinationName)
@@ -242,7 +243,7 @@ func listeners(inst resolve.Instance) (want []listener, unbound []string) {
 
 // sync opens and closes listeners to match inst. It returns what failed to
 // open, every one named; the others are opened all the same.
-func (b *binder) sync(inst resolve.Instance) error {
+func (b *binder) sync(inst mesh.Instance) error {
 	want, unbound := listeners(inst)
 	for _, name := range unbound {
 		b.s.log.Warn("sidecar: upstream without a local_bind_port; skipped", "upstream", name)
@@ -309,22 +310,22 @@ func (b *binder) closeAll() {
 
 // readRegistration reads the connect-proxy registration id from the agent,
 // waiting (a blocking query) for a change from hash when hash is set.
-func readRegistration(ctx context.Context, client *api.Client, id, hash string) (resolve.Instance, string, error) {
+func readRegistration(ctx context.Context, client *api.Client, id, hash string) (mesh.Instance, string, error) {
 	svc, meta, err := client.Agent().Service(id, (&api.QueryOptions{WaitHash: hash, WaitTime: 5 * time.Minute}).WithContext(ctx))
 	if err != nil {
-		return resolve.Instance{}, hash, fmt.Errorf("reading registration %q: %w", id, err)
+		return mesh.Instance{}, hash, fmt.Errorf("reading registration %q: %w", id, err)
 	}
 	if svc.Kind != api.ServiceKindConnectProxy || svc.Proxy == nil {
-		return resolve.Instance{}, hash, fmt.Errorf("registration %q is a %q service, not a connect-proxy", id, svc.Kind)
+		return mesh.Instance{}, hash, fmt.Errorf("registration %q is a %q service, not a connect-proxy", id, svc.Kind)
 	}
-	return resolve.Instance{Service: svc.Proxy.DestinationServiceName, Name: svc.Service, Namespace: svc.Namespace,
+	return mesh.Instance{Service: svc.Proxy.DestinationServiceName, Name: svc.Service, Namespace: svc.Namespace,
 		Partition: svc.Partition, Proxy: svc.Proxy, Origin: "consul agent service " + svc.ID,
 		Address: svc.Address, Port: svc.Port}, meta.LastContentHash, nil
 }
 
 // followRegistration calls changed with each new version of the agent's
 // registration.
-func followRegistration(ctx context.Context, client *api.Client, id, hash string, changed func(resolve.Instance), log *slog.Logger) {
+func followRegistration(ctx context.Context, client *api.Client, id, hash string, changed func(mesh.Instance), log *slog.Logger) {
 	for ctx.Err() == nil {
 		reg, next, err := readRegistration(ctx, client, id, hash)
 		if err != nil {
@@ -346,14 +347,14 @@ func followRegistration(ctx context.Context, client *api.Client, id, hash string
 
 // instanceFromFiles loads Consul service definitions and returns the proxy
 // named id (its ID or its name).
-func instanceFromFiles(paths []string, id string) (resolve.Instance, error) {
+func instanceFromFiles(paths []string, id string) (mesh.Instance, error) {
 	set, err := config.Load(paths...)
 	if err != nil {
-		return resolve.Instance{}, err
+		return mesh.Instance{}, err
 	}
 	var names []string
 	for _, svc := range set.Services {
-		inst, ok := resolve.InstanceOf(svc.AgentServiceRegistration, svc.Origin())
+		inst, ok := config.InstanceOf(svc.AgentServiceRegistration, svc.Origin())
 		if !ok {
 			continue
 		}
@@ -369,13 +370,13 @@ func instanceFromFiles(paths []string, id string) (resolve.Instance, error) {
 		}
 		names = append(names, inst.Name)
 	}
-	return resolve.Instance{}, fmt.Errorf("no proxy %q in %s (proxies there: %q)", id, strings.Join(paths, ", "), names)
+	return mesh.Instance{}, fmt.Errorf("no proxy %q in %s (proxies there: %q)", id, strings.Join(paths, ", "), names)
 }
 
 // rereadOnHUP reloads the registration from the files on SIGHUP and calls
 // changed with it; a file that no longer loads leaves the registration in
 // force.
-func rereadOnHUP(ctx context.Context, hup <-chan os.Signal, paths []string, id string, changed func(resolve.Instance), log *slog.Logger) {
+func rereadOnHUP(ctx context.Context, hup <-chan os.Signal, paths []string, id string, changed func(mesh.Instance), log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -402,7 +403,7 @@ type server struct {
 	src     *consulview.Source
 	certs   *sidecar.Certs
 	client  *api.Client
-	current *atomic.Pointer[resolve.Instance]
+	current *atomic.Pointer[mesh.Instance]
 	log     *slog.Logger
 	timeout time.Duration
 	// fromAgent: the registration is the agent's, with central config

@@ -18,7 +18,8 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/consultest"
 	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/registration"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 )
 
@@ -66,7 +67,7 @@ func StartGateway(t testing.TB, agent *consultest.Agent) *Gateway {
 	}
 	t.Cleanup(src.Close)
 	g := &Gateway{n: map[string]int{}}
-	srv := &gateway.Server{Router: &resolve.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
+	srv := &gateway.Server{Router: &routing.MeshRouter{Source: src}, Observer: g, ConnectTimeout: 2 * time.Second}
 	g.srv = srv
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,7 +76,7 @@ func StartGateway(t testing.TB, agent *consultest.Agent) *Gateway {
 	g.Addr = ln.Addr().String()
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	if _, err := consulview.RegisterGateway(context.Background(), agent.Client, consulview.GatewayRegistration{Address: g.Addr, CheckInterval: time.Second}); err != nil {
+	if _, err := registration.Register(context.Background(), agent.Client, registration.Gateway{Address: g.Addr, CheckInterval: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	return g

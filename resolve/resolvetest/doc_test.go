@@ -7,10 +7,11 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/modes"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -19,7 +20,7 @@ var consulDir = filepath.Join("..", "testdata", "failover") // your config direc
 // The test docs/testing.md shows: a project's own routing decision,
 // asserted against the files it gives Consul.
 func TestWebReachesAPIThroughTheLocalGateway(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, consulDir)
+	src := resolvetest.Load(t, config.StaticOptions{}, consulDir)
 	plan := resolvetest.Plan(t, src, "web", "api")
 	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceUpstream})
 	resolvetest.ExpectChain(t, plan, "api dc1 direct", "api dc2 local-gateway")
@@ -29,8 +30,8 @@ func TestWebReachesAPIThroughTheLocalGateway(t *testing.T) {
 // built from the same files sends a name, and that it refuses one it
 // does not own.
 func TestGatewaySendsDC2ToItsGateway(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, consulDir)
-	router := &resolve.MeshRouter{Source: src}
+	src := resolvetest.Load(t, config.StaticOptions{}, consulDir)
+	router := &routing.MeshRouter{Source: src}
 	td := src.View().TrustDomain
 
 	route, err := router.Route(context.Background(), &sni.ClientHello{ServerName: "api.default.dc2.internal." + td})
@@ -40,14 +41,14 @@ func TestGatewaySendsDC2ToItsGateway(t *testing.T) {
 
 	_, err = router.Route(context.Background(), &sni.ClientHello{ServerName: "api.default.dc3.internal." + td})
 	var rej *gateway.Rejection
-	if !errors.As(err, &rej) || rej.Reason != resolve.ReasonUnknownDatacenter {
+	if !errors.As(err, &rej) || rej.Reason != routing.ReasonUnknownDatacenter {
 		t.Fatalf("api in dc3: got %v; want a rejection for an unknown datacenter", err)
 	}
 }
 
 // Want.NoMode asserts that no layer sets a mode; Mode "" cannot.
 func TestWantNoMode(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{TrustDomain: resolve.DefaultTrustDomain}, filepath.Join(seeds, "upstreams.hcl"))
+	src := resolvetest.Load(t, config.StaticOptions{TrustDomain: config.DefaultTrustDomain}, filepath.Join(seeds, "upstreams.hcl"))
 	set := resolvetest.Plan(t, src, "web", "api")
 	msg := check(t, func(tb testing.TB) { resolvetest.Expect(tb, set, resolvetest.Want{NoMode: true}) })
 	if msg == "" {

@@ -1,7 +1,7 @@
 // Package resolvetest lets another project's tests check routing decisions
 // against the same files it gives Consul, in a few lines:
 //
-//	src := resolvetest.Load(t, resolve.StaticOptions{TrustDomain: td}, "consul/")
+//	src := resolvetest.Load(t, config.StaticOptions{TrustDomain: td}, "consul/")
 //	plan := resolvetest.Plan(t, src, "web", "api")
 //	resolvetest.Expect(t, plan, resolvetest.Want{Route: resolve.PathLocalGateway, Source: modes.SourceProxyDefaults})
 //
@@ -21,19 +21,20 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 )
 
 // Load loads files and directories as the explain tool does (config entries,
 // service definitions, topology) and fails tb with every problem if any.
-func Load(tb testing.TB, opts resolve.StaticOptions, paths ...string) *resolve.Static {
+func Load(tb testing.TB, opts config.StaticOptions, paths ...string) *config.Static {
 	tb.Helper()
 	set, err := config.Load(paths...)
 	if err != nil {
 		tb.Fatalf("resolvetest: loading %s: %v", strings.Join(paths, ", "), err)
 	}
-	src, err := resolve.NewStatic(set, opts)
+	src, err := config.NewStatic(set, opts)
 	if err != nil {
 		tb.Fatalf("resolvetest: loading %s: %v", strings.Join(paths, ", "), err)
 	}
@@ -75,7 +76,7 @@ func (u Upstream) String() string {
 
 // PlanTo returns the plan of service's upstream that up names, failing tb if
 // there is none or more than one, and listing what there is.
-func PlanTo(tb testing.TB, src resolve.Source, service string, up Upstream) resolve.Plan {
+func PlanTo(tb testing.TB, src mesh.Source, service string, up Upstream) resolve.Plan {
 	tb.Helper()
 	var found []resolve.Plan
 	var all []string
@@ -182,10 +183,10 @@ func ExpectChain(tb testing.TB, plan resolve.Plan, want ...string) {
 // name (in namespace; empty means "default") goes (resolve.RouteExported),
 // in one line: the addresses in the order the gateway tries them, the
 // primary target's endpoints then its local failover targets'. Whether the
-// service is exported to a given peer is the peering.Router's to say.
+// service is exported to a given peer is the routing.PeeringRouter's to say.
 //
 //	resolvetest.ExpectExport(t, src, "api", "", "10.0.1.11:21000")
-func ExpectExport(tb testing.TB, src resolve.Source, name, namespace string, want ...string) {
+func ExpectExport(tb testing.TB, src mesh.Source, name, namespace string, want ...string) {
 	tb.Helper()
 	r := resolve.RouteExported(src.View(), name, namespace)
 	if got := append(slices.Clone(r.Primary), r.Failover...); !slices.Equal(got, want) {
@@ -197,7 +198,7 @@ func ExpectExport(tb testing.TB, src resolve.Source, name, namespace string, wan
 // Plan returns the plan of service's upstream named upstream, failing tb if
 // the view has no such upstream or has it more than once (PlanTo then says
 // which).
-func Plan(tb testing.TB, src resolve.Source, service, upstream string) resolve.Plan {
+func Plan(tb testing.TB, src mesh.Source, service, upstream string) resolve.Plan {
 	tb.Helper()
 	return PlanTo(tb, src, service, Upstream{Name: upstream})
 }

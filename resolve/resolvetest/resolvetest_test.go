@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
@@ -54,7 +55,7 @@ func record(t *testing.T, f func(tb testing.TB)) *recorder {
 var seeds = filepath.Join("..", "..", "config", "testdata", "seeds")
 
 func TestPlanFailsClearly(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"))
+	src := resolvetest.Load(t, config.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"))
 	p := resolvetest.Plan(t, src, "web", "db")
 	assert.Equal(t, "db", p.Upstream)
 
@@ -62,14 +63,14 @@ func TestPlanFailsClearly(t *testing.T) {
 	assert.Equal(t, `resolvetest: no upstream cache of service "web"; it has: api (datacenter=dc1 namespace=default partition=default), `+
 		`db (datacenter=dc1 namespace=default partition=default), logging (datacenter=dc1 namespace=default partition=default)`, msg)
 
-	twice := resolvetest.Load(t, resolve.StaticOptions{}, filepath.Join(seeds, "instance-remote.hcl"))
+	twice := resolvetest.Load(t, config.StaticOptions{}, filepath.Join(seeds, "instance-remote.hcl"))
 	msg = check(t, func(tb testing.TB) { resolvetest.Plan(tb, twice, "web", "api") })
 	assert.Equal(t, `resolvetest: upstream api of service "web" is defined 2 times, each api (datacenter=secondary namespace=default partition=default)`, msg)
 }
 
 func TestLoadFailsWithEveryProblem(t *testing.T) {
 	dir := resolvetest.Dir(t, map[string]string{"bad.hcl": "service {\n  nam = \"web\"\n}\n"})
-	msg := check(t, func(tb testing.TB) { resolvetest.Load(tb, resolve.StaticOptions{}, dir) })
+	msg := check(t, func(tb testing.TB) { resolvetest.Load(tb, config.StaticOptions{}, dir) })
 	require.NotEmpty(t, msg)
 	assert.Contains(t, msg, `bad.hcl:2: service: unknown key "nam" (did you mean "name"?)`)
 }
@@ -95,7 +96,7 @@ topology {
   gateways = [{ datacenter = "dc2", wan_addresses = ["192.0.2.2:8443"] }]
 }
 `})
-	src := resolvetest.Load(t, resolve.StaticOptions{}, dir)
+	src := resolvetest.Load(t, config.StaticOptions{}, dir)
 	assert.Equal(t, 10001, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc2"}).LocalBindPort)
 	assert.Equal(t, 10002, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "DC3"}).LocalBindPort)
 	assert.Equal(t, 10003, resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Peer: "other"}).LocalBindPort)
@@ -123,19 +124,19 @@ topology {
 // A test that gives no trust domain is told which one it got.
 func TestLoadSaysWhichTrustDomain(t *testing.T) {
 	r := record(t, func(tb testing.TB) {
-		resolvetest.Load(tb, resolve.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"))
+		resolvetest.Load(tb, config.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"))
 	})
 	assert.Contains(t, r.logs, "no trust domain given")
-	assert.Contains(t, r.logs, resolve.DefaultTrustDomain)
+	assert.Contains(t, r.logs, config.DefaultTrustDomain)
 	r = record(t, func(tb testing.TB) {
-		resolvetest.Load(tb, resolve.StaticOptions{TrustDomain: td}, filepath.Join(seeds, "upstreams.hcl"))
+		resolvetest.Load(tb, config.StaticOptions{TrustDomain: td}, filepath.Join(seeds, "upstreams.hcl"))
 	})
 	assert.Empty(t, r.logs)
 	// A topology that names the default trust domain has given one.
 	topo := filepath.Join(t.TempDir(), "topology.hcl")
-	require.NoError(t, os.WriteFile(topo, []byte("topology {\n  trust_domain = \""+resolve.DefaultTrustDomain+"\"\n}\n"), 0o600))
+	require.NoError(t, os.WriteFile(topo, []byte("topology {\n  trust_domain = \""+config.DefaultTrustDomain+"\"\n}\n"), 0o600))
 	r = record(t, func(tb testing.TB) {
-		resolvetest.Load(tb, resolve.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"), topo)
+		resolvetest.Load(tb, config.StaticOptions{}, filepath.Join(seeds, "upstreams.hcl"), topo)
 	})
 	assert.Empty(t, r.logs, "the topology gave the trust domain, even if it is the default one")
 }
@@ -143,7 +144,7 @@ func TestLoadSaysWhichTrustDomain(t *testing.T) {
 // ExpectExport asserts an export's route in one line, and says what it
 // got when it differs.
 func TestExpectExport(t *testing.T) {
-	src := resolvetest.Load(t, resolve.StaticOptions{}, resolvetest.Dir(t, map[string]string{
+	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, map[string]string{
 		"topology.hcl": `topology {
   services = [
     { name = "api", addresses = ["127.0.0.10:21000", "127.0.0.11:21000"] },

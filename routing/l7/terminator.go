@@ -12,11 +12,11 @@
 // service's identity. A Terminator does that, with HTTP/1.1 and HTTP/2
 // (and so gRPC) from net/http.
 //
-// The gateway's peering.Router hands a Terminator these connections whole,
-// ClientHello included, in the same process (peering.Router.Terminate,
-// which calls ServeConn), or sends them to the socket it Serves
-// (peering.Router.L7); either way the gateway's accept, limits, metrics
-// and access log apply to them as to every other connection.
+// The gateway's routing.PeeringRouter hands a Terminator these connections
+// whole, ClientHello included, in the same process (its Terminate, which
+// calls ServeConn), or sends them to the socket it Serves (its L7); either
+// way the gateway's accept, limits, metrics and access log apply to them
+// as to every other connection.
 package l7
 
 import (
@@ -36,7 +36,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -50,9 +52,9 @@ type Terminator struct {
 	// Source provides the view: what is exported to which peer, with what
 	// protocol and discovery chain, the instances, and each peer's CA roots
 	// and trust domain.
-	Source resolve.Source
+	Source mesh.Source
 	// Certs is the gateway's own identity and the cluster's roots
-	// (sidecar.WatchGatewayCerts).
+	// (gatewaycert.Watch).
 	Certs *sidecar.Certs
 	// Logger receives a line per connection that fails its handshake and
 	// per request that finds no instance; nil means slog.Default().
@@ -187,7 +189,7 @@ func (t *Terminator) track(c io.Closer, add bool) bool {
 // serveConn completes the peer's handshake and serves HTTP on it.
 // ServeConn serves one connection, the peer's ClientHello unread, and
 // returns once it is closed: the way a gateway hands the Terminator a
-// connection in the same process (gateway.Route.Serve; peering.Router's
+// connection in the same process (gateway.Route.Serve; routing.PeeringRouter's
 // Terminate field), without a listener in between.
 func (t *Terminator) ServeConn(c net.Conn) {
 	t.init()
@@ -309,7 +311,7 @@ func (t *Terminator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if len(route.Skipped) > 0 {
 			msg += "; left out, as Consul's gateway leaves them: " + strings.Join(route.Skipped, ", ")
 		}
-		t.logger().Info("l7: "+msg, "peer", name.Peer, "reason", resolve.ReasonUnknownService, "decided", dest.Decided)
+		t.logger().Info("l7: "+msg, "peer", name.Peer, "reason", routing.ReasonUnknownService, "decided", dest.Decided)
 		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
@@ -358,13 +360,13 @@ func firstWithEndpoints(targets []resolve.Target) (*resolve.Target, bool) {
 // routeCache holds the routes of one view's exports, by service, subset
 // and namespace: *resolve.ExportedRoute, never changed once stored.
 type routeCache struct {
-	view   *resolve.View
+	view   *mesh.View
 	routes sync.Map
 }
 
 // routeOf returns the route to subset of service name in namespace,
 // worked out once per view.
-func (t *Terminator) routeOf(v *resolve.View, name, subset, namespace string) *resolve.ExportedRoute {
+func (t *Terminator) routeOf(v *mesh.View, name, subset, namespace string) *resolve.ExportedRoute {
 	rc := t.routes.Load()
 	if rc == nil || rc.view != v {
 		rc = &routeCache{view: v}

@@ -15,12 +15,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/internal/syncbuf"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/peering/l7"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -65,15 +66,15 @@ func newWorld(t *testing.T, instances []string) *world {
 		w.api = w.startAPI(t)
 		instances = []string{w.api}
 	}
-	eps := make([]resolve.Endpoint, len(instances))
+	eps := make([]mesh.Endpoint, len(instances))
 	for i, a := range instances {
-		eps[i] = resolve.Endpoint{Address: a}
+		eps[i] = mesh.Endpoint{Address: a}
 	}
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: tdLocal,
-		Services:        map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: eps},
-		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
-		Exports:         map[resolve.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
-		Peers:           map[string]resolve.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{w.peer.RootPEM()}}},
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: tdLocal,
+		Services:        map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: eps},
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
+		Exports:         map[mesh.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
+		Peers:           map[string]mesh.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{w.peer.RootPEM()}}},
 	})
 	require.NoError(t, err)
 	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, nil))}
@@ -83,7 +84,7 @@ func newWorld(t *testing.T, instances []string) *world {
 	go func() { w.served <- w.term.Serve(ln) }()
 	t.Cleanup(func() { w.term.Close() })
 	w.counters = &gateway.Counters{}
-	gw := &gateway.Server{Router: &peering.Router{Source: src, Terminate: w.term.ServeConn}, Observer: w.counters}
+	gw := &gateway.Server{Router: &routing.PeeringRouter{Source: src, Terminate: w.term.ServeConn}, Observer: w.counters}
 	gln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	w.gatewayAddr = gln.Addr().String()
@@ -229,10 +230,10 @@ func TestTerminatorRefusals(t *testing.T) {
 	assert.Contains(t, body, addr)
 }
 
-// swapSource is a resolve.Source whose view a test replaces.
-type swapSource struct{ v atomic.Pointer[resolve.View] }
+// swapSource is a mesh.Source whose view a test replaces.
+type swapSource struct{ v atomic.Pointer[mesh.View] }
 
-func (s *swapSource) View() *resolve.View { return s.v.Load() }
+func (s *swapSource) View() *mesh.View { return s.v.Load() }
 
 // A connection open when its service stops being exported to the peer
 // serves no more requests.
@@ -256,7 +257,7 @@ func TestTerminatorStopsServingAnExportThatEnded(t *testing.T) {
 	code, _ := get()
 	require.Equal(t, http.StatusOK, code)
 	unexported := *src.View()
-	unexported.Exports = map[resolve.ServiceKey][]string{}
+	unexported.Exports = map[mesh.ServiceKey][]string{}
 	src.v.Store(&unexported)
 	code, body := get() // on the same, kept-alive connection
 	assert.Equal(t, http.StatusForbidden, code)

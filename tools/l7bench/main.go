@@ -1,12 +1,12 @@
 // Command l7bench measures what terminating a peer's HTTP export costs:
 // requests per second and latency percentiles of a peer's client reaching
 // an exported http service through a meshgate gateway that terminates it
-// in the process (a peering.Router whose Terminate is an l7.Terminator's
+// in the process (a routing.PeeringRouter whose Terminate is an l7.Terminator's
 // ServeConn, as meshgateway -l7-exports terminate runs it) against the
 // same gateway passing it through as TCP (-l7-exports passthrough), both
 // to the same mTLS instance, in one run, alternating rounds; and a gateway
 // that sends them to the terminator's own port instead
-// (peering.Router.L7), which shows what that loopback hop costs.
+// (routing.PeeringRouter.L7), which shows what that loopback hop costs.
 //
 //	go run ./tools/l7bench [-duration 5s] [-rounds 3] [-c 16,128] [-body 1024]
 //
@@ -39,11 +39,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/democa"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/peering/l7"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -204,11 +205,11 @@ func setUp(bodySize int) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
-	src, err := resolve.StaticView(&resolve.View{Datacenter: "dc1", TrustDomain: tdLocal,
-		Services:        map[resolve.ServiceKey][]resolve.Endpoint{{Name: "api"}: {{Address: apiLn.Addr().String()}}},
-		ServiceDefaults: map[resolve.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
-		Exports:         map[resolve.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
-		Peers:           map[string]resolve.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{peer.RootPEM()}}},
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: tdLocal,
+		Services:        map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: {{Address: apiLn.Addr().String()}}},
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
+		Exports:         map[mesh.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
+		Peers:           map[string]mesh.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{peer.RootPEM()}}},
 	})
 	if err != nil {
 		return nil, err
@@ -222,11 +223,11 @@ func setUp(bodySize int) (*bench, error) {
 	b := &bench{}
 	for _, g := range []struct {
 		addr   *string
-		router *peering.Router
+		router *routing.PeeringRouter
 	}{
-		{&b.terminated, &peering.Router{Source: src, Terminate: term.ServeConn}},
-		{&b.viaPort, &peering.Router{Source: src, L7: termLn.Addr().String()}},
-		{&b.passthrough, &peering.Router{Source: src, PassThroughL7Exports: true}},
+		{&b.terminated, &routing.PeeringRouter{Source: src, Terminate: term.ServeConn}},
+		{&b.viaPort, &routing.PeeringRouter{Source: src, L7: termLn.Addr().String()}},
+		{&b.passthrough, &routing.PeeringRouter{Source: src, PassThroughL7Exports: true}},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
