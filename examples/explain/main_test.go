@@ -142,7 +142,7 @@ Redirect { Service = "api-v2" }
 	assert.Contains(t, out.String(), "api => api-v2")
 }
 
-var federationTopology = filepath.Join("..", "..", "federation", "testdata", "dc1.hcl")
+var federationTopology = filepath.Join("..", "..", "routing", "testdata", "dc1.hcl")
 
 // -route shows how a gateway with the files routes each name: server names
 // of WAN federation as their own kind, services and refusals beside them.
