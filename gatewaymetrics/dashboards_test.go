@@ -20,7 +20,8 @@ import (
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/hellotest"
 	"github.com/meshgate/meshgate/internal/promtest"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -249,16 +250,16 @@ func TestConsulDashboardsOverPrometheus(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	dead.Close()
 	api, dc2 := echoServer(t), echoServer(t) // dc2's "gateway" echoes too
-	view := &resolve.View{Datacenter: "dc1", TrustDomain: td,
-		Services: map[resolve.ServiceKey][]resolve.Endpoint{
+	view := &mesh.View{Datacenter: "dc1", TrustDomain: td,
+		Services: map[mesh.ServiceKey][]mesh.Endpoint{
 			{Name: "api", Namespace: "default", Partition: "default", Datacenter: "dc1"}:  {{Address: api}},
 			{Name: "gone", Namespace: "default", Partition: "default", Datacenter: "dc1"}: {{Address: deadAddr}},
 		},
-		Gateways: map[resolve.Location][]resolve.Endpoint{{Datacenter: "dc2", Partition: "default"}: {{WAN: dc2}}},
+		Gateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2", Partition: "default"}: {{WAN: dc2}}},
 	}
 	src := staticSource{view}
 	start := time.Now()
-	s := &gateway.Server{Router: &resolve.MeshRouter{Source: src}}
+	s := &gateway.Server{Router: &routing.MeshRouter{Source: src}}
 	m := gatewaymetrics.NewWith(gatewaymetrics.Options{Envoy: &gatewaymetrics.Envoy{
 		Service: "mesh-gateway", Datacenter: "dc1", Start: start,
 		Clusters: func() []gatewaymetrics.Cluster { return gatewaymetrics.MeshClusters(src.View(), s.Ejected()) },

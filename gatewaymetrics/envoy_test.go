@@ -6,12 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/federation"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/hellotest"
-	"github.com/meshgate/meshgate/peering"
-	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -51,8 +50,8 @@ func sum(families map[string]*dto.MetricFamily, name string, match map[string]st
 // The route kinds the Envoy-compatible metrics name clusters by are the
 // routers' own.
 func TestEnvoyClusterKindsAreTheRouters(t *testing.T) {
-	kinds := []string{resolve.KindService, resolve.KindGateway, federation.KindServers, peering.KindPeeringServers,
-		peering.KindPeerServers, peering.KindExported, peering.KindImported}
+	kinds := []string{routing.RouteService, routing.RouteGateway, routing.RouteWANFederation, routing.RoutePeeringServers,
+		routing.RoutePeerServers, routing.RouteExportedService, routing.RouteImportedService}
 	assert.Equal(t, []string{"service", "gateway", "wan-federation", "peering-servers", "peer-servers", "exported-service", "imported-service"}, kinds)
 }
 
@@ -66,12 +65,12 @@ func TestEnvoyMetricsEqualTheTraffic(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	dead.Close()
 	api := echoServer(t)
-	view := &resolve.View{Datacenter: "dc1", TrustDomain: td, Services: map[resolve.ServiceKey][]resolve.Endpoint{
+	view := &mesh.View{Datacenter: "dc1", TrustDomain: td, Services: map[mesh.ServiceKey][]mesh.Endpoint{
 		{Name: "api", Namespace: "default", Partition: "default", Datacenter: "dc1"}:  {{Address: api}},
 		{Name: "gone", Namespace: "default", Partition: "default", Datacenter: "dc1"}: {{Address: deadAddr}},
 	}}
 	src := staticSource{view}
-	s := &gateway.Server{Router: &resolve.MeshRouter{Source: src}}
+	s := &gateway.Server{Router: &routing.MeshRouter{Source: src}}
 	m := gatewaymetrics.NewWith(gatewaymetrics.Options{Envoy: &gatewaymetrics.Envoy{
 		Service: "gw", Datacenter: "dc1",
 		Clusters: func() []gatewaymetrics.Cluster { return gatewaymetrics.MeshClusters(src.View(), s.Ejected()) },
@@ -152,6 +151,6 @@ func TestEnvoyMetricsEqualTheTraffic(t *testing.T) {
 	assert.Equal(t, dto.MetricType_GAUGE, f["envoy_server_uptime"].GetType())
 }
 
-type staticSource struct{ v *resolve.View }
+type staticSource struct{ v *mesh.View }
 
-func (s staticSource) View() *resolve.View { return s.v }
+func (s staticSource) View() *mesh.View { return s.v }

@@ -5,26 +5,26 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
-	"github.com/meshgate/meshgate/resolve"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // gatewayMetrics is the gateway's metrics, made once the first view is
 // known (its datacenter names the clusters), for the admin endpoint.
 type gatewayMetrics struct {
-	src    atomic.Pointer[resolve.Source] // the source in force (reloads replace it)
+	src    atomic.Pointer[mesh.Source] // the source in force (reloads replace it)
 	server atomic.Pointer[gateway.Server]
 }
 
 // setSource records the source in force.
-func (g *gatewayMetrics) setSource(src resolve.Source) { g.src.Store(&src) }
+func (g *gatewayMetrics) setSource(src mesh.Source) { g.src.Store(&src) }
 
 // observer makes the metrics, registers them with reg and returns them as
 // an Observer; with envoy, the Envoy-compatible ones too (-envoy-metrics),
 // as the gateway registered as service in the view's datacenter, its
 // listeners named as Consul names them.
-func (g *gatewayMetrics) observer(reg *prometheus.Registry, envoy bool, service string, v *resolve.View,
+func (g *gatewayMetrics) observer(reg *prometheus.Registry, envoy bool, service string, v *mesh.View,
 	listen string, opts proxyconfig.Gateway, live func() bool) gateway.Observer {
 	var o gatewaymetrics.Options
 	if envoy {

@@ -148,7 +148,7 @@ func TestEnvoyMetricsFlag(t *testing.T) {
 	web, reached := echoBackend(t)
 	admin := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	gw, _, _ := start(t, "-service", "web="+web, "-admin", strings.TrimPrefix(admin, "http://"), "-envoy-metrics", "-service-name", "gw1")
-	webName := sni.ServiceSNI("web", "", "", "", "dc1", resolve.DefaultTrustDomain)
+	webName := sni.ServiceSNI("web", "", "", "", "dc1", config.DefaultTrustDomain)
 	assert.True(t, reaches(t, gw, webName, reached))
 	var families map[string]*dto.MetricFamily
 	labels := map[string]string{"envoy_cluster_name": "web", "consul_destination_service": "web", "local_cluster": "gw1",
