@@ -10,7 +10,7 @@
 // is the same binary with -event-loop=false. The
 // client talking to the backend directly is the ceiling; tools/goepoll,
 // the smallest SNI proxy Go allows, is the yardstick for what a Go program
-// reaches on the machine.
+// reaches on the machine, and tools/gouring the same on io_uring.
 //
 //	bash scripts/peerbench.sh            # installs nginx and haproxy, then runs this
 //	go run ./tools/peerbench [-runs 3] [-c 16,1000] [-write 16384] [-idle 9000] [-syscall-conns 2000] [-baseline DIR]
@@ -56,7 +56,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
-	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, meshgate-goroutines, baseline, goepoll, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, meshgate-goroutines, baseline, goepoll, gouring, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -102,7 +102,7 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"meshgate-goroutines", startMeshgateGoroutines}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll},
+	}{{"meshgate", startMeshgate}, {"meshgate-goroutines", startMeshgateGoroutines}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll}, {"gouring", startGouring},
 		{"tcpproxy", startTCPProxy}, {"caddy-l4", startCaddyL4}, {"traefik", startTraefik},
 		{"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if st.name == "baseline" && *baseline == "" {
@@ -445,20 +445,29 @@ func startMeshgateFrom(src, label, dir, backendAddr, name string, flags ...strin
 }
 
 // startGoepoll starts tools/goepoll, the yardstick of what a
-// proxy written in Go reaches here.
+// proxy written in Go reaches here on epoll.
 func startGoepoll(dir, backendAddr, name string, _ int) (*target, *proc, error) {
-	bin := filepath.Join(dir, "goepoll")
-	build := exec.Command("go", "build", "-o", bin, "./tools/goepoll")
+	return startYardstick("goepoll", dir, backendAddr, name)
+}
+
+// startGouring starts tools/gouring, the same yardstick on io_uring.
+func startGouring(dir, backendAddr, name string, _ int) (*target, *proc, error) {
+	return startYardstick("gouring", dir, backendAddr, name)
+}
+
+func startYardstick(tool, dir, backendAddr, name string) (*target, *proc, error) {
+	bin := filepath.Join(dir, tool)
+	build := exec.Command("go", "build", "-o", bin, "./tools/"+tool)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
-		return nil, nil, fmt.Errorf("building goepoll: %w", err)
+		return nil, nil, fmt.Errorf("building %s: %w", tool, err)
 	}
 	addr := freePort()
-	p, err := startProc("goepoll", []string{bin, "-listen", addr, "-route", name + "=" + backendAddr}, filepath.Join(dir, "goepoll.log"))
+	p, err := startProc(tool, []string{bin, "-listen", addr, "-route", name + "=" + backendAddr}, filepath.Join(dir, tool+".log"))
 	if err != nil {
 		return nil, nil, err
 	}
-	return &target{name: "goepoll", addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
+	return &target{name: tool, addr: addr, pids: func() []int { return []int{p.cmd.Process.Pid} }}, p, p.waitListening(addr)
 }
 
 func startNginx(dir, backendAddr, name string, idle int) (*target, *proc, error) {
