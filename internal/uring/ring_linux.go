@@ -96,6 +96,11 @@ type getEventsArg struct {
 	ts        uint64
 }
 
+// Timespec is struct __kernel_timespec, 64-bit on every architecture.
+type Timespec struct {
+	Sec, Nsec int64
+}
+
 // Params configures a Ring. The zero value is a ring of 256 submission
 // entries and 1,024 completion entries that any goroutine may drive (one
 // at a time).
@@ -140,7 +145,7 @@ type Ring struct {
 	cqes                       []CQE
 
 	arg getEventsArg   // the wait's argument, where the kernel reads it
-	ts  unix.Timespec  // the wait's timeout
+	ts  Timespec       // the wait's timeout
 	ops [probeOps]bool // the opcodes the kernel has
 	mu  sync.Mutex     // Close against Close
 }
@@ -400,7 +405,7 @@ func (r *Ring) SubmitAndWait(minComplete uint32, timeout time.Duration) (int, er
 	n := r.flush()
 	var arg *getEventsArg
 	if timeout > 0 {
-		r.ts = unix.NsecToTimespec(int64(timeout))
+		r.ts = Timespec{Sec: int64(timeout / time.Second), Nsec: int64(timeout % time.Second)}
 		r.arg = getEventsArg{ts: uint64(uintptr(unsafe.Pointer(&r.ts)))}
 		arg = &r.arg
 	}

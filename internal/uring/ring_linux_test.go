@@ -520,3 +520,14 @@ func boolString(b bool) string {
 	}
 	return "false"
 }
+
+// A timeout operation completes with ETIME once its time is up.
+func TestTimeoutOp(t *testing.T) {
+	r := newRing(t, Params{SingleIssuer: true})
+	ts := Timespec{Nsec: int64(time.Millisecond)}
+	sqe := r.Next()
+	sqe.PrepTimeout(&ts, 0)
+	sqe.UserData = 1
+	cqe := wait(t, r, 1)[0]
+	assert.ErrorIs(t, cqe.Err(), unix.ETIME)
+}

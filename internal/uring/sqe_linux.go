@@ -199,7 +199,7 @@ func (s *SQE) PrepPoll(fd int, events uint32, multishot bool) {
 // PrepTimeout prepares a timeout that completes with ETIME after ts, or
 // with 0 once count other completions were posted (count 0: only the
 // time). ts must stay reachable until the completion.
-func (s *SQE) PrepTimeout(ts *unix.Timespec, count uint64) {
+func (s *SQE) PrepTimeout(ts *Timespec, count uint64) {
 	s.prep(OpTimeout, -1, unsafe.Pointer(ts), 1, count)
 }
 
