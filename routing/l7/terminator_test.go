@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -43,6 +44,7 @@ type world struct {
 	addr        string // the terminator's
 	gatewayAddr string // a gateway's that hands it connections in the process
 	counters    *gateway.Counters
+	l7          *l7.Counters
 	api         string // the instance's
 	term        *l7.Terminator
 	logs        *syncbuf.Buffer // the terminator's log
@@ -51,7 +53,25 @@ type world struct {
 
 func newWorld(t *testing.T, instances []string) *world {
 	t.Helper()
+	return newWorldWith(t, worldOptions{addrs: instances})
+}
+
+// worldOptions change a world: its instances, its view, its terminator.
+type worldOptions struct {
+	// addrs are api's instances' addresses; nil starts one instance per
+	// handler, or one echoing instance when handlers is nil too.
+	addrs    []string
+	handlers []http.Handler
+	// view and term, when set, change the view and the terminator before
+	// anything reads them.
+	view func(*mesh.View)
+	term func(*l7.Terminator)
+}
+
+func newWorldWith(t *testing.T, o worldOptions) *world {
+	t.Helper()
 	w := &world{served: make(chan error, 1), logs: &syncbuf.Buffer{}}
+	instances := o.addrs
 	var err error
 	w.local, err = democa.New(tdLocal)
 	require.NoError(t, err)
@@ -62,6 +82,11 @@ func newWorld(t *testing.T, instances []string) *world {
 	leaf, err := w.local.Leaf("spiffe://" + tdLocal + "/gateway/mesh/dc/dc1")
 	require.NoError(t, err)
 	w.gateway = sidecar.StaticCerts(leaf, roots.Roots(), tdLocal)
+	if instances == nil && o.handlers != nil {
+		for _, h := range o.handlers {
+			instances = append(instances, w.startInstance(t, h))
+		}
+	}
 	if instances == nil {
 		w.api = w.startAPI(t)
 		instances = []string{w.api}
@@ -70,14 +95,22 @@ func newWorld(t *testing.T, instances []string) *world {
 	for i, a := range instances {
 		eps[i] = mesh.Endpoint{Address: a}
 	}
-	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: tdLocal,
+	v := &mesh.View{Datacenter: "dc1", TrustDomain: tdLocal,
 		Services:        map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api"}: eps},
 		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{{Name: "api"}: {Kind: api.ServiceDefaults, Name: "api", Protocol: "http"}},
 		Exports:         map[mesh.ServiceKey][]string{{Name: "api"}: {"cluster-a"}},
 		Peers:           map[string]mesh.Peer{"cluster-a": {Name: "cluster-a", TrustDomain: tdPeer, Roots: []string{w.peer.RootPEM()}}},
-	})
+	}
+	if o.view != nil {
+		o.view(v)
+	}
+	src, err := config.StaticView(v)
 	require.NoError(t, err)
-	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, nil))}
+	w.l7 = &l7.Counters{}
+	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, nil)), Observer: w.l7}
+	if o.term != nil {
+		o.term(w.term)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	w.addr = ln.Addr().String()
@@ -97,11 +130,20 @@ func newWorld(t *testing.T, instances []string) *world {
 // local cluster only, answering with what it saw.
 func (w *world) startAPI(t *testing.T) string {
 	t.Helper()
+	return w.startInstance(t, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "%s %s client=%s xfcc=%s", r.Proto, r.URL.Path, r.TLS.PeerCertificates[0].URIs[0], r.Header.Get(sidecar.XFCCHeader))
+	}))
+}
+
+// startInstance serves an instance of api with h: mTLS with api's leaf,
+// clients of the local cluster only, HTTP/1.1 and HTTP/2.
+func (w *world) startInstance(t *testing.T, h http.Handler) string {
+	t.Helper()
 	certs, err := w.local.Certs(sidecar.Identity{Service: "api", Datacenter: "dc1"})
 	require.NoError(t, err)
-	srv := &http.Server{TLSConfig: certs.ServerTLSConfig(), Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "%s %s client=%s xfcc=%s", r.Proto, r.URL.Path, r.TLS.PeerCertificates[0].URIs[0], r.Header.Get(sidecar.XFCCHeader))
-	})}
+	cfg := certs.ServerTLSConfig()
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	srv := &http.Server{TLSConfig: cfg, Handler: h, ErrorLog: log.New(io.Discard, "", 0)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.ServeTLS(ln, "", "")
@@ -217,7 +259,8 @@ func TestTerminatorRefusals(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, code)
 
-	// An instance that is gone: 502, naming the target.
+	// An instance that is gone: 503, as Envoy's router says it, naming
+	// the address.
 	gone, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := gone.Addr().String()
@@ -225,9 +268,10 @@ func TestTerminatorRefusals(t *testing.T) {
 	w2 := newWorld(t, []string{addr})
 	code, body, err := w2.get(w2.clientTLS(t, w2.peer, apiSNI), "/")
 	require.NoError(t, err)
-	assert.Equal(t, http.StatusBadGateway, code)
-	assert.Contains(t, body, "no instance of api.default.dc1.internal."+tdLocal+" answered")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, body, "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: ")
 	assert.Contains(t, body, addr)
+	assert.Equal(t, 1, w2.l7.Snapshot().Refused[l7.ReasonConnectFailure])
 }
 
 // swapSource is a mesh.Source whose view a test replaces.

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -18,7 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
 )
@@ -27,119 +27,338 @@ import (
 // sets no ConnectTimeout, as Consul's default of 5 s does.
 const defaultConnectTimeout = 5 * time.Second
 
-// upstreams holds one transport per target and protocol, so connections
-// to an instance are reused across the peer's requests.
+// Envoy's circuit-breaker thresholds, per cluster, which Consul leaves at
+// their defaults on a gateway's exported clusters
+// (makeThresholdsIfNeeded(nil): their upstream config has no Limits).
+const (
+	MaxClusterConnections = 1024
+	MaxClusterRequests    = 1024
+	MaxClusterRetries     = 3
+)
+
+var (
+	// errOverflow: a circuit breaker of the cluster is open.
+	errOverflow = errors.New("l7: upstream overflow")
+	// errNoHealthy: the cluster has no instance to send to.
+	errNoHealthy = errors.New("l7: no healthy upstream")
+)
+
+// connectError is a failed dial or TLS handshake to an instance.
+type connectError struct {
+	addr string
+	err  error
+}
+
+func (e *connectError) Error() string { return e.addr + ": " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// upstreams holds the terminator's clusters: one per chain target and
+// protocol, as Consul's gateway builds one Envoy cluster per exported
+// chain target.
 type upstreams struct {
 	t  *Terminator
 	mu sync.Mutex
-	m  map[string]*upstream // by protocol + " " + target SNI
+	m  map[string]*cluster // by protocol + " " + target SNI
 }
 
-// upstream is the way to one target's instances.
-type upstream struct {
-	target atomic.Pointer[resolve.Target] // the latest, with its endpoints
-	alpn   []string                       // what the instances are asked to speak
-	turn   atomic.Uint32
-	proxy  *httputil.ReverseProxy
-	idle   func()
+// cluster is one target's instances, as an Envoy cluster: the load
+// balancer and outlier detection over them, its circuit breakers, and its
+// pool of mTLS connections.
+type cluster struct {
+	t        *Terminator
+	sni      string
+	alpn     []string // what the instances are asked to speak
+	target   atomic.Pointer[resolve.Target]
+	detector detector
+	// In flight, against the circuit breakers.
+	requests, retries, conns atomic.Int64
+
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
 }
 
-// proxy sends r to target's instances, which speak protocol, with the
-// client's XFCC element.
-func (u *upstreams) proxy(w http.ResponseWriter, r *http.Request, target *resolve.Target, protocol, xfcc string, connectTimeout time.Duration, response []*api.HTTPHeaderModifiers) {
+// cluster returns the cluster of target's instances, which speak
+// protocol, brought up to date with target's endpoints and policy b.
+func (u *upstreams) cluster(protocol string, target *resolve.Target, b balance) *cluster {
 	key := protocol + " " + target.SNI
 	u.mu.Lock()
 	if u.m == nil {
-		u.m = map[string]*upstream{}
+		u.m = map[string]*cluster{}
 	}
-	up, ok := u.m[key]
+	c, ok := u.m[key]
 	if !ok {
-		up = u.t.newUpstream(protocol, target.SNI)
-		u.m[key] = up
+		c = u.t.newCluster(protocol, target.SNI)
+		u.m[key] = c
 	}
 	u.mu.Unlock()
-	up.target.Store(target)
-	if connectTimeout <= 0 {
-		connectTimeout = defaultConnectTimeout
-	}
-	ctx := context.WithValue(r.Context(), xfccKey{}, xfcc)
-	ctx = context.WithValue(ctx, timeoutKey{}, connectTimeout)
-	if len(response) > 0 {
-		ctx = context.WithValue(ctx, responseKey{}, response)
-	}
-	up.proxy.ServeHTTP(w, r.WithContext(ctx))
+	c.target.Store(target)
+	c.detector.update(target.Dial, b)
+	return c
 }
 
 func (u *upstreams) closeIdle() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for _, up := range u.m {
-		up.idle()
+	for _, c := range u.m {
+		c.transport.CloseIdleConnections()
 	}
 }
 
-type xfccKey struct{}
-type timeoutKey struct{}
-type responseKey struct{}
-
-// newUpstream builds the proxy to the instances of the target whose SNI is
-// targetSNI, speaking protocol to them.
-func (t *Terminator) newUpstream(protocol, targetSNI string) *upstream {
-	up := &upstream{alpn: []string{"http/1.1"}}
-	tr := &http.Transport{
-		DialTLSContext:      func(ctx context.Context, _, _ string) (net.Conn, error) { return t.dialInstance(ctx, up) },
+// newCluster builds the cluster of the target whose SNI is targetSNI,
+// speaking protocol to its instances.
+func (t *Terminator) newCluster(protocol, targetSNI string) *cluster {
+	c := &cluster{t: t, sni: targetSNI, alpn: []string{"http/1.1"}}
+	c.detector = detector{cfg: t.Outlier.withDefaults(), now: time.Now, onChange: func(h *host, ejected bool) {
+		what := "l7: outlier detection brings an instance back"
+		if ejected {
+			what = "l7: outlier detection ejects an instance"
+		}
+		t.logger().Info(what, "target", targetSNI, "instance", h.addr, "ejections", h.ejections)
+		t.observer().Ejected(targetSNI, h.addr, ejected)
+	}}
+	c.transport = &http.Transport{
+		DialTLSContext:      c.dial,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     time.Minute,
 		Protocols:           new(http.Protocols),
 	}
 	if protocol == "http2" || protocol == "grpc" {
-		tr.Protocols.SetHTTP2(true)
-		tr.ForceAttemptHTTP2 = true
-		up.alpn = []string{"h2"}
+		c.transport.Protocols.SetHTTP2(true)
+		c.transport.ForceAttemptHTTP2 = true
+		c.alpn = []string{"h2"}
 	} else {
-		tr.Protocols.SetHTTP1(true)
+		c.transport.Protocols.SetHTTP1(true)
 	}
-	up.idle = tr.CloseIdleConnections
-	up.proxy = &httputil.ReverseProxy{
-		Transport: tr,
+	c.proxy = &httputil.ReverseProxy{
+		Transport: c,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "https"
-			pr.Out.URL.Host = targetSNI
+			pr.Out.URL.Host = targetSNI           // an instance's address, per attempt
 			pr.Out.Header.Del(sidecar.XFCCHeader) // replaced, never passed on (Envoy's SANITIZE_SET)
-			if x, _ := pr.In.Context().Value(xfccKey{}).(string); x != "" {
-				pr.Out.Header.Set(sidecar.XFCCHeader, x)
+			if st, _ := pr.In.Context().Value(streamKey{}).(*stream); st != nil && st.xfcc != "" {
+				pr.Out.Header.Set(sidecar.XFCCHeader, st.xfcc)
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			mods, _ := resp.Request.Context().Value(responseKey{}).([]*api.HTTPHeaderModifiers)
-			for _, m := range mods {
+			st, _ := resp.Request.Context().Value(streamKey{}).(*stream)
+			if st == nil {
+				return nil
+			}
+			for _, m := range st.response {
 				modify(resp.Header, m)
+			}
+			if st.cookie != "" {
+				resp.Header.Add("Set-Cookie", st.cookie)
+			}
+			if resp.StatusCode == http.StatusSwitchingProtocols {
+				st.upgrade()
 			}
 			return nil
 		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			t.logger().Info("l7: request to an instance failed", "target", targetSNI, "error", err)
-			http.Error(w, "l7: no instance of "+targetSNI+" answered: "+err.Error(), http.StatusBadGateway)
-		},
+		ErrorHandler: c.errorReply,
+		ErrorLog:     t.http.ErrorLog,
 	}
-	return up
+	return c
 }
 
-// dialInstance opens mTLS to one of up's target's instances, in turn,
-// trying the others when one fails: the gateway's certificate, the
-// cluster's roots, the target's SNI and identity.
-func (t *Terminator) dialInstance(ctx context.Context, up *upstream) (net.Conn, error) {
-	target := up.target.Load()
-	if target == nil || len(target.Dial) == 0 {
-		return nil, errors.New("no instance")
+// RoundTrip sends one request to the cluster's instances: each attempt to
+// the instance the load balancer picks among those outlier detection
+// left in, retried as the route's policy says, within the circuit
+// breakers. The request's body streams; a copy for retries is kept up to
+// MaxReplayBytes.
+func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
+	st, _ := req.Context().Value(streamKey{}).(*stream)
+	if st == nil {
+		return nil, errors.New("l7: a request without its stream")
 	}
-	timeout, _ := ctx.Value(timeoutKey{}).(time.Duration)
-	if timeout <= 0 {
-		timeout = defaultConnectTimeout
+	if c.requests.Add(1) > MaxClusterRequests {
+		c.requests.Add(-1)
+		return nil, errOverflow
 	}
+	ctx := req.Context()
+	var body io.ReadCloser
+	var replay *replayBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = &watchedBody{ReadCloser: req.Body, s: st, onEnd: st.requestDone}
+		if st.retry.active() {
+			replay = newReplayBody(body, MaxReplayBytes, nil)
+		}
+	} else {
+		st.requestDone()
+	}
+	for attempt := 0; ; attempt++ {
+		h := c.detector.pick(st.hash, st.hashed)
+		if h == nil {
+			if attempt > 0 {
+				c.retries.Add(-1)
+			}
+			c.requests.Add(-1)
+			return nil, errNoHealthy
+		}
+		out := req.WithContext(ctx)
+		u := *req.URL
+		u.Host = h.addr
+		out.URL = &u
+		out.Body = body
+		if replay != nil {
+			out.Body = replay.attempt()
+		}
+		h.active.Add(1)
+		resp, err := c.transport.RoundTrip(out)
+		if attempt > 0 {
+			c.retries.Add(-1)
+		}
+		f, failed, judged := c.judge(ctx, resp, err)
+		if judged {
+			c.detector.result(h, failed)
+		}
+		if c.retry(ctx, st, attempt, resp, f, replay) {
+			if resp != nil {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+				resp.Body.Close()
+			}
+			h.active.Add(-1)
+			st.retries++
+			c.t.observer().Retried(c.sni, h.addr)
+			c.t.logger().Debug("l7: retrying", "target", c.sni, "instance", h.addr, "attempt", attempt+1, "policy", st.retry.String())
+			select {
+			case <-time.After(retryBackoff(attempt + 1)):
+				continue
+			case <-ctx.Done():
+				c.retries.Add(-1)
+				c.requests.Add(-1)
+				return nil, context.Cause(ctx)
+			}
+		}
+		if err != nil {
+			h.active.Add(-1)
+			c.requests.Add(-1)
+			st.failure = f
+			return nil, err
+		}
+		release := func() { h.active.Add(-1); c.requests.Add(-1) }
+		if w, ok := resp.Body.(io.Writer); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+			resp.Body = &watchedTunnel{watchedBody: watchedBody{ReadCloser: resp.Body, s: st, onEnd: release}, w: w}
+		} else {
+			resp.Body = &watchedBody{ReadCloser: resp.Body, s: st, onEnd: release}
+		}
+		return resp, nil
+	}
+}
+
+// judge says what an attempt's outcome means for outlier detection: a 5xx
+// answer, a failed connect, a reset or the route timeout is a failure of
+// the instance (Envoy counts local-origin errors as 5xx unless told to
+// split them); judged is false for outcomes that say nothing of it (the
+// client gone, a circuit breaker).
+func (c *cluster) judge(ctx context.Context, resp *http.Response, err error) (f failure, failed, judged bool) {
+	if err == nil {
+		return noFailure, resp.StatusCode >= 500, true
+	}
+	var ce *connectError
+	switch {
+	case errors.Is(err, errOverflow):
+		return noFailure, false, false
+	case errors.As(err, &ce):
+		return connectFailure, true, true
+	case ctx.Err() != nil:
+		return resetFailure, context.Cause(ctx) == errRouteTimeout, context.Cause(ctx) == errRouteTimeout
+	case strings.Contains(err.Error(), "REFUSED_STREAM"):
+		// net/http's HTTP/2 errors are not exported; it has retried a
+		// refused stream itself, up to six times, before this.
+		return refusedStream, true, true
+	}
+	return resetFailure, true, true
+}
+
+// retry reports whether attempt's outcome is retried: the route's policy
+// says so, retries are left, the body can be sent again, the cluster's
+// retry breaker has room, and the request is still wanted.
+func (c *cluster) retry(ctx context.Context, st *stream, attempt int, resp *http.Response, f failure, replay *replayBody) bool {
+	p := st.retry
+	if !p.active() || attempt >= p.numRetries || ctx.Err() != nil {
+		return false
+	}
+	if resp != nil {
+		if resp.StatusCode == http.StatusSwitchingProtocols || !p.retryResponse(resp) {
+			return false
+		}
+	} else if !p.retryFailure(f) {
+		return false
+	}
+	if replay != nil && !replay.replayable() {
+		c.t.logger().Debug("l7: not retried: the request body passed the replay bound", "target", c.sni, "bound", MaxReplayBytes)
+		return false
+	}
+	if c.retries.Add(1) > MaxClusterRetries {
+		c.retries.Add(-1)
+		c.t.logger().Debug("l7: not retried: the cluster's retry breaker is open", "target", c.sni, "max_retries", MaxClusterRetries)
+		return false
+	}
+	return true
+}
+
+// errorReply answers a request that got no answer from an instance, as
+// Envoy's router answers it.
+func (c *cluster) errorReply(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := r.Context().Value(streamKey{}).(*stream)
+	if st == nil {
+		localReply(w, r, http.StatusBadGateway, "l7: "+err.Error(), nil)
+		return
+	}
+	cause := context.Cause(r.Context())
+	var reason, body string
+	code := http.StatusServiceUnavailable
+	var header http.Header
+	switch {
+	case cause == errRouteTimeout:
+		reason, code, body = ReasonTimeout, http.StatusGatewayTimeout, bodyRequestTimeout
+	case cause == errIdleTimeout:
+		reason, code, body = ReasonIdleTimeout, http.StatusRequestTimeout, bodyStreamTimeout
+	case r.Context().Err() != nil:
+		c.t.logger().Debug("l7: the peer's client went away", "target", c.sni, "error", err)
+		return
+	case errors.Is(err, errOverflow):
+		reason, body, header = ReasonOverflow, bodyOverflow, http.Header{"X-Envoy-Overloaded": {"true"}}
+	case errors.Is(err, errNoHealthy):
+		reason, body = ReasonNoHealthyUpstream, bodyNoHealthyUpstream
+	default:
+		reason = ReasonReset
+		what := "connection termination"
+		switch st.failure {
+		case connectFailure:
+			reason, what = ReasonConnectFailure, "connection failure, transport failure reason: "+err.Error()
+		case refusedStream:
+			what = "remote refused stream reset"
+		}
+		lead := "reset reason: "
+		if st.retries > 0 {
+			lead = "retried and the latest reset reason: "
+		}
+		body = bodyResetBefore + lead + what
+	}
+	c.t.refuse(st, reason)
+	c.t.logger().Info("l7: request to an instance failed", "target", c.sni, "reason", reason, "retries", st.retries, "error", err)
+	localReply(w, r, code, body, header)
+}
+
+// dial opens mTLS to the instance at addr: the gateway's certificate, the
+// cluster's roots, the target's SNI and identity, and the mesh entry's
+// TLS.Outgoing; within the resolver's connect timeout and the cluster's
+// connection breaker.
+func (c *cluster) dial(ctx context.Context, _, addr string) (net.Conn, error) {
+	if c.conns.Add(1) > MaxClusterConnections {
+		c.conns.Add(-1)
+		return nil, errOverflow
+	}
+	target := c.target.Load()
+	timeout := defaultConnectTimeout
+	if st, _ := ctx.Value(streamKey{}).(*stream); st != nil && st.connectTimeout > 0 {
+		timeout = st.connectTimeout
+	}
+	t := c.t
 	want := sidecar.TargetIdentity(*target, t.Certs.TrustDomain())
 	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS12,
 		ServerName: target.SNI,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if c := t.Certs.Certificate(); c != nil {
@@ -151,24 +370,34 @@ func (t *Terminator) dialInstance(ctx context.Context, up *upstream) (net.Conn, 
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			return sidecar.VerifyIdentity(raw, t.Certs.Roots(), want)
 		},
-		NextProtos: up.alpn,
+		NextProtos: c.alpn,
 	}
-	var errs []error
-	n := len(target.Dial)
-	start := int(up.turn.Add(1))
-	for i := range n {
-		addr := target.Dial[(start+i)%n]
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			return c, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-		if ctx.Err() != nil {
-			break
-		}
+	t.cache(t.Source.View()).outgoing.apply(cfg)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		c.conns.Add(-1)
+		return nil, &connectError{addr, err}
 	}
-	return nil, errors.Join(errs...)
+	tc := tls.Client(&countedConn{Conn: raw, release: func() { c.conns.Add(-1) }}, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		tc.Close()
+		return nil, &connectError{addr, err}
+	}
+	return tc, nil
+}
+
+// countedConn gives its slot in the connection breaker back when closed.
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
 }
 
 // clientCertElement is the XFCC element Consul's gateway sets for a peer's
@@ -217,3 +446,6 @@ func escapePEM(certs [][]byte) string {
 	}
 	return strings.ReplaceAll(url.QueryEscape(b.String()), "+", "%20")
 }
+
+// describe names a cluster for messages.
+func (c *cluster) String() string { return fmt.Sprintf("cluster %s", c.sni) }
