@@ -31,14 +31,17 @@ import (
 
 // startL7Gateway is startGateway whose router hands L7 exports to an
 // l7.Terminator in the process, holding the gateway's own certificate
-// from agent's xDS.
-func startL7Gateway(t *testing.T, agent *consultest.Agent) *meshGateway {
+// from agent's xDS; configure, if set, completes the terminator.
+func startL7Gateway(t *testing.T, agent *consultest.Agent, configure ...func(*l7.Terminator)) *meshGateway {
 	t.Helper()
 	return startGatewayWith(t, agent, "", func(r *routing.PeeringRouter) {
 		certs, err := gatewaycert.Watch(context.Background(), agent.Client, gatewaycert.Options{GRPCAddr: agent.GRPC, GatewayID: "mesh-gateway"})
 		require.NoError(t, err)
 		t.Cleanup(certs.Close)
 		term := &l7.Terminator{Source: r.Source, Certs: certs}
+		for _, c := range configure {
+			c(term)
+		}
 		t.Cleanup(func() { term.Close() })
 		r.Terminate = term.ServeConn
 	})
