@@ -1,8 +1,9 @@
 // Package proxyconfig reads the options in a mesh gateway's Proxy.Config, as
 // Consul 1.22 defines them for its own gateways (GatewayConfig in Consul's
 // agent/xds/config), and keeps those that mean something without Envoy:
-// the connect timeout, the addresses to listen on and TCP keepalive towards
-// other datacenters' and peers' gateways.
+// the connect timeout, the addresses to listen on, TCP keepalive towards
+// other datacenters' and peers' gateways, and the request header bound of
+// the L7 exports it terminates.
 //
 // A gateway's effective Proxy.Config is its registration's Proxy.Config over
 // the proxy-defaults entry's Config (the local agent merges them:
@@ -36,8 +37,12 @@ const (
 	RemoteKeepAliveTime     = "envoy_gateway_remote_tcp_keepalive_time"
 	RemoteKeepAliveInterval = "envoy_gateway_remote_tcp_keepalive_interval"
 	RemoteKeepAliveProbes   = "envoy_gateway_remote_tcp_keepalive_probes"
+	MaxRequestHeadersKB     = "max_request_headers_kb"
 	meshGatewayAliasPrefix  = "envoy_mesh_gateway_"
 )
+
+// maxRequestHeadersKB is the largest max_request_headers_kb Envoy accepts.
+const maxRequestHeadersKB = 8192
 
 // aliases are the older names Consul still accepts for the bind options.
 var aliases = map[string]string{
@@ -51,7 +56,7 @@ var aliases = map[string]string{
 var withoutEnvoy = map[string]bool{
 	"protocol": true, "bind_address": true, "bind_port": true,
 	"local_connect_timeout_ms": true, "local_request_timeout_ms": true, "local_idle_timeout_ms": true,
-	"max_inbound_connections": true, "balance_inbound_connections": true, "max_request_headers_kb": true,
+	"max_inbound_connections": true, "balance_inbound_connections": true,
 	"xds_fetch_timeout_ms": true, "envoy_dns_discovery_type": true,
 	"envoy_bootstrap_json_tpl": true, "envoy_public_listener_json": true, "envoy_local_cluster_json": true,
 	"envoy_listener_tracing_json": true, "envoy_tracing_json": true,
@@ -82,6 +87,11 @@ type Gateway struct {
 	// probes options; an unset one is -1, the operating system's default,
 	// as Envoy leaves it.
 	RemoteKeepAlive net.KeepAliveConfig
+	// MaxRequestHeadersKB bounds the request headers of the peers' HTTP
+	// requests to exports the gateway terminates (max_request_headers_kb,
+	// which Consul hands to the gateway's HTTP connection managers); zero
+	// when unset or below 1, where Envoy's default, 60, applies.
+	MaxRequestHeadersKB int
 	// Ignored lists, sorted, the options given that Consul defines but that
 	// mean nothing without Envoy (such as protocol or envoy_stats_tags).
 	Ignored []string
@@ -123,6 +133,15 @@ func ParseGateway(config map[string]any) (Gateway, error) {
 			g.RemoteKeepAlive.Interval, err = seconds(value)
 		case RemoteKeepAliveProbes:
 			g.RemoteKeepAlive.Count, err = probes(value)
+		case MaxRequestHeadersKB:
+			var kb int64
+			if kb, err = wholeNumber(value); err == nil && kb >= 1 {
+				if kb > maxRequestHeadersKB {
+					err = fmt.Errorf("%d is over Envoy's limit, %d", kb, maxRequestHeadersKB)
+				} else {
+					g.MaxRequestHeadersKB = int(kb)
+				}
+			}
 		default:
 			if withoutEnvoy[name] {
 				g.Ignored = append(g.Ignored, key)
@@ -183,7 +202,7 @@ func Known(name string) bool {
 	}
 	switch name {
 	case ConnectTimeoutMs, NoDefaultBind, BindTaggedAddresses, BindAddresses,
-		RemoteKeepAliveEnable, RemoteKeepAliveTime, RemoteKeepAliveInterval, RemoteKeepAliveProbes:
+		RemoteKeepAliveEnable, RemoteKeepAliveTime, RemoteKeepAliveInterval, RemoteKeepAliveProbes, MaxRequestHeadersKB:
 		return true
 	}
 	return false

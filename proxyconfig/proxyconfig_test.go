@@ -31,6 +31,7 @@ func TestParseGatewayReadsEachOption(t *testing.T) {
 		"envoy_gateway_remote_tcp_keepalive_time": 30,
 		"envoy_gateway_remote_tcp_keepalive_interval": "5",
 		"envoy_gateway_remote_tcp_keepalive_probes": 4,
+		"max_request_headers_kb": 96,
 		"protocol": "tcp",
 		"envoy_prometheus_bind_addr": "0.0.0.0:9102",
 		"conect_timeout_ms": 10
@@ -42,6 +43,7 @@ func TestParseGatewayReadsEachOption(t *testing.T) {
 		BindTaggedAddresses: true,
 		BindAddresses:       map[string]string{"all": "127.0.0.2:8444", "v6": "[::1]:8445"},
 		RemoteKeepAlive:     net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 4},
+		MaxRequestHeadersKB: 96,
 		Ignored:             []string{"envoy_prometheus_bind_addr", "protocol"},
 		Unknown:             []string{"conect_timeout_ms"},
 	}, g)
@@ -56,6 +58,16 @@ func TestParseGatewayDefaults(t *testing.T) {
 		assert.Equal(t, net.KeepAliveConfig{Idle: -1, Interval: -1, Count: -1}, g.RemoteKeepAlive,
 			"unset keepalive parameters are the system's")
 	}
+}
+
+// max_request_headers_kb bounds the terminated exports' request headers,
+// within Envoy's limit of 8 MiB.
+func TestParseGatewayMaxRequestHeaders(t *testing.T) {
+	g, err := proxyconfig.ParseGateway(map[string]any{"max_request_headers_kb": "8192"})
+	require.NoError(t, err)
+	assert.Equal(t, 8192, g.MaxRequestHeadersKB)
+	_, err = proxyconfig.ParseGateway(map[string]any{"max_request_headers_kb": 8193})
+	assert.EqualError(t, err, "proxyconfig: max_request_headers_kb: 8193 is over Envoy's limit, 8192")
 }
 
 func TestParseGatewayAcceptsConsulsOlderNames(t *testing.T) {

@@ -265,7 +265,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return err
 		}
 		if *l7Flag == "terminate" {
-			stopL7, serve, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, log)
+			stopL7, serve, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, log)
 			if err != nil {
 				return err
 			}
@@ -398,15 +398,16 @@ func gatewayRouter(src mesh.Source, l7mode l7Handling) gateway.Router {
 }
 
 // startTerminator makes the terminator of the gateway's L7 exports, as
-// the registered gateway id, whose certificate the agent at grpcAddr gives;
+// the registered gateway id, whose certificate the agent at grpcAddr gives,
+// with the Proxy.Config's header bound at start (0: Envoy's 60 KiB);
 // serve takes a connection in the process.
-func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
+func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
 	certs, err := gatewaycert.Watch(ctx, client, gatewaycert.Options{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
 	if err != nil {
 		return nil, nil, err
 	}
-	t := &l7.Terminator{Source: src, Certs: certs, Logger: log}
-	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id)
+	t := &l7.Terminator{Source: src, Certs: certs, Logger: log, MaxRequestHeadersKB: maxHeadersKB}
+	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id, "max_request_headers_kb", maxHeadersKB)
 	return func() { t.Close(); certs.Close() }, t.ServeConn, nil
 }
 
