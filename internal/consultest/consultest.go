@@ -278,6 +278,7 @@ func (a *Agent) start() {
 	a.tb.Helper()
 	a.log = &syncbuf.Buffer{}
 	a.cmd = exec.Command(a.bin, "agent", "-config-file", a.cfgFile)
+	a.cmd.Env = agentEnv(os.Environ())
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	a.cmd.SysProcAttr = dieWithParent()
 	if err := a.cmd.Start(); err != nil {
@@ -286,6 +287,30 @@ func (a *Agent) start() {
 	exited, cmd := make(chan struct{}), a.cmd
 	a.exited = exited
 	go func() { cmd.Wait(); close(exited) }()
+}
+
+// agentEnv is env without the fips140 setting of GODEBUG: the tests run
+// under GODEBUG=fips140=only (CI's FIPS step) test meshgate's code, and
+// Consul, which is no FIPS build and uses SHA-1 for its CA roots' IDs,
+// would panic under it.
+func agentEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			var keep []string
+			for _, s := range strings.Split(v, ",") {
+				if !strings.HasPrefix(s, "fips140=") && s != "" {
+					keep = append(keep, s)
+				}
+			}
+			if len(keep) == 0 {
+				continue
+			}
+			kv = "GODEBUG=" + strings.Join(keep, ",")
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 // errPortTaken is waitReady's error for an agent that ended because one of
