@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/fipsmode"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
@@ -178,7 +179,7 @@ func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Dur
 	c := tls.Client(raw, cfg)
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, err
+		return nil, fipsmode.Explain(err)
 	}
 	return c, nil
 }

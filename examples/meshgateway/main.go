@@ -24,6 +24,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -324,7 +325,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	addrs := lv.addrs(binds)
 	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.timeout(opts).String(),
-		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil)
+		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil,
+		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced())
 	if g != nil {
 		lv.applied = func(opts proxyconfig.Gateway, addrs []string) {
 			if err := g.checkFollows(ctx, opts, addrs); err != nil {

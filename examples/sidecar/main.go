@@ -54,6 +54,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/admin"
 	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/internal/fipsmode"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -515,7 +516,7 @@ func (s *server) inbound(ctx context.Context, c *tls.Conn) {
 		if errors.Is(err, io.EOF) {
 			level = slog.LevelDebug
 		}
-		s.log.Log(ctx, level, "sidecar: inbound connection refused", "remote", c.RemoteAddr().String(), "err", err)
+		s.log.Log(ctx, level, "sidecar: inbound connection refused", "remote", c.RemoteAddr().String(), "err", fipsmode.Explain(err))
 		c.Close()
 		return
 	}

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/fipsmode"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -269,7 +270,7 @@ func (t *Terminator) serveConn(raw net.Conn) <-chan struct{} {
 	})
 	tc.SetDeadline(time.Now().Add(handshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		t.logger().Info("l7: peer handshake failed", "remote", raw.RemoteAddr().String(), "reason", ReasonHandshake, "error", err)
+		t.logger().Info("l7: peer handshake failed", "remote", raw.RemoteAddr().String(), "reason", ReasonHandshake, "error", fipsmode.Explain(err))
 		t.refuse(nil, ReasonHandshake)
 		tc.Close()
 		t.track(raw, false)
