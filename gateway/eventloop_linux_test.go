@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // connGoroutines counts the goroutines that carry a connection without
@@ -20,7 +24,7 @@ func connGoroutines() int {
 	var buf bytes.Buffer
 	pprof.Lookup("goroutine").WriteTo(&buf, 2)
 	s := buf.String()
-	return strings.Count(s, "gateway.(*Server).handle(") + strings.Count(s, "gateway.(*direction).run(") +
+	return strings.Count(s, "goroutine.(*Engine).handle(") + strings.Count(s, "gateway.(*direction).run(") +
 		strings.Count(s, "gateway.(*pumps).copy")
 }
 
@@ -99,4 +103,64 @@ func TestEventLoopHandsLongStreamsToTheForwarder(t *testing.T) {
 			assert.Equal(t, int64(tc.down), snap.BytesDown)
 		})
 	}
+}
+
+// When the server stops, the loops take the listener out of their epoll
+// sets at once, even while another descriptor of it stays open (a binary
+// upgrade hands it to a new process), so that they no longer take the
+// wake-ups of its new connections; an open connection keeps the loops
+// running meanwhile, and keeps working.
+func TestEventLoopsLetGoOfTheListenerOnShutdown(t *testing.T) {
+	b := startBackend(t, echo)
+	s := &Server{Router: tableFor(t, map[string][]string{longName: {b.addr()}}), EventLoop: true}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	require.NoError(t, err)
+	other := -1 // the new process's descriptor of the listener
+	require.NoError(t, rc.Control(func(fd uintptr) { other, err = unix.Dup(int(fd)) }))
+	require.NoError(t, err)
+	defer unix.Close(other)
+	var st unix.Stat_t
+	require.NoError(t, unix.Fstat(other, &st))
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ln) }()
+	defer s.Close()
+
+	c := echoed(t, ln.Addr().String(), helloBytes(t, longName))
+	defer c.Close()
+	waitFor(t, "the loops' epoll sets to hold the listener", func() bool { return epollSetsHolding(t, st.Ino) > 0 })
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	waitFor(t, "no epoll set to hold the listener", func() bool { return epollSetsHolding(t, st.Ino) == 0 })
+	require.ErrorIs(t, <-errc, ErrServerClosed)
+
+	_, err = c.Write([]byte("still"))
+	require.NoError(t, err)
+	got := make([]byte, 5)
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	assert.Equal(t, "still", string(got))
+	c.Close()
+	require.NoError(t, <-shut)
+}
+
+// epollSetsHolding counts the epoll sets of this process that hold the
+// socket with inode ino, from /proc/self/fdinfo.
+func epollSetsHolding(t *testing.T, ino uint64) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	want := fmt.Sprintf(" ino:%x ", ino)
+	n := 0
+	for _, fd := range fds {
+		if link, err := os.Readlink("/proc/self/fd/" + fd.Name()); err != nil || link != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
+		if err == nil && strings.Contains(string(info), want) {
+			n++
+		}
+	}
+	return n
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshgate/meshgate/gateway/internal/freelist"
 )
 
 // DefaultIdleTimeout is Envoy's TCP idle timeout, which Consul leaves as is.
@@ -211,13 +213,13 @@ func (p *pumps) copyDown() {
 
 // copyBuffers are the 32 KiB buffers of directions that copy; a direction
 // holds one only while it has bytes to move.
-var copyBuffers = newFreeList(2*maxIdleWorkers, func() *[]byte { b := make([]byte, 32<<10); return &b })
+var copyBuffers = freelist.New(128, func() *[]byte { b := make([]byte, 32<<10); return &b })
 
 // copyDirection moves src's bytes to dst through a pooled buffer, for
 // connections that are not bare TCP.
 func (l *pumps) copyDirection(dst, src net.Conn) (int64, error) {
-	bp := copyBuffers.get()
-	defer copyBuffers.put(bp)
+	bp := copyBuffers.Get()
+	defer copyBuffers.Put(bp)
 	buf := *bp
 	var total int64
 	for {

@@ -3,15 +3,15 @@ package gateway
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/meshgate/meshgate/sni"
+	"github.com/meshgate/meshgate/gateway/internal/engine"
+	"github.com/meshgate/meshgate/gateway/internal/epoll"
+	"github.com/meshgate/meshgate/gateway/internal/goroutine"
 )
 
 // DefaultConnectTimeout is Consul's connect timeout for upstream dials.
@@ -110,41 +110,29 @@ type Server struct {
 	initOnce       sync.Once
 	done           chan struct{} // closed on Shutdown or Close
 	doneOnce       sync.Once
+	settings       engine.Settings    // what the engines read, fixed by init
+	goroutines     *goroutine.Engine  // the goroutine engine
 	slots          chan struct{}      // MaxConns semaphore, or nil
 	budget         *descriptorBudget  // the process's, or nil
 	health         *outliers          // targets that fail to connect
 	stopProbes     context.CancelFunc // ends the probes of ejected targets
 	heldBack       atomic.Bool        // logged that the budget held accepting back
+	connObs        ConnObserver       // the Observer as one, or nil
+	upObs          UpstreamObserver   // the Observer as one, or nil
+	dialObs        DialObserver       // the Observer as one, or nil
 	mu             sync.Mutex
 	listeners      map[*net.Listener]struct{}
-	conns          map[*conn]struct{}
-	dialed         map[tcpPair]struct{} // the open upstream connections' addresses, under mu
+	conns          map[*conn]struct{}         // the shared connections (see engine.Lifecycle.Open), under mu
+	dialed         map[tcpPair]struct{}       // the open upstream connections' addresses, under mu
+	engines        map[engine.Engine]struct{} // engines to wake on Shutdown and Close, under mu
 	active         atomic.Int64
 	hardClosed     atomic.Bool
 	lastID         atomic.Uint64
-	handoff        chan *conn           // Serve's accepted connections, to idle workers
-	idleWorkers    atomic.Int32         // workers waiting on handoff
-	releaser       sync.Once            // starts releaseAfterBursts
-	burst          burstRule            // zero: burstConns in releaseEvery
-	memoryReleases atomic.Int64         // how many times it released memory
-	ended          atomic.Uint64        // connections finished
-	loops          map[*evloop]struct{} // running event loops, under mu
+	releaser       sync.Once     // starts releaseAfterBursts
+	burst          burstRule     // zero: burstConns in releaseEvery
+	memoryReleases atomic.Int64  // how many times it released memory
+	ended          atomic.Uint64 // connections finished
 }
-
-// conn is one accepted connection, tracked from accept to close.
-type conn struct {
-	client   net.Conn
-	dialed   tcpPair // the upstream connection's addresses, once dialled
-	upstream atomic.Pointer[net.Conn]
-	stop     atomic.Pointer[func()] // set once forwarding started
-}
-
-var (
-	// As many as the connections that read their hellos at once in a
-	// steady load; a burst's extra ones are left to the collector.
-	helloBuffers = newFreeList(2*maxIdleWorkers, func() *[]byte { b := make([]byte, 0, 4096); return &b })
-	helloPool    = newFreeList(2*maxIdleWorkers, func() *sni.ClientHello { return new(sni.ClientHello) })
-)
 
 func (s *Server) init() {
 	s.initOnce.Do(func() {
@@ -152,13 +140,17 @@ func (s *Server) init() {
 		s.listeners = map[*net.Listener]struct{}{}
 		s.conns = map[*conn]struct{}{}
 		s.dialed = map[tcpPair]struct{}{}
-		s.handoff = make(chan *conn)
+		s.engines = map[engine.Engine]struct{}{}
 		if s.MaxConns > 0 {
 			s.slots = make(chan struct{}, s.MaxConns)
 		}
 		s.budget = processBudget()
+		s.connObs, s.upObs, s.dialObs = connObserverOf(s.Observer), upstreamObserverOf(s.Observer), dialObserverOf(s.Observer)
+		s.settings = engine.Settings{PeekTimeout: s.PeekTimeout, MaxHelloSize: s.MaxHelloSize, TCPKeepAlive: s.TCPKeepAlive,
+			Dial: s.dialFunc(), CustomDial: s.Dial != nil, Logger: s.logger()}
+		s.goroutines = goroutine.New(s.lifecycle())
 		s.health = newOutliers(s.EjectAfter, s.EjectFor)
-		s.health.dial, s.health.timeout = s.dialFunc(), func() time.Duration { return s.connectTimeout(Route{}) }
+		s.health.dial, s.health.timeout = s.settings.Dial, func() time.Duration { return s.connectTimeout(Route{}) }
 		s.health.ctx, s.stopProbes = context.WithCancel(context.Background())
 		s.health.onReturn = func(target string) {
 			s.logger().Info("gateway: ejected target answers a probe again; readmitted", "target", target)
@@ -216,11 +208,12 @@ func (s *Server) ListenAndServe(addr string) error {
 }
 
 // Serve accepts connections on l and handles each in a goroutine of its own
-// (one that has finished with an earlier connection, when one waits). It
-// always returns a non-nil error and closes l; after Shutdown or Close the
-// error is ErrServerClosed. Temporary accept errors, such as running out of
-// file descriptors, are logged and retried with a backoff from 5 ms to 1 s,
-// and connections already open keep being served.
+// (one that has finished with an earlier connection, when one waits), or on
+// the event loops (see EventLoop). It always returns a non-nil error and
+// closes l; after Shutdown or Close the error is ErrServerClosed. Temporary
+// accept errors, such as running out of file descriptors, are logged and
+// retried with a backoff from 5 ms to 1 s, and connections already open keep
+// being served.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	if s.Router == nil {
@@ -242,81 +235,20 @@ func (s *Server) Serve(l net.Listener) error {
 			go s.releaseAfterBursts(rule)
 		})
 	}
+	var err error
+	served := false
 	if s.EventLoop {
 		if tl, ok := l.(*onceCloseListener).Listener.(*net.TCPListener); ok {
-			if ok, err := s.serveLoops(tl); ok {
-				return err
-			}
+			served, err = epoll.Serve(s.lifecycle(), tl)
 		}
 	}
-
-	var delay time.Duration
-	for {
-		if !s.acquireSlot() {
-			return ErrServerClosed
-		}
-		c, err := l.Accept()
-		if err != nil {
-			s.releaseSlot()
-			if s.closing() {
-				return ErrServerClosed
-			}
-			if !temporary(err) {
-				return err
-			}
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else {
-				delay = min(2*delay, time.Second)
-			}
-			s.logger().Warn("gateway: accept error; retrying", "err", err, "retry_in", delay)
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-s.done:
-				t.Stop()
-				return ErrServerClosed
-			}
-			continue
-		}
-		delay = 0
-		cc := &conn{client: c}
-		if !s.trackConn(cc, true) { // registered before its goroutine starts
-			c.Close()
-			s.releaseSlot()
-			return ErrServerClosed
-		}
-		select {
-		case s.handoff <- cc: // an idle worker takes it
-		default:
-			go s.work(cc)
-		}
+	if !served {
+		err = s.goroutines.Serve(l)
 	}
-}
-
-// maxIdleWorkers bounds the goroutines that wait for the next accepted
-// connection once theirs is forwarding.
-const maxIdleWorkers = 64
-
-// work handles c, then waits for the next accepted connection, while no more
-// than maxIdleWorkers others wait. A worker's stack has grown to what a
-// connection needs; starting a goroutine per connection instead grows a
-// fresh one each time.
-func (s *Server) work(c *conn) {
-	for {
-		s.handle(c)
-		if s.idleWorkers.Add(1) > maxIdleWorkers {
-			s.idleWorkers.Add(-1)
-			return
-		}
-		select {
-		case c = <-s.handoff:
-			s.idleWorkers.Add(-1)
-		case <-s.done:
-			s.idleWorkers.Add(-1)
-			return
-		}
+	if err == nil || s.closing() {
+		return ErrServerClosed
 	}
+	return err
 }
 
 func (s *Server) trackListener(l *net.Listener, add bool) bool {
@@ -333,25 +265,6 @@ func (s *Server) trackListener(l *net.Listener, add bool) bool {
 	return true
 }
 
-func (s *Server) trackConn(c *conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if add {
-		if s.closing() {
-			return false
-		}
-		s.conns[c] = struct{}{}
-		s.active.Add(1)
-	} else {
-		delete(s.conns, c)
-		if c.dialed.from.IsValid() {
-			delete(s.dialed, c.dialed)
-		}
-		s.active.Add(-1)
-	}
-	return true
-}
-
 // ActiveConns returns how many connections are open.
 func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 
@@ -362,248 +275,6 @@ func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 func (s *Server) Ejected() map[string]time.Time {
 	s.init()
 	return s.health.ejected()
-}
-
-// handle is a connection's goroutine. Once forwarding starts, it carries
-// the direction from upstream to client itself, until that direction ends
-// or parks.
-func (s *Server) handle(c *conn) {
-	if runDown := s.open(c); runDown != nil {
-		runDown()
-	}
-}
-
-// open reads the ClientHello, routes and dials, and starts forwarding; it
-// returns the direction for the caller to run, or nil if the connection was
-// refused.
-func (s *Server) open(c *conn) (runDown func()) {
-	start := time.Now()
-	s.observer().Accepted(c.client.RemoteAddr())
-	if tc, ok := c.client.(*net.TCPConn); ok && s.TCPKeepAlive > 0 {
-		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
-	}
-	info := &ConnInfo{ID: s.lastID.Add(1), Remote: c.client.RemoteAddr(), Local: c.client.LocalAddr()}
-	ctx := context.WithValue(context.Background(), connInfoKey{}, info)
-	st := story{info: info, start: start}
-	st.to = connObserverOf(s.Observer)
-	st.up = upstreamObserverOf(s.Observer)
-	st.dial = dialObserverOf(s.Observer)
-
-	bp := helloBuffers.get()
-	hello := helloPool.get()
-	var raw []byte
-	// The buffers go back to their pools before the connection's long life.
-	defer func() { s.putHello(bp, raw, hello) }()
-
-	raw, err := sni.Reader{MaxSize: s.MaxHelloSize, Timeout: s.PeekTimeout}.Read(ctx, c.client, (*bp)[:0], hello)
-	if st.to != nil || st.up != nil {
-		st.peek = time.Since(start)
-	}
-	if err != nil {
-		// hello holds a pooled, earlier connection's name: log none.
-		s.refuse(c, &st, peekReason(err), err)
-		return nil
-	}
-	st.serverName = hello.ServerName
-	route, reason, err := s.route(ctx, c.client.RemoteAddr(), c.client.LocalAddr(), hello)
-	st.route, st.kind = route.Name, route.Kind
-	if err != nil {
-		s.refuse(c, &st, reason, err)
-		return nil
-	}
-	return s.openRouted(c, st, route, raw)
-}
-
-// openRouted dials a routed connection (or hands it to its Route.Serve)
-// and starts forwarding; raw is the ClientHello read, to replay. It returns
-// the direction for the caller to run, or nil if the connection was refused.
-func (s *Server) openRouted(c *conn, st story, route Route, raw []byte) (runDown func()) {
-	if route.Serve != nil {
-		st.target = TargetInProcess
-		st.connected()
-		return s.serveInProcess(c, st, route.Serve, raw)
-	}
-	upstream, target, reason, err := s.connect(c, &st, route)
-	if err != nil {
-		s.refuse(c, &st, reason, err)
-		return nil
-	}
-	st.target = target
-	st.connected()
-	s.logForwarding(c.client.RemoteAddr(), &st)
-	return s.forward(c, st, upstream, raw, Stats{})
-}
-
-// logForwarding logs, at Debug, that a connection starts forwarding.
-func (s *Server) logForwarding(remote net.Addr, st *story) {
-	if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
-		l.Debug("gateway: forwarding", "remote", remote.String(), "server_name", st.serverName,
-			"route", st.route, "target", st.target)
-	}
-}
-
-// forwarded reports a forwarded connection that ended.
-func (s *Server) forwarded(st *story, stats Stats) {
-	s.observer().Forwarded(st.route, st.target, stats)
-	if stats.Err != nil {
-		if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
-			l.Debug("gateway: connection ended with an error", "route", st.route, "target", st.target, "err", stats.Err.Error())
-		}
-	}
-	st.closed(OutcomeForwarded, stats, stats.Err)
-}
-
-// refuse rejects a connection that will not be forwarded and forgets it.
-func (s *Server) refuse(c *conn, st *story, reason string, err error) {
-	s.reject(c, st.serverName, reason, err)
-	st.closed(reason, Stats{}, err)
-	s.forget(c)
-}
-
-// route asks the Router, after making sure the connection is not one of the
-// server's own (a loop); on error it also returns the rejection's reason.
-func (s *Server) route(ctx context.Context, remote, local net.Addr, hello *sni.ClientHello) (Route, string, error) {
-	if s.ownConnection(remote, local) {
-		return Route{}, ReasonLoop, fmt.Errorf("gateway: %s is this server's own upstream connection: a route leads back to this gateway", remote)
-	}
-	// The Router may keep the hello: it gets one that the next connection's
-	// parse, into the pooled hello, cannot overwrite.
-	route, err := s.Router.Route(ctx, hello.Clone())
-	if err == nil && len(route.Targets) == 0 && route.Serve == nil {
-		err = Reject(ReasonNoRoute, "route %q has no targets", route.Name)
-	}
-	if err != nil {
-		reason := ReasonRouterError
-		var rej *Rejection
-		if errors.As(err, &rej) {
-			reason = rej.Reason
-		}
-		return Route{}, reason, err
-	}
-	return route, "", nil
-}
-
-// forward replays the peeked bytes and starts forwarding, and returns the
-// direction from upstream to client for the caller to run; the Forwarder's
-// done callback reports and forgets the connection, its bytes added to
-// before (what an event loop moved before it handed the connection over).
-func (s *Server) forward(c *conn, st story, upstream net.Conn, replay []byte, before Stats) (runDown func()) {
-	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	stop, runDown := f.start(c.client, upstream, replay, func(stats Stats) {
-		stats.ClientToUpstream += before.ClientToUpstream
-		stats.UpstreamToClient += before.UpstreamToClient
-		stats.Duration = time.Since(st.start)
-		s.forwarded(&st, stats)
-		s.forget(c)
-	})
-	c.stop.Store(&stop)
-	if s.hardClosed.Load() {
-		stop() // Close ran while forwarding started
-	}
-	return runDown
-}
-
-// serveInProcess hands the connection to serve, the ClientHello to be read
-// again first, and returns the call for the caller to run; when serve
-// returns, the connection is reported as forwarded and forgotten.
-func (s *Server) serveInProcess(c *conn, st story, serve func(net.Conn), replay []byte) (run func()) {
-	rc := &replayConn{Conn: c.client, replay: append([]byte(nil), replay...)}
-	stop := func() { c.client.Close() }
-	c.stop.Store(&stop)
-	if s.hardClosed.Load() {
-		stop() // Close ran while routing
-	}
-	return func() {
-		serve(rc)
-		rc.Close()
-		stats := Stats{ClientToUpstream: rc.read.Load(), UpstreamToClient: rc.written.Load(), Duration: time.Since(st.start)}
-		s.observer().Forwarded(st.route, st.target, stats)
-		st.closed(OutcomeForwarded, stats, nil)
-		s.forget(c)
-	}
-}
-
-// replayConn is a client connection whose first reads return replay (the
-// ClientHello the Server read), counting the bytes each way.
-type replayConn struct {
-	net.Conn
-	mu            sync.Mutex
-	replay        []byte
-	read, written atomic.Int64
-}
-
-func (c *replayConn) Read(p []byte) (int, error) {
-	c.mu.Lock()
-	if len(c.replay) > 0 {
-		n := copy(p, c.replay)
-		c.replay = c.replay[n:]
-		c.mu.Unlock()
-		c.read.Add(int64(n))
-		return n, nil
-	}
-	c.mu.Unlock()
-	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
-	return n, err
-}
-
-func (c *replayConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.written.Add(int64(n))
-	return n, err
-}
-
-// forget forgets a finished connection and frees its slot.
-func (s *Server) forget(c *conn) {
-	s.ended.Add(1)
-	s.trackConn(c, false)
-	s.releaseSlot()
-}
-
-func (s *Server) putHello(bp *[]byte, raw []byte, hello *sni.ClientHello) {
-	if cap(raw) <= 64<<10 {
-		*bp = raw[:0]
-		helloBuffers.put(bp)
-	}
-	helloPool.put(hello)
-}
-
-// reject closes a connection that is not forwarded, counts it, and logs it:
-// at Info, except a connection closed before sending any byte (a TCP health
-// check, such as the one Consul runs on a registered gateway, or a port
-// scan), which is logged at Debug.
-func (s *Server) reject(c *conn, serverName, reason string, err error) {
-	s.observer().Rejected(reason, err) // counted before the client can see the close
-	c.client.Close()
-	s.logRejection(c.client.RemoteAddr(), serverName, reason, err)
-}
-
-// logRejection logs a rejected connection, as reject describes.
-func (s *Server) logRejection(remote net.Addr, serverName, reason string, err error) {
-	level := slog.LevelInfo
-	if reason == ReasonClosed && errors.Is(err, io.EOF) {
-		level = slog.LevelDebug
-	}
-	if l := s.logger(); l.Enabled(context.Background(), level) {
-		l.Log(context.Background(), level, "gateway: connection rejected", "remote", remote.String(),
-			"server_name", serverName, "reason", reason, "err", err.Error())
-	}
-}
-
-func peekReason(err error) string {
-	switch {
-	case errors.Is(err, sni.ErrNotTLS):
-		return ReasonNotTLS
-	case errors.Is(err, sni.ErrTooLarge):
-		return ReasonTooLarge
-	case errors.Is(err, sni.ErrTimeout):
-		return ReasonPeekTimeout
-	case errors.Is(err, sni.ErrInvalidServerName):
-		return ReasonBadName
-	case errors.Is(err, sni.ErrMalformed):
-		return ReasonMalformed
-	}
-	return ReasonClosed
 }
 
 // Shutdown stops accepting, then waits for open connections to end on their
@@ -635,15 +306,13 @@ func (s *Server) Close() error {
 	s.hardClosed.Store(true)
 	s.stop()
 	var stops []func()
+	var socks []engine.Sockets
 	s.mu.Lock()
 	for c := range s.conns {
 		if stop := c.stop.Load(); stop != nil {
 			stops = append(stops, *stop)
-			continue
-		}
-		c.client.Close()
-		if up := c.upstream.Load(); up != nil {
-			(*up).Close()
+		} else if c.sockets != nil {
+			socks = append(socks, c.sockets)
 		}
 	}
 	s.mu.Unlock()
@@ -652,9 +321,13 @@ func (s *Server) Close() error {
 	for _, stop := range stops {
 		stop() // also finishes a parked direction
 	}
+	for _, k := range socks {
+		k.Close() // the engine's goroutine then fails and forgets it
+	}
 	return nil
 }
 
+// stop stops accepting: it closes the listeners and wakes the engines.
 func (s *Server) stop() {
 	s.stopProbes()
 	s.mu.Lock()
@@ -662,8 +335,8 @@ func (s *Server) stop() {
 	for l := range s.listeners {
 		(*l).Close()
 	}
-	for l := range s.loops {
-		l.wakeUp()
+	for e := range s.engines {
+		e.Wake()
 	}
 	s.mu.Unlock()
 }

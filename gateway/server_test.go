@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshgate/meshgate/gateway/internal/goroutine"
 	"github.com/meshgate/meshgate/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -338,7 +339,7 @@ func TestCloseEndsConnections(t *testing.T) {
 
 // A goroutine that handled a connection waits for the next one instead of
 // ending (its stack has grown to what a connection needs), no more than
-// maxIdleWorkers of them wait at once, and none is left after Close.
+// goroutine.MaxIdleWorkers of them wait at once, and none is left after Close.
 func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
 	goroutineEngineOnly(t)
 	b := startBackend(t, echo)
@@ -348,22 +349,22 @@ func TestWorkersAreReusedAndEndOnClose(t *testing.T) {
 	for range 20 { // one after another: one worker carries them all
 		echoed(t, gw, hello).Close()
 		waitFor(t, "the connection ends", func() bool { return s.ActiveConns() == 0 })
-		waitFor(t, "its worker waits for the next", func() bool { return s.idleWorkers.Load() >= 1 })
+		waitFor(t, "its worker waits for the next", func() bool { return s.goroutines.IdleWorkers() >= 1 })
 	}
 	// One, or two if a worker was preempted between counting itself idle
 	// and waiting; twenty if none was reused.
-	assert.LessOrEqual(t, s.idleWorkers.Load(), int32(2), "workers waiting after 20 connections one after another")
+	assert.LessOrEqual(t, s.goroutines.IdleWorkers(), 2, "workers waiting after 20 connections one after another")
 	var conns []net.Conn
-	for range maxIdleWorkers + 20 { // at once: a worker each
+	for range goroutine.MaxIdleWorkers + 20 { // at once: a worker each
 		conns = append(conns, echoed(t, gw, hello))
 	}
 	for _, c := range conns {
 		c.Close()
 	}
 	waitFor(t, "the connections end", func() bool { return s.ActiveConns() == 0 })
-	assert.LessOrEqual(t, s.idleWorkers.Load(), int32(maxIdleWorkers))
+	assert.LessOrEqual(t, s.goroutines.IdleWorkers(), goroutine.MaxIdleWorkers)
 	require.NoError(t, s.Close())
-	waitFor(t, "no worker left", func() bool { return s.idleWorkers.Load() == 0 })
+	waitFor(t, "no worker left", func() bool { return s.goroutines.IdleWorkers() == 0 })
 }
 
 func TestIdleTimeoutCountsBothDirections(t *testing.T) {

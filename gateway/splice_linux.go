@@ -226,7 +226,7 @@ func (d *direction) release(dirty bool) {
 		d.pp = nil
 	}
 	if d.buf != nil {
-		copyBuffers.put(d.buf)
+		copyBuffers.Put(d.buf)
 		d.buf = nil
 	}
 }
@@ -245,7 +245,7 @@ func (d *direction) readFromSrc(fd uintptr) bool {
 func (d *direction) copyFromSrc(fd uintptr) bool {
 	d.n, d.serr, d.noPipe, d.off = 0, nil, false, 0
 	if d.buf == nil {
-		d.buf = copyBuffers.get()
+		d.buf = copyBuffers.Get()
 	}
 	var m int
 	for {
@@ -255,7 +255,7 @@ func (d *direction) copyFromSrc(fd uintptr) bool {
 		}
 	}
 	if d.serr == unix.EAGAIN {
-		copyBuffers.put(d.buf) // nothing to move: hold no buffer while waiting
+		copyBuffers.Put(d.buf) // nothing to move: hold no buffer while waiting
 		d.buf = nil
 		return false
 	}
@@ -444,8 +444,8 @@ func (d *direction) writeToDst(fd uintptr) bool {
 // when no pipe can be had (the process is out of descriptors). EOF is
 // returned as io.EOF.
 func (l *pumps) copyChunk(dst, src net.Conn) (int64, error) {
-	bp := copyBuffers.get()
-	defer copyBuffers.put(bp)
+	bp := copyBuffers.Get()
+	defer copyBuffers.Put(bp)
 	n, err := src.Read(*bp)
 	if n > 0 {
 		l.touch()

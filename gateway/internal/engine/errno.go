@@ -1,15 +1,15 @@
 //go:build !plan9
 
-package gateway
+package engine
 
 import (
 	"errors"
 	"syscall"
 )
 
-// temporary reports whether an Accept error is worth retrying: the process
+// Temporary reports whether an Accept error is worth retrying: the process
 // or the system is out of descriptors or buffers, or a timeout.
-func temporary(err error) bool {
+func Temporary(err error) bool {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return errno.Temporary() || errno == syscall.ENOBUFS || errno == syscall.ENOMEM
@@ -18,8 +18,8 @@ func temporary(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// outOfDescriptors reports whether err says the process or the system has
+// OutOfDescriptors reports whether err says the process or the system has
 // no descriptor left.
-func outOfDescriptors(err error) bool {
+func OutOfDescriptors(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }

@@ -1,7 +1,6 @@
-package gateway
+package epoll
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/problems"
+	"github.com/meshgate/meshgate/gateway/internal/engine"
+	"github.com/meshgate/meshgate/gateway/internal/rawsock"
 	"github.com/meshgate/meshgate/sni"
 	"golang.org/x/sys/unix"
 )
@@ -19,11 +19,12 @@ import (
 // The event loops. Each is a goroutine that waits, through Go's poller,
 // on an epoll set of its own holding the listener and the raw sockets of
 // its connections, and runs every step of them (accept, ClientHello,
-// Router, connect, forwarding, close) as their sockets become ready, with
-// system calls of its own instead of the net package's. What it cannot do
-// itself (a Route.Serve, a Server.Dial, a target that is not ip:port, a
-// connection that moves more than handOverAfter bytes) it hands to the
-// goroutine path as a net.Conn.
+// connect, forwarding, close) as their sockets become ready, with system
+// calls of its own instead of the net package's; at each step it tells the
+// server's lifecycle (engine.Conn), which decides. What it cannot do itself
+// (a Route.Serve, a Server.Dial, a target that is not ip:port, a
+// connection that moves more than handOverAfter bytes) it hands over as a
+// net.Conn.
 
 // loopTick is how often a loop checks its connections' deadlines (the
 // ClientHello's, the dial's, the idle timeout) and retries accepting when
@@ -50,9 +51,11 @@ const (
 
 const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
-// evloop is one event loop of a Server.
+// evloop is one event loop of a server.
 type evloop struct {
-	s         *Server
+	lc        engine.Lifecycle
+	set       *engine.Settings
+	peek      time.Duration // the peek timeout; negative: none
 	ep        int
 	epfile    *os.File
 	epoll     syscall.RawConn
@@ -60,9 +63,10 @@ type evloop struct {
 	events    []unix.EpollEvent
 	wake      int             // an eventfd: Close and Shutdown write to it
 	lrc       syscall.RawConn // the listener
+	lfd       int             // the loop's own descriptor of the listener, in its epoll set; -1 once taken out
 	local     net.Addr        // the listener's address when it is one address, else nil
 	listening bool
-	held      bool // a limit holds accepting back: retried when a connection closes, and every tick
+	held      bool // a limit holds accepting back: retried after each batch of events, and every tick
 	backoff   bool // an accept error such as EMFILE: retried at the next tick
 	seq       int32
 	socks     map[int]*lsock
@@ -93,35 +97,32 @@ type lsock struct {
 	closed  bool
 }
 
-// lconn is one connection of a loop.
+// lconn is one connection of a loop: its engine.Sockets.
 type lconn struct {
-	client, up *lsock   // in socks once registered; up is nil while no dial is in progress
-	socks      [2]lsock // client's and up's, in the connection's own allocation
-	phase      int
-	gather     sni.Gatherer
-	rawp       *[]byte // the pooled buffer raw started in
-	raw        []byte  // what the client sent before forwarding
-	hello      *sni.ClientHello
-	info       ConnInfo
-	st         story
-	route      Route
-	targets    []string
-	next       int            // the next target to dial
-	target     string         // the target being dialled
-	targetAddr netip.AddrPort // target, parsed and unmapped
-	waitFD     bool           // out of descriptors: dial target again at the next tick
-	errs       []error        // each target's dial error
-	deadline   time.Time
-	last       time.Time // the last byte moved
-	toUp       int64
-	toClient   int64
-	pair       tcpPair
+	l              *evloop
+	lc             engine.Conn
+	client, up     *lsock   // in socks once registered; up is nil while no dial is in progress
+	socks          [2]lsock // client's and up's, in the connection's own allocation
+	phase          int
+	gather         sni.Gatherer
+	rawp           *[]byte // the pooled buffer raw started in
+	raw            []byte  // what the client sent before forwarding
+	hello          *sni.ClientHello
+	connectTimeout time.Duration       // the route's
+	keepAlive      net.KeepAliveConfig // the route's own, for the upstream socket
+	targetAddr     netip.AddrPort      // the target being dialled, unmapped
+	waitFD         bool                // out of descriptors: dial target again at the next tick
+	deadline       time.Time
+	last           time.Time // the last byte moved
+	toUp           int64
+	toClient       int64
 }
 
-// serveLoops serves tl's connections on event loops, one per GOMAXPROCS,
-// until the server closes or the listener fails; ok is false when the loops
-// cannot start, and the caller serves tl as usual.
-func (s *Server) serveLoops(tl *net.TCPListener) (ok bool, err error) {
+// Serve serves tl's connections on event loops, one per GOMAXPROCS, until
+// the server closes (err is nil) or the listener fails (err says how);
+// served is false when the loops cannot start, and the caller serves tl
+// otherwise.
+func Serve(lc engine.Lifecycle, tl *net.TCPListener) (served bool, err error) {
 	rc, err := tl.SyscallConn()
 	if err != nil {
 		return false, nil
@@ -133,39 +134,42 @@ func (s *Server) serveLoops(tl *net.TCPListener) (ok bool, err error) {
 	failed := make(chan error, runtime.GOMAXPROCS(0))
 	var loops []*evloop
 	for range runtime.GOMAXPROCS(0) {
-		l, err := s.newLoop(rc, local, failed)
+		l, err := newLoop(lc, rc, local, failed)
 		if err != nil {
 			for _, l := range loops {
 				l.close()
 			}
-			s.logger().Warn("gateway: event loop unavailable; serving with a goroutine per connection", "err", err.Error())
+			lc.Settings().Logger.Warn("gateway: event loop unavailable; serving with a goroutine per connection", "err", err.Error())
 			return false, nil
 		}
 		loops = append(loops, l)
 	}
-	s.mu.Lock()
-	if s.loops == nil {
-		s.loops = map[*evloop]struct{}{}
+	for i, l := range loops {
+		if !lc.Attach(l) { // the server closed meanwhile
+			for _, l := range loops[:i] {
+				lc.Detach(l)
+			}
+			for _, l := range loops {
+				l.close()
+			}
+			return true, nil
+		}
 	}
-	for _, l := range loops {
-		s.loops[l] = struct{}{}
-	}
-	s.mu.Unlock()
 	for _, l := range loops {
 		go l.run()
 	}
 	select {
-	case <-s.done:
-		return true, ErrServerClosed
+	case <-lc.Done():
+		return true, nil
 	case err := <-failed:
-		if s.closing() {
-			return true, ErrServerClosed
+		if lc.Closing() {
+			return true, nil
 		}
 		return true, err
 	}
 }
 
-func (s *Server) newLoop(lrc syscall.RawConn, local net.Addr, failed chan<- error) (*evloop, error) {
+func newLoop(lc engine.Lifecycle, lrc syscall.RawConn, local net.Addr, failed chan<- error) (*evloop, error) {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -175,7 +179,12 @@ func (s *Server) newLoop(lrc syscall.RawConn, local net.Addr, failed chan<- erro
 		unix.Close(ep)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &evloop{s: s, ep: ep, wake: wake, lrc: lrc, local: local, listening: true, failed: failed,
+	set := lc.Settings()
+	peek := set.PeekTimeout
+	if peek == 0 {
+		peek = sni.DefaultTimeout
+	}
+	l := &evloop{lc: lc, set: set, peek: peek, ep: ep, wake: wake, lrc: lrc, lfd: -1, local: local, listening: true, failed: failed,
 		socks: map[int]*lsock{}, conns: map[*lconn]struct{}{}, events: make([]unix.EpollEvent, 256), buf: make([]byte, 32<<10)}
 	// syscall's accept4, not unix's: x/sys/unix asks each IPv4 and IPv6
 	// address's socket for its protocol, a getsockopt per call.
@@ -192,24 +201,35 @@ func (s *Server) newLoop(lrc syscall.RawConn, local net.Addr, failed chan<- erro
 		return fail(os.NewSyscallError("epoll_ctl", err))
 	}
 	// Every loop waits for the listener; EPOLLEXCLUSIVE wakes one of them
-	// per new connection rather than all.
+	// per new connection rather than all. It registers a descriptor of its
+	// own (a dup), so that when the server stops it can take the listener
+	// out of its set after the server closed the listener: closing a
+	// descriptor does not take its socket out of an epoll set while another
+	// one (a process the listener was handed to, in a binary upgrade) still
+	// holds it, and a set that keeps it would take that process's wake-ups.
 	var lerr error
 	if err := lrc.Control(func(fd uintptr) {
-		lerr = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET | unix.EPOLLEXCLUSIVE, Fd: tagListener})
+		l.lfd, lerr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	}); err != nil {
 		return fail(err)
 	}
 	if lerr != nil {
-		return fail(os.NewSyscallError("epoll_ctl", lerr))
+		return fail(os.NewSyscallError("fcntl", lerr))
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET | unix.EPOLLEXCLUSIVE, Fd: tagListener}); err != nil {
+		unix.Close(l.lfd)
+		return fail(os.NewSyscallError("epoll_ctl", err))
 	}
 	// The epoll descriptor is itself pollable: Go's poller wakes the loop
 	// when the set has events, so no thread blocks in epoll_wait.
 	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(l.lfd)
 		return fail(os.NewSyscallError("fcntl", err))
 	}
 	l.epfile = os.NewFile(uintptr(ep), "epoll")
 	if l.epoll, err = l.epfile.SyscallConn(); err != nil {
 		l.epfile.Close()
+		unix.Close(l.lfd)
 		unix.Close(wake)
 		return nil, err
 	}
@@ -218,13 +238,26 @@ func (s *Server) newLoop(lrc syscall.RawConn, local net.Addr, failed chan<- erro
 
 // close releases the loop's own descriptors.
 func (l *evloop) close() {
+	l.unlisten()
 	l.epfile.Close()
 	unix.Close(l.wake)
 }
 
-// wakeUp makes the loop look at the server's state. The caller holds s.mu,
-// under which a loop leaves s.loops before it closes its eventfd.
-func (l *evloop) wakeUp() {
+// unlisten takes the listener out of the loop's epoll set and closes the
+// loop's descriptor of it, once.
+func (l *evloop) unlisten() {
+	if l.lfd < 0 {
+		return
+	}
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, l.lfd, nil)
+	unix.Close(l.lfd)
+	l.lfd = -1
+}
+
+// Wake makes the loop look at the server's state. The lifecycle does not
+// call it once Detach has returned, and a loop detaches before it closes
+// its eventfd.
+func (l *evloop) Wake() {
 	one := [8]byte{1}
 	unix.Write(l.wake, one[:])
 }
@@ -264,24 +297,27 @@ func (l *evloop) run() {
 				}
 			}
 		}
-		if l.s.hardClosed.Load() {
+		if l.lc.HardClosed() {
 			l.closeAll()
 		}
 		if !l.now.Before(l.nextSweep) {
 			l.sweep()
+		} else if l.held {
+			l.accept() // a connection that ended may have freed a slot
 		}
-		if (l.s.closing() || !l.listening) && len(l.conns) == 0 {
-			l.exit()
-			return
+		if l.lc.Closing() || !l.listening {
+			l.unlisten()
+			if len(l.conns) == 0 {
+				l.exit()
+				return
+			}
 		}
 	}
 }
 
 // exit takes the loop out of the server and closes it.
 func (l *evloop) exit() {
-	l.s.mu.Lock()
-	delete(l.s.loops, l)
-	l.s.mu.Unlock()
+	l.lc.Detach(l)
 	l.close()
 }
 
@@ -289,31 +325,24 @@ func (l *evloop) exit() {
 // waited for a descriptor, and accepts again if a limit held it back; then
 // it sets when it runs next.
 func (l *evloop) sweep() {
-	s := l.s
-	idle := s.IdleTimeout
-	if idle == 0 {
-		idle = DefaultIdleTimeout
-	}
 	for c := range l.conns {
 		switch c.phase {
 		case phaseHello:
 			if !c.deadline.IsZero() && l.now.After(c.deadline) {
-				l.refuse(c, ReasonPeekTimeout, fmt.Errorf("%w after %d bytes: no whole ClientHello within %s", sni.ErrTimeout, len(c.raw), c.deadline.Sub(c.st.start).Round(time.Millisecond)))
+				c.lc.Fail(fmt.Errorf("%w after %d bytes: no whole ClientHello within %s", sni.ErrTimeout, len(c.raw), l.peek.Round(time.Millisecond)))
 			}
 		case phaseDial:
 			switch {
 			case c.waitFD:
-				c.waitFD = false
-				c.next--
-				l.dialNext(c)
+				l.dialNext(c) // the same target again
 			case c.up != nil && l.now.After(c.deadline):
 				l.dropUp(c)
-				l.dialFailed(c, dialError(c.targetAddr, "connect", os.ErrDeadlineExceeded))
+				l.dialFailed(c, rawsock.DialError(c.targetAddr, "connect", os.ErrDeadlineExceeded))
 				l.dialNext(c)
 			}
 		case phaseForward:
-			if idle > 0 && l.now.Sub(c.last) > idle {
-				l.finish(c, ErrIdleTimeout)
+			if err := c.lc.Expired(l.now, c.last); err != nil {
+				l.finish(c, err)
 			}
 		}
 	}
@@ -328,28 +357,24 @@ func (l *evloop) sweep() {
 // closeAll ends every connection at once, for Close.
 func (l *evloop) closeAll() {
 	for c := range l.conns {
-		if c.phase == phaseForward {
-			l.finish(c, ErrStopped)
-		} else {
-			l.refuse(c, ReasonShutdown, ErrServerClosed)
-		}
+		c.lc.Stop(c.toUp, c.toClient)
 	}
 }
 
 // accept takes the new connections off the listener while the limits let
 // it.
 func (l *evloop) accept() {
-	s := l.s
-	for l.listening && !l.backoff && !s.closing() {
+	lc := l.lc
+	for l.listening && !l.backoff && !lc.Closing() {
 		// A LimitObserver hears when accepting starts to wait, not of
 		// every retry.
-		if !s.trySlot(!l.held) {
+		if !lc.TrySlot(!l.held) {
 			l.held = true
 			return
 		}
 		l.held = false
 		if cerr := l.lrc.Control(l.accept4Call); cerr != nil {
-			s.releaseSlot()
+			lc.ReleaseSlot()
 			l.listening = false
 			select {
 			case l.failed <- cerr:
@@ -359,13 +384,13 @@ func (l *evloop) accept() {
 		}
 		fd, sa, err := l.accepted.fd, l.accepted.sa, l.accepted.err
 		if err != nil {
-			s.releaseSlot()
+			lc.ReleaseSlot()
 			switch {
 			case err == unix.EAGAIN:
 			case err == unix.ECONNABORTED || err == unix.EINTR:
 				continue
-			case temporary(err):
-				s.logger().Warn("gateway: accept error; retrying", "err", os.NewSyscallError("accept4", err).Error(), "retry_in", loopTick)
+			case engine.Temporary(err):
+				l.set.Logger.Warn("gateway: accept error; retrying", "err", os.NewSyscallError("accept4", err).Error(), "retry_in", loopTick)
 				l.backoff = true
 			default:
 				l.listening = false
@@ -382,40 +407,46 @@ func (l *evloop) accept() {
 
 // open starts a connection the loop accepted.
 func (l *evloop) open(fd int, sa syscall.Sockaddr) {
-	s := l.s
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if s.TCPKeepAlive > 0 {
-		setKeepAlive(fd, net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive})
+	if l.set.TCPKeepAlive > 0 {
+		rawsock.SetKeepAlive(fd, net.KeepAliveConfig{Enable: true, Idle: l.set.TCPKeepAlive})
 	}
-	remote := tcpAddrOf(sa)
+	remote := rawsock.TCPAddrOf(sa)
 	local := l.local
 	if local == nil {
 		if lsa, err := syscall.Getsockname(fd); err == nil {
-			local = tcpAddrOf(lsa)
+			local = rawsock.TCPAddrOf(lsa)
 		}
 	}
-	c := &lconn{info: ConnInfo{ID: s.lastID.Add(1), Remote: remote, Local: local}}
-	c.st = story{info: &c.info, start: l.now, to: connObserverOf(s.Observer), up: upstreamObserverOf(s.Observer),
-		dial: dialObserverOf(s.Observer)}
-	s.active.Add(1)
-	l.conns[c] = struct{}{}
-	s.observer().Accepted(remote)
-	c.client = l.addSock(c, &c.socks[0], fd)
-	if c.client == nil {
-		l.refuse(c, ReasonClosed, fmt.Errorf("gateway: registering the connection with epoll failed"))
+	c := &lconn{l: l}
+	if c.lc = l.lc.Open(c, remote, local, false); c.lc == nil {
+		unix.Close(fd) // the server is closing
 		return
 	}
-	if t := s.PeekTimeout; t >= 0 {
-		if t == 0 {
-			t = sni.DefaultTimeout
-		}
-		c.deadline = l.now.Add(t)
+	l.conns[c] = struct{}{}
+	c.client = l.addSock(c, &c.socks[0], fd)
+	if c.client == nil {
+		c.lc.Fail(fmt.Errorf("gateway: registering the connection with epoll failed"))
+		return
 	}
-	c.rawp = helloBuffers.get()
+	if l.peek >= 0 {
+		c.deadline = l.now.Add(l.peek)
+	}
+	c.rawp, c.hello = engine.GetHello()
 	c.raw = (*c.rawp)[:0]
-	c.hello = helloPool.get()
-	c.gather.MaxSize = s.MaxHelloSize
+	c.gather.MaxSize = l.set.MaxHelloSize
 	l.readHello(c) // the hello usually came with the handshake's last ACK
+}
+
+// Close closes c's sockets and lets go of it (engine.Sockets): the
+// lifecycle calls it when it refuses or ends c.
+func (c *lconn) Close() {
+	l := c.l
+	l.closeSock(c.client)
+	l.closeSock(c.up)
+	delete(l.conns, c)
+	l.putHello(c)
+	c.gather.Reset()
 }
 
 // addSock registers fd with the loop's epoll set as k, one of c's two
@@ -490,17 +521,16 @@ func (l *evloop) readHello(c *lconn) {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
-			l.refuse(c, ReasonClosed, fmt.Errorf("sni: reading ClientHello: %w", os.NewSyscallError("read", err)))
+			c.lc.Fail(fmt.Errorf("sni: reading ClientHello: %w", os.NewSyscallError("read", err)))
 			return
 		case n == 0:
-			err := c.gather.Closed(c.raw)
-			l.refuse(c, peekReason(err), err)
+			c.lc.Fail(c.gather.Closed(c.raw))
 			return
 		}
 		c.raw = c.raw[:len(c.raw)+n]
 		msg, need, err := c.gather.Next(c.raw)
 		if err != nil {
-			l.refuse(c, peekReason(err), err)
+			c.lc.Fail(err)
 			return
 		}
 		if msg == nil {
@@ -509,12 +539,8 @@ func (l *evloop) readHello(c *lconn) {
 			}
 			continue
 		}
-		err = sni.ParseClientHello(msg, c.hello)
-		if c.st.to != nil || c.st.up != nil {
-			c.st.peek = time.Since(c.st.start)
-		}
-		if err != nil {
-			l.refuse(c, peekReason(err), err)
+		if err := sni.ParseClientHello(msg, c.hello); err != nil {
+			c.lc.Fail(err)
 			return
 		}
 		l.routeConn(c)
@@ -523,22 +549,17 @@ func (l *evloop) readHello(c *lconn) {
 }
 
 // routeConn asks the Router and dials the route, or hands the connection to
-// the goroutine path for what the loop does not do itself.
+// the goroutine engine for what the loop does not do itself.
 func (l *evloop) routeConn(c *lconn) {
-	s := l.s
-	c.st.serverName = c.hello.ServerName
-	ctx := context.WithValue(context.Background(), connInfoKey{}, &c.info)
-	route, reason, err := s.route(ctx, c.info.Remote, c.info.Local, c.hello)
-	c.st.route, c.st.kind = route.Name, route.Kind
-	if err != nil {
-		l.refuse(c, reason, err)
+	route, ok := c.lc.Route(c.hello)
+	if !ok {
 		return
 	}
-	if route.Serve != nil || s.Dial != nil || !allAddrPorts(route.Targets) {
+	if route.InProcess || l.set.CustomDial || !allAddrPorts(route.Targets) {
 		l.handOver(c, route)
 		return
 	}
-	c.route, c.targets, c.phase = route, s.health.order(route.Targets), phaseDial
+	c.connectTimeout, c.keepAlive, c.phase = route.ConnectTimeout, route.KeepAlive, phaseDial
 	l.dialNext(c)
 }
 
@@ -553,20 +574,21 @@ func allAddrPorts(targets []string) bool {
 	return true
 }
 
-// dialNext dials the next target of c's route; when none is left it
-// refuses c.
+// dialNext dials the next target of c's route (the same one again after
+// waiting for a descriptor); when none is left, the lifecycle refuses c.
 func (l *evloop) dialNext(c *lconn) {
-	s := l.s
-	for c.next < len(c.targets) {
-		if s.closing() {
-			c.errs = append(c.errs, ErrServerClosed)
-			break
+	for {
+		if c.waitFD {
+			c.waitFD = false
+		} else {
+			target, ok := c.lc.NextTarget()
+			if !ok {
+				return
+			}
+			ap, _ := netip.ParseAddrPort(target) // routeConn checked it parses
+			c.targetAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
-		c.target = c.targets[c.next]
-		c.next++
-		ap, _ := netip.ParseAddrPort(c.target) // routeConn checked it parses
-		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		c.targetAddr = ap
+		ap := c.targetAddr
 		var family int
 		var sa unix.Sockaddr
 		if ap.Addr().Is4() {
@@ -576,60 +598,40 @@ func (l *evloop) dialNext(c *lconn) {
 		}
 		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			if outOfDescriptors(err) && (c.deadline.IsZero() || l.now.Before(c.deadline)) {
+			if engine.OutOfDescriptors(err) && (c.deadline.IsZero() || l.now.Before(c.deadline)) {
 				if c.deadline.IsZero() {
-					c.deadline = l.now.Add(s.connectTimeout(c.route))
+					c.deadline = l.now.Add(c.connectTimeout)
 				}
 				c.waitFD = true // not the target's fault: try it again at the next tick
 				return
 			}
-			l.dialFailed(c, dialError(c.targetAddr, "socket", err))
+			l.dialFailed(c, rawsock.DialError(c.targetAddr, "socket", err))
 			continue
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		err = unix.Connect(fd, sa)
 		if err != nil && err != unix.EINPROGRESS {
 			unix.Close(fd)
-			l.dialFailed(c, dialError(c.targetAddr, "connect", err))
+			l.dialFailed(c, rawsock.DialError(c.targetAddr, "connect", err))
 			continue
 		}
 		if c.up = l.addSock(c, &c.socks[1], fd); c.up == nil {
-			l.dialFailed(c, dialError(c.targetAddr, "epoll_ctl", unix.ENOMEM))
+			l.dialFailed(c, rawsock.DialError(c.targetAddr, "epoll_ctl", unix.ENOMEM))
 			continue
 		}
-		c.deadline = l.now.Add(s.connectTimeout(c.route))
+		c.deadline = l.now.Add(c.connectTimeout)
 		if err == nil {
 			l.connected(c)
 		}
 		return
 	}
-	reason := ReasonDialFailed
-	if len(c.errs) > 0 && errors.Is(c.errs[len(c.errs)-1], ErrServerClosed) {
-		reason = ReasonShutdown
-	}
-	l.refuse(c, reason, problems.Join(c.errs...))
 }
 
-// dialError is the error net.Dial would give for a dial of target that
-// failed in op.
-func dialError(target netip.AddrPort, op string, err error) error {
-	if errno, ok := err.(unix.Errno); ok {
-		err = os.NewSyscallError(op, errno)
-	}
-	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(target), Err: err}
-}
-
-// dialFailed records a target's failure, as Server.dial does.
+// dialFailed tells the lifecycle that the target failed; the next one
+// gets a connect timeout of its own.
 func (l *evloop) dialFailed(c *lconn, err error) {
-	s := l.s
 	c.deadline = time.Time{}
-	if s.health.failed(c.target) {
-		s.logger().Warn("gateway: target ejected: later connections try the route's other targets first, until a probe connects to it",
-			"target", c.target, "consecutive_failures", s.health.after, "err", err.Error())
-	}
-	s.observer().DialFailed(c.route.Name, c.target, err)
-	c.st.dialFailed(c.target, err)
-	c.errs = append(c.errs, err)
+	c.lc.DialFailed(err)
 }
 
 // dropUp closes the upstream socket of a dial that failed.
@@ -646,7 +648,7 @@ func (l *evloop) connectDone(c *lconn) {
 	}
 	if err != nil {
 		l.dropUp(c)
-		l.dialFailed(c, dialError(c.targetAddr, "connect", err))
+		l.dialFailed(c, rawsock.DialError(c.targetAddr, "connect", err))
 		l.dialNext(c)
 		return
 	}
@@ -657,27 +659,18 @@ func (l *evloop) connectDone(c *lconn) {
 // addresses are recorded for loop detection, and the ClientHello is
 // written to it.
 func (l *evloop) connected(c *lconn) {
-	s := l.s
+	var local netip.AddrPort
 	if lsa, err := syscall.Getsockname(c.up.fd); err == nil {
-		c.pair = tcpPair{addrPortOf(lsa), c.targetAddr}
-		s.mu.Lock()
-		s.dialed[c.pair] = struct{}{}
-		s.mu.Unlock()
+		local = rawsock.AddrPortOf(lsa)
 	}
-	ka := c.route.KeepAlive
-	if !ka.Enable && c.route.Remote {
-		ka = s.RemoteKeepAlive
-	}
-	if !ka.Enable && s.TCPKeepAlive > 0 {
-		ka = net.KeepAliveConfig{Enable: true, Idle: s.TCPKeepAlive}
+	ka := c.keepAlive
+	if !ka.Enable && l.set.TCPKeepAlive > 0 {
+		ka = net.KeepAliveConfig{Enable: true, Idle: l.set.TCPKeepAlive}
 	}
 	if ka.Enable {
-		setKeepAlive(c.up.fd, ka)
+		rawsock.SetKeepAlive(c.up.fd, ka)
 	}
-	s.health.succeeded(c.target)
-	c.st.target = c.target
-	c.st.connected()
-	s.logForwarding(c.info.Remote, &c.st)
+	c.lc.Connected(local, c.targetAddr)
 	c.phase, c.last, c.deadline = phaseForward, l.now, time.Time{}
 	c.up.pending = c.raw
 	if !l.flush(c.up) {
@@ -772,56 +765,17 @@ func (l *evloop) putHello(c *lconn) {
 	if c.rawp == nil {
 		return
 	}
-	l.s.putHello(c.rawp, c.raw, c.hello)
+	engine.PutHello(c.rawp, c.raw, c.hello)
 	c.rawp, c.raw, c.hello = nil, nil, nil
 }
 
-// finish closes a forwarded connection and reports it.
+// finish ends a forwarded connection: the lifecycle closes and reports it.
 func (l *evloop) finish(c *lconn, err error) {
-	s := l.s
-	l.closeSock(c.client)
-	l.closeSock(c.up)
-	s.forwarded(&c.st, Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient, Duration: l.now.Sub(c.st.start), Err: err})
-	l.forget(c)
-}
-
-// refuse rejects a connection that will not be forwarded, as
-// Server.refuse does.
-func (l *evloop) refuse(c *lconn, reason string, err error) {
-	s := l.s
-	s.observer().Rejected(reason, err) // counted before the client can see the close
-	l.closeSock(c.client)
-	l.closeSock(c.up)
-	s.logRejection(c.info.Remote, c.st.serverName, reason, err)
-	c.st.closed(reason, Stats{}, err)
-	l.forget(c)
-}
-
-// forget drops a finished connection and frees its slot; a loop that a
-// limit held back accepts again.
-func (l *evloop) forget(c *lconn) {
-	s := l.s
-	if _, ok := l.conns[c]; !ok {
-		return
-	}
-	delete(l.conns, c)
-	if c.pair.from.IsValid() {
-		s.mu.Lock()
-		delete(s.dialed, c.pair)
-		s.mu.Unlock()
-	}
-	l.putHello(c)
-	c.gather.Reset()
-	s.ended.Add(1)
-	s.active.Add(-1)
-	s.releaseSlot()
-	if l.held {
-		l.accept()
-	}
+	c.lc.End(c.toUp, c.toClient, err)
 }
 
 // release takes c out of the loop without closing its sockets or freeing
-// its slot: the goroutine path takes them over.
+// its slot: the goroutine engine or the Forwarder takes them over.
 func (l *evloop) release(c *lconn) {
 	for _, k := range [2]*lsock{c.client, c.up} {
 		if k != nil && !k.closed {
@@ -834,38 +788,18 @@ func (l *evloop) release(c *lconn) {
 	c.gather.Reset()
 }
 
-// netConn turns a raw socket into a net.Conn (which takes its own
-// descriptor) and closes fd.
-func netConn(fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "")
-	nc, err := net.FileConn(f)
-	f.Close()
-	return nc, err
-}
-
-// handOver gives a routed connection to the goroutine path: for a
+// handOver gives a routed connection to the goroutine engine: for a
 // Route.Serve, a Server.Dial, or a target that needs a name resolved.
-func (l *evloop) handOver(c *lconn, route Route) {
-	s := l.s
+func (l *evloop) handOver(c *lconn, route engine.Route) {
 	raw := append([]byte(nil), c.raw...)
 	l.putHello(c)
 	l.release(c)
-	nc, err := netConn(c.client.fd)
+	nc, err := rawsock.NetConn(c.client.fd)
 	if err != nil {
-		l.conns[c] = struct{}{} // the socket is closed: refuse reports and forgets it
-		l.refuse(c, ReasonDialFailed, err)
+		c.lc.Fail(err) // its socket is closed already
 		return
 	}
-	gc := &conn{client: nc}
-	s.mu.Lock()
-	s.conns[gc] = struct{}{} // counted in active since accept
-	s.mu.Unlock()
-	st := c.st
-	go func() {
-		if run := s.openRouted(gc, st, route, raw); run != nil {
-			run()
-		}
-	}()
+	c.lc.HandOver(nc, route, raw)
 }
 
 // handOverForwarding gives a connection that moves more than
@@ -873,13 +807,12 @@ func (l *evloop) handOver(c *lconn, route Route) {
 // the loop's hands and neither side has ended; it reports whether the loop
 // let go of c.
 func (l *evloop) handOverForwarding(c *lconn) bool {
-	s := l.s
 	if c.client.eof || c.up.eof || c.client.pending != nil || c.up.pending != nil {
 		return false
 	}
 	l.release(c)
-	client, err1 := netConn(c.client.fd)
-	up, err2 := netConn(c.up.fd)
+	client, err1 := rawsock.NetConn(c.client.fd)
+	up, err2 := rawsock.NetConn(c.up.fd)
 	if err := errors.Join(err1, err2); err != nil {
 		if client != nil {
 			client.Close()
@@ -887,56 +820,10 @@ func (l *evloop) handOverForwarding(c *lconn) bool {
 		if up != nil {
 			up.Close()
 		}
-		l.conns[c] = struct{}{}
-		l.finish(c, err)
+		l.finish(c, err) // its sockets are closed already
 		return true
 	}
-	gc := &conn{client: client, dialed: c.pair}
-	gc.upstream.Store(&up)
-	s.mu.Lock()
-	s.conns[gc] = struct{}{} // counted in active since accept
-	s.mu.Unlock()
-	runDown := s.forward(gc, c.st, up, nil, Stats{ClientToUpstream: c.toUp, UpstreamToClient: c.toClient})
+	runDown := c.lc.Forward(client, up, nil, c.toUp, c.toClient)
 	go runDown()
 	return true
 }
-
-// setKeepAlive turns on TCP keepalive on fd as net.TCPConn.SetKeepAliveConfig
-// does, with its defaults (15 s, 15 s, 9 probes).
-func setKeepAlive(fd int, ka net.KeepAliveConfig) {
-	secs := func(d time.Duration) int {
-		if d == 0 {
-			d = 15 * time.Second
-		}
-		return max(1, int((d+time.Second-1)/time.Second))
-	}
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
-	if ka.Idle >= 0 {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs(ka.Idle))
-	}
-	if ka.Interval >= 0 {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs(ka.Interval))
-	}
-	if ka.Count >= 0 {
-		count := ka.Count
-		if count == 0 {
-			count = 9
-		}
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, count)
-	}
-}
-
-// addrPortOf converts a socket address to an address and port, an IPv4
-// address in IPv6 unmapped.
-func addrPortOf(sa syscall.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *syscall.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-	}
-	return netip.AddrPort{}
-}
-
-// tcpAddrOf converts a socket address to a *net.TCPAddr.
-func tcpAddrOf(sa syscall.Sockaddr) *net.TCPAddr { return net.TCPAddrFromAddrPort(addrPortOf(sa)) }
