@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -67,13 +68,11 @@ func NewStatic(set *Set, opts StaticOptions) (*Static, error) {
 	if v.TrustDomain == "" {
 		v.TrustDomain = DefaultTrustDomain
 	}
-	for partition, e := range set.ExportedServices {
-		for _, svc := range e.Services {
-			k := mesh.ServiceKey{Name: svc.Name, Namespace: svc.Namespace, Partition: partition}
-			for _, c := range svc.Consumers {
-				if c.Peer != "" {
-					v.Exports[k] = append(v.Exports[k], c.Peer)
-				}
+	if len(set.ExportedServices) > 0 {
+		services := localServices(v, set)
+		for partition, e := range set.ExportedServices {
+			for k, peers := range resolve.ResolveExports(e, partition, services, set.SamenessGroups) {
+				v.Exports[k] = append(v.Exports[k], peers...)
 			}
 		}
 	}
@@ -83,6 +82,34 @@ func NewStatic(set *Set, opts StaticOptions) (*Static, error) {
 		}
 	}
 	return StaticView(v)
+}
+
+// localServices lists the typical services of the local datacenter that
+// the files know (a topology's rows, service definitions that are not
+// proxies or gateways), as Consul lists its catalog's to expand a
+// wildcard export.
+func localServices(v *mesh.View, set *Set) []mesh.ServiceKey {
+	var out []mesh.ServiceKey
+	local := func(k mesh.ServiceKey) {
+		if k.Datacenter == "" || strings.EqualFold(k.Datacenter, v.Datacenter) {
+			out = append(out, k)
+		}
+	}
+	for k := range v.Services {
+		local(k)
+	}
+	for k := range v.UnhealthyServices {
+		local(k)
+	}
+	for k := range v.Subsets {
+		local(k)
+	}
+	for _, s := range set.Services {
+		if r := s.AgentServiceRegistration; r.Kind == "" && r.Name != "" {
+			out = append(out, mesh.ServiceKey{Name: r.Name, Namespace: r.Namespace, Partition: r.Partition})
+		}
+	}
+	return out
 }
 
 // InstanceOf returns the proxy instance a service registration defines: the
@@ -151,24 +178,38 @@ func StaticView(v *mesh.View) (*Static, error) {
 		k.Datacenter = strings.ToLower(k.Datacenter)
 		return k
 	}
-	n.Services = make(map[mesh.ServiceKey][]mesh.Endpoint, len(v.Services))
-	for k, eps := range v.Services {
-		k = key(k)
-		n.Services[k] = append(n.Services[k], eps...)
-	}
-	n.Resolvers = rekey(v.Resolvers)
-	n.Subsets = make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(v.Subsets))
-	for k, subsets := range v.Subsets {
-		for name, eps := range subsets {
-			k := key(k)
-			if !n.DefinesSubset(k.Name, name, k.Namespace, k.Partition) {
-				return nil, fmt.Errorf("config: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, mesh.KeyOf(k.Name, k.Namespace, k.Partition))
-			}
-			if n.Subsets[k] == nil {
-				n.Subsets[k] = map[string][]mesh.Endpoint{}
-			}
-			n.Subsets[k][name] = append(n.Subsets[k][name], eps...)
+	rekeyServices := func(m map[mesh.ServiceKey][]mesh.Endpoint) map[mesh.ServiceKey][]mesh.Endpoint {
+		out := make(map[mesh.ServiceKey][]mesh.Endpoint, len(m))
+		for k, eps := range m {
+			k = key(k)
+			out[k] = append(out[k], eps...)
 		}
+		return out
+	}
+	n.Services, n.UnhealthyServices = rekeyServices(v.Services), rekeyServices(v.UnhealthyServices)
+	n.Resolvers = rekey(v.Resolvers)
+	rekeySubsets := func(m map[mesh.ServiceKey]map[string][]mesh.Endpoint) (map[mesh.ServiceKey]map[string][]mesh.Endpoint, error) {
+		out := make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(m))
+		for k, subsets := range m {
+			for name, eps := range subsets {
+				k := key(k)
+				if !n.DefinesSubset(k.Name, name, k.Namespace, k.Partition) {
+					return nil, fmt.Errorf("config: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, mesh.KeyOf(k.Name, k.Namespace, k.Partition))
+				}
+				if out[k] == nil {
+					out[k] = map[string][]mesh.Endpoint{}
+				}
+				out[k][name] = append(out[k][name], eps...)
+			}
+		}
+		return out, nil
+	}
+	var err error
+	if n.Subsets, err = rekeySubsets(v.Subsets); err != nil {
+		return nil, err
+	}
+	if n.UnhealthySubsets, err = rekeySubsets(v.UnhealthySubsets); err != nil {
+		return nil, err
 	}
 	n.ServiceDefaults = rekey(v.ServiceDefaults)
 	n.Routers = rekey(v.Routers)

@@ -166,3 +166,78 @@ func TestStaticRefusesAnUndefinedSubset(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `subset "v2" of service "api"`)
 }
+
+// A topology's weights and critical addresses reach the View: the weights
+// on the endpoints, the critical instances beside the healthy ones.
+func TestTopologyWeightsAndCriticalInstances(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "topology.hcl"), []byte(`topology {
+  services = [
+    { name = "api", addresses = ["127.0.0.1:9001", "127.0.0.1:9002"], weights = [3, 1], critical_addresses = ["127.0.0.1:9003"] },
+    { name = "api", subset = "v1", addresses = ["127.0.0.1:9001"], critical_addresses = ["127.0.0.1:9004"] },
+  ]
+}
+`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "resolver.hcl"), []byte("Kind = \"service-resolver\"\nName = \"api\"\nSubsets = { v1 = { Filter = \"Service.Meta.version == v1\" } }\n"), 0o600))
+	src, err := config.LoadStatic(config.StaticOptions{}, dir)
+	require.NoError(t, err)
+	v := src.View()
+	assert.Equal(t, []mesh.Endpoint{{Address: "127.0.0.1:9001", Weight: 3}, {Address: "127.0.0.1:9002", Weight: 1}}, v.Endpoints("api", "", "", ""))
+	assert.Equal(t, []mesh.Endpoint{{Address: "127.0.0.1:9003"}}, v.UnhealthyEndpoints("api", "", "", "", ""))
+	assert.Equal(t, []mesh.Endpoint{{Address: "127.0.0.1:9004"}}, v.UnhealthyEndpoints("api", "v1", "", "", ""))
+	addrs, weights := mesh.Weighted(v.Endpoints("api", "", "", ""), false)
+	assert.Equal(t, []string{"127.0.0.1:9001", "127.0.0.1:9002"}, addrs)
+	assert.Equal(t, []int{3, 1}, weights)
+
+	for body, want := range map[string]string{
+		`{ name = "api", addresses = ["127.0.0.1:9001"], weights = [1, 2] }`: `service "api": 2 weights for 1 endpoints`,
+		`{ name = "api", addresses = ["127.0.0.1:9001"], weights = [0] }`:    `service "api": weight 0 of 127.0.0.1:9001: want 1 or more`,
+		`{ name = "api", critical_addresses = ["127.0.0.1"] }`:               `127.0.0.1`,
+	} {
+		bad := t.TempDir()
+		require.NoError(t, os.WriteFile(filepath.Join(bad, "t.hcl"), []byte("topology {\n  services = ["+body+"]\n}\n"), 0o600))
+		_, err := config.LoadStatic(config.StaticOptions{}, bad)
+		assert.ErrorContains(t, err, want, body)
+	}
+}
+
+// An exported-services entry with Name "*" exports every typical service
+// of the namespace the files know, as Consul expands it from its catalog:
+// the topology's services and the service definitions, not consul, not
+// proxies.
+func TestWildcardExportsFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "topology.hcl"), []byte(`topology {
+  services = [
+    { name = "api", addresses = ["127.0.0.1:9001"] },
+    { name = "db", critical_addresses = ["127.0.0.1:9002"] },
+    { name = "consul", addresses = ["127.0.0.1:8300"] },
+    { name = "web", datacenter = "dc2", addresses = ["127.0.0.2:9001"] },
+  ]
+}
+`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "defs.hcl"), []byte(`service {
+  name = "billing"
+  port = 9100
+  connect { sidecar_service {} }
+}
+`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "exports.hcl"), []byte(`Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "*", Consumers = [{ Peer = "peer-a" }] },
+  { Name = "api", Consumers = [{ Peer = "peer-b" }] },
+]
+`), 0o600))
+	src, err := config.LoadStatic(config.StaticOptions{}, dir)
+	require.NoError(t, err)
+	k := func(name string) mesh.ServiceKey {
+		return mesh.ServiceKey{Name: name, Namespace: "default", Partition: "default", Datacenter: "dc1"}
+	}
+	assert.Equal(t, map[mesh.ServiceKey][]string{k("api"): {"peer-a", "peer-b"}, k("db"): {"peer-a"}, k("billing"): {"peer-a"}},
+		src.View().Exports)
+	for _, name := range []string{"api", "db", "billing"} {
+		assert.True(t, src.View().ExportedTo(name, "", "peer-a"), name)
+	}
+	assert.False(t, src.View().ExportedTo("consul", "", "peer-a"))
+}

@@ -25,16 +25,19 @@ type topologyDoc struct {
 }
 
 // serviceRow is one service's mesh endpoints in one datacenter (and
-// subset): mesh.ServiceKey's fields, and the endpoints' LAN and WAN
-// addresses in the same order.
+// subset): mesh.ServiceKey's fields, the endpoints' LAN and WAN addresses
+// and weights in the same order, and the LAN addresses of its instances
+// with a critical check (View.UnhealthyServices, for the panic threshold).
 type serviceRow struct {
-	Name         string
-	Namespace    string
-	Partition    string
-	Datacenter   string
-	Subset       string
-	Addresses    []string
-	WANAddresses []string `alias:"wan_addresses"`
+	Name              string
+	Namespace         string
+	Partition         string
+	Datacenter        string
+	Subset            string
+	Addresses         []string
+	WANAddresses      []string `alias:"wan_addresses"`
+	Weights           []int
+	CriticalAddresses []string `alias:"critical_addresses"`
 }
 
 // gatewayRow is the mesh gateways of one datacenter and partition.
@@ -90,14 +93,27 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 		if sv.Name == "" {
 			d.Errorf(n.Line, keyTopology, "a service without a name")
 		}
-		check("service "+sv.Name, append(sv.Addresses, sv.WANAddresses...))
+		check("service "+sv.Name, append(append(sv.Addresses, sv.WANAddresses...), sv.CriticalAddresses...))
 		k := mesh.ServiceKey{Name: sv.Name, Namespace: sv.Namespace, Partition: sv.Partition, Datacenter: sv.Datacenter}
 		eps := endpoints(sv.Addresses, sv.WANAddresses)
+		switch {
+		case len(sv.Weights) > 0 && len(sv.Weights) != len(eps):
+			d.Errorf(n.Line, keyTopology, "service %q: %d weights for %d endpoints: give one weight per address, or none", sv.Name, len(sv.Weights), len(eps))
+		default:
+			for i, w := range sv.Weights {
+				if w < 1 {
+					d.Errorf(n.Line, keyTopology, "service %q: weight %d of %s: want 1 or more (Consul sends no traffic to an instance whose weight is 0: list it in critical_addresses)", sv.Name, w, eps[i].BestAddress(false))
+				}
+				eps[i].Weight = w
+			}
+		}
+		critical := endpoints(sv.CriticalAddresses, nil)
 		if sv.Subset == "" {
 			if v.Services == nil {
 				v.Services = map[mesh.ServiceKey][]mesh.Endpoint{}
 			}
 			v.Services[k] = append(v.Services[k], eps...)
+			addEndpoints(&v.UnhealthyServices, k, critical)
 			continue
 		}
 		if v.Subsets == nil {
@@ -107,6 +123,7 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 			v.Subsets[k] = map[string][]mesh.Endpoint{}
 		}
 		v.Subsets[k][sv.Subset] = append(v.Subsets[k][sv.Subset], eps...)
+		addSubsetEndpoints(&v.UnhealthySubsets, k, sv.Subset, critical)
 	}
 	for _, g := range t.Gateways {
 		if g.Datacenter == "" {
@@ -182,6 +199,31 @@ func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 
 // endpoints pairs LAN addresses with the WAN addresses at the same index;
 // WAN addresses beyond the LAN list stand alone.
+// addEndpoints adds eps to (*m)[k], making the map when there is none.
+func addEndpoints(m *map[mesh.ServiceKey][]mesh.Endpoint, k mesh.ServiceKey, eps []mesh.Endpoint) {
+	if len(eps) == 0 {
+		return
+	}
+	if *m == nil {
+		*m = map[mesh.ServiceKey][]mesh.Endpoint{}
+	}
+	(*m)[k] = append((*m)[k], eps...)
+}
+
+// addSubsetEndpoints adds eps to (*m)[k][subset], making the maps.
+func addSubsetEndpoints(m *map[mesh.ServiceKey]map[string][]mesh.Endpoint, k mesh.ServiceKey, subset string, eps []mesh.Endpoint) {
+	if len(eps) == 0 {
+		return
+	}
+	if *m == nil {
+		*m = map[mesh.ServiceKey]map[string][]mesh.Endpoint{}
+	}
+	if (*m)[k] == nil {
+		(*m)[k] = map[string][]mesh.Endpoint{}
+	}
+	(*m)[k][subset] = append((*m)[k][subset], eps...)
+}
+
 func endpoints(lan, wan []string) []mesh.Endpoint {
 	out := make([]mesh.Endpoint, 0, max(len(lan), len(wan)))
 	for i := range max(len(lan), len(wan)) {

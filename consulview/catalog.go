@@ -41,8 +41,11 @@ type catalog struct {
 	dirty    map[string]bool            // to fetch
 	inflight map[string]bool            // being fetched
 	subsets  map[string]map[string][]mesh.Endpoint
-	wake     chan struct{}
-	sweep    *time.Timer // pending sweep after an unexplained change, or nil
+	// unhealthySubsets holds each subset's endpoints that are not routable
+	// (View.UnhealthySubsets), as subsets the routable ones.
+	unhealthySubsets map[string]map[string][]mesh.Endpoint
+	wake             chan struct{}
+	sweep            *time.Timer // pending sweep after an unexplained change, or nil
 
 	lastPublish time.Time
 	fetches     uint64 // queries made by the fetchers, for Stats
@@ -53,7 +56,8 @@ func newCatalog() catalog {
 	return catalog{names: map[string]bool{}, proxyOf: map[string]string{}, onNode: map[string]map[string]bool{},
 		nodesOf: map[string][]string{}, prints: map[string]string{}, nodePrnt: map[string]string{},
 		dirty: map[string]bool{}, inflight: map[string]bool{}, subsets: map[string]map[string][]mesh.Endpoint{},
-		wake: make(chan struct{}, 1)}
+		unhealthySubsets: map[string]map[string][]mesh.Endpoint{},
+		wake:             make(chan struct{}, 1)}
 }
 
 // Stats describes how the Source follows the catalog.
@@ -140,7 +144,9 @@ func (c *Source) loadServices(ctx context.Context, index uint64) (uint64, error)
 func (c *Source) forgetLocked(name string) {
 	delete(c.cat.names, name)
 	delete(c.state.endpoints, name)
+	delete(c.state.unhealthy, name)
 	delete(c.cat.subsets, name)
+	delete(c.cat.unhealthySubsets, name)
 	for _, node := range c.cat.nodesOf[name] {
 		delete(c.cat.onNode[node], name)
 	}
@@ -368,11 +374,11 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
 		return err
 	}
-	subsets, err := c.subsetEndpoints(ctx, name, entries, resolver, &api.QueryOptions{}, counted)
+	subsets, badSubsets, err := c.subsetEndpoints(ctx, name, entries, resolver, &api.QueryOptions{}, counted)
 	if err != nil {
 		return err
 	}
-	var eps []mesh.Endpoint
+	var eps, bad []mesh.Endpoint
 	var nodes []string
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -386,8 +392,10 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 		if e.Node != nil {
 			nodes = append(nodes, e.Node.Node)
 		}
-		if routable(e, false) {
-			eps = append(eps, endpointOf(e))
+		if ep, ok := endpointOf(e, false); ok {
+			eps = append(eps, ep)
+		} else {
+			bad = append(bad, ep)
 		}
 	}
 	for _, node := range c.cat.nodesOf[name] {
@@ -405,25 +413,33 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	} else {
 		c.state.endpoints[name] = eps
 	}
+	if len(bad) == 0 {
+		delete(c.state.unhealthy, name)
+	} else {
+		c.state.unhealthy[name] = bad
+	}
 	if subsets == nil {
 		delete(c.cat.subsets, name)
+		delete(c.cat.unhealthySubsets, name)
 	} else {
-		c.cat.subsets[name] = subsets
+		c.cat.subsets[name], c.cat.unhealthySubsets[name] = subsets, badSubsets
 	}
 	return nil
 }
 
 // subsetEndpoints returns the routable endpoints of each subset the
-// resolver defines, from the service's entries where the subset has no
-// Filter and from one more query with the Filter, evaluated by Consul,
-// where it has one (q gives the datacenter; counted hears of each query).
-// It returns nil when the resolver defines no subset.
+// resolver defines, and those that are not (critical, zero weight, or not
+// passing in an OnlyPassing subset), from the service's entries where the
+// subset has no Filter and from one more query with the Filter, evaluated
+// by Consul, where it has one (q gives the datacenter; counted hears of
+// each query). It returns nil maps when the resolver defines no subset.
 func (c *Source) subsetEndpoints(ctx context.Context, name string, entries []*api.ServiceEntry, resolver *api.ServiceResolverConfigEntry,
-	q *api.QueryOptions, counted func(int)) (map[string][]mesh.Endpoint, error) {
+	q *api.QueryOptions, counted func(int)) (routable, unhealthy map[string][]mesh.Endpoint, err error) {
 	if resolver == nil || len(resolver.Subsets) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	subsets := make(map[string][]mesh.Endpoint, len(resolver.Subsets))
+	routable = make(map[string][]mesh.Endpoint, len(resolver.Subsets))
+	unhealthy = map[string][]mesh.Endpoint{}
 	for sub, def := range resolver.Subsets {
 		se, eps := entries, []mesh.Endpoint(nil)
 		if def.Filter != "" {
@@ -433,42 +449,48 @@ func (c *Source) subsetEndpoints(ctx context.Context, name string, entries []*ap
 			var err error
 			se, _, err = c.client.Health().Connect(name, "", false, (&fq).WithContext(ctx))
 			if err != nil {
-				return nil, classify(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), err)
+				return nil, nil, classify(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), err)
 			}
 		}
 		for _, e := range se {
-			if routable(e, def.OnlyPassing) {
-				eps = append(eps, endpointOf(e))
+			if ep, ok := endpointOf(e, def.OnlyPassing); ok {
+				eps = append(eps, ep)
+			} else {
+				unhealthy[sub] = append(unhealthy[sub], ep)
 			}
 		}
-		subsets[sub] = eps
+		routable[sub] = eps
 	}
-	return subsets, nil
+	return routable, unhealthy, nil
 }
 
-// routable is Consul's health rule for a gateway's endpoints
-// (calculateEndpointHealthAndWeight in Consul's agent/xds): an instance with
-// a critical check takes no traffic; one with a warning check does, unless
-// the subset is OnlyPassing or the instance's Warning weight is 0.
-func routable(e *api.ServiceEntry, onlyPassing bool) bool {
-	warningWeight := 1
-	if w := e.Service.Weights; w.Passing != 0 || w.Warning != 0 {
-		warningWeight = w.Warning
-		if w.Passing < 1 {
-			return false
-		}
+// healthAndWeight is Consul's health and weight of an endpoint it hands a
+// gateway's or a sidecar's Envoy (calculateEndpointHealthAndWeight in
+// Consul's agent/xds): the Passing weight, the Warning weight while a
+// check warns; unhealthy with a critical (or maintenance) check, a check
+// that is not passing where onlyPassing (an OnlyPassing subset), or a
+// weight below 1; a weight above 128 counts as 128.
+func healthAndWeight(e *api.ServiceEntry, onlyPassing bool) (healthy bool, weight int) {
+	healthy, weight = true, 1
+	set := e.Service.Weights.Passing != 0 || e.Service.Weights.Warning != 0
+	if set {
+		weight = e.Service.Weights.Passing
 	}
 	for _, ch := range e.Checks {
-		switch {
-		case ch.Status == api.HealthCritical || ch.Status == api.HealthMaint:
-			return false
-		case ch.Status != api.HealthPassing && onlyPassing:
-			return false
-		case ch.Status == api.HealthWarning && warningWeight < 1:
-			return false
+		if ch.Status == api.HealthCritical || ch.Status == api.HealthMaint {
+			healthy = false
+		}
+		if onlyPassing && ch.Status != api.HealthPassing {
+			healthy = false
+		}
+		if ch.Status == api.HealthWarning && set {
+			weight = e.Service.Weights.Warning
 		}
 	}
-	return true
+	if weight < 1 {
+		return false, 1
+	}
+	return healthy, min(weight, 128)
 }
 
 // endpointOf returns where an instance is dialled, in Consul's order
@@ -476,8 +498,9 @@ func routable(e *api.ServiceEntry, onlyPassing bool) bool {
 // datacenter the service address, else the node's; from other datacenters
 // the service's "wan" tagged address, the service address, the node's "wan"
 // tagged address, the node address. A "wan" tagged port replaces the
-// service port.
-func endpointOf(e *api.ServiceEntry) mesh.Endpoint {
+// service port. It also reports whether the endpoint is healthy, with its
+// weight (healthAndWeight).
+func endpointOf(e *api.ServiceEntry, onlyPassing bool) (mesh.Endpoint, bool) {
 	var nodeAddr, nodeWAN string
 	if e.Node != nil {
 		nodeAddr, nodeWAN = e.Node.Address, e.Node.TaggedAddresses["wan"]
@@ -503,5 +526,9 @@ func endpointOf(e *api.ServiceEntry) mesh.Endpoint {
 	if wan != "" {
 		ep.WAN = net.JoinHostPort(wan, strconv.Itoa(wanPort))
 	}
-	return ep
+	healthy, weight := healthAndWeight(e, onlyPassing)
+	if weight > 1 {
+		ep.Weight = weight
+	}
+	return ep, healthy
 }

@@ -29,8 +29,8 @@ func gatewaySetOf(entries []*api.ServiceEntry) gatewaySet {
 			continue
 		}
 		set.index = max(set.index, e.Service.ModifyIndex)
-		if routable(e, false) {
-			set.eps = append(set.eps, endpointOf(e))
+		if ep, ok := endpointOf(e, false); ok {
+			set.eps = append(set.eps, ep)
 		}
 	}
 	return set

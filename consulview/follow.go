@@ -92,14 +92,14 @@ func (c *Source) loadRemote(ctx context.Context, key string, index uint64) (uint
 	c.mu.Lock()
 	resolver := c.state.resolvers[mesh.KeyOf(k.Name, k.Namespace, k.Partition)]
 	c.mu.Unlock()
-	subsets, err := c.subsetEndpoints(ctx, k.Name, entries, resolver, &base, func(int) {})
+	subsets, _, err := c.subsetEndpoints(ctx, k.Name, entries, resolver, &base, func(int) {})
 	if err != nil {
 		return index, err
 	}
 	rs := remoteService{key: k, subsets: subsets}
 	for _, e := range entries {
-		if routable(e, false) {
-			rs.eps = append(rs.eps, endpointOf(e))
+		if ep, ok := endpointOf(e, false); ok {
+			rs.eps = append(rs.eps, ep)
 		}
 	}
 	c.mu.Lock()

@@ -131,6 +131,7 @@ type consulState struct {
 	splitters                          map[mesh.EntryKey]*api.ServiceSplitterConfigEntry
 	mesh                               *api.MeshConfigEntry
 	endpoints                          map[string][]mesh.Endpoint // local service -> endpoints
+	unhealthy                          map[string][]mesh.Endpoint // local service -> its endpoints that are not routable
 	gateways                           map[string]gatewaySet      // "dc/name" -> gateways
 	domain                             string                     // the servers' DNS domain
 	fedServers                         []mesh.Server              // every local server, by node, at its RPC address
@@ -186,6 +187,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.state.serviceDefaults = map[mesh.EntryKey]*api.ServiceConfigEntry{}
 	c.state.resolvers = map[mesh.EntryKey]*api.ServiceResolverConfigEntry{}
 	c.state.endpoints = map[string][]mesh.Endpoint{}
+	c.state.unhealthy = map[string][]mesh.Endpoint{}
 	c.state.gateways = map[string]gatewaySet{}
 	c.state.fedGateways = map[string]gatewaySet{}
 	c.state.remote = map[string]remoteService{}
@@ -360,21 +362,23 @@ func (c *Source) publishLocked() {
 	c.lastUpdate = time.Now()
 	s := &c.state
 	v := &mesh.View{
-		Datacenter:      s.datacenter,
-		Partition:       s.partition,
-		TrustDomain:     s.trustDomain,
-		ProxyDefaults:   s.proxyDefaults,
-		ServiceDefaults: s.serviceDefaults, // replaced on change, never changed
-		Mesh:            s.mesh,
-		Resolvers:       s.resolvers, // likewise
-		Routers:         s.routers,
-		Splitters:       s.splitters,
-		Services:        make(map[mesh.ServiceKey][]mesh.Endpoint, len(s.endpoints)),
-		Subsets:         make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.subsets)),
-		Gateways:        make(map[mesh.Location][]mesh.Endpoint, len(s.gateways)),
-		Peers:           c.peersLocked(),
-		Exports:         make(map[mesh.ServiceKey][]string, len(s.exports)),
-		Servers:         s.servers,
+		Datacenter:        s.datacenter,
+		Partition:         s.partition,
+		TrustDomain:       s.trustDomain,
+		ProxyDefaults:     s.proxyDefaults,
+		ServiceDefaults:   s.serviceDefaults, // replaced on change, never changed
+		Mesh:              s.mesh,
+		Resolvers:         s.resolvers, // likewise
+		Routers:           s.routers,
+		Splitters:         s.splitters,
+		Services:          make(map[mesh.ServiceKey][]mesh.Endpoint, len(s.endpoints)),
+		Subsets:           make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.subsets)),
+		UnhealthyServices: make(map[mesh.ServiceKey][]mesh.Endpoint, len(s.unhealthy)),
+		UnhealthySubsets:  make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.unhealthySubsets)),
+		Gateways:          make(map[mesh.Location][]mesh.Endpoint, len(s.gateways)),
+		Peers:             c.peersLocked(),
+		Exports:           make(map[mesh.ServiceKey][]string, len(s.exports)),
+		Servers:           s.servers,
 	}
 	for k, peers := range s.exports {
 		k.Datacenter = s.datacenter
@@ -385,6 +389,14 @@ func (c *Source) publishLocked() {
 	}
 	for name, subsets := range c.cat.subsets {
 		v.Subsets[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+	}
+	for name, eps := range s.unhealthy {
+		v.UnhealthyServices[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
+	}
+	for name, subsets := range c.cat.unhealthySubsets {
+		if len(subsets) > 0 {
+			v.UnhealthySubsets[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+		}
 	}
 	for _, rs := range s.remote {
 		if len(rs.eps) > 0 {

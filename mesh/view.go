@@ -17,6 +17,11 @@ type Endpoint struct {
 	Address string
 	// WAN is the "host:port" reachable from other datacenters, or "".
 	WAN string
+	// Weight is the endpoint's load-balancing weight as Consul computes it
+	// for Envoy (calculateEndpointHealthAndWeight): the instance's
+	// Weights.Passing, or Weights.Warning while a check warns, at most
+	// 128. Zero means 1.
+	Weight int
 }
 
 // BestAddress returns the address to dial: from another datacenter (wan)
@@ -166,6 +171,14 @@ type View struct {
 	// endpoints of each of its subsets by subset name: those the subset's
 	// Filter selects (passing ones only where the subset says OnlyPassing).
 	Subsets map[ServiceKey]map[string][]Endpoint
+	// UnhealthyServices and UnhealthySubsets hold the mesh endpoints that
+	// Consul hands a mesh gateway's Envoy marked unhealthy (a critical
+	// check, a zero weight, a check that is not passing in an OnlyPassing
+	// subset), beside the healthy ones above: a gateway routes to them only
+	// in panic, as Envoy does when fewer than half of a cluster's
+	// endpoints are healthy (see routing). Nothing else reads them.
+	UnhealthyServices map[ServiceKey][]Endpoint
+	UnhealthySubsets  map[ServiceKey]map[string][]Endpoint
 	// Gateways holds the mesh gateways of each datacenter and partition.
 	Gateways map[Location][]Endpoint
 	// UnhealthyGateways holds, by datacenter and partition, the mesh
@@ -301,6 +314,45 @@ func (v *View) SubsetEndpoints(name, subset, namespace, partition, datacenter st
 		datacenter = v.Datacenter
 	}
 	return v.Subsets[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}][subset]
+}
+
+// UnhealthyEndpoints returns the endpoints of a service, or of its subset
+// when subset is not empty, that are in UnhealthyServices or
+// UnhealthySubsets, with the same defaults as Endpoints.
+func (v *View) UnhealthyEndpoints(name, subset, namespace, partition, datacenter string) []Endpoint {
+	if datacenter == "" {
+		datacenter = v.Datacenter
+	}
+	k := ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}
+	if subset != "" {
+		return v.UnhealthySubsets[k][subset]
+	}
+	return v.UnhealthyServices[k]
+}
+
+// Weighted returns the endpoints' addresses as Addresses does, and their
+// weights in the same order (zero counted as 1), or nil weights when they
+// are all 1.
+func Weighted(eps []Endpoint, wan bool) ([]string, []int) {
+	addrs := make([]string, 0, len(eps))
+	var weights []int
+	for _, e := range eps {
+		a := e.BestAddress(wan)
+		if a == "" {
+			continue
+		}
+		if e.Weight > 1 && weights == nil {
+			weights = make([]int, len(addrs), len(eps))
+			for j := range weights {
+				weights[j] = 1
+			}
+		}
+		addrs = append(addrs, a)
+		if weights != nil {
+			weights = append(weights, max(e.Weight, 1))
+		}
+	}
+	return addrs, weights
 }
 
 // GatewaysIn returns the mesh gateways of a location.
