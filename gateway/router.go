@@ -48,6 +48,65 @@ type Route struct {
 	// Serve. Observers see it forwarded to target TargetInProcess, with the
 	// bytes Serve read from the client and wrote to it.
 	Serve func(net.Conn)
+	// Balance says which of Targets a connection tries first; the zero
+	// value tries them in the order given. The others follow as fallbacks,
+	// the ejected ones last, whatever the policy.
+	Balance Balance
+	// Weights holds the weight of each of Targets, in order, for Balance
+	// (Consul's instance weights, 1 to 128); nil means all 1.
+	Weights []int
+	// Limits bound this route's connections, as Envoy's circuit breakers
+	// bound a cluster's; the zero value bounds nothing.
+	Limits Limits
+}
+
+// Load-balancing policies of Balance, with the names a Consul
+// service-resolver's LoadBalancer gives them.
+const (
+	BalanceRoundRobin   = "round_robin"
+	BalanceLeastRequest = "least_request"
+	BalanceRandom       = "random"
+)
+
+// Balance is how a Server chooses the first of a route's targets a
+// connection tries, as Envoy balances a cluster under Consul.
+type Balance struct {
+	// Policy is "" (the targets in the order given), BalanceRoundRobin
+	// (in turn; by their weights when they differ, spread smoothly),
+	// BalanceLeastRequest (among ChoiceCount targets taken at random, the
+	// one with the fewest open connections; with weights that differ, in
+	// turn by weight/(open connections+1)) or BalanceRandom (at random, by
+	// weight). Another name is round robin. The turn is the Server's, per
+	// route Name; it starts again when the targets change.
+	Policy string
+	// ChoiceCount is how many targets BalanceLeastRequest samples; below 2
+	// means 2, Envoy's default.
+	ChoiceCount int
+}
+
+// Limits bound one route's connections, counted per route Name across the
+// Server's listeners and engines, as Envoy's circuit breakers bound a
+// cluster's (Consul's UpstreamLimits). A connection over a limit is
+// refused at once with ReasonOverLimit, never queued. A nil field bounds
+// nothing (Envoy would apply 1,024; see docs/routing.md), and 0 refuses
+// every connection, as Envoy does.
+type Limits struct {
+	// MaxConnections bounds the connections open at once: dialling or
+	// forwarded.
+	MaxConnections *int
+	// MaxPendingRequests bounds the connections whose upstream is being
+	// dialled, as Envoy's bound on requests waiting for a connection.
+	MaxPendingRequests *int
+	// MaxConcurrentRequests bounds the connections open at once, as Envoy
+	// counts each TCP connection as one request; checked when the
+	// connection is admitted (Envoy checks it once the upstream is
+	// connected: the same refusal, one dial less).
+	MaxConcurrentRequests *int
+}
+
+// IsZero reports whether l bounds nothing.
+func (l Limits) IsZero() bool {
+	return l.MaxConnections == nil && l.MaxPendingRequests == nil && l.MaxConcurrentRequests == nil
 }
 
 // TargetInProcess is the target observers see for a connection a
@@ -110,6 +169,8 @@ const (
 	ReasonDialFailed  = "dial-failed"
 	ReasonShutdown    = "shutdown"
 	ReasonLoop        = "loop"
+	// ReasonOverLimit: the route's Limits refused the connection.
+	ReasonOverLimit = "over-limit"
 )
 
 // Rotation spreads connections over a route's targets: Of returns the

@@ -381,35 +381,45 @@ func planPeered(v *mesh.View, t *Target, d modes.Decision, self string) []string
 // ExportedRoute is where a mesh gateway sends a peer's connection to a
 // service this cluster exports: the service's discovery chain as Consul's
 // gateway compiles it for exports (makeExportedUpstreamClustersForMeshGateway
-// and makeExportedUpstreamEndpointsForMeshGateway in agent/xds), with only
-// the targets in the gateway's datacenter and partition.
+// and makeExportedUpstreamEndpointsForMeshGateway in agent/xds): the
+// primary target only, when it is in the gateway's datacenter and
+// partition. Consul's gateway never fails an export over (its
+// mapDiscoChainTargets adds failover targets only when not for a mesh
+// gateway), and its export clusters disable Envoy's panic threshold, so a
+// primary target without healthy endpoints refuses the peer's connection.
 type ExportedRoute struct {
 	// Target names the chain's primary target, after redirects and the
 	// default subset, as Target.String does: "v1.api dc1".
 	Target string
 	// Primary lists the primary target's healthy endpoints, when it is
-	// local.
+	// local, and Weights their weights (nil when all are 1).
 	Primary []string
-	// Failover lists the endpoints of the failover targets that are local,
-	// in chain order, to try after Primary.
-	Failover []string
+	Weights []int
+	// Balance is the policy of the export's cluster: the primary target's
+	// service-resolver's (ChainBalance).
+	Balance Balance
 	// ConnectTimeout is the primary target's service-resolver's; zero when
 	// it sets none.
 	ConnectTimeout time.Duration
-	// Skipped names the chain's targets left out because they are in
-	// another datacenter, partition or peer, as Consul's gateway leaves them
-	// out (with a warning in its log).
+	// Skipped names the primary target when it is in another datacenter,
+	// partition or peer, which Consul's gateway leaves out (with a warning
+	// in its log).
 	Skipped []string
-	// Local lists the local targets in the order Primary and Failover hold
-	// their endpoints, each with its SNI and its endpoints in Dial: what a
-	// gateway that terminates the peer's connection (an L7 export) needs to
-	// open its own to each.
+	// NotFailedOver names the chain's failover targets, which a peer's
+	// connection never reaches through the exporting gateway.
+	NotFailedOver []string
+	// Local holds the primary target, when it is local, with its SNI and
+	// its endpoints in Dial: what a gateway that terminates the peer's
+	// connection (an L7 export) needs to open its own to it.
 	Local []Target
+	// Notes says what a careful operator should know (a hash-based policy
+	// applied to TCP).
+	Notes []string
 }
 
 // RouteExported returns the route of a peer's connection to service name
-// in namespace (empty means "default") of v's local partition: redirects,
-// the default subset and failover apply as for a local upstream.
+// in namespace (empty means "default") of v's local partition: redirects
+// and the default subset apply as for a local upstream; failover does not.
 func RouteExported(v *mesh.View, name, namespace string) ExportedRoute {
 	return RouteExportedTo(v, name, "", namespace)
 }
@@ -422,17 +432,17 @@ func RouteExportedTo(v *mesh.View, name, subset, namespace string) ExportedRoute
 	start := normalTarget(v, chainTarget{service: name, subset: subset, namespace: namespace, partition: local.Partition, datacenter: v.Datacenter})
 	primary, resolver, _, _ := resolveTarget(v, start)
 	out := ExportedRoute{Target: describeTarget(primary)}
-	isLocal := func(t chainTarget) bool {
-		return t.peer == "" && (mesh.Location{Datacenter: t.datacenter, Partition: t.partition}) == local
+	var note string
+	out.Balance, note = ChainBalance(resolver)
+	if note != "" {
+		out.Notes = append(out.Notes, note)
 	}
-	localTarget := func(t chainTarget, dial []string) Target {
-		eps := endpointsOf(v, t)
-		return Target{Service: t.service, Subset: t.subset, Namespace: tenancy.OrDefault(t.namespace), Partition: tenancy.OrDefault(t.partition),
-			Datacenter: t.datacenter, SNI: serviceSNI(v, t), Dial: dial, Healthy: len(eps)}
-	}
-	if isLocal(primary) {
-		out.Primary = mesh.Addresses(endpointsOf(v, primary), false)
-		out.Local = append(out.Local, localTarget(primary, out.Primary))
+	if primary.peer == "" && (mesh.Location{Datacenter: primary.datacenter, Partition: primary.partition}) == local {
+		eps := endpointsOf(v, primary)
+		out.Primary, out.Weights = mesh.Weighted(eps, false)
+		out.Local = append(out.Local, Target{Service: primary.service, Subset: primary.subset, Namespace: tenancy.OrDefault(primary.namespace),
+			Partition: tenancy.OrDefault(primary.partition), Datacenter: primary.datacenter, SNI: serviceSNI(v, primary), Dial: out.Primary,
+			Healthy: len(eps)})
 	} else {
 		out.Skipped = append(out.Skipped, out.Target)
 	}
@@ -442,13 +452,7 @@ func RouteExportedTo(v *mesh.View, name, subset, namespace string) ExportedRoute
 	failover, _, _ := failoverOf(v, primary, resolver)
 	for _, f := range failover {
 		resolved, _, _, _ := resolveTarget(v, f)
-		if !isLocal(resolved) {
-			out.Skipped = append(out.Skipped, describeTarget(resolved))
-			continue
-		}
-		dial := mesh.Addresses(endpointsOf(v, resolved), false)
-		out.Failover = append(out.Failover, dial...)
-		out.Local = append(out.Local, localTarget(resolved, dial))
+		out.NotFailedOver = append(out.NotFailedOver, describeTarget(resolved))
 	}
 	return out
 }

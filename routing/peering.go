@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -127,8 +128,8 @@ func (r *PeeringRouter) toServers(v *mesh.View, name sni.Name) (gateway.Route, e
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
 // sidecar or gateway reaching a service this cluster exports to it, along
 // the service's discovery chain (resolve.RouteExported, computed once per
-// view): the primary target's endpoints in turn, then the local failover
-// targets'.
+// view): the primary target's healthy endpoints, never its failover
+// targets, as Consul's gateway.
 func (r *PeeringRouter) toExported(v *mesh.View, name sni.Name) (gateway.Route, error) {
 	local := v.Local()
 	if name.Partition != local.Partition || !v.ExportedTo(name.Service, name.Namespace, name.Peer) {
@@ -149,20 +150,19 @@ func (r *PeeringRouter) toExported(v *mesh.View, name sni.Name) (gateway.Route, 
 		}
 	}
 	er := r.indexOf(v).exported[[2]string{name.Service, tenancy.OrDefault(name.Namespace)}]
-	if len(er.Primary)+len(er.Failover) == 0 {
+	if len(er.Primary) == 0 {
 		if len(er.Skipped) > 0 {
 			return gateway.Route{}, gateway.Reject(ReasonUnknownService,
 				"exported service %q resolves to %s, in another datacenter, partition or peer: a mesh gateway sends a peer's connections to targets in its own (%s) only, as Consul's does",
 				name.Service, strings.Join(er.Skipped, ", then "), local)
 		}
-		return gateway.Route{}, gateway.Reject(ReasonUnknownService,
-			"exported service %q (namespace %q) has no healthy mesh endpoints in %s (its chain's target: %s)", name.Service, name.Namespace, local, er.Target)
+		msg := fmt.Sprintf("exported service %q (namespace %q) has no healthy mesh endpoints in %s (its chain's target: %s)", name.Service, name.Namespace, local, er.Target)
+		if len(er.NotFailedOver) > 0 {
+			msg += fmt.Sprintf("; its failover targets (%s) are not used for a peer's connections, as Consul's gateway never fails an export over", strings.Join(er.NotFailedOver, ", "))
+		}
+		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "%s", msg)
 	}
-	targets := r.turn.Of(er.Primary)
-	if len(er.Failover) > 0 {
-		targets = append(append(make([]string, 0, len(targets)+len(er.Failover)), targets...), er.Failover...)
-	}
-	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: targets, Kind: RouteExportedService,
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.turn.Of(er.Primary), Kind: RouteExportedService,
 		ConnectTimeout: er.ConnectTimeout}, nil
 }
 

@@ -80,11 +80,12 @@ Services = [{ Name = "db", Consumers = [{ Peer = "cluster-a" }] }]
 // A peer's connection to an exported service follows the service's
 // discovery chain as Consul's gateway compiles it for exports
 // (makeExportedUpstreamClustersForMeshGateway): the resolver's
-// DefaultSubset, a Redirect to another local service, its ConnectTimeout,
-// and failover to local targets after the primary's endpoints. Targets in
-// another datacenter, partition or peer are left out, as Consul's gateway
-// leaves them out; a chain with no local target left is refused with a
-// reason that names it.
+// DefaultSubset, a Redirect to another local service, its ConnectTimeout;
+// never its failover targets (mapDiscoChainTargets: failover only when not
+// for a mesh gateway), so a primary without healthy endpoints is refused
+// even with a healthy failover target beside it. A primary in another
+// datacenter, partition or peer is left out, as Consul's gateway leaves it
+// out, and refused with a reason that names it.
 func TestExportedServiceFollowsItsResolver(t *testing.T) {
 	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
 	for _, tc := range []struct {
@@ -95,8 +96,8 @@ func TestExportedServiceFollowsItsResolver(t *testing.T) {
 	}{
 		{"the default subset", "DefaultSubset = \"v1\"\nConnectTimeout = \"3s\"\n", []string{"127.0.20.11:21000"}, 3 * time.Second, "", ""},
 		{"a redirect to another service", "Redirect { Service = \"api-v2\" }\n", []string{"127.0.20.20:21000"}, 0, "", ""},
-		{"failover to a local service, after the primary", "DefaultSubset = \"v1\"\nFailover = { \"*\" = { Targets = [{ Datacenter = \"dc2\" }, { Service = \"api-backup\" }] } }\n",
-			[]string{"127.0.20.11:21000", "127.0.20.30:21000"}, 0, "", ""},
+		{"no failover while the primary has endpoints", "DefaultSubset = \"v1\"\nFailover = { \"*\" = { Targets = [{ Datacenter = \"dc2\" }, { Service = \"api-backup\" }] } }\n",
+			[]string{"127.0.20.11:21000"}, 0, "", ""},
 		{"a redirect to another datacenter", "Redirect { Datacenter = \"dc2\" }\n", nil, 0, routing.ReasonUnknownService,
 			`exported service "api" resolves to api dc2, in another datacenter, partition or peer`},
 	} {
@@ -117,6 +118,41 @@ func TestExportedServiceFollowsItsResolver(t *testing.T) {
 			assert.Equal(t, routing.RouteExportedService, got.Kind)
 		})
 	}
+}
+
+// Consul's gateway never fails an export over, and keeps no panic
+// threshold on an export's cluster (HealthyPanicThreshold 0): with api's
+// instances all critical the peer's connection is refused, though its
+// resolver names a healthy failover target; with one healthy of four, only
+// that one is dialled.
+func TestExportsNeverFailOverNorPanic(t *testing.T) {
+	topology := `topology {
+  trust_domain = "` + tdB + `"
+  services = [
+    { name = "api", critical_addresses = ["127.0.20.10:21000", "127.0.20.11:21000"] },
+    { name = "api-backup", addresses = ["127.0.20.30:21000"] },
+    { name = "web", addresses = ["127.0.20.50:21000"], critical_addresses = ["127.0.20.51:21000", "127.0.20.52:21000", "127.0.20.53:21000"] },
+  ]
+  peers = [{ name = "cluster-a", trust_domain = "` + tdA + `" }]
+}
+`
+	files := map[string]string{"topology.hcl": topology,
+		"exports.hcl":  "Kind = \"exported-services\"\nName = \"default\"\nServices = [{ Name = \"*\", Consumers = [{ Peer = \"cluster-a\" }] }]\n",
+		"resolver.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nFailover = { \"*\" = { Service = \"api-backup\" } }\n"}
+	r := &routing.PeeringRouter{Source: resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))}
+	name := sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)
+	_, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
+	_, reason := route(t, r, name)
+	assert.Equal(t, routing.ReasonUnknownService, reason)
+	assert.ErrorContains(t, err, `exported service "api" (namespace "default") has no healthy mesh endpoints in dc1 (its chain's target: api dc1); `+
+		`its failover targets (api-backup dc1) are not used for a peer's connections, as Consul's gateway never fails an export over`)
+
+	targets, reason := route(t, r, sni.PeeredServiceSNI("web", "", "", "cluster-a", tdB))
+	assert.Empty(t, reason, "web is exported by the wildcard")
+	assert.Equal(t, []string{"127.0.20.50:21000"}, targets, "one healthy of four: no panic on an export")
+	targets, reason = route(t, r, sni.PeeredServiceSNI("api-backup", "", "", "cluster-a", tdB))
+	assert.Empty(t, reason, "api-backup too, by the wildcard")
+	assert.Equal(t, []string{"127.0.20.30:21000"}, targets)
 }
 
 // An export whose protocol is http, http2 or grpc is one Consul's gateway

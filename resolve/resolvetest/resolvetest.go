@@ -181,17 +181,18 @@ func ExpectChain(tb testing.TB, plan resolve.Plan, want ...string) {
 
 // ExpectExport checks where a peer's connection to the exported service
 // name (in namespace; empty means "default") goes (resolve.RouteExported),
-// in one line: the addresses in the order the gateway tries them, the
-// primary target's endpoints then its local failover targets'. Whether the
-// service is exported to a given peer is the routing.PeeringRouter's to say.
+// in one line: the primary target's healthy endpoints, in the catalog's
+// order (an exporting gateway never fails over: a primary without healthy
+// endpoints refuses). Whether the service is exported to a given peer is
+// the routing.PeeringRouter's to say.
 //
 //	resolvetest.ExpectExport(t, src, "api", "", "10.0.1.11:21000")
 func ExpectExport(tb testing.TB, src mesh.Source, name, namespace string, want ...string) {
 	tb.Helper()
 	r := resolve.RouteExported(src.View(), name, namespace)
-	if got := append(slices.Clone(r.Primary), r.Failover...); !slices.Equal(got, want) {
-		tb.Errorf("resolvetest: export of %q (namespace %q) resolves to %s and goes to %q, want %q (left out: %q)",
-			name, namespace, r.Target, got, want, r.Skipped)
+	if got := r.Primary; !slices.Equal(got, want) {
+		tb.Errorf("resolvetest: export of %q (namespace %q) resolves to %s and goes to %q, want %q (left out: %q; not failed over to: %q)",
+			name, namespace, r.Target, got, want, r.Skipped, r.NotFailedOver)
 	}
 }
 
