@@ -333,7 +333,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 		"A's gateway refused none of A's servers' connections: %v", snapA.Rejected)
 
 	// The data plane: B exports a Connect-native api to A.
-	_, apiAccepted := connectService(t, b, "api", func() *x509.CertPool { return peerRoots(t, b, "cluster-a") })
+	apiPort, apiAccepted := connectService(t, b, "api", func() *x509.CertPool { return peerRoots(t, b, "cluster-a") })
 	_, _, err := b.Client.ConfigEntries().Set(&api.ExportedServicesConfigEntry{Name: "default",
 		Services: []api.ExportedService{{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "cluster-a"}}}}}, nil)
 	require.NoError(t, err)
@@ -350,6 +350,10 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	// A sidecar of web in A with api from B as an upstream is planned with
 	// the SNI and addresses learned from A's agent, in each mode.
 	web := mesh.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
+	consultest.WaitFor(t, eventually, "A's view to hold A's own gateway, once its check passes", func() bool {
+		v := gwA.src.View()
+		return len(v.GatewaysIn(v.Local())) == 1
+	})
 	for mode, want := range map[api.MeshGatewayMode]string{api.MeshGatewayModeRemote: gwB.addr, api.MeshGatewayModeLocal: gwA.addr} {
 		plan := resolve.PlanUpstream(gwA.src.View(), web, api.Upstream{DestinationName: "api", DestinationPeer: "cluster-b",
 			MeshGateway: api.MeshGatewayConfig{Mode: mode}})
@@ -468,6 +472,30 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	_, err = b.Client.ConfigEntries().Delete(api.ServiceDefaults, "api", nil)
 	require.NoError(t, err)
 	checkDataPath("after api's protocol is tcp again")
+
+	// B's api fails over to api-backup in B; api's instance goes critical.
+	// Consul's exporting gateway never fails an export over (and keeps no
+	// panic threshold on it): A's connection is refused by B's gateway,
+	// without a dial, and api-backup sees none. Passing again, it serves.
+	backup := meshtest.StartNative(t, b, "api-backup", meshtest.WatchCerts(t, b, "api-backup"))
+	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
+		Failover: map[string]api.ServiceResolverFailover{"*": {Service: "api-backup"}}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, b.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "api", Address: "127.0.0.1", Port: apiPort,
+		Connect: &api.AgentServiceConnect{Native: true}, Check: &api.AgentServiceCheck{CheckID: "api-ttl", TTL: "10m", Status: api.HealthCritical}}))
+	consultest.WaitFor(t, eventually, "B's gateway to refuse api, critical, rather than fail over to api-backup", func() bool {
+		_, reason := routeOf(&routing.PeeringRouter{Source: gwB.src}, apiSNI)
+		return reason == routing.ReasonUnknownService && len(gwB.src.View().Endpoints("api-backup", "", "", "")) == 1
+	})
+	before = gwB.counters.Snapshot()
+	assert.Error(t, dialPeered(a, gwB.addr, apiSNI, apiID, peerRoots(t, a, "cluster-b")), "refused as Consul's gateway refuses it")
+	after = gwB.counters.Snapshot()
+	assert.Equal(t, before.Rejected[routing.ReasonUnknownService]+1, after.Rejected[routing.ReasonUnknownService])
+	assert.Equal(t, before.DialFailures, after.DialFailures)
+	assert.Zero(t, backup.Accepted(), "never failed over to api-backup")
+	require.NoError(t, b.Client.Agent().UpdateTTL("api-ttl", "", api.HealthPassing))
+	checkDataPath("after api passes again")
+	assert.Zero(t, backup.Accepted())
 
 	// B's gateway restarts on its address, then B's agent restarts: the
 	// peering and the data path come back.
