@@ -19,11 +19,11 @@ func ExampleView() {
 			{Datacenter: "dc2", Partition: "default"}: {{Address: "10.0.2.5:8443", WAN: "203.0.113.5:8443"}},
 		},
 	}
-	fmt.Println(v.Endpoints("api", "", "", ""))
+	fmt.Println(mesh.Addresses(v.Endpoints("api", "", "", ""), false))
 	fmt.Println(v.GatewaysIn(mesh.Location{Datacenter: "dc2"})[0].BestAddress(true))
 	fmt.Println(v.Datacenters(), v.Local())
 	// Output:
-	// [{10.0.1.10:21000 }]
+	// [10.0.1.10:21000]
 	// 203.0.113.5:8443
 	// [dc1 dc2] dc1
 }
