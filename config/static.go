@@ -245,7 +245,7 @@ func StaticView(v *mesh.View) (*Static, error) {
 		n.Peers[name] = p
 	}
 	if f := v.Federation; f != nil {
-		nf := mesh.Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]mesh.Server(nil), f.Servers...)}
+		nf := mesh.Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]mesh.ConsulServer(nil), f.Servers...)}
 		if nf.Domain == "" {
 			nf.Domain = sni.DefaultDomain
 		}

@@ -102,8 +102,8 @@ func (c *Source) mergeFederationStatesLocked(v *mesh.View, newest map[string]uin
 // federationServers returns every local Consul server of the "consul"
 // service's entries (read replicas too, as Consul's gateway routes them), by
 // node name, at its LAN address and server RPC port.
-func federationServers(entries []*api.ServiceEntry) []mesh.Server {
-	out := make([]mesh.Server, 0, len(entries))
+func federationServers(entries []*api.ServiceEntry) []mesh.ConsulServer {
+	out := make([]mesh.ConsulServer, 0, len(entries))
 	for _, e := range entries {
 		if e.Node == nil || e.Service == nil || e.Service.Port == 0 {
 			continue
@@ -112,7 +112,7 @@ func federationServers(entries []*api.ServiceEntry) []mesh.Server {
 		if host == "" {
 			host = e.Node.Address
 		}
-		out = append(out, mesh.Server{Node: e.Node.Node, Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))})
+		out = append(out, mesh.ConsulServer{Node: e.Node.Node, Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))})
 	}
 	return out
 }

@@ -18,7 +18,7 @@ import (
 func TestFederationStatesAndCatalogNewestWins(t *testing.T) {
 	c := &Source{opts: Options{WANFederation: true}, cat: newCatalog()}
 	c.state.datacenter, c.state.domain = "dc1", "consul"
-	c.state.fedServers = []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}
+	c.state.fedServers = []mesh.ConsulServer{{Node: "s1", Address: "127.0.1.2:8300"}}
 	gw := func(addr string, index uint64) gatewaySet {
 		return gatewaySet{eps: []mesh.Endpoint{{WAN: addr}}, index: index}
 	}
@@ -84,7 +84,7 @@ func TestFederationServers(t *testing.T) {
 			Meta: map[string]string{"read_replica": "true"}}},
 		{Node: &api.Node{Node: "s3", Address: "10.0.0.3"}, Service: &api.AgentService{Service: "consul"}}, // no port
 	})
-	assert.Equal(t, []mesh.Server{{Node: "s1", Address: "10.0.0.1:8300"}, {Node: "s2", Address: "10.0.9.2:8300"}}, got)
+	assert.Equal(t, []mesh.ConsulServer{{Node: "s1", Address: "10.0.0.1:8300"}, {Node: "s2", Address: "10.0.9.2:8300"}}, got)
 	assert.Equal(t, "consul", normalDomain(""))
 	assert.Equal(t, "mesh.example.com", normalDomain("Mesh.Example.COM."))
 }

@@ -134,7 +134,7 @@ type consulState struct {
 	unhealthy                          map[string][]mesh.Endpoint // local service -> its endpoints that are not routable
 	gateways                           map[string]gatewaySet      // "dc/name" -> gateways
 	domain                             string                     // the servers' DNS domain
-	fedServers                         []mesh.Server              // every local server, by node, at its RPC address
+	fedServers                         []mesh.ConsulServer        // every local server, by node, at its RPC address
 	fedGateways                        map[string]gatewaySet      // datacenter -> gateways, from the federation states
 	remote                             map[string]remoteService   // followed services of other datacenters, by remoteKey
 	servers                            []string                   // local servers' gRPC TLS addresses

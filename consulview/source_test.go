@@ -204,12 +204,12 @@ func TestConsulTwoDatacenters(t *testing.T) {
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
 	require.NoError(t, err)
 	consultest.WaitFor(t, eventually, "proxy-defaults to change the plan", func() bool { return plan()["cache"].Route == resolve.PathRemoteGateway })
-	assert.Equal(t, "proxy-defaults", string(plan()["cache"].Source))
+	assert.Equal(t, "proxy-defaults", string(plan()["cache"].Layer))
 
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
 	require.NoError(t, err)
-	consultest.WaitFor(t, eventually, "service-defaults to change the plan", func() bool { return plan()["cache"].Source == "service-defaults" })
+	consultest.WaitFor(t, eventually, "service-defaults to change the plan", func() bool { return plan()["cache"].Layer == "service-defaults" })
 	assert.Equal(t, resolve.PathLocalGateway, plan()["cache"].Route)
 
 	// dc2 stops answering. A view of dc1 started now starts anyway (its
@@ -396,8 +396,8 @@ func TestUnmergeCentralConfig(t *testing.T) {
 			{DestinationName: "b", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: "remote"}},
 		}}}
 	plans := resolve.PlanInstance(v, consulview.UnmergeCentralConfig(v, merged))
-	assert.Equal(t, "proxy-defaults", string(plans[0].Source), "merged copies are attributed to proxy-defaults")
+	assert.Equal(t, "proxy-defaults", string(plans[0].Layer), "merged copies are attributed to proxy-defaults")
 	assert.Equal(t, api.MeshGatewayModeLocal, plans[0].Mode)
-	assert.Equal(t, "upstream", string(plans[1].Source), "a value that differs is the upstream's own")
+	assert.Equal(t, "upstream", string(plans[1].Layer), "a value that differs is the upstream's own")
 	assert.Equal(t, api.MeshGatewayModeLocal, merged.Proxy.Upstreams[0].MeshGateway.Mode, "the input is not modified")
 }

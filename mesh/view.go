@@ -269,12 +269,12 @@ type Federation struct {
 	// option); empty means sni.DefaultDomain, "consul".
 	Domain string
 	// Servers are the local datacenter's Consul servers.
-	Servers []Server
+	Servers []ConsulServer
 }
 
-// Server is one Consul server of the local datacenter, as WAN federation
+// ConsulServer is one Consul server of the local datacenter, as WAN federation
 // reaches it.
-type Server struct {
+type ConsulServer struct {
 	// Node is the server's node name: <node>.server.<dc>.<domain> names it.
 	Node string
 	// Address is its server RPC address, "host:port" (the agent's

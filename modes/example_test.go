@@ -17,6 +17,6 @@ func ExampleDecide() {
 	up := api.Upstream{DestinationName: "api", Datacenter: "secondary"}
 
 	d := modes.Decide(modes.ForUpstream(up, proxy, nil, global))
-	fmt.Println(d.Mode, d.Source)
+	fmt.Println(d.Mode, d.Layer)
 	// Output: remote instance
 }

@@ -36,28 +36,29 @@ import (
 	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
-// Source names the layer that decided a mode.
-type Source string
+// Layer names one of the layers that may set a mode, and the one that
+// decided.
+type Layer string
 
 // The layers, as named in output.
 const (
-	SourceUpstream         Source = "upstream"
-	SourceUpstreamOverride Source = "upstream-override"
-	SourceInstance         Source = "instance"
-	SourceUpstreamDefaults Source = "upstream-defaults"
-	SourceServiceDefaults  Source = "service-defaults"
-	SourceProxyDefaults    Source = "proxy-defaults"
-	// SourceDestinationDefaults is the service-defaults of the destination
+	LayerUpstream         Layer = "upstream"
+	LayerUpstreamOverride Layer = "upstream-override"
+	LayerInstance         Layer = "instance"
+	LayerUpstreamDefaults Layer = "upstream-defaults"
+	LayerServiceDefaults  Layer = "service-defaults"
+	LayerProxyDefaults    Layer = "proxy-defaults"
+	// LayerDestinationDefaults is the service-defaults of the destination
 	// service (a discovery chain target's), consulted only when no layer
 	// above sets a mode.
-	SourceDestinationDefaults Source = "destination-defaults"
-	SourceDefault             Source = "default"
+	LayerDestinationDefaults Layer = "destination-defaults"
+	LayerDefault             Layer = "default"
 )
 
 // Precedence lists the layers that can set a mode, highest first.
-func Precedence() []Source {
-	return []Source{SourceUpstream, SourceUpstreamOverride, SourceInstance, SourceUpstreamDefaults, SourceServiceDefaults, SourceProxyDefaults,
-		SourceDestinationDefaults}
+func Precedence() []Layer {
+	return []Layer{LayerUpstream, LayerUpstreamOverride, LayerInstance, LayerUpstreamDefaults, LayerServiceDefaults, LayerProxyDefaults,
+		LayerDestinationDefaults}
 }
 
 // ErrInvalidMode is wrapped by the error for a mode Consul does not know.
@@ -104,21 +105,21 @@ func (l Layers) WithDestination(destination *api.ServiceConfigEntry) Layers {
 }
 
 // Get returns the mode layer s sets.
-func (l Layers) Get(s Source) api.MeshGatewayMode {
+func (l Layers) Get(s Layer) api.MeshGatewayMode {
 	switch s {
-	case SourceUpstream:
+	case LayerUpstream:
 		return l.Upstream
-	case SourceUpstreamOverride:
+	case LayerUpstreamOverride:
 		return l.UpstreamOverride
-	case SourceInstance:
+	case LayerInstance:
 		return l.Instance
-	case SourceUpstreamDefaults:
+	case LayerUpstreamDefaults:
 		return l.UpstreamDefaults
-	case SourceServiceDefaults:
+	case LayerServiceDefaults:
 		return l.ServiceDefaults
-	case SourceProxyDefaults:
+	case LayerProxyDefaults:
 		return l.ProxyDefaults
-	case SourceDestinationDefaults:
+	case LayerDestinationDefaults:
 		return l.Destination
 	}
 	return ""
@@ -137,8 +138,8 @@ func (l Layers) Validate() error {
 
 // Decision is a resolved mode and the layer that decided it.
 type Decision struct {
-	Mode   api.MeshGatewayMode
-	Source Source
+	Mode  api.MeshGatewayMode
+	Layer Layer
 }
 
 // Effective returns the mode as it behaves: "" behaves as "none".
@@ -150,15 +151,15 @@ func (d Decision) Effective() api.MeshGatewayMode {
 }
 
 // Decide returns the mode of the highest layer that sets one, or "" from
-// SourceDefault. It does not validate; call Layers.Validate first where the
+// LayerDefault. It does not validate; call Layers.Validate first where the
 // values come from users.
 func Decide(l Layers) Decision {
 	for _, s := range Precedence() {
 		if m := l.Get(s); m != api.MeshGatewayModeDefault {
-			return Decision{Mode: m, Source: s}
+			return Decision{Mode: m, Layer: s}
 		}
 	}
-	return Decision{Source: SourceDefault}
+	return Decision{Layer: LayerDefault}
 }
 
 // ForUpstream builds the layers for one upstream of a proxy from the consul/api

@@ -19,10 +19,10 @@ func TestDecideEveryCombination(t *testing.T) {
 	var vals [7]int
 	for {
 		l := Layers{allModes[vals[0]], allModes[vals[1]], allModes[vals[2]], allModes[vals[3]], allModes[vals[4]], allModes[vals[5]], allModes[vals[6]]}
-		want := Decision{Source: "default"}
+		want := Decision{Layer: "default"}
 		for i := range vals {
 			if vals[i] != 0 {
-				want = Decision{Mode: allModes[vals[i]], Source: Source(order[i])}
+				want = Decision{Mode: allModes[vals[i]], Layer: Layer(order[i])}
 				break
 			}
 		}
@@ -47,10 +47,10 @@ func TestDecideEveryCombination(t *testing.T) {
 // from the downstream's layers.
 func TestWithDestination(t *testing.T) {
 	l := Layers{ProxyDefaults: ""}.WithDestination(&api.ServiceConfigEntry{Name: "api", MeshGateway: api.MeshGatewayConfig{Mode: "local"}})
-	assert.Equal(t, Decision{Mode: "local", Source: SourceDestinationDefaults}, Decide(l))
+	assert.Equal(t, Decision{Mode: "local", Layer: LayerDestinationDefaults}, Decide(l))
 	l = Layers{ProxyDefaults: "remote"}.WithDestination(&api.ServiceConfigEntry{Name: "api", MeshGateway: api.MeshGatewayConfig{Mode: "local"}})
-	assert.Equal(t, Decision{Mode: "remote", Source: SourceProxyDefaults}, Decide(l), "any downstream layer overrides it")
-	assert.Equal(t, Decision{Source: SourceDefault}, Decide(Layers{Destination: "local"}.WithDestination(nil)), "nil: no destination layer")
+	assert.Equal(t, Decision{Mode: "remote", Layer: LayerProxyDefaults}, Decide(l), "any downstream layer overrides it")
+	assert.Equal(t, Decision{Layer: LayerDefault}, Decide(Layers{Destination: "local"}.WithDestination(nil)), "nil: no destination layer")
 }
 
 func TestEffective(t *testing.T) {

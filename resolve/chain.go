@@ -25,11 +25,11 @@ type Target struct {
 	// Datacenter is where the target is; empty for a peer's.
 	Datacenter string `json:"datacenter,omitempty"`
 	Peer       string `json:"peer,omitempty"`
-	// Mode and Source are the target's mode decision; Route the path it
+	// Mode and Layer are the target's mode decision; Route the path it
 	// gives.
-	Mode   api.MeshGatewayMode `json:"mode"`
-	Source modes.Source        `json:"source"`
-	Route  Path                `json:"route"`
+	Mode  api.MeshGatewayMode `json:"mode"`
+	Layer modes.Layer         `json:"source"`
+	Route Path                `json:"route"`
 	// SNI is the server name the sidecar sends to reach the target.
 	SNI string `json:"sni"`
 	// Dial lists the addresses to try, in order: the target's endpoints or
@@ -66,7 +66,7 @@ func (t Target) String() string {
 // primary target, then each failover target.
 func (p Plan) Chain() []Target {
 	primary := Target{Service: p.Upstream, Subset: p.Subset, Namespace: p.Namespace, Partition: p.Partition,
-		Datacenter: p.Datacenter, Peer: p.Peer, Mode: p.Mode, Source: p.Source, Route: p.Route, SNI: p.SNI,
+		Datacenter: p.Datacenter, Peer: p.Peer, Mode: p.Mode, Layer: p.Layer, Route: p.Route, SNI: p.SNI,
 		Dial: p.Dial, Hops: p.Hops, Healthy: p.Healthy}
 	if p.Target != "" {
 		primary.Service = p.Target
@@ -295,7 +295,7 @@ func failoverOf(v *mesh.View, t chainTarget, r *api.ServiceResolverConfigEntry) 
 func planTarget(v *mesh.View, self string, layers modes.Layers, t chainTarget) (Target, []string) {
 	d := modes.Decide(layers.WithDestination(v.ServiceDefaultsFor(t.service, t.namespace, t.partition)))
 	out := Target{Service: t.service, Subset: t.subset, Namespace: t.namespace, Partition: t.partition,
-		Datacenter: t.datacenter, Peer: t.peer, Mode: d.Mode, Source: d.Source, Dial: []string{}}
+		Datacenter: t.datacenter, Peer: t.peer, Mode: d.Mode, Layer: d.Layer, Dial: []string{}}
 	if t.peer != "" {
 		return out, planPeered(v, &out, d, self)
 	}
@@ -348,7 +348,7 @@ func planPeered(v *mesh.View, t *Target, d modes.Decision, self string) []string
 	peerHop := "gateway peer " + t.Peer
 	switch d.Mode {
 	case api.MeshGatewayModeNone:
-		warnings = append(warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Source))
+		warnings = append(warnings, fmt.Sprintf("mode \"none\" from %s is treated as \"remote\": peered upstreams always cross a mesh gateway", d.Layer))
 		fallthrough
 	case api.MeshGatewayModeDefault, api.MeshGatewayModeRemote:
 		t.Route = PathRemoteGateway

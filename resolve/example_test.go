@@ -31,7 +31,7 @@ topology {
 		return
 	}
 	for _, p := range resolve.PlanAll(src.View()) {
-		fmt.Println(p.Upstream, p.Mode, p.Source, p.Route, p.Dial)
+		fmt.Println(p.Upstream, p.Mode, p.Layer, p.Route, p.Dial)
 		fmt.Println(p.Hops)
 		fmt.Println(p.SNI)
 	}

@@ -80,7 +80,7 @@ func TestFailoverDatacenters(t *testing.T) {
 	assert.Equal(t, []string{"127.0.1.5:8443"}, f.Dial, "the local gateway")
 	assert.Equal(t, []string{"web sidecar", "gateway dc1", "gateway dc2", "api dc2"}, f.Hops)
 	assert.Equal(t, api.MeshGatewayModeLocal, f.Mode)
-	assert.Equal(t, modes.SourceUpstream, f.Source)
+	assert.Equal(t, modes.LayerUpstream, f.Layer)
 	assert.Equal(t, 1, f.Healthy, "api's instances in dc2, whatever the gateway path")
 	assert.Equal(t, 2, plan.Healthy)
 	assert.Contains(t, plan.Resolver, `service-resolver "api": Failover["*"]: 2 failover targets`)
@@ -104,8 +104,8 @@ func TestFailoverTargetsOfASubset(t *testing.T) {
 	plan := resolvetest.Plan(t, src, "web", "web-api")
 	resolvetest.ExpectChain(t, plan, "v1.api dc1 direct", "v1.api dc2 local-gateway", "b.api-backup dc1 direct", "api peer other local-gateway")
 	ch := plan.Chain()
-	for i, want := range []modes.Source{modes.SourceDestinationDefaults, modes.SourceDestinationDefaults, modes.SourceDestinationDefaults, modes.SourceDestinationDefaults} {
-		assert.Equal(t, want, ch[i].Source, ch[i].String())
+	for i, want := range []modes.Layer{modes.LayerDestinationDefaults, modes.LayerDestinationDefaults, modes.LayerDestinationDefaults, modes.LayerDestinationDefaults} {
+		assert.Equal(t, want, ch[i].Layer, ch[i].String())
 	}
 	assert.Equal(t, api.MeshGatewayModeRemote, ch[2].Mode, "api-backup's own service-defaults")
 	assert.Equal(t, "v1.api.default.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul", ch[1].SNI)

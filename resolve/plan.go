@@ -46,10 +46,10 @@ type Plan struct {
 	Partition  string `json:"partition"`
 	Namespace  string `json:"namespace"`
 	Peer       string `json:"peer,omitempty"`
-	// Mode and Source are the mode decision: the value as set ("" when no
+	// Mode and Layer are the mode decision: the value as set ("" when no
 	// layer sets one) and the layer that decided.
-	Mode   api.MeshGatewayMode `json:"mode"`
-	Source modes.Source        `json:"source"`
+	Mode  api.MeshGatewayMode `json:"mode"`
+	Layer modes.Layer         `json:"source"`
 	// Route is the path the mode gives this upstream.
 	Route Path `json:"route"`
 	// SNI is the server name the sidecar sends.
@@ -156,14 +156,14 @@ func PlanUpstream(v *mesh.View, inst mesh.Instance, up api.Upstream) Plan {
 		p.Target = primary.service
 	}
 	p.Subset, p.Namespace, p.Partition, p.Datacenter, p.Peer = t.Subset, t.Namespace, t.Partition, t.Datacenter, t.Peer
-	p.Mode, p.Source, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Source, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
+	p.Mode, p.Layer, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Layer, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
 	failover, note, warnings := failoverOf(v, primary, resolver)
 	if t.Peer == "" && (mesh.Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
 		which := ""
 		if len(failover) > 0 {
 			which = " for the primary target"
 		}
-		p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored%s: %s is in the local datacenter and partition", t.Mode, t.Source, which, p.Upstream))
+		p.Warnings = append(p.Warnings, fmt.Sprintf("mode %q from %s is ignored%s: %s is in the local datacenter and partition", t.Mode, t.Layer, which, p.Upstream))
 	}
 	p.Warnings = append(p.Warnings, warnings...)
 	switch len(failover) {

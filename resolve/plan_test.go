@@ -52,7 +52,7 @@ func TestSeedInstanceRemote(t *testing.T) {
 			assert.Equal(t, "web", p.Service)
 			assert.Equal(t, "api", p.Upstream)
 			assert.Equal(t, api.MeshGatewayModeRemote, p.Mode, f)
-			assert.Equal(t, modes.SourceInstance, p.Source, f)
+			assert.Equal(t, modes.LayerInstance, p.Layer, f)
 			assert.Equal(t, resolve.PathRemoteGateway, p.Route, f)
 			assert.Equal(t, "secondary", p.Datacenter, f)
 			assert.Equal(t, sni.ServiceSNI("api", "", "", "", "secondary", td), p.SNI, f)
@@ -81,7 +81,7 @@ func TestSeedUpstreamModesInLocalDatacenter(t *testing.T) {
 		src := resolvetest.Load(t, config.StaticOptions{}, topology, seed(f))
 		api_ := resolvetest.Plan(t, src, "web", "api")
 		assert.Equal(t, api.MeshGatewayModeRemote, api_.Mode)
-		assert.Equal(t, modes.SourceUpstream, api_.Source)
+		assert.Equal(t, modes.LayerUpstream, api_.Layer)
 		assert.Equal(t, resolve.PathDirect, api_.Route)
 		assert.Equal(t, []string{"127.0.1.10:21000"}, api_.Dial)
 		require.Len(t, api_.Warnings, 1)
@@ -119,7 +119,7 @@ func TestUpstreamModesAcrossDatacenters(t *testing.T) {
 	assert.Equal(t, resolve.PathDirect, none.Route)
 	assert.Empty(t, none.Dial, "logging has no endpoints in secondary")
 
-	assert.Equal(t, modes.SourceDefault, unknown.Source)
+	assert.Equal(t, modes.LayerDefault, unknown.Layer)
 	assert.Equal(t, api.MeshGatewayModeDefault, unknown.Mode)
 	assert.Equal(t, 9, unknown.LocalBindPort)
 	assert.Contains(t, unknown.Warnings, "no addresses known for api nowhere")
@@ -132,38 +132,38 @@ func TestLowerLayersDecide(t *testing.T) {
 		name   string
 		files  map[string]string
 		mode   api.MeshGatewayMode
-		source modes.Source
+		source modes.Layer
 		dial   []string
 	}{
-		{"nothing set: direct to WAN addresses", map[string]string{"web.hcl": webProxy("", up)}, "", modes.SourceDefault, []string{"127.0.2.110:21000"}},
-		{"proxy-defaults (seed)", map[string]string{"web.hcl": webProxy("", up), "g.hcl": mustRead(t, seed("global-local.hcl"))}, "local", modes.SourceProxyDefaults, []string{"127.0.1.5:8443"}},
-		{"service-defaults (seed) over proxy-defaults", map[string]string{"web.hcl": webProxy("", up), "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n", "s.yaml": mustRead(t, seed("web-defaults-local.yaml"))}, "local", modes.SourceServiceDefaults, []string{"127.0.1.5:8443"}},
+		{"nothing set: direct to WAN addresses", map[string]string{"web.hcl": webProxy("", up)}, "", modes.LayerDefault, []string{"127.0.2.110:21000"}},
+		{"proxy-defaults (seed)", map[string]string{"web.hcl": webProxy("", up), "g.hcl": mustRead(t, seed("global-local.hcl"))}, "local", modes.LayerProxyDefaults, []string{"127.0.1.5:8443"}},
+		{"service-defaults (seed) over proxy-defaults", map[string]string{"web.hcl": webProxy("", up), "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n", "s.yaml": mustRead(t, seed("web-defaults-local.yaml"))}, "local", modes.LayerServiceDefaults, []string{"127.0.1.5:8443"}},
 		{"upstream-defaults over service-defaults", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
 Name = "web"
 MeshGateway { Mode = "local" }
-UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "remote", modes.SourceUpstreamDefaults, []string{"127.0.2.105:8443"}},
+UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "remote", modes.LayerUpstreamDefaults, []string{"127.0.2.105:8443"}},
 		{"instance over upstream-defaults", map[string]string{"web.hcl": webProxy("none", up), "s.hcl": `Kind = "service-defaults"
 Name = "web"
-UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "none", modes.SourceInstance, []string{"127.0.2.110:21000"}},
+UpstreamConfig { Defaults { MeshGateway { Mode = "remote" } } }`}, "none", modes.LayerInstance, []string{"127.0.2.110:21000"}},
 		{"upstream-override over instance", map[string]string{"web.hcl": webProxy("none", up), "s.hcl": `Kind = "service-defaults"
 Name = "web"
-UpstreamConfig { Overrides = [{ Name = "api", MeshGateway { Mode = "local" } }] }`}, "local", modes.SourceUpstreamOverride, []string{"127.0.1.5:8443"}},
+UpstreamConfig { Overrides = [{ Name = "api", MeshGateway { Mode = "local" } }] }`}, "local", modes.LayerUpstreamOverride, []string{"127.0.1.5:8443"}},
 		// Consul's discovery chain compiler gives each target its own
 		// service's mode when the downstream sets none (the agent's
 		// /v1/discovery-chain/api says "local" here).
 		{"the destination's service-defaults when nothing else sets a mode", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
 Name = "api"
-MeshGateway { Mode = "local" }`}, "local", modes.SourceDestinationDefaults, []string{"127.0.1.5:8443"}},
+MeshGateway { Mode = "local" }`}, "local", modes.LayerDestinationDefaults, []string{"127.0.1.5:8443"}},
 		{"any downstream layer over the destination's service-defaults", map[string]string{"web.hcl": webProxy("", up), "s.hcl": `Kind = "service-defaults"
 Name = "api"
-MeshGateway { Mode = "local" }`, "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n"}, "remote", modes.SourceProxyDefaults, []string{"127.0.2.105:8443"}},
+MeshGateway { Mode = "local" }`, "g.yaml": "Kind: proxy-defaults\nName: global\nMeshGateway: {Mode: remote}\n"}, "remote", modes.LayerProxyDefaults, []string{"127.0.2.105:8443"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			src := resolvetest.Load(t, config.StaticOptions{}, topology, resolvetest.Dir(t, c.files))
 			p := resolvetest.Plan(t, src, "web", "api")
 			assert.Equal(t, c.mode, p.Mode)
-			assert.Equal(t, c.source, p.Source)
+			assert.Equal(t, c.source, p.Layer)
 			assert.Equal(t, c.dial, p.Dial)
 		})
 	}

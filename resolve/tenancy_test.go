@@ -88,9 +88,9 @@ func TestEntriesOfEachNamespace(t *testing.T) {
       { destination_name = "api", destination_namespace = "team", local_bind_port = 3 }`)}
 	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
 	plan := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Namespace: "default", Datacenter: "dc2"})
-	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceDestinationDefaults, Route: resolve.PathLocalGateway})
+	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Layer: modes.LayerDestinationDefaults, Route: resolve.PathLocalGateway})
 	plan = resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Namespace: "team", Datacenter: "dc2"})
-	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeRemote, Source: modes.SourceDestinationDefaults, Route: resolve.PathRemoteGateway,
+	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeRemote, Layer: modes.LayerDestinationDefaults, Route: resolve.PathRemoteGateway,
 		Subset: "v1", SNI: "v1.api.team.dc2.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"})
 	plan = resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Namespace: "team", Datacenter: "dc1"})
 	resolvetest.Expect(t, plan, resolvetest.Want{Subset: "v1", Dial: []string{"127.0.1.31:21000"}})
@@ -99,10 +99,10 @@ func TestEntriesOfEachNamespace(t *testing.T) {
 	files["web-team-sd.hcl"] = "Kind = \"service-defaults\"\nName = \"web\"\nNamespace = \"team\"\nMeshGateway { Mode = \"remote\" }\n"
 	files["web.hcl"] = webProxy("", `{ destination_name = "api", datacenter = "dc2" }`)
 	src = resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
-	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceDestinationDefaults})
+	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeLocal, Layer: modes.LayerDestinationDefaults})
 	files["web.hcl"] = proxyIn("team", `{ destination_name = "api", destination_namespace = "default", datacenter = "dc2" }`)
 	src = resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
-	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeRemote, Source: modes.SourceServiceDefaults})
+	resolvetest.Expect(t, resolvetest.Plan(t, src, "web", "api"), resolvetest.Want{Mode: api.MeshGatewayModeRemote, Layer: modes.LayerServiceDefaults})
 
 	// The gateway: team's api goes to its default subset, default's to
 	// every instance.

@@ -79,7 +79,7 @@ func (r *FederationRouter) Route(ctx context.Context, hello *sni.ClientHello) (g
 	if v.Federation != nil && v.Federation.Domain != "" {
 		domain = v.Federation.Domain
 	}
-	name, ok := sni.ServerNameOf(hello.ServerName, domain)
+	name, ok := sni.ServerSNIOf(hello.ServerName, domain)
 	if !ok {
 		return r.nextRouter().Route(ctx, hello)
 	}
@@ -119,7 +119,7 @@ func (r *FederationRouter) toAllServers(v *mesh.View, serverName string) (gatewa
 
 // toDatacenter routes any server name of another datacenter to that
 // datacenter's mesh gateways, by WAN address.
-func (r *FederationRouter) toDatacenter(v *mesh.View, name sni.ServerName, serverName string) (gateway.Route, error) {
+func (r *FederationRouter) toDatacenter(v *mesh.View, name sni.ConsulServer, serverName string) (gateway.Route, error) {
 	dc := strings.ToLower(name.Datacenter)
 	eps := v.GatewaysIn(mesh.Location{Datacenter: dc, Partition: tenancy.Default})
 	targets := make([]string, 0, len(eps))

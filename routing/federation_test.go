@@ -84,7 +84,7 @@ func TestServerNamesAreRefusedWithoutFederation(t *testing.T) {
 	// The same names route once the view takes part.
 	src, err = config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
 		Gateways:   map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2"}: {{WAN: "127.0.2.105:8443"}}},
-		Federation: &mesh.Federation{Servers: []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
+		Federation: &mesh.Federation{Servers: []mesh.ConsulServer{{Node: "s1", Address: "127.0.1.2:8300"}}}})
 	require.NoError(t, err)
 	r = &routing.FederationRouter{Source: src}
 	for name, want := range map[string]string{"server.dc1.consul": "127.0.1.2:8300", "s1.server.dc1.consul": "127.0.1.2:8300", "server.dc2.consul": "127.0.2.105:8443"} {
@@ -96,7 +96,7 @@ func TestServerNamesAreRefusedWithoutFederation(t *testing.T) {
 
 func TestOwnDomain(t *testing.T) {
 	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
-		Federation: &mesh.Federation{Domain: "Mesh.Example.COM.", Servers: []mesh.Server{{Node: "s1", Address: "127.0.1.2:8300"}}}})
+		Federation: &mesh.Federation{Domain: "Mesh.Example.COM.", Servers: []mesh.ConsulServer{{Node: "s1", Address: "127.0.1.2:8300"}}}})
 	require.NoError(t, err)
 	r := &routing.FederationRouter{Source: src}
 	got, reason := fedRoute(r, "s1.server.dc1.mesh.example.com")

@@ -67,11 +67,11 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	// through, then counts what one more connection crosses: the gateways
 	// count a connection when it closes, so the earlier ones are let close
 	// first.
-	dial := func(t *testing.T, up api.Upstream, route resolve.Path, source modes.Source, through1, through2 bool) {
+	dial := func(t *testing.T, up api.Upstream, route resolve.Path, source modes.Layer, through1, through2 bool) {
 		t.Helper()
 		consultest.WaitFor(t, eventually, "the plan for "+string(route)+" to be dialled", func() bool {
 			plan := d.Plan(up)
-			if plan.Route != route || plan.Source != source {
+			if plan.Route != route || plan.Layer != source {
 				return false
 			}
 			c, _, err := d.Dial(context.Background(), up)
@@ -85,7 +85,7 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 		c, plan, err := d.Dial(context.Background(), up)
 		require.NoError(t, err)
 		assert.Equal(t, route, plan.Route)
-		assert.Equal(t, source, plan.Source)
+		assert.Equal(t, source, plan.Layer)
 		echoes(t, c)
 		c.Close()
 		if through1 {
@@ -105,21 +105,21 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 		return api.Upstream{DestinationName: "api", Datacenter: "dc2", MeshGateway: api.MeshGatewayConfig{Mode: mode}}
 	}
 	// The upstream's own mode.
-	dial(t, up(api.MeshGatewayModeNone), resolve.PathDirect, modes.SourceUpstream, false, false)
-	dial(t, up(api.MeshGatewayModeLocal), resolve.PathLocalGateway, modes.SourceUpstream, true, true)
-	dial(t, up(api.MeshGatewayModeRemote), resolve.PathRemoteGateway, modes.SourceUpstream, false, true)
+	dial(t, up(api.MeshGatewayModeNone), resolve.PathDirect, modes.LayerUpstream, false, false)
+	dial(t, up(api.MeshGatewayModeLocal), resolve.PathLocalGateway, modes.LayerUpstream, true, true)
+	dial(t, up(api.MeshGatewayModeRemote), resolve.PathRemoteGateway, modes.LayerUpstream, false, true)
 
 	// The lower layers, changed live.
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ProxyConfigEntry{Kind: api.ProxyDefaults, Name: api.ProxyConfigGlobal,
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeRemote}}, nil)
 	require.NoError(t, err)
-	dial(t, up(""), resolve.PathRemoteGateway, modes.SourceProxyDefaults, false, true)
+	dial(t, up(""), resolve.PathRemoteGateway, modes.LayerProxyDefaults, false, true)
 	_, _, err = dc1.Client.ConfigEntries().Set(&api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "web",
 		MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeLocal}}, nil)
 	require.NoError(t, err)
-	dial(t, up(""), resolve.PathLocalGateway, modes.SourceServiceDefaults, true, true)
+	dial(t, up(""), resolve.PathLocalGateway, modes.LayerServiceDefaults, true, true)
 	d.Instance.Proxy = &api.AgentServiceConnectProxyConfig{MeshGateway: api.MeshGatewayConfig{Mode: api.MeshGatewayModeNone}}
-	dial(t, up(""), resolve.PathDirect, modes.SourceInstance, false, false)
+	dial(t, up(""), resolve.PathDirect, modes.LayerInstance, false, false)
 
 	// cache in dc2 presents api's certificate: refused, whatever the path.
 	meshtest.ServeNative(t, dc2, "cache", meshtest.WatchCerts(t, dc2, "api"))

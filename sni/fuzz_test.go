@@ -58,20 +58,20 @@ func FuzzParseName(f *testing.F) {
 	})
 }
 
-// FuzzParseServerName checks that every name ParseServerName accepts is
+// FuzzParseServerSNI checks that every name ParseServerSNI accepts is
 // rebuilt exactly, and that none of them is also a name of the trust domain.
-func FuzzParseServerName(f *testing.F) {
+func FuzzParseServerSNI(f *testing.F) {
 	for _, s := range []string{"server.dc1.consul", "node-dc1.server.dc1.consul", "a.b.server.dc2.consul",
 		"server.dc1.peering." + td, "api.default.dc1.internal." + td, "..server.dc1.consul"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		n, err := ParseServerName(name, "consul")
+		n, err := ParseServerSNI(name, "consul")
 		if err != nil {
 			return
 		}
 		if got := n.String(); got != name {
-			t.Fatalf("ParseServerName(%q) = %+v, which rebuilds as %q", name, n, got)
+			t.Fatalf("ParseServerSNI(%q) = %+v, which rebuilds as %q", name, n, got)
 		}
 		if _, err := ParseName(name, td); err == nil {
 			t.Fatalf("%q parses both as a server name and as a name of trust domain %q", name, td)

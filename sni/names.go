@@ -180,17 +180,17 @@ func ServerSNI(datacenter, nodeName, domain string) string {
 	return join(nodeName, labelServer, datacenter, domain)
 }
 
-// ErrNotServerName is wrapped by ParseServerName's errors, with the name and
+// ErrNotServerSNI is wrapped by ParseServerSNI's errors, with the name and
 // what is wrong with it.
-var ErrNotServerName = errors.New("sni: not a Consul server name")
+var ErrNotServerSNI = errors.New("sni: not a Consul server name")
 
-// ServerName is a Consul server name for WAN federation through mesh
+// ConsulServer is a Consul server name for WAN federation through mesh
 // gateways, split into its parts: server.<datacenter>.<domain> addresses any
 // server of the datacenter, <node>.server.<datacenter>.<domain> one of them.
 // Consul's servers dial each other across datacenters with these names
 // (with ALPN protocols such as "consul/rpc-multi" and
 // "consul/wan-gossip/stream"), and their certificates carry them.
-type ServerName struct {
+type ConsulServer struct {
 	// Node is the server's node name, empty for any server; it may have
 	// dots ("ip-10-0-1-2.ec2.internal"), as Consul's node names may.
 	Node string
@@ -201,9 +201,9 @@ type ServerName struct {
 }
 
 // String rebuilds the name with ServerSNI.
-func (n ServerName) String() string { return ServerSNI(n.Datacenter, n.Node, n.Domain) }
+func (n ConsulServer) String() string { return ServerSNI(n.Datacenter, n.Node, n.Domain) }
 
-// ParseServerName splits a Consul server name in the DNS domain domain
+// ParseServerSNI splits a Consul server name in the DNS domain domain
 // (empty means DefaultDomain; a trailing dot is dropped) into its parts. It
 // is the exact inverse of ServerSNI for labels without dots in the
 // datacenter and non-empty labels everywhere: the last label before the
@@ -212,29 +212,29 @@ func (n ServerName) String() string { return ServerSNI(n.Datacenter, n.Node, n.D
 // without regard to ASCII case.
 //
 // A name that is not of that form (a service's SNI, a peering server name,
-// a name of another domain) fails with an error wrapping ErrNotServerName
-// that names it. ParseServerName does not allocate on success.
-func ParseServerName(name, domain string) (ServerName, error) {
-	n, why := parseServerName(name, domain)
+// a name of another domain) fails with an error wrapping ErrNotServerSNI
+// that names it. ParseServerSNI does not allocate on success.
+func ParseServerSNI(name, domain string) (ConsulServer, error) {
+	n, why := parseServerSNI(name, domain)
 	if why == whyNotDomain {
 		why += " " + strconv.Quote(strings.TrimSuffix(domainOr(domain), "."))
 	}
 	if why != "" {
-		return ServerName{}, fmt.Errorf("%w %q: %s", ErrNotServerName, name, why)
+		return ConsulServer{}, fmt.Errorf("%w %q: %s", ErrNotServerSNI, name, why)
 	}
 	return n, nil
 }
 
-// ServerNameOf is ParseServerName for a router, which asks it of every
+// ServerSNIOf is ParseServerSNI for a router, which asks it of every
 // name it sees: it reports whether name is a Consul server name without
 // saying why not, and so never allocates.
-func ServerNameOf(name, domain string) (ServerName, bool) {
-	n, why := parseServerName(name, domain)
+func ServerSNIOf(name, domain string) (ConsulServer, bool) {
+	n, why := parseServerSNI(name, domain)
 	return n, why == ""
 }
 
-// whyNotDomain is parseServerName's reason for a name of another domain,
-// which ParseServerName completes with the domain.
+// whyNotDomain is parseServerSNI's reason for a name of another domain,
+// which ParseServerSNI completes with the domain.
 const whyNotDomain = "it does not end in domain"
 
 // domainOr is domain, or DefaultDomain when it is empty or ".".
@@ -245,37 +245,37 @@ func domainOr(domain string) string {
 	return domain
 }
 
-// parseServerName is ParseServerName's work; why says what is wrong, or is
+// parseServerSNI is ParseServerSNI's work; why says what is wrong, or is
 // empty. It does not allocate.
-func parseServerName(name, domain string) (_ ServerName, why string) {
+func parseServerSNI(name, domain string) (_ ConsulServer, why string) {
 	domain = strings.TrimSuffix(domainOr(domain), ".")
 	rest, ok := cutSuffixFold(name, domain)
 	if ok {
 		rest, ok = strings.CutSuffix(rest, ".")
 	}
 	if !ok {
-		return ServerName{}, whyNotDomain
+		return ConsulServer{}, whyNotDomain
 	}
 	i := strings.LastIndexByte(rest, '.')
 	dc := rest[i+1:]
 	if i < 0 || dc == "" {
-		return ServerName{}, "want server.<datacenter> before the domain"
+		return ConsulServer{}, "want server.<datacenter> before the domain"
 	}
 	rest = rest[:i]
 	node, ok := strings.CutSuffix(rest, "."+labelServer)
 	if !ok {
 		if rest != labelServer {
-			return ServerName{}, "want server.<datacenter> before the domain"
+			return ConsulServer{}, "want server.<datacenter> before the domain"
 		}
 		node = ""
 	} else if node == "" || strings.HasPrefix(node, ".") || strings.HasSuffix(node, ".") || strings.Contains(node, "..") {
-		return ServerName{}, "empty label in the node name"
+		return ConsulServer{}, "empty label in the node name"
 	} else if node == "*" {
 		// ServerSNI writes any server as server.<datacenter>, never with
 		// a "*" node, and a wildcard is no name a client sends.
-		return ServerName{}, `node name "*": any server is server.<datacenter>`
+		return ConsulServer{}, `node name "*": any server is server.<datacenter>`
 	}
-	return ServerName{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, ""
+	return ConsulServer{Node: node, Datacenter: dc, Domain: name[len(name)-len(domain):]}, ""
 }
 
 // ParseName splits a Consul SNI name of trustDomain into its parts. It is the

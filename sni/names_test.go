@@ -165,28 +165,28 @@ func TestParseNameAllocations(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
-func TestParseServerNameExamples(t *testing.T) {
+func TestParseServerSNIExamples(t *testing.T) {
 	cases := []struct {
 		in, domain string
-		want       ServerName
+		want       ConsulServer
 	}{
-		{"server.dc1.consul", "consul", ServerName{Datacenter: "dc1", Domain: "consul"}},
-		{"server.dc1.consul", "", ServerName{Datacenter: "dc1", Domain: "consul"}},
-		{"node-dc1.server.dc1.consul", "consul.", ServerName{Node: "node-dc1", Datacenter: "dc1", Domain: "consul"}},
-		{"ip-10-0-1-2.ec2.internal.server.us-east-1.consul", "consul", ServerName{Node: "ip-10-0-1-2.ec2.internal", Datacenter: "us-east-1", Domain: "consul"}},
-		{"s1.server.dc2.mesh.example.com", "mesh.example.com", ServerName{Node: "s1", Datacenter: "dc2", Domain: "mesh.example.com"}},
-		{"server.server.server.consul", "consul", ServerName{Node: "server", Datacenter: "server", Domain: "consul"}},
-		{"s1.server.dc1.CONSUL", "consul", ServerName{Node: "s1", Datacenter: "dc1", Domain: "CONSUL"}},
+		{"server.dc1.consul", "consul", ConsulServer{Datacenter: "dc1", Domain: "consul"}},
+		{"server.dc1.consul", "", ConsulServer{Datacenter: "dc1", Domain: "consul"}},
+		{"node-dc1.server.dc1.consul", "consul.", ConsulServer{Node: "node-dc1", Datacenter: "dc1", Domain: "consul"}},
+		{"ip-10-0-1-2.ec2.internal.server.us-east-1.consul", "consul", ConsulServer{Node: "ip-10-0-1-2.ec2.internal", Datacenter: "us-east-1", Domain: "consul"}},
+		{"s1.server.dc2.mesh.example.com", "mesh.example.com", ConsulServer{Node: "s1", Datacenter: "dc2", Domain: "mesh.example.com"}},
+		{"server.server.server.consul", "consul", ConsulServer{Node: "server", Datacenter: "server", Domain: "consul"}},
+		{"s1.server.dc1.CONSUL", "consul", ConsulServer{Node: "s1", Datacenter: "dc1", Domain: "CONSUL"}},
 	}
 	for _, c := range cases {
-		got, err := ParseServerName(c.in, c.domain)
+		got, err := ParseServerSNI(c.in, c.domain)
 		require.NoError(t, err, c.in)
 		assert.Equal(t, c.want, got, c.in)
 		assert.Equal(t, c.in, got.String(), c.in)
 	}
 }
 
-func TestParseServerNameRefusesOtherNames(t *testing.T) {
+func TestParseServerSNIRefusesOtherNames(t *testing.T) {
 	cases := []struct{ in, mention string }{
 		{"api.default.dc1.internal." + td, "server.<datacenter>"},
 		{"server.dc1.peering." + td, "server.<datacenter>"},
@@ -204,14 +204,14 @@ func TestParseServerNameRefusesOtherNames(t *testing.T) {
 		{"*.server.dc1.consul", `node name "*"`},
 	}
 	for _, c := range cases {
-		_, err := ParseServerName(c.in, "consul")
-		require.ErrorIs(t, err, ErrNotServerName, c.in)
+		_, err := ParseServerSNI(c.in, "consul")
+		require.ErrorIs(t, err, ErrNotServerSNI, c.in)
 		assert.Contains(t, err.Error(), c.mention, c.in)
 		assert.Contains(t, err.Error(), c.in, "the error names the value")
 	}
 }
 
-func TestServerNameRoundTripProperty(t *testing.T) {
+func TestServerSNIRoundTripProperty(t *testing.T) {
 	err := quick.Check(func(node1, node2, dc label, withNode, dotted bool) bool {
 		node := ""
 		if withNode {
@@ -220,34 +220,34 @@ func TestServerNameRoundTripProperty(t *testing.T) {
 				node += "." + string(node2)
 			}
 		}
-		n, err := ParseServerName(ServerSNI(string(dc), node, "consul"), "consul")
-		return err == nil && n == ServerName{Node: node, Datacenter: string(dc), Domain: "consul"}
+		n, err := ParseServerSNI(ServerSNI(string(dc), node, "consul"), "consul")
+		return err == nil && n == ConsulServer{Node: node, Datacenter: string(dc), Domain: "consul"}
 	}, &quick.Config{MaxCount: 2000})
 	require.NoError(t, err)
 	assert.Equal(t, "server.dc1.consul", ServerSNI("dc1", "*", ""), `"*" is any server, as in Consul`)
 }
 
-func TestParseServerNameAllocations(t *testing.T) {
+func TestParseServerSNIAllocations(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() {
-		if _, err := ParseServerName("node-dc1.server.dc1.consul", "consul"); err != nil {
+		if _, err := ParseServerSNI("node-dc1.server.dc1.consul", "consul"); err != nil {
 			t.Fatal(err)
 		}
 	})
 	assert.Zero(t, allocs)
 }
 
-// A router asks ServerNameOf of every name it sees, most of them services'
-// names: it answers without allocating either way, and as ParseServerName
+// A router asks ServerSNIOf of every name it sees, most of them services'
+// names: it answers without allocating either way, and as ParseServerSNI
 // does.
-func TestServerNameOfAgreesAndDoesNotAllocate(t *testing.T) {
+func TestServerSNIOfAgreesAndDoesNotAllocate(t *testing.T) {
 	names := []string{"node-dc1.server.dc1.consul", "server.dc2.consul", "api.default.dc1.internal." + td,
 		"server.dc1.peering." + td, "example.com", "*.server.dc1.consul", ".server.dc1.consul", "SERVER.DC1.CONSUL"}
 	for _, name := range names {
-		want, err := ParseServerName(name, "consul")
-		got, ok := ServerNameOf(name, "consul")
+		want, err := ParseServerSNI(name, "consul")
+		got, ok := ServerSNIOf(name, "consul")
 		assert.Equal(t, err == nil, ok, name)
 		assert.Equal(t, want, got, name)
-		allocs := testing.AllocsPerRun(100, func() { ServerNameOf(name, "consul") })
+		allocs := testing.AllocsPerRun(100, func() { ServerSNIOf(name, "consul") })
 		assert.Zero(t, allocs, name)
 	}
 }

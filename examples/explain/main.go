@@ -188,7 +188,7 @@ func row(tw io.Writer, service, upstream string, t resolve.Target, warnings stri
 	if mode == "" {
 		mode = `""`
 	}
-	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(service), upstream, where, mode, t.Source, t.Route, t.Healthy,
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(service), upstream, where, mode, t.Layer, t.Route, t.Healthy,
 		orDash(strings.Join(t.Dial, ",")), strings.Join(t.Hops, " -> "), orDash(warnings))
 }
 

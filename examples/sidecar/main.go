@@ -544,14 +544,14 @@ func (s *server) inbound(ctx context.Context, c *tls.Conn) {
 // logDecision logs an upstream's mode, deciding layer and path the first
 // time, and whenever they change.
 func (s *server) logDecision(port int, p resolve.Plan) {
-	decision := fmt.Sprintf("%s/%s/%s/%v/%v", p.Mode, p.Source, p.Route, p.Hops, chainOf(p))
+	decision := fmt.Sprintf("%s/%s/%s/%v/%v", p.Mode, p.Layer, p.Route, p.Hops, chainOf(p))
 	s.mu.Lock()
 	changed := s.logged[port] != decision
 	s.logged[port] = decision
 	s.mu.Unlock()
 	if changed {
 		attrs := []any{"upstream", p.Upstream, "datacenter", p.Datacenter, "peer", p.Peer,
-			"mode", string(p.Mode), "decided_by", string(p.Source), "route", string(p.Route), "sni", p.SNI, "hops", fmt.Sprint(p.Hops)}
+			"mode", string(p.Mode), "decided_by", string(p.Layer), "route", string(p.Route), "sni", p.SNI, "hops", fmt.Sprint(p.Hops)}
 		if len(p.Failover) > 0 {
 			attrs = append(attrs, "chain", strings.Join(chainOf(p), ", "))
 		}

@@ -22,7 +22,7 @@ var consulDir = filepath.Join("..", "testdata", "failover") // your config direc
 func TestWebReachesAPIThroughTheLocalGateway(t *testing.T) {
 	src := resolvetest.Load(t, config.StaticOptions{}, consulDir)
 	plan := resolvetest.Plan(t, src, "web", "api")
-	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Source: modes.SourceUpstream})
+	resolvetest.Expect(t, plan, resolvetest.Want{Mode: api.MeshGatewayModeLocal, Layer: modes.LayerUpstream})
 	resolvetest.ExpectChain(t, plan, "api dc1 direct", "api dc2 local-gateway")
 }
 
@@ -55,6 +55,6 @@ func TestWantNoMode(t *testing.T) {
 		t.Error("a plan whose upstream sets a mode passed NoMode")
 	}
 	unset := set
-	unset.Mode, unset.Source = "", modes.SourceDefault
+	unset.Mode, unset.Layer = "", modes.LayerDefault
 	resolvetest.Expect(t, unset, resolvetest.Want{NoMode: true})
 }

@@ -3,7 +3,7 @@
 //
 //	src := resolvetest.Load(t, config.StaticOptions{TrustDomain: td}, "consul/")
 //	plan := resolvetest.Plan(t, src, "web", "api")
-//	resolvetest.Expect(t, plan, resolvetest.Want{Route: resolve.PathLocalGateway, Source: modes.SourceProxyDefaults})
+//	resolvetest.Expect(t, plan, resolvetest.Want{Route: resolve.PathLocalGateway, Layer: modes.LayerProxyDefaults})
 //
 // When a service has the same upstream name more than once (two datacenters,
 // a peer), PlanTo chooses it by where it is:
@@ -121,10 +121,10 @@ func describe(p resolve.Plan) string {
 // is checked when it is not nil (an empty, non-nil Dial expects none).
 type Want struct {
 	// Mode is the mode as set; NoMode expects none set at any layer (Mode
-	// "", from the "default" source), which Mode cannot say.
+	// "", from the "default" layer), which Mode cannot say.
 	Mode   api.MeshGatewayMode
 	NoMode bool
-	Source modes.Source
+	Layer  modes.Layer
 	Route  resolve.Path
 	SNI    string
 	Dial   []string
@@ -143,10 +143,10 @@ func Expect(tb testing.TB, plan resolve.Plan, want Want) {
 		}
 	}
 	check("mode", plan.Mode, want.Mode, want.Mode != "")
-	if want.NoMode && (plan.Mode != "" || plan.Source != modes.SourceDefault) {
-		diffs = append(diffs, fmt.Sprintf("  mode: got %q from %s, want none set", plan.Mode, plan.Source))
+	if want.NoMode && (plan.Mode != "" || plan.Layer != modes.LayerDefault) {
+		diffs = append(diffs, fmt.Sprintf("  mode: got %q from %s, want none set", plan.Mode, plan.Layer))
 	}
-	check("source (the deciding layer)", plan.Source, want.Source, want.Source != "")
+	check("source (the deciding layer)", plan.Layer, want.Layer, want.Layer != "")
 	check("route", plan.Route, want.Route, want.Route != "")
 	check("sni", plan.SNI, want.SNI, want.SNI != "")
 	check("dial", plan.Dial, want.Dial, want.Dial != nil)

@@ -112,7 +112,7 @@ topology {
 
 	// Expect: one line per field that differs.
 	plan := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "api", Datacenter: "dc2"})
-	resolvetest.Expect(t, plan, resolvetest.Want{Source: modes.SourceDefault, Route: resolve.PathDirect,
+	resolvetest.Expect(t, plan, resolvetest.Want{Layer: modes.LayerDefault, Route: resolve.PathDirect,
 		SNI: "api.default.dc2.internal." + td, Dial: []string{}})
 	msg = check(t, func(tb testing.TB) {
 		resolvetest.Expect(tb, plan, resolvetest.Want{Route: resolve.PathLocalGateway, SNI: "api.default.dc2.internal." + td, Dial: []string{"192.0.2.2:8443"}})
