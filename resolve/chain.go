@@ -63,13 +63,12 @@ func (t Target) String() string {
 }
 
 // Chain returns the plan's targets in the order a dialer tries them: the
-// primary target, then each failover target.
+// primary target (its Service Upstream when the plan leaves it empty),
+// then each failover target.
 func (p Plan) Chain() []Target {
-	primary := Target{Service: p.Upstream, Subset: p.Subset, Namespace: p.Namespace, Partition: p.Partition,
-		Datacenter: p.Datacenter, Peer: p.Peer, Mode: p.Mode, Layer: p.Layer, Route: p.Route, SNI: p.SNI,
-		Dial: p.Dial, Hops: p.Hops, Healthy: p.Healthy}
-	if p.Target != "" {
-		primary.Service = p.Target
+	primary := p.Target
+	if primary.Service == "" {
+		primary.Service = p.Upstream
 	}
 	return append([]Target{primary}, p.Failover...)
 }

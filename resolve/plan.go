@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -26,58 +27,80 @@ const (
 	PathRemoteGateway Path = "remote-gateway"
 )
 
-// Plan is where one upstream's bytes go, and why.
+// Plan is where one upstream's bytes go, and why: its primary target (the
+// embedded Target: the service the upstream resolves to, where it is, its
+// mode decision and path) and its failover targets, with what a careful
+// operator should know.
 type Plan struct {
-	// Service is the downstream service; Proxy its proxy's name.
-	Service string `json:"service"`
-	Proxy   string `json:"proxy"`
+	// Service is the downstream service; Proxy its proxy's name. (The
+	// destination service is Target.Service.)
+	Service string
+	Proxy   string
 	// Upstream is the destination service's name, as the upstream names it.
-	Upstream string `json:"upstream"`
-	// Target is the service the upstream resolves to when a
-	// service-resolver redirects it elsewhere; empty otherwise. Subset is
-	// the resolver subset the SNI names (an explicit one or DefaultSubset).
-	// Resolver says which service-resolvers decided them.
-	Target   string   `json:"target,omitempty"`
-	Subset   string   `json:"subset,omitempty"`
-	Resolver []string `json:"resolver,omitempty"`
-	// Datacenter and Partition are where the destination is; for a peered
-	// upstream Datacenter is empty and Peer names the peer.
-	Datacenter string `json:"datacenter"`
-	Partition  string `json:"partition"`
-	Namespace  string `json:"namespace"`
-	Peer       string `json:"peer,omitempty"`
-	// Mode and Layer are the mode decision: the value as set ("" when no
-	// layer sets one) and the layer that decided.
-	Mode  api.MeshGatewayMode `json:"mode"`
-	Layer modes.Layer         `json:"source"`
-	// Route is the path the mode gives this upstream.
-	Route Path `json:"route"`
-	// SNI is the server name the sidecar sends.
-	SNI string `json:"sni"`
-	// Dial lists the addresses to try, in order; empty when the view does not
-	// know them.
-	Dial []string `json:"dial"`
-	// Hops describes the path, such as ["web sidecar", "gateway dc1",
-	// "gateway dc2", "api dc2"].
-	Hops []string `json:"hops"`
+	Upstream string
+	// Target is the primary target: Target.Service is Upstream unless a
+	// service-resolver redirects it elsewhere (empty means Upstream), and Target.Subset the
+	// resolver subset the SNI names (an explicit one or DefaultSubset). For
+	// a peered upstream Target.Datacenter is empty and Target.Peer names
+	// the peer. Target.Healthy counts the primary target's healthy
+	// instances the view knows of.
+	Target
+	// Resolver says which service-resolvers decided the targets.
+	Resolver []string
 	// Warnings says what a careful operator should know.
-	Warnings []string `json:"warnings"`
+	Warnings []string
 	// LocalBindPort is the upstream's local listener port.
-	LocalBindPort int `json:"local_bind_port,omitempty"`
-	// Healthy counts the primary target's healthy instances the view knows
-	// of (see Target.Healthy).
-	Healthy int `json:"healthy"`
+	LocalBindPort int
 	// Failover lists the failover targets in order (a service-resolver's
 	// Failover, or a sameness group's members), each with its own mode and
 	// path; empty when there are none. A dialer (sidecar.Dialer) takes the
 	// first target of Chain() with healthy instances, and the next when its
 	// dials fail.
-	Failover []Target `json:"failover,omitempty"`
+	Failover []Target
 	// Served and PassedOver are set by a dialer: the index in Chain() of the
 	// target that carried the connection, and why each target before it was
 	// passed over.
-	Served     int      `json:"served,omitempty"`
-	PassedOver []string `json:"passed_over,omitempty"`
+	Served     int
+	PassedOver []string
+}
+
+// Redirected reports whether a service-resolver sent the upstream to
+// another service (Target.Service is set and is not Upstream).
+func (p Plan) Redirected() bool { return p.Target.Service != "" && p.Target.Service != p.Upstream }
+
+// MarshalJSON writes the plan as one flat object, as examples/explain
+// prints it: the primary target's fields beside the plan's, "target" the
+// service a service-resolver redirected the upstream to (absent when none).
+func (p Plan) MarshalJSON() ([]byte, error) {
+	redirected := ""
+	if p.Redirected() {
+		redirected = p.Target.Service
+	}
+	return json.Marshal(struct {
+		Service       string              `json:"service"`
+		Proxy         string              `json:"proxy"`
+		Upstream      string              `json:"upstream"`
+		Target        string              `json:"target,omitempty"`
+		Subset        string              `json:"subset,omitempty"`
+		Resolver      []string            `json:"resolver,omitempty"`
+		Datacenter    string              `json:"datacenter"`
+		Partition     string              `json:"partition"`
+		Namespace     string              `json:"namespace"`
+		Peer          string              `json:"peer,omitempty"`
+		Mode          api.MeshGatewayMode `json:"mode"`
+		Layer         modes.Layer         `json:"source"`
+		Route         Path                `json:"route"`
+		SNI           string              `json:"sni"`
+		Dial          []string            `json:"dial"`
+		Hops          []string            `json:"hops"`
+		Warnings      []string            `json:"warnings"`
+		LocalBindPort int                 `json:"local_bind_port,omitempty"`
+		Healthy       int                 `json:"healthy"`
+		Failover      []Target            `json:"failover,omitempty"`
+		Served        int                 `json:"served,omitempty"`
+		PassedOver    []string            `json:"passed_over,omitempty"`
+	}{p.Service, p.Proxy, p.Upstream, redirected, p.Subset, p.Resolver, p.Datacenter, p.Partition, p.Namespace, p.Peer,
+		p.Mode, p.Layer, p.Route, p.SNI, p.Dial, p.Hops, p.Warnings, p.LocalBindPort, p.Healthy, p.Failover, p.Served, p.PassedOver})
 }
 
 // PlanAll plans every upstream of every instance in the view, in order.
@@ -152,11 +175,7 @@ func PlanUpstream(v *mesh.View, inst mesh.Instance, up api.Upstream) Plan {
 	}
 	t, warnings := planTarget(v, self, layers, primary)
 	p.Warnings = append(p.Warnings, warnings...)
-	if primary.service != p.Upstream {
-		p.Target = primary.service
-	}
-	p.Subset, p.Namespace, p.Partition, p.Datacenter, p.Peer = t.Subset, t.Namespace, t.Partition, t.Datacenter, t.Peer
-	p.Mode, p.Layer, p.Route, p.SNI, p.Dial, p.Hops, p.Healthy = t.Mode, t.Layer, t.Route, t.SNI, t.Dial, t.Hops, t.Healthy
+	p.Target = t
 	failover, note, warnings := failoverOf(v, primary, resolver)
 	if t.Peer == "" && (mesh.Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
 		which := ""

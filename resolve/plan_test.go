@@ -1,6 +1,7 @@
 package resolve_test
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
@@ -251,12 +252,31 @@ Redirect: {Service: api, Datacenter: secondary}
 	resolvetest.Expect(t, api1, resolvetest.Want{Route: resolve.PathDirect, Subset: "v1",
 		SNI: sni.ServiceSNI("api", "v1", "", "", "dc1", td), Dial: []string{"127.0.1.20:21000"}})
 	assert.Equal(t, []string{`service-resolver "api": default subset "v1"`}, api1.Resolver)
-	assert.Empty(t, api1.Target)
+	assert.False(t, api1.Redirected())
+	assert.Equal(t, "api", api1.Target.Service)
 
 	db := resolvetest.PlanTo(t, src, "web", resolvetest.Upstream{Name: "db"})
 	resolvetest.Expect(t, db, resolvetest.Want{Route: resolve.PathDirect, Subset: "v1",
 		SNI: sni.ServiceSNI("api", "v1", "", "", "secondary", td)})
-	assert.Equal(t, "api", db.Target)
+	assert.True(t, db.Redirected())
+	assert.Equal(t, "api", db.Target.Service)
+
+	// The JSON is one flat object whatever Plan embeds: "target" only for
+	// a redirected upstream, the primary target's fields beside the plan's.
+	for _, c := range []struct {
+		plan   resolve.Plan
+		target any
+	}{{api1, nil}, {db, "api"}} {
+		b, err := json.Marshal(c.plan)
+		require.NoError(t, err)
+		var got map[string]any
+		require.NoError(t, json.Unmarshal(b, &got))
+		assert.Equal(t, c.target, got["target"], string(b))
+		assert.Equal(t, "web", got["service"], "the downstream service, as before")
+		assert.Equal(t, "v1", got["subset"])
+		assert.Equal(t, "direct", got["route"])
+		assert.Contains(t, got, "source")
+	}
 	assert.Equal(t, "secondary", db.Datacenter)
 	assert.Equal(t, []string{`service-resolver "db" redirects to service api, datacenter secondary`, `service-resolver "api": default subset "v1"`}, db.Resolver)
 }

@@ -19,7 +19,7 @@ import (
 // The identity a destination must present: the planned target, in the
 // plan's datacenter, namespace and partition.
 func ExampleExpectedIdentity() {
-	plan := resolve.Plan{Upstream: "api", Datacenter: "dc2", Namespace: "default", Partition: "default"}
+	plan := resolve.Plan{Upstream: "api", Target: resolve.Target{Datacenter: "dc2", Namespace: "default", Partition: "default"}}
 	id := sidecar.ExpectedIdentity(plan, config.DefaultTrustDomain)
 	fmt.Println(id)
 	u, _ := url.Parse("spiffe://" + config.DefaultTrustDomain + "/ns/default/dc/dc2/svc/billing")

@@ -19,7 +19,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -165,8 +164,8 @@ func writeTable(w io.Writer, plans []resolve.Plan) {
 	fmt.Fprintln(tw, "SERVICE\tUPSTREAM\tDATACENTER\tMODE\tSOURCE\tROUTE\tHEALTHY\tDIAL\tHOPS\tWARNINGS")
 	for _, p := range plans {
 		upstream := p.Upstream
-		if p.Target != "" || p.Subset != "" { // a service-resolver moved it
-			upstream += " => " + cmp.Or(p.Target, p.Upstream)
+		if p.Redirected() || p.Subset != "" { // a service-resolver moved it
+			upstream += " => " + p.Target.Service
 			if p.Subset != "" {
 				upstream += " subset " + p.Subset
 			}
