@@ -13,7 +13,7 @@ import (
 
 	"github.com/meshgate/meshgate/accesslog"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

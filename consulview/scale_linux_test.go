@@ -10,7 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/require"

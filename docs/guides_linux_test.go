@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/stretchr/testify/require"
 )
 

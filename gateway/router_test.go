@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

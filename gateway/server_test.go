@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/gateway/internal/goroutine"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

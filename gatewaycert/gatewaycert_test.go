@@ -8,7 +8,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gatewaycert"
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/registration"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

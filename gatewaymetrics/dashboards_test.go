@@ -18,8 +18,8 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
-	"github.com/meshgate/meshgate/internal/hellotest"
-	"github.com/meshgate/meshgate/internal/promtest"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/promtest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"

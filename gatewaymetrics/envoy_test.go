@@ -8,7 +8,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"

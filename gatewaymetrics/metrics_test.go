@@ -11,8 +11,8 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaymetrics"
-	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"

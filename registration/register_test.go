@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/registration"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

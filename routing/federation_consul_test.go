@@ -13,13 +13,13 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/registration"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -100,7 +100,7 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 		},
 	}
 	register := addr == ""
-	ln := meshtest.Listen(t, addr)
+	ln := consultest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
 	t.Cleanup(g.stop)
@@ -312,9 +312,9 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	// A service connection crosses the datacenters through the same
 	// gateways, in local and remote mode: web in dc1, a Connect-native api
 	// in dc2 (one CA, the primary's, signs both).
-	apiCerts := meshtest.WatchCerts(t, dc2, "api")
-	meshtest.ServeNative(t, dc2, "api", apiCerts)
-	webCerts := meshtest.WatchCerts(t, dc1, "web")
+	apiCerts := sidecartest.WatchCerts(t, dc2.Client, "api")
+	sidecartest.ServeNative(t, dc2.Client, "api", apiCerts)
+	webCerts := sidecartest.WatchCerts(t, dc1.Client, "web")
 	d := &sidecar.Dialer{Source: gw1.src, Certs: webCerts,
 		Instance: mesh.Instance{Service: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := "api.default.dc2.internal." + dc1.TrustDomain()

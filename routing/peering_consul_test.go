@@ -18,14 +18,14 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/registration"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -90,7 +90,7 @@ func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, config
 			return c, err
 		},
 	}
-	ln := meshtest.Listen(t, addr)
+	ln := consultest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
 	g.dereg, err = registration.Register(context.Background(), agent.Client, registration.Gateway{
@@ -378,7 +378,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	// the peer's roots and trust domain from A's live view (no Client to
 	// read them otherwise), bytes both ways, and A's gateway crossed in
 	// local mode only.
-	d := &sidecar.Dialer{Source: gwA.src, Certs: meshtest.WatchCerts(t, a, "web"), Instance: web}
+	d := &sidecar.Dialer{Source: gwA.src, Certs: sidecartest.WatchCerts(t, a.Client, "web"), Instance: web}
 	for _, m := range []struct {
 		mode api.MeshGatewayMode
 		viaA int
@@ -401,7 +401,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	// Failover to the peer: A has an api of its own, whose resolver fails
 	// over to B's exported api. Healthy, A's api serves; critical, the
 	// connection goes to B's api through both gateways; passing, back.
-	localAPI := meshtest.StartNative(t, a, "api", meshtest.WatchCerts(t, a, "api"))
+	localAPI := sidecartest.StartNative(t, a.Client, "api", sidecartest.WatchCerts(t, a.Client, "api"))
 	_, _, err = a.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
 		Failover: map[string]api.ServiceResolverFailover{"*": {Targets: []api.ServiceResolverFailoverTarget{{Peer: "cluster-b"}}}}}, nil)
 	require.NoError(t, err)

@@ -15,11 +15,11 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gatewaycert"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -75,7 +75,7 @@ func (s *l7Instances) start(t *testing.T, agent *consultest.Agent, service, id s
 // startWrapped is start with the instance's handler wrapped.
 func (s *l7Instances) startWrapped(t *testing.T, agent *consultest.Agent, service, id string, meta map[string]string, wrap func(http.Handler) http.Handler) {
 	t.Helper()
-	certs := meshtest.WatchCerts(t, agent, service)
+	certs := sidecartest.WatchCerts(t, agent.Client, service)
 	cfg := certs.ServerTLSConfig()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	gs := grpc.NewServer()
@@ -94,7 +94,7 @@ func (s *l7Instances) startWrapped(t *testing.T, agent *consultest.Agent, servic
 		}
 		fmt.Fprintf(w, "%s %s", id, r.URL.Path)
 	}))}
-	ln := meshtest.Listen(t, "")
+	ln := consultest.Listen(t, "")
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	port := ln.Addr().(*net.TCPAddr).Port

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sni"

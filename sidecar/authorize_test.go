@@ -9,8 +9,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -74,7 +74,7 @@ func exchange(t *testing.T, addr string, certs *sidecar.Certs) error {
 // With no agent to ask, no client gets through, and the server's error says
 // whom it could not ask about.
 func TestAuthorizingRefusesWhenTheAgentCannotBeAsked(t *testing.T) {
-	ca, err := democa.New(config.DefaultTrustDomain)
+	ca, err := sidecartest.NewCA(config.DefaultTrustDomain)
 	require.NoError(t, err)
 	apiCerts, err := ca.Certs(sidecar.Identity{TrustDomain: ca.TrustDomain, Datacenter: "dc1", Service: "api"})
 	require.NoError(t, err)

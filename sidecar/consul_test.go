@@ -18,12 +18,13 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing/routingtest"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -53,13 +54,13 @@ func echoes(t *testing.T, c net.Conn) {
 func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
-	gw1, gw2 := meshtest.StartGateway(t, dc1), meshtest.StartGateway(t, dc2)
-	meshtest.ServeNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
+	gw1, gw2 := routingtest.StartGateway(t, dc1.Client), routingtest.StartGateway(t, dc2.Client)
+	sidecartest.ServeNative(t, dc2.Client, "api", sidecartest.WatchCerts(t, dc2.Client, "api"))
 
 	src, err := consulview.New(context.Background(), dc1.Client, consulview.Options{})
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
-	d := &sidecar.Dialer{Source: src, Certs: meshtest.WatchCerts(t, dc1, "web"), Client: dc1.Client,
+	d := &sidecar.Dialer{Source: src, Certs: sidecartest.WatchCerts(t, dc1.Client, "web"), Client: dc1.Client,
 		Instance: mesh.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	apiSNI := d.Plan(api.Upstream{DestinationName: "api", Datacenter: "dc2"}).SNI
 
@@ -122,7 +123,7 @@ func TestModesMoveBytesAcrossDatacenters(t *testing.T) {
 	dial(t, up(""), resolve.PathDirect, modes.LayerInstance, false, false)
 
 	// cache in dc2 presents api's certificate: refused, whatever the path.
-	meshtest.ServeNative(t, dc2, "cache", meshtest.WatchCerts(t, dc2, "api"))
+	sidecartest.ServeNative(t, dc2.Client, "cache", sidecartest.WatchCerts(t, dc2.Client, "api"))
 	consultest.WaitFor(t, eventually, "cache to be dialled", func() bool {
 		_, _, err = d.Dial(context.Background(), api.Upstream{DestinationName: "cache", Datacenter: "dc2"})
 		return err != nil && errors.Is(err, sidecar.ErrWrongIdentity)
@@ -158,7 +159,7 @@ func TestIdentityMatches(t *testing.T) {
 // roots, and the leaf is re-issued under it.
 func TestCertsFollowCARotation(t *testing.T) {
 	agent := consultest.Start(t, consultest.Options{})
-	certs := meshtest.WatchCerts(t, agent, "web")
+	certs := sidecartest.WatchCerts(t, agent.Client, "web")
 	roots0, leaf0 := certs.Roots(), certs.Certificate()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -189,9 +190,9 @@ func TestCertsFollowCARotation(t *testing.T) {
 // the intention allows it.
 func TestIntentionsDecideWhoConnects(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
-	apiCerts := meshtest.WatchCerts(t, dc1, "api")
-	webCerts := meshtest.WatchCerts(t, dc1, "web")
-	billingCerts := meshtest.WatchCerts(t, dc1, "billing")
+	apiCerts := sidecartest.WatchCerts(t, dc1.Client, "api")
+	webCerts := sidecartest.WatchCerts(t, dc1.Client, "web")
+	billingCerts := sidecartest.WatchCerts(t, dc1.Client, "billing")
 	addr, results := authorizingServer(t, apiCerts.AuthorizingServerTLSConfig(dc1.Client, "api"))
 	var lastServerErr error
 	// admitted reports whether a client of certs got through, and keeps

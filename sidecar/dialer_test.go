@@ -11,11 +11,11 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/democa"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -25,7 +25,7 @@ import (
 // in each over a static view, Connect-native services in dc2 with
 // certificates from a throwaway CA, and web's Dialer in dc1.
 type world struct {
-	ca       *democa.CA
+	ca       *sidecartest.CA
 	gw1, gw2 *routeCounter
 	dialer   *sidecar.Dialer
 }
@@ -50,7 +50,8 @@ func (r *routeCounter) count(name string) int { r.mu.Lock(); defer r.mu.Unlock()
 func serveTLS(tb testing.TB, cfg *tls.Config) string {
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
 	require.NoError(tb, err)
-	meshtest.Echo(tb, ln)
+	tb.Cleanup(func() { ln.Close() })
+	go echo.Serve(ln, nil)
 	return ln.Addr().String()
 }
 
@@ -70,7 +71,7 @@ func startGatewayOver(tb testing.TB, v *mesh.View) *routeCounter {
 // newWorld builds the world; with deadFirst, api's first direct address in
 // dc2 is one nothing listens on.
 func newWorld(tb testing.TB, deadFirst bool) *world {
-	ca, err := democa.New(config.DefaultTrustDomain)
+	ca, err := sidecartest.NewCA(config.DefaultTrustDomain)
 	require.NoError(tb, err)
 	certs := func(svc, dc string) *sidecar.Certs {
 		c, err := ca.Certs(sidecar.Identity{Datacenter: dc, Service: svc})
@@ -137,7 +138,7 @@ func TestDialerCarriesOutEachMode(t *testing.T) {
 	}
 
 	// A certificate from another CA, for the right identity, is refused too.
-	other, err := democa.New(w.ca.TrustDomain)
+	other, err := sidecartest.NewCA(w.ca.TrustDomain)
 	require.NoError(t, err)
 	impostor, err := other.Certs(sidecar.Identity{Datacenter: "dc2", Service: "api"})
 	require.NoError(t, err)

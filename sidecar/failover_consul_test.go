@@ -9,11 +9,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing/routingtest"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -30,9 +31,9 @@ import (
 func TestFailoverAcrossDatacenters(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
-	gw1, gw2 := meshtest.StartGateway(t, dc1), meshtest.StartGateway(t, dc2)
-	api1 := meshtest.StartNative(t, dc1, "api", meshtest.WatchCerts(t, dc1, "api"))
-	api2 := meshtest.StartNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
+	gw1, gw2 := routingtest.StartGateway(t, dc1.Client), routingtest.StartGateway(t, dc2.Client)
+	api1 := sidecartest.StartNative(t, dc1.Client, "api", sidecartest.WatchCerts(t, dc1.Client, "api"))
+	api2 := sidecartest.StartNative(t, dc2.Client, "api", sidecartest.WatchCerts(t, dc2.Client, "api"))
 	_, _, err := dc1.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
 		Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}, nil)
 	require.NoError(t, err)
@@ -40,7 +41,7 @@ func TestFailoverAcrossDatacenters(t *testing.T) {
 	src, err := consulview.New(context.Background(), dc1.Client, consulview.Options{})
 	require.NoError(t, err)
 	t.Cleanup(src.Close)
-	d := &sidecar.Dialer{Source: src, Certs: meshtest.WatchCerts(t, dc1, "web"), ConnectTimeout: 2 * time.Second,
+	d := &sidecar.Dialer{Source: src, Certs: sidecartest.WatchCerts(t, dc1.Client, "web"), ConnectTimeout: 2 * time.Second,
 		Instance: mesh.Instance{Service: "web", Name: "web", Proxy: &api.AgentServiceConnectProxyConfig{}}}
 	dc2SNI := targetSNI(t, d, "api", "dc2")
 

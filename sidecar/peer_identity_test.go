@@ -8,9 +8,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,9 +23,9 @@ import (
 // identities the import lists, and no other.
 func TestDialerAcceptsTheIdentitiesAPeerListsForAnImport(t *testing.T) {
 	const tdB = "bbbbbbbb-0000-4000-8000-000000000002.consul"
-	caA, err := democa.New(config.DefaultTrustDomain)
+	caA, err := sidecartest.NewCA(config.DefaultTrustDomain)
 	require.NoError(t, err)
-	caB, err := democa.New(tdB)
+	caB, err := sidecartest.NewCA(tdB)
 	require.NoError(t, err)
 	gatewayID := "spiffe://" + tdB + "/gateway/mesh/dc/dc1"
 	serveAs := func(spiffeID string) string {

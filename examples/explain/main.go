@@ -31,7 +31,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
-	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/resolve"
 )

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -53,11 +53,11 @@ func TestTerminateServesAPeersHTTPExport(t *testing.T) {
 	})
 
 	// api in B: an HTTP instance that says who called it.
-	apiCerts := meshtest.WatchCerts(t, b, "api")
+	apiCerts := sidecartest.WatchCerts(t, b.Client, "api")
 	srv := &http.Server{TLSConfig: apiCerts.ServerTLSConfig(), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "client=%s xfcc=%s", r.TLS.PeerCertificates[0].URIs[0], r.Header.Get(sidecar.XFCCHeader))
 	})}
-	ln := meshtest.Listen(t, "")
+	ln := consultest.Listen(t, "")
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	require.NoError(t, b.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "api", Address: "127.0.0.1",

@@ -12,8 +12,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"

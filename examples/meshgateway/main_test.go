@@ -14,9 +14,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/cli"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/examples/internal/cli"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

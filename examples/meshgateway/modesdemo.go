@@ -13,11 +13,11 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/democa"
-	"github.com/meshgate/meshgate/internal/echo"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -30,7 +30,7 @@ import (
 type modesDemo struct {
 	local, remote string // datacenters
 	trustDomain   string
-	ca            *democa.CA
+	ca            *sidecartest.CA
 	apiAddr       string
 	remoteGateway *forwardCounter // the second datacenter's gateway
 	localGateway  *forwardCounter // an observer of the gateway being run
@@ -65,7 +65,7 @@ func startModesDemo(ctx context.Context, local, trustDomain string) (*modesDemo,
 	apiSNI := sni.ServiceSNI("api", "", "", "", m.remote, trustDomain)
 	m.localGateway.serverName, m.remoteGateway.serverName = apiSNI, apiSNI
 	var err error
-	if m.ca, err = democa.New(trustDomain); err != nil {
+	if m.ca, err = sidecartest.NewCA(trustDomain); err != nil {
 		return nil, err
 	}
 	apiCerts, err := m.certs("api", m.remote)

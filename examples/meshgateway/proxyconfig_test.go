@@ -15,8 +15,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/echo"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/config"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

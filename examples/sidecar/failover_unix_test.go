@@ -13,8 +13,9 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/routing/routingtest"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -27,10 +28,10 @@ import (
 func TestSidecarFailsOverAndSaysWhichTarget(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
-	meshtest.StartGateway(t, dc1)
-	meshtest.StartGateway(t, dc2)
-	api1 := meshtest.StartNative(t, dc1, "api", meshtest.WatchCerts(t, dc1, "api"))
-	api2 := meshtest.StartNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
+	routingtest.StartGateway(t, dc1.Client)
+	routingtest.StartGateway(t, dc2.Client)
+	api1 := sidecartest.StartNative(t, dc1.Client, "api", sidecartest.WatchCerts(t, dc1.Client, "api"))
+	api2 := sidecartest.StartNative(t, dc2.Client, "api", sidecartest.WatchCerts(t, dc2.Client, "api"))
 	_, _, err := dc1.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
 		Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}, nil)
 	require.NoError(t, err)

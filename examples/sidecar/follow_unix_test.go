@@ -17,9 +17,10 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
+	"github.com/meshgate/meshgate/routing/routingtest"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -46,7 +47,7 @@ func startSidecar(t *testing.T, args ...string) *syncbuf.Buffer {
 
 // hops checks which gateways each connection to api crossed.
 type hops struct {
-	gw1, gw2     *meshtest.Gateway
+	gw1, gw2     *routingtest.Gateway
 	sni          string
 	want1, want2 int
 }
@@ -107,9 +108,9 @@ func (h *hops) through(t *testing.T, bind int, logs *syncbuf.Buffer, logLine str
 func TestSidecarFollowsTheRegistration(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
-	h := &hops{gw1: meshtest.StartGateway(t, dc1), gw2: meshtest.StartGateway(t, dc2),
+	h := &hops{gw1: routingtest.StartGateway(t, dc1.Client), gw2: routingtest.StartGateway(t, dc2.Client),
 		sni: sni.ServiceSNI("api", "", "", "", "dc2", dc1.TrustDomain())}
-	meshtest.ServeNative(t, dc2, "api", meshtest.WatchCerts(t, dc2, "api"))
+	sidecartest.ServeNative(t, dc2.Client, "api", sidecartest.WatchCerts(t, dc2.Client, "api"))
 
 	bind := freePort(t)
 	// register sets the upstream's mode and the instance's.

@@ -15,9 +15,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/consultest"
-	"github.com/meshgate/meshgate/internal/meshtest"
+	"github.com/meshgate/meshgate/internal/testrig/consultest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -31,7 +32,8 @@ func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	app, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	meshtest.Echo(t, app)
+	t.Cleanup(func() { app.Close() })
+	go echo.Serve(app, nil)
 	public := freePort(t)
 	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		Kind: api.ServiceKindConnectProxy, ID: "api-sidecar-proxy", Name: "api-sidecar-proxy", Address: "127.0.0.1", Port: public,
@@ -40,7 +42,7 @@ func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 	logs := startSidecar(t, "-proxy-id", "api-sidecar-proxy")
 	require.Contains(t, logs.String(), "public=127.0.0.1:")
 
-	web := meshtest.WatchCerts(t, dc1, "web")
+	web := sidecartest.WatchCerts(t, dc1.Client, "web")
 	apiID := sidecar.Identity{TrustDomain: dc1.TrustDomain(), Datacenter: "dc1", Service: "api"}
 	// echoes sends 64 KiB as web through the public listener and reads
 	// them back.
@@ -94,7 +96,7 @@ func TestPublicListenerServesTheMeshAsTheIntentionsAllow(t *testing.T) {
 // lose theirs, without a restart.
 func TestListenersFollowTheRegistration(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
-	meshtest.ServeNative(t, dc1, "api", meshtest.WatchCerts(t, dc1, "api"))
+	sidecartest.ServeNative(t, dc1.Client, "api", sidecartest.WatchCerts(t, dc1.Client, "api"))
 	first, second := freePort(t), freePort(t)
 	// register names api once without a datacenter and once with dc1:
 	// Consul refuses two upstreams with the same destination.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/cli"
+	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

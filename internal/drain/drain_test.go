@@ -13,8 +13,8 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/drain"
-	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/sni"
 )
 

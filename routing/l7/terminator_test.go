@@ -18,12 +18,12 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/democa"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -39,7 +39,7 @@ const (
 // world is a terminator for the local cluster, which exports api (http) to
 // cluster-a, with its CAs and an instance of api.
 type world struct {
-	local, peer *democa.CA
+	local, peer *sidecartest.CA
 	gateway     *sidecar.Certs
 	addr        string // the terminator's
 	gatewayAddr string // a gateway's that hands it connections in the process
@@ -73,9 +73,9 @@ func newWorldWith(t *testing.T, o worldOptions) *world {
 	w := &world{served: make(chan error, 1), logs: &syncbuf.Buffer{}}
 	instances := o.addrs
 	var err error
-	w.local, err = democa.New(tdLocal)
+	w.local, err = sidecartest.NewCA(tdLocal)
 	require.NoError(t, err)
-	w.peer, err = democa.New(tdPeer)
+	w.peer, err = sidecartest.NewCA(tdPeer)
 	require.NoError(t, err)
 	roots, err := w.local.Certs(sidecar.Identity{Service: "roots-only", Datacenter: "dc1"})
 	require.NoError(t, err)
@@ -152,7 +152,7 @@ func (w *world) startInstance(t *testing.T, h http.Handler) string {
 }
 
 // clientTLS is web of cluster-a's TLS to api's export, issued by ca.
-func (w *world) clientTLS(t *testing.T, ca *democa.CA, serverName string) *tls.Config {
+func (w *world) clientTLS(t *testing.T, ca *sidecartest.CA, serverName string) *tls.Config {
 	leaf, err := ca.Leaf(sidecar.Identity{TrustDomain: ca.TrustDomain, Datacenter: "dc1", Service: "web"}.String())
 	require.NoError(t, err)
 	roots := x509.NewCertPool()

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshgate/meshgate/internal/echo"
-	"github.com/meshgate/meshgate/internal/hellotest"
+	"github.com/meshgate/meshgate/internal/testrig/echo"
+	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

@@ -41,11 +41,11 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/democa"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -175,11 +175,11 @@ type bench struct {
 
 // setUp starts the instance, the terminator and the three gateways.
 func setUp(bodySize int) (*bench, error) {
-	local, err := democa.New(tdLocal)
+	local, err := sidecartest.NewCA(tdLocal)
 	if err != nil {
 		return nil, err
 	}
-	peer, err := democa.New(tdPeer)
+	peer, err := sidecartest.NewCA(tdPeer)
 	if err != nil {
 		return nil, err
 	}

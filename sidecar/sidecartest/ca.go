@@ -1,8 +1,4 @@
-// Package democa is a throwaway Connect CA for demos and tests without a
-// Consul agent: a root with the trust domain's SPIFFE ID, and leaf
-// certificates with services' SPIFFE IDs, as Consul's built-in CA issues
-// them.
-package democa
+package sidecartest
 
 import (
 	"crypto/ecdsa"
@@ -21,7 +17,10 @@ import (
 	"github.com/meshgate/meshgate/sidecar"
 )
 
-// CA issues leaf certificates under one root.
+// CA is a throwaway Connect CA for demos and tests without a Consul agent:
+// a root with the trust domain's SPIFFE ID, and leaf certificates with
+// services' SPIFFE IDs, as Consul's built-in CA issues them. It issues
+// leaves under one root.
 type CA struct {
 	TrustDomain string
 	root        *x509.Certificate
@@ -29,8 +28,8 @@ type CA struct {
 	serial      atomic.Int64
 }
 
-// New makes a CA for trustDomain, valid for a day.
-func New(trustDomain string) (*CA, error) {
+// NewCA makes a CA for trustDomain, valid for a day.
+func NewCA(trustDomain string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err

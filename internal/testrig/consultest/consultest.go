@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
 )
 
 // BinaryEnv names a Consul binary to use instead of building one.
@@ -554,4 +554,23 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Listen listens on addr, waiting while it is still taken: a gateway
+// restarted on its old address may find the port held for a moment by the
+// process that just let it go. An empty addr is a port picked as agents'
+// are (FreeAddr), outside the ephemeral range where the machine has one, so
+// that no outgoing connection takes it while the gateway is down.
+func Listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	if addr == "" {
+		addr = FreeAddr(t)
+	}
+	var ln net.Listener
+	WaitFor(t, time.Minute, "the address "+addr+" to be free", func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	return ln
 }
