@@ -477,7 +477,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	// Consul's exporting gateway never fails an export over (and keeps no
 	// panic threshold on it): A's connection is refused by B's gateway,
 	// without a dial, and api-backup sees none. Passing again, it serves.
-	backup := meshtest.StartNative(t, b, "api-backup", meshtest.WatchCerts(t, b, "api-backup"))
+	backup := sidecartest.StartNative(t, b.Client, "api-backup", sidecartest.WatchCerts(t, b.Client, "api-backup"))
 	_, _, err = b.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
 		Failover: map[string]api.ServiceResolverFailover{"*": {Service: "api-backup"}}}, nil)
 	require.NoError(t, err)
