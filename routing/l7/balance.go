@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
@@ -267,20 +266,6 @@ const (
 	hashCookie     = "cookie"
 	hashQueryParam = "query_parameter"
 )
-
-// describePolicies names hash policies for a log line: "header x-user,
-// source IP".
-func describePolicies(policies []api.HashPolicy) string {
-	var parts []string
-	for _, p := range policies {
-		if p.SourceIP {
-			parts = append(parts, "source IP")
-			continue
-		}
-		parts = append(parts, p.Field+" "+p.FieldValue)
-	}
-	return strings.Join(parts, ", ")
-}
 
 // hashString is xxHash64 of s, Envoy's hash for keys and cookies.
 func hashString(s string) uint64 { return xxhash.Sum64String(s) }
