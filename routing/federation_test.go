@@ -38,6 +38,11 @@ func TestRoutesServerNamesAsConsulsGateway(t *testing.T) {
 		{"a local server whose node name has dots", "ip-10-0-1-4.ec2.internal.server.dc1.consul", []string{"127.0.1.4:8300"}, false, ""},
 		{"node names match without regard to case", "DC1-Server-1.server.dc1.consul", []string{"127.0.1.2:8300"}, false, ""},
 		{"any local server", "server.dc1.consul", []string{"127.0.1.2:8300", "127.0.1.3:8300", "127.0.1.4:8300"}, false, ""},
+		// One rule for case, as Envoy matches the server names of Consul's
+		// filter chains (lower-cased): the whole name, keyword included.
+		{"any local server, in capitals", "SERVER.DC1.CONSUL", []string{"127.0.1.2:8300", "127.0.1.3:8300", "127.0.1.4:8300"}, false, ""},
+		{"any local server, some capitals", "server.DC1.consul", []string{"127.0.1.2:8300", "127.0.1.3:8300", "127.0.1.4:8300"}, false, ""},
+		{"a local server, in capitals", "DC1-SERVER-2.SERVER.DC1.CONSUL", []string{"127.0.1.3:8300"}, false, ""},
 		{"a server of another datacenter: its gateways, WAN", "dc2-server-1.server.dc2.consul", []string{"127.0.2.105:8443"}, true, ""},
 		{"any server of another datacenter", "server.dc2.consul", []string{"127.0.2.105:8443"}, true, ""},
 		{"a local node that is no server", "web-1.server.dc1.consul", nil, false, routing.ReasonUnknownServer},

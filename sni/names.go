@@ -205,11 +205,14 @@ func (n ConsulServer) String() string { return ServerSNI(n.Datacenter, n.Node, n
 
 // ParseServerSNI splits a Consul server name in the DNS domain domain
 // (empty means DefaultDomain; a trailing dot is dropped) into its parts. It
-// is the exact inverse of ServerSNI for labels without dots in the
-// datacenter and non-empty labels everywhere: the last label before the
+// is the inverse of ServerSNI, up to ASCII case, for labels without dots in
+// the datacenter and non-empty labels everywhere: the last label before the
 // domain is the datacenter, the one before it must be "server", and what
-// precedes that, if anything, is the node name. The domain is matched
-// without regard to ASCII case.
+// precedes that, if anything, is the node name. The whole name is matched
+// without regard to ASCII case (the keyword "server" and the domain; the
+// parts are returned as written), as Envoy matches the server names of
+// Consul's filter chains (lower-cased since Envoy 1.18) and as the gateway's
+// ClientHello reader lower-cases every name.
 //
 // A name that is not of that form (a service's SNI, a peering server name,
 // a name of another domain) fails with an error wrapping ErrNotServerSNI
@@ -262,9 +265,9 @@ func parseServerSNI(name, domain string) (_ ConsulServer, why string) {
 		return ConsulServer{}, "want server.<datacenter> before the domain"
 	}
 	rest = rest[:i]
-	node, ok := strings.CutSuffix(rest, "."+labelServer)
+	node, ok := cutSuffixFold(rest, "."+labelServer)
 	if !ok {
-		if rest != labelServer {
+		if !strings.EqualFold(rest, labelServer) {
 			return ConsulServer{}, "want server.<datacenter> before the domain"
 		}
 		node = ""
@@ -279,12 +282,14 @@ func parseServerSNI(name, domain string) (_ ConsulServer, why string) {
 }
 
 // ParseName splits a Consul SNI name of trustDomain into its parts. It is the
-// exact inverse of the builders: for every name they build from non-empty
-// labels without dots, ParseName returns the same parts, and it accepts no form
-// they never build (internal-v1 with the default partition, a query outside
-// namespace default). The trust domain is
-// matched without regard to ASCII case and the kind is decided by the keyword
-// label right before it, so a service may itself be called "internal".
+// inverse of the builders, up to ASCII case: for every name they build from
+// non-empty labels without dots, ParseName returns the same parts, and it
+// accepts no form they never build (internal-v1 with the default partition, a
+// query outside namespace default). The whole name is matched without regard
+// to ASCII case (the trust domain and the keyword labels; the parts are
+// returned as written), as ParseServerSNI's, and the kind is decided by the
+// keyword label right before the trust domain, so a service may itself be
+// called "internal".
 //
 // A name outside trustDomain fails with ErrForeignTrustDomain; one whose
 // labels fit no kind, or has an empty label, fails with ErrMalformedName. Both
@@ -327,7 +332,7 @@ func ParseName(name, trustDomain string) (Name, error) {
 			return Name{}, malformed(name, "empty label")
 		}
 	}
-	keyword, parts := labels[0], labels[1:n] // parts right to left
+	keyword, parts := canonicalKeyword(labels[0]), labels[1:n] // parts right to left
 	out := Name{TrustDomain: td}
 	switch keyword {
 	case labelInternal:
@@ -355,7 +360,7 @@ func ParseName(name, trustDomain string) (Name, error) {
 		default:
 			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 2, 4 or 5", len(parts), keyword))
 		}
-		if out.Partition == DefaultPartition {
+		if strings.EqualFold(out.Partition, DefaultPartition) {
 			return Name{}, malformed(name, fmt.Sprintf("partition %q is written with %q, not %q", DefaultPartition, labelInternal, keyword))
 		}
 	case labelExternal:
@@ -367,12 +372,12 @@ func ParseName(name, trustDomain string) (Name, error) {
 		if len(parts) != 3 {
 			return Name{}, malformed(name, fmt.Sprintf("%d labels before %q, want 3", len(parts), keyword))
 		}
-		if parts[1] != DefaultNamespace {
+		if !strings.EqualFold(parts[1], DefaultNamespace) {
 			return Name{}, malformed(name, fmt.Sprintf("query names have namespace %q, not %q", DefaultNamespace, parts[1]))
 		}
 		out.Kind, out.Datacenter, out.Namespace, out.Query = KindQuery, parts[0], parts[1], parts[2]
 	case labelPeering:
-		if len(parts) != 2 || parts[1] != labelServer {
+		if len(parts) != 2 || !strings.EqualFold(parts[1], labelServer) {
 			return Name{}, malformed(name, fmt.Sprintf("want %q before %q", "server.<datacenter>", keyword))
 		}
 		out.Kind, out.Datacenter = KindPeeringServer, parts[0]
@@ -380,6 +385,17 @@ func ParseName(name, trustDomain string) (Name, error) {
 		return Name{}, malformed(name, fmt.Sprintf("unknown keyword label %q before the trust domain", keyword))
 	}
 	return out, nil
+}
+
+// canonicalKeyword returns the keyword label a label is, without regard to
+// ASCII case, or the label itself when it is none.
+func canonicalKeyword(label string) string {
+	for _, k := range [...]string{labelInternal, labelInternalV1, labelExternal, labelQuery, labelPeering} {
+		if strings.EqualFold(label, k) {
+			return k
+		}
+	}
+	return label
 }
 
 func malformed(name, why string) error {

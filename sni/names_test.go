@@ -251,3 +251,29 @@ func TestServerSNIOfAgreesAndDoesNotAllocate(t *testing.T) {
 		assert.Zero(t, allocs, name)
 	}
 }
+
+// One rule for case: every part of a name, keywords included, is matched
+// without regard to ASCII case, as Envoy matches the server names of
+// Consul's filter chains (lower-cased since Envoy 1.18); the parts come back
+// as written.
+func TestNamesMatchWithoutRegardToCase(t *testing.T) {
+	n, err := ParseServerSNI("SERVER.DC1.CONSUL", "consul")
+	require.NoError(t, err)
+	assert.Equal(t, ConsulServer{Datacenter: "DC1", Domain: "CONSUL"}, n)
+	n, err = ParseServerSNI("Node-1.Server.dc1.consul", "consul")
+	require.NoError(t, err)
+	assert.Equal(t, ConsulServer{Node: "Node-1", Datacenter: "dc1", Domain: "consul"}, n)
+	for _, name := range []string{
+		strings.ToUpper("api.default.dc1.internal." + td),
+		"api.default.part1.dc1.INTERNAL-V1." + td,
+		"api.default.default.peer.External." + td,
+		"q.DEFAULT.dc1.QUERY." + td,
+		"SERVER.dc1.PEERING." + td,
+	} {
+		got, err := ParseName(name, td)
+		require.NoError(t, err, name)
+		assert.True(t, strings.EqualFold(got.String(), name), "%s rebuilds as %s", name, got.String())
+	}
+	_, err = ParseName("api.DEFAULT.dc1.internal-v1."+td, td)
+	assert.ErrorIs(t, err, ErrMalformedName, "the default partition is written with internal, whatever its case")
+}

@@ -295,7 +295,8 @@ func (t *Terminator) serveConn(raw net.Conn) <-chan struct{} {
 // names.
 func (t *Terminator) configFor(serverName string, pc *peerConn) (*tls.Config, error) {
 	v := t.Source.View()
-	name, err := sni.ParseName(serverName, v.TrustDomain)
+	// Lower-cased, as the gateway's ClientHello reader reads every name.
+	name, err := sni.ParseName(strings.ToLower(serverName), v.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("l7: server name %q: %w", serverName, err)
 	}
