@@ -374,7 +374,7 @@ func TestTimeoutsAsEnvoys(t *testing.T) {
 		assert.Less(t, time.Since(start), 15*time.Second, path)
 	}
 	code, body, _ := do(t, c, newRequest(t, "GET", "/idle", nil))
-	assert.Equal(t, http.StatusRequestTimeout, code)
+	assert.Equal(t, http.StatusRequestTimeout, code, w.logs.String())
 	assert.Equal(t, "stream timeout", body)
 
 	req := newRequest(t, "POST", "/short/grpc.health.v1.Health/Check", bytes.NewReader([]byte{0, 0, 0, 0, 0}))

@@ -107,7 +107,7 @@ func newWorldWith(t *testing.T, o worldOptions) *world {
 	src, err := config.StaticView(v)
 	require.NoError(t, err)
 	w.l7 = &l7.Counters{}
-	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, nil)), Observer: w.l7}
+	w.term = &l7.Terminator{Source: src, Certs: w.gateway, Logger: slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Observer: w.l7}
 	if o.term != nil {
 		o.term(w.term)
 	}

@@ -205,6 +205,13 @@ func (c *cluster) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		h.active.Add(1)
 		resp, err := c.transport.RoundTrip(out)
+		if err == nil && ctx.Err() != nil {
+			// An answer that came as the request ended (a timeout, the
+			// client gone): net/http's transport may still return it; the
+			// request is over.
+			resp.Body.Close()
+			resp, err = nil, context.Cause(ctx)
+		}
 		if attempt > 0 {
 			c.retries.Add(-1)
 		}
@@ -316,7 +323,7 @@ func (c *cluster) errorReply(w http.ResponseWriter, r *http.Request, err error) 
 	case cause == errIdleTimeout:
 		reason, code, body = ReasonIdleTimeout, http.StatusRequestTimeout, bodyStreamTimeout
 	case r.Context().Err() != nil:
-		c.t.logger().Debug("l7: the peer's client went away", "target", c.sni, "error", err)
+		c.t.logger().Debug("l7: the peer's client went away", "target", c.sni, "error", err, "cause", context.Cause(r.Context()))
 		return
 	case errors.Is(err, errOverflow):
 		reason, body, header = ReasonOverflow, bodyOverflow, http.Header{"X-Envoy-Overloaded": {"true"}}
