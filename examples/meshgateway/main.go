@@ -66,6 +66,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		os.Exit(cli.ExitCode(os.Stderr, "meshgateway", explainCommand(os.Args[2:], os.Stdout, os.Stderr)))
+	}
 	os.Exit(cli.ExitCode(os.Stderr, "meshgateway", run(ctx, os.Args[1:], os.Stderr, nil)))
 }
 
@@ -144,15 +147,27 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		defer closeLog()
 		observers = append(observers, accesslog.New(slog.New(newHandler(w, slog.LevelInfo))))
 	}
-	var servingNow atomic.Bool // for /ready
+	var servingNow atomic.Bool // for envoy_server_live
 	var registry *prometheus.Registry
 	var metrics gatewayMetrics // made once the view is known
+	var router gateway.Switch  // replaced on SIGHUP in file mode
+	readiness := &admin.Readiness{}
+	readiness.Set("listener", errNotListening)
+	readiness.Add("view", metrics.viewReady)
 	if *envoyMetrics && *adminAddr == "" {
 		return cli.Usagef("-envoy-metrics needs -admin")
 	}
 	if *adminAddr != "" {
 		registry = admin.Registry()
-		stopAdmin, err := admin.Serve(*adminAddr, registry, servingNow.Load, log, "meshgateway")
+		refusals := admin.NewRefusals(0)
+		observers = append(observers, refusals)
+		explain := &admin.Explainer{Router: &router, Ejected: func() map[string]time.Time {
+			if s := metrics.server.Load(); s != nil {
+				return s.Ejected()
+			}
+			return nil
+		}}
+		stopAdmin, err := admin.Serve(*adminAddr, admin.Endpoint{Registry: registry, Ready: readiness, Explain: explain, Refusals: refusals}, log, "meshgateway")
 		if err != nil {
 			return err
 		}
@@ -266,10 +281,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return err
 		}
 		if *l7Flag == "terminate" {
-			stopL7, serve, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, log)
+			stopL7, serve, certOK, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, log)
 			if err != nil {
 				return err
 			}
+			readiness.Add("certificate", certOK)
 			defer stopL7()
 			l7mode.serve = serve
 		}
@@ -303,7 +319,6 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if registry != nil {
 		observers = append(observers, metrics.observer(registry, *envoyMetrics, *serviceName, v, *listen, opts, servingNow.Load))
 	}
-	var router gateway.Switch // replaced on SIGHUP in file mode
 	s := &gateway.Server{
 		Router:         &router,
 		Observer:       gateway.MultiObserver(observers...),
@@ -351,6 +366,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		defer signal.Stop(hup)
 	}
 	servingNow.Store(true)
+	readiness.Set("listener", nil)
 	if ready != nil {
 		ready <- addrs[0]
 	}
@@ -368,6 +384,7 @@ wait:
 		}
 	}
 	servingNow.Store(false)
+	readiness.Set("drain", errDraining)
 	log.Info("meshgateway: shutting down", "open_connections", s.ActiveConns(), "drain", *drain)
 	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
@@ -403,14 +420,14 @@ func gatewayRouter(src mesh.Source, l7mode l7Handling) gateway.Router {
 // the registered gateway id, whose certificate the agent at grpcAddr gives,
 // with the Proxy.Config's header bound at start (0: Envoy's 60 KiB);
 // serve takes a connection in the process.
-func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int, log *slog.Logger) (stop func(), serve func(net.Conn), err error) {
+func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int, log *slog.Logger) (stop func(), serve func(net.Conn), certOK func() error, err error) {
 	certs, err := gatewaycert.Watch(ctx, client, gatewaycert.Options{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	t := &l7.Terminator{Source: src, Certs: certs, Logger: log, MaxRequestHeadersKB: maxHeadersKB}
 	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id, "max_request_headers_kb", maxHeadersKB)
-	return func() { t.Close(); certs.Close() }, t.ServeConn, nil
+	return func() { t.Close(); certs.Close() }, t.ServeConn, certificateReady(certs), nil
 }
 
 // listenAll listens on each of addrs, reusing have for its own address,

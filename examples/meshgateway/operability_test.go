@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -110,8 +111,10 @@ func TestAdminEndpointAndAccessLog(t *testing.T) {
 	<-reached
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()
-	require.Eventually(t, func() bool { code, _ := getStatus(admin + "/ready"); return code == http.StatusServiceUnavailable },
-		time.Minute, 20*time.Millisecond, "/ready never said 503 while draining")
+	require.Eventually(t, func() bool {
+		code, body := getStatus(admin + "/ready")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "drain: draining")
+	}, time.Minute, 20*time.Millisecond, "/ready never said 503, draining, while draining")
 	held.Close()
 	require.NoError(t, <-stopped)
 
@@ -167,4 +170,37 @@ func TestEnvoyMetricsFlag(t *testing.T) {
 	assert.EqualValues(t, 1, counter(families, "envoy_cluster_membership_healthy", labels))
 	assert.EqualValues(t, 1, counter(families, "envoy_server_live", map[string]string{"local_cluster": "gw1"}))
 	assert.Contains(t, families, "meshgate_connections_accepted_total", "beside the meshgate_* ones")
+}
+
+// /ready says what is missing before the first view (an agent that does
+// not answer yet), and is 200 for a gateway with no services at all.
+func TestReadyBeforeTheViewAndWithoutServices(t *testing.T) {
+	closed := freePort(t)
+	t.Setenv("CONSUL_HTTP_ADDR", net.JoinHostPort("127.0.0.1", strconv.Itoa(closed)))
+	admin := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-consul", "-consul-wait", "-admin", strings.TrimPrefix(admin, "http://")}, io.Discard, nil)
+	}()
+	var body string
+	require.Eventually(t, func() bool {
+		var code int
+		code, body = getStatus(admin + "/ready")
+		return code == http.StatusServiceUnavailable
+	}, time.Minute, 20*time.Millisecond)
+	assert.Contains(t, body, "listener: the listeners are not open yet")
+	assert.Contains(t, body, "view: no view has loaded yet")
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("run did not end with its context while waiting for the agent")
+	}
+
+	admin2 := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	start(t, "-admin", strings.TrimPrefix(admin2, "http://"))
+	code, body := getStatus(admin2 + "/ready")
+	assert.Equal(t, http.StatusOK, code, body)
+	assert.Equal(t, "ready\n", body)
 }

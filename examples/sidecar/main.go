@@ -106,7 +106,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	if *adminAddr != "" {
 		reg := admin.Registry()
 		obs.metrics = newUpstreamMetrics(reg)
-		stopAdmin, err := admin.Serve(*adminAddr, reg, serving.Load, log, "sidecar")
+		readiness := &admin.Readiness{}
+		readiness.Add("serving", func() error {
+			if !serving.Load() {
+				return errors.New("not serving: starting or draining")
+			}
+			return nil
+		})
+		stopAdmin, err := admin.Serve(*adminAddr, admin.Endpoint{Registry: reg, Ready: readiness}, log, "sidecar")
 		if err != nil {
 			return err
 		}
