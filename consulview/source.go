@@ -53,6 +53,11 @@ type Options struct {
 	// SweepDelay is how long a catalog change that no name or check
 	// explains waits before every service is refetched; zero means 2 s.
 	SweepDelay time.Duration
+	// Once makes New load one view and start no watch: for a tool that
+	// reads a view and exits (meshgate's explain), which then leaves no
+	// blocking query on the agent. Its View never changes; Close is still
+	// the caller's.
+	Once bool
 	// WaitForAgent makes New keep retrying the first load until ctx
 	// ends, instead of failing at once when the agent does not answer.
 	WaitForAgent bool
@@ -279,6 +284,9 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.started = true
 	c.publishLocked()
 	c.mu.Unlock()
+	if opts.Once {
+		return c, nil
+	}
 	for i, w := range first {
 		// The catalog's and the checks' watches carry every service's
 		// changes: a connection each. The others take turns, the

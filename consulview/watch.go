@@ -37,6 +37,9 @@ type keyedLoad func(ctx context.Context, key string, index uint64) (uint64, erro
 func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string, index uint64, load keyedLoad) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	set[key] = cancel
+	if c.opts.Once {
+		return // one view, no watch
+	}
 	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, laneShared)
 }
 

@@ -28,7 +28,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/examples/internal/cli"
@@ -136,11 +135,12 @@ func explainConsul(fs *flag.FlagSet) ([]resolve.Plan, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("-consul reads the agent, not files: drop %q", fs.Args())
 	}
-	client, err := api.NewClient(api.DefaultConfig())
+	client, closeClient, err := consulClient()
 	if err != nil {
 		return nil, err
 	}
-	src, err := consulview.New(context.Background(), client, consulview.Options{})
+	defer closeClient()
+	src, err := consulview.New(context.Background(), client, consulview.Options{Once: true})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/testrig/consultest"
@@ -198,4 +199,39 @@ func TestExplainFailoverChain(t *testing.T) {
 	require.Len(t, lines, 3)
 	assert.Regexp(t, `^web +api +dc1 +local +upstream +direct +1 +127.0.1.10:21000 +web sidecar -> api dc1 `, lines[1])
 	assert.Regexp(t, `^- +failover 1: api dc2 +dc2 +local +upstream +local-gateway +1 +127.0.1.5:8443 +web sidecar -> gateway dc1 -> gateway dc2 -> api dc2 +-$`, lines[2])
+}
+
+// -consul is safe to run in a loop: each run closes what it opens, so the
+// connections the agent holds from this address stay few however many
+// runs there are (the agent answers 429 to every client of an address past
+// 200, gateways included).
+func TestExplainConsulInALoopLeavesNoConnections(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
+	require.NoError(t, agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{Kind: api.ServiceKindConnectProxy,
+		Name: "web-sidecar-proxy", Port: 21000, Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web",
+			Upstreams: []api.Upstream{{DestinationName: "api", LocalBindPort: 10000}}}}))
+	before, err := agent.OpenHTTPConns()
+	require.NoError(t, err)
+	const runs = 30
+	most := 0
+	for i := range runs {
+		args := []string{"-consul"}
+		if i%2 == 1 {
+			args = []string{"-consul", "-route", "api.default.dc1.internal." + agent.TrustDomain()}
+		}
+		var out, errOut bytes.Buffer
+		require.Equal(t, 0, run(args, &out, &errOut), errOut.String())
+		n, err := agent.OpenHTTPConns()
+		require.NoError(t, err)
+		most = max(most, n)
+	}
+	t.Logf("agent's connections on its HTTP port: %d before, at most %d during %d runs", before, most, runs)
+	// What one run holds while it runs is gone once it returns: the agent
+	// closes its end within a moment.
+	consultest.WaitFor(t, time.Minute, "the agent's connections back to where they were", func() bool {
+		n, err := agent.OpenHTTPConns()
+		return err == nil && n <= before
+	})
+	assert.LessOrEqual(t, most, before+2, "runs leave no connection open on the agent")
 }

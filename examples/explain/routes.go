@@ -46,10 +46,11 @@ func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, d
 			fmt.Fprintf(stderr, "explain: -consul reads the agent, not files: drop %q\n", fs.Args())
 			return 1
 		}
-		client, err := api.NewClient(api.DefaultConfig())
+		client, closeClient, err := consulClient()
 		if err == nil {
+			defer closeClient()
 			var cs *consulview.Source
-			cs, err = consulview.New(context.Background(), client, consulview.Options{WANFederation: federate})
+			cs, err = consulview.New(context.Background(), client, consulview.Options{WANFederation: federate, Once: true})
 			if err == nil {
 				defer cs.Close()
 				src = cs
@@ -112,4 +113,21 @@ func writeRouteTable(w io.Writer, rows []routeRow) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ServerName, orDash(r.Kind), orDash(r.Route), orDash(strings.Join(r.Targets, ",")), orDash(r.Rejected))
 	}
 	tw.Flush()
+}
+
+// consulClient returns a client of the local agent and the function that
+// closes the connections it holds, which the caller runs last: a run of
+// explain leaves no connection open on the agent, so that explain can run
+// in a loop (the agent refuses an address more than 200).
+func consulClient() (*api.Client, func(), error) {
+	cfg := api.DefaultConfig()
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, func() {
+		if cfg.Transport != nil {
+			cfg.Transport.CloseIdleConnections()
+		}
+	}, nil
 }

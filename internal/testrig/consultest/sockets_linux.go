@@ -132,3 +132,45 @@ func procAddr(s string) (netip.AddrPort, error) {
 	ip, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(ip.Unmap(), uint16(port)), nil
 }
+
+// OpenHTTPConns returns how many connections to the agent's HTTP port the
+// agent's process holds open (in any state but listening: one the client
+// closed counts until the agent closes its end too, as the agent's limit
+// of connections per client address counts it).
+func (a *Agent) OpenHTTPConns() (int, error) {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return 0, fmt.Errorf("consultest: agent %s is not running", a.Datacenter)
+	}
+	addr, err := netip.ParseAddrPort(cmpOr(a.HTTPAddr, a.HTTPSAddr))
+	if err != nil {
+		return 0, fmt.Errorf("consultest: the agent's HTTP address: %w", err)
+	}
+	return openConnsOn(a.cmd.Process.Pid, addr.Port())
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func openConnsOn(pid int, port uint16) (int, error) {
+	inodes, err := socketInodes(pid)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, table := range []string{"tcp", "tcp6"} {
+		socks, err := readTCPTable(filepath.Join("/proc", strconv.Itoa(pid), "net", table))
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range socks {
+			if inodes[s.inode] && s.state != tcpListen && s.local.Port() == port {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
