@@ -177,6 +177,26 @@ func TestRecvProvidedBuffers(t *testing.T) {
 	assert.Zero(t, cqe.Flags&CQEMore, "a FIN ends a multishot recv")
 }
 
+// A single accept writes the peer's address where it is told.
+func TestAcceptWithAddress(t *testing.T) {
+	r := newRing(t, Params{SingleIssuer: true})
+	lfd, addr := listen(t)
+	var sa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	sqe := r.Next()
+	sqe.PrepAccept(lfd, &sa, &n, unix.SOCK_CLOEXEC)
+	sqe.UserData = 1
+	_, err := r.Submit()
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	cqe := wait(t, r, 1)[0]
+	require.GreaterOrEqual(t, cqe.Res, int32(0), "accept: %v", cqe.Err())
+	unix.Close(int(cqe.Res))
+	assert.Equal(t, c.LocalAddr().String(), AddrPortOf(&sa).String())
+}
+
 // socket, connect linked to send, shutdown and close through the ring
 // reach a real peer in that order.
 func TestSocketConnectSendShutdownClose(t *testing.T) {
@@ -409,7 +429,9 @@ func TestSockaddr(t *testing.T) {
 	sin := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
 	assert.Equal(t, [4]byte{127, 0, 0, 1}, sin.Addr)
 	assert.Equal(t, [2]byte{0x20, 0xfb}, *(*[2]byte)(unsafe.Pointer(&sin.Port)))
+	assert.Equal(t, "127.0.0.1:8443", AddrPortOf(&sa).String())
 	n, family = Sockaddr(netip.MustParseAddrPort("[::1]:80"), &sa)
+	assert.Equal(t, "[::1]:80", AddrPortOf(&sa).String())
 	assert.Equal(t, unix.AF_INET6, family)
 	assert.EqualValues(t, unix.SizeofSockaddrInet6, n)
 	n, family = Sockaddr(netip.MustParseAddrPort("[::ffff:127.0.0.2]:80"), &sa)

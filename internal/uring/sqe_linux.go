@@ -111,9 +111,12 @@ func (s *SQE) PrepMultishotAccept(fd int, flags uint32) {
 	s.Ioprio, s.OpFlags = acceptMultishot, flags
 }
 
-// PrepAccept prepares one accept on the listening socket fd.
-func (s *SQE) PrepAccept(fd int, flags uint32) {
-	s.prep(OpAccept, fd, nil, 0, 0)
+// PrepAccept prepares one accept on the listening socket fd. When sa is
+// not nil the kernel writes the peer's address there and its length to
+// *n, which must hold sa's size: both must stay reachable until the
+// completion.
+func (s *SQE) PrepAccept(fd int, sa *unix.RawSockaddrAny, n *uint32, flags uint32) {
+	s.prep(OpAccept, fd, unsafe.Pointer(sa), 0, uint64(uintptr(unsafe.Pointer(n))))
 	s.OpFlags = flags
 }
 
@@ -211,6 +214,22 @@ func (s *SQE) PrepSplice(fdIn, fdOut int, n uint32, flags uint32) {
 	s.Addr = ^uint64(0) // splice_off_in: no offset
 	s.FileIndex = int32(fdIn)
 	s.OpFlags = flags
+}
+
+// AddrPortOf returns the address in sa, an IPv4 address in IPv6 unmapped;
+// the zero AddrPort if it is neither IPv4 nor IPv6.
+func AddrPortOf(sa *unix.RawSockaddrAny) netip.AddrPort {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		sin := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&sin.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sin.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		sin6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&sin6.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(sin6.Addr).Unmap(), uint16(p[0])<<8|uint16(p[1]))
+	}
+	return netip.AddrPort{}
 }
 
 // Sockaddr fills sa with the socket address of ap and returns its length
