@@ -12,6 +12,7 @@ import (
 	"github.com/meshgate/meshgate/gateway/internal/engine"
 	"github.com/meshgate/meshgate/gateway/internal/epoll"
 	"github.com/meshgate/meshgate/gateway/internal/goroutine"
+	"github.com/meshgate/meshgate/gateway/internal/iouring"
 )
 
 // DefaultConnectTimeout is Consul's connect timeout for upstream dials.
@@ -106,6 +107,17 @@ type Server struct {
 	// connect, idle) are checked every 200 ms. Elsewhere, or for another
 	// kind of listener, it is ignored.
 	EventLoop bool
+	// Engine chooses how a *net.TCPListener's connections are carried:
+	// EngineGoroutines, EngineEpoll (the event loops EventLoop describes)
+	// or EngineIOUring (io_uring loops, with the same two differences as
+	// the event loops). Where io_uring is unavailable (an old kernel,
+	// /proc/sys/kernel/io_uring_disabled, a seccomp filter) EngineIOUring
+	// serves with the event loops instead, and the Logger says why once.
+	// Empty means EventLoop decides: EngineEpoll if set, else
+	// EngineGoroutines. Another value makes Serve fail. Other kinds of
+	// listener are served with a goroutine per connection whatever it
+	// says.
+	Engine Engine
 
 	initOnce       sync.Once
 	done           chan struct{} // closed on Shutdown or Close
@@ -129,6 +141,7 @@ type Server struct {
 	hardClosed     atomic.Bool
 	lastID         atomic.Uint64
 	releaser       sync.Once     // starts releaseAfterBursts
+	uringFallback  sync.Once     // logs that io_uring is unavailable
 	burst          burstRule     // zero: burstConns in releaseEvery
 	memoryReleases atomic.Int64  // how many times it released memory
 	ended          atomic.Uint64 // connections finished
@@ -209,7 +222,7 @@ func (s *Server) ListenAndServe(addr string) error {
 
 // Serve accepts connections on l and handles each in a goroutine of its own
 // (one that has finished with an earlier connection, when one waits), or on
-// the event loops (see EventLoop). It always returns a non-nil error and
+// the event loops or the io_uring loops (see Engine). It always returns a non-nil error and
 // closes l; after Shutdown or Close the error is ErrServerClosed. Temporary
 // accept errors, such as running out of file descriptors, are logged and
 // retried with a backoff from 5 ms to 1 s, and connections already open keep
@@ -235,10 +248,22 @@ func (s *Server) Serve(l net.Listener) error {
 			go s.releaseAfterBursts(rule)
 		})
 	}
-	var err error
+	eng, err := s.engine()
+	if err != nil {
+		return err
+	}
 	served := false
-	if s.EventLoop {
-		if tl, ok := l.(*onceCloseListener).Listener.(*net.TCPListener); ok {
+	if tl, ok := l.(*onceCloseListener).Listener.(*net.TCPListener); ok && eng != EngineGoroutines {
+		if eng == EngineIOUring {
+			if cerr := iouring.Check(); cerr != nil {
+				s.uringFallback.Do(func() {
+					s.logger().Warn("gateway: io_uring unavailable; serving with the epoll event loops", "err", cerr.Error())
+				})
+			} else {
+				served, err = iouring.Serve(s.lifecycle(), tl)
+			}
+		}
+		if !served {
 			served, err = epoll.Serve(s.lifecycle(), tl)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/meshgate/meshgate/internal/uring/uringtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -502,27 +503,8 @@ func seccompChild(e string) int {
 		errno = errno*10 + uint32(c-'0')
 	}
 	DisabledPath = os.Getenv("URING_TEST_DISABLED_PATH")
-	const (
-		ldAbsW   = 0x20 // BPF_LD|BPF_W|BPF_ABS
-		jeqK     = 0x15 // BPF_JMP|BPF_JEQ|BPF_K
-		retK     = 0x06 // BPF_RET|BPF_K
-		retErrno = 0x00050000
-		retAllow = 0x7fff0000
-	)
-	filter := []unix.SockFilter{
-		{Code: ldAbsW, K: 0}, // seccomp_data.nr
-		{Code: jeqK, Jt: 0, Jf: 1, K: unix.SYS_IO_URING_SETUP},
-		{Code: retK, K: retErrno | errno},
-		{Code: retK, K: retAllow},
-	}
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		println("prctl:", err.Error())
-		return 1
-	}
-	const seccompSetModeFilter, filterFlagTsync = 1, 1
-	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, seccompSetModeFilter, filterFlagTsync, uintptr(unsafe.Pointer(&prog))); errno != 0 {
-		println("seccomp:", errno.Error())
+	if err := uringtest.Forbid(syscall.Errno(errno)); err != nil {
+		println(err.Error())
 		return 1
 	}
 	_, err := New(Params{})

@@ -17,7 +17,7 @@ const module = "github.com/meshgate/meshgate"
 // be listed, so that a new engine is held to the rules below.
 var (
 	contract = "gateway/internal/engine"
-	engines  = []string{"gateway/internal/epoll", "gateway/internal/goroutine"}
+	engines  = []string{"gateway/internal/epoll", "gateway/internal/goroutine", "gateway/internal/iouring"}
 	helpers  = []string{"gateway/internal/freelist", "gateway/internal/rawsock"}
 )
 
