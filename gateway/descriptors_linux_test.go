@@ -59,7 +59,7 @@ func descriptorChild() {
 	if err != nil {
 		fail(err)
 	}
-	s := &Server{Router: tab, EventLoop: eventLoopUnderTest, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	s := &Server{Router: tab, Engine: engineUnderTest, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fail(err)

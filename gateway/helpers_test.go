@@ -26,15 +26,33 @@ import (
 	"go.uber.org/goleak"
 )
 
-// eventLoopEnv, set to 1, makes startGateway turn Server.EventLoop on.
-const eventLoopEnv = "MESHGATE_TEST_EVENTLOOP"
+// eventLoopEnv, set to 1, makes startGateway serve with the event loops
+// (EngineEpoll); engineEnv, set to an engine's name, with that engine.
+const (
+	eventLoopEnv = "MESHGATE_TEST_EVENTLOOP"
+	engineEnv    = "MESHGATE_TEST_ENGINE"
+)
 
-// eventLoopUnderTest: this run's gateways use the event loops.
-var eventLoopUnderTest = os.Getenv(eventLoopEnv) == "1"
+// engineUnderTest is the engine this run's gateways use: "" for the first
+// run (a Server's own choice, by default the goroutines).
+var engineUnderTest = func() Engine {
+	if e := Engine(os.Getenv(engineEnv)); e != "" {
+		return e
+	}
+	if os.Getenv(eventLoopEnv) == "1" {
+		return EngineEpoll
+	}
+	return ""
+}()
+
+// eventLoopUnderTest: this run's gateways use loops of raw sockets (the
+// epoll or the io_uring loops) rather than a goroutine per connection.
+var eventLoopUnderTest = engineUnderTest == EngineEpoll || engineUnderTest == EngineIOUring
 
 // TestMain runs the package's tests, then, on Linux, runs them all again
-// in a child process with eventLoopEnv set, so that every test that
-// starts its gateway with startGateway also checks the event loops.
+// in a child process for each loop engine (engineEnv), so that every test
+// that starts its gateway with startGateway also checks the event loops
+// and the io_uring loops.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	// The idle poller is a process-wide goroutine, like Go's own netpoller.
@@ -42,25 +60,36 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "goleak:", err)
 		code = 1
 	}
-	if code == 0 && !eventLoopUnderTest && runtime.GOOS == "linux" && !fuzzingOrListing() {
-		fmt.Println("gateway: the tests again, startGateway's servers with EventLoop on (" + eventLoopEnv + "=1)")
-		cmd := exec.Command(os.Args[0], os.Args[1:]...)
-		cmd.Env = append(os.Environ(), eventLoopEnv+"=1")
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "gateway: with EventLoop on:", err)
-			code = 1
+	if code == 0 && engineUnderTest == "" && runtime.GOOS == "linux" && !fuzzingOrListing() {
+		for _, e := range []Engine{EngineEpoll, EngineIOUring} {
+			if e == EngineIOUring {
+				// It does not fall back here: a machine this project
+				// builds on has io_uring, and the run would test nothing.
+				if err := CheckEngine(e); err != nil {
+					fmt.Fprintln(os.Stderr, "gateway: the io_uring run cannot start:", err)
+					code = 1
+					break
+				}
+			}
+			fmt.Println("gateway: the tests again, startGateway's servers on engine " + string(e) + " (" + engineEnv + "=" + string(e) + ")")
+			cmd := exec.Command(os.Args[0], os.Args[1:]...)
+			cmd.Env = append(os.Environ(), engineEnv+"="+string(e))
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintln(os.Stderr, "gateway: on engine "+string(e)+":", err)
+				code = 1
+			}
 		}
 	}
 	os.Exit(code)
 }
 
 // goroutineEngineOnly skips a test of the goroutines that carry
-// connections without the event loop, in the run that has it on: the
-// first run checked them.
+// connections without the loops, in the runs that have them: the first
+// run checked them.
 func goroutineEngineOnly(t *testing.T) {
 	if eventLoopUnderTest {
-		t.Skip("SKIP in the EventLoop run: this test checks the goroutines of the engine without it, which the first run of the package tested")
+		t.Skip("SKIP in the " + string(engineUnderTest) + " run: this test checks the goroutines of the engine without loops, which the first run of the package tested")
 	}
 }
 
@@ -172,7 +201,9 @@ func tlsEcho(cert tls.Certificate) func(net.Conn) {
 // startGateway runs s on a loopback listener until the test ends.
 func startGateway(t testing.TB, s *Server) string {
 	t.Helper()
-	s.EventLoop = s.EventLoop || eventLoopUnderTest
+	if s.Engine == "" {
+		s.Engine = engineUnderTest
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	errc := make(chan error, 1)

@@ -26,7 +26,7 @@ func TestRouteToItselfEndsAtOnce(t *testing.T) {
 			}
 			var counters Counters
 			var log syncbuf.Buffer
-			s := &Server{Router: tableFor(t, map[string][]string{longName: {self}}), Observer: &counters, Logger: newTextLogger(&log), EventLoop: eventLoopUnderTest}
+			s := &Server{Router: tableFor(t, map[string][]string{longName: {self}}), Observer: &counters, Logger: newTextLogger(&log), Engine: engineUnderTest}
 			done := make(chan error, 1)
 			go func() { done <- s.Serve(ln) }()
 			t.Cleanup(func() { s.Close(); <-done })
