@@ -109,7 +109,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
 	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet second)")
-	eventLoop := fs.Bool("event-loop", true, "on Linux, serve connections on an event loop per core instead of a goroutine each (gateway.Server.EventLoop); -event-loop=false for a goroutine per connection")
+	engineName := fs.String("engine", "", "how connections are carried (gateway.Server.Engine): io_uring (a ring per core), epoll (an event loop per core) or goroutines (one per connection); empty: the fastest that works here. io_uring where the kernel refuses it serves with epoll, and the log says why")
+	eventLoop := fs.Bool("event-loop", true, "deprecated: -event-loop=false is -engine goroutines")
 	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
@@ -319,6 +320,17 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if registry != nil {
 		observers = append(observers, metrics.observer(registry, *envoyMetrics, *serviceName, v, *listen, opts, servingNow.Load))
 	}
+	engine := gateway.Engine(*engineName)
+	switch {
+	case engine == "" && set["event-loop"] && !*eventLoop:
+		engine = gateway.EngineGoroutines
+	case engine == "":
+		engine = gateway.FastestEngine()
+	case engine != gateway.EngineIOUring: // io_uring falls back to epoll by itself
+		if err := gateway.CheckEngine(engine); err != nil {
+			return fmt.Errorf("-engine: %w", err)
+		}
+	}
 	s := &gateway.Server{
 		Router:         &router,
 		Observer:       gateway.MultiObserver(observers...),
@@ -328,7 +340,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		IdleTimeout:    *idleTimeout,
 		MaxConns:       *maxConns,
 		ReleaseMemory:  *releaseMemory,
-		EventLoop:      *eventLoop,
+		Engine:         engine,
 		Logger:         log,
 	}
 	metrics.server.Store(s)
@@ -341,7 +353,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.timeout(opts).String(),
 		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil,
-		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced())
+		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced(), "engine", string(engine))
 	if g != nil {
 		lv.applied = func(opts proxyconfig.Gateway, addrs []string) {
 			if err := g.checkFollows(ctx, opts, addrs); err != nil {

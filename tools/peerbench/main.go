@@ -6,8 +6,10 @@
 // $ssl_preread_server_name) and HAProxy (req.ssl_sni, option splice-auto),
 // all routing the same long Consul SNI to the same backend on loopback, in
 // one run, and prints one table with ratios. meshgate is
-// examples/meshgateway as it ships (event loops on); meshgate-goroutines
-// is the same binary with -event-loop=false. The
+// examples/meshgateway as it ships (its default engine: the io_uring
+// loops where the kernel allows them, which its log names);
+// meshgate-epoll and meshgate-goroutines are the same binary with -engine
+// epoll and -engine goroutines. The
 // client talking to the backend directly is the ceiling; tools/goepoll,
 // the smallest SNI proxy Go allows, is the yardstick for what a Go program
 // reaches on the machine, and tools/gouring the same on io_uring.
@@ -56,7 +58,7 @@ func main() {
 	meshgateFlags := flag.String("meshgate-flags", "", "extra flags for the meshgateway binary, such as -cpuprofile=/tmp/cpu.out")
 	meshgateEnv := flag.String("meshgate-env", "", "extra environment for the meshgateway binary, such as GOMAXPROCS=1")
 	baseline := flag.String("baseline", "", "a checkout of another meshgate version (such as a git worktree of main) to measure beside this one, as target \"baseline\"")
-	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, meshgate-goroutines, baseline, goepoll, gouring, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
+	only := flag.String("only", "", "comma-separated targets to run (direct, meshgate, meshgate-epoll, meshgate-goroutines, baseline, goepoll, gouring, tcpproxy, caddy-l4, traefik, nginx, haproxy); empty means all")
 	measure := flag.String("measure", "rate,bulk,idle", "comma-separated measurements to run each round (rate, bulk, idle)")
 	helloFile := flag.String("hello", "sni/testdata/hellos/go-crypto-tls.bin", "ClientHello every client sends")
 	flag.Parse()
@@ -102,7 +104,7 @@ func main() {
 	for _, st := range []struct {
 		name  string
 		start func(string, string, string, int) (*target, *proc, error)
-	}{{"meshgate", startMeshgate}, {"meshgate-goroutines", startMeshgateGoroutines}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll}, {"gouring", startGouring},
+	}{{"meshgate", startMeshgate}, {"meshgate-epoll", startMeshgateEpoll}, {"meshgate-goroutines", startMeshgateGoroutines}, {"baseline", startBaseline(*baseline)}, {"goepoll", startGoepoll}, {"gouring", startGouring},
 		{"tcpproxy", startTCPProxy}, {"caddy-l4", startCaddyL4}, {"traefik", startTraefik},
 		{"nginx", startNginx}, {"haproxy", startHAProxy}} {
 		if st.name == "baseline" && *baseline == "" {
@@ -414,10 +416,16 @@ func startMeshgate(dir, backendAddr, name string, idle int) (*target, *proc, err
 	return startMeshgateFrom(".", "meshgate", dir, backendAddr, name)
 }
 
-// startMeshgateGoroutines starts the same gateway with its event loops
-// off (gateway.Server.EventLoop false): a goroutine per connection.
+// startMeshgateEpoll starts the same gateway on its epoll event loops
+// (-engine epoll).
+func startMeshgateEpoll(dir, backendAddr, name string, idle int) (*target, *proc, error) {
+	return startMeshgateFrom(".", "meshgate-epoll", dir, backendAddr, name, "-engine", "epoll")
+}
+
+// startMeshgateGoroutines starts the same gateway with a goroutine per
+// connection (-engine goroutines).
 func startMeshgateGoroutines(dir, backendAddr, name string, idle int) (*target, *proc, error) {
-	return startMeshgateFrom(".", "meshgate-goroutines", dir, backendAddr, name, "-event-loop=false")
+	return startMeshgateFrom(".", "meshgate-goroutines", dir, backendAddr, name, "-engine", "goroutines")
 }
 
 // startBaseline starts the meshgateway of another checkout, src.
