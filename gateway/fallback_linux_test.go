@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshgate/meshgate/internal/syncbuf"
-	"github.com/meshgate/meshgate/internal/uring/uringtest"
+	"github.com/meshgate/meshgate/internal/testrig/syncbuf"
+	"github.com/meshgate/meshgate/internal/testrig/uringtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"

@@ -17,7 +17,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/meshgate/meshgate/internal/uring/uringtest"
+	"github.com/meshgate/meshgate/internal/testrig/uringtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
