@@ -4,6 +4,7 @@
 package promtest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,19 +23,70 @@ import (
 // BinaryEnv names a Prometheus binary to use instead of the one on PATH.
 const BinaryEnv = "MESHGATE_PROMETHEUS_BIN"
 
-// Binary returns the Prometheus binary: $MESHGATE_PROMETHEUS_BIN, or
-// prometheus on PATH. It fails the test, saying to run the install script,
-// when there is none: tests that need Prometheus are never skipped.
+// Binary returns the Prometheus binary: $MESHGATE_PROMETHEUS_BIN, or the
+// path printed by scripts/install-prometheus.sh, which finds prometheus on
+// PATH or installs Debian's package the first time (as consultest builds
+// Consul). It fails the test, loudly, if neither works: tests that need
+// Prometheus are never skipped.
 func Binary(tb testing.TB) string {
 	tb.Helper()
-	if p := os.Getenv(BinaryEnv); p != "" {
-		return p
+	binOnce.Do(func() {
+		if p := os.Getenv(BinaryEnv); p != "" {
+			binPath = p
+			return
+		}
+		script, err := installScript()
+		if err != nil {
+			binErr = err
+			return
+		}
+		var stderr bytes.Buffer
+		cmd := exec.Command("bash", script)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			binErr = fmt.Errorf("installing Prometheus with scripts/install-prometheus.sh: %v\n%s", err, tail(stderr.String(), 2000))
+			return
+		}
+		binPath = strings.TrimSpace(string(out))
+	})
+	if binErr != nil {
+		tb.Fatalf("promtest: no prometheus binary: %v (or set %s)", binErr, BinaryEnv)
 	}
-	p, err := exec.LookPath("prometheus")
+	return binPath
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// installScript finds scripts/install-prometheus.sh above the working
+// directory, which go test sets to the package's.
+func installScript() (string, error) {
+	dir, err := os.Getwd()
 	if err != nil {
-		tb.Fatalf("promtest: no prometheus binary (%v): run `bash scripts/install-prometheus.sh` (Debian's prometheus package), or set %s", err, BinaryEnv)
+		return "", err
 	}
-	return p
+	for {
+		p := filepath.Join(dir, "scripts", "install-prometheus.sh")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("scripts/install-prometheus.sh not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
 }
 
 // Server is a running Prometheus.
