@@ -1,0 +1,172 @@
+package meshgate_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+const module = "github.com/meshgate/meshgate"
+
+// rule says what the packages matching Packages may not link (their
+// non-test dependencies, direct or not): any package whose import path
+// starts with one of Forbidden. AllowOnly, when set, is the other way
+// round: every meshgate package they link must start with one of its
+// prefixes. Why is what the layout loses otherwise (docs/design.md).
+type rule struct {
+	Packages  string // an import path, or a prefix ending in "/..."
+	Forbidden []string
+	AllowOnly []string
+	Why       string
+	// Future marks a rule for packages that may not exist yet (the
+	// engines moving under gateway/internal): it holds once they do.
+	Future bool
+}
+
+// layout is docs/design.md's "allowed imports", as a test.
+var layout = []rule{
+	{Packages: "sni", AllowOnly: []string{"internal/"},
+		Why: "sni is the ground floor: ClientHellos and Consul's names"},
+	{Packages: "gateway/...", AllowOnly: []string{"sni", "gateway/", "internal/"},
+		Why: "the data path knows nothing of Consul"},
+	{Packages: "gateway/internal/...", AllowOnly: []string{"gateway/internal/", "sni", "internal/"}, Future: true,
+		Why: "an engine under gateway sees a narrow interface, not Server: it imports no gateway"},
+	{Packages: "mesh", AllowOnly: []string{"sni", "internal/"},
+		Why: "the model imports no rules, sources or data path"},
+	{Packages: "modes", AllowOnly: []string{"internal/"},
+		Why: "mode precedence is a pure function of Consul's types"},
+	{Packages: "resolve", Forbidden: []string{"gateway", "config", "routing", "consulview", "google.golang.org/grpc"},
+		Why: "resolve is Consul's rules only, over mesh: no data path, no file loaders"},
+	{Packages: "config", Forbidden: []string{"gateway", "resolve", "routing", "consulview", "sidecar"},
+		Why: "files become a mesh.View; they route nothing"},
+	{Packages: "sidecar", Forbidden: []string{"gateway", "config", "routing", "consulview", "gatewaycert",
+		"google.golang.org/grpc", "github.com/envoyproxy/"},
+		Why: "a program that only dials upstreams links no gateway, file parsers, gRPC or Envoy protos"},
+	{Packages: "routing", Forbidden: []string{"config", "consulview", "registration", "gatewaycert", "sidecar"},
+		Why: "routing is a pure function of a mesh.Source; sources are the program's to choose"},
+	{Packages: "consulview", Forbidden: []string{"gateway", "routing", "config", "sidecar"},
+		Why: "a live agent as a mesh.Source, nothing more"},
+	{Packages: "internal/...", AllowOnly: []string{"internal/"},
+		Why: "internal/ is the ground: nothing in it runs back up the import graph (rigs that need meshgate's packages are public test packages, such as routing/routingtest)"},
+}
+
+// A package's non-test dependencies respect the layout: go list -deps
+// -test=false, for every package of the module.
+func TestImportsFollowTheLayout(t *testing.T) {
+	deps := moduleDeps(t)
+	for _, r := range layout {
+		matched := 0
+		for pkg, ds := range deps {
+			if !matches(r.Packages, strings.TrimPrefix(strings.TrimPrefix(pkg, module), "/")) {
+				continue
+			}
+			matched++
+			for _, d := range ds {
+				if bad := crosses(r, d); bad != "" {
+					t.Errorf("%s links %s (%s): %s", pkg, d, bad, r.Why)
+				}
+			}
+		}
+		if !r.Future {
+			require.NotZero(t, matched, "rule for %s matches no package: the layout moved without its test", r.Packages)
+		}
+	}
+}
+
+// The rules catch what they are for.
+func TestLayoutRulesCatchACrossing(t *testing.T) {
+	find := func(pkgs string) rule {
+		for _, r := range layout {
+			if r.Packages == pkgs {
+				return r
+			}
+		}
+		t.Fatalf("no rule for %s", pkgs)
+		return rule{}
+	}
+	require.NotEmpty(t, crosses(find("resolve"), module+"/gateway"))
+	require.NotEmpty(t, crosses(find("resolve"), module+"/config"))
+	require.NotEmpty(t, crosses(find("sidecar"), "google.golang.org/grpc/codes"))
+	require.NotEmpty(t, crosses(find("sidecar"), module+"/routing/l7"))
+	require.NotEmpty(t, crosses(find("internal/..."), module+"/sidecar"))
+	require.Empty(t, crosses(find("internal/..."), module+"/internal/tenancy"))
+	require.Empty(t, crosses(find("internal/..."), "github.com/hashicorp/consul/api"))
+	require.NotEmpty(t, crosses(find("gateway/internal/..."), module+"/gateway"))
+	require.Empty(t, crosses(find("gateway/internal/..."), module+"/gateway/internal/x"))
+	require.Empty(t, crosses(find("resolve"), module+"/resolvex"), "a prefix is a whole path element")
+	require.True(t, matches("gateway/internal/...", "gateway/internal/engine"))
+	require.False(t, matches("gateway/internal/...", "gateway"))
+	require.True(t, matches("gateway/...", "gateway"))
+}
+
+// crosses returns why dep may not be linked under r, or "".
+func crosses(r rule, dep string) string {
+	if r.AllowOnly != nil && (dep == module || strings.HasPrefix(dep, module+"/")) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(dep, module), "/")
+		for _, a := range r.AllowOnly {
+			if under(rel, a) {
+				return ""
+			}
+		}
+		return "not among " + strings.Join(r.AllowOnly, ", ")
+	}
+	for _, f := range r.Forbidden {
+		path := f
+		if !strings.Contains(f, ".") {
+			path = module + "/" + f
+		}
+		if under(dep, path) {
+			return "forbidden: " + f
+		}
+	}
+	return ""
+}
+
+// under reports whether path is prefix or below it; a prefix ending in "/"
+// is a tree.
+func under(path, prefix string) bool {
+	if strings.HasSuffix(prefix, "/") {
+		return strings.HasPrefix(path, prefix)
+	}
+	return path == prefix || strings.HasPrefix(path, prefix+"/")
+}
+
+// matches reports whether the module-relative package rel is pattern: an
+// import path, or a tree "x/..." (x itself included).
+func matches(pattern, rel string) bool {
+	if tree, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return rel == tree || strings.HasPrefix(rel, tree+"/")
+	}
+	return rel == pattern
+}
+
+// moduleDeps returns each package of the module with its non-test
+// dependencies, as go list -deps reports them.
+func moduleDeps(t *testing.T) map[string][]string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps,Error", "./...").Output()
+	require.NoError(t, err)
+	deps := map[string][]string{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p struct {
+			ImportPath string
+			Deps       []string
+			Error      *struct{ Err string }
+		}
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		require.Nil(t, p.Error, "go list %s", p.ImportPath)
+		deps[p.ImportPath] = p.Deps
+	}
+	require.NotEmpty(t, deps)
+	return deps
+}
