@@ -49,7 +49,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -58,8 +57,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-multierror"
 	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
@@ -129,11 +128,11 @@ var ErrTooLarge = decode.ErrYAMLTooLarge
 // *Problem values ("file:line: path: message").
 func Load(paths ...string) (*Set, error) {
 	var files []string
-	var errs *multierror.Error
+	var errs []error
 	for _, p := range paths {
 		info, err := os.Stat(p)
 		if err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 			continue
 		}
 		if !info.IsDir() {
@@ -142,7 +141,7 @@ func Load(paths ...string) (*Set, error) {
 		}
 		entries, err := os.ReadDir(p)
 		if err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 			continue
 		}
 		var found []string
@@ -158,15 +157,15 @@ func Load(paths ...string) (*Set, error) {
 	for _, f := range files {
 		src, err := os.ReadFile(f)
 		if err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 			continue
 		}
 		if err := set.add(f, src); err != nil {
-			errs = multierror.Append(errs, err)
+			errs = append(errs, err)
 		}
 	}
-	if err := errs.ErrorOrNil(); err != nil {
-		return nil, flatten(err)
+	if err := problems.Join(errs...); err != nil {
+		return nil, err
 	}
 	return set, nil
 }
@@ -176,7 +175,7 @@ func Load(paths ...string) (*Set, error) {
 func Parse(name string, src []byte) (*Set, error) {
 	set := newSet()
 	if err := set.add(name, src); err != nil {
-		return nil, flatten(err)
+		return nil, problems.Join(err)
 	}
 	return set, nil
 }
@@ -185,25 +184,6 @@ func newSet() *Set {
 	return &Set{ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{}, ServiceResolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{},
 		SamenessGroups: map[string]*api.SamenessGroupConfigEntry{}, ExportedServices: map[string]*api.ExportedServicesConfigEntry{},
 		ServiceRouters: map[mesh.EntryKey]*api.ServiceRouterConfigEntry{}, ServiceSplitters: map[mesh.EntryKey]*api.ServiceSplitterConfigEntry{}}
-}
-
-// flatten turns nested multierrors into one flat list, formatted one per line.
-func flatten(err error) error {
-	var out *multierror.Error
-	var walk func(error)
-	walk = func(e error) {
-		var me *multierror.Error
-		if errors.As(e, &me) {
-			for _, c := range me.Errors {
-				walk(c)
-			}
-			return
-		}
-		out = multierror.Append(out, e)
-	}
-	walk(err)
-	out.ErrorFormat = decode.ListFormat
-	return out
 }
 
 func (s *Set) add(file string, src []byte) error {
@@ -280,18 +260,10 @@ func (s *Set) addServices(d *decode.Decoder, k decode.Key) {
 		if reg.Kind == api.ServiceKindConnectProxy && (reg.Proxy == nil || reg.Proxy.DestinationServiceName == "") {
 			d.Errorf(item.Line, path, "connect-proxy %q has no proxy.destination_service_name", reg.Name)
 		}
-		if errorCount(d.Err()) == errorCount(before) {
+		if problems.Count(d.Err()) == problems.Count(before) {
 			s.Services = append(s.Services, Service{AgentServiceRegistration: reg, File: d.File, Line: item.Line})
 		}
 	}
-}
-
-func errorCount(err error) int {
-	var me *multierror.Error
-	if errors.As(err, &me) {
-		return len(me.Errors)
-	}
-	return 0
 }
 
 // addBootstrap reads an agent's config_entries { bootstrap = [ ... ] }.
@@ -336,9 +308,9 @@ func (s *Set) addEntry(d *decode.Decoder, n *decode.Node, path string) {
 	if kind == api.MeshConfig {
 		drop = append(drop, "Name") // a fixed name, no Name field
 	}
-	before := errorCount(d.Err())
+	before := problems.Count(d.Err())
 	d.Decode(n.Without(drop...), entry, join(path, kind))
-	if errorCount(d.Err()) != before {
+	if problems.Count(d.Err()) != before {
 		return
 	}
 	line := n.Line

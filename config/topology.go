@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/meshgate/meshgate/internal/decode"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/mesh"
 )
 
@@ -62,9 +63,9 @@ type peerRow struct {
 
 func (s *Set) addTopology(d *decode.Decoder, n *decode.Node) {
 	var t topologyDoc
-	before := errorCount(d.Err())
+	before := problems.Count(d.Err())
 	d.Decode(n, &t, keyTopology)
-	if errorCount(d.Err()) != before {
+	if problems.Count(d.Err()) != before {
 		return
 	}
 	check := func(what string, addrs []string) {

@@ -27,6 +27,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/meshgate/meshgate/internal/problems"
 )
 
 // DefaultTimeout bounds the new process's start when Options.Timeout is
@@ -182,7 +184,7 @@ func (p *Process) Ready() error {
 	if err := notifyReady(); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return problems.Join(errs...)
 }
 
 // Close removes the PID file if it still names this process: call it when

@@ -32,7 +32,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-multierror"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/tenancy"
 )
 
@@ -127,13 +127,13 @@ func (l Layers) Get(s Layer) api.MeshGatewayMode {
 
 // Validate checks every layer and reports each invalid one, naming its layer.
 func (l Layers) Validate() error {
-	var errs *multierror.Error
+	var errs []error
 	for _, s := range Precedence() {
 		if err := Validate(l.Get(s)); err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("%s: %w", s, err))
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
 		}
 	}
-	return errs.ErrorOrNil()
+	return problems.Join(errs...)
 }
 
 // Decision is a resolved mode and the layer that decided it.

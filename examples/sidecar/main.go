@@ -55,6 +55,7 @@ import (
 	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/fipsmode"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
@@ -287,7 +288,7 @@ func (b *binder) sync(inst mesh.Instance) error {
 		}()
 		b.s.log.Debug("sidecar: listening", "listener", l.String())
 	}
-	return errors.Join(errs...)
+	return problems.Join(errs...)
 }
 
 // serving returns how many upstream listeners are open, and the public

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-multierror"
 	"github.com/meshgate/meshgate/internal/problems"
 )
 
@@ -51,25 +50,17 @@ type Decoder struct {
 	// (compared with Normalize), such as an agent file's "token".
 	Ignore []string
 
-	errs *multierror.Error
+	errs []error
 }
 
 // Errorf records a problem at line.
 func (d *Decoder) Errorf(line int, path, format string, args ...any) {
-	d.errs = multierror.Append(d.errs, &Error{File: d.File, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, &Error{File: d.File, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Err returns every problem recorded so far as one *multierror.Error, or nil.
-func (d *Decoder) Err() error {
-	if d.errs == nil {
-		return nil
-	}
-	d.errs.ErrorFormat = ListFormat
-	return d.errs
-}
-
-// ListFormat is problems.List, the project's one format for several errors.
-var ListFormat = problems.List
+// Err returns every problem recorded so far as one *multierror.Error
+// (problems.Join), or nil.
+func (d *Decoder) Err() error { return problems.Join(d.errs...) }
 
 // Decode decodes n into the value out points to. Problems are recorded and
 // returned by Err; Decode itself never panics on bad input.

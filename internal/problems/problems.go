@@ -1,11 +1,19 @@
-// Package problems combines several errors into one, the same way across
-// the project: a *multierror.Error (github.com/hashicorp/go-multierror),
-// which callers can take apart with errors.As, errors.Is or its Errors
-// field, formatted as one problem by itself or "N problems:" followed by one
-// indented line each.
+// Package problems is the project's one way to combine several errors into
+// one: a *multierror.Error (github.com/hashicorp/go-multierror), flat, in
+// the order given, formatted as one problem by itself or "N problems:"
+// followed by one indented line each.
+//
+// Why this one: a caller can take the result apart three ways, errors.Is
+// and errors.As through it, or the Errors field of the *multierror.Error it
+// gets with errors.As (config and proxyconfig document that, and tests use
+// it to read every *config.Problem), and it prints every problem on a line
+// of its own. errors.Join gives the first two only, and raw
+// multierror.Append its own format; so nothing else in meshgate joins
+// errors.
 package problems
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -13,12 +21,24 @@ import (
 )
 
 // Join returns errs as one *multierror.Error formatted with List, leaving
-// out nil ones, or nil if none is left.
+// out nil ones and flattening the entries of those that are themselves
+// *multierror.Error, or nil if none is left.
 func Join(errs ...error) error {
 	var out *multierror.Error
+	var add func(error)
+	add = func(err error) {
+		var me *multierror.Error
+		if errors.As(err, &me) {
+			for _, e := range me.Errors {
+				add(e)
+			}
+			return
+		}
+		out = multierror.Append(out, err)
+	}
 	for _, err := range errs {
 		if err != nil {
-			out = multierror.Append(out, err)
+			add(err)
 		}
 	}
 	if out == nil {
@@ -26,6 +46,19 @@ func Join(errs ...error) error {
 	}
 	out.ErrorFormat = List
 	return out
+}
+
+// Count returns how many problems err holds: its entries if it is a
+// *multierror.Error, 1 for any other error, 0 for nil.
+func Count(err error) int {
+	var me *multierror.Error
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &me):
+		return len(me.Errors)
+	}
+	return 1
 }
 
 // List is a multierror.ErrorFormatFunc: one problem as itself, several as
