@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/problems"
 )
 
@@ -97,6 +98,21 @@ type Gateway struct {
 	Ignored []string
 	// Unknown lists, sorted, the options given that Consul does not define.
 	Unknown []string
+}
+
+// ParseService reads the options of a registered gateway as the agent
+// returns it (registration.GatewayService): its Proxy.Config, its own over
+// the proxy-defaults entry's. The error names the service.
+func ParseService(svc *api.AgentService) (Gateway, error) {
+	var config map[string]any
+	if svc.Proxy != nil {
+		config = svc.Proxy.Config
+	}
+	opts, err := ParseGateway(config)
+	if err != nil {
+		return opts, fmt.Errorf("gateway %q's Proxy.Config (its own over proxy-defaults'): %w", svc.ID, err)
+	}
+	return opts, nil
 }
 
 // ParseGateway reads config, a gateway's effective Proxy.Config (as decoded

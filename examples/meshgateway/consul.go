@@ -75,7 +75,7 @@ func (g *consulGateway) attach(ctx context.Context, id string) ([]net.Listener, 
 	if err != nil {
 		return nil, nil, proxyconfig.Gateway{}, err
 	}
-	opts, err := parseProxyConfig(svc)
+	opts, err := proxyconfig.ParseService(svc)
 	if err != nil {
 		return nil, nil, opts, err
 	}
@@ -115,7 +115,7 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string,
 	if err != nil {
 		return fail(err)
 	}
-	opts, err := parseProxyConfig(svc)
+	opts, err := proxyconfig.ParseService(svc)
 	if err != nil {
 		return fail(err)
 	}
@@ -164,16 +164,4 @@ func (g *consulGateway) deregisterIfRegistered() {
 	if err := g.deregister(); err != nil {
 		g.log.Warn("meshgateway: deregistering", "err", err)
 	}
-}
-
-func parseProxyConfig(svc *api.AgentService) (proxyconfig.Gateway, error) {
-	var config map[string]any
-	if svc.Proxy != nil {
-		config = svc.Proxy.Config
-	}
-	opts, err := proxyconfig.ParseGateway(config)
-	if err != nil {
-		return opts, fmt.Errorf("gateway %q's Proxy.Config (its own over proxy-defaults'): %w", svc.ID, err)
-	}
-	return opts, nil
 }

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -11,47 +9,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/internal/testrig/hellotest"
-	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// The options in force reach each route: the connect timeout where the
-// route has none of its own (a resolver's wins, -connect-timeout wins over
-// the options), the remote keepalive for remote routes only; a change
-// applies to the next route at once.
-func TestLiveOptionsReachTheRoutes(t *testing.T) {
-	next := gateway.RouterFunc(func(_ context.Context, h *sni.ClientHello) (gateway.Route, error) {
-		switch h.ServerName {
-		case "remote":
-			return gateway.Route{Name: "remote", Targets: []string{"x:1"}, Remote: true}, nil
-		case "resolver":
-			return gateway.Route{Name: "resolver", Targets: []string{"x:1"}, ConnectTimeout: 7 * time.Second}, nil
-		}
-		return gateway.Route{Name: "local", Targets: []string{"x:1"}}, nil
-	})
-	route := func(r gateway.Router, name string) gateway.Route {
-		got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: name})
-		require.NoError(t, err)
-		return got
-	}
-	ka := proxyconfig.Gateway{ConnectTimeout: 1500 * time.Millisecond}
-	ka.RemoteKeepAlive.Enable, ka.RemoteKeepAlive.Idle = true, 42*time.Second
-	l := newLive(&gateway.Server{}, slog.New(slog.DiscardHandler), proxyconfig.Gateway{}, false)
-	r := l.router(next)
-	assert.Zero(t, route(r, "local").ConnectTimeout, "no option: the Server's")
-	l.opts.Store(&ka)
-	assert.Equal(t, 1500*time.Millisecond, route(r, "local").ConnectTimeout, "changed: the next route has it")
-	assert.Equal(t, 7*time.Second, route(r, "resolver").ConnectTimeout, "a resolver's own wins")
-	assert.Equal(t, ka.RemoteKeepAlive, route(r, "remote").KeepAlive)
-	assert.False(t, route(r, "local").KeepAlive.Enable, "local routes: no keepalive")
-	flag := newLive(&gateway.Server{}, slog.New(slog.DiscardHandler), ka, true)
-	assert.Zero(t, route(flag.router(next), "local").ConnectTimeout, "-connect-timeout wins: the Server's")
-}
 
 // keptOpen is a connection through gw to an echo backend, left open.
 func keptOpen(t *testing.T, gw, name string) net.Conn {

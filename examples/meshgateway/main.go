@@ -54,6 +54,7 @@ import (
 	"github.com/meshgate/meshgate/gatewaycert"
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/testrig/echo"
+	"github.com/meshgate/meshgate/liveconfig"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
 	"github.com/meshgate/meshgate/registration"
@@ -345,22 +346,25 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	metrics.server.Store(s)
 	// The Proxy.Config options in force, applied while the gateway runs.
-	lv := newLive(s, log, opts, set["connect-timeout"])
-	router.Store(lv.router(gatewayRouter(src, l7mode)))
-	lv.serve(binds, listeners)
-	listeners = nil // Serve closes them
-	addrs := lv.addrs(binds)
-	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
-		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.timeout(opts).String(),
-		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil,
-		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced(), "engine", string(engine))
+	lvOpts := liveconfig.Options{Logger: log, Name: "meshgateway", FixedConnectTimeout: set["connect-timeout"]}
 	if g != nil {
-		lv.applied = func(opts proxyconfig.Gateway, addrs []string) {
+		lvOpts.Applied = func(opts proxyconfig.Gateway, addrs []string) {
 			if err := g.checkFollows(ctx, opts, addrs); err != nil {
 				log.Error("meshgateway: moving the health check to the listeners in force", "err", err)
 			}
 		}
-		go lv.followRegistration(ctx, g.client, g.id, g.binds)
+	}
+	lv := liveconfig.New(s, opts, lvOpts)
+	router.Store(lv.Router(gatewayRouter(src, l7mode)))
+	lv.Serve(binds, listeners)
+	listeners = nil // Serve closes them
+	addrs := lv.Addrs(binds)
+	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
+		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.ConnectTimeout(opts).String(),
+		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil,
+		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced(), "engine", string(engine))
+	if g != nil {
+		go lv.FollowRegistration(ctx, g.client, g.id, g.binds)
 	}
 	if *demo {
 		go func() {
@@ -386,7 +390,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 wait:
 	for {
 		select {
-		case serveErr = <-lv.served:
+		case serveErr = <-lv.Served():
 			break wait
 		case <-ctx.Done():
 			break wait
@@ -404,7 +408,7 @@ wait:
 		log.Warn("meshgateway: drain ended; closing the rest", "open_connections", s.ActiveConns())
 		s.Close()
 	}
-	lv.wait()
+	lv.Wait()
 	if serveErr != nil && !errors.Is(serveErr, gateway.ErrServerClosed) {
 		return serveErr
 	}

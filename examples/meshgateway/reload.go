@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/tenancy"
+	"github.com/meshgate/meshgate/liveconfig"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
 )
@@ -29,7 +30,7 @@ type reloadFrom struct {
 // would lead to the gateway itself: then it says why and the previous
 // configuration stays in force. Open connections are untouched either way.
 // It returns the source now in force: prev or the new one.
-func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *live, from reloadFrom, prev mesh.Source) mesh.Source {
+func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *liveconfig.Applier, from reloadFrom, prev mesh.Source) mesh.Source {
 	refuse := func(err error) mesh.Source {
 		log.Error("meshgateway: reload failed; the previous configuration stays in force", "err", err.Error())
 		return prev
@@ -43,18 +44,17 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 		return refuse(fmt.Errorf("proxy-defaults Config: %w", err))
 	}
 	next := src.View()
-	for _, addr := range lv.listening() {
+	for _, addr := range lv.Listening() {
 		if err := refuseSelfRoutes(ctx, addr, next); err != nil {
 			return refuse(err)
 		}
 	}
-	check := lv.check
-	lv.check = func(addr net.Addr) error { return refuseSelfRoutes(ctx, addr, next) }
-	if err := lv.apply(ctx, opts, opts.Binds(from.listen, nil)); err != nil {
-		lv.check = check
+	check := lv.SetCheck(func(addr net.Addr) error { return refuseSelfRoutes(ctx, addr, next) })
+	if err := lv.Apply(ctx, opts, opts.Binds(from.listen, nil)); err != nil {
+		lv.SetCheck(check)
 		return refuse(err)
 	}
-	router.Store(lv.router(gatewayRouter(src, from.l7)))
+	router.Store(lv.Router(gatewayRouter(src, from.l7)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)
