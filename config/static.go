@@ -1,14 +1,11 @@
 package config
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
-	"github.com/meshgate/meshgate/sni"
 )
 
 // DefaultTrustDomain is the trust domain used when neither the topology nor
@@ -151,117 +148,16 @@ func InstanceOf(reg *api.AgentServiceRegistration, origin string) (mesh.Instance
 	return mesh.Instance{}, false
 }
 
-// StaticView makes a mesh.Source of a View built in Go, in one step. It routes
-// exactly as the same topology loaded from files, because NewStatic ends
-// here too. It works on a copy of v in which:
-//   - empty namespaces and partitions are "default", and empty service
-//     datacenters are the local one;
-//   - datacenter names are lower-case, as Consul makes an agent's, so that
-//     DC1 routes the SNI names Consul builds with dc1;
-//   - a peer's import without an SNI gets the name the peer expects,
-//     <svc>.<ns>.<partition>.<NameAtPeer>.external.<TrustDomain>, and one
-//     without Gateways the peer's gateways;
-//   - a Federation's Domain is lower-case without a trailing dot, and
-//     sni.DefaultDomain when empty.
-//
-// It refuses a subset that no service-resolver in Resolvers defines, and
-// returns v.Validate's error if the result is not usable.
+// StaticView makes a mesh.Source of a View built in Go, in one step: the
+// canonical copy of v that mesh.Canonical makes (and its error, if v is not
+// usable). It routes exactly as the same topology loaded from files,
+// because NewStatic ends here too.
 func StaticView(v *mesh.View) (*Static, error) {
-	n := *v
-	n.Datacenter = strings.ToLower(n.Datacenter)
-	n.Partition = tenancy.OrDefault(n.Partition)
-	key := func(k mesh.ServiceKey) mesh.ServiceKey {
-		k.Namespace, k.Partition = tenancy.OrDefault(k.Namespace), tenancy.OrDefault(k.Partition)
-		if k.Datacenter == "" {
-			k.Datacenter = n.Datacenter
-		}
-		k.Datacenter = strings.ToLower(k.Datacenter)
-		return k
-	}
-	rekeyServices := func(m map[mesh.ServiceKey][]mesh.Endpoint) map[mesh.ServiceKey][]mesh.Endpoint {
-		out := make(map[mesh.ServiceKey][]mesh.Endpoint, len(m))
-		for k, eps := range m {
-			k = key(k)
-			out[k] = append(out[k], eps...)
-		}
-		return out
-	}
-	n.Services, n.UnhealthyServices = rekeyServices(v.Services), rekeyServices(v.UnhealthyServices)
-	n.Resolvers = rekey(v.Resolvers)
-	rekeySubsets := func(m map[mesh.ServiceKey]map[string][]mesh.Endpoint) (map[mesh.ServiceKey]map[string][]mesh.Endpoint, error) {
-		out := make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(m))
-		for k, subsets := range m {
-			for name, eps := range subsets {
-				k := key(k)
-				if !n.DefinesSubset(k.Name, name, k.Namespace, k.Partition) {
-					return nil, fmt.Errorf("config: subset %q of service %q has endpoints, but no service-resolver for %s defines it", name, k.Name, mesh.KeyOf(k.Name, k.Namespace, k.Partition))
-				}
-				if out[k] == nil {
-					out[k] = map[string][]mesh.Endpoint{}
-				}
-				out[k][name] = append(out[k][name], eps...)
-			}
-		}
-		return out, nil
-	}
-	var err error
-	if n.Subsets, err = rekeySubsets(v.Subsets); err != nil {
+	c, err := mesh.Canonical(v)
+	if c == nil {
 		return nil, err
 	}
-	if n.UnhealthySubsets, err = rekeySubsets(v.UnhealthySubsets); err != nil {
-		return nil, err
-	}
-	n.ServiceDefaults = rekey(v.ServiceDefaults)
-	n.Routers = rekey(v.Routers)
-	n.Splitters = rekey(v.Splitters)
-	n.SamenessGroups = make(map[string]*api.SamenessGroupConfigEntry, len(v.SamenessGroups))
-	for name, g := range v.SamenessGroups {
-		n.SamenessGroups[name] = g
-	}
-	n.Gateways = make(map[mesh.Location][]mesh.Endpoint, len(v.Gateways))
-	for l, eps := range v.Gateways {
-		l.Datacenter, l.Partition = strings.ToLower(l.Datacenter), tenancy.OrDefault(l.Partition)
-		n.Gateways[l] = append(n.Gateways[l], eps...)
-	}
-	n.Exports = make(map[mesh.ServiceKey][]string, len(v.Exports))
-	for k, peers := range v.Exports {
-		k = key(k)
-		n.Exports[k] = append(n.Exports[k], peers...)
-	}
-	n.Peers = make(map[string]mesh.Peer, len(v.Peers))
-	for name, p := range v.Peers {
-		imports := make([]mesh.ImportedService, len(p.Imports))
-		for i, im := range p.Imports {
-			if im.SNI == "" {
-				im.SNI = sni.PeeredServiceSNI(im.Name, im.Namespace, im.Partition, p.NameAtPeer, p.TrustDomain)
-			}
-			im.Namespace, im.Partition = tenancy.OrDefault(im.Namespace), tenancy.OrDefault(im.Partition)
-			if len(im.Gateways) == 0 {
-				im.Gateways = p.Gateways
-			}
-			imports[i] = im
-		}
-		p.Imports = imports
-		n.Peers[name] = p
-	}
-	if f := v.Federation; f != nil {
-		nf := mesh.Federation{Domain: strings.ToLower(strings.TrimSuffix(f.Domain, ".")), Servers: append([]mesh.ConsulServer(nil), f.Servers...)}
-		if nf.Domain == "" {
-			nf.Domain = sni.DefaultDomain
-		}
-		n.Federation = &nf
-	}
-	return &Static{view: &n}, n.Validate()
-}
-
-// rekey stores config entries under their keys with empty namespaces and
-// partitions made "default", as View's lookups expect.
-func rekey[T any](m map[mesh.EntryKey]T) map[mesh.EntryKey]T {
-	out := make(map[mesh.EntryKey]T, len(m))
-	for k, e := range m {
-		out[mesh.KeyOf(k.Name, k.Namespace, k.Partition)] = e
-	}
-	return out
+	return &Static{view: c}, err
 }
 
 func firstNonEmpty(ss ...string) string {

@@ -33,8 +33,7 @@ type remoteService struct {
 func (c *Source) Follow(ctx context.Context, keys ...mesh.ServiceKey) error {
 	var errs []error
 	for _, k := range keys {
-		k = mesh.ServiceKey{Name: k.Name, Namespace: tenancy.OrDefault(k.Namespace), Partition: tenancy.OrDefault(k.Partition),
-			Datacenter: strings.ToLower(k.Datacenter)}
+		k = mesh.ServiceKeyOf(k.Name, k.Namespace, k.Partition, strings.ToLower(k.Datacenter))
 		c.mu.Lock()
 		_, followed := c.remote[remoteKey(k)]
 		local := k.Datacenter == "" || k.Datacenter == c.state.datacenter

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -138,7 +137,8 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	if err := filtered("reading service "+name+" imported from peer "+peer, meta); err != nil {
 		return index, err
 	}
-	im := mesh.ImportedService{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: tenancy.OrDefault(c.state.partition)}
+	k := mesh.ServiceKeyOf(name, namespace, c.state.partition, "")
+	im := mesh.ImportedService{Name: name, Namespace: k.Namespace, Partition: k.Partition}
 	for _, e := range entries {
 		if e.Checks.AggregatedStatus() == api.HealthCritical {
 			continue
@@ -179,7 +179,7 @@ func (c *Source) loadExports(ctx context.Context, index uint64) (uint64, error) 
 		if len(e.Consumers.Peers) == 0 {
 			continue
 		}
-		k := mesh.ServiceKey{Name: e.Service, Namespace: tenancy.OrDefault(e.Namespace), Partition: tenancy.OrDefault(e.Partition)}
+		k := mesh.ServiceKeyOf(e.Service, e.Namespace, e.Partition, "")
 		exports[k] = append(exports[k], e.Consumers.Peers...)
 	}
 	c.mu.Lock()

@@ -393,17 +393,17 @@ func (c *Source) publishLocked() {
 		v.Exports[k] = peers
 	}
 	for name, eps := range s.endpoints {
-		v.Services[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
+		v.Services[mesh.ServiceKeyOf(name, "", s.partition, s.datacenter)] = eps
 	}
 	for name, subsets := range c.cat.subsets {
-		v.Subsets[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+		v.Subsets[mesh.ServiceKeyOf(name, "", s.partition, s.datacenter)] = subsets
 	}
 	for name, eps := range s.unhealthy {
-		v.UnhealthyServices[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = eps
+		v.UnhealthyServices[mesh.ServiceKeyOf(name, "", s.partition, s.datacenter)] = eps
 	}
 	for name, subsets := range c.cat.unhealthySubsets {
 		if len(subsets) > 0 {
-			v.UnhealthySubsets[mesh.ServiceKey{Name: name, Namespace: tenancy.Default, Partition: tenancy.OrDefault(s.partition), Datacenter: s.datacenter}] = subsets
+			v.UnhealthySubsets[mesh.ServiceKeyOf(name, "", s.partition, s.datacenter)] = subsets
 		}
 	}
 	for _, rs := range s.remote {

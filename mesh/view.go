@@ -103,10 +103,12 @@ type ImportedService struct {
 }
 
 // Import returns the peer's import of service name in namespace (empty
-// means "default"), and whether there is one.
+// means "default"), and whether there is one. The imports are a canonical
+// View's (their namespaces set).
 func (p Peer) Import(name, namespace string) (ImportedService, bool) {
+	namespace = tenancy.OrDefault(namespace)
 	for _, im := range p.Imports {
-		if im.Name == name && tenancy.OrDefault(im.Namespace) == tenancy.OrDefault(namespace) {
+		if im.Name == name && im.Namespace == namespace {
 			return im, true
 		}
 	}
@@ -211,7 +213,8 @@ type View struct {
 // EntryKey names the config entry of one service (its service-defaults or
 // service-resolver): Consul keeps one per service name, namespace and
 // partition. Keys are stored with empty Namespace and Partition as
-// "default" (KeyOf makes them so; config.StaticView stores them so), as Consul CE has only those.
+// "default" (KeyOf makes them so; Canonical stores them so), as Consul CE
+// has only those.
 type EntryKey struct {
 	Name      string
 	Namespace string
@@ -219,9 +222,23 @@ type EntryKey struct {
 }
 
 // KeyOf returns the key of service name in namespace and partition, an
-// empty one being "default".
+// empty one being "default": the key the View's entry maps hold.
 func KeyOf(name, namespace, partition string) EntryKey {
 	return EntryKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition)}
+}
+
+// ServiceKeyOf returns the key of service name in namespace and partition
+// (an empty one being "default") and datacenter: the key the View's
+// Services, Subsets and Exports hold. It is the one place where a
+// ServiceKey's "" becomes "default"; sources build their keys with it.
+func ServiceKeyOf(name, namespace, partition, datacenter string) ServiceKey {
+	return ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}
+}
+
+// LocationOf returns the location of datacenter and partition (an empty
+// one being "default"): the key the View's Gateways hold.
+func LocationOf(datacenter, partition string) Location {
+	return Location{datacenter, tenancy.OrDefault(partition)}
 }
 
 // String names the entry as messages do: the name, then the namespace
@@ -296,7 +313,7 @@ func Addresses(eps []Endpoint, wan bool) []string {
 }
 
 // Local returns the view's own location.
-func (v *View) Local() Location { return Location{v.Datacenter, tenancy.OrDefault(v.Partition)} }
+func (v *View) Local() Location { return LocationOf(v.Datacenter, v.Partition) }
 
 // Endpoints returns the mesh endpoints of a service; empty namespace and
 // partition mean "default", empty datacenter the local one.
@@ -304,7 +321,7 @@ func (v *View) Endpoints(name, namespace, partition, datacenter string) []Endpoi
 	if datacenter == "" {
 		datacenter = v.Datacenter
 	}
-	return v.Services[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}]
+	return v.Services[ServiceKeyOf(name, namespace, partition, datacenter)]
 }
 
 // SubsetEndpoints returns the mesh endpoints of a service's subset, with
@@ -313,7 +330,7 @@ func (v *View) SubsetEndpoints(name, subset, namespace, partition, datacenter st
 	if datacenter == "" {
 		datacenter = v.Datacenter
 	}
-	return v.Subsets[ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}][subset]
+	return v.Subsets[ServiceKeyOf(name, namespace, partition, datacenter)][subset]
 }
 
 // UnhealthyEndpoints returns the endpoints of a service, or of its subset
@@ -323,7 +340,7 @@ func (v *View) UnhealthyEndpoints(name, subset, namespace, partition, datacenter
 	if datacenter == "" {
 		datacenter = v.Datacenter
 	}
-	k := ServiceKey{name, tenancy.OrDefault(namespace), tenancy.OrDefault(partition), datacenter}
+	k := ServiceKeyOf(name, namespace, partition, datacenter)
 	if subset != "" {
 		return v.UnhealthySubsets[k][subset]
 	}
@@ -357,7 +374,7 @@ func Weighted(eps []Endpoint, wan bool) ([]string, []int) {
 
 // GatewaysIn returns the mesh gateways of a location.
 func (v *View) GatewaysIn(l Location) []Endpoint {
-	return v.Gateways[Location{l.Datacenter, tenancy.OrDefault(l.Partition)}]
+	return v.Gateways[LocationOf(l.Datacenter, l.Partition)]
 }
 
 // Protocol returns the protocol of service name in namespace and partition
@@ -385,7 +402,7 @@ func (v *View) PeerThroughMeshGateways() bool {
 // ExportedTo reports whether the local service name (in namespace; empty
 // means "default") is exported to the peer this cluster calls peer.
 func (v *View) ExportedTo(name, namespace, peer string) bool {
-	for _, p := range v.Exports[ServiceKey{name, tenancy.OrDefault(namespace), v.Local().Partition, v.Datacenter}] {
+	for _, p := range v.Exports[ServiceKeyOf(name, namespace, v.Local().Partition, v.Datacenter)] {
 		if p == peer {
 			return true
 		}

@@ -439,8 +439,9 @@ func RouteExportedTo(v *mesh.View, name, subset, namespace string) ExportedRoute
 	if primary.peer == "" && (mesh.Location{Datacenter: primary.datacenter, Partition: primary.partition}) == local {
 		eps := endpointsOf(v, primary)
 		out.Primary, out.Weights = mesh.Weighted(eps, false)
-		out.Local = append(out.Local, Target{Service: primary.service, Subset: primary.subset, Namespace: tenancy.OrDefault(primary.namespace),
-			Partition: tenancy.OrDefault(primary.partition), Datacenter: primary.datacenter, SNI: serviceSNI(v, primary), Dial: out.Primary,
+		// normalTarget set the namespace and partition.
+		out.Local = append(out.Local, Target{Service: primary.service, Subset: primary.subset, Namespace: primary.namespace,
+			Partition: primary.partition, Datacenter: primary.datacenter, SNI: serviceSNI(v, primary), Dial: out.Primary,
 			Healthy: len(eps)})
 	} else {
 		out.Skipped = append(out.Skipped, out.Target)

@@ -31,7 +31,7 @@ func ResolveExports(e *api.ExportedServicesConfigEntry, partition string, servic
 		if name == "consul" || len(peers) == 0 {
 			return
 		}
-		k := mesh.ServiceKey{Name: name, Namespace: tenancy.OrDefault(namespace), Partition: partition}
+		k := mesh.ServiceKeyOf(name, namespace, partition, "")
 		for _, p := range peers {
 			if !slices.Contains(out[k], p) {
 				out[k] = append(out[k], p)

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/tenancy"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
@@ -149,7 +148,7 @@ func (r *PeeringRouter) toExported(v *mesh.View, name sni.Name) (gateway.Route, 
 				name.Service, name.Peer, p)
 		}
 	}
-	er := r.indexOf(v).exported[[2]string{name.Service, tenancy.OrDefault(name.Namespace)}]
+	er := r.indexOf(v).exported[[2]string{name.Service, name.Namespace}] // sni names every namespace
 	if len(er.Primary) == 0 {
 		if len(er.Skipped) > 0 {
 			return gateway.Route{}, gateway.Reject(ReasonUnknownService,
