@@ -8,6 +8,10 @@
 // failover chains, exported routes), and package routing routes a
 // gateway's connections over it.
 //
-// The View's methods are lookups with Consul's defaults: an empty namespace
-// or partition is "default", an empty datacenter the local one.
+// A source publishes a canonical View (Canonical; consulview builds its
+// keys with KeyOf, ServiceKeyOf and LocationOf): every key's namespace
+// and partition set, "default" where Consul leaves them empty, so lookups
+// compare keys as they are. The View's methods take Consul's defaults in
+// their arguments: an empty namespace or partition is "default", an empty
+// datacenter the local one.
 package mesh
