@@ -5,7 +5,6 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/mesh"
-	"github.com/meshgate/meshgate/resolve"
 )
 
 // DefaultTrustDomain is the trust domain used when neither the topology nor
@@ -68,7 +67,7 @@ func NewStatic(set *Set, opts StaticOptions) (*Static, error) {
 	if len(set.ExportedServices) > 0 {
 		services := localServices(v, set)
 		for partition, e := range set.ExportedServices {
-			for k, peers := range resolve.ResolveExports(e, partition, services, set.SamenessGroups) {
+			for k, peers := range mesh.ResolveExports(e, partition, services, set.SamenessGroups) {
 				v.Exports[k] = append(v.Exports[k], peers...)
 			}
 		}

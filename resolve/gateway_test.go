@@ -66,26 +66,6 @@ func TestGatewayLimits(t *testing.T) {
 	assert.Nil(t, resolve.GatewayLimits(src.View(), "other-gateway"), "another gateway's name")
 }
 
-// Wildcard exports are every typical service of the namespace, consul
-// excepted, consumers merged; sameness groups stand for their peers.
-func TestResolveExports(t *testing.T) {
-	services := []mesh.ServiceKey{{Name: "api"}, {Name: "web"}, {Name: "consul"}, {Name: "db", Namespace: "ns1"},
-		{Name: "other", Partition: "part1"}}
-	e := &api.ExportedServicesConfigEntry{Name: "default", Services: []api.ExportedService{
-		{Name: "*", Consumers: []api.ServiceConsumer{{Peer: "peer-b"}, {Partition: "part2"}}},
-		{Name: "api", Consumers: []api.ServiceConsumer{{Peer: "peer-a"}, {Peer: "peer-b"}, {SamenessGroup: "g"}}},
-		{Name: "db", Namespace: "*", Consumers: []api.ServiceConsumer{{Peer: "peer-c"}}},
-	}}
-	groups := map[string]*api.SamenessGroupConfigEntry{"g": {Name: "g", Members: []api.SamenessGroupMember{{Peer: "peer-d"}, {Partition: "part3"}}}}
-	got := resolve.ResolveExports(e, "", services, groups)
-	assert.Equal(t, map[mesh.ServiceKey][]string{
-		{Name: "api", Namespace: "default", Partition: "default"}: {"peer-a", "peer-b", "peer-d"},
-		{Name: "web", Namespace: "default", Partition: "default"}: {"peer-b"},
-		{Name: "db", Namespace: "ns1", Partition: "default"}:      {"peer-c"},
-	}, got)
-	assert.Nil(t, resolve.ResolveExports(nil, "", services, nil))
-}
-
 // Unapplied names each field that is set and not applied, and nothing
 // when nothing is.
 func TestUnapplied(t *testing.T) {

@@ -1,18 +1,17 @@
-package resolve
+package mesh
 
 import (
 	"slices"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/tenancy"
-	"github.com/meshgate/meshgate/mesh"
 )
 
 // wildcard is Consul's WildcardSpecifier.
 const wildcard = "*"
 
 // ResolveExports returns what an exported-services entry exports to peers,
-// as Consul resolves it (ResolvedExportedServices in its state store): for
+// as Consul resolves it, for a source to fill View.Exports with (ResolvedExportedServices in its state store): for
 // each service (Partition set to partition, Datacenter empty) the names of
 // the peers that consume it, sorted, each once. A Name of "*" exports every
 // service of its namespace that services lists (Consul lists the typical
@@ -21,17 +20,17 @@ const wildcard = "*"
 // SamenessGroup stands for the group's peer members (groups holds the
 // sameness-group entries); consumers that are partitions are not peers and
 // are left out. nil e gives nil.
-func ResolveExports(e *api.ExportedServicesConfigEntry, partition string, services []mesh.ServiceKey, groups map[string]*api.SamenessGroupConfigEntry) map[mesh.ServiceKey][]string {
+func ResolveExports(e *api.ExportedServicesConfigEntry, partition string, services []ServiceKey, groups map[string]*api.SamenessGroupConfigEntry) map[ServiceKey][]string {
 	if e == nil {
 		return nil
 	}
 	partition = tenancy.OrDefault(partition)
-	out := map[mesh.ServiceKey][]string{}
+	out := map[ServiceKey][]string{}
 	add := func(name, namespace string, peers []string) {
 		if name == "consul" || len(peers) == 0 {
 			return
 		}
-		k := mesh.ServiceKeyOf(name, namespace, partition, "")
+		k := ServiceKeyOf(name, namespace, partition, "")
 		for _, p := range peers {
 			if !slices.Contains(out[k], p) {
 				out[k] = append(out[k], p)
