@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -102,6 +104,28 @@ func TestLayoutRulesCatchACrossing(t *testing.T) {
 	require.True(t, matches("gateway/internal/...", "gateway/internal/engine"))
 	require.False(t, matches("gateway/internal/...", "gateway"))
 	require.True(t, matches("gateway/...", "gateway"))
+}
+
+// Errors are joined one way, internal/problems.Join (docs/design.md says
+// why): no errors.Join or multierror.Append elsewhere in the library and
+// the programs.
+func TestErrorsAreJoinedOneWay(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{$d := .Dir}}{{range .GoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}`, "./...").Output()
+	require.NoError(t, err)
+	files := strings.Fields(string(out))
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		if strings.Contains(filepath.ToSlash(f), "/internal/problems/") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, call := range []string{"errors.Join(", "multierror.Append("} {
+			if bytes.Contains(src, []byte(call)) {
+				t.Errorf("%s calls %s: join errors with problems.Join", f, strings.TrimSuffix(call, "("))
+			}
+		}
+	}
 }
 
 // crosses returns why dep may not be linked under r, or "".

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway/internal/engine"
 	"github.com/meshgate/meshgate/gateway/internal/rawsock"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/sni"
 	"golang.org/x/sys/unix"
 )
@@ -813,7 +814,7 @@ func (l *evloop) handOverForwarding(c *lconn) bool {
 	l.release(c)
 	client, err1 := rawsock.NetConn(c.client.fd)
 	up, err2 := rawsock.NetConn(c.up.fd)
-	if err := errors.Join(err1, err2); err != nil {
+	if err := problems.Join(err1, err2); err != nil {
 		if client != nil {
 			client.Close()
 		}
