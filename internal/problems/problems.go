@@ -21,14 +21,14 @@ import (
 )
 
 // Join returns errs as one *multierror.Error formatted with List, leaving
-// out nil ones and flattening the entries of those that are themselves
-// *multierror.Error, or nil if none is left.
+// out nil ones and flattening the entries of those that are themselves a
+// *multierror.Error (not one wrapped in another error, whose message says
+// what its problems are of), or nil if none is left.
 func Join(errs ...error) error {
 	var out *multierror.Error
 	var add func(error)
 	add = func(err error) {
-		var me *multierror.Error
-		if errors.As(err, &me) {
+		if me, ok := err.(*multierror.Error); ok {
 			for _, e := range me.Errors {
 				add(e)
 			}
