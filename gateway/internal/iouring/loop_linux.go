@@ -1,7 +1,6 @@
 package iouring
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway/internal/engine"
 	"github.com/meshgate/meshgate/gateway/internal/rawsock"
+	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/internal/uring"
 	"github.com/meshgate/meshgate/sni"
 	"golang.org/x/sys/unix"
@@ -935,7 +935,7 @@ func (l *loop) tryHandOver(c *rconn) {
 	l.maybeFree(c)
 	client, err1 := rawsock.NetConn(c.s[client].fd)
 	up, err2 := rawsock.NetConn(c.s[upstream].fd)
-	if err := errors.Join(err1, err2); err != nil {
+	if err := problems.Join(err1, err2); err != nil {
 		if client != nil {
 			client.Close()
 		}
