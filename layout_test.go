@@ -80,6 +80,45 @@ func TestImportsFollowTheLayout(t *testing.T) {
 	}
 }
 
+// Every package is drawn in docs/design.md's picture of the layout, and
+// imports only packages on its own line or below it: go list, for every
+// package of the module, against the picture as the reader sees it.
+func TestImportsRunDownThePicture(t *testing.T) {
+	picture := drawnLayout(t)
+	for pkg, imports := range moduleImports(t) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(pkg, module), "/")
+		if rel == "" || rel == "docs" { // the module's doc package, and the guides' tests
+			continue
+		}
+		at := floorOf(picture, rel)
+		if at < 0 {
+			t.Errorf("%s is not drawn in docs/design.md's picture of the layout: give it a line (or a place on one) above everything it imports and below everything that imports it", rel)
+			continue
+		}
+		for _, imp := range imports {
+			if !under(imp, module) {
+				continue
+			}
+			dep := strings.TrimPrefix(strings.TrimPrefix(imp, module), "/")
+			if up := floorOf(picture, dep); up >= 0 && up < at {
+				t.Errorf("%s imports %s, drawn above it in docs/design.md's picture: the import runs up the layout", rel, dep)
+			}
+		}
+	}
+}
+
+// The picture's reading places packages as the reader does.
+func TestPictureReading(t *testing.T) {
+	picture := [][]string{{"examples"}, {"routing"}, {"routing/l7", "gatewaymetrics"}, {"gateway"}, {"internal"}}
+	require.Equal(t, 0, floorOf(picture, "examples/internal/admin"))
+	require.Equal(t, 2, floorOf(picture, "routing/l7"), "the nearest name wins")
+	require.Equal(t, 1, floorOf(picture, "routing/routingtest"))
+	require.Equal(t, 3, floorOf(picture, "gateway/internal/epoll"))
+	require.Equal(t, 4, floorOf(picture, "internal/testrig/echo"))
+	require.Equal(t, -1, floorOf(picture, "gatewaycert"), "a prefix is a whole path element")
+	require.Equal(t, -1, floorOf(picture, "sni"))
+}
+
 // The rules catch what they are for.
 func TestLayoutRulesCatchACrossing(t *testing.T) {
 	find := func(pkgs string) rule {
@@ -167,6 +206,70 @@ func matches(pattern, rel string) bool {
 		return rel == tree || strings.HasPrefix(rel, tree+"/")
 	}
 	return rel == pattern
+}
+
+// drawnLayout returns the lines of docs/design.md's picture of the layout
+// (the first text block after "## The layout"), top first, each as the
+// packages it names: the names before the first run of spaces, separated
+// by ", ".
+func drawnLayout(t *testing.T) [][]string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("docs", "design.md"))
+	require.NoError(t, err)
+	_, after, ok := strings.Cut(string(doc), "\n## The layout\n")
+	require.True(t, ok, "docs/design.md has no section \"## The layout\"")
+	_, block, ok := strings.Cut(after, "```text\n")
+	require.True(t, ok, "docs/design.md's layout section has no text block (its picture)")
+	block, _, ok = strings.Cut(block, "```")
+	require.True(t, ok, "docs/design.md's picture is not closed")
+	var lines [][]string
+	for _, line := range strings.Split(strings.TrimSpace(block), "\n") {
+		names, _, _ := strings.Cut(strings.TrimSpace(line), "  ")
+		lines = append(lines, strings.Split(names, ", "))
+	}
+	require.NotEmpty(t, lines)
+	return lines
+}
+
+// floorOf returns the index of the line of picture that draws the
+// module-relative package rel: the line naming rel or, failing that, its
+// nearest parent; -1 if none does.
+func floorOf(picture [][]string, rel string) int {
+	at, best := -1, -1
+	for i, names := range picture {
+		for _, n := range names {
+			if under(rel, n) && len(n) > best {
+				at, best = i, len(n)
+			}
+		}
+	}
+	return at
+}
+
+// moduleImports returns each package of the module with the packages it
+// imports (not its tests), as go list reports them.
+func moduleImports(t *testing.T) map[string][]string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,Error", "./...").Output()
+	require.NoError(t, err)
+	imports := map[string][]string{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p struct {
+			ImportPath string
+			Imports    []string
+			Error      *struct{ Err string }
+		}
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		require.Nil(t, p.Error, "go list %s", p.ImportPath)
+		imports[p.ImportPath] = p.Imports
+	}
+	require.NotEmpty(t, imports)
+	return imports
 }
 
 // moduleDeps returns each package of the module with its non-test
