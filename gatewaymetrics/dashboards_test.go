@@ -237,7 +237,8 @@ func hold(t *testing.T, gw string, msg []byte) {
 }
 
 // A real Prometheus scrapes a gateway carrying connections to a local
-// service, to another datacenter, a refusal and a failed dial; every query
+// service, to another datacenter, a refusal and a failed dial, with an
+// instance and a gateway Consul reports critical; every query
 // of Consul's three dashboards that applies to a mesh gateway, its
 // variables filled as Grafana fills them, returns data, and its value is
 // the traffic's: connections and bytes exactly, gauges within the run's
@@ -249,13 +250,23 @@ func TestConsulDashboardsOverPrometheus(t *testing.T) {
 	require.NoError(t, err)
 	deadAddr := dead.Addr().String()
 	dead.Close()
+	critical, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	criticalAddr := critical.Addr().String() // nothing listens: routing there would fail the counts
+	critical.Close()
 	api, dc2 := echoServer(t), echoServer(t) // dc2's "gateway" echoes too
 	view := &mesh.View{Datacenter: "dc1", TrustDomain: td,
 		Services: map[mesh.ServiceKey][]mesh.Endpoint{
 			{Name: "api", Namespace: "default", Partition: "default", Datacenter: "dc1"}:  {{Address: api}},
 			{Name: "gone", Namespace: "default", Partition: "default", Datacenter: "dc1"}: {{Address: deadAddr}},
 		},
-		Gateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2", Partition: "default"}: {{WAN: dc2}}},
+		// An instance of api and a gateway of dc2 with a critical check:
+		// Consul hands them to Envoy as unhealthy.
+		UnhealthyServices: map[mesh.ServiceKey][]mesh.Endpoint{
+			{Name: "api", Namespace: "default", Partition: "default", Datacenter: "dc1"}: {{Address: criticalAddr}},
+		},
+		Gateways:          map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2", Partition: "default"}: {{WAN: dc2}}},
+		UnhealthyGateways: map[mesh.Location][]mesh.Endpoint{{Datacenter: "dc2", Partition: "default"}: {{WAN: criticalAddr}}},
 	}
 	src := staticSource{view}
 	start := time.Now()
@@ -352,8 +363,18 @@ func TestConsulDashboardsOverPrometheus(t *testing.T) {
 	}
 	const gib = 1 << 30
 	checks := map[string]want{
-		"consuldataplanedashboard.json 9 A":         one(1),
-		"consuldataplanedashboard.json 19 A":        one(-1), // "gone"'s one endpoint is ejected
+		"consuldataplanedashboard.json 9 A": one(1),
+		"consuldataplanedashboard.json 19 A": func(t *testing.T, q query, got []promtest.Sample) {
+			// "gone"'s one endpoint is ejected; api's and dc2's critical ones count as Envoy's do.
+			one(-3)(t, q, got)
+			r, err := prom.Query("sum by (envoy_cluster_name) (envoy_cluster_membership_total - envoy_cluster_membership_healthy)")
+			require.NoError(t, err)
+			byCluster := map[string]float64{}
+			for _, g := range r {
+				byCluster[g.Labels["envoy_cluster_name"]] = g.Value
+			}
+			assert.Equal(t, map[string]float64{"api": 1, dc2Cluster: 1, "gone": 1}, byCluster, "unhealthy endpoints by cluster")
+		},
 		"consuldataplanedashboard.json 58 A":        one(3),
 		"consuldataplanedashboard.json 13 A":        between(1, gib),
 		"consuldataplanedashboard.json 11 A":        between(1, gib),

@@ -57,8 +57,10 @@ type Envoy struct {
 type Cluster struct {
 	// Name is the cluster's name, as ConsulCluster gives it.
 	Name string
-	// Endpoints counts its endpoints; Healthy those of them a connection
-	// would try first (not ejected by outlier detection).
+	// Endpoints counts its endpoints, those Consul hands Envoy marked
+	// unhealthy included (envoy_cluster_membership_total); Healthy those
+	// of them neither marked unhealthy nor ejected by outlier detection
+	// (envoy_cluster_membership_healthy).
 	Endpoints, Healthy int
 }
 
@@ -255,7 +257,7 @@ func (e *envoyMetrics) descs() {
 	}
 	e.clusterActive = prometheus.NewDesc("envoy_cluster_upstream_cx_active", "Total active upstream connections.", clusterLabelNames, nil)
 	e.membershipTotal = prometheus.NewDesc("envoy_cluster_membership_total", "Current cluster membership total.", clusterLabelNames, nil)
-	e.membershipHealthy = prometheus.NewDesc("envoy_cluster_membership_healthy", "Current cluster healthy total (outlier detection included).", clusterLabelNames, nil)
+	e.membershipHealthy = prometheus.NewDesc("envoy_cluster_membership_healthy", "Current cluster healthy total (neither unhealthy in Consul nor ejected by outlier detection).", clusterLabelNames, nil)
 	tcpLabelNames := append(append([]string{}, e.fixed...), "envoy_tcp_prefix")
 	for _, c := range envoyTCPCounters {
 		e.tcpDescs = append(e.tcpDescs, prometheus.NewDesc("envoy_tcp_"+c.name, c.help, tcpLabelNames, nil))
