@@ -64,7 +64,10 @@ type Observer interface {
 	// instance whose answer (or failure) is retried.
 	Retried(target, instance string)
 	// Ejected is called when outlier detection ejects an instance of a
-	// target (ejected true) and when it brings it back (false).
+	// target (ejected true) and when it brings it back (false), or the
+	// instance leaves the target's endpoints while ejected (false too: it
+	// is no longer one of the target's ejected instances, as Envoy's
+	// ejections_active no longer counts it).
 	Ejected(target, instance string, ejected bool)
 }
 

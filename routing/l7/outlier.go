@@ -84,6 +84,7 @@ type host struct {
 	ejectedAt   time.Time
 	ejections   int       // times ejected, less one per healthy interval
 	lastHealthy time.Time // last return or decrement of ejections
+	left        bool      // it left the cluster's endpoints while ejected
 }
 
 // detector is one cluster's outlier detection: it keeps the cluster's
@@ -92,9 +93,13 @@ type host struct {
 // request comes after it is due: there is no goroutine) or a change of
 // endpoints takes the lock and publishes a new state.
 type detector struct {
-	cfg      OutlierDetection
-	now      func() time.Time
-	onChange func(h *host, ejected bool) // after the change, outside the lock
+	cfg OutlierDetection
+	now func() time.Time
+	// onChange hears each ejection (true) and each return (false), after
+	// the change and outside the lock; a host that leaves the cluster's
+	// endpoints while ejected returns too (its left set), as Envoy's
+	// ejections_active no longer counts it.
+	onChange func(h *host, ejected bool)
 
 	state      atomic.Pointer[hostState]
 	nextReview atomic.Int64 // unix nanoseconds
@@ -111,12 +116,21 @@ type hostState struct {
 }
 
 // update sets the cluster's endpoints and policy: hosts whose address
-// stays keep their state, new ones start healthy. It publishes a new state
-// only when something changed.
+// stays keep their state, new ones start healthy, and an ejected one that
+// leaves is reported back (onChange false). It publishes a new state only
+// when something changed.
 func (d *detector) update(addrs []string, b balance) {
 	if s := d.state.Load(); s != nil && s.b == b && sameAddrs(s.all, addrs) {
 		return
 	}
+	var left []*host
+	defer func() {
+		if d.onChange != nil {
+			for _, h := range left {
+				d.onChange(h, false)
+			}
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	s := d.state.Load()
@@ -141,6 +155,12 @@ func (d *detector) update(addrs []string, b balance) {
 			h = &host{addr: a}
 		}
 		hosts = append(hosts, h)
+	}
+	for a, h := range old {
+		if !seen[a] && h.ejected {
+			h.ejected, h.left = false, true
+			left = append(left, h)
+		}
 	}
 	d.publishLocked(hosts, b)
 }

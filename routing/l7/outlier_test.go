@@ -142,3 +142,26 @@ func TestOutlierUpdateKeepsState(t *testing.T) {
 	assert.True(t, a.ejected)
 	assert.Len(t, s.picker.hosts, 2)
 }
+
+// An ejected instance that leaves the endpoints is reported back, once,
+// as Envoy's ejections_active stops counting it; one that comes back
+// later starts healthy, and one not ejected leaves without a word.
+func TestOutlierEjectedInstanceThatLeavesIsReportedBack(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	d, events := newDetector(clock, "a:1", "b:1", "c:1")
+	a := hostNamed(d, "a:1")
+	for range 5 {
+		d.result(a, true)
+	}
+	require.Equal(t, []string{"a:1 ejected"}, *events)
+	d.update([]string{"b:1"}, balance{policy: policyRoundRobin})
+	assert.Equal(t, []string{"a:1 ejected", "a:1 returned"}, *events, "a left while ejected; c left healthy")
+	assert.True(t, a.left)
+	d.result(a, true) // a request in flight when it left
+	d.update([]string{"b:1", "a:1"}, balance{policy: policyRoundRobin})
+	assert.Equal(t, []string{"a:1 ejected", "a:1 returned"}, *events)
+	back := hostNamed(d, "a:1")
+	assert.NotSame(t, a, back)
+	assert.False(t, back.ejected)
+	assert.Len(t, d.state.Load().picker.hosts, 2)
+}

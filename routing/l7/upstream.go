@@ -110,8 +110,11 @@ func (t *Terminator) newCluster(protocol, targetSNI string) *cluster {
 	c := &cluster{t: t, sni: targetSNI, alpn: []string{"http/1.1"}}
 	c.detector = detector{cfg: t.Outlier.withDefaults(), now: time.Now, onChange: func(h *host, ejected bool) {
 		what := "l7: outlier detection brings an instance back"
-		if ejected {
+		switch {
+		case ejected:
 			what = "l7: outlier detection ejects an instance"
+		case h.left:
+			what = "l7: an ejected instance left the target's endpoints"
 		}
 		t.logger().Info(what, "target", targetSNI, "instance", h.addr, "ejections", h.ejections)
 		t.observer().Ejected(targetSNI, h.addr, ejected)
