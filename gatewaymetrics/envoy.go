@@ -96,25 +96,36 @@ func newEnvoyMetrics(opts Envoy) *envoyMetrics {
 	if opts.Service == "" {
 		opts.Service = "mesh-gateway"
 	}
-	ns, ap := opts.Namespace, opts.Partition
+	e := &envoyMetrics{opts: opts, start: opts.Start, clusters: map[string]*clusterStats{}, tcp: map[string]*tcpStats{}}
+	if e.start.IsZero() {
+		e.start = time.Now()
+	}
+	e.fixed, e.vals = fixedLabels(opts)
+	e.descs()
+	return e
+}
+
+// fixedLabels returns the names and values of the labels Consul's
+// bootstrap configuration puts on every statistic of the gateway opts
+// describes.
+func fixedLabels(opts Envoy) (names, values []string) {
+	service, ns, ap := opts.Service, opts.Namespace, opts.Partition
+	if service == "" {
+		service = "mesh-gateway"
+	}
 	if ns == "" {
 		ns = "default"
 	}
 	if ap == "" {
 		ap = "default"
 	}
-	e := &envoyMetrics{opts: opts, start: opts.Start, clusters: map[string]*clusterStats{}, tcp: map[string]*tcpStats{}}
-	if e.start.IsZero() {
-		e.start = time.Now()
-	}
-	e.fixed = []string{"local_cluster", "consul_source_service", "consul_source_namespace", "consul_source_partition"}
-	e.vals = []string{opts.Service, opts.Service, ns, ap}
+	names = []string{"local_cluster", "consul_source_service", "consul_source_namespace", "consul_source_partition"}
+	values = []string{service, service, ns, ap}
 	if opts.Datacenter != "" {
-		e.fixed = append(e.fixed, "consul_source_datacenter")
-		e.vals = append(e.vals, opts.Datacenter)
+		names = append(names, "consul_source_datacenter")
+		values = append(values, opts.Datacenter)
 	}
-	e.descs()
-	return e
+	return names, values
 }
 
 func (e *envoyMetrics) listener(local net.Addr) string {

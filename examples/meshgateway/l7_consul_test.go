@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,13 +27,15 @@ import (
 // certificate from the agent's gRPC port (CONSUL_GRPC_ADDR) and terminates
 // a peer's request to an exported http service: the peer's client sees
 // the gateway's identity, the instance sees the client's in
-// X-Forwarded-Client-Cert.
+// X-Forwarded-Client-Cert; what the terminator refuses is in the admin
+// endpoint's metrics.
 func TestTerminateServesAPeersHTTPExport(t *testing.T) {
 	a := consultest.Start(t, consultest.Options{})
 	b := consultest.Start(t, consultest.Options{})
 	t.Setenv("CONSUL_HTTP_ADDR", b.HTTPAddr)
 	t.Setenv("CONSUL_GRPC_ADDR", b.GRPC)
-	gw, logs, stop := start(t, "-consul", "-l7-exports", "terminate")
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	gw, logs, stop := start(t, "-consul", "-l7-exports", "terminate", "-admin", admin)
 	defer stop()
 	assert.Contains(t, logs.String(), "meshgateway: terminating L7 exports")
 
@@ -101,4 +105,19 @@ func TestTerminateServesAPeersHTTPExport(t *testing.T) {
 	})
 	assert.True(t, strings.HasPrefix(body, "client="+gatewayID+" xfcc=By="+gatewayID+";"), body)
 	assert.True(t, strings.HasSuffix(body, ";URI=spiffe://"+a.TrustDomain()+"/ns/default/dc/dc1/svc/web"), body)
+
+	// A CONNECT finds no route (404), and is counted by its reason.
+	c, err := tls.Dial("tcp", gw, cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	_, err = io.WriteString(c, "CONNECT billing.internal:443 HTTP/1.1\r\nHost: billing.internal:443\r\n\r\n")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+	code, metrics := getStatus("http://" + admin + "/metrics")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, metrics, `meshgate_l7_refused_total{reason="connect"} 1`+"\n")
 }

@@ -283,7 +283,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return err
 		}
 		if *l7Flag == "terminate" {
-			stopL7, serve, certOK, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, log)
+			var observer l7.Observer // its metrics, with -admin
+			if registry != nil {
+				observer = l7Metrics(registry, *envoyMetrics, *serviceName, cs.View())
+			}
+			stopL7, serve, certOK, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, observer, log)
 			if err != nil {
 				return err
 			}
@@ -434,14 +438,16 @@ func gatewayRouter(src mesh.Source, l7mode l7Handling) gateway.Router {
 
 // startTerminator makes the terminator of the gateway's L7 exports, as
 // the registered gateway id, whose certificate the agent at grpcAddr gives,
-// with the Proxy.Config's header bound at start (0: Envoy's 60 KiB);
+// with the Proxy.Config's header bound at start (0: Envoy's 60 KiB),
+// telling observer (nil: nothing) what it refuses, retries and ejects;
 // serve takes a connection in the process.
-func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int, log *slog.Logger) (stop func(), serve func(net.Conn), certOK func() error, err error) {
+func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int,
+	observer l7.Observer, log *slog.Logger) (stop func(), serve func(net.Conn), certOK func() error, err error) {
 	certs, err := gatewaycert.Watch(ctx, client, gatewaycert.Options{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	t := &l7.Terminator{Source: src, Certs: certs, Logger: log, MaxRequestHeadersKB: maxHeadersKB}
+	t := &l7.Terminator{Source: src, Certs: certs, Logger: log, MaxRequestHeadersKB: maxHeadersKB, Observer: observer}
 	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id, "max_request_headers_kb", maxHeadersKB)
 	return func() { t.Close(); certs.Close() }, t.ServeConn, certificateReady(certs), nil
 }

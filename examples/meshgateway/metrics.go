@@ -7,6 +7,7 @@ import (
 	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/proxyconfig"
+	"github.com/meshgate/meshgate/routing/l7"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -36,6 +37,19 @@ func (g *gatewayMetrics) observer(reg *prometheus.Registry, envoy bool, service 
 			Listener: gatewaymetrics.ListenerNames(names), Live: live, Clusters: g.clusters}
 	}
 	m := gatewaymetrics.NewWith(o)
+	reg.MustRegister(m)
+	return m
+}
+
+// l7Metrics makes the metrics of the terminator of L7 exports, registers
+// them with reg and returns them as its Observer; with envoy, the
+// Envoy-compatible ones too, labelled as observer labels the gateway's.
+func l7Metrics(reg *prometheus.Registry, envoy bool, service string, v *mesh.View) l7.Observer {
+	var o gatewaymetrics.Options
+	if envoy {
+		o.Envoy = &gatewaymetrics.Envoy{Service: service, Partition: v.Partition, Datacenter: v.Datacenter}
+	}
+	m := gatewaymetrics.NewL7(o)
 	reg.MustRegister(m)
 	return m
 }
