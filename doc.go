@@ -29,8 +29,12 @@
 //     gateway's own certificate from it.
 //   - sidecar dials upstreams from a Go program as a Consul sidecar would:
 //     by mode, with failover, over mTLS.
-//   - proxyconfig reads a gateway's Proxy.Config options; gatewaymetrics
-//     and accesslog observe a gateway as Prometheus metrics and log lines.
+//   - proxyconfig reads a gateway's Proxy.Config options; liveconfig
+//     applies them while the gateway runs; gatewaymetrics and accesslog
+//     observe a gateway as Prometheus metrics and log lines.
+//   - gatewayhealth probes the gateways of other datacenters and peers and
+//     leaves out of the View those that stopped answering; handover
+//     replaces a running gateway's binary without closing its listeners.
 //
 // The examples directory holds the binaries people run, docs the guides, and
 // tools the measurement programs. docs/design.md draws the layout and the
