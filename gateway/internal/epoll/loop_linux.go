@@ -347,12 +347,30 @@ func (l *evloop) sweep() {
 			}
 		}
 	}
+	l.checkListener()
 	if l.held || l.backoff {
 		l.backoff = false
 		l.accept()
 	}
 	l.nextSweep = l.now.Add(loopTick)
 	l.epfile.SetReadDeadline(l.nextSweep)
+}
+
+// checkListener stops accepting, and tells Serve, once the listener's
+// owner has closed it while the server runs on (a bind address dropped):
+// the loop's own descriptor would keep the socket listening, and with it
+// queueing connections no one accepts.
+func (l *evloop) checkListener() {
+	if !l.listening {
+		return
+	}
+	if err := l.lrc.Control(func(uintptr) {}); err != nil {
+		l.listening = false
+		select {
+		case l.failed <- err:
+		default:
+		}
+	}
 }
 
 // closeAll ends every connection at once, for Close.

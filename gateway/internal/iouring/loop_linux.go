@@ -438,11 +438,29 @@ func (l *loop) sweep() {
 			}
 		}
 	}
+	l.checkListener()
 	if l.held || l.backoff {
 		l.backoff = false
 	}
 	l.refill()
 	l.nextSweep = l.now.Add(loopTick)
+}
+
+// checkListener stops accepting, and tells Serve, once the listener's
+// owner has closed it while the server runs on (a bind address dropped):
+// the accepts in flight on the loop's own descriptor would keep the
+// socket listening, and taking connections.
+func (l *loop) checkListener() {
+	if !l.listening {
+		return
+	}
+	if err := l.lrc.Control(func(uintptr) {}); err != nil {
+		l.listening = false
+		select {
+		case l.failed <- err:
+		default:
+		}
+	}
 }
 
 // closeAll ends every connection at once, for Close.
