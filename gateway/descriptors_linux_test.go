@@ -30,6 +30,7 @@ const (
 	childBackendEnv = "MESHGATE_FD_CHILD_BACKEND" // the echo backend's address
 	childLimitEnv   = "MESHGATE_FD_CHILD_NOFILE"  // the child's soft RLIMIT_NOFILE
 	childHogEnv     = "MESHGATE_FD_CHILD_HOG"     // "1": take every free descriptor until stdin says "free"
+	childPeekEnv    = "MESHGATE_FD_CHILD_PEEK"    // the child's PeekTimeout, when set
 )
 
 func init() {
@@ -60,6 +61,11 @@ func descriptorChild() {
 		fail(err)
 	}
 	s := &Server{Router: tab, Engine: engineUnderTest, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if p := os.Getenv(childPeekEnv); p != "" {
+		if s.PeekTimeout, err = time.ParseDuration(p); err != nil {
+			fail(err)
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fail(err)
@@ -105,10 +111,11 @@ type descriptorGateway struct {
 	cmd       *exec.Cmd
 }
 
-func startDescriptorChild(t *testing.T, backend string, nofile int, hog bool) *descriptorGateway {
+func startDescriptorChild(t *testing.T, backend string, nofile int, hog bool, env ...string) *descriptorGateway {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childBackendEnv+"="+backend, childLimitEnv+"="+strconv.Itoa(nofile))
+	cmd.Env = append(cmd.Env, env...)
 	if hog {
 		cmd.Env = append(cmd.Env, childHogEnv+"=1")
 	}
@@ -242,6 +249,66 @@ func TestOutOfDescriptorsBacksOffAndRecovers(t *testing.T) {
 	}
 	g.stop(t)
 	assert.Zero(t, strings.Count(g.log.String(), "dial-failed"), "accepted connections lost")
+}
+
+// 10,000 connections that send nothing (more than the gateway's share of
+// a 20,000 open-file limit, so the last of them wait in the listen
+// backlog) cost the gateway nothing it cannot take back: each is closed at
+// its ClientHello deadline, no dial is tried for any, none is lost to a
+// lack of descriptors, and a real client queued behind them all is
+// forwarded once their slots are free.
+func TestTenThousandIdleConnectionsTimeOutAndFreeTheirSlots(t *testing.T) {
+	const nofile, idle = 20000, 10000
+	var lim syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur < idle+1000 {
+		t.Fatalf("this test holds %d connections open and needs an open-file limit of %d or more; it is %d here", idle, idle+1000, lim.Cur)
+	}
+	b := startBackend(t, echo)
+	g := startDescriptorChild(t, b.addr(), nofile, false, childPeekEnv+"=3s")
+	require.Less(t, g.connLimit, idle, "more idle connections than the gateway holds at once")
+
+	conns := make([]net.Conn, 0, idle)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range idle {
+		c, err := net.Dial("tcp", g.addr)
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	c, err := net.Dial("tcp", g.addr) // behind them all
+	require.NoError(t, err)
+	require.NoError(t, echoTwice(c, helloBytes(t, longName), func() {}), "the client queued behind the idle ones")
+
+	// Every idle connection is closed by the gateway (EOF or a reset),
+	// none by the test's deadline.
+	var wg sync.WaitGroup
+	var closed, stillOpen atomic.Int64
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			_, err := c.Read(make([]byte, 1))
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				stillOpen.Add(1)
+			} else {
+				closed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Zero(t, stillOpen.Load(), "idle connections the gateway never closed")
+	assert.EqualValues(t, idle, closed.Load())
+	assert.Equal(t, 1, b.Load2(), "only the real client reached the backend")
+	g.stop(t)
+	log := g.log.String()
+	assert.Equal(t, idle, strings.Count(log, "reason=peek-timeout"), "idle connections ended at their deadline")
+	assert.Zero(t, strings.Count(log, "too many open files"), "lines that say the gateway ran out of descriptors")
+	assert.Equal(t, 1, strings.Count(log, `msg="gateway: forwarding" `), "connections forwarded")
 }
 
 func TestBudgetFor(t *testing.T) {
