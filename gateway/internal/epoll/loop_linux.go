@@ -67,8 +67,9 @@ type evloop struct {
 	lfd       int             // the loop's own descriptor of the listener, in its epoll set; -1 once taken out
 	local     net.Addr        // the listener's address when it is one address, else nil
 	listening bool
-	held      bool // a limit holds accepting back: retried after each batch of events, and every tick
-	backoff   bool // an accept error such as EMFILE: retried at the next tick
+	released  chan struct{} // closed once the loop has let go of the listener
+	held      bool          // a limit holds accepting back: retried after each batch of events, and every tick
+	backoff   bool          // an accept error such as EMFILE: retried at the next tick
 	seq       int32
 	socks     map[int]*lsock
 	conns     map[*lconn]struct{}
@@ -166,6 +167,13 @@ func Serve(lc engine.Lifecycle, tl *net.TCPListener) (served bool, err error) {
 		if lc.Closing() {
 			return true, nil
 		}
+		if errors.Is(err, net.ErrClosed) {
+			// Its owner closed the listener: every loop lets go of it
+			// at its next tick, and then the address is free again.
+			for _, l := range loops {
+				<-l.released
+			}
+		}
 		return true, err
 	}
 }
@@ -185,7 +193,7 @@ func newLoop(lc engine.Lifecycle, lrc syscall.RawConn, local net.Addr, failed ch
 	if peek == 0 {
 		peek = sni.DefaultTimeout
 	}
-	l := &evloop{lc: lc, set: set, peek: peek, ep: ep, wake: wake, lrc: lrc, lfd: -1, local: local, listening: true, failed: failed,
+	l := &evloop{lc: lc, set: set, peek: peek, ep: ep, wake: wake, lrc: lrc, lfd: -1, local: local, listening: true, failed: failed, released: make(chan struct{}),
 		socks: map[int]*lsock{}, conns: map[*lconn]struct{}{}, events: make([]unix.EpollEvent, 256), buf: make([]byte, 32<<10)}
 	// syscall's accept4, not unix's: x/sys/unix asks each IPv4 and IPv6
 	// address's socket for its protocol, a getsockopt per call.
@@ -253,6 +261,7 @@ func (l *evloop) unlisten() {
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, l.lfd, nil)
 	unix.Close(l.lfd)
 	l.lfd = -1
+	close(l.released)
 }
 
 // Wake makes the loop look at the server's state. The lifecycle does not

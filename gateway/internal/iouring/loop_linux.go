@@ -1,6 +1,7 @@
 package iouring
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -50,6 +51,7 @@ const (
 	opSend
 	opConnect
 	opShutdown
+	opUnlistened // the close of the loop's descriptor of the listener
 )
 
 const (
@@ -130,34 +132,36 @@ type acceptOp struct {
 
 // loop is one io_uring loop of a server.
 type loop struct {
-	lc        engine.Lifecycle
-	set       *engine.Settings
-	peek      time.Duration // the peek timeout; negative: none
-	lrc       syscall.RawConn
-	lfd       int      // the loop's own descriptor of the listener; -1 once closed
-	local     net.Addr // the listener's address when it is one address, else nil
-	ring      *uring.Ring
-	bufs      *uring.BufRing
-	wake      int // an eventfd: Wake writes to it, a read waits on it in the ring
-	wakeBuf   [8]byte
-	wakeArmed bool
-	accepts   [acceptsInFlight]acceptOp
-	accepting int  // accepts in flight
-	listening bool // accepting, until the server closes or the listener fails
-	held      bool // a limit holds accepting back: retried after each batch, and every tick
-	backoff   bool // an accept error such as EMFILE: retried at the next tick
-	conns     []*rconn
-	free      []uint32
-	gen       uint16
-	exiting   bool                // run is returning: the wake-up's read is not armed again
-	begin     chan bool           // Serve's word: true once the loop is attached, false if it may not start
-	live      map[*rconn]struct{} // the connections not yet closed
-	starved   []*rconn            // receives that found no buffer: armed again once some are put back
-	put       bool                // buffers were put back since the last Publish
-	cqes      []uring.CQE
-	now       time.Time
-	nextSweep time.Time
-	failed    chan<- error
+	lc         engine.Lifecycle
+	set        *engine.Settings
+	peek       time.Duration // the peek timeout; negative: none
+	lrc        syscall.RawConn
+	lfd        int      // the loop's own descriptor of the listener; -1 once closed
+	local      net.Addr // the listener's address when it is one address, else nil
+	ring       *uring.Ring
+	bufs       *uring.BufRing
+	wake       int // an eventfd: Wake writes to it, a read waits on it in the ring
+	wakeBuf    [8]byte
+	wakeArmed  bool
+	accepts    [acceptsInFlight]acceptOp
+	accepting  int           // accepts in flight
+	listening  bool          // accepting, until the server closes or the listener fails
+	released   chan struct{} // closed once the loop has let go of the listener (unreleased: not yet)
+	unreleased bool
+	held       bool // a limit holds accepting back: retried after each batch, and every tick
+	backoff    bool // an accept error such as EMFILE: retried at the next tick
+	conns      []*rconn
+	free       []uint32
+	gen        uint16
+	exiting    bool                // run is returning: the wake-up's read is not armed again
+	begin      chan bool           // Serve's word: true once the loop is attached, false if it may not start
+	live       map[*rconn]struct{} // the connections not yet closed
+	starved    []*rconn            // receives that found no buffer: armed again once some are put back
+	put        bool                // buffers were put back since the last Publish
+	cqes       []uring.CQE
+	now        time.Time
+	nextSweep  time.Time
+	failed     chan<- error
 }
 
 // Check reports whether this process can run the io_uring loops: nil, or
@@ -215,6 +219,13 @@ func Serve(lc engine.Lifecycle, tl *net.TCPListener) (served bool, err error) {
 		if lc.Closing() {
 			return true, nil
 		}
+		if errors.Is(err, net.ErrClosed) {
+			// Its owner closed the listener: every loop lets go of it
+			// at its next tick, and then the address is free again.
+			for _, l := range loops {
+				<-l.released
+			}
+		}
 		return true, err
 	}
 }
@@ -228,7 +239,7 @@ func start(lc engine.Lifecycle, lrc syscall.RawConn, local net.Addr, failed chan
 	if peek == 0 {
 		peek = sni.DefaultTimeout
 	}
-	l := &loop{lc: lc, set: set, peek: peek, lrc: lrc, lfd: -1, local: local, listening: true, failed: failed,
+	l := &loop{lc: lc, set: set, peek: peek, lrc: lrc, lfd: -1, local: local, listening: true, failed: failed, released: make(chan struct{}), unreleased: true,
 		live: map[*rconn]struct{}{}, cqes: make([]uring.CQE, 512), begin: make(chan bool, 1)}
 	var err error
 	if l.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
@@ -381,8 +392,17 @@ func (l *loop) close() {
 		l.lfd = -1
 	}
 	l.bufs.Close()
-	l.ring.Close()
+	l.ring.Close() // ends the accepts in flight
 	unix.Close(l.wake)
+	l.release()
+}
+
+// release tells Serve that the loop has let go of the listener, once.
+func (l *loop) release() {
+	if l.unreleased {
+		l.unreleased = false
+		close(l.released)
+	}
 }
 
 func (l *loop) armWake() {
@@ -405,9 +425,8 @@ func (l *loop) stopListening() {
 	sqe.Flags |= uring.FlagHardLink | uring.FlagSkipSuccess
 	sqe.UserData = opIgnore
 	sqe = l.ring.Next()
-	sqe.PrepClose(l.lfd)
-	sqe.Flags |= uring.FlagSkipSuccess
-	sqe.UserData = opIgnore
+	sqe.PrepClose(l.lfd) // after the cancel, whether it found accepts or not (a hard link)
+	sqe.UserData = opUnlistened
 	l.lfd = -1
 }
 
@@ -537,6 +556,9 @@ func (l *loop) handle(cqe uring.CQE) {
 		}
 		return
 	case opIgnore:
+		return
+	case opUnlistened:
+		l.release()
 		return
 	}
 	slot, gen := uint32(cqe.UserData>>40), uint16(cqe.UserData>>24)
