@@ -121,7 +121,9 @@ type importedEntry struct {
 
 // loadImport reads one imported service: the synthetic entries Consul keeps
 // for it, whose addresses are the exporting peer's mesh gateways, and the SNI
-// the peer expects, from their peer metadata. Critical entries are dropped.
+// the peer expects, from their peer metadata. Critical entries' addresses
+// are kept apart (ImportedService.UnhealthyGateways), as Consul hands them
+// to Envoy marked unhealthy.
 func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint64, error) {
 	peer, service, _ := strings.Cut(key, "/")
 	namespace, name, ok := strings.Cut(service, "/")
@@ -140,19 +142,24 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	k := mesh.ServiceKeyOf(name, namespace, c.state.partition, "")
 	im := mesh.ImportedService{Name: name, Namespace: k.Namespace, Partition: k.Partition}
 	for _, e := range entries {
-		if e.Checks.AggregatedStatus() == api.HealthCritical {
-			continue
-		}
 		if pm := e.Service.Connect.PeerMeta; pm != nil && len(pm.SNI) > 0 && im.SNI == "" {
 			im.SNI = pm.SNI[0]
 			im.SpiffeIDs = pm.SpiffeID
 		}
 		// The WAN address: Envoy under Consul dials imports by WAN. Never
 		// wan_ipv4, which the agent fills with the LAN address.
+		var addr string
 		if wan, ok := e.Service.TaggedAddresses["wan"]; ok && wan.Address != "" && wan.Port != 0 {
-			im.Gateways = append(im.Gateways, net.JoinHostPort(wan.Address, fmt.Sprint(wan.Port)))
+			addr = net.JoinHostPort(wan.Address, fmt.Sprint(wan.Port))
 		} else if e.Service.Address != "" && e.Service.Port != 0 {
-			im.Gateways = append(im.Gateways, net.JoinHostPort(e.Service.Address, fmt.Sprint(e.Service.Port)))
+			addr = net.JoinHostPort(e.Service.Address, fmt.Sprint(e.Service.Port))
+		}
+		switch {
+		case addr == "":
+		case e.Checks.AggregatedStatus() == api.HealthCritical:
+			im.UnhealthyGateways = append(im.UnhealthyGateways, addr)
+		default:
+			im.Gateways = append(im.Gateways, addr)
 		}
 	}
 	c.mu.Lock()

@@ -17,8 +17,9 @@ import (
 // each service exported to a peer, and each service imported from one.
 // Endpoints counts what Consul hands Envoy for the cluster, the endpoints
 // it marks unhealthy included (View.UnhealthyServices, UnhealthySubsets,
-// UnhealthyGateways: a critical check, a zero weight, a check not passing
-// in an OnlyPassing subset), as Envoy's membership_total counts them;
+// UnhealthyGateways, an import's ImportedService.UnhealthyGateways: a
+// critical check, a zero weight, a check not passing in an OnlyPassing
+// subset), as Envoy's membership_total counts them;
 // Healthy leaves those out, and an endpoint whose address is in ejected
 // (gateway.Server.Ejected). An address in both lists (a critical gateway
 // a prober such as gatewayhealth found serving, and routes) counts once,
@@ -128,7 +129,7 @@ func MeshClusters(v *mesh.View, ejected map[string]time.Time) []Cluster {
 	for _, p := range v.Peers {
 		for _, im := range p.Imports {
 			if im.SNI != "" {
-				add(im.SNI, im.Gateways, nil)
+				add(im.SNI, im.Gateways, im.UnhealthyGateways)
 			}
 		}
 	}

@@ -17,9 +17,11 @@ import (
 // critical instances only; other datacenters' critical gateways, in their
 // gateway and WAN federation clusters, a datacenter with critical ones
 // only included; a critical gateway a prober routes, once, as healthy; an
-// ejected endpoint, as not healthy.
+// imported service's critical entries, an import with critical ones only
+// included; an ejected endpoint, as not healthy.
 func TestMeshClustersCountWhatConsulMarksUnhealthy(t *testing.T) {
 	const td = "11111111-2222-3333-4444-555555555555.consul"
+	const peered = "default.default.dc1-at-peer.external.66666666-7777-8888-9999-000000000000.consul"
 	key := func(name string) mesh.ServiceKey {
 		return mesh.ServiceKey{Name: name, Namespace: "default", Partition: "default", Datacenter: "dc1"}
 	}
@@ -68,8 +70,12 @@ func TestMeshClustersCountWhatConsulMarksUnhealthy(t *testing.T) {
 			dc3: wan("127.0.3.1:1"),
 		},
 		Federation: &mesh.Federation{Servers: []mesh.ConsulServer{{Node: "s1", Address: "127.0.1.9:8300"}}},
+		Peers: map[string]mesh.Peer{"peer": {Name: "peer", Imports: []mesh.ImportedService{
+			{Name: "billing", SNI: "billing." + peered, Gateways: []string{"127.0.4.1:1", "127.0.4.2:1"}, UnhealthyGateways: []string{"127.0.4.3:1"}},
+			{Name: "ledger", SNI: "ledger." + peered, UnhealthyGateways: []string{"127.0.4.1:1", "127.0.4.2:1"}}, // the peer's gateways were down when ledger's entries last changed
+		}}},
 	}
-	ejected := map[string]time.Time{"127.0.0.2:1": time.Now(), "127.0.2.1:1": time.Now()}
+	ejected := map[string]time.Time{"127.0.0.2:1": time.Now(), "127.0.2.1:1": time.Now(), "127.0.4.2:1": time.Now()}
 	type count struct{ total, healthy int }
 	got := map[string]count{}
 	for _, c := range gatewaymetrics.MeshClusters(v, ejected) {
@@ -88,5 +94,7 @@ func TestMeshClustersCountWhatConsulMarksUnhealthy(t *testing.T) {
 		"server.dc2.consul":                        {3, 1},
 		"server.dc3.consul":                        {1, 0},
 		"s1.server.dc1.consul":                     {1, 1},
+		"billing." + peered:                        {3, 1}, // .2 ejected, .3 critical
+		"ledger." + peered:                         {2, 0},
 	}, got)
 }

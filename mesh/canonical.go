@@ -22,7 +22,8 @@ import (
 //
 //   - a peer's import without an SNI gets the name the peer expects,
 //     <svc>.<ns>.<partition>.<NameAtPeer>.external.<TrustDomain>, and one
-//     without Gateways the peer's gateways;
+//     without Gateways the peer's gateways (unless it has
+//     UnhealthyGateways: its gateways are all critical);
 //
 //   - a Federation's Domain is lower-case without a trailing dot, and
 //     sni.DefaultDomain when empty.
@@ -100,7 +101,7 @@ func Canonical(v *View) (*View, error) {
 				im.SNI = sni.PeeredServiceSNI(im.Name, im.Namespace, im.Partition, p.NameAtPeer, p.TrustDomain)
 			}
 			im.Namespace, im.Partition = tenancy.OrDefault(im.Namespace), tenancy.OrDefault(im.Partition)
-			if len(im.Gateways) == 0 {
+			if len(im.Gateways) == 0 && len(im.UnhealthyGateways) == 0 {
 				im.Gateways = p.Gateways
 			}
 			imports[i] = im

@@ -94,6 +94,13 @@ type ImportedService struct {
 	SNI string
 	// Gateways are the addresses to dial, the exporting peer's mesh gateways.
 	Gateways []string
+	// UnhealthyGateways are the exporting peer's mesh gateways whose entry
+	// for the service has a critical check (the importing side's entries
+	// mirror the exporting gateway's check). Consul hands them to a mesh
+	// gateway's Envoy marked unhealthy; they are not dialled, and an import
+	// with these only has no gateway to dial. Metrics count them
+	// (gatewaymetrics.MeshClusters).
+	UnhealthyGateways []string
 	// SpiffeIDs are the identities the exporting side may present for the
 	// service, as the peering lists them (its PeerMeta.SpiffeID): the
 	// service's own, and the exporting mesh gateway's, which serves with its

@@ -342,6 +342,9 @@ func planPeered(v *mesh.View, t *Target, d modes.Decision, self string) []string
 	}
 	if imported {
 		t.Healthy = len(gateways)
+		if len(im.Gateways) == 0 && len(im.UnhealthyGateways) > 0 {
+			t.Healthy = 0 // the import's every gateway is critical
+		}
 	}
 	destHop := t.Service + " peer " + t.Peer
 	peerHop := "gateway peer " + t.Peer

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/resolve/resolvetest"
@@ -199,6 +200,37 @@ func TestPeeredUpstreams(t *testing.T) {
 
 	assert.Empty(t, stranger.SNI)
 	assert.Contains(t, stranger.Warnings[0], `peer "stranger" is unknown`)
+}
+
+// An import whose every gateway is critical (its entries mirror the
+// exporting gateway's check) has no healthy instance, as the sidecar's
+// failover order needs; its SNI is still the peer's. Beside it, an import
+// with one healthy gateway and one critical is planned to the healthy one.
+func TestPeeredUpstreamOfCriticalGateways(t *testing.T) {
+	billing := sni.PeeredServiceSNI("billing", "", "", "dc1-default", peerTD)
+	ledger := sni.PeeredServiceSNI("ledger", "", "", "dc1-default", peerTD)
+	st, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: td,
+		Peers: map[string]mesh.Peer{"webstuff": {Name: "webstuff", TrustDomain: peerTD, NameAtPeer: "dc1-default",
+			Gateways: []string{"127.0.3.5:8443"},
+			Imports: []mesh.ImportedService{
+				{Name: "billing", SNI: billing, Gateways: []string{"127.0.3.5:8443"}, UnhealthyGateways: []string{"127.0.3.6:8443"}},
+				{Name: "ledger", SNI: ledger, UnhealthyGateways: []string{"127.0.3.5:8443", "127.0.3.6:8443"}},
+			}}}})
+	require.NoError(t, err)
+	v := st.View()
+	im, ok := v.Peers["webstuff"].Import("ledger", "")
+	require.True(t, ok)
+	assert.Empty(t, im.Gateways, "a static view lends the peer's gateways to no import whose gateways are all critical")
+	web := mesh.Instance{Service: "web", Name: "web-sidecar-proxy", Proxy: &api.AgentServiceConnectProxyConfig{}}
+	plan := func(service string) resolve.Plan {
+		return resolve.PlanUpstream(v, web, api.Upstream{DestinationName: service, DestinationPeer: "webstuff"})
+	}
+	b, l := plan("billing"), plan("ledger")
+	assert.Equal(t, billing, b.SNI)
+	assert.Equal(t, []string{"127.0.3.5:8443"}, b.Dial)
+	assert.Equal(t, 1, b.Healthy)
+	assert.Equal(t, ledger, l.SNI)
+	assert.Zero(t, l.Healthy)
 }
 
 func TestStaticDefaults(t *testing.T) {

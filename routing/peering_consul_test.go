@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -496,6 +497,29 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	require.NoError(t, b.Client.Agent().UpdateTTL("api-ttl", "", api.HealthPassing))
 	checkDataPath("after api passes again")
 	assert.Zero(t, backup.Accepted())
+
+	// A second gateway of B that does not serve, its check critical: A's
+	// import of api lists it apart, as Consul hands a critical gateway to
+	// Envoy marked unhealthy, and A's gateway never dials it. Deregistered,
+	// it leaves the import.
+	dead := consultest.Listen(t, "")
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	deregDead, err := registration.Register(context.Background(), b.Client, registration.Gateway{ID: "mesh-gateway-dead",
+		Address: deadAddr, CheckInterval: time.Second})
+	require.NoError(t, err)
+	consultest.WaitFor(t, eventually, "A's import of api to hold B's critical gateway apart", func() bool {
+		im, ok := gwA.src.View().Peers["cluster-b"].Import("api", "")
+		return ok && im.SNI == apiSNI && slices.Equal(im.Gateways, []string{gwB.addr}) && slices.Equal(im.UnhealthyGateways, []string{deadAddr})
+	})
+	r, reason := routeOf(&routing.PeeringRouter{Source: gwA.src}, apiSNI)
+	assert.Empty(t, reason)
+	assert.Equal(t, []string{gwB.addr}, r.Targets, "A's gateway dials B's serving gateway only")
+	require.NoError(t, deregDead())
+	consultest.WaitFor(t, eventually, "B's deregistered gateway to leave A's import of api", func() bool {
+		im, ok := gwA.src.View().Peers["cluster-b"].Import("api", "")
+		return ok && slices.Equal(im.Gateways, []string{gwB.addr}) && len(im.UnhealthyGateways) == 0
+	})
 
 	// B's gateway restarts on its address, then B's agent restarts: the
 	// peering and the data path come back.
