@@ -62,7 +62,7 @@ func TestResponseFlags(t *testing.T) {
 	var out bytes.Buffer
 	e := &accesslog.Envoy{Stdout: &out}
 	require.NoError(t, e.Apply(&api.AccessLogsConfig{Enabled: true, TextFormat: "%RESPONSE_FLAGS% %RESPONSE_FLAGS_LONG% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_HOST%"}))
-	for _, o := range []string{gateway.ReasonDialFailed, accesslog.ReasonOverLimit, "unknown-service", "foreign-trust-domain", gateway.ReasonNotTLS, gateway.OutcomeForwarded} {
+	for _, o := range []string{gateway.ReasonDialFailed, gateway.ReasonOverLimit, "unknown-service", "foreign-trust-domain", gateway.ReasonNotTLS, gateway.OutcomeForwarded} {
 		e.Closed(envoyRecord(o))
 	}
 	assert.Equal(t, "UF UpstreamConnectionFailure dial-failed -\n"+

@@ -297,17 +297,13 @@ func ResponseFlag(outcome string) string {
 		return "-"
 	case gateway.ReasonDialFailed:
 		return "UF"
-	case ReasonOverLimit:
+	case gateway.ReasonOverLimit:
 		return "UO"
 	case reasonUnknownService:
 		return "UH"
 	}
 	return "NC"
 }
-
-// ReasonOverLimit is the refusal reason of a connection over a route's
-// limit (gateway.ReasonOverLimit once the gateway has it).
-const ReasonOverLimit = "over-limit"
 
 // reasonUnknownService is routing.ReasonUnknownService, without importing
 // the package that routes.

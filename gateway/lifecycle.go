@@ -103,6 +103,7 @@ type conn struct {
 	sockets    engine.Sockets // under s.mu once shared; nil once the Forwarder has them
 	shared     bool           // in s.conns
 	ordered    bool           // targets are in the dial order
+	least      bool           // the route balances by least_request: count the target's connections
 	phase      uint8
 	next       int32 // targets[next-1] is being dialled
 	info       ConnInfo
@@ -116,6 +117,8 @@ type conn struct {
 	serve      func(net.Conn) // the route's Serve
 	errs       []error        // each failed target's error
 	pair       tcpPair        // the upstream connection's addresses, once connected
+	count      *routeCount    // the route's count this connection is in, once admitted
+	tcount     *targetCount   // the target's, when least is set and it is connected
 	stop       atomic.Pointer[func()]
 }
 
@@ -151,7 +154,17 @@ func (c *conn) Route(hello *sni.ClientHello) (engine.Route, bool) {
 		c.refuse(reason, err)
 		return engine.Route{}, false
 	}
+	count, err := s.admit(&route)
+	if err != nil {
+		c.refuse(ReasonOverLimit, err)
+		return engine.Route{}, false
+	}
+	c.count = count
 	c.targets, c.serve, c.phase = route.Targets, route.Serve, phaseRouted
+	if route.Serve == nil {
+		c.targets, c.ordered = s.order(count, &route), true
+		c.least = route.Balance.Policy == BalanceLeastRequest
+	}
 	return s.engineRoute(route), true
 }
 
@@ -179,7 +192,8 @@ func (s *Server) route(ctx context.Context, remote, local net.Addr, hello *sni.C
 }
 
 // NextTarget gives the next target to dial (see engine.Conn): the route's
-// targets with the ejected ones last.
+// targets in the order Route put them (its Balance's choice first, the
+// ejected ones last).
 func (c *conn) NextTarget() (string, bool) {
 	s := c.s
 	if !c.ordered {
@@ -227,6 +241,12 @@ func (c *conn) Connected(local, remote netip.AddrPort) {
 	s.health.succeeded(target)
 	c.phase = phaseConnected
 	c.target = target
+	if c.count != nil {
+		c.count.pending.Add(-1)
+	}
+	if c.least {
+		c.tcount = s.counts.target(target)
+	}
 	c.connected()
 	if l := s.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
 		l.Debug("gateway: forwarding", "remote", c.info.Remote.String(), "server_name", c.serverName,
@@ -414,6 +434,15 @@ func (c *conn) closeSockets() {
 // forget forgets a finished connection and frees its slot.
 func (c *conn) forget() {
 	s := c.s
+	if k := c.count; k != nil {
+		if c.phase == phaseRouted && c.serve == nil {
+			k.pending.Add(-1) // refused or failed while dialling
+		}
+		k.open.Add(-1)
+	}
+	if c.tcount != nil {
+		c.tcount.open.Add(-1)
+	}
 	c.phase = phaseDone
 	if c.shared || c.pair.from.IsValid() {
 		s.mu.Lock()

@@ -101,6 +101,28 @@ func (o *outliers) order(targets []string) []string {
 	return append(healthy, ejected...)
 }
 
+// mask reports which of targets are ejected, as order would move them;
+// nil when none is, the common case, which costs no allocation.
+func (o *outliers) mask(targets []string) []bool {
+	if o == nil || o.after < 0 || o.tracked.Load() == 0 {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []bool
+	now := o.now()
+	for i, t := range targets {
+		if h := o.m[t]; h != nil && h.ejected {
+			h.wanted = now
+			if out == nil {
+				out = make([]bool, len(targets))
+			}
+			out[i] = true
+		}
+	}
+	return out
+}
+
 // failed records a failed dial and reports whether it ejected the target
 // (it had not been ejected a moment before); an ejected target is probed
 // until it answers.

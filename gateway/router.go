@@ -176,8 +176,10 @@ const (
 // Rotation spreads connections over a route's targets: Of returns the
 // targets starting at the next position of a counter it keeps (the first
 // call at the first target), so that each target comes first in turn and
-// the rest follow as fallbacks. The zero
-// value is ready and safe for concurrent use.
+// the rest follow as fallbacks. The zero value is ready and safe for
+// concurrent use. A Router can instead leave its targets in order and set
+// Route.Balance, which the Server applies with weights, least_request and
+// ejection in front.
 type Rotation struct{ n atomic.Uint32 }
 
 // Of returns a new slice with targets rotated to the next start; targets

@@ -127,6 +127,7 @@ type Server struct {
 	slots          chan struct{}      // MaxConns semaphore, or nil
 	budget         *descriptorBudget  // the process's, or nil
 	health         *outliers          // targets that fail to connect
+	counts         routeCounts        // each route's connections (Limits) and turn (Balance)
 	stopProbes     context.CancelFunc // ends the probes of ejected targets
 	heldBack       atomic.Bool        // logged that the budget held accepting back
 	connObs        ConnObserver       // the Observer as one, or nil

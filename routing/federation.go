@@ -55,8 +55,10 @@ import (
 // relay for servers either. Every other name goes to Next. The zero value
 // is not usable: set Source.
 //
-// Targets are rotated per connection; the gateway tries the rest in order
-// when one fails. Each connection reads the Source's current View once.
+// Routes are balanced round robin and bound by the limits of the gateway's
+// own service-defaults (GatewayService), as Consul configures its
+// gateway's server clusters. Each connection reads the Source's current
+// View once.
 type FederationRouter struct {
 	// Source provides the view. Required.
 	Source mesh.Source
@@ -65,9 +67,12 @@ type FederationRouter struct {
 	// MeshRouter: with it, a FederationRouter routes every name Consul's
 	// own mesh gateway routes, as New's Router does.
 	Next gateway.Router
+	// GatewayService is the gateway's own service name, whose
+	// service-defaults' UpstreamConfig.Defaults.Limits bound its routes
+	// (and those of the Next it makes); empty means DefaultGatewayService.
+	GatewayService string
 
 	next atomic.Pointer[gateway.Router]
-	turn gateway.Rotation
 }
 
 var _ gateway.Router = (*FederationRouter)(nil)
@@ -95,7 +100,8 @@ func (r *FederationRouter) Route(ctx context.Context, hello *sni.ClientHello) (g
 	}
 	for _, s := range v.Federation.Servers {
 		if strings.EqualFold(s.Node, name.Node) {
-			return gateway.Route{Name: "server " + s.Node, Targets: []string{s.Address}, Kind: RouteWANFederation}, nil
+			return gateway.Route{Name: "server " + s.Node, Targets: []string{s.Address}, Kind: RouteWANFederation,
+				Balance: roundRobin, Limits: gatewayLimits(v, r.GatewayService)}, nil
 		}
 	}
 	return gateway.Route{}, gateway.Reject(ReasonUnknownServer,
@@ -114,7 +120,8 @@ func (r *FederationRouter) toAllServers(v *mesh.View, serverName string) (gatewa
 	for i, s := range servers {
 		targets[i] = s.Address
 	}
-	return gateway.Route{Name: "servers " + v.Datacenter, Targets: r.turn.Of(targets), Kind: RouteWANFederation}, nil
+	return gateway.Route{Name: "servers " + v.Datacenter, Targets: targets, Kind: RouteWANFederation,
+		Balance: roundRobin, Limits: gatewayLimits(v, r.GatewayService)}, nil
 }
 
 // toDatacenter routes any server name of another datacenter to that
@@ -122,17 +129,13 @@ func (r *FederationRouter) toAllServers(v *mesh.View, serverName string) (gatewa
 func (r *FederationRouter) toDatacenter(v *mesh.View, name sni.ConsulServer, serverName string) (gateway.Route, error) {
 	dc := strings.ToLower(name.Datacenter)
 	eps := v.GatewaysIn(mesh.Location{Datacenter: dc, Partition: tenancy.Default})
-	targets := make([]string, 0, len(eps))
-	for _, e := range eps {
-		if a := e.BestAddress(true); a != "" {
-			targets = append(targets, a)
-		}
-	}
-	if len(targets) == 0 {
+	route := gateway.Route{Name: "servers " + dc, Remote: true, Kind: RouteWANFederation, Balance: roundRobin, Limits: gatewayLimits(v, r.GatewayService)}
+	route.Targets, route.Weights = mesh.Weighted(eps, true)
+	if len(route.Targets) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter,
 			"%q: no mesh gateways known for datacenter %q", serverName, dc)
 	}
-	return gateway.Route{Name: "servers " + dc, Targets: r.turn.Of(targets), Remote: true, Kind: RouteWANFederation}, nil
+	return route, nil
 }
 
 func (r *FederationRouter) nextRouter() gateway.Router {
@@ -142,7 +145,7 @@ func (r *FederationRouter) nextRouter() gateway.Router {
 	if n := r.next.Load(); n != nil {
 		return *n
 	}
-	var n gateway.Router = &PeeringRouter{Source: r.Source}
+	var n gateway.Router = &PeeringRouter{Source: r.Source, GatewayService: r.GatewayService}
 	r.next.CompareAndSwap(nil, &n)
 	return *r.next.Load()
 }

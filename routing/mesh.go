@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sni"
 )
 
@@ -24,12 +25,20 @@ import (
 // DefaultSubset to that subset's only, and dials take the resolver's
 // ConnectTimeout.
 //
-// Targets are rotated per connection so load spreads over the endpoints; the
-// gateway tries the rest in order when one fails. Each connection reads the
-// Source's current View once.
+// Routes carry what Consul configures on the gateway's clusters: a local
+// service's or subset's resolver LoadBalancer (round_robin, least_request,
+// random; the hash-based ones are not applied, as in Consul) and its
+// instances' weights; Envoy's 50 % panic threshold (PanicThreshold): with
+// fewer than half of a service's instances healthy, its critical ones are
+// routed too; and the limits of the gateway's own service-defaults
+// (GatewayService). Other datacenters' gateways are balanced round robin.
+// Each connection reads the Source's current View once.
 type MeshRouter struct {
 	Source mesh.Source
-	turn   gateway.Rotation
+	// GatewayService is the gateway's own service name, whose
+	// service-defaults' UpstreamConfig.Defaults.Limits bound its routes;
+	// empty means DefaultGatewayService.
+	GatewayService string
 }
 
 var _ gateway.Router = (*MeshRouter)(nil)
@@ -87,10 +96,15 @@ func (r *MeshRouter) toService(v *mesh.View, name sni.Name) (gateway.Route, erro
 		routeName += " subset " + subset
 		eps = v.SubsetEndpoints(name.Service, subset, name.Namespace, name.Partition, name.Datacenter)
 	}
+	if bad := v.UnhealthyEndpoints(name.Service, subset, name.Namespace, name.Partition, name.Datacenter); panicking(len(eps), len(bad)) {
+		eps = append(append(make([]mesh.Endpoint, 0, len(eps)+len(bad)), eps...), bad...)
+	}
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "no healthy mesh endpoints for %s (namespace %q) in %s", routeName, name.Namespace, v.Local())
 	}
-	route := gateway.Route{Name: routeName, Targets: r.turn.Of(mesh.Addresses(eps, false)), Kind: RouteService}
+	b, _ := resolve.GatewayBalance(res)
+	route := gateway.Route{Name: routeName, Kind: RouteService, Balance: balanceOf(b), Limits: gatewayLimits(v, r.GatewayService)}
+	route.Targets, route.Weights = mesh.Weighted(eps, false)
 	if res != nil {
 		route.ConnectTimeout = res.ConnectTimeout
 	}
@@ -102,5 +116,7 @@ func (r *MeshRouter) toGateways(v *mesh.View, dest mesh.Location, serverName str
 	if len(eps) == 0 {
 		return gateway.Route{}, gateway.Reject(ReasonUnknownDatacenter, "no mesh gateways known for %s (server name %q)", dest, serverName)
 	}
-	return gateway.Route{Name: "gateway " + dest.String(), Targets: r.turn.Of(mesh.Addresses(eps, dest.Datacenter != v.Datacenter)), Remote: true, Kind: RouteGateway}, nil
+	route := gateway.Route{Name: "gateway " + dest.String(), Remote: true, Kind: RouteGateway, Balance: roundRobin, Limits: gatewayLimits(v, r.GatewayService)}
+	route.Targets, route.Weights = mesh.Weighted(eps, dest.Datacenter != v.Datacenter)
+	return route, nil
 }

@@ -67,20 +67,73 @@ func TestMeshRouter(t *testing.T) {
 	}
 }
 
-func TestMeshRouterRotatesTargets(t *testing.T) {
-	dir := resolvetest.Dir(t, map[string]string{"t.hcl": `topology {
-  services = [{ name = "api", addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"] }]
-}`})
-	r := &routing.MeshRouter{Source: resolvetest.Load(t, config.StaticOptions{}, dir)}
-	firsts := map[string]int{}
-	for range 30 {
-		got, reason := meshRoute(t, r, sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain))
-		require.Empty(t, reason)
-		require.Len(t, got.Targets, 3, "every endpoint stays in the list for failover")
-		assert.ElementsMatch(t, []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}, got.Targets)
-		firsts[got.Targets[0]]++
+// A local service's route carries what Consul configures on its cluster:
+// its resolver's LoadBalancer (a hash-based one left out, as Consul leaves
+// it on a gateway), its instances' weights and the limits of the gateway's
+// own service-defaults; its targets stay in the catalog's order (the
+// gateway takes them in turn). Other datacenters' gateways are round robin
+// with the same limits.
+func TestMeshRouterBalancesAsConsul(t *testing.T) {
+	files := map[string]string{
+		"t.hcl": `topology {
+  services = [
+    { name = "api", addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], weights = [3, 1, 1] },
+    { name = "web", addresses = ["127.0.0.1:4", "127.0.0.1:5"] },
+    { name = "db", addresses = ["127.0.0.1:6", "127.0.0.1:7"] },
+  ]
+  gateways = [{ datacenter = "dc2", wan_addresses = ["127.0.2.1:8443"] }]
+}`,
+		"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nLoadBalancer { Policy = \"least_request\"\nLeastRequestConfig { ChoiceCount = 3 } }\n",
+		"web.hcl": "Kind = \"service-resolver\"\nName = \"web\"\nLoadBalancer { Policy = \"maglev\" }\n",
+		"gw.hcl": `Kind = "service-defaults"
+Name = "mesh-gateway"
+UpstreamConfig { Defaults { Limits { MaxConnections = 5, MaxPendingRequests = 2 } } }
+`}
+	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
+	name := func(svc, dc string) string { return sni.ServiceSNI(svc, "", "", "", dc, config.DefaultTrustDomain) }
+	resolvetest.ExpectRoute(t, resolvetest.Route(t, src, "", name("api", "dc1")), resolvetest.WantRoute{Kind: routing.RouteService,
+		Targets: []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}, Weights: []int{3, 1, 1},
+		Policy: gateway.BalanceLeastRequest, ChoiceCount: 3, MaxConnections: 5, MaxPendingRequests: 2})
+	resolvetest.ExpectRoute(t, resolvetest.Route(t, src, "", name("web", "dc1")), resolvetest.WantRoute{
+		Targets: []string{"127.0.0.1:4", "127.0.0.1:5"}, Policy: gateway.BalanceRoundRobin})
+	db := resolvetest.Route(t, src, "", name("db", "dc1"))
+	resolvetest.ExpectRoute(t, db, resolvetest.WantRoute{Policy: gateway.BalanceRoundRobin, MaxConnections: 5})
+	assert.Nil(t, db.Weights, "all 1")
+	resolvetest.ExpectRoute(t, resolvetest.Route(t, src, "", name("api", "dc2")), resolvetest.WantRoute{Kind: routing.RouteGateway,
+		Targets: []string{"127.0.2.1:8443"}, Policy: gateway.BalanceRoundRobin, MaxConnections: 5})
+	// Another gateway's service-defaults are not this one's.
+	resolvetest.ExpectRoute(t, resolvetest.Route(t, src, "other-gateway", name("api", "dc1")), resolvetest.WantRoute{NoLimits: true})
+
+	// resolvetest says what differs.
+	ft := &testing.T{}
+	resolvetest.ExpectRoute(ft, db, resolvetest.WantRoute{Policy: gateway.BalanceRandom, MaxConcurrentRequests: 3})
+	assert.True(t, ft.Failed())
+}
+
+// Envoy's panic threshold, which Consul leaves at 50 % on a gateway's
+// service clusters: with fewer than half of a service's (or subset's)
+// instances healthy, the critical ones are routed too; with half or more,
+// only the healthy ones; with none healthy, all of them rather than none.
+func TestMeshRouterPanicThreshold(t *testing.T) {
+	files := map[string]string{"t.hcl": `topology {
+  services = [
+    { name = "few", addresses = ["127.0.0.1:1"], critical_addresses = ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"] },
+    { name = "half", addresses = ["127.0.0.1:5", "127.0.0.1:6"], critical_addresses = ["127.0.0.1:7", "127.0.0.1:8"] },
+    { name = "none", critical_addresses = ["127.0.0.1:9"] },
+    { name = "few", subset = "v1", addresses = ["127.0.0.1:1"], critical_addresses = ["127.0.0.1:2", "127.0.0.1:3"] },
+  ]
+}`, "few.hcl": "Kind = \"service-resolver\"\nName = \"few\"\nSubsets = { v1 = {} }\n"}
+	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
+	name := func(svc, subset string) string { return sni.ServiceSNI(svc, subset, "", "", "dc1", config.DefaultTrustDomain) }
+	for sniName, want := range map[string][]string{
+		name("few", ""):   {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"},
+		name("few", "v1"): {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"},
+		name("half", ""):  {"127.0.0.1:5", "127.0.0.1:6"},
+		name("none", ""):  {"127.0.0.1:9"},
+	} {
+		resolvetest.ExpectRoute(t, resolvetest.Route(t, src, "", sniName), resolvetest.WantRoute{Targets: want, Policy: gateway.BalanceRoundRobin})
 	}
-	assert.Equal(t, map[string]int{"127.0.0.1:1": 10, "127.0.0.1:2": 10, "127.0.0.1:3": 10}, firsts)
+	resolvetest.ExpectRefused(t, src, "", name("nothing", ""), routing.ReasonUnknownService)
 }
 
 func BenchmarkMeshRouter(b *testing.B) {

@@ -44,8 +44,13 @@ import (
 // never by pattern, so a gateway is no open relay for peers either; every
 // refusal names its reason. The zero value is not usable: set Source.
 //
-// Targets are rotated per connection; the gateway tries the rest in order
-// when one fails. Each connection reads the Source's current View once.
+// Routes carry what Consul configures on these clusters: an export's
+// resolver LoadBalancer and its instances' weights, without limits, panic
+// threshold or failover (Consul sets none of them on an export's
+// clusters); round robin and the limits of the gateway's own
+// service-defaults (GatewayService) for the local servers and imported
+// services; round robin only for a peer's servers. Each connection reads
+// the Source's current View once.
 type PeeringRouter struct {
 	// Source provides the view. Required.
 	Source mesh.Source
@@ -71,9 +76,14 @@ type PeeringRouter struct {
 	// connections to instead, one loopback hop away, when Terminate is not
 	// set. It takes precedence over PassThroughL7Exports.
 	L7 string
+	// GatewayService is the gateway's own service name, whose
+	// service-defaults' UpstreamConfig.Defaults.Limits bound the routes
+	// Consul bounds (the local servers for peers, imported services; not a
+	// peer's servers nor exports), and those of the MeshRouter it makes;
+	// empty means DefaultGatewayService.
+	GatewayService string
 
 	mesh  atomic.Pointer[gateway.Router]
-	turn  gateway.Rotation
 	index atomic.Pointer[peerIndex]
 }
 
@@ -103,7 +113,7 @@ func (r *PeeringRouter) meshRouter() gateway.Router {
 	if m := r.mesh.Load(); m != nil {
 		return *m
 	}
-	var m gateway.Router = &MeshRouter{Source: r.Source}
+	var m gateway.Router = &MeshRouter{Source: r.Source, GatewayService: r.GatewayService}
 	r.mesh.CompareAndSwap(nil, &m)
 	return *r.mesh.Load()
 }
@@ -121,7 +131,8 @@ func (r *PeeringRouter) toServers(v *mesh.View, name sni.Name) (gateway.Route, e
 	case len(v.Servers) == 0:
 		return gateway.Route{}, gateway.Reject(ReasonNoPeeringServers, "%q: no Consul server with a gRPC TLS port is known in %s", name.String(), v.Datacenter)
 	}
-	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: r.turn.Of(v.Servers), Kind: RoutePeeringServers}, nil
+	return gateway.Route{Name: "peering servers " + v.Datacenter, Targets: v.Servers, Kind: RoutePeeringServers,
+		Balance: roundRobin, Limits: gatewayLimits(v, r.GatewayService)}, nil
 }
 
 // toExported routes <svc>.<ns>.<part>.<peer>.external.<local td>: a peer's
@@ -161,8 +172,9 @@ func (r *PeeringRouter) toExported(v *mesh.View, name sni.Name) (gateway.Route, 
 		}
 		return gateway.Route{}, gateway.Reject(ReasonUnknownService, "%s", msg)
 	}
-	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: r.turn.Of(er.Primary), Kind: RouteExportedService,
-		ConnectTimeout: er.ConnectTimeout}, nil
+	// No limits: Consul puts none on an export's clusters.
+	return gateway.Route{Name: "exported " + name.Service + " to peer " + name.Peer, Targets: er.Primary, Weights: er.Weights, Kind: RouteExportedService,
+		ConnectTimeout: er.ConnectTimeout, Balance: balanceOf(er.Balance)}, nil
 }
 
 // toPeer routes a name in another cluster's trust domain, only if it is
@@ -178,7 +190,12 @@ func (r *PeeringRouter) toPeer(v *mesh.View, serverName string) (gateway.Route, 
 		return gateway.Route{}, gateway.Reject(ReasonNotThroughGateways,
 			"%q is the servers of peer %q, but the mesh config entry does not set Peering { PeerThroughMeshGateways = true }", serverName, pr.peer)
 	}
-	return gateway.Route{Name: pr.name, Targets: r.turn.Of(pr.targets), Remote: true, Kind: pr.kind}, nil
+	route := gateway.Route{Name: pr.name, Targets: pr.targets, Remote: true, Kind: pr.kind, Balance: roundRobin}
+	if !pr.server {
+		// Consul bounds imported services' clusters, not a peer's servers'.
+		route.Limits = gatewayLimits(v, r.GatewayService)
+	}
+	return route, nil
 }
 
 // peerIndex holds what one view routes that is worth working out once: the

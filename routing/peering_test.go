@@ -9,6 +9,7 @@ import (
 	"github.com/meshgate/meshgate/config"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/mesh"
+	"github.com/meshgate/meshgate/resolve/resolvetest"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -69,14 +70,13 @@ func TestRouterAcceptingAndExportingSide(t *testing.T) {
 			}
 		})
 	}
-	// Both of api's endpoints get connections: targets rotate.
-	first := map[string]bool{}
-	for range 4 {
-		targets, _ := route(t, r, sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB))
-		assert.ElementsMatch(t, []string{"127.0.20.10:21000", "127.0.20.11:21000"}, targets)
-		first[targets[0]] = true
-	}
-	assert.Len(t, first, 2)
+	// Both of api's endpoints get connections: the gateway takes them in
+	// turn (round robin, api's resolver setting no policy), and an export
+	// has no limits, as in Consul.
+	got, err := r.Route(context.Background(), &sni.ClientHello{ServerName: sni.PeeredServiceSNI("api", "", "", "cluster-a", tdB)})
+	require.NoError(t, err)
+	resolvetest.ExpectRoute(t, got, resolvetest.WantRoute{Targets: []string{"127.0.20.10:21000", "127.0.20.11:21000"},
+		Policy: gateway.BalanceRoundRobin, NoLimits: true})
 }
 
 func TestRouterDialingAndImportingSide(t *testing.T) {

@@ -33,6 +33,7 @@ import (
 	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
 )
 
 func main() {
@@ -48,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	useConsul := fs.Bool("consul", false, "plan from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...): its config entries, proxy registrations and catalog")
 	var routeNames listFlag
 	fs.Var(&routeNames, "route", "a server name: print how a mesh gateway routes it instead of planning upstreams (repeatable)")
+	gatewayService := fs.String("gateway-service", routing.DefaultGatewayService, "with -route: the gateway's own service name, whose service-defaults' UpstreamConfig.Defaults.Limits bound its routes")
 	federate := fs.Bool("wan-federation", false, "with -consul -route: route as a gateway registered for WAN federation through mesh gateways (the consul-wan-federation meta); from files, the topology's wan_federation block says so")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: explain [flags] PATH...\n\nPlans every upstream of every service definition in PATH (files or directories).\n\n")
@@ -67,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cli.ExitCode(stderr, "explain", cli.Usagef("-wan-federation goes with -consul and -route"))
 	}
 	if len(routeNames) > 0 {
-		return explainRoutes(fs, routeNames, *useConsul, *federate, *datacenter, *trustDomain, *format, stdout, stderr)
+		return explainRoutes(fs, routeNames, *useConsul, *federate, *gatewayService, *datacenter, *trustDomain, *format, stdout, stderr)
 	}
 	var plans []resolve.Plan
 	var err error

@@ -153,9 +153,9 @@ func TestExplainRoutes(t *testing.T) {
 		"-route", "www.example.com", federationTopology)
 	require.Len(t, rows, 5)
 	assert.Equal(t, map[string]any{"server_name": "node-dc2.server.dc2.consul", "kind": "wan-federation", "route": "servers dc2",
-		"targets": []any{"127.0.2.105:8443"}, "remote": true}, rows[0])
+		"targets": []any{"127.0.2.105:8443"}, "remote": true, "balance": "round_robin"}, rows[0])
 	assert.Equal(t, map[string]any{"server_name": "DC1-Server-1.server.dc1.consul", "kind": "wan-federation", "route": "server dc1-server-1",
-		"targets": []any{"127.0.1.2:8300"}}, rows[1], "names are matched as the gateway reads them, lower-case")
+		"targets": []any{"127.0.1.2:8300"}, "balance": "round_robin"}, rows[1], "names are matched as the gateway reads them, lower-case")
 	assert.Equal(t, "unknown-datacenter", rows[2]["rejected"])
 	assert.Contains(t, rows[2]["error"], `"dc9"`, "the refusal names the datacenter")
 	assert.NotContains(t, rows[2], "targets")
@@ -165,8 +165,8 @@ func TestExplainRoutes(t *testing.T) {
 
 	var out, errOut bytes.Buffer
 	require.Equal(t, 0, run([]string{"-format", "text", "-route", "server.dc1.consul", federationTopology}, &out, &errOut), errOut.String())
-	assert.Equal(t, "SERVER NAME        KIND            ROUTE        TARGETS                                       REFUSED\n"+
-		"server.dc1.consul  wan-federation  servers dc1  127.0.1.2:8300,127.0.1.3:8300,127.0.1.4:8300  -\n", out.String())
+	assert.Equal(t, "SERVER NAME        KIND            ROUTE        TARGETS                                       BALANCE      LIMITS  REFUSED\n"+
+		"server.dc1.consul  wan-federation  servers dc1  127.0.1.2:8300,127.0.1.3:8300,127.0.1.4:8300  round_robin  -       -\n", out.String())
 
 	// Without a wan_federation block the gateway takes no part: refused.
 	rows = explainJSON(t, "-route", "node-dc2.server.dc2.consul", topology)
@@ -175,6 +175,30 @@ func TestExplainRoutes(t *testing.T) {
 	errOut.Reset()
 	assert.Equal(t, 2, run([]string{"-wan-federation", "-route", "x", federationTopology}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "-wan-federation goes with -consul and -route")
+}
+
+// -route shows the policy in force, the weights and the limits, from the
+// resolver, the instances and the gateway's own service-defaults (named by
+// -gateway-service).
+func TestExplainRoutePolicyAndLimits(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"t.hcl":   "topology {\n  services = [{ name = \"api\", addresses = [\"127.0.0.1:1\", \"127.0.0.1:2\"], weights = [3, 1] }]\n}\n",
+		"api.hcl": "Kind = \"service-resolver\"\nName = \"api\"\nLoadBalancer { Policy = \"least_request\" }\n",
+		"gw.hcl":  "Kind = \"service-defaults\"\nName = \"edge\"\nUpstreamConfig { Defaults { Limits { MaxConnections = 5 } } }\n",
+	} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600))
+	}
+	name := "api.default.dc1.internal.5fcd4b81-a2ca-405a-ac62-0fac602c1949.consul"
+	rows := explainJSON(t, "-route", name, "-gateway-service", "edge", dir)
+	assert.Equal(t, "least_request choice_count 2", rows[0]["balance"])
+	assert.Equal(t, []any{3.0, 1.0}, rows[0]["weights"])
+	assert.Equal(t, map[string]any{"MaxConnections": 5.0}, rows[0]["limits"])
+	rows = explainJSON(t, "-route", name, dir)
+	assert.NotContains(t, rows[0], "limits", "mesh-gateway's service-defaults set none")
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"-format", "text", "-gateway-service", "edge", "-route", name, dir}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "least_request choice_count 2 weights 3:1  MaxConnections=5")
 }
 
 // The discovery chain: the failover target of a service-resolver, with its

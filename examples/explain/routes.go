@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -32,14 +33,20 @@ type routeRow struct {
 	Targets          []string `json:"targets,omitempty"`
 	Remote           bool     `json:"remote,omitempty"`
 	ConnectTimeoutMS int64    `json:"connect_timeout_ms,omitempty"`
-	Rejected         string   `json:"rejected,omitempty"`
-	Error            string   `json:"error,omitempty"`
+	// Balance is the load-balancing policy the gateway applies to the
+	// targets, Weights their weights (all 1: none), Limits the route's
+	// limits from the gateway's own service-defaults.
+	Balance  string         `json:"balance,omitempty"`
+	Weights  []int          `json:"weights,omitempty"`
+	Limits   map[string]int `json:"limits,omitempty"`
+	Rejected string         `json:"rejected,omitempty"`
+	Error    string         `json:"error,omitempty"`
 }
 
 // explainRoutes prints how a mesh gateway routes each name: the router is
 // the one examples/meshgateway runs (routing.New's: WAN federation, then
 // cluster peering, then the mesh).
-func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, datacenter, trustDomain, format string, stdout, stderr io.Writer) int {
+func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, gatewayService, datacenter, trustDomain, format string, stdout, stderr io.Writer) int {
 	var src mesh.Source
 	if useConsul {
 		if fs.NArg() > 0 {
@@ -69,6 +76,7 @@ func explainRoutes(fs *flag.FlagSet, names []string, useConsul, federate bool, d
 		src = st
 	}
 	router := routing.New(src)
+	router.SetGatewayService(gatewayService)
 	rows := make([]routeRow, 0, len(names))
 	for _, name := range names {
 		rows = append(rows, routeOf(router, name))
@@ -103,14 +111,51 @@ func routeOf(r gateway.Router, name string) routeRow {
 	}
 	row.Kind, row.Route, row.Targets, row.Remote = route.Kind, route.Name, route.Targets, route.Remote
 	row.ConnectTimeoutMS = route.ConnectTimeout.Milliseconds()
+	row.Balance, row.Weights = balanceOf(route.Balance), route.Weights
+	for name, l := range map[string]*int{"MaxConnections": route.Limits.MaxConnections,
+		"MaxPendingRequests": route.Limits.MaxPendingRequests, "MaxConcurrentRequests": route.Limits.MaxConcurrentRequests} {
+		if l != nil {
+			if row.Limits == nil {
+				row.Limits = map[string]int{}
+			}
+			row.Limits[name] = *l
+		}
+	}
 	return row
+}
+
+// balanceOf names a route's policy: "round_robin", "least_request
+// choice_count 3", or "in order" for a Router that sets none.
+func balanceOf(b gateway.Balance) string {
+	switch {
+	case b.Policy == "":
+		return "in order"
+	case b.Policy == gateway.BalanceLeastRequest:
+		return fmt.Sprintf("%s choice_count %d", b.Policy, max(b.ChoiceCount, 2))
+	}
+	return b.Policy
 }
 
 func writeRouteTable(w io.Writer, rows []routeRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVER NAME\tKIND\tROUTE\tTARGETS\tREFUSED")
+	fmt.Fprintln(tw, "SERVER NAME\tKIND\tROUTE\tTARGETS\tBALANCE\tLIMITS\tREFUSED")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.ServerName, orDash(r.Kind), orDash(r.Route), orDash(strings.Join(r.Targets, ",")), orDash(r.Rejected))
+		balance := r.Balance
+		if len(r.Weights) > 0 {
+			ws := make([]string, len(r.Weights))
+			for i, w := range r.Weights {
+				ws[i] = strconv.Itoa(w)
+			}
+			balance += " weights " + strings.Join(ws, ":")
+		}
+		var limits []string
+		for _, name := range []string{"MaxConnections", "MaxPendingRequests", "MaxConcurrentRequests"} {
+			if n, ok := r.Limits[name]; ok {
+				limits = append(limits, fmt.Sprintf("%s=%d", name, n))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ServerName, orDash(r.Kind), orDash(r.Route), orDash(strings.Join(r.Targets, ",")),
+			orDash(balance), orDash(strings.Join(limits, ",")), orDash(r.Rejected))
 	}
 	tw.Flush()
 }

@@ -100,30 +100,43 @@ const weightScale = 1 << 10
 // weights it runs the weighted round robin on weight/(open+1), as Envoy
 // weighs hosts by weight/(active requests+1).
 func (p *Picker) Order(pol Policy, targets []string, weights []int, out func(int) bool, active func(int) int) []int {
+	order := make([]int, 0, len(targets))
+	p.each(pol, targets, weights, out, active, func(i int) { order = append(order, i) })
+	return order
+}
+
+// Targets is Order returning the targets themselves, in that order, in a
+// new slice.
+func (p *Picker) Targets(pol Policy, targets []string, weights []int, out func(int) bool, active func(int) int) []string {
+	ordered := make([]string, 0, len(targets))
+	p.each(pol, targets, weights, out, active, func(i int) { ordered = append(ordered, targets[i]) })
+	return ordered
+}
+
+// each calls f with each index of targets in Order's order.
+func (p *Picker) each(pol Policy, targets []string, weights []int, out func(int) bool, active func(int) int, f func(int)) {
 	n := len(targets)
-	order := make([]int, 0, n)
 	if n == 0 {
-		return order
+		return
 	}
 	p.mu.Lock()
 	first := p.pick(pol, targets, weights, out, active)
 	p.mu.Unlock()
 	if first >= 0 {
-		order = append(order, first)
+		f(first)
 		for k := 1; k < n; k++ {
 			if i := (first + k) % n; out == nil || !out(i) {
-				order = append(order, i)
+				f(i)
 			}
 		}
 	}
 	if out != nil {
 		for i := range n {
 			if out(i) {
-				order = append(order, i)
+				f(i)
 			}
 		}
 	}
-	return order
 }
 
 // pick returns the chosen target's index, or -1 when every target is out;

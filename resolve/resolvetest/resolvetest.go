@@ -12,6 +12,8 @@
 package resolvetest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,9 +23,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/config"
+	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 	"github.com/meshgate/meshgate/resolve"
+	"github.com/meshgate/meshgate/routing"
+	"github.com/meshgate/meshgate/sni"
 )
 
 // Load loads files and directories as the explain tool does (config entries,
@@ -215,4 +220,112 @@ func Dir(tb testing.TB, files map[string]string) string {
 		}
 	}
 	return dir
+}
+
+// Route returns the route a mesh gateway registered as gatewayService
+// (empty: routing.DefaultGatewayService, "mesh-gateway") gives a
+// connection for serverName over src, as routing.New routes it (what
+// examples/meshgateway and explain run): its targets in the catalog's
+// order, the load-balancing policy and weights the gateway applies to
+// them, and the limits of the gateway's own service-defaults. It fails tb,
+// naming the reason, when the name is refused.
+//
+//	route := resolvetest.Route(t, src, "", "api.default.dc1.internal."+td)
+//	resolvetest.ExpectRoute(t, route, resolvetest.WantRoute{Policy: "least_request", MaxConnections: 5})
+func Route(tb testing.TB, src mesh.Source, gatewayService, serverName string) gateway.Route {
+	tb.Helper()
+	route, reason, err := routeOf(src, gatewayService, serverName)
+	if err != nil {
+		tb.Fatalf("resolvetest: %s is refused (%s): %v", serverName, reason, err)
+	}
+	return route
+}
+
+// ExpectRefused checks that a mesh gateway over src refuses serverName
+// with reason (routing's Reason constants), as Route would route it.
+func ExpectRefused(tb testing.TB, src mesh.Source, gatewayService, serverName, reason string) {
+	tb.Helper()
+	route, got, err := routeOf(src, gatewayService, serverName)
+	switch {
+	case err == nil:
+		tb.Errorf("resolvetest: %s routes to %q (%s), want it refused with %q", serverName, route.Targets, route.Name, reason)
+	case got != reason:
+		tb.Errorf("resolvetest: %s is refused with %q, want %q: %v", serverName, got, reason, err)
+	}
+}
+
+func routeOf(src mesh.Source, gatewayService, serverName string) (gateway.Route, string, error) {
+	r := routing.New(src)
+	r.SetGatewayService(gatewayService)
+	route, err := r.Route(context.Background(), &sni.ClientHello{ServerName: serverName})
+	if err != nil {
+		var rej *gateway.Rejection
+		if errors.As(err, &rej) {
+			return route, rej.Reason, err
+		}
+		return route, gateway.ReasonRouterError, err
+	}
+	return route, "", nil
+}
+
+// WantRoute is what ExpectRoute checks of a route; a zero field is not
+// checked.
+type WantRoute struct {
+	// Kind is the route's kind (routing.RouteService, RouteGateway, ...).
+	Kind string
+	// Targets are the route's targets, in the catalog's order.
+	Targets []string
+	// Policy is the load-balancing policy the gateway applies
+	// (gateway.BalanceRoundRobin, BalanceLeastRequest, BalanceRandom), and
+	// ChoiceCount least_request's sample.
+	Policy      string
+	ChoiceCount int
+	// Weights are the targets' weights, in order (all 1: nil).
+	Weights []int
+	// MaxConnections, MaxPendingRequests and MaxConcurrentRequests are the
+	// route's limits; NoLimits says it has none.
+	MaxConnections, MaxPendingRequests, MaxConcurrentRequests int
+	NoLimits                                                  bool
+}
+
+// ExpectRoute checks route against want, naming each field that differs.
+func ExpectRoute(tb testing.TB, route gateway.Route, want WantRoute) {
+	tb.Helper()
+	var diffs []string
+	differ := func(field string, got, want any) {
+		diffs = append(diffs, fmt.Sprintf("%s: got %v, want %v", field, got, want))
+	}
+	if want.Kind != "" && route.Kind != want.Kind {
+		differ("kind", route.Kind, want.Kind)
+	}
+	if want.Targets != nil && !slices.Equal(route.Targets, want.Targets) {
+		differ("targets", route.Targets, want.Targets)
+	}
+	if want.Policy != "" && route.Balance.Policy != want.Policy {
+		differ("policy", route.Balance.Policy, want.Policy)
+	}
+	if want.ChoiceCount != 0 && route.Balance.ChoiceCount != want.ChoiceCount {
+		differ("choice_count", route.Balance.ChoiceCount, want.ChoiceCount)
+	}
+	if want.Weights != nil && !slices.Equal(route.Weights, want.Weights) {
+		differ("weights", route.Weights, want.Weights)
+	}
+	limit := func(field string, got *int, want int) {
+		switch {
+		case want == 0:
+		case got == nil:
+			differ(field, "none", want)
+		case *got != want:
+			differ(field, *got, want)
+		}
+	}
+	limit("MaxConnections", route.Limits.MaxConnections, want.MaxConnections)
+	limit("MaxPendingRequests", route.Limits.MaxPendingRequests, want.MaxPendingRequests)
+	limit("MaxConcurrentRequests", route.Limits.MaxConcurrentRequests, want.MaxConcurrentRequests)
+	if want.NoLimits && !route.Limits.IsZero() {
+		differ("limits", fmt.Sprintf("%+v", route.Limits), "none")
+	}
+	if len(diffs) > 0 {
+		tb.Errorf("resolvetest: route %q:\n\t%s", route.Name, strings.Join(diffs, "\n\t"))
+	}
 }
