@@ -124,7 +124,9 @@ func TestMeshRouterPanicThreshold(t *testing.T) {
   ]
 }`, "few.hcl": "Kind = \"service-resolver\"\nName = \"few\"\nSubsets = { v1 = {} }\n"}
 	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
-	name := func(svc, subset string) string { return sni.ServiceSNI(svc, subset, "", "", "dc1", config.DefaultTrustDomain) }
+	name := func(svc, subset string) string {
+		return sni.ServiceSNI(svc, subset, "", "", "dc1", config.DefaultTrustDomain)
+	}
 	for sniName, want := range map[string][]string{
 		name("few", ""):   {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"},
 		name("few", "v1"): {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"},
