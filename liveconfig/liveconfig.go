@@ -46,6 +46,8 @@ type Applier struct {
 	fixedTimeout bool
 	// applied, if set, hears of each configuration applied.
 	applied func(opts proxyconfig.Gateway, addrs []string)
+	// registration, if set, hears of each registration FollowRegistration reads.
+	registration func(*api.AgentService)
 
 	opts    atomic.Pointer[proxyconfig.Gateway]
 	mu      sync.Mutex
@@ -70,6 +72,13 @@ type Options struct {
 	// something, with the listeners' addresses in the order of their binds.
 	// It is called after the change, outside the Applier's lock.
 	Applied func(opts proxyconfig.Gateway, addrs []string)
+	// Registration, if set, hears of each changed registration
+	// FollowRegistration reads (its Proxy merged with proxy-defaults by the
+	// agent, as the agent serves it), the first at once, before its
+	// options are applied: for what the Applier does not apply itself,
+	// such as Proxy.AccessLogs. It is called from FollowRegistration's
+	// goroutine.
+	Registration func(*api.AgentService)
 }
 
 // New returns an Applier of s with opts in force and no listener yet
@@ -81,7 +90,7 @@ func New(s *gateway.Server, opts proxyconfig.Gateway, o Options) *Applier {
 	if o.Name == "" {
 		o.Name = "liveconfig"
 	}
-	l := &Applier{s: s, log: o.Logger, name: o.Name, fixedTimeout: o.FixedConnectTimeout, applied: o.Applied,
+	l := &Applier{s: s, log: o.Logger, name: o.Name, fixedTimeout: o.FixedConnectTimeout, applied: o.Applied, registration: o.Registration,
 		open: map[string]net.Listener{}, retired: map[net.Listener]bool{}, served: make(chan error, 1)}
 	l.opts.Store(&opts)
 	return l
@@ -304,6 +313,9 @@ func (l *Applier) FollowRegistration(ctx context.Context, client *api.Client, id
 			continue
 		}
 		hash = meta.LastContentHash
+		if l.registration != nil {
+			l.registration(svc)
+		}
 		opts, err := proxyconfig.ParseService(svc)
 		if err == nil {
 			err = l.Apply(ctx, opts, binds(svc, opts))

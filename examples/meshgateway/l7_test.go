@@ -36,15 +36,15 @@ config_entries {
 	src, _, err := buildSource([]string{dir}, "dc1", "", nil, nil)
 	require.NoError(t, err)
 	hello := &sni.ClientHello{ServerName: sni.PeeredServiceSNI("api", "", "", "cluster-a", "bbbbbbbb-0000-4000-8000-000000000002.consul")}
-	_, err = gatewayRouter(src, l7Handling{}).Route(context.Background(), hello)
+	_, err = gatewayRouter(src, l7Handling{}, "").Route(context.Background(), hello)
 	var rej *gateway.Rejection
 	require.True(t, errors.As(err, &rej), "%v", err)
 	assert.Equal(t, routing.ReasonL7Export, rej.Reason)
-	route, err := gatewayRouter(src, l7Handling{pass: true}).Route(context.Background(), hello)
+	route, err := gatewayRouter(src, l7Handling{pass: true}, "").Route(context.Background(), hello)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.20.10:21000"}, route.Targets)
 	served := false
-	route, err = gatewayRouter(src, l7Handling{serve: func(net.Conn) { served = true }}).Route(context.Background(), hello)
+	route, err = gatewayRouter(src, l7Handling{serve: func(net.Conn) { served = true }}, "").Route(context.Background(), hello)
 	require.NoError(t, err)
 	require.NotNil(t, route.Serve, "to the terminator")
 	route.Serve(nil)

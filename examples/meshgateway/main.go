@@ -120,7 +120,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	envoyMetrics := fs.Bool("envoy-metrics", false, "with -admin: also serve the metrics a Consul mesh gateway's Envoy reports (envoy_cluster_*, envoy_tcp_*, envoy_server_*, with Consul's labels), for Consul's Grafana dashboards and Envoy-named alerts")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
-	serviceName := fs.String("service-name", "mesh-gateway", "with -consul: the name to register this gateway as")
+	serviceName := fs.String("service-name", "mesh-gateway", "the gateway's service name: its service-defaults' UpstreamConfig.Defaults.Limits bound its routes, as Consul's gateway reads them; with -consul, the name to register it as")
 	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
 	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config), instead of registering one")
 	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
@@ -256,6 +256,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 				return err
 			}
 			federate = registration.ExposesServers(svc)
+			*serviceName = svc.Service // the registered gateway's own
 		}
 		// Its own registration is followed too: one long poll of its own.
 		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate,
@@ -336,6 +337,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return fmt.Errorf("-engine: %w", err)
 		}
 	}
+	// The AccessLogs Consul gives the gateway, and the fields it does not
+	// apply, named in one warning, both followed while it runs.
+	fields := newConsulFields(log, *serviceName, *accessLog != "")
+	if fields.envoy != nil {
+		observers = append(observers, fields.envoy)
+		defer fields.envoy.Close()
+	}
 	s := &gateway.Server{
 		Router:         &router,
 		Observer:       gateway.MultiObserver(observers...),
@@ -357,9 +365,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 				log.Error("meshgateway: moving the health check to the listeners in force", "err", err)
 			}
 		}
+		lvOpts.Registration = func(svc *api.AgentService) {
+			if svc.Proxy != nil {
+				fields.applyAccessLogs(svc.Proxy.AccessLogs)
+			}
+		}
 	}
 	lv := liveconfig.New(s, opts, lvOpts)
-	router.Store(lv.Router(gatewayRouter(src, l7mode)))
+	router.Store(lv.Router(gatewayRouter(src, l7mode, *serviceName)))
 	lv.Serve(binds, listeners)
 	listeners = nil // Serve closes them
 	addrs := lv.Addrs(binds)
@@ -369,6 +382,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced(), "engine", string(engine))
 	if g != nil {
 		go lv.FollowRegistration(ctx, g.client, g.id, g.binds)
+		fields.warner.Check(src.View())
+		go fields.warner.Watch(ctx, src, time.Second)
+	} else {
+		fields.applyAccessLogs(proxyDefaultsAccessLogs(v))
+		fields.warner.Check(v)
 	}
 	if *demo {
 		go func() {
@@ -399,8 +417,10 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, l7mode}, src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, l7mode, *serviceName}, src)
 			metrics.setSource(src)
+			fields.applyAccessLogs(proxyDefaultsAccessLogs(src.View()))
+			fields.warner.Check(src.View())
 		}
 	}
 	servingNow.Store(false)
@@ -429,9 +449,11 @@ type l7Handling struct {
 
 // gatewayRouter routes as Consul's mesh gateway: Consul servers' names for
 // WAN federation (when the view takes part), then cluster peering's names
-// (L7 exports as l7mode says), then the mesh's.
-func gatewayRouter(src mesh.Source, l7mode l7Handling) gateway.Router {
+// (L7 exports as l7mode says), then the mesh's; the routes bound by the
+// limits of service's service-defaults.
+func gatewayRouter(src mesh.Source, l7mode l7Handling, service string) gateway.Router {
 	r := routing.New(src)
+	r.SetGatewayService(service)
 	r.Peering.PassThroughL7Exports, r.Peering.Terminate = l7mode.pass, l7mode.serve
 	return r
 }
@@ -596,4 +618,14 @@ func demoCheck(log *slog.Logger, gw, name string, cert tls.Certificate) {
 	log.Info("demo: TLS 1.3 through the gateway verified the backend's certificate and echoed",
 		"server_name", name, "reply", string(buf))
 	log.Info("demo: try it yourself", "command", fmt.Sprintf("openssl s_client -connect %s -servername %s", gw, name))
+}
+
+// proxyDefaultsAccessLogs is the AccessLogs of v's proxy-defaults, nil
+// without one: what a gateway from files has (no registration of its own
+// to merge under them).
+func proxyDefaultsAccessLogs(v *mesh.View) *api.AccessLogsConfig {
+	if v.ProxyDefaults == nil {
+		return nil
+	}
+	return v.ProxyDefaults.AccessLogs
 }

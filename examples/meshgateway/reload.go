@@ -22,6 +22,7 @@ type reloadFrom struct {
 	services, remotes       addrList
 	listen                  string
 	l7                      l7Handling
+	service                 string // the gateway's service name
 }
 
 // reload rereads the files, applies the proxy-defaults Config (listeners,
@@ -54,7 +55,7 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 		lv.SetCheck(check)
 		return refuse(err)
 	}
-	router.Store(lv.Router(gatewayRouter(src, from.l7)))
+	router.Store(lv.Router(gatewayRouter(src, from.l7, from.service)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)
