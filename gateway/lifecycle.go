@@ -197,7 +197,7 @@ func (s *Server) route(ctx context.Context, remote, local net.Addr, hello *sni.C
 func (c *conn) NextTarget() (string, bool) {
 	s := c.s
 	if !c.ordered {
-		c.targets, c.ordered = s.health.order(c.targets), true
+		c.targets, c.ordered = s.health.Order(c.targets), true
 	}
 	if int(c.next) == len(c.targets) {
 		c.refuse(ReasonDialFailed, problems.Join(c.errs...))
@@ -215,9 +215,9 @@ func (c *conn) NextTarget() (string, bool) {
 // DialFailed records a failed dial of the current target.
 func (c *conn) DialFailed(err error) {
 	s, target := c.s, c.targets[c.next-1]
-	if s.health.failed(target) {
+	if s.health.Failed(target) {
 		s.logger().Warn("gateway: target ejected: later connections try the route's other targets first, until a probe connects to it",
-			"target", target, "consecutive_failures", s.health.after, "err", err.Error())
+			"target", target, "consecutive_failures", s.health.After(), "err", err.Error())
 	}
 	s.observer().DialFailed(c.route, target, err)
 	if d := s.dialObs; d != nil {
@@ -238,7 +238,7 @@ func (c *conn) Connected(local, remote netip.AddrPort) {
 		s.dialed[c.pair] = struct{}{}
 		s.mu.Unlock()
 	}
-	s.health.succeeded(target)
+	s.health.Succeeded(target)
 	c.phase = phaseConnected
 	c.target = target
 	if c.count != nil {

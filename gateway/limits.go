@@ -150,9 +150,9 @@ func (s *Server) admit(r *Route) (*routeCount, error) {
 // says (in the order given when it says nothing).
 func (s *Server) order(count *routeCount, r *Route) []string {
 	if r.Balance.Policy == "" || len(r.Targets) < 2 {
-		return s.health.order(r.Targets)
+		return s.health.Order(r.Targets)
 	}
-	mask := s.health.mask(r.Targets)
+	mask := s.health.Mask(r.Targets)
 	var out func(int) bool
 	if mask != nil {
 		out = func(i int) bool { return mask[i] }
@@ -170,7 +170,7 @@ func (s *Server) order(count *routeCount, r *Route) []string {
 			}
 		}
 		tail := ordered[len(ordered)-n:]
-		copy(tail, s.health.order(tail)) // all ejected: the longest ejected last
+		copy(tail, s.health.Order(tail)) // all ejected: the longest ejected last
 	}
 	return ordered
 }

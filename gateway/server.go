@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/gateway/internal/engine"
+	"github.com/meshgate/meshgate/internal/outlier"
 	"github.com/meshgate/meshgate/gateway/internal/epoll"
 	"github.com/meshgate/meshgate/gateway/internal/goroutine"
 	"github.com/meshgate/meshgate/gateway/internal/iouring"
@@ -126,7 +127,7 @@ type Server struct {
 	goroutines     *goroutine.Engine  // the goroutine engine
 	slots          chan struct{}      // MaxConns semaphore, or nil
 	budget         *descriptorBudget  // the process's, or nil
-	health         *outliers          // targets that fail to connect
+	health         *outlier.Set       // targets that fail to connect
 	counts         routeCounts        // each route's connections (Limits) and turn (Balance)
 	stopProbes     context.CancelFunc // ends the probes of ejected targets
 	heldBack       atomic.Bool        // logged that the budget held accepting back
@@ -163,10 +164,10 @@ func (s *Server) init() {
 		s.settings = engine.Settings{PeekTimeout: s.PeekTimeout, MaxHelloSize: s.MaxHelloSize, TCPKeepAlive: s.TCPKeepAlive,
 			Dial: s.dialFunc(), CustomDial: s.Dial != nil, Logger: s.logger()}
 		s.goroutines = goroutine.New(s.lifecycle())
-		s.health = newOutliers(s.EjectAfter, s.EjectFor)
-		s.health.dial, s.health.timeout = s.settings.Dial, func() time.Duration { return s.connectTimeout(Route{}) }
-		s.health.ctx, s.stopProbes = context.WithCancel(context.Background())
-		s.health.onReturn = func(target string) {
+		s.health = outlier.New(s.EjectAfter, s.EjectFor)
+		s.health.Dial, s.health.Timeout = s.settings.Dial, func() time.Duration { return s.connectTimeout(Route{}) }
+		s.health.Ctx, s.stopProbes = context.WithCancel(context.Background())
+		s.health.OnReturn = func(target string) {
 			s.logger().Info("gateway: ejected target answers a probe again; readmitted", "target", target)
 		}
 	})
@@ -300,7 +301,7 @@ func (s *Server) ActiveConns() int { return int(s.active.Load()) }
 // is a copy, nil when none is ejected.
 func (s *Server) Ejected() map[string]time.Time {
 	s.init()
-	return s.health.ejected()
+	return s.health.Ejected()
 }
 
 // Shutdown stops accepting, then waits for open connections to end on their

@@ -32,9 +32,15 @@ type Target struct {
 	Route Path                `json:"route"`
 	// SNI is the server name the sidecar sends to reach the target.
 	SNI string `json:"sni"`
-	// Dial lists the addresses to try, in order: the target's endpoints or
-	// the gateways its route crosses first.
-	Dial []string `json:"dial"`
+	// Dial lists the addresses to try, in the catalog's order: the
+	// target's endpoints or the gateways its route crosses first. Weights
+	// holds their weights (nil when all are 1), and Balance the policy a
+	// dialer spreads connections over them by: the discovery chain's, its
+	// primary target's service-resolver LoadBalancer (ChainBalance), as
+	// Envoy's sidecar clusters under Consul.
+	Dial    []string `json:"dial"`
+	Weights []int    `json:"weights,omitempty"`
+	Balance Balance  `json:"balance"`
 	// Hops describes the path, as Plan.Hops.
 	Hops []string `json:"hops"`
 	// Healthy counts the target's healthy instances the view knows of (for
@@ -308,19 +314,19 @@ func planTarget(v *mesh.View, self string, layers modes.Layers, t chainTarget) (
 	switch {
 	case dest == local:
 		out.Route = PathDirect
-		out.Dial = mesh.Addresses(eps, false)
+		out.Dial, out.Weights = mesh.Weighted(eps, false)
 		out.Hops = []string{self, destHop}
 	case d.Effective() == api.MeshGatewayModeLocal:
 		out.Route = PathLocalGateway
-		out.Dial = mesh.Addresses(v.GatewaysIn(local), false)
+		out.Dial, out.Weights = mesh.Weighted(v.GatewaysIn(local), false)
 		out.Hops = []string{self, "gateway " + local.String(), "gateway " + dest.String(), destHop}
 	case d.Effective() == api.MeshGatewayModeRemote:
 		out.Route = PathRemoteGateway
-		out.Dial = mesh.Addresses(v.GatewaysIn(dest), crossDC)
+		out.Dial, out.Weights = mesh.Weighted(v.GatewaysIn(dest), crossDC)
 		out.Hops = []string{self, "gateway " + dest.String(), destHop}
 	default:
 		out.Route = PathDirect
-		out.Dial = mesh.Addresses(eps, crossDC)
+		out.Dial, out.Weights = mesh.Weighted(eps, crossDC)
 		out.Hops = []string{self, destHop}
 	}
 	var warnings []string
@@ -358,7 +364,7 @@ func planPeered(v *mesh.View, t *Target, d modes.Decision, self string) []string
 		t.Hops = []string{self, peerHop, destHop}
 	case api.MeshGatewayModeLocal:
 		t.Route = PathLocalGateway
-		t.Dial = mesh.Addresses(v.GatewaysIn(v.Local()), false)
+		t.Dial, t.Weights = mesh.Weighted(v.GatewaysIn(v.Local()), false)
 		t.Hops = []string{self, "gateway " + v.Local().String(), peerHop, destHop}
 	default:
 		t.Route = PathRemoteGateway

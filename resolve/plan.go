@@ -92,6 +92,8 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 		Route         Path                `json:"route"`
 		SNI           string              `json:"sni"`
 		Dial          []string            `json:"dial"`
+		Weights       []int               `json:"weights,omitempty"`
+		Balance       Balance             `json:"balance"`
 		Hops          []string            `json:"hops"`
 		Warnings      []string            `json:"warnings"`
 		LocalBindPort int                 `json:"local_bind_port,omitempty"`
@@ -100,7 +102,7 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 		Served        int                 `json:"served,omitempty"`
 		PassedOver    []string            `json:"passed_over,omitempty"`
 	}{p.Service, p.Proxy, p.Upstream, redirected, p.Subset, p.Resolver, p.Datacenter, p.Partition, p.Namespace, p.Peer,
-		p.Mode, p.Layer, p.Route, p.SNI, p.Dial, p.Hops, p.Warnings, p.LocalBindPort, p.Healthy, p.Failover, p.Served, p.PassedOver})
+		p.Mode, p.Layer, p.Route, p.SNI, p.Dial, p.Weights, p.Balance, p.Hops, p.Warnings, p.LocalBindPort, p.Healthy, p.Failover, p.Served, p.PassedOver})
 }
 
 // PlanAll plans every upstream of every instance in the view, in order.
@@ -176,6 +178,9 @@ func PlanUpstream(v *mesh.View, inst mesh.Instance, up api.Upstream) Plan {
 	t, warnings := planTarget(v, self, layers, primary)
 	p.Warnings = append(p.Warnings, warnings...)
 	p.Target = t
+	// Every cluster of the chain takes the primary target's resolver
+	// node's policy (makeUpstreamClustersForDiscoveryChain).
+	p.Balance, _ = ChainBalance(resolver)
 	failover, note, warnings := failoverOf(v, primary, resolver)
 	if t.Peer == "" && (mesh.Location{Datacenter: t.Datacenter, Partition: t.Partition}) == local && t.Mode != api.MeshGatewayModeDefault && t.Mode != api.MeshGatewayModeNone {
 		which := ""
@@ -198,6 +203,7 @@ func PlanUpstream(v *mesh.View, inst mesh.Instance, up api.Upstream) Plan {
 			p.Warnings = append(p.Warnings, "failover: "+problem)
 		}
 		ft, warnings := planTarget(v, self, layers, resolved)
+		ft.Balance = p.Balance
 		for _, w := range warnings {
 			p.Warnings = append(p.Warnings, "failover "+ft.String()+": "+w)
 		}

@@ -25,11 +25,26 @@ import (
 const DefaultConnectTimeout = 5 * time.Second
 
 // Dialer carries out resolve's plan for a Go program: it dials an upstream's
-// planned addresses in order with the planned SNI, and originates mTLS with
-// the program's leaf certificate, accepting only the destination's SPIFFE
+// planned addresses with the planned SNI, and originates mTLS with the
+// program's leaf certificate, accepting only the destination's SPIFFE
 // identity under the cluster's CA roots. It fails over along the plan's
 // discovery chain (a service-resolver's Failover, a sameness group) as
 // Envoy's aggregate cluster does under Consul, and further: see Dial.
+//
+// Within a target it spreads connections over the addresses (the
+// instances, or the gateways the route crosses) as Envoy's sidecar does
+// under Consul: by the policy of the chain's service-resolver
+// LoadBalancer (round_robin, Envoy's default, when it sets none;
+// least_request on the connections this Dialer has open on each address;
+// random; ring_hash and maglev pick at random, a TCP connection carrying
+// nothing to hash) and the instances' weights. An address that fails to
+// connect is ejected, as the gateway's outlier ejection does: tried after
+// the others until a probe (a TCP connect closed at once, 250 ms after
+// the failure, then with a doubling wait up to EjectFor) or a dial
+// connects to it. Round robin is the default rather than least
+// connections so that a Go sidecar spreads as an Envoy sidecar beside it
+// does. A Dialer must not be copied after first use; Close stops its
+// probes.
 type Dialer struct {
 	// Source gives the current view: config entries that decide the mode,
 	// and where gateways and services are (consulview.Source, or a static
@@ -47,6 +62,14 @@ type Dialer struct {
 	Client *api.Client
 	// ConnectTimeout bounds each attempt; zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// Balance, when its Policy is set, spreads every target's connections
+	// by it, over the plan's (the chain's service-resolver LoadBalancer).
+	Balance resolve.Balance
+	// EjectFor bounds the wait between two probes of an address that
+	// failed to connect; zero means 30 s, as the gateway's.
+	EjectFor time.Duration
+
+	spread spread
 }
 
 // Plan returns the plan for upstream up, from the current view.
@@ -87,10 +110,7 @@ func (d *Dialer) Dial(ctx context.Context, up api.Upstream) (*tls.Conn, resolve.
 			plan = d.plan(v, up)
 		}
 	}
-	timeout := d.ConnectTimeout
-	if timeout <= 0 {
-		timeout = DefaultConnectTimeout
-	}
+	timeout := d.connectTimeout()
 	chain := plan.Chain()
 	why := make([]string, len(chain))
 	var errs []error
@@ -156,8 +176,8 @@ func (d *Dialer) dialTarget(ctx context.Context, v *mesh.View, t resolve.Target,
 		return nil, err
 	}
 	var errs []error
-	for _, addr := range t.Dial {
-		c, err := dialOne(ctx, addr, cfg, timeout)
+	for _, addr := range d.order(t) {
+		c, err := d.dialOne(ctx, addr, cfg, timeout)
 		if err == nil {
 			return c, nil
 		}
@@ -169,13 +189,27 @@ func (d *Dialer) dialTarget(ctx context.Context, v *mesh.View, t resolve.Target,
 	return nil, problems.Join(errs...)
 }
 
-func dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+// connectTimeout is ConnectTimeout, or DefaultConnectTimeout.
+func (d *Dialer) connectTimeout() time.Duration {
+	if d.ConnectTimeout > 0 {
+		return d.ConnectTimeout
+	}
+	return DefaultConnectTimeout
+}
+
+// dialOne connects to addr and hand-shakes; a connect that fails ejects
+// addr (the handshake's failure does not: the address answers).
+func (d *Dialer) dialOne(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	if err != nil {
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			d.failed(addr)
+		}
 		return nil, err
 	}
+	raw = d.connected(addr, raw)
 	c := tls.Client(raw, cfg)
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()

@@ -146,8 +146,7 @@ func TestDialerCarriesOutEachMode(t *testing.T) {
 	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: w.ca.TrustDomain,
 		Services: map[mesh.ServiceKey][]mesh.Endpoint{{Name: "api", Datacenter: "dc2"}: {{WAN: addr}}}})
 	require.NoError(t, err)
-	d := *w.dialer
-	d.Source = src
+	d := &sidecar.Dialer{Source: src, Certs: w.dialer.Certs, Instance: w.dialer.Instance}
 	_, _, err = d.Dial(context.Background(), upstream("api", api.MeshGatewayModeNone))
 	assert.ErrorContains(t, err, "does not chain to the mesh's roots")
 }
@@ -188,9 +187,7 @@ func failoverWorld(tb testing.TB, w *world, dc1Addr string, dc1Healthy, dc2Healt
 			Failover: map[string]api.ServiceResolverFailover{"*": {Datacenters: []string{"dc2"}}}}},
 		Gateways: w.dialer.Source.View().Gateways})
 	require.NoError(tb, err)
-	d := *w.dialer
-	d.Source = src
-	return &d
+	return &sidecar.Dialer{Source: src, Certs: w.dialer.Certs, Instance: w.dialer.Instance, Client: w.dialer.Client, ConnectTimeout: w.dialer.ConnectTimeout}
 }
 
 // Without Consul, along a service-resolver's failover to another
