@@ -19,4 +19,3 @@ const (
 	// waits twice as long, up to this.
 	DefaultEjectFor time.Duration = outlier.DefaultEjectFor
 )
-

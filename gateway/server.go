@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/meshgate/meshgate/gateway/internal/engine"
-	"github.com/meshgate/meshgate/internal/outlier"
 	"github.com/meshgate/meshgate/gateway/internal/epoll"
 	"github.com/meshgate/meshgate/gateway/internal/goroutine"
 	"github.com/meshgate/meshgate/gateway/internal/iouring"
+	"github.com/meshgate/meshgate/internal/outlier"
 )
 
 // DefaultConnectTimeout is Consul's connect timeout for upstream dials.
