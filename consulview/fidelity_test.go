@@ -17,6 +17,7 @@ import (
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/internal/testrig/echo"
+	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/routing"
 	"github.com/meshgate/meshgate/sni"
 	"github.com/stretchr/testify/assert"
@@ -137,6 +138,47 @@ func TestConsulSubsetsAndHealth(t *testing.T) {
 	})
 	_, reason = routeReason(router, name("v2", "api"))
 	assert.Equal(t, routing.ReasonUnknownSubset, reason)
+
+	// Weights as Consul hands them to Envoy (calculateEndpointHealthAndWeight):
+	// the Passing weight, the Warning weight while a check warns, a Warning
+	// weight of 0 taking no traffic. And Envoy's panic threshold: one
+	// passing instance of three, the critical two are routed too.
+	weighted := func(id string, port int, w api.AgentWeights, status string) {
+		t.Helper()
+		require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			Kind: api.ServiceKindConnectProxy, ID: id, Name: "web-sidecar-proxy", Address: "127.0.0.1", Port: port, Weights: &w,
+			Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web"},
+			Check: &api.AgentServiceCheck{CheckID: id + "-ttl", TTL: "10m"}}))
+		require.NoError(t, c.Agent().UpdateTTL(id+"-ttl", "set by the test", status))
+	}
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "web", Port: 1}))
+	require.NoError(t, c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "few", Port: 1}))
+	weighted("web-3", 20003, api.AgentWeights{Passing: 3, Warning: 1}, api.HealthPassing)
+	weighted("web-warn-2", 20002, api.AgentWeights{Passing: 5, Warning: 2}, api.HealthWarning)
+	weighted("web-warn-0", 20009, api.AgentWeights{Passing: 1, Warning: 0}, api.HealthWarning)
+	registerProxy(t, c, "few", "few-ok", 20011, nil, api.HealthPassing)
+	registerProxy(t, c, "few", "few-crit-1", 20012, nil, api.HealthCritical)
+	registerProxy(t, c, "few", "few-crit-2", 20013, nil, api.HealthCritical)
+	consultest.WaitFor(t, eventually, "web's weights and few's panic", func() bool {
+		web, _ := routeReason(router, name("", "web"))
+		few, _ := routeReason(router, name("", "few"))
+		return len(web) == 2 && len(few) == 3
+	})
+	webRoute, err := router.Route(context.Background(), &sni.ClientHello{ServerName: name("", "web")})
+	require.NoError(t, err)
+	weights := map[string]int{}
+	for i, target := range webRoute.Targets {
+		weights[target] = webRoute.Weights[i]
+	}
+	assert.Equal(t, map[string]int{"127.0.0.1:20003": 3, "127.0.0.1:20002": 2}, weights, "Passing 3; Warning 2 while warning; Warning 0 takes none")
+	assert.Equal(t, []mesh.Endpoint{{Address: "127.0.0.1:20009", WAN: "127.0.0.1:20009"}}, src.View().UnhealthyEndpoints("web", "", "", "", ""))
+	few, _ := routeReason(router, name("", "few"))
+	assert.ElementsMatch(t, []string{"127.0.0.1:20011", "127.0.0.1:20012", "127.0.0.1:20013"}, few, "one of three passing: Envoy's panic threshold routes all")
+	registerProxy(t, c, "few", "few-ok-2", 20014, nil, api.HealthPassing)
+	consultest.WaitFor(t, eventually, "two of four passing: no panic", func() bool {
+		few, _ := routeReason(router, name("", "few"))
+		return sameSet(few, []string{"127.0.0.1:20011", "127.0.0.1:20014"})
+	})
 }
 
 func sameSet(a, b []string) bool {
