@@ -107,9 +107,15 @@ func TestConsulSidecarRouting(t *testing.T) {
 	conn.Close()
 
 	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "failing on purpose", api.HealthCritical))
-	consultest.WaitFor(t, eventually, "an unhealthy sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == routing.ReasonUnknownService })
+	consultest.WaitFor(t, eventually, "an unhealthy sidecar to leave the healthy endpoints", func() bool {
+		v := src.View()
+		return len(v.Endpoints("web", "", "", "")) == 0 && len(v.UnhealthyEndpoints("web", "", "", "", "")) == 1
+	})
+	got, r := routeReason(router, name)
+	assert.Equal(t, []string{want}, got, "none healthy: routed all the same, as Envoy's panic threshold does under Consul")
+	assert.Empty(t, r)
 	require.NoError(t, agent.Client.Agent().UpdateTTL("web-ttl", "", api.HealthPassing))
-	consultest.WaitFor(t, eventually, "a healthy sidecar to return", func() bool { _, r := routeReason(router, name); return r == "" })
+	consultest.WaitFor(t, eventually, "a healthy sidecar to return", func() bool { return len(src.View().Endpoints("web", "", "", "")) == 1 })
 
 	require.NoError(t, agent.Client.Agent().ServiceDeregister("web-sidecar-proxy"))
 	consultest.WaitFor(t, eventually, "a deregistered sidecar to leave the routes", func() bool { _, r := routeReason(router, name); return r == routing.ReasonUnknownService })
