@@ -41,6 +41,10 @@ type Envoy struct {
 	// Stdout and Stderr receive the lines of Type "stdout" and "stderr";
 	// nil means os.Stdout and os.Stderr.
 	Stdout, Stderr io.Writer
+	// Cluster, if set, names the connection's upstream cluster
+	// (%UPSTREAM_CLUSTER%) as Consul names Envoy's, such as
+	// gatewaymetrics.ConsulCluster; nil means the route's name.
+	Cluster func(r *gateway.ConnRecord) string
 
 	mu      sync.Mutex // serialises Apply
 	applied api.AccessLogsConfig
@@ -198,6 +202,11 @@ func (e *Envoy) Closed(r *gateway.ConnRecord) {
 	switch r.Outcome {
 	case gateway.ReasonClosed, gateway.ReasonPeekTimeout, gateway.ReasonTooLarge:
 		return // closed in Envoy's tls_inspector, before any filter chain
+	}
+	if e.Cluster != nil && r.Route != "" {
+		named := *r
+		named.Route = e.Cluster(r)
+		r = &named
 	}
 	s.write(s.format.Line(r))
 }

@@ -57,6 +57,16 @@ func TestDefaultJSONFormat(t *testing.T) {
 	assert.True(t, strings.HasSuffix(out.String(), "}\n"))
 }
 
+// Envoy's cluster names, when Cluster says them.
+func TestClusterNames(t *testing.T) {
+	var out bytes.Buffer
+	e := &accesslog.Envoy{Stdout: &out, Cluster: func(r *gateway.ConnRecord) string { return r.ServerName }}
+	require.NoError(t, e.Apply(&api.AccessLogsConfig{Enabled: true, TextFormat: "%UPSTREAM_CLUSTER%"}))
+	e.Closed(envoyRecord(gateway.OutcomeForwarded))
+	e.Closed(&gateway.ConnRecord{ServerName: "x", Outcome: "foreign-trust-domain"})
+	assert.Equal(t, apiSNI+"\n-\n", out.String())
+}
+
 // Refusals get a line with Envoy's response flag for them.
 func TestResponseFlags(t *testing.T) {
 	var out bytes.Buffer

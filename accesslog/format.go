@@ -358,6 +358,7 @@ func newOperator(name, arg string, max int) (*operator, error) {
 	case "UPSTREAM_REMOTE_PORT":
 		v = portValue(func(r *gateway.ConnRecord) string { return r.Target })
 	case "UPSTREAM_CLUSTER":
+		// The route's name, or Envoy's cluster name (Envoy.Cluster).
 		v = str(func(r *gateway.ConnRecord) string { return r.Route })
 	case "DOWNSTREAM_LOCAL_ADDRESS":
 		v = str(func(r *gateway.ConnRecord) string { return addr(r.Local) })

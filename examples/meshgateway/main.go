@@ -341,6 +341,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	// apply, named in one warning, both followed while it runs.
 	fields := newConsulFields(log, *serviceName, *accessLog != "")
 	if fields.envoy != nil {
+		dc := v.Datacenter
+		fields.envoy.Cluster = func(r *gateway.ConnRecord) string { return gatewaymetrics.ConsulCluster(r, dc) }
 		observers = append(observers, fields.envoy)
 		defer fields.envoy.Close()
 	}
