@@ -77,7 +77,7 @@ func TestResponseFlags(t *testing.T) {
 	}
 	assert.Equal(t, "UF UpstreamConnectionFailure dial-failed -\n"+
 		"UO UpstreamOverflow over-limit -\n"+
-		"UH NoHealthyUpstream unknown-service -\n"+
+		"NC NoClusterFound unknown-service -\n"+
 		"NC NoClusterFound foreign-trust-domain -\n"+
 		"NC NoClusterFound not-tls -\n"+
 		"- - - 127.0.1.10:21000\n", out.String())

@@ -287,10 +287,10 @@ var emptyOnTCP = map[string]bool{
 
 // ResponseFlag returns the Envoy response flag of a connection's outcome:
 // "-" for a forwarded connection; UF (upstream connection failure) for
-// dial-failed; UO (upstream overflow) for over-limit; UH (no healthy
-// upstream) for a service with no healthy endpoints (unknown-service); NC
-// (no cluster found) for every other refusal, as Envoy's catch-all filter
-// chain finds no cluster for such a name.
+// dial-failed; UO (upstream overflow) for over-limit; NC (no cluster
+// found) for every other refusal, as Envoy's catch-all filter chain finds
+// no cluster for such a name (a service with no instance in the catalog
+// has none; one whose instances are all critical is routed, in panic).
 func ResponseFlag(outcome string) string {
 	switch outcome {
 	case gateway.OutcomeForwarded, "":
@@ -299,18 +299,12 @@ func ResponseFlag(outcome string) string {
 		return "UF"
 	case gateway.ReasonOverLimit:
 		return "UO"
-	case reasonUnknownService:
-		return "UH"
 	}
 	return "NC"
 }
 
-// reasonUnknownService is routing.ReasonUnknownService, without importing
-// the package that routes.
-const reasonUnknownService = "unknown-service"
-
 var longFlags = map[string]string{"UF": "UpstreamConnectionFailure", "UO": "UpstreamOverflow",
-	"UH": "NoHealthyUpstream", "NC": "NoClusterFound", "-": "-"}
+	"NC": "NoClusterFound", "-": "-"}
 
 var hostname, _ = os.Hostname()
 
