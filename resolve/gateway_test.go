@@ -91,9 +91,57 @@ func TestUnapplied(t *testing.T) {
 		`service-resolver "api": LoadBalancer.HashPolicies: the service is tcp, so nothing is hashed`,
 		`service-resolver "api": LoadBalancer.Policy "ring_hash": round_robin on a mesh gateway's service clusters (as Consul's gateway), random for its exports and for sidecars (no hash key on a TCP connection, as Envoy)`,
 		`service-resolver "api": LoadBalancer.RingHashConfig: no hash ring (nothing to hash on a TCP connection)`,
-	}, resolve.Unapplied(src.View(), "mesh-gateway"))
-	assert.Len(t, resolve.Unapplied(src.View(), "other-gateway"), 4, "another gateway's service-defaults are not this one's")
+	}, resolve.Unapplied(src.View(), resolve.UnappliedOptions{GatewayService: "mesh-gateway"}))
+	assert.Len(t, resolve.Unapplied(src.View(), resolve.UnappliedOptions{GatewayService: "other-gateway"}), 4, "another gateway's service-defaults are not this one's")
 	clean, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: "td.consul"})
 	require.NoError(t, err)
-	assert.Empty(t, resolve.Unapplied(clean.View(), "mesh-gateway"))
+	assert.Empty(t, resolve.Unapplied(clean.View(), resolve.UnappliedOptions{GatewayService: "mesh-gateway"}))
+}
+
+// A hash-based policy on an http, http2 or grpc service is applied to the
+// L7 exports a gateway terminates (routing/l7 hashes each request): with
+// TerminatesL7Exports the warning says so and names neither its
+// RingHashConfig nor its HashPolicies, which apply; without it, or on a
+// tcp service, it names them as not applied.
+func TestUnappliedOnTerminatedL7Exports(t *testing.T) {
+	hashed := func(name, policy string) *api.ServiceResolverConfigEntry {
+		return &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: name, LoadBalancer: &api.LoadBalancer{Policy: policy,
+			RingHashConfig: &api.RingHashConfig{MinimumRingSize: 2048}, HashPolicies: []api.HashPolicy{{Field: "header", FieldValue: "x-user"}}}}
+	}
+	src, err := config.StaticView(&mesh.View{Datacenter: "dc1", TrustDomain: "td.consul",
+		Resolvers: map[mesh.EntryKey]*api.ServiceResolverConfigEntry{
+			{Name: "web"}: hashed("web", "ring_hash"),
+			{Name: "rpc"}: hashed("rpc", "maglev"),
+			{Name: "db"}:  hashed("db", "ring_hash"),
+		},
+		ServiceDefaults: map[mesh.EntryKey]*api.ServiceConfigEntry{
+			{Name: "web"}: {Kind: api.ServiceDefaults, Name: "web", Protocol: "http"},
+			{Name: "rpc"}: {Kind: api.ServiceDefaults, Name: "rpc", Protocol: "grpc"},
+		},
+	})
+	require.NoError(t, err)
+	const (
+		hashedPerRequest = `round_robin on a mesh gateway's service clusters (as Consul's gateway) and random for sidecars (no hash key on a TCP connection, as Envoy); applied, hashing each request, to the L7 exports this gateway terminates`
+		notHashed        = `round_robin on a mesh gateway's service clusters (as Consul's gateway), random for its exports and for sidecars (no hash key on a TCP connection, as Envoy)`
+		noRing           = `LoadBalancer.RingHashConfig: no hash ring (nothing to hash on a TCP connection)`
+	)
+	assert.Equal(t, []string{
+		`service-resolver "db": LoadBalancer.HashPolicies: the service is tcp, so nothing is hashed`,
+		`service-resolver "db": LoadBalancer.Policy "ring_hash": ` + notHashed,
+		`service-resolver "db": ` + noRing,
+		`service-resolver "rpc": LoadBalancer.Policy "maglev": ` + hashedPerRequest,
+		`service-resolver "rpc": ` + noRing, // maglev has no ring
+		`service-resolver "web": LoadBalancer.Policy "ring_hash": ` + hashedPerRequest,
+	}, resolve.Unapplied(src.View(), resolve.UnappliedOptions{TerminatesL7Exports: true}), "terminated")
+	assert.Equal(t, []string{
+		`service-resolver "db": LoadBalancer.HashPolicies: the service is tcp, so nothing is hashed`,
+		`service-resolver "db": LoadBalancer.Policy "ring_hash": ` + notHashed,
+		`service-resolver "db": ` + noRing,
+		`service-resolver "rpc": LoadBalancer.HashPolicies: nothing is hashed: this gateway carries the service as TCP (it does not terminate L7 exports)`,
+		`service-resolver "rpc": LoadBalancer.Policy "maglev": ` + notHashed,
+		`service-resolver "rpc": ` + noRing,
+		`service-resolver "web": LoadBalancer.HashPolicies: nothing is hashed: this gateway carries the service as TCP (it does not terminate L7 exports)`,
+		`service-resolver "web": LoadBalancer.Policy "ring_hash": ` + notHashed,
+		`service-resolver "web": ` + noRing,
+	}, resolve.Unapplied(src.View(), resolve.UnappliedOptions{}), "passed through or refused")
 }

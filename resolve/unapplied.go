@@ -8,29 +8,56 @@ import (
 	"github.com/meshgate/meshgate/mesh"
 )
 
+// UnappliedOptions describe the gateway Unapplied speaks of. The zero
+// value is a gateway with an empty service name that does not terminate
+// L7 exports.
+type UnappliedOptions struct {
+	// GatewayService is the gateway's own service name (its
+	// registration's), whose service-defaults give its limits.
+	GatewayService string
+	// TerminatesL7Exports says the gateway terminates its exports whose
+	// protocol is http, http2 or grpc (routing/l7), which apply a
+	// resolver's LoadBalancer to each request as Envoy does: ring_hash
+	// (with RingHashConfig) and maglev hashing by HashPolicies. False: it
+	// refuses those exports or passes them through as TCP.
+	TerminatesL7Exports bool
+}
+
 // Unapplied lists the fields of v's config entries that are set and that
-// a meshgate gateway named gatewayService (its registration's service
-// name) does not apply, each as "<entry>: <field>: <why>", sorted: what a
-// gateway should name in a warning rather than ignore silently. Fields
-// that Consul's own gateway ignores too are listed when a user would
-// expect them to act on a gateway (the gateway's service-defaults beyond
-// UpstreamConfig.Defaults.Limits, hash-based load balancing), saying so.
-// The L7 fields of terminated exports are routing/l7's to name.
-func Unapplied(v *mesh.View, gatewayService string) []string {
+// a meshgate gateway as opts describes does not apply, each as
+// "<entry>: <field>: <why>", sorted: what a gateway should name in a
+// warning rather than ignore silently. Fields that Consul's own gateway
+// ignores too are listed when a user would expect them to act on a
+// gateway (the gateway's service-defaults beyond
+// UpstreamConfig.Defaults.Limits, hash-based load balancing), saying so;
+// where a hash-based policy is applied (the L7 exports a gateway
+// terminates), the entry says so rather than that it is ignored. The L7
+// fields a terminator cannot apply are routing/l7's to name.
+func Unapplied(v *mesh.View, opts UnappliedOptions) []string {
 	var out []string
 	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
 	for k, r := range v.Resolvers {
 		name := fmt.Sprintf("service-resolver %s", k)
 		if lb := r.LoadBalancer; lb != nil {
+			protocol := v.Protocol(k.Name, k.Namespace, k.Partition)
+			terminated := opts.TerminatesL7Exports && (protocol == "http" || protocol == "http2" || protocol == "grpc")
 			switch lb.Policy {
 			case PolicyRingHash, PolicyMaglev:
-				add("%s: LoadBalancer.Policy %q: round_robin on a mesh gateway's service clusters (as Consul's gateway), random for its exports and for sidecars (no hash key on a TCP connection, as Envoy)", name, lb.Policy)
+				if terminated {
+					add("%s: LoadBalancer.Policy %q: round_robin on a mesh gateway's service clusters (as Consul's gateway) and random for sidecars (no hash key on a TCP connection, as Envoy); applied, hashing each request, to the L7 exports this gateway terminates", name, lb.Policy)
+				} else {
+					add("%s: LoadBalancer.Policy %q: round_robin on a mesh gateway's service clusters (as Consul's gateway), random for its exports and for sidecars (no hash key on a TCP connection, as Envoy)", name, lb.Policy)
+				}
 			}
-			if lb.RingHashConfig != nil {
+			if lb.RingHashConfig != nil && !(terminated && lb.Policy == PolicyRingHash) {
 				add("%s: LoadBalancer.RingHashConfig: no hash ring (nothing to hash on a TCP connection)", name)
 			}
-			if len(lb.HashPolicies) > 0 && v.Protocol(k.Name, k.Namespace, k.Partition) == "tcp" {
+			switch {
+			case len(lb.HashPolicies) == 0:
+			case protocol == "tcp":
 				add("%s: LoadBalancer.HashPolicies: the service is tcp, so nothing is hashed", name)
+			case !terminated:
+				add("%s: LoadBalancer.HashPolicies: nothing is hashed: this gateway carries the service as TCP (it does not terminate L7 exports)", name)
 			}
 		}
 		for key, f := range r.Failover {
@@ -42,7 +69,7 @@ func Unapplied(v *mesh.View, gatewayService string) []string {
 			add("%s: PrioritizeByLocality: endpoints are not ordered by locality", name)
 		}
 	}
-	if sd := v.ServiceDefaultsFor(gatewayService, "", v.Local().Partition); sd != nil {
+	if sd := v.ServiceDefaultsFor(opts.GatewayService, "", v.Local().Partition); sd != nil {
 		name := fmt.Sprintf("service-defaults %s (this gateway's)", mesh.KeyOf(sd.Name, sd.Namespace, sd.Partition))
 		if uc := sd.UpstreamConfig; uc != nil {
 			if len(uc.Overrides) > 0 {

@@ -25,6 +25,10 @@ type UnappliedWarner struct {
 	// GatewayService is the gateway's own service name; empty means
 	// DefaultGatewayService.
 	GatewayService string
+	// TerminatesL7Exports says the gateway terminates its http, http2 and
+	// grpc exports (routing/l7), which apply hash-based load balancing
+	// (resolve.UnappliedOptions).
+	TerminatesL7Exports bool
 	// Extra, if set, gives more fields to name, each as
 	// "<where>: <field>: <why>".
 	Extra func() []string
@@ -44,7 +48,7 @@ func (w *UnappliedWarner) Check(v *mesh.View) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.view = v
-	list := resolve.Unapplied(v, cmp.Or(w.GatewayService, DefaultGatewayService))
+	list := resolve.Unapplied(v, resolve.UnappliedOptions{GatewayService: cmp.Or(w.GatewayService, DefaultGatewayService), TerminatesL7Exports: w.TerminatesL7Exports})
 	if w.Extra != nil {
 		list = append(list, w.Extra()...)
 	}

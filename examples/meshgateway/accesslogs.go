@@ -23,12 +23,14 @@ type consulFields struct {
 	problem string // why the AccessLogs last seen are not applied
 }
 
-func newConsulFields(log *slog.Logger, gatewayService string, accessLogFlag bool) *consulFields {
+// newConsulFields: terminatesL7 when -l7-exports terminate serves the
+// http, http2 and grpc exports (their hash-based policies apply).
+func newConsulFields(log *slog.Logger, gatewayService string, accessLogFlag, terminatesL7 bool) *consulFields {
 	f := &consulFields{log: log}
 	if !accessLogFlag {
 		f.envoy = &accesslog.Envoy{}
 	}
-	f.warner = &routing.UnappliedWarner{Logger: log, GatewayService: gatewayService, Extra: f.extra}
+	f.warner = &routing.UnappliedWarner{Logger: log, GatewayService: gatewayService, TerminatesL7Exports: terminatesL7, Extra: f.extra}
 	return f
 }
 

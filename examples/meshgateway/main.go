@@ -339,7 +339,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	// The AccessLogs Consul gives the gateway, and the fields it does not
 	// apply, named in one warning, both followed while it runs.
-	fields := newConsulFields(log, *serviceName, *accessLog != "")
+	fields := newConsulFields(log, *serviceName, *accessLog != "", l7mode.serve != nil)
 	if fields.envoy != nil {
 		dc := v.Datacenter
 		fields.envoy.Cluster = func(r *gateway.ConnRecord) string { return gatewaymetrics.ConsulCluster(r, dc) }
