@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,8 +27,8 @@ import (
 )
 
 // The gateway's target choice, from files, with real connections on
-// loopback through each engine (the goroutine engine and the event loops,
-// which share the lifecycle that chooses): where 1,000 connections land
+// loopback through each engine (the goroutine engine, the event loops and
+// the io_uring loops, which share the lifecycle that chooses): where 1,000 connections land
 // under each of Consul's load-balancing policies and with weights, a limit
 // refusing with over-limit, and the panic threshold.
 
@@ -52,12 +53,12 @@ func quoted(addrs []string) string {
 	return `["` + strings.Join(addrs, `", "`) + `"]`
 }
 
-// serveFiles starts a gateway routing as routing.New over files, on the
-// event loops or not, with observer, and returns its address.
-func serveFiles(t *testing.T, files map[string]string, eventLoop bool, observer gateway.Observer) (string, *gateway.Server) {
+// serveFiles starts a gateway routing as routing.New over files, on
+// engine, with observer, and returns its address.
+func serveFiles(t *testing.T, files map[string]string, engine gateway.Engine, observer gateway.Observer) (string, *gateway.Server) {
 	t.Helper()
 	src := resolvetest.Load(t, config.StaticOptions{}, resolvetest.Dir(t, files))
-	srv := &gateway.Server{Router: routing.New(src), EventLoop: eventLoop, Observer: observer, ConnectTimeout: 2 * time.Second}
+	srv := &gateway.Server{Router: routing.New(src), Engine: engine, Observer: observer, ConnectTimeout: 2 * time.Second}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(ln)
@@ -116,9 +117,20 @@ func spread(t *testing.T, gw string, hello []byte, n int, counts []*atomic.Int64
 	return got
 }
 
-func engines(t *testing.T, f func(t *testing.T, eventLoop bool)) {
-	for _, loop := range []bool{false, true} {
-		t.Run(fmt.Sprintf("event-loop=%v", loop), func(t *testing.T) { f(t, loop) })
+// engines runs f on each engine this system has: the goroutines
+// everywhere; on Linux the event loops and the io_uring loops too, which
+// must work there (a machine this project builds on has io_uring: the
+// test fails saying why rather than test the event loops twice).
+func engines(t *testing.T, f func(t *testing.T, engine gateway.Engine)) {
+	list := []gateway.Engine{gateway.EngineGoroutines}
+	if runtime.GOOS == "linux" {
+		list = append(list, gateway.EngineEpoll, gateway.EngineIOUring)
+	}
+	for _, e := range list {
+		t.Run(string(e), func(t *testing.T) {
+			require.NoError(t, gateway.CheckEngine(e), "engine %s", e)
+			f(t, e)
+		})
 	}
 }
 
@@ -130,7 +142,7 @@ func engines(t *testing.T, f func(t *testing.T, eventLoop bool)) {
 // gateway, is round robin. With connections held open, least_request
 // keeps 100 of them within 25 ± 6 of each other per instance.
 func TestPolicyDistributionFromFiles(t *testing.T) {
-	engines(t, func(t *testing.T, eventLoop bool) {
+	engines(t, func(t *testing.T, engine gateway.Engine) {
 		addrs, counts := backends(t, 4)
 		files := map[string]string{"t.hcl": `topology {
   services = [
@@ -145,7 +157,7 @@ func TestPolicyDistributionFromFiles(t *testing.T) {
 			"rnd.hcl":  "Kind = \"service-resolver\"\nName = \"rnd\"\nLoadBalancer { Policy = \"random\" }\n",
 			"hash.hcl": "Kind = \"service-resolver\"\nName = \"hash\"\nLoadBalancer { Policy = \"ring_hash\" }\n",
 		}
-		gw, _ := serveFiles(t, files, eventLoop, nil)
+		gw, _ := serveFiles(t, files, engine, nil)
 		hello := func(svc string) []byte {
 			return hellotest.Record(t, sni.ServiceSNI(svc, "", "", "", "dc1", config.DefaultTrustDomain))
 		}
@@ -177,7 +189,7 @@ func TestPolicyDistributionFromFiles(t *testing.T) {
 // Weights 3:1: under round robin exactly 750 and 250 of 1,000; under
 // random 750 ± 60 (four and a half standard deviations).
 func TestWeightsFromFiles(t *testing.T) {
-	engines(t, func(t *testing.T, eventLoop bool) {
+	engines(t, func(t *testing.T, engine gateway.Engine) {
 		addrs, counts := backends(t, 2)
 		files := map[string]string{"t.hcl": `topology {
   services = [
@@ -185,7 +197,7 @@ func TestWeightsFromFiles(t *testing.T) {
     { name = "rnd", addresses = ` + quoted(addrs) + `, weights = [3, 1] },
   ]
 }`, "rnd.hcl": "Kind = \"service-resolver\"\nName = \"rnd\"\nLoadBalancer { Policy = \"random\" }\n"}
-		gw, _ := serveFiles(t, files, eventLoop, nil)
+		gw, _ := serveFiles(t, files, engine, nil)
 		hello := func(svc string) []byte {
 			return hellotest.Record(t, sni.ServiceSNI(svc, "", "", "", "dc1", config.DefaultTrustDomain))
 		}
@@ -200,7 +212,7 @@ func TestWeightsFromFiles(t *testing.T) {
 // in the access log with Envoy's UO flag), and a seventh admitted once
 // one of the five has closed.
 func TestLimitFromFiles(t *testing.T) {
-	engines(t, func(t *testing.T, eventLoop bool) {
+	engines(t, func(t *testing.T, engine gateway.Engine) {
 		addrs, counts := backends(t, 2)
 		files := map[string]string{"t.hcl": `topology {
   services = [{ name = "api", addresses = ` + quoted(addrs) + ` }]
@@ -209,7 +221,7 @@ func TestLimitFromFiles(t *testing.T) {
 		var lines syncbuf.Buffer
 		access := &accesslog.Envoy{Stdout: &lines}
 		require.NoError(t, access.Apply(&api.AccessLogsConfig{Enabled: true, TextFormat: "%RESPONSE_FLAGS% %CONNECTION_TERMINATION_DETAILS% %UPSTREAM_CLUSTER%"}))
-		gw, srv := serveFiles(t, files, eventLoop, gateway.MultiObserver(&counters, access))
+		gw, srv := serveFiles(t, files, engine, gateway.MultiObserver(&counters, access))
 		hello := hellotest.Record(t, sni.ServiceSNI("api", "", "", "", "dc1", config.DefaultTrustDomain))
 		var held []net.Conn
 		for range 5 {
@@ -281,7 +293,7 @@ func TestPendingLimit(t *testing.T) {
 // (and so meshgate) balances over all four: 100 of 400 each. With two of
 // four healthy, the critical ones get none.
 func TestPanicThresholdFromFiles(t *testing.T) {
-	engines(t, func(t *testing.T, eventLoop bool) {
+	engines(t, func(t *testing.T, engine gateway.Engine) {
 		addrs, counts := backends(t, 4)
 		files := map[string]string{"t.hcl": `topology {
   services = [
@@ -289,7 +301,7 @@ func TestPanicThresholdFromFiles(t *testing.T) {
     { name = "half", addresses = ` + quoted(addrs[:2]) + `, critical_addresses = ` + quoted(addrs[2:]) + ` },
   ]
 }`}
-		gw, _ := serveFiles(t, files, eventLoop, nil)
+		gw, _ := serveFiles(t, files, engine, nil)
 		hello := func(svc string) []byte {
 			return hellotest.Record(t, sni.ServiceSNI(svc, "", "", "", "dc1", config.DefaultTrustDomain))
 		}

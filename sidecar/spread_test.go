@@ -108,7 +108,8 @@ func dialN(t *testing.T, d *sidecar.Dialer, n int, counts []*atomic.Int64, hold 
 // A target's connections spread over its instances as Envoy's sidecar
 // spreads them under Consul: round robin by default (exactly 100 of 300
 // each), by weight (3:1: exactly 300 and 100 of 400), least_request on the
-// connections the Dialer holds open (60 held: 20 ± 4 each), and a
+// connections the Dialer holds open (60 held: 20 ± 4 each), random (100
+// ± 41 of 300 each: five standard deviations of the binomial), and a
 // Dialer.Balance over the plan's.
 func TestDialerSpreadsOverInstances(t *testing.T) {
 	ca, err := sidecartest.NewCA(config.DefaultTrustDomain)
@@ -128,6 +129,13 @@ func TestDialerSpreadsOverInstances(t *testing.T) {
 	assert.Equal(t, "least_request", d.Plan(upstream("api", api.MeshGatewayModeNone)).Balance.Policy)
 	for i, n := range dialN(t, d, 60, counts, true) {
 		assert.InDelta(t, 20, n, 4, "instance %d", i)
+	}
+
+	rnd := &api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api", LoadBalancer: &api.LoadBalancer{Policy: "random"}}
+	d = spreadDialer(t, ca, addrs, nil, rnd)
+	assert.Equal(t, "random", d.Plan(upstream("api", api.MeshGatewayModeNone)).Balance.Policy)
+	for i, n := range dialN(t, d, 300, counts, false) {
+		assert.InDelta(t, 100, n, 41, "random: instance %d", i)
 	}
 
 	d = spreadDialer(t, ca, addrs, nil, lr)
