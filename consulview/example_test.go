@@ -32,11 +32,11 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	deregister, err := registration.Register(ctx, client, registration.Gateway{Address: ln.Addr().String()})
+	reg, err := registration.Register(ctx, client, registration.Gateway{Address: ln.Addr().String()})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer deregister()
+	defer reg.Deregister(context.Background())
 
 	srv := &gateway.Server{Router: &routing.MeshRouter{Source: src}}
 	log.Fatal(srv.Serve(ln))

@@ -18,12 +18,17 @@ type GatewayRegistration = registration.Gateway
 // Deprecated: use registration.MetaWANFederation.
 const MetaWANFederation = registration.MetaWANFederation
 
-// RegisterGateway is registration.Register.
+// RegisterGateway is registration.Register, with the Registration's
+// Deregister as the function it returns.
 //
 // Deprecated: use registration.Register. This function goes in the next
 // release.
 func RegisterGateway(ctx context.Context, client *api.Client, r GatewayRegistration) (deregister func() error, err error) {
-	return registration.Register(ctx, client, r)
+	reg, err := registration.Register(ctx, client, r)
+	if err != nil {
+		return nil, err
+	}
+	return func() error { return reg.Deregister(context.Background()) }, nil
 }
 
 // GatewayService is registration.GatewayService.

@@ -324,9 +324,9 @@ mesh = "read"
 
 	src := newConsul(t, agent.ClientWithToken(good.SecretID), consulview.Options{})
 	assert.Equal(t, "dc1", src.View().Datacenter)
-	dereg, err := registration.Register(context.Background(), agent.ClientWithToken(good.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
+	reg, err := registration.Register(context.Background(), agent.ClientWithToken(good.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
 	require.NoError(t, err)
-	require.NoError(t, dereg())
+	require.NoError(t, reg.Deregister(context.Background()))
 
 	// A datacenter gateway's permissions without peering's.
 	noPeering, _, err := agent.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "no-peering", Rules: `

@@ -22,9 +22,9 @@ const eventually = 60 * time.Second
 // it names the gateway's identity and chains to the cluster's roots.
 func TestGatewayCertsComeFromTheAgentsXDS(t *testing.T) {
 	a := consultest.Start(t, consultest.Options{})
-	dereg, err := registration.Register(context.Background(), a.Client, registration.Gateway{Address: "127.0.0.1:9"})
+	reg, err := registration.Register(context.Background(), a.Client, registration.Gateway{Address: "127.0.0.1:9"})
 	require.NoError(t, err)
-	t.Cleanup(func() { dereg() })
+	t.Cleanup(func() { reg.Deregister(context.Background()) })
 	certs, err := gatewaycert.Watch(context.Background(), a.Client, gatewaycert.Options{GRPCAddr: a.GRPC, GatewayID: "mesh-gateway"})
 	require.NoError(t, err)
 	t.Cleanup(certs.Close)

@@ -2,10 +2,14 @@ package registration
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -24,30 +28,67 @@ var ErrAgentUnreachable = agenterr.ErrAgentUnreachable
 // is one of those.
 func classify(what string, err error) error { return agenterr.Classify("registration", what, err) }
 
+// DefaultName is the service name a gateway registers as when none is
+// given: Consul's own default for mesh gateways.
+const DefaultName = "mesh-gateway"
+
+// MetaInstance is the service meta key under which a Registration marks
+// the agent's registration as its own, with a value unique to it: an
+// instance removes or puts into maintenance only a registration that still
+// carries its own value, so several instances (or an old and a new process
+// handing a socket over) never remove each other's.
+const MetaInstance = "meshgate-instance"
+
+// ErrIDInUse is Register's error when another instance that is alive
+// (its checks passing or warning) holds the service ID on the agent.
+var ErrIDInUse = errors.New("registration: the service ID is another instance's")
+
+// ErrReplaced is Deregister's and Maintenance's error when the agent's
+// registration under the ID is no longer this instance's: another one
+// registered it since (a restart or a hand-over). Nothing was changed.
+var ErrReplaced = errors.New("registration: another instance has registered the service ID since")
+
 // Gateway describes a mesh gateway to register with the local Consul
-// agent.
+// agent, with the fields of "consul connect envoy -gateway=mesh -register"
+// (named after its flags where they have one).
 type Gateway struct {
-	// Name is the service name; empty means "mesh-gateway". ID defaults to
-	// Name.
+	// Name is the service name (-service); empty means DefaultName.
 	Name string
-	ID   string
-	// Address is the gateway's LAN listener, "host:port".
+	// ID is the service ID (-proxy-id), one per instance: empty means Name,
+	// as Consul's command does. Several gateways on one agent need one
+	// each.
+	ID string
+	// Address is the advertised LAN address, "host:port" (-address): the
+	// service address and the lan tagged address. An empty host (":8443")
+	// registers no service address, so that the catalog gives the node's
+	// address, as Consul's command does without -address; Advertise
+	// derives it from where the gateway listens and -address. It is never
+	// a wildcard: Advertise turns one into the node's address.
 	Address string
-	// CheckAddress is what the TCP health check dials; empty means Address.
-	// A gateway that does not listen on Address (envoy_gateway_no_default_bind)
+	// CheckAddress is what the TCP health check dials. Empty means
+	// Address, or 127.0.0.1 at its port when Address has no host (the
+	// gateway runs beside the agent, as Consul's command assumes). A
+	// gateway that does not listen on Address (envoy_gateway_no_default_bind)
 	// names one of its listeners here.
 	CheckAddress string
-	// WANAddress is what other datacenters dial, "host:port"; empty means
-	// Address.
+	// WANAddress is what other datacenters and peers dial, "host:port"
+	// (-wan-address): the wan tagged address. Empty means none, Consul's
+	// default: the catalog then gives them the service address (or the
+	// node's).
 	WANAddress string
+	// BindAddresses are the listeners of -bind-address, by name, each
+	// "host:port": the registration's Proxy.Config gets
+	// envoy_gateway_no_default_bind and envoy_gateway_bind_addresses, as
+	// Consul's command writes them, over ProxyConfig's.
+	BindAddresses map[string]string
 	// CheckInterval is the TCP health check's interval; zero means 10 s.
 	CheckInterval time.Duration
 	// DeregisterCriticalAfter removes the gateway from the catalog once its
-	// check has been critical this long, so a gateway that died without
-	// deregistering leaves; zero means 6 h, the default of Consul's own
-	// "consul connect envoy -register".
+	// check has been critical this long (-deregister-after-critical), so a
+	// gateway that died without deregistering leaves; zero means 6 h, the
+	// default of Consul's own "consul connect envoy -register".
 	DeregisterCriticalAfter time.Duration
-	// Meta is copied into the registration.
+	// Meta is copied into the registration (with MetaInstance added).
 	Meta map[string]string
 	// ExposeServers registers the gateway as one that carries WAN
 	// federation between Consul's servers, as "consul connect envoy
@@ -59,6 +100,9 @@ type Gateway struct {
 	// ProxyConfig is the registration's Proxy.Config: options such as those
 	// package proxyconfig reads, over the proxy-defaults entry's.
 	ProxyConfig map[string]any
+	// Logger hears when Register takes over a registration another
+	// instance left (at the same address, or critical); nil discards.
+	Logger *slog.Logger
 }
 
 // MetaWANFederation is the service meta key that marks a mesh gateway
@@ -66,41 +110,181 @@ type Gateway struct {
 // structs.MetaWANFederationKey), with the value "1".
 const MetaWANFederation = "consul-wan-federation"
 
-// Register registers the gateway with the agent client talks to, as
-// Consul's own gateways are: Kind mesh-gateway, lan and wan tagged addresses,
-// and a TCP check on its listener that deregisters the gateway once critical
-// for DeregisterCriticalAfter. The token needs service:write on the
-// gateway's name. It returns a function that deregisters it.
-func Register(ctx context.Context, client *api.Client, r Gateway) (deregister func() error, err error) {
-	reg, err := r.registration()
-	if err != nil {
-		return nil, err
-	}
-	opts := api.ServiceRegisterOpts{}.WithContext(ctx)
-	if err := client.Agent().ServiceRegisterOpts(reg, opts); err != nil {
-		return nil, classify("registering mesh gateway "+reg.Name, err)
-	}
-	return func() error {
-		if err := client.Agent().ServiceDeregister(reg.ID); err != nil {
-			return classify("deregistering mesh gateway "+reg.Name, err)
-		}
-		return nil
-	}, nil
+// Registration is a gateway this process registered with the agent
+// (Register): its ID, and the steps that take it out, which touch the
+// agent's registration only while it is still this instance's. Its methods
+// may be called from several goroutines.
+type Registration struct {
+	client   *api.Client
+	instance string
+
+	mu  sync.Mutex
+	reg *api.AgentServiceRegistration
 }
 
-// registration is what Register sends to the agent.
+// Register registers the gateway with the agent client talks to, as
+// Consul's own gateways are: Kind mesh-gateway, the lan (and, when given,
+// wan) tagged addresses, and a TCP check on its listener, passing from the
+// start (a gateway registers once it listens), that deregisters the
+// gateway once critical for DeregisterCriticalAfter. The token needs
+// service:write on the gateway's name (PUT /v1/agent/service/register),
+// which also lets it read the registration back.
+//
+// An ID the agent already has is taken over when it is this gateway's
+// (the same address: a restart) or its checks are critical or in
+// maintenance (an instance that died or drains; g.Logger hears of it); an
+// ID held by another instance that is alive is refused with ErrIDInUse:
+// several instances on one agent need an ID each.
+func Register(ctx context.Context, client *api.Client, g Gateway) (*Registration, error) {
+	r := &Registration{client: client, instance: newInstance()}
+	if err := r.Update(ctx, g); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// newInstance returns a value unique to one Registration.
+func newInstance() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ID returns the registration's service ID.
+func (r *Registration) ID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reg.ID
+}
+
+// Update registers g in place of what r registered, under the same ID (a
+// moved check, new addresses), with the same checks as Register.
+func (r *Registration) Update(ctx context.Context, g Gateway) error {
+	reg, err := g.registration()
+	if err != nil {
+		return err
+	}
+	reg.Meta[MetaInstance] = r.instance
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reg != nil && r.reg.ID != reg.ID {
+		return fmt.Errorf("registration: Update keeps the service ID %q; %q is another registration", r.reg.ID, reg.ID)
+	}
+	if err := r.claim(ctx, reg, g.Logger); err != nil {
+		return err
+	}
+	if err := r.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		return classify("registering mesh gateway "+reg.Name+" (PUT /v1/agent/service/register, service:write on "+strconv.Quote(reg.Name)+")", err)
+	}
+	r.reg = reg
+	return nil
+}
+
+// claim reports whether the agent's registration under reg's ID, if any,
+// may be replaced by reg (see Register). r.mu is held.
+func (r *Registration) claim(ctx context.Context, reg *api.AgentServiceRegistration, log *slog.Logger) error {
+	have, err := r.current(ctx, reg.ID)
+	if err != nil || have == nil || have.Meta[MetaInstance] == r.instance {
+		return err
+	}
+	at := net.JoinHostPort(have.Address, strconv.Itoa(have.Port))
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if have.Address == reg.Address && have.Port == reg.Port {
+		log.Info("registration: taking over the registration of a previous instance at the same address", "id", reg.ID, "address", at)
+		return nil
+	}
+	status, info, err := r.client.Agent().AgentHealthServiceByIDOpts(reg.ID, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return classify("reading the health of service "+strconv.Quote(reg.ID)+" (GET /v1/agent/health/service/id)", err)
+	}
+	if info != nil && info.AggregatedStatus != "" {
+		status = info.AggregatedStatus
+	}
+	if status != api.HealthPassing && status != api.HealthWarning {
+		log.Warn("registration: taking over a registration another instance left", "id", reg.ID, "its_address", at, "its_status", status)
+		return nil
+	}
+	return fmt.Errorf("%w: service ID %q is registered on this agent by an instance at %s whose checks are %s: give this instance its own ID (-proxy-id)",
+		ErrIDInUse, reg.ID, at, status)
+}
+
+// current returns the agent's registration under id, nil if it has none.
+func (r *Registration) current(ctx context.Context, id string) (*api.AgentService, error) {
+	svc, _, err := r.client.Agent().Service(id, (&api.QueryOptions{}).WithContext(ctx))
+	if se := (api.StatusError{}); errors.As(err, &se) && se.Code == 404 {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, classify("reading service "+strconv.Quote(id)+" (GET /v1/agent/service/"+id+")", err)
+	}
+	return svc, nil
+}
+
+// mine returns r's registration if the agent's is still this instance's,
+// nil if the agent has none; ErrReplaced if another instance's.
+func (r *Registration) mine(ctx context.Context) (*api.AgentServiceRegistration, error) {
+	r.mu.Lock()
+	reg := r.reg
+	r.mu.Unlock()
+	have, err := r.current(ctx, reg.ID)
+	switch {
+	case err != nil || have == nil:
+		return nil, err
+	case have.Meta[MetaInstance] != r.instance:
+		return nil, fmt.Errorf("%w: %q (now at %s)", ErrReplaced, reg.ID, net.JoinHostPort(have.Address, strconv.Itoa(have.Port)))
+	}
+	return reg, nil
+}
+
+// Maintenance puts the registration into maintenance (enable; reason is
+// shown in Consul) or out of it: while in maintenance its check
+// "_service_maintenance:<id>" is critical, so sidecars and other gateways
+// stop sending to it as soon as they see the catalog change, while it still
+// serves (PUT /v1/agent/service/maintenance/<id>, service:write). It changes
+// nothing and returns ErrReplaced when the registration is another
+// instance's now; nil when the agent has none.
+func (r *Registration) Maintenance(ctx context.Context, enable bool, reason string) error {
+	reg, err := r.mine(ctx)
+	if err != nil || reg == nil {
+		return err
+	}
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	if enable {
+		err = r.client.Agent().EnableServiceMaintenanceOpts(reg.ID, reason, q)
+	} else {
+		err = r.client.Agent().DisableServiceMaintenanceOpts(reg.ID, q)
+	}
+	if err != nil {
+		return classify("setting the maintenance of "+strconv.Quote(reg.ID)+" (PUT /v1/agent/service/maintenance, service:write on "+strconv.Quote(reg.Name)+")", err)
+	}
+	return nil
+}
+
+// Deregister removes the registration from the agent
+// (PUT /v1/agent/service/deregister/<id>, service:write). It removes nothing
+// and returns ErrReplaced when the registration is another instance's now
+// (a restart or a hand-over registered it since); nil when the agent has
+// none.
+func (r *Registration) Deregister(ctx context.Context) error {
+	reg, err := r.mine(ctx)
+	if err != nil || reg == nil {
+		return err
+	}
+	if err := r.client.Agent().ServiceDeregisterOpts(reg.ID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		return classify("deregistering mesh gateway "+strconv.Quote(reg.ID)+" (PUT /v1/agent/service/deregister, service:write on "+strconv.Quote(reg.Name)+")", err)
+	}
+	return nil
+}
+
+// registration is what Register sends to the agent, without MetaInstance.
 func (r Gateway) registration() (*api.AgentServiceRegistration, error) {
 	if r.Name == "" {
-		r.Name = "mesh-gateway"
+		r.Name = DefaultName
 	}
 	if r.ID == "" {
 		r.ID = r.Name
-	}
-	if r.WANAddress == "" {
-		r.WANAddress = r.Address
-	}
-	if r.CheckAddress == "" {
-		r.CheckAddress = r.Address
 	}
 	if r.CheckInterval <= 0 {
 		r.CheckInterval = 10 * time.Second
@@ -110,23 +294,55 @@ func (r Gateway) registration() (*api.AgentServiceRegistration, error) {
 	}
 	lan, err := serviceAddress(r.Address)
 	if err != nil {
-		return nil, fmt.Errorf("registration: gateway address: %w", err)
+		return nil, fmt.Errorf("registration: gateway address %q: %w", r.Address, err)
 	}
-	wan, err := serviceAddress(r.WANAddress)
-	if err != nil {
-		return nil, fmt.Errorf("registration: gateway WAN address: %w", err)
+	if ip := net.ParseIP(lan.Address); ip != nil && ip.IsUnspecified() {
+		return nil, fmt.Errorf("registration: gateway address %q is a wildcard, which nobody can dial: advertise an address of this host, or none (%q) for the node's", r.Address, net.JoinHostPort("", strconv.Itoa(lan.Port)))
 	}
-	meta := r.Meta
-	if r.ExposeServers {
-		meta = make(map[string]string, len(r.Meta)+1)
-		for k, v := range r.Meta {
-			meta[k] = v
+	tagged := map[string]api.ServiceAddress{}
+	if lan.Address != "" {
+		tagged["lan"] = lan
+	}
+	if r.WANAddress != "" {
+		wan, err := serviceAddress(r.WANAddress)
+		if err != nil || wan.Address == "" {
+			return nil, fmt.Errorf("registration: gateway WAN address %q: want host:port%s", r.WANAddress, errSuffix(err))
 		}
+		tagged["wan"] = wan
+	}
+	if r.CheckAddress == "" {
+		host := lan.Address
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		r.CheckAddress = net.JoinHostPort(host, strconv.Itoa(lan.Port))
+	}
+	meta := make(map[string]string, len(r.Meta)+2)
+	for k, v := range r.Meta {
+		meta[k] = v
+	}
+	if r.ExposeServers {
 		meta[MetaWANFederation] = "1"
 	}
 	var proxy *api.AgentServiceConnectProxyConfig
-	if len(r.ProxyConfig) > 0 {
-		proxy = &api.AgentServiceConnectProxyConfig{Config: r.ProxyConfig}
+	if len(r.ProxyConfig) > 0 || len(r.BindAddresses) > 0 {
+		config := make(map[string]any, len(r.ProxyConfig)+2)
+		for k, v := range r.ProxyConfig {
+			config[k] = v
+		}
+		if len(r.BindAddresses) > 0 {
+			binds := make(map[string]any, len(r.BindAddresses))
+			for name, addr := range r.BindAddresses {
+				a, err := serviceAddress(addr)
+				if err != nil || name == "" {
+					return nil, fmt.Errorf("registration: bind address %s=%s: want NAME=host:port%s", name, addr, errSuffix(err))
+				}
+				binds[name] = map[string]any{"Address": a.Address, "Port": a.Port}
+			}
+			config["envoy_gateway_no_default_bind"] = true
+			config["envoy_gateway_bind_addresses"] = binds
+		}
+		proxy = &api.AgentServiceConnectProxyConfig{Config: config}
 	}
 	return &api.AgentServiceRegistration{
 		Kind:            api.ServiceKindMeshGateway,
@@ -134,17 +350,24 @@ func (r Gateway) registration() (*api.AgentServiceRegistration, error) {
 		Name:            r.Name,
 		Address:         lan.Address,
 		Port:            lan.Port,
-		TaggedAddresses: map[string]api.ServiceAddress{"lan": lan, "wan": wan},
+		TaggedAddresses: tagged,
 		Meta:            meta,
 		Proxy:           proxy,
 		Check: &api.AgentServiceCheck{
 			Name:                           string(api.ServiceKindMeshGateway) + " listening",
 			TCP:                            r.CheckAddress,
 			Interval:                       r.CheckInterval.String(),
-			Timeout:                        "5s",
+			Status:                         api.HealthPassing,
 			DeregisterCriticalServiceAfter: r.DeregisterCriticalAfter.String(),
 		},
 	}, nil
+}
+
+func errSuffix(err error) string {
+	if err == nil {
+		return ""
+	}
+	return ": " + err.Error()
 }
 
 // ExposesServers reports whether svc is registered as a mesh gateway that

@@ -46,7 +46,7 @@ type meshGateway struct {
 	src      *consulview.Source
 	srv      *gateway.Server
 	counters *gateway.Counters
-	dereg    func() error
+	reg      *registration.Registration
 
 	mu     sync.Mutex
 	dialed map[string]bool     // local addresses of upstream dials
@@ -94,7 +94,7 @@ func startGatewayWith(t *testing.T, agent *consultest.Agent, addr string, config
 	ln := consultest.Listen(t, addr)
 	g.addr = ln.Addr().String()
 	go g.srv.Serve(ln)
-	g.dereg, err = registration.Register(context.Background(), agent.Client, registration.Gateway{
+	g.reg, err = registration.Register(context.Background(), agent.Client, registration.Gateway{
 		Address: g.addr, CheckInterval: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(g.stop)
@@ -515,7 +515,7 @@ func TestTwoClustersPeerThroughMeshgate(t *testing.T) {
 	r, reason := routeOf(&routing.PeeringRouter{Source: gwA.src}, apiSNI)
 	assert.Empty(t, reason)
 	assert.Equal(t, []string{gwB.addr}, r.Targets, "A's gateway dials B's serving gateway only")
-	require.NoError(t, deregDead())
+	require.NoError(t, deregDead.Deregister(context.Background()))
 	consultest.WaitFor(t, eventually, "B's deregistered gateway to leave A's import of api", func() bool {
 		im, ok := gwA.src.View().Peers["cluster-b"].Import("api", "")
 		return ok && slices.Equal(im.Gateways, []string{gwB.addr}) && len(im.UnhealthyGateways) == 0

@@ -23,17 +23,19 @@ type consulGateway struct {
 	log        *slog.Logger
 	listen     string // -listen
 	listenSet  bool   // -listen was given
+	address    string // -address
 	reg        registration.Gateway
-	deregister func() error // set once registered
-	id         string       // the registration's ID
-	attached   bool         // serving someone else's registration (-proxy-id)
+	registered *registration.Registration // set once registered
+	own        string                     // where the gateway listens for its registration
+	id         string                     // the registration's ID
+	attached   bool                       // serving someone else's registration (-proxy-id)
 }
 
 // binds returns where the gateway listens for the registration svc and its
 // options: its own address (-listen, else the registration's when attached)
 // and what the bind options add.
 func (g *consulGateway) binds(svc *api.AgentService, opts proxyconfig.Gateway) []string {
-	own := g.reg.Address
+	own := g.own
 	if g.attached {
 		own = g.listen
 		if !g.listenSet {
@@ -59,7 +61,7 @@ func (g *consulGateway) checkFollows(ctx context.Context, opts proxyconfig.Gatew
 		return nil
 	}
 	g.reg.CheckAddress = want
-	if _, err := registration.Register(ctx, g.client, g.reg); err != nil {
+	if err := g.registered.Update(ctx, g.reg); err != nil {
 		return err
 	}
 	g.log.Info("meshgateway: health check moved", "check_address", cmp.Or(want, g.reg.Address))
@@ -88,29 +90,50 @@ func (g *consulGateway) attach(ctx context.Context, id string) ([]net.Listener, 
 	return lns, binds, opts, nil
 }
 
-// register listens on -listen, registers the gateway there, reads the
-// options the agent resolved for it (proxy-defaults' Config) and listens
-// where they say. With envoy_gateway_no_default_bind the health check is
-// moved to the first listener that remains.
+// register listens on -listen (or, without it, on -address, as Consul's
+// Envoy listens on its registration's address), registers the gateway
+// advertising -address (or what Consul's command would: see
+// registration.Advertise), reads the options the agent resolved for it
+// (proxy-defaults' Config) and listens where they say. With
+// envoy_gateway_no_default_bind (-bind-address) the health check is moved
+// to the first listener that remains.
 func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string, proxyconfig.Gateway, error) {
-	first, err := listenAll(ctx, []string{g.listen}, nil)
-	if err != nil {
-		return nil, nil, proxyconfig.Gateway{}, err
+	listen := g.listen
+	if !g.listenSet && g.address != "" {
+		var err error
+		if listen, err = registration.ListenAddress(g.address); err != nil && len(g.reg.BindAddresses) == 0 {
+			return nil, nil, proxyconfig.Gateway{}, err
+		}
 	}
-	own := first[0]
-	g.reg.Address = own.Addr().String()
+	var own net.Listener
 	fail := func(err error) ([]net.Listener, []string, proxyconfig.Gateway, error) {
-		own.Close()
+		if own != nil {
+			own.Close()
+		}
 		return nil, nil, proxyconfig.Gateway{}, err
 	}
-	if g.deregister, err = registration.Register(ctx, g.client, g.reg); err != nil {
+	if len(g.reg.BindAddresses) == 0 || g.listenSet {
+		first, err := listenAll(ctx, []string{listen}, nil)
+		if err != nil {
+			return nil, nil, proxyconfig.Gateway{}, err
+		}
+		own = first[0]
+		g.own = own.Addr().String()
+	} else {
+		// -bind-address alone says where it listens; the port advertised
+		// is -address's, or Consul's 8443.
+		g.own = ":8443"
+	}
+	var err error
+	if g.reg.Address, err = registration.Advertise(g.own, g.address); err != nil {
 		return fail(err)
 	}
-	g.id = g.reg.ID
-	if g.id == "" {
-		g.id = g.reg.Name
+	if g.registered, err = registration.Register(ctx, g.client, g.reg); err != nil {
+		return fail(err)
 	}
-	g.log.Info("meshgateway: registered with Consul", "service", g.reg.Name, "id", g.id, "address", g.reg.Address)
+	g.id = g.registered.ID()
+	g.log.Info("meshgateway: registered with Consul", "service", cmp.Or(g.reg.Name, registration.DefaultName), "id", g.id,
+		"address", g.reg.Address, "listen", g.own)
 	svc, err := registration.GatewayService(ctx, g.client, g.id)
 	if err != nil {
 		return fail(err)
@@ -121,8 +144,9 @@ func (g *consulGateway) register(ctx context.Context) ([]net.Listener, []string,
 	}
 	binds := g.binds(svc, opts)
 	lns, err := listenAll(ctx, binds, own)
+	own = nil // listenAll keeps it or closes it
 	if err != nil {
-		return nil, nil, opts, err
+		return fail(err)
 	}
 	addrs := make([]string, len(lns))
 	for i, ln := range lns {
@@ -156,12 +180,18 @@ func waitGatewayService(ctx context.Context, client *api.Client, id string, wait
 	}
 }
 
-// deregisterIfRegistered removes the registration register made, if any.
+// deregisterIfRegistered removes the registration register made, if any
+// and if it is still this process's.
 func (g *consulGateway) deregisterIfRegistered() {
-	if g.deregister == nil {
+	if g.registered == nil {
 		return
 	}
-	if err := g.deregister(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	switch err := g.registered.Deregister(ctx); {
+	case errors.Is(err, registration.ErrReplaced):
+		g.log.Info("meshgateway: registration left in place: another instance registered it since", "err", err)
+	case err != nil:
 		g.log.Warn("meshgateway: deregistering", "err", err)
 	}
 }

@@ -92,15 +92,34 @@ func (a addrList) Set(v string) error {
 	return nil
 }
 
+// serviceFlag is -service: NAME=ADDR[,ADDR...] (repeatable), a local
+// service's mesh endpoints; or, with -consul, a bare NAME, the name to
+// register the gateway as (Consul's "consul connect envoy -service").
+type serviceFlag struct {
+	addrList
+	name string
+}
+
+func (s *serviceFlag) Set(v string) error {
+	if strings.Contains(v, "=") {
+		return s.addrList.Set(v)
+	}
+	if v == "" || s.name != "" {
+		return fmt.Errorf("want NAME=ADDR[,ADDR...], or one NAME to register as with -consul; got %q", v)
+	}
+	s.name = v
+	return nil
+}
+
 // run serves until ctx ends. ready, if not nil, receives the listen address.
 func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- string) error {
 	fs := flag.NewFlagSet("meshgateway", flag.ContinueOnError)
 	fs.SetOutput(logOut)
-	services, remotes := addrList{}, addrList{}
+	services, remotes := &serviceFlag{addrList: addrList{}}, addrList{}
 	listen := fs.String("listen", "127.0.0.1:8443", "address to accept mesh connections on")
 	datacenter := fs.String("datacenter", "dc1", "local datacenter (lower-cased, as Consul does)")
 	trustDomain := fs.String("trust-domain", config.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
-	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable)")
+	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable); with -consul, a bare NAME: the name to register this gateway as (consul connect envoy -service)")
 	fs.Var(remotes, "remote-gateway", "another datacenter's mesh gateways, DC=ADDR[,ADDR...] (repeatable)")
 	var configs stringList
 	fs.Var(&configs, "config", "a topology or config file or directory (repeatable)")
@@ -120,9 +139,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	envoyMetrics := fs.Bool("envoy-metrics", false, "with -admin: also serve the metrics a Consul mesh gateway's Envoy reports (envoy_cluster_*, envoy_tcp_*, envoy_server_*, with Consul's labels), for Consul's Grafana dashboards and Envoy-named alerts")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
-	serviceName := fs.String("service-name", "mesh-gateway", "the gateway's service name: its service-defaults' UpstreamConfig.Defaults.Limits bound its routes, as Consul's gateway reads them; with -consul, the name to register it as")
-	wanAddress := fs.String("wan-address", "", "with -consul: the address other datacenters dial, host:port (default: the listen address)")
-	proxyID := fs.String("proxy-id", "", "with -consul: serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config), instead of registering one")
+	serviceName := fs.String("service-name", registration.DefaultName, "the gateway's service name: its service-defaults' UpstreamConfig.Defaults.Limits bound its routes, as Consul's gateway reads them; with -consul, the name to register it as (as -service NAME)")
+	register := fs.Bool("register", true, "with -consul: register this gateway with the agent (consul connect envoy -register); the default unless -proxy-id is given alone")
+	address := fs.String("address", "", "with -consul: the LAN address to advertise, [host][:port] (consul connect envoy -address); default: the -listen address, or the node's address and -listen's port when -listen is a wildcard; without -listen, the gateway listens here")
+	wanAddress := fs.String("wan-address", "", "with -consul: the WAN address to advertise, host:port, where other datacenters and peers dial (default: none, so they dial the LAN address)")
+	bindAddrs := addrList{}
+	fs.Var(bindAddrs, "bind-address", "with -consul: listen here instead of -listen, NAME=ADDR (repeatable; consul connect envoy -bind-address: Proxy.Config envoy_gateway_bind_addresses)")
+	deregisterAfter := fs.Duration("deregister-after-critical", 6*time.Hour, "with -consul: the agent removes the registration after its check has failed this long")
+	proxyID := fs.String("proxy-id", "", "with -consul: the service ID, one per instance (default: the service name); alone (without -register), serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config)")
 	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
 	l7Flag := fs.String("l7-exports", "refuse", "an exported service whose protocol is http, http2 or grpc (which Consul's gateway terminates, to apply routers, splitters and L7 intentions): refuse it with reason l7-export, terminate it as Consul's gateway does (needs -consul), or passthrough as TCP without those rules")
 	grpcAddr := fs.String("grpc-addr", cmp.Or(os.Getenv("CONSUL_GRPC_ADDR"), "127.0.0.1:8502"), "with -l7-exports terminate: the agent's plaintext gRPC address (ports.grpc), where it gives the gateway its certificate")
@@ -188,11 +212,26 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if *proxyID != "" && !*useConsul {
-		return cli.Usagef("-proxy-id needs -consul")
+	for _, f := range []string{"proxy-id", "register", "address", "bind-address", "deregister-after-critical"} {
+		if set[f] && !*useConsul {
+			return cli.Usagef("-%s needs -consul", f)
+		}
 	}
-	if *exposeServers && (!*useConsul || *proxyID != "") {
+	if services.name != "" {
+		if !*useConsul || set["service-name"] {
+			return cli.Usagef("-service %s: a bare NAME is the name to register the gateway as, with -consul (once: -service-name says the same); else -service takes NAME=ADDR[,ADDR...]", services.name)
+		}
+		*serviceName = services.name
+	}
+	if !set["register"] {
+		*register = *proxyID == "" // -proxy-id alone attaches, as Consul's command without -register
+	}
+	attach := *useConsul && !*register
+	if *exposeServers && (!*useConsul || attach) {
 		return cli.Usagef("-expose-servers needs -consul, and goes with registering: a gateway run with -proxy-id carries WAN federation when its registration has the consul-wan-federation meta")
+	}
+	if attach && (set["address"] || set["wan-address"] || len(bindAddrs) > 0 || set["deregister-after-critical"]) {
+		return cli.Usagef("-address, -wan-address, -bind-address and -deregister-after-critical go with registering (-register)")
 	}
 	var l7mode l7Handling
 	switch *l7Flag {
@@ -214,7 +253,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
-		services["api"] = append(services["api"], addr)
+		services.addrList["api"] = append(services.addrList["api"], addr)
 		log.Info("demo: TLS echo server for service api", "addr", addr)
 	}
 	var modes *modesDemo
@@ -241,7 +280,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}()
 	var g *consulGateway // with -consul
 	if *useConsul {
-		if len(services) > 0 || len(remotes) > 0 || len(configs) > 0 {
+		if len(services.addrList) > 0 || len(remotes) > 0 || len(configs) > 0 {
 			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
 		}
 		cfg := api.DefaultConfig()
@@ -250,12 +289,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			return err
 		}
 		federate := *exposeServers
-		if *proxyID != "" {
+		if attach {
 			svc, err := waitGatewayService(ctx, client, *proxyID, *consulWait, log)
 			if err != nil {
 				return err
 			}
-			federate = registration.ExposesServers(svc)
+			*proxyID, federate = svc.ID, registration.ExposesServers(svc)
 			*serviceName = svc.Service // the registered gateway's own
 		}
 		// Its own registration is followed too: one long poll of its own.
@@ -272,9 +311,17 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 				return gatewaymetrics.SourceState{Services: st.Services, LastUpdate: st.LastUpdate, Errors: st.Errors, Failing: st.Failing}
 			}))
 		}
-		g = &consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"],
-			reg: registration.Gateway{Name: *serviceName, WANAddress: *wanAddress, ExposeServers: *exposeServers}}
-		if *proxyID != "" {
+		bindTo := map[string]string{}
+		for name, addrs := range bindAddrs {
+			if len(addrs) != 1 {
+				return cli.Usagef("-bind-address %s: one address per name", name)
+			}
+			bindTo[name] = addrs[0]
+		}
+		g = &consulGateway{client: client, log: log, listen: *listen, listenSet: set["listen"], address: *address,
+			reg: registration.Gateway{Name: *serviceName, ID: *proxyID, WANAddress: *wanAddress, BindAddresses: bindTo,
+				DeregisterCriticalAfter: *deregisterAfter, ExposeServers: *exposeServers, Logger: log}}
+		if attach {
 			listeners, binds, opts, err = g.attach(ctx, *proxyID)
 		} else {
 			listeners, binds, opts, err = g.register(ctx)
@@ -297,7 +344,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			l7mode.serve = serve
 		}
 	} else {
-		s, config, err := buildSource(configs, *datacenter, *trustDomain, services, remotes)
+		s, config, err := buildSource(configs, *datacenter, *trustDomain, services.addrList, remotes)
 		if err != nil {
 			return err
 		}
@@ -419,7 +466,7 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services, remotes, *listen, l7mode, *serviceName}, src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services.addrList, remotes, *listen, l7mode, *serviceName}, src)
 			metrics.setSource(src)
 			fields.applyAccessLogs(proxyDefaultsAccessLogs(src.View()))
 			fields.warner.Check(src.View())
