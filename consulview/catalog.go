@@ -77,6 +77,9 @@ type Stats struct {
 	LastUpdate time.Time
 	// Failing is how many watches are failing now (Stale explains them).
 	Failing int
+	// Denied is how many of those the agent denies for want of a
+	// permission (Degraded names them).
+	Denied int
 }
 
 // Stats returns how the Source follows the catalog.
@@ -84,7 +87,7 @@ func (c *Source) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return Stats{Services: len(c.cat.names), Fetches: c.cat.fetches, Sweeps: c.cat.sweeps, Pending: len(c.cat.dirty) + len(c.cat.inflight),
-		Errors: c.errors, LastUpdate: c.lastUpdate, Failing: len(c.failing)}
+		Errors: c.errors, LastUpdate: c.lastUpdate, Failing: len(c.failing), Denied: len(c.deniedLocked())}
 }
 
 // markLocked queues name for a fetch. c.mu is held.
@@ -104,9 +107,9 @@ func (c *Source) loadServices(ctx context.Context, index uint64) (uint64, error)
 	q.Filter = `ServiceKind == ""`
 	services, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
-		return index, classify("listing services", err)
+		return index, classify(callServices, err)
 	}
-	if err := filtered("listing services", meta); err != nil {
+	if err := filtered(callServices, meta); err != nil {
 		return index, err
 	}
 	c.mu.Lock()
@@ -182,9 +185,9 @@ func (c *Source) loadChecks(ctx context.Context, index uint64) (uint64, error) {
 	q.Filter = `Status != "passing"`
 	checks, meta, err := c.client.Health().State(api.HealthAny, q)
 	if err != nil {
-		return index, classify("reading the health checks", err)
+		return index, classify(callChecks, err)
 	}
-	if err := filtered("reading the health checks", meta); err != nil {
+	if err := filtered(callChecks, meta); err != nil {
 		return index, err
 	}
 	byService := map[string][]string{}
@@ -350,7 +353,7 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 		counted(1)
 		nodes, _, err := c.client.Catalog().Service(name, "", q)
 		if err != nil {
-			return classify("reading the catalog entry of "+name, err)
+			return classify(call("reading the catalog entry of "+name, "GET /v1/catalog/service/"+name, readAll...), err)
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -369,9 +372,9 @@ func (c *Source) fetch(ctx context.Context, name string) error {
 	counted(1)
 	entries, meta, err := c.client.Health().Connect(name, "", false, q)
 	if err != nil {
-		return classify("reading the mesh endpoints of "+name, err)
+		return classify(callConnect(name, ""), err)
 	}
-	if err := filtered("reading the mesh endpoints of "+name, meta); err != nil {
+	if err := filtered(callConnect(name, ""), meta); err != nil {
 		return err
 	}
 	subsets, badSubsets, err := c.subsetEndpoints(ctx, name, entries, resolver, &api.QueryOptions{}, counted)
@@ -449,7 +452,7 @@ func (c *Source) subsetEndpoints(ctx context.Context, name string, entries []*ap
 			var err error
 			se, _, err = c.client.Health().Connect(name, "", false, (&fq).WithContext(ctx))
 			if err != nil {
-				return nil, nil, classify(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), err)
+				return nil, nil, classify(call(fmt.Sprintf("reading subset %q of %s (filter %q)", sub, name, def.Filter), "GET /v1/health/connect/"+name+dcQuery(q.Datacenter), readAll...), err)
 			}
 		}
 		for _, e := range se {

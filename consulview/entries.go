@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 	"github.com/meshgate/meshgate/mesh"
 )
 
@@ -12,9 +13,9 @@ import (
 func listEntries[T api.ConfigEntry](ctx context.Context, c *Source, kind, what string, index uint64) ([]T, uint64, error) {
 	entries, meta, err := c.client.ConfigEntries().List(kind, c.queryOptions(ctx, index))
 	if err != nil {
-		return nil, index, classify(what, err)
+		return nil, index, classify(call(what, "GET /v1/config/"+kind, agenterr.ReadServices), err)
 	}
-	if err := filtered(what, meta); err != nil {
+	if err := filtered(call(what, "GET /v1/config/"+kind, agenterr.ReadServices), meta); err != nil {
 		return nil, index, err
 	}
 	out := make([]T, 0, len(entries))
@@ -130,7 +131,11 @@ func (c *Source) loadMesh(ctx context.Context, index uint64) (uint64, error) {
 	}
 	c.mu.Lock()
 	c.state.mesh = mesh
+	started := c.started
 	c.publishLocked()
 	c.mu.Unlock()
+	if started {
+		c.reconsiderPeering(ctx) // the mesh may use peering now
+	}
 	return next, nil
 }

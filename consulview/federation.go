@@ -62,9 +62,9 @@ func (c *Source) loadFederationStates(ctx context.Context, index uint64) (uint64
 			}
 			return 0, nil
 		}
-		return index, classify("reading the federation states' mesh gateways", err)
+		return index, classify(callFederationStates, err)
 	}
-	if err := filtered("reading the federation states' mesh gateways", meta); err != nil {
+	if err := filtered(callFederationStates, meta); err != nil {
 		return index, err
 	}
 	sets := make(map[string]gatewaySet, len(out))

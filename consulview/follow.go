@@ -83,9 +83,9 @@ func (c *Source) loadRemote(ctx context.Context, key string, index uint64) (uint
 	what := "reading the mesh endpoints of " + k.Name + " in " + k.Datacenter
 	entries, meta, err := c.client.Health().Connect(k.Name, "", false, (&q).WithContext(ctx))
 	if err != nil {
-		return index, classify(what, err)
+		return index, classify(call(what, "GET /v1/health/connect/"+k.Name+dcQuery(k.Datacenter), readAll...), err)
 	}
-	if err := filtered(what, meta); err != nil {
+	if err := filtered(call(what, "GET /v1/health/connect/"+k.Name+dcQuery(k.Datacenter), readAll...), meta); err != nil {
 		return index, err
 	}
 	c.mu.Lock()

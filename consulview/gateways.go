@@ -6,12 +6,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 )
 
 func (c *Source) loadDatacenters() error {
 	dcs, err := c.client.Catalog().Datacenters()
 	if err != nil {
-		return classify("listing datacenters", err)
+		return classify(call("listing datacenters", "GET /v1/catalog/datacenters"), err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -50,6 +51,7 @@ func (c *Source) refreshDatacenters() {
 			} else {
 				c.setFailing("datacenters", nil)
 			}
+			c.reconsiderPeering(c.ctx) // a permission granted since
 		}
 	}
 }
@@ -62,9 +64,9 @@ func (c *Source) loadGatewayNames(ctx context.Context, dc string, index uint64) 
 		Filter: `ServiceKind == "` + string(api.ServiceKindMeshGateway) + `"`}).WithContext(ctx)
 	names, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
-		return index, classify("listing the mesh gateways of "+dc, err)
+		return index, classify(call("listing the mesh gateways of "+dc, "GET /v1/catalog/services"+dcQuery(dc), agenterr.ReadServices), err)
 	}
-	if err := filtered("listing the mesh gateways of "+dc, meta); err != nil {
+	if err := filtered(call("listing the mesh gateways of "+dc, "GET /v1/catalog/services"+dcQuery(dc), agenterr.ReadServices), meta); err != nil {
 		return index, err
 	}
 	c.mu.Lock()
@@ -101,9 +103,9 @@ func (c *Source) loadGateways(ctx context.Context, key string, index uint64) (ui
 	q := (&api.QueryOptions{Datacenter: dc, WaitIndex: index, WaitTime: waitFor(ctx)}).WithContext(ctx)
 	entries, meta, err := c.client.Health().Service(name, "", false, q)
 	if err != nil {
-		return index, classify("reading the mesh gateways of "+dc, err)
+		return index, classify(call("reading the mesh gateways of "+dc, "GET /v1/health/service/"+name+dcQuery(dc), readAll...), err)
 	}
-	if err := filtered("reading the mesh gateways of "+dc, meta); err != nil {
+	if err := filtered(call("reading the mesh gateways of "+dc, "GET /v1/health/service/"+name+dcQuery(dc), readAll...), meta); err != nil {
 		return index, err
 	}
 	set := gatewaySetOf(entries)

@@ -2,6 +2,7 @@ package consulview
 
 import (
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/modes"
 )
@@ -11,7 +12,7 @@ import (
 func AgentInstances(client *api.Client) ([]mesh.Instance, error) {
 	services, err := client.Agent().Services()
 	if err != nil {
-		return nil, classify("listing the agent's services", err)
+		return nil, classify(call("listing the agent's services", "GET /v1/agent/services", agenterr.ReadServices), err)
 	}
 	var out []mesh.Instance
 	for _, s := range services {

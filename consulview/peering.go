@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/meshgate/meshgate/internal/agenterr"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sni"
 )
@@ -31,9 +32,9 @@ const peeringPoll = time.Second
 func (c *Source) loadServers(ctx context.Context, index uint64) (uint64, error) {
 	entries, meta, err := c.client.Health().Service("consul", "", false, c.queryOptions(ctx, index))
 	if err != nil {
-		return index, classify("reading the local Consul servers", err)
+		return index, classify(callServers, err)
 	}
-	if err := filtered("reading the local Consul servers", meta); err != nil {
+	if err := filtered(callServers, meta); err != nil {
 		return index, err
 	}
 	var servers []string
@@ -57,13 +58,178 @@ func (c *Source) loadServers(ctx context.Context, index uint64) (uint64, error) 
 	return meta.LastIndex, nil
 }
 
+// PeeringMode says when a Source follows cluster peering: the peerings
+// (GET /v1/peerings, which needs peering:read), and through them the
+// services exported to each peer and imported from it.
+type PeeringMode string
+
+const (
+	// PeeringAuto, the zero value, follows peering when the mesh entry
+	// sends peering through mesh gateways, or else when the token may read
+	// peerings: asked of Options.Authorizer when one is set, else found by
+	// reading them. Where the mesh entry does not use peering, a token
+	// that may not read peerings only means that the gateway routes no
+	// peered service, said in one Info line; the Source asks again when
+	// the mesh entry changes and, with an Authorizer, every
+	// DatacenterRefresh. A denial while the mesh entry uses peering, or
+	// once peerings were read, is a degradation (Degraded).
+	PeeringAuto PeeringMode = ""
+	// PeeringOn always follows peering; a denial is a degradation.
+	PeeringOn PeeringMode = "on"
+	// PeeringOff never reads peerings: no peered route at all.
+	PeeringOff PeeringMode = "off"
+)
+
+// callPeerings is the peerings' request.
+var callPeerings = call("listing peerings", "GET /v1/peerings", agenterr.ReadPeerings)
+
+// peeringState is how the Source follows cluster peering; c.mu guards it.
+type peeringState struct {
+	on   bool               // the peerings' watch runs
+	stop context.CancelFunc // stops it
+	seen bool               // peerings were read: a denial since is a degradation
+	said bool               // the Info line on peering left alone was logged
+}
+
+// meshPeersLocked reports whether the mesh entry sends peering through
+// mesh gateways. c.mu is held.
+func (c *Source) meshPeersLocked() bool {
+	m := c.state.mesh
+	return m != nil && m.Peering != nil && m.Peering.PeerThroughMeshGateways
+}
+
+// decidePeering says whether the Source is to read peerings now (follow),
+// or, when the mesh uses peering or PeeringOn asks for it but
+// Options.Authorizer says the token may not, the denial (a degradation,
+// with no request made); neither means peering is left alone (see
+// PeeringMode).
+func (c *Source) decidePeering(ctx context.Context) (follow bool, denied error) {
+	if c.opts.Peering == PeeringOff {
+		return false, nil
+	}
+	c.mu.Lock()
+	need := c.opts.Peering == PeeringOn || c.meshPeersLocked()
+	c.mu.Unlock()
+	if c.opts.Authorizer == nil {
+		return true, nil // the read will tell
+	}
+	ok, err := c.opts.Authorizer.Allowed(ctx, "peering", "read", "")
+	if err != nil {
+		c.log.Debug("consulview: could not ask whether the token may read peerings; reading them", "err", err)
+		return true, nil
+	}
+	if ok {
+		return true, nil
+	}
+	denied = &agenterr.PermissionError{Prefix: "consulview", Call: callPeerings, Need: callPeerings.Rules,
+		Consul: "the token lacks peering:read (POST /v1/internal/acl/authorize)"}
+	if need {
+		return false, denied
+	}
+	c.mu.Lock()
+	c.leavePeeringLocked(denied)
+	c.mu.Unlock()
+	return false, nil
+}
+
+// leavePeeringLocked decides what a denial of the peerings means: true when
+// PeeringAuto leaves peering alone (the mesh entry does not use it and no
+// peering was read), said once in an Info line; false when it is a
+// degradation. c.mu is held.
+func (c *Source) leavePeeringLocked(denied error) bool {
+	if c.opts.Peering != PeeringAuto || c.meshPeersLocked() || c.peering.seen {
+		return false
+	}
+	if !c.peering.said {
+		c.peering.said = true
+		c.log.Info("consulview: cluster peering not followed: the token may not read peerings, and the mesh entry does not send peering through mesh gateways; a gateway that routes peered services needs it",
+			"err", denied)
+	}
+	return true
+}
+
+// firstPeerings reads the peerings once for New, when they are followed,
+// and returns the index to watch from (nil: no watch).
+func (c *Source) firstPeerings(ctx context.Context) (*uint64, error) {
+	follow, denied := c.decidePeering(ctx)
+	if denied != nil {
+		c.setFailing("peerings", denied)
+	}
+	if !follow {
+		return nil, nil
+	}
+	idx, err := c.loadPeerings(c.ctx, 0)
+	switch {
+	case err == nil:
+		return &idx, nil
+	case !errors.Is(err, ErrPermissionDenied):
+		return nil, fmt.Errorf("consulview: first load of peerings: %w", err)
+	}
+	c.mu.Lock()
+	leave := c.leavePeeringLocked(err)
+	c.mu.Unlock()
+	if leave {
+		return nil, nil
+	}
+	c.setFailing("peerings", err) // the watch retries
+	idx = 0
+	return &idx, nil
+}
+
+// reconsiderPeering starts the peerings' watch when the Source does not
+// follow peering and now should: the mesh entry came to use it, or the
+// Authorizer says a permission was granted.
+func (c *Source) reconsiderPeering(ctx context.Context) {
+	c.mu.Lock()
+	on, need := c.peering.on, c.meshPeersLocked()
+	c.mu.Unlock()
+	// Without an Authorizer only a need is worth a request that may be
+	// denied (and that Consul takes seconds to deny).
+	if on || c.opts.Peering == PeeringOff || c.opts.Authorizer == nil && !need && c.opts.Peering != PeeringOn {
+		return
+	}
+	follow, denied := c.decidePeering(ctx)
+	switch {
+	case follow:
+		c.mu.Lock()
+		c.startPeeringsLocked(0)
+		c.mu.Unlock()
+	case denied != nil:
+		c.setFailing("peerings", denied)
+	}
+}
+
+// startPeeringsLocked starts the peerings' watch from index. c.mu is held.
+func (c *Source) startPeeringsLocked(index uint64) {
+	if c.peering.on || c.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.peering.on, c.peering.stop = true, cancel
+	c.watch(ctx, "peerings", index, c.loadPeerings, laneUrgent)
+}
+
 // loadPeerings reads the peerings, and starts or stops one watch per
-// imported service. It blocks for at most peeringPoll.
+// imported service and one per peer for what is exported to it. It blocks
+// for at most peeringPoll.
 func (c *Source) loadPeerings(ctx context.Context, index uint64) (uint64, error) {
 	q := (&api.QueryOptions{WaitIndex: index, WaitTime: min(peeringPoll, waitFor(ctx))}).WithContext(ctx)
 	list, meta, err := c.client.Peerings().List(ctx, q)
 	if err != nil {
-		return index, classifyPeering("listing peerings", err)
+		err = classify(callPeerings, err)
+		if errors.Is(err, ErrPermissionDenied) && c.started {
+			c.mu.Lock()
+			leave := c.leavePeeringLocked(err)
+			if leave && c.peering.on {
+				c.peering.stop()
+				c.peering.on = false
+			}
+			c.mu.Unlock()
+			if leave {
+				return index, nil
+			}
+		}
+		return index, err
 	}
 	live := map[string]*api.Peering{}
 	imports := map[string]bool{}
@@ -78,6 +244,7 @@ func (c *Source) loadPeerings(ctx context.Context, index uint64) (uint64, error)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.peering.seen = true
 	c.state.peerings = live
 	for key, stop := range c.imports {
 		if !imports[key] {
@@ -89,6 +256,17 @@ func (c *Source) loadPeerings(ctx context.Context, index uint64) (uint64, error)
 	}
 	for key := range imports {
 		c.ensureKeyedLocked(c.imports, "imports of ", key, c.loadImport)
+	}
+	for peer, stop := range c.exports {
+		if live[peer] == nil {
+			stop()
+			delete(c.exports, peer)
+			delete(c.state.exportsOf, peer)
+			delete(c.failing, "exports to "+peer)
+		}
+	}
+	for peer := range live {
+		c.ensureKeyedLocked(c.exports, "exports to ", peer, c.loadExportsTo)
 	}
 	c.publishLocked()
 	return meta.LastIndex, nil
@@ -134,9 +312,9 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	var entries []importedEntry
 	meta, err := c.client.Raw().Query("/v1/health/connect/"+url.PathEscape(name), &entries, q)
 	if err != nil {
-		return index, classifyPeering("reading service "+name+" imported from peer "+peer, err)
+		return index, classify(callImport(name, peer), err)
 	}
-	if err := filtered("reading service "+name+" imported from peer "+peer, meta); err != nil {
+	if err := filtered(callImport(name, peer), meta); err != nil {
 		return index, err
 	}
 	k := mesh.ServiceKeyOf(name, namespace, c.state.partition, "")
@@ -171,39 +349,61 @@ func (c *Source) loadImport(ctx context.Context, key string, index uint64) (uint
 	return meta.LastIndex, nil
 }
 
-// loadExports reads the services this cluster exports and their consumer
-// peers, as Consul resolves them (/v1/exported-services).
-func (c *Source) loadExports(ctx context.Context, index uint64) (uint64, error) {
-	list, meta, err := c.client.ExportedServices(c.queryOptions(ctx, index))
+// callImport is the request of service name imported from peer: any
+// token with service:write on some name may read imports, and one with
+// service:read on every service (acl/policy_authorizer.go).
+func callImport(name, peer string) agenterr.Call {
+	return call("reading service "+name+" imported from peer "+peer, "GET /v1/health/connect/"+name+"?peer="+peer, agenterr.ReadServices)
+}
+
+// exportsPath lists the services a cluster exports to one peer, as
+// Consul's peering stream replicates them (Internal.ExportedServicesForPeer,
+// what Consul's UI shows): it needs service:read on them, where
+// /v1/exported-services needs mesh:read. Consul's own gateway reads the
+// same list (Internal.ExportedPeeredServices) with service:read.
+const exportsPath = "/v1/internal/ui/exported-services"
+
+// loadExportsTo reads the services exported to one peer.
+func (c *Source) loadExportsTo(ctx context.Context, peer string, index uint64) (uint64, error) {
+	q := c.queryOptions(ctx, index)
+	q.Peer = peer
+	what := call("listing the services exported to peer "+peer, "GET "+exportsPath+"?peer="+peer, agenterr.ReadServices)
+	var list []struct{ Name, Namespace, Partition string }
+	meta, err := c.client.Raw().Query(exportsPath, &list, q)
 	if err != nil {
-		return index, classifyPeering("listing exported services", err)
+		return index, classify(what, err)
 	}
-	if err := filtered("listing exported services", meta); err != nil {
+	if err := filtered(what, meta); err != nil {
 		return index, err
 	}
-	exports := map[mesh.ServiceKey][]string{}
+	keys := make([]mesh.ServiceKey, 0, len(list))
 	for _, e := range list {
-		if len(e.Consumers.Peers) == 0 {
-			continue
-		}
-		k := mesh.ServiceKeyOf(e.Service, e.Namespace, e.Partition, "")
-		exports[k] = append(exports[k], e.Consumers.Peers...)
+		keys = append(keys, mesh.ServiceKeyOf(e.Name, e.Namespace, e.Partition, ""))
 	}
 	c.mu.Lock()
-	c.state.exports = exports
-	c.publishLocked()
+	if _, live := c.exports[peer]; live && ctx.Err() == nil {
+		c.state.exportsOf[peer] = keys
+		c.publishLocked()
+	}
 	c.mu.Unlock()
 	return meta.LastIndex, nil
 }
 
-// classifyPeering is classify for the peering reads, naming the permissions
-// they need beyond a datacenter gateway's.
-func classifyPeering(what string, err error) error {
-	err = classify(what, err)
-	if errors.Is(err, ErrPermissionDenied) {
-		return fmt.Errorf("%w (a gateway that serves peering also needs peering:read and mesh:read)", err)
+// exportsLocked returns the view's exports: each exported service of the
+// local datacenter with the peers it is exported to, in order. c.mu is
+// held.
+func (c *Source) exportsLocked() map[mesh.ServiceKey][]string {
+	out := map[mesh.ServiceKey][]string{}
+	for peer, keys := range c.state.exportsOf {
+		for _, k := range keys {
+			k.Datacenter = c.state.datacenter
+			out[k] = append(out[k], peer)
+		}
 	}
-	return err
+	for _, peers := range out {
+		sort.Strings(peers)
+	}
+	return out
 }
 
 // peersLocked builds the view's peers from the peerings and their imports.

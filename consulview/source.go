@@ -28,9 +28,27 @@ var ErrAgentUnreachable = agenterr.ErrAgentUnreachable
 
 // Options configures a Consul source. Zero values are useful.
 type Options struct {
-	// Datacenter is the local datacenter. Empty means: ask the agent
-	// (/v1/agent/self, which needs agent:read on the agent's node).
+	// Datacenter is the local datacenter. Empty means the one the catalog
+	// names for the local Consul servers (GET /v1/health/service/consul,
+	// which the token Consul documents for a mesh gateway may read); no
+	// agent endpoint is asked either way.
 	Datacenter string
+	// Partition is the local admin partition (Consul Enterprise). Empty
+	// means the one the catalog names for the local servers when
+	// Datacenter is empty, else the default partition.
+	Partition string
+	// Peering says when the Source follows cluster peering (the peerings,
+	// which need peering:read, and the services exported to and imported
+	// from each peer); the zero value, PeeringAuto, follows it when the
+	// mesh uses it or the token may read peerings.
+	Peering PeeringMode
+	// Authorizer, if set, is asked whether the token may read peerings
+	// before the Source tries (PeeringAuto), so that a token without
+	// peering:read costs no denied request (each is an error line in the
+	// agent's log), and again every DatacenterRefresh, so that a
+	// permission granted later is used without a restart. Programs pass
+	// TokenAuthorizer of the client's configuration.
+	Authorizer Authorizer
 	// Logger receives a line when a watch fails (the view goes stale) and
 	// when it recovers; nil discards. Tokens are never logged.
 	Logger *slog.Logger
@@ -80,8 +98,10 @@ type Options struct {
 	// where they are newer than the catalog's (Consul's
 	// ConfigSnapshot.GetMeshGatewayEndpoints).
 	WANFederation bool
-	// Domain is the DNS domain of the servers' names; empty means the
-	// agent's (its "domain" option, from /v1/agent/self), or "consul".
+	// Domain is the DNS domain of the servers' names, for WAN federation;
+	// empty means the agent's (its "domain" option, from GET
+	// /v1/agent/self, asked only with WANFederation, which needs
+	// agent:read; without it, "consul", and one warning line).
 	Domain string
 }
 
@@ -114,6 +134,8 @@ type Source struct {
 	dcs        map[string]context.CancelFunc // datacenter -> its gateway names' watch
 	gwNames    map[string]context.CancelFunc // "dc/name" -> that gateway service's watch
 	imports    map[string]context.CancelFunc // "peer/service" -> its watch
+	exports    map[string]context.CancelFunc // peer -> the watch of what is exported to it
+	peering    peeringState
 	remote     map[string]context.CancelFunc // remoteKey -> a followed service's watch
 	turns      *turns                        // the agent connections the other watches share
 	started    bool                          // the first load is done; new keys get watches at once
@@ -144,7 +166,7 @@ type consulState struct {
 	remote                             map[string]remoteService   // followed services of other datacenters, by remoteKey
 	servers                            []string                   // local servers' gRPC TLS addresses
 	peerings                           map[string]*api.Peering
-	exports                            map[mesh.ServiceKey][]string    // datacenter left empty
+	exportsOf                          map[string][]mesh.ServiceKey    // peer -> what is exported to it, datacenter left empty
 	imports                            map[string]mesh.ImportedService // "peer/service" -> import
 }
 
@@ -185,7 +207,8 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	}
 	c := &Source{client: client, opts: opts, log: opts.Logger, failing: map[string]error{},
 		cat: newCatalog(), dcs: map[string]context.CancelFunc{}, gwNames: map[string]context.CancelFunc{}, imports: map[string]context.CancelFunc{},
-		remote: map[string]context.CancelFunc{}, turns: newTurns(opts.MaxConnections - 2 - opts.Fetchers)}
+		exports: map[string]context.CancelFunc{},
+		remote:  map[string]context.CancelFunc{}, turns: newTurns(opts.MaxConnections - 2 - opts.Fetchers)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -198,6 +221,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	c.state.remote = map[string]remoteService{}
 	c.state.peerings = map[string]*api.Peering{}
 	c.state.imports = map[string]mesh.ImportedService{}
+	c.state.exportsOf = map[string][]mesh.ServiceKey{}
 
 	wait := 100 * time.Millisecond
 	for {
@@ -231,8 +255,6 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		{"services", c.loadServices},
 		{"health checks", c.loadChecks},
 		{"consul servers", c.loadServers},
-		{"peerings", c.loadPeerings},
-		{"exported services", c.loadExports},
 	}
 	if opts.WANFederation {
 		first = append(first, struct {
@@ -248,6 +270,13 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 			return nil, fmt.Errorf("consulview: first load of %s: %w", w.name, err)
 		}
 		indexes[i] = idx
+	}
+	// Cluster peering, when it is followed (see PeeringMode): the mesh
+	// entry is known by now.
+	peerings, err := c.firstPeerings(ctx)
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
 	// The datacenters have no watch: refreshDatacenters re-reads them.
 	if err := c.loadDatacenters(); err != nil {
@@ -281,6 +310,13 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 			return nil, err
 		}
 	}
+	for peer := range c.exports {
+		if err := c.firstKeyed(c.exports, "exports to ", peer, "", c.loadExportsTo); err != nil {
+			c.mu.Unlock()
+			c.Close()
+			return nil, err
+		}
+	}
 	c.started = true
 	c.publishLocked()
 	c.mu.Unlock()
@@ -295,10 +331,13 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 		switch w.name {
 		case "services", "health checks":
 			l = laneOwn
-		case "peerings":
-			l = laneUrgent
 		}
 		c.watch(c.ctx, w.name, indexes[i], w.load, l)
+	}
+	if peerings != nil {
+		c.mu.Lock()
+		c.startPeeringsLocked(*peerings)
+		c.mu.Unlock()
 	}
 	c.fetchers(c.ctx)
 	c.wg.Add(1)
@@ -325,6 +364,34 @@ func (c *Source) staleLocked() error {
 	return problems.Join(errs...)
 }
 
+// Degraded returns what the Source does not follow for want of a
+// permission: for each watch the agent denies, or answers filtered by ACLs,
+// an error naming the endpoint and the rule to add to the token's policy
+// (an *agenterr.PermissionError, ErrPermissionDenied), in the order of the
+// watches' names. Routing goes on without what they would give: a gateway
+// whose token may not read peerings routes everything but peering. Nil
+// when nothing is denied.
+func (c *Source) Degraded() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deniedLocked()
+}
+
+func (c *Source) deniedLocked() []error {
+	var names []string
+	for name, err := range c.failing {
+		if errors.Is(err, ErrPermissionDenied) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	out := make([]error, len(names))
+	for i, name := range names {
+		out[i] = c.failing[name]
+	}
+	return out
+}
+
 // Close stops the watches.
 func (c *Source) Close() {
 	if c.cancel != nil {
@@ -333,32 +400,51 @@ func (c *Source) Close() {
 	c.wg.Wait()
 }
 
+// loadIdentity learns the local datacenter and partition (Options, or
+// the catalog's entries of the local Consul servers), the trust domain
+// (the Connect CA roots, which need no permission) and, for WAN
+// federation, the servers' DNS domain.
 func (c *Source) loadIdentity() error {
-	dc, part, domain := c.opts.Datacenter, "", c.opts.Domain
+	dc, part, domain := c.opts.Datacenter, c.opts.Partition, c.opts.Domain
 	if dc == "" {
-		self, err := c.client.Agent().Self()
+		entries, meta, err := c.client.Health().Service("consul", "", false, nil)
 		if err != nil {
-			return classify("reading /v1/agent/self (needs agent:read, or set Options.Datacenter)", err)
+			return classify(callServers, err)
 		}
-		cfg := self["Config"]
-		dc, _ = cfg["Datacenter"].(string)
-		part, _ = cfg["Partition"].(string)
-		if c.opts.Domain == "" {
-			domain, _ = self["DebugConfig"]["DNSDomain"].(string)
+		if err := filtered(callServers, meta); err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Node != nil && e.Node.Datacenter != "" {
+				dc, part = e.Node.Datacenter, e.Node.Partition
+				break
+			}
 		}
 		if dc == "" {
-			return fmt.Errorf("consulview: /v1/agent/self names no datacenter")
+			return fmt.Errorf("consulview: the catalog lists no Consul server to say which datacenter this is (GET /v1/health/service/consul): set Options.Datacenter (meshgateway -datacenter)")
+		}
+	}
+	if domain == "" && c.opts.WANFederation {
+		self, err := c.client.Agent().Self()
+		if err != nil {
+			err = classify(call("reading the agent's DNS domain", "GET /v1/agent/self", agenterr.ReadAgents), err)
+			if !errors.Is(err, ErrPermissionDenied) {
+				return err
+			}
+			c.log.Warn("consulview: the servers' DNS domain is taken to be consul; set Options.Domain (meshgateway -domain) if it is not", "err", err)
+		} else {
+			domain, _ = self["DebugConfig"]["DNSDomain"].(string)
 		}
 	}
 	roots, _, err := c.client.Connect().CARoots(nil)
 	if err != nil {
-		return classify("reading the Connect CA roots", err)
+		return classify(call("reading the Connect CA roots", "GET /v1/connect/ca/roots"), err)
 	}
 	if roots.TrustDomain == "" {
 		return fmt.Errorf("consulview: Consul has no Connect CA yet (is connect enabled?)")
 	}
 	c.mu.Lock()
-	c.state.datacenter, c.state.partition, c.state.trustDomain = dc, tenancy.OrDefault(part), roots.TrustDomain
+	c.state.datacenter, c.state.partition, c.state.trustDomain = strings.ToLower(dc), tenancy.OrDefault(part), roots.TrustDomain
 	c.state.domain = normalDomain(domain)
 	c.mu.Unlock()
 	return nil
@@ -385,12 +471,8 @@ func (c *Source) publishLocked() {
 		UnhealthySubsets:  make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.unhealthySubsets)),
 		Gateways:          make(map[mesh.Location][]mesh.Endpoint, len(s.gateways)),
 		Peers:             c.peersLocked(),
-		Exports:           make(map[mesh.ServiceKey][]string, len(s.exports)),
+		Exports:           c.exportsLocked(),
 		Servers:           s.servers,
-	}
-	for k, peers := range s.exports {
-		k.Datacenter = s.datacenter
-		v.Exports[k] = peers
 	}
 	for name, eps := range s.endpoints {
 		v.Services[mesh.ServiceKeyOf(name, "", s.partition, s.datacenter)] = eps

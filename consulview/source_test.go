@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,6 +86,10 @@ func TestConsulSidecarRouting(t *testing.T) {
 	v := src.View()
 	assert.Equal(t, "dc1", v.Datacenter)
 	assert.Equal(t, td, v.TrustDomain)
+	// An agent without ACLs allows everything.
+	ok, err := consulview.TokenAuthorizer(agent.Config("")).Allowed(context.Background(), "peering", "read", "")
+	require.NoError(t, err)
+	assert.True(t, ok)
 	router := &routing.MeshRouter{Source: src}
 	name := sni.ServiceSNI("web", "", "", "", "dc1", td)
 	want := net.JoinHostPort(host, strconv.Itoa(port))
@@ -304,54 +309,93 @@ func TestConsulAgentOutage(t *testing.T) {
 	assert.GreaterOrEqual(t, after.Errors, during.Errors)
 }
 
-// With ACLs, a token with the documented permissions works (reading the mesh
-// and registering the gateway); one without fails and names what it lacks.
-func TestConsulACL(t *testing.T) {
-	agent := consultest.Start(t, consultest.Options{ACL: true})
-	policy, _, err := agent.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "mesh-gateway", Rules: `
+// documentedToken is the policy Consul's docs give a mesh gateway.
+const documentedToken = `
 service "mesh-gateway" { policy = "write" }
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
-agent_prefix "" { policy = "read" }
-peering = "read"
-mesh = "read"
-`}, nil)
-	require.NoError(t, err)
-	good, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	require.NoError(t, err)
-	weak, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Description: "no permissions"}, nil)
-	require.NoError(t, err)
+`
 
-	src := newConsul(t, agent.ClientWithToken(good.SecretID), consulview.Options{})
+// With ACLs (default deny), the token Consul documents for a mesh gateway
+// is enough to start, register and follow the mesh, with no agent endpoint
+// asked; peering, which needs peering:read, is followed only when used or
+// allowed, and a denial there degrades instead of failing. Every
+// permission error names the endpoint and the rule to add, never the token.
+func TestConsulACL(t *testing.T) {
+	ctx := context.Background()
+	agent := consultest.Start(t, consultest.Options{ACL: true})
+	documented := agent.Token(t, "documented", documentedToken)
+	client := agent.ClientWithToken(documented)
+	auth := consulview.TokenAuthorizer(agent.Config(documented))
+
+	src := newConsul(t, client, consulview.Options{Authorizer: auth})
+	assert.Equal(t, "dc1", src.View().Datacenter, "the datacenter from the catalog, without agent:read")
+	assert.Empty(t, src.Degraded())
+	assert.Zero(t, src.Stats().Failing)
+	reg, err := registration.Register(ctx, client, registration.Gateway{Address: "127.0.0.1:18443"})
+	require.NoError(t, err)
+	require.NoError(t, reg.Deregister(ctx))
+	assert.NotContains(t, agent.Log(), "/v1/peerings", "the Authorizer asked; nothing was denied")
+	assert.NotContains(t, agent.Log(), "/v1/agent/self")
+
+	// Without an Authorizer, the peerings are read once, denied, and left
+	// alone: the mesh does not use peering.
+	src = newConsul(t, client, consulview.Options{})
+	assert.Empty(t, src.Degraded())
+	assert.Equal(t, 1, strings.Count(agent.Log(), "/v1/peerings"), "one denied request:\n%s", agent.Log())
+
+	// Peering asked for: a degradation, named (the Authorizer knows it
+	// would be denied: no request), and everything else routes.
+	src = newConsul(t, client, consulview.Options{Peering: consulview.PeeringOn, Authorizer: auth})
+	degraded := src.Degraded()
+	require.Len(t, degraded, 1)
+	require.ErrorIs(t, degraded[0], consulview.ErrPermissionDenied)
+	assert.ErrorContains(t, degraded[0], `GET /v1/peerings (listing peerings): add peering = "read" to the token's policy`)
+	assert.NotContains(t, degraded[0].Error(), documented, "a token is never in an error")
+	assert.Equal(t, 1, src.Stats().Denied)
 	assert.Equal(t, "dc1", src.View().Datacenter)
-	reg, err := registration.Register(context.Background(), agent.ClientWithToken(good.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
-	require.NoError(t, err)
-	require.NoError(t, reg.Deregister(context.Background()))
 
-	// A datacenter gateway's permissions without peering's.
-	noPeering, _, err := agent.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "no-peering", Rules: `
-service_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }
-mesh = "read"
-`}, nil)
+	// The mesh entry sends peering through mesh gateways: PeeringAuto
+	// follows it, and the denial is a degradation.
+	_, _, err = agent.Client.ConfigEntries().Set(&api.MeshConfigEntry{Peering: &api.PeeringMeshConfig{PeerThroughMeshGateways: true}}, nil)
 	require.NoError(t, err)
-	partial, _, err := agent.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: noPeering.ID}}}, nil)
+	src = newConsul(t, client, consulview.Options{Authorizer: auth})
+	require.Len(t, src.Degraded(), 1)
+	assert.ErrorContains(t, src.Degraded()[0], `peering = "read"`)
+	assert.Equal(t, 1, strings.Count(agent.Log(), "/v1/peerings"), "still the one denied request")
+
+	// With peering:read, peering is followed and nothing is degraded.
+	withPeering := agent.Token(t, "with-peering", documentedToken+`peering = "read"`)
+	src = newConsul(t, agent.ClientWithToken(withPeering), consulview.Options{Authorizer: consulview.TokenAuthorizer(agent.Config(withPeering))})
+	assert.Empty(t, src.Degraded())
+	ok, err := consulview.TokenAuthorizer(agent.Config(withPeering)).Allowed(ctx, "mesh", "write", "")
 	require.NoError(t, err)
-	_, err = consulview.New(context.Background(), agent.ClientWithToken(partial.SecretID), consulview.Options{Datacenter: "dc1"})
-	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
-	assert.Contains(t, err.Error(), "peerings")
-	assert.Contains(t, err.Error(), "peering:read")
+	assert.False(t, ok)
 
-	_, err = consulview.New(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.Options{})
+	// Each rule of the documented token removed in turn: the error names
+	// the endpoint and the rule.
+	for rule, want := range map[string]string{
+		// Answers filtered by ACLs: both rules named.
+		`service_prefix "" { policy = "read" }`: `service_prefix "" { policy = "read" }`,
+		`node_prefix "" { policy = "read" }`:    `node_prefix "" { policy = "read" }`,
+	} {
+		token := agent.Token(t, "without-"+strconv.Itoa(len(rule)), strings.Replace(documentedToken, rule, "", 1))
+		_, err := consulview.New(ctx, agent.ClientWithToken(token), consulview.Options{})
+		require.ErrorIs(t, err, consulview.ErrPermissionDenied, rule)
+		assert.ErrorContains(t, err, "GET /v1/health/service/consul", rule)
+		assert.ErrorContains(t, err, want)
+		assert.NotContains(t, err.Error(), token)
+	}
+	token := agent.Token(t, "without-write", strings.Replace(documentedToken, `service "mesh-gateway" { policy = "write" }`, "", 1))
+	_, err = registration.Register(ctx, agent.ClientWithToken(token), registration.Gateway{Address: "127.0.0.1:18443"})
 	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
-	assert.Contains(t, err.Error(), "agent:read")
-	assert.NotContains(t, err.Error(), weak.SecretID, "a token is never in an error")
+	assert.ErrorContains(t, err, `add service "mesh-gateway" { policy = "write" } to the token's policy`)
 
-	_, err = consulview.New(context.Background(), agent.ClientWithToken(weak.SecretID), consulview.Options{Datacenter: "dc1"})
-	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
-	assert.Contains(t, err.Error(), "service:read on all services and node:read")
-	_, err = registration.Register(context.Background(), agent.ClientWithToken(weak.SecretID), registration.Gateway{Address: "127.0.0.1:18443"})
-	require.ErrorIs(t, err, consulview.ErrPermissionDenied)
+	// WAN federation without -domain asks the agent for the DNS domain,
+	// which needs agent:read: a warning, and Consul's default.
+	src = newConsul(t, client, consulview.Options{WANFederation: true})
+	require.NotNil(t, src.View().Federation)
+	assert.Equal(t, "consul", src.View().Federation.Domain)
 }
 
 func TestConsulUnreachable(t *testing.T) {

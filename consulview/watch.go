@@ -2,24 +2,32 @@ package consulview
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/internal/agenterr"
 )
 
-// classify wraps err as ErrPermissionDenied (naming what a gateway's token
-// needs) or ErrAgentUnreachable where it is one of those.
-func classify(what string, err error) error { return agenterr.Classify("consulview", what, err) }
+// call names a request in errors: what it is for, its endpoint, and the
+// rules a token needs for it.
+func call(what, endpoint string, rules ...agenterr.Rule) agenterr.Call {
+	return agenterr.Call{What: what, Endpoint: endpoint, Rules: rules}
+}
 
-// filtered turns an answer that Consul filtered by ACLs into an error: a
-// gateway that silently saw only part of the mesh would route wrongly.
-func filtered(what string, meta *api.QueryMeta) error {
-	if meta != nil && meta.ResultsFilteredByACLs {
-		return fmt.Errorf("consulview: %w while %s: results were filtered by ACLs; a mesh gateway's token needs service:read on all services and node:read", ErrPermissionDenied, what)
-	}
-	return nil
+// readAll are the rules of a request that reads services and nodes.
+var readAll = []agenterr.Rule{agenterr.ReadServices, agenterr.ReadNodes}
+
+// classify wraps err, the failure of c, as an *agenterr.PermissionError
+// (ErrPermissionDenied) naming the endpoint and the rule to add, as
+// ErrEnterpriseOnly or as ErrAgentUnreachable where it is one of those.
+func classify(c agenterr.Call, err error) error { return agenterr.Classify("consulview", c, err) }
+
+// filtered turns an answer to c that Consul filtered by ACLs into an
+// error: a gateway that silently saw only part of the mesh would route
+// wrongly.
+func filtered(c agenterr.Call, meta *api.QueryMeta) error {
+	return agenterr.Filtered("consulview", c, meta)
 }
 
 // queryOptions is a blocking query from index, made with ctx, for as long
@@ -125,10 +133,16 @@ func (c *Source) watch(ctx context.Context, name string, index uint64, load func
 				// Retry without blocking: the first answer after an outage
 				// refreshes what changed and shows the watch is current.
 				index = 0
+				pause := wait
+				if errors.Is(err, ErrPermissionDenied) {
+					// A denial lasts until an operator changes the policy,
+					// and each costs an error line in the agent's log.
+					pause = max(wait, c.opts.DatacenterRefresh)
+				}
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(wait):
+				case <-time.After(pause):
 				}
 				wait = min(2*wait, c.opts.MaxBackoff)
 				continue
@@ -167,4 +181,30 @@ func (c *Source) setFailing(name string, err error) {
 			c.opts.OnStale(nil)
 		}
 	}
+}
+
+// The requests made in more than one place.
+var (
+	callServices         = call("listing services", "GET /v1/catalog/services", agenterr.ReadServices)
+	callChecks           = call("reading the health checks", "GET /v1/health/state/any", readAll...)
+	callServers          = call("reading the local Consul servers", "GET /v1/health/service/consul", readAll...)
+	callFederationStates = call("reading the federation states' mesh gateways", "GET "+federationStatesPath, readAll...)
+)
+
+// callConnect is the request of the mesh endpoints of service in dc ("":
+// the local datacenter).
+func callConnect(service, dc string) agenterr.Call {
+	what := "reading the mesh endpoints of " + service
+	if dc != "" {
+		what += " in " + dc
+	}
+	return call(what, "GET /v1/health/connect/"+service+dcQuery(dc), readAll...)
+}
+
+// dcQuery is the ?dc= of a request to datacenter dc, "" for the local one.
+func dcQuery(dc string) string {
+	if dc == "" {
+		return ""
+	}
+	return "?dc=" + dc
 }

@@ -24,9 +24,16 @@ var ErrPermissionDenied = agenterr.ErrPermissionDenied
 // answer. It is consulview.ErrAgentUnreachable too.
 var ErrAgentUnreachable = agenterr.ErrAgentUnreachable
 
-// classify wraps err as ErrPermissionDenied or ErrAgentUnreachable where it
-// is one of those.
-func classify(what string, err error) error { return agenterr.Classify("registration", what, err) }
+// ErrEnterpriseOnly wraps a Consul CE agent's refusal of a namespace or a
+// partition. It is consulview.ErrEnterpriseOnly too.
+var ErrEnterpriseOnly = agenterr.ErrEnterpriseOnly
+
+// classify wraps err, the failure of the request of what at endpoint,
+// which needs rules, as an *agenterr.PermissionError (ErrPermissionDenied),
+// ErrEnterpriseOnly or ErrAgentUnreachable where it is one of those.
+func classify(what, endpoint string, err error, rules ...agenterr.Rule) error {
+	return agenterr.Classify("registration", agenterr.Call{What: what, Endpoint: endpoint, Rules: rules}, err)
+}
 
 // DefaultName is the service name a gateway registers as when none is
 // given: Consul's own default for mesh gateways.
@@ -174,7 +181,7 @@ func (r *Registration) Update(ctx context.Context, g Gateway) error {
 		return err
 	}
 	if err := r.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
-		return classify("registering mesh gateway "+reg.Name+" (PUT /v1/agent/service/register, service:write on "+strconv.Quote(reg.Name)+")", err)
+		return classify("registering mesh gateway "+reg.ID, "PUT /v1/agent/service/register", err, agenterr.WriteService(reg.Name))
 	}
 	r.reg = reg
 	return nil
@@ -197,7 +204,7 @@ func (r *Registration) claim(ctx context.Context, reg *api.AgentServiceRegistrat
 	}
 	status, info, err := r.client.Agent().AgentHealthServiceByIDOpts(reg.ID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return classify("reading the health of service "+strconv.Quote(reg.ID)+" (GET /v1/agent/health/service/id)", err)
+		return classify("reading the health of the service registered as "+reg.ID, "GET /v1/agent/health/service/id/"+reg.ID, err, agenterr.ReadServices)
 	}
 	if info != nil && info.AggregatedStatus != "" {
 		status = info.AggregatedStatus
@@ -217,7 +224,7 @@ func (r *Registration) current(ctx context.Context, id string) (*api.AgentServic
 		return nil, nil
 	}
 	if err != nil {
-		return nil, classify("reading service "+strconv.Quote(id)+" (GET /v1/agent/service/"+id+")", err)
+		return nil, classify("reading the service registered as "+id, "GET /v1/agent/service/"+id, err, agenterr.ReadServices)
 	}
 	return svc, nil
 }
@@ -257,7 +264,7 @@ func (r *Registration) Maintenance(ctx context.Context, enable bool, reason stri
 		err = r.client.Agent().DisableServiceMaintenanceOpts(reg.ID, q)
 	}
 	if err != nil {
-		return classify("setting the maintenance of "+strconv.Quote(reg.ID)+" (PUT /v1/agent/service/maintenance, service:write on "+strconv.Quote(reg.Name)+")", err)
+		return classify("setting the maintenance of "+reg.ID, "PUT /v1/agent/service/maintenance/"+reg.ID, err, agenterr.WriteService(reg.Name))
 	}
 	return nil
 }
@@ -273,7 +280,7 @@ func (r *Registration) Deregister(ctx context.Context) error {
 		return err
 	}
 	if err := r.client.Agent().ServiceDeregisterOpts(reg.ID, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return classify("deregistering mesh gateway "+strconv.Quote(reg.ID)+" (PUT /v1/agent/service/deregister, service:write on "+strconv.Quote(reg.Name)+")", err)
+		return classify("deregistering mesh gateway "+reg.ID, "PUT /v1/agent/service/deregister/"+reg.ID, err, agenterr.WriteService(reg.Name))
 	}
 	return nil
 }
@@ -388,7 +395,7 @@ func GatewayService(ctx context.Context, client *api.Client, id string) (*api.Ag
 		if se := (api.StatusError{}); errors.As(err, &se) && se.Code == 404 {
 			return nil, fmt.Errorf("registration: the agent has no service with ID %q", id)
 		}
-		return nil, classify("reading gateway service "+id, err)
+		return nil, classify("reading gateway service "+id, "GET /v1/agent/service/"+id, err, agenterr.ReadServices)
 	}
 	if svc == nil {
 		return nil, fmt.Errorf("registration: the agent has no service with ID %q", id)

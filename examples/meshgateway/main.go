@@ -117,7 +117,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	fs.SetOutput(logOut)
 	services, remotes := &serviceFlag{addrList: addrList{}}, addrList{}
 	listen := fs.String("listen", "127.0.0.1:8443", "address to accept mesh connections on")
-	datacenter := fs.String("datacenter", "dc1", "local datacenter (lower-cased, as Consul does)")
+	datacenter := fs.String("datacenter", "dc1", "local datacenter (lower-cased, as Consul does); with -consul, default: the catalog's")
 	trustDomain := fs.String("trust-domain", config.DefaultTrustDomain, "trust domain, <cluster-id>.consul")
 	fs.Var(services, "service", "a local service's mesh endpoints, NAME=ADDR[,ADDR...] (repeatable); with -consul, a bare NAME: the name to register this gateway as (consul connect envoy -service)")
 	fs.Var(remotes, "remote-gateway", "another datacenter's mesh gateways, DC=ADDR[,ADDR...] (repeatable)")
@@ -139,6 +139,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	envoyMetrics := fs.Bool("envoy-metrics", false, "with -admin: also serve the metrics a Consul mesh gateway's Envoy reports (envoy_cluster_*, envoy_tcp_*, envoy_server_*, with Consul's labels), for Consul's Grafana dashboards and Envoy-named alerts")
 	useConsul := fs.Bool("consul", false, "route from the local Consul agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...) and register this gateway with it")
 	consulWait := fs.Bool("consul-wait", false, "with -consul: wait for the agent at start instead of failing")
+	peering := fs.String("peering", "auto", "with -consul: follow cluster peering (needs peering:read): auto (when the mesh entry sends peering through mesh gateways or the token may read peerings), on, or off")
+	domain := fs.String("domain", "", "with -consul and WAN federation: the servers' DNS domain (default: the agent's, which needs agent:read, else consul)")
 	serviceName := fs.String("service-name", registration.DefaultName, "the gateway's service name: its service-defaults' UpstreamConfig.Defaults.Limits bound its routes, as Consul's gateway reads them; with -consul, the name to register it as (as -service NAME)")
 	register := fs.Bool("register", true, "with -consul: register this gateway with the agent (consul connect envoy -register); the default unless -proxy-id is given alone")
 	address := fs.String("address", "", "with -consul: the LAN address to advertise, [host][:port] (consul connect envoy -address); default: the -listen address, or the node's address and -listen's port when -listen is a wildcard; without -listen, the gateway listens here")
@@ -212,7 +214,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	for _, f := range []string{"proxy-id", "register", "address", "bind-address", "deregister-after-critical"} {
+	switch *peering {
+	case "auto", "on", "off":
+	default:
+		return cli.Usagef("-peering %q: want auto, on or off", *peering)
+	}
+	for _, f := range []string{"proxy-id", "register", "address", "bind-address", "deregister-after-critical", "peering", "domain"} {
 		if set[f] && !*useConsul {
 			return cli.Usagef("-%s needs -consul", f)
 		}
@@ -298,8 +305,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			*serviceName = svc.Service // the registered gateway's own
 		}
 		// Its own registration is followed too: one long poll of its own.
-		cs, err := consulview.New(ctx, client, consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate,
-			MaxConnections: consulview.AgentConnections(cfg, 1)})
+		view := consulview.Options{Logger: log, WaitForAgent: *consulWait, WANFederation: federate, Domain: *domain,
+			Peering: consulview.PeeringMode(strings.TrimPrefix(*peering, "auto")), Authorizer: consulview.TokenAuthorizer(cfg),
+			MaxConnections: consulview.AgentConnections(cfg, 1)}
+		if set["datacenter"] {
+			view.Datacenter = *datacenter
+		}
+		cs, err := consulview.New(ctx, client, view)
 		if err != nil {
 			return err
 		}

@@ -144,7 +144,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	// The view takes consulview's 8 agent connections (the failover
 	// targets it follows need their turns); the certificates (leaf and
 	// roots) and the registration add three long polls of the sidecar's.
-	src, err := consulview.New(ctx, client, consulview.Options{MaxConnections: consulview.AgentConnections(cfg, 0)})
+	src, err := consulview.New(ctx, client, consulview.Options{MaxConnections: consulview.AgentConnections(cfg, 0),
+		Authorizer: consulview.TokenAuthorizer(cfg)})
 	if err != nil {
 		return err
 	}
