@@ -5,26 +5,64 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/sidecar"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Options says where a mesh gateway's own certificate is read.
 type Options struct {
-	// GRPCAddr is the agent's plaintext gRPC address (its ports.grpc, 8502
-	// by convention), where it serves xDS to the proxies registered with
-	// it. Required.
+	// GRPCAddr is the agent's gRPC address, where it serves xDS to the
+	// proxies registered with it, written as CONSUL_GRPC_ADDR is:
+	// https://host:port is its TLS port (ports.grpc_tls, 8503 by
+	// convention, the one production agents open); http://host:port or a
+	// bare host:port its plaintext port (ports.grpc, 8502 on dev agents,
+	// closed on others). Required.
 	GRPCAddr string
+	// TLS configures the client side of an https:// GRPCAddr: the roots
+	// that verify the agent's certificate (CONSUL_GRPC_CACERT, else the
+	// HTTP API's CONSUL_CACERT) and a client certificate where the agent's
+	// tls.grpc.verify_incoming asks for one. Nil: the system's roots, no
+	// client certificate. Unused for a plaintext address. Watch does not
+	// modify it.
+	TLS *tls.Config
 	// GatewayID is the mesh gateway's service ID, registered with that
 	// agent (registration.Register). Required.
 	GatewayID string
 	// Token is the ACL token of the gateway, if ACLs are enabled: it needs
 	// service:write on the gateway's service, as Envoy's does.
 	Token string
+}
+
+// dialTarget returns the host:port of addr, a CONSUL_GRPC_ADDR-style
+// address, and the credentials to dial it with: TLS for https://,
+// none for http:// or no scheme.
+func dialTarget(addr string, cfg *tls.Config) (string, credentials.TransportCredentials, error) {
+	scheme, hostport, ok := strings.Cut(addr, "://")
+	if !ok {
+		scheme, hostport = "http", addr
+	}
+	if _, _, err := net.SplitHostPort(hostport); err != nil {
+		return "", nil, fmt.Errorf("gatewaycert: the agent's gRPC address %q: want https://host:port (TLS) or host:port (plaintext): %w", addr, err)
+	}
+	switch strings.ToLower(scheme) {
+	case "https":
+		c := &tls.Config{}
+		if cfg != nil {
+			c = cfg.Clone()
+		}
+		c.MinVersion = max(c.MinVersion, tls.VersionTLS12)
+		return hostport, credentials.NewTLS(c), nil
+	case "http":
+		return hostport, insecure.NewCredentials(), nil
+	}
+	return "", nil, fmt.Errorf("gatewaycert: the agent's gRPC address %q: scheme %q: want https (TLS) or http (plaintext)", addr, scheme)
 }
 
 // retryWait is how long Watch waits before it opens a failed stream again.
@@ -47,7 +85,11 @@ func Watch(ctx context.Context, client *api.Client, opts Options) (*sidecar.Cert
 	if opts.GRPCAddr == "" || opts.GatewayID == "" {
 		return nil, errors.New("gatewaycert: a gateway's certificate needs the agent's gRPC address and the gateway's service ID")
 	}
-	conn, err := grpc.NewClient(opts.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	target, creds, err := dialTarget(opts.GRPCAddr, opts.TLS)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("gatewaycert: the agent's gRPC address %q: %w", opts.GRPCAddr, err)
 	}
