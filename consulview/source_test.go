@@ -321,9 +321,11 @@ node_prefix "" { policy = "read" }
 // asked; peering, which needs peering:read, is followed only when used or
 // allowed, and a denial there degrades instead of failing. Every
 // permission error names the endpoint and the rule to add, never the token.
+// The agent is a production one: only TLS ports, HTTPS with client
+// certificates (the Source and the Authorizer speak it).
 func TestConsulACL(t *testing.T) {
 	ctx := context.Background()
-	agent := consultest.Start(t, consultest.Options{ACL: true})
+	agent := consultest.Start(t, consultest.Options{ACL: true, TLS: consultest.NewTLS(t), TLSOnly: true})
 	documented := agent.Token(t, "documented", documentedToken)
 	client := agent.ClientWithToken(documented)
 	auth := consulview.TokenAuthorizer(agent.Config(documented))

@@ -18,10 +18,9 @@ import (
 // and passing; stopping one leaves the other registered and passing; a
 // third that takes a live one's ID is refused. A gateway on a wildcard
 // listener advertises -address (or, without it, the node's address), never
-// the wildcard, and its check passes.
-func TestInstancesOnOneAgent(t *testing.T) {
-	agent := consultest.Start(t, consultest.Options{})
-	t.Setenv("CONSUL_HTTP_ADDR", agent.HTTPAddr)
+// the wildcard, and its check passes. The environment reaches agent with
+// a token that may register mesh-gateway (TestProductionAgent runs it).
+func instancesOnOneAgent(t *testing.T, agent *consultest.Agent) {
 	passing := func(id string) bool {
 		st, _, err := agent.Client.Agent().AgentHealthServiceByID(id)
 		return err == nil && st == api.HealthPassing

@@ -24,20 +24,24 @@ import (
 )
 
 // With -consul -l7-exports terminate, the gateway reads its own
-// certificate from the agent's gRPC port (CONSUL_GRPC_ADDR) and terminates
-// a peer's request to an exported http service: the peer's client sees
-// the gateway's identity, the instance sees the client's in
-// X-Forwarded-Client-Cert; what the terminator refuses is in the admin
-// endpoint's metrics.
+// certificate from the agent's gRPC TLS port (CONSUL_GRPC_ADDR=https://...,
+// CONSUL_GRPC_CACERT) and terminates a peer's request to an exported http
+// service: the peer's client sees the gateway's identity, the instance
+// sees the client's in X-Forwarded-Client-Cert; what the terminator
+// refuses is in the admin endpoint's metrics. The exporting agent is a
+// production one (ACLs with default deny, only TLS ports), and the
+// gateway's token is Consul's documented one with what peering and L7
+// termination add: peering:read and mesh:write.
 func TestTerminateServesAPeersHTTPExport(t *testing.T) {
 	a := consultest.Start(t, consultest.Options{})
-	b := consultest.Start(t, consultest.Options{})
-	t.Setenv("CONSUL_HTTP_ADDR", b.HTTPAddr)
-	t.Setenv("CONSUL_GRPC_ADDR", b.GRPC)
+	b := consultest.Start(t, consultest.Options{ACL: true, TLS: consultest.NewTLS(t), TLSOnly: true})
+	useAgentEnv(t, b.Env(b.Token(t, "gateway-l7", documentedPolicy+`peering = "read"`+"\n"+`mesh = "write"`)))
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	gw, logs, stop := start(t, "-consul", "-l7-exports", "terminate", "-admin", admin)
 	defer stop()
 	assert.Contains(t, logs.String(), "meshgateway: terminating L7 exports")
+	assert.Contains(t, logs.String(), "grpc_addr=https://"+b.GRPCTLS)
+	assert.NotContains(t, logs.String(), "mesh:write", "the token has it")
 
 	tok, _, err := b.Client.Peerings().GenerateToken(context.Background(), api.PeeringGenerateTokenRequest{PeerName: "cluster-a"}, nil)
 	require.NoError(t, err)

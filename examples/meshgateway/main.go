@@ -20,7 +20,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -151,7 +150,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	proxyID := fs.String("proxy-id", "", "with -consul: the service ID, one per instance (default: the service name); alone (without -register), serve as this mesh gateway, already registered with the agent (its address, tagged addresses, meta and Proxy.Config)")
 	exposeServers := fs.Bool("expose-servers", false, "with -consul: register as a gateway that carries WAN federation between Consul's servers (the consul-wan-federation meta), and route their names, as consul connect envoy -expose-servers")
 	l7Flag := fs.String("l7-exports", "refuse", "an exported service whose protocol is http, http2 or grpc (which Consul's gateway terminates, to apply routers, splitters and L7 intentions): refuse it with reason l7-export, terminate it as Consul's gateway does (needs -consul), or passthrough as TCP without those rules")
-	grpcAddr := fs.String("grpc-addr", cmp.Or(os.Getenv("CONSUL_GRPC_ADDR"), "127.0.0.1:8502"), "with -l7-exports terminate: the agent's plaintext gRPC address (ports.grpc), where it gives the gateway its certificate")
+	var agentFlags agentFlags
+	agentFlags.register(fs)
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until shutdown")
 	demo := fs.Bool("demo", false, `also start a TLS echo server for service "api" and check a connection through the gateway; then start a second datacenter (a meshgate gateway and a Connect-native api) and reach its api from a sidecar in each mesh-gateway mode, this gateway being the local one`)
 	if err := cli.Parse(fs, args); err != nil {
@@ -219,7 +219,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	default:
 		return cli.Usagef("-peering %q: want auto, on or off", *peering)
 	}
-	for _, f := range []string{"proxy-id", "register", "address", "bind-address", "deregister-after-critical", "peering", "domain"} {
+	for _, f := range append([]string{"proxy-id", "register", "address", "bind-address", "deregister-after-critical", "peering", "domain"}, agentFlags.names()...) {
 		if set[f] && !*useConsul {
 			return cli.Usagef("-%s needs -consul", f)
 		}
@@ -290,10 +290,10 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if len(services.addrList) > 0 || len(remotes) > 0 || len(configs) > 0 {
 			return errors.New("-consul takes where things are from the agent; drop -service, -remote-gateway and -config")
 		}
-		cfg := api.DefaultConfig()
-		client, err := api.NewClient(cfg)
+		cfg := agentFlags.config()
+		client, err := api.NewClient(cfg) // reads the token file into cfg.Token
 		if err != nil {
-			return err
+			return fmt.Errorf("the Consul agent's client settings: %w", err)
 		}
 		federate := *exposeServers
 		if attach {
@@ -347,7 +347,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			if registry != nil {
 				observer = l7Metrics(registry, *envoyMetrics, *serviceName, cs.View())
 			}
-			stopL7, serve, certOK, err := startTerminator(ctx, client, cs, *grpcAddr, g.id, cfg.Token, opts.MaxRequestHeadersKB, observer, log)
+			grpcAddr, grpcTLS, err := agentFlags.grpc(cfg)
+			if err != nil {
+				return err
+			}
+			warnWithoutMeshWrite(ctx, view.Authorizer, log)
+			certOpts := gatewaycert.Options{GRPCAddr: grpcAddr, TLS: grpcTLS, GatewayID: g.id, Token: cfg.Token}
+			stopL7, serve, certOK, err := startTerminator(ctx, client, cs, certOpts, opts.MaxRequestHeadersKB, observer, log)
 			if err != nil {
 				return err
 			}
@@ -520,18 +526,17 @@ func gatewayRouter(src mesh.Source, l7mode l7Handling, service string) gateway.R
 }
 
 // startTerminator makes the terminator of the gateway's L7 exports, as
-// the registered gateway id, whose certificate the agent at grpcAddr gives,
-// with the Proxy.Config's header bound at start (0: Envoy's 60 KiB),
-// telling observer (nil: nothing) what it refuses, retries and ejects;
-// serve takes a connection in the process.
-func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, grpcAddr, id, token string, maxHeadersKB int,
+// the registered gateway certOpts.GatewayID, whose certificate the agent at
+// certOpts.GRPCAddr gives, with the Proxy.Config's header bound at start
+// (0: Envoy's 60 KiB); serve takes a connection in the process.
+func startTerminator(ctx context.Context, client *api.Client, src mesh.Source, certOpts gatewaycert.Options, maxHeadersKB int,
 	observer l7.Observer, log *slog.Logger) (stop func(), serve func(net.Conn), certOK func() error, err error) {
-	certs, err := gatewaycert.Watch(ctx, client, gatewaycert.Options{GRPCAddr: grpcAddr, GatewayID: id, Token: token})
+	certs, err := gatewaycert.Watch(ctx, client, certOpts)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	t := &l7.Terminator{Source: src, Certs: certs, Logger: log, MaxRequestHeadersKB: maxHeadersKB, Observer: observer}
-	log.Info("meshgateway: terminating L7 exports", "grpc_addr", grpcAddr, "gateway_id", id, "max_request_headers_kb", maxHeadersKB)
+	log.Info("meshgateway: terminating L7 exports", "grpc_addr", certOpts.GRPCAddr, "gateway_id", certOpts.GatewayID, "max_request_headers_kb", maxHeadersKB)
 	return func() { t.Close(); certs.Close() }, t.ServeConn, certificateReady(certs), nil
 }
 
