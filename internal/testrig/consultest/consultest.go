@@ -281,7 +281,7 @@ func (a *Agent) start() {
 	a.cmd.Env = agentEnv(os.Environ())
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	a.cmd.SysProcAttr = dieWithParent()
-	if err := a.cmd.Start(); err != nil {
+	if err := startCmd(a.cmd); err != nil {
 		a.tb.Fatalf("consultest: starting consul: %v", err)
 	}
 	exited, cmd := make(chan struct{}), a.cmd
