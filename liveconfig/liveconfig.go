@@ -52,9 +52,11 @@ type Applier struct {
 	opts    atomic.Pointer[proxyconfig.Gateway]
 	mu      sync.Mutex
 	check   func(addr net.Addr) error
-	open    map[string]net.Listener // by the address asked for
-	retired map[net.Listener]bool   // closed here: their Serve's end is no error
-	served  chan error              // the end of a Serve that was not retired
+	open    map[string]net.Listener        // by the address asked for
+	retired map[net.Listener]bool          // closed here: their Serve's end is no error
+	ended   map[net.Listener]chan struct{} // closed when the listener's Serve has returned
+	closing []chan struct{}                // the ends of the listeners Apply closed, to wait for
+	served  chan error                     // the end of a Serve that was not retired
 	serving sync.WaitGroup
 }
 
@@ -91,7 +93,7 @@ func New(s *gateway.Server, opts proxyconfig.Gateway, o Options) *Applier {
 		o.Name = "liveconfig"
 	}
 	l := &Applier{s: s, log: o.Logger, name: o.Name, fixedTimeout: o.FixedConnectTimeout, applied: o.Applied, registration: o.Registration,
-		open: map[string]net.Listener{}, retired: map[net.Listener]bool{}, served: make(chan error, 1)}
+		open: map[string]net.Listener{}, retired: map[net.Listener]bool{}, ended: map[net.Listener]chan struct{}{}, served: make(chan error, 1)}
 	l.opts.Store(&opts)
 	return l
 }
@@ -150,13 +152,17 @@ func (l *Applier) Serve(addrs []string, lns []net.Listener) {
 
 func (l *Applier) startLocked(addr string, ln net.Listener) {
 	l.open[addr] = ln
+	ended := make(chan struct{})
+	l.ended[ln] = ended
 	l.serving.Add(1)
 	go func() {
 		defer l.serving.Done()
 		err := l.s.Serve(ln)
+		close(ended)
 		l.mu.Lock()
 		retired := l.retired[ln]
 		delete(l.retired, ln)
+		delete(l.ended, ln)
 		l.mu.Unlock()
 		if !retired {
 			select {
@@ -185,14 +191,21 @@ func (l *Applier) Addrs(order []string) []string {
 // cannot all be listened on (or the check refuses one), leaves the one in
 // force and returns why. Listeners opened for it are closed again on
 // failure; dropped ones are closed only once the new ones listen, and the
-// connections they accepted go on.
+// connections they accepted go on. When Apply returns, the addresses of
+// the listeners it closed are free: it waits until the Server's engine has
+// let go of each (gateway.Server.Serve returns).
 func (l *Applier) Apply(ctx context.Context, opts proxyconfig.Gateway, binds []string) error {
 	if len(binds) == 0 {
 		return errors.New("nothing to listen on: envoy_gateway_no_default_bind is set and no other bind address is given")
 	}
 	l.mu.Lock()
 	changed, addrs, err := l.applyLocked(ctx, opts, binds)
+	closing := l.closing
+	l.closing = nil
 	l.mu.Unlock()
+	for _, ended := range closing {
+		<-ended
+	}
 	if err == nil && changed && l.applied != nil {
 		l.applied(opts, addrs)
 	}
@@ -208,6 +221,7 @@ func (l *Applier) applyLocked(ctx context.Context, opts proxyconfig.Gateway, bin
 			ln := l.open[a]
 			delete(l.open, a)
 			l.retired[ln] = true
+			l.closing = append(l.closing, l.ended[ln])
 			ln.Close()
 		}
 		return false, nil, err
@@ -234,6 +248,7 @@ func (l *Applier) applyLocked(ctx context.Context, opts proxyconfig.Gateway, bin
 		if !slices.Contains(binds, a) {
 			delete(l.open, a)
 			l.retired[ln] = true
+			l.closing = append(l.closing, l.ended[ln])
 			ln.Close() // its connections go on
 			closed = append(closed, a)
 		}

@@ -66,7 +66,13 @@ func TestOptionsReachTheRoutes(t *testing.T) {
 // gatewayTo serves an Applier's listeners, routing every name to backend.
 func gatewayTo(t *testing.T, backend string, o liveconfig.Options) (*gateway.Server, *liveconfig.Applier) {
 	t.Helper()
-	s := &gateway.Server{}
+	return gatewayOn(t, "", backend, o)
+}
+
+// gatewayOn is gatewayTo with the Server on engine e.
+func gatewayOn(t *testing.T, e gateway.Engine, backend string, o liveconfig.Options) (*gateway.Server, *liveconfig.Applier) {
+	t.Helper()
+	s := &gateway.Server{Engine: e}
 	l := liveconfig.New(s, proxyconfig.Gateway{}, o)
 	s.Router = l.Router(gateway.RouterFunc(func(context.Context, *sni.ClientHello) (gateway.Route, error) {
 		return gateway.Route{Name: "backend", Targets: []string{backend}}, nil
@@ -150,6 +156,38 @@ func TestListenersFollowTheBinds(t *testing.T) {
 	case err := <-l.Served():
 		t.Fatalf("a listener closed by Apply is no Serve error: %v", err)
 	default:
+	}
+}
+
+// When Apply returns, the address of a bind it dropped is free on every
+// engine this system has (the loops hold descriptors of the listener of
+// their own until they let go of it), so a bind dropped and added back at
+// once is listened on again, and one given to another process can be.
+func TestADroppedBindIsFreeWhenApplyReturns(t *testing.T) {
+	for _, e := range gateway.Engines {
+		if gateway.CheckEngine(e) != nil {
+			continue
+		}
+		t.Run(string(e), func(t *testing.T) {
+			backend := echoBackend(t)
+			_, l := gatewayOn(t, e, backend, liveconfig.Options{})
+			kept, dropped := consultest.FreeAddr(t), consultest.FreeAddr(t)
+			ln, err := net.Listen("tcp", kept)
+			require.NoError(t, err)
+			l.Serve([]string{kept}, []net.Listener{ln})
+			ctx := context.Background()
+			require.NoError(t, l.Apply(ctx, proxyconfig.Gateway{}, []string{kept, dropped}))
+			open := through(t, dropped)
+			for range 3 {
+				require.NoError(t, l.Apply(ctx, proxyconfig.Gateway{}, []string{kept}))
+				again, err := net.Listen("tcp", dropped)
+				require.NoError(t, err, "the dropped bind's address, once Apply returned")
+				again.Close()
+				require.NoError(t, l.Apply(ctx, proxyconfig.Gateway{}, []string{kept, dropped}), "the bind added back at once")
+				through(t, dropped)
+			}
+			roundTrip(t, open, "a connection the first listener accepted goes on")
+		})
 	}
 }
 
