@@ -1038,7 +1038,13 @@ func (l *loop) finish(c *rconn, err error) {
 }
 
 // closeSock closes socket k through the ring, cancelling what is in flight
-// on it first.
+// on it first. The two are not linked: the kernel issues a linked request
+// only after the batch it came in, so the accepts later in that batch
+// could take descriptors the close had not given back yet (EMFILE at the
+// open-file budget's edge, when the lifecycle has freed the connection's
+// slot). Unlinked, both run in order as they are submitted; an operation
+// the cancel did not reach in time keeps its socket, not its descriptor,
+// until it ends.
 func (l *loop) closeSock(c *rconn, k int) {
 	s := &c.s[k]
 	if !s.open {
@@ -1049,7 +1055,7 @@ func (l *loop) closeSock(c *rconn, k int) {
 		l.ring.Reserve(2)
 		sqe := l.ring.Next()
 		sqe.PrepCancelFD(s.fd)
-		sqe.Flags |= uring.FlagHardLink | uring.FlagSkipSuccess
+		sqe.Flags |= uring.FlagSkipSuccess
 		sqe.UserData = opIgnore
 	}
 	sqe := l.ring.Next()
