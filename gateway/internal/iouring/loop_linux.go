@@ -264,7 +264,13 @@ func start(lc engine.Lifecycle, lrc syscall.RawConn, local net.Addr, failed chan
 	unix.SetsockoptInt(l.lfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	ready := make(chan error)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the loop
+		// The ring is this thread's from New to Close; then the thread
+		// goes back to the runtime. Were it left locked, it would end
+		// with the loop, and the kernel would kill every child process
+		// started from it with a Pdeathsig (Go runs exec on any thread:
+		// a program's Consul agents died when its gateway closed).
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 		r, err := uring.New(uring.Params{Entries: sqEntries, SingleIssuer: true})
 		if err == nil {
 			l.ring = r
