@@ -102,7 +102,9 @@ func TestEjectedTargetIsReadmittedByAProbe(t *testing.T) {
 	ln, err = net.Listen("tcp", revived)
 	require.NoError(t, err)
 	back := serveBackend(t, ln, echo)
-	waitFor(t, "a probe to readmit the target", func() bool { return strings.Contains(log.String(), "readmitted") })
+	// The backend counts the probe's connection when its Accept returns,
+	// which may be after the gateway has said it readmitted the target.
+	waitFor(t, "a probe to readmit the target", func() bool { return strings.Contains(log.String(), "readmitted") && back.Load2() > 0 })
 	probes := back.Load2() // the probe's connection
 	for range 4 {
 		echoed(t, gw, hello).Close()
