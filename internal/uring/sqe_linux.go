@@ -166,7 +166,9 @@ func (s *SQE) PrepConnect(fd int, sa *unix.RawSockaddrAny, n uint32) {
 	s.prep(OpConnect, fd, unsafe.Pointer(sa), 0, uint64(n))
 }
 
-// PrepShutdown prepares shutdown(2) of fd (how is unix.SHUT_WR, say).
+// PrepShutdown prepares shutdown(2) of fd (how is unix.SHUT_WR, say). The
+// kernel runs it on a worker thread and looks fd up only then: a close of
+// fd submitted after it can run first, and the number be another socket's.
 func (s *SQE) PrepShutdown(fd, how int) { s.prep(OpShutdown, fd, nil, uint32(how), 0) }
 
 // PrepClose prepares close(2) of fd. A descriptor that operations in
