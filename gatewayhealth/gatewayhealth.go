@@ -44,14 +44,6 @@ const (
 	DefaultTimeout = time.Second
 )
 
-// source is what a Source wraps: mesh.Source.
-type source interface{ View() *mesh.View }
-
-// follower is a source that follows services on demand: mesh.Follower.
-type follower interface {
-	Follow(ctx context.Context, keys ...mesh.ServiceKey) error
-}
-
 // Options configures a Source; the zero value is usable.
 type Options struct {
 	// Interval is the wait between two probes of a gateway that answers:
@@ -69,11 +61,13 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+var _ mesh.Follower = (*Source)(nil)
+
 // Source is a mesh source whose views have the other locations' gateways
 // as the probes find them (see the package comment). It is a Follower when
 // the source it wraps is one. Make it with New; Close ends the probes.
 type Source struct {
-	inner    source
+	inner    mesh.Source
 	opts     Options
 	log      *slog.Logger
 	ctx      context.Context
@@ -108,7 +102,7 @@ type gatewayState struct {
 
 // New wraps src and starts probing the gateways its views name, until
 // Close.
-func New(src source, opts Options) *Source {
+func New(src mesh.Source, opts Options) *Source {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
 	}
@@ -167,7 +161,7 @@ func (s *Source) View() *mesh.View {
 // Follow implements mesh.Follower when the wrapped source does; otherwise
 // it does nothing.
 func (s *Source) Follow(ctx context.Context, keys ...mesh.ServiceKey) error {
-	if f, ok := s.inner.(follower); ok {
+	if f, ok := s.inner.(mesh.Follower); ok {
 		return f.Follow(ctx, keys...)
 	}
 	return nil

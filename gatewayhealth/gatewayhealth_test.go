@@ -243,7 +243,8 @@ func TestFollowGoesToTheWrappedSource(t *testing.T) {
 	f := &following{fixed: source(view(nil, nil))}
 	s := gatewayhealth.New(f, gatewayhealth.Options{})
 	defer s.Close()
-	if err := s.Follow(context.Background(), mesh.ServiceKey{Name: "api", Datacenter: "dc2"}); err != nil || f.keys != 1 {
+	var m mesh.Follower = s
+	if err := m.Follow(context.Background(), mesh.ServiceKey{Name: "api", Datacenter: "dc2"}); err != nil || f.keys != 1 {
 		t.Fatalf("Follow: %v, %d keys reached the wrapped source", err, f.keys)
 	}
 	plain := gatewayhealth.New(source(view(nil, nil)), gatewayhealth.Options{})
