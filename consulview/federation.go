@@ -14,12 +14,14 @@ import (
 )
 
 // gatewaySet is the routable mesh gateways of one gateway service (or of
-// one datacenter's federation state), with the newest raft index among all
-// of its instances, healthy or not: the two sources of a datacenter's
-// gateways are compared by it.
+// one datacenter's federation state), those critical in the catalog (out
+// of maintenance), and the newest raft index among all of its instances,
+// healthy or not: the two sources of a datacenter's gateways are compared
+// by it.
 type gatewaySet struct {
-	eps   []mesh.Endpoint
-	index uint64
+	eps       []mesh.Endpoint
+	unhealthy []mesh.Endpoint
+	index     uint64
 }
 
 func gatewaySetOf(entries []*api.ServiceEntry) gatewaySet {
@@ -29,12 +31,42 @@ func gatewaySetOf(entries []*api.ServiceEntry) gatewaySet {
 			continue
 		}
 		set.index = max(set.index, e.Service.ModifyIndex)
-		if ep, ok := endpointOf(e, false); ok {
+		ep, ok := endpointOf(e, false)
+		switch {
+		case ok:
 			set.eps = append(set.eps, ep)
+		case criticalOnly(e):
+			set.unhealthy = append(set.unhealthy, ep)
 		}
 	}
 	return set
 }
+
+// criticalOnly reports whether an instance that is not routable is out
+// only because a check is critical: not in maintenance (service or node),
+// and not weighted out. Such a gateway may be serving all the same (one
+// just started, before the agent's first check), which a prober can tell.
+func criticalOnly(e *api.ServiceEntry) bool {
+	if w := e.Service.Weights; (w.Passing != 0 || w.Warning != 0) && w.Passing < 1 {
+		return false
+	}
+	critical := false
+	for _, ch := range e.Checks {
+		if ch.Status == api.HealthMaint || strings.HasPrefix(ch.CheckID, serviceMaintenancePrefix) || ch.CheckID == nodeMaintenance {
+			return false
+		}
+		critical = critical || ch.Status == api.HealthCritical
+	}
+	return critical
+}
+
+// Consul's maintenance checks (agent/agent.go: serviceMaintCheckID and
+// structs.NodeMaint): critical checks an operator or a draining gateway
+// adds to take an instance out on purpose.
+const (
+	serviceMaintenancePrefix = "_service_maintenance:"
+	nodeMaintenance          = "_node_maintenance"
+)
 
 // federationStatesPath lists every datacenter's mesh gateways as the
 // primary's federation states hold them, replicated to every datacenter:
@@ -93,9 +125,14 @@ func (c *Source) mergeFederationStatesLocked(v *mesh.View, newest map[string]uin
 		l := mesh.Location{Datacenter: dc, Partition: tenancy.Default}
 		if len(set.eps) == 0 {
 			delete(v.Gateways, l)
-			continue
+		} else {
+			v.Gateways[l] = set.eps
 		}
-		v.Gateways[l] = set.eps
+		if len(set.unhealthy) == 0 {
+			delete(v.UnhealthyGateways, l)
+		} else {
+			v.UnhealthyGateways[l] = set.unhealthy
+		}
 	}
 }
 

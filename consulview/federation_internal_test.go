@@ -72,6 +72,37 @@ func TestGatewaySetIndex(t *testing.T) {
 	})
 	assert.EqualValues(t, 40, set.index)
 	assert.Len(t, set.eps, 1, "only the passing gateway is routable")
+	assert.Len(t, set.unhealthy, 1, "the critical one is kept apart, for a prober")
+}
+
+// A gateway out of routing only for a critical check is kept apart (a
+// prober may find it serving: one that just started); one in maintenance,
+// service or node, or weighted out, was taken out on purpose and is in
+// neither list.
+func TestUnhealthyGatewaysLeaveMaintenanceOut(t *testing.T) {
+	entry := func(port int, weights api.AgentWeights, checks ...*api.HealthCheck) *api.ServiceEntry {
+		return &api.ServiceEntry{Node: &api.Node{Node: "n", Address: "127.0.0.1"},
+			Service: &api.AgentService{Kind: api.ServiceKindMeshGateway, Service: "gw", Port: port, Weights: weights},
+			Checks:  checks}
+	}
+	check := func(id, status string) *api.HealthCheck { return &api.HealthCheck{CheckID: id, Status: status} }
+	set := gatewaySetOf([]*api.ServiceEntry{
+		entry(1, api.AgentWeights{}, check("service:gw", api.HealthPassing)),
+		entry(2, api.AgentWeights{}, check("service:gw", api.HealthCritical)),
+		entry(3, api.AgentWeights{}, check("service:gw", api.HealthPassing), check("_service_maintenance:gw", api.HealthCritical)),
+		entry(4, api.AgentWeights{}, check("service:gw", api.HealthCritical), check("_node_maintenance", api.HealthCritical)),
+		entry(5, api.AgentWeights{Passing: 0, Warning: 1}, check("service:gw", api.HealthCritical)),
+		entry(6, api.AgentWeights{}, check("serfHealth", api.HealthCritical), check("service:gw", api.HealthPassing)),
+	})
+	ports := func(eps []mesh.Endpoint) []string {
+		var out []string
+		for _, e := range eps {
+			out = append(out, e.Address)
+		}
+		return out
+	}
+	assert.Equal(t, []string{"127.0.0.1:1"}, ports(set.eps))
+	assert.Equal(t, []string{"127.0.0.1:2", "127.0.0.1:6"}, ports(set.unhealthy))
 }
 
 // The local servers for WAN federation: every instance of the consul

@@ -470,6 +470,7 @@ func (c *Source) publishLocked() {
 		UnhealthyServices: make(map[mesh.ServiceKey][]mesh.Endpoint, len(s.unhealthy)),
 		UnhealthySubsets:  make(map[mesh.ServiceKey]map[string][]mesh.Endpoint, len(c.cat.unhealthySubsets)),
 		Gateways:          make(map[mesh.Location][]mesh.Endpoint, len(s.gateways)),
+		UnhealthyGateways: map[mesh.Location][]mesh.Endpoint{},
 		Peers:             c.peersLocked(),
 		Exports:           c.exportsLocked(),
 		Servers:           s.servers,
@@ -507,6 +508,9 @@ func (c *Source) publishLocked() {
 		dc, _, _ := strings.Cut(key, "/")
 		l := mesh.Location{Datacenter: dc, Partition: tenancy.Default}
 		v.Gateways[l] = append(v.Gateways[l], s.gateways[key].eps...)
+		if un := s.gateways[key].unhealthy; len(un) > 0 {
+			v.UnhealthyGateways[l] = append(v.UnhealthyGateways[l], un...)
+		}
 		newest[dc] = max(newest[dc], s.gateways[key].index)
 	}
 	if c.opts.WANFederation {

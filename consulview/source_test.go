@@ -195,6 +195,30 @@ func TestConsulTwoDatacenters(t *testing.T) {
 		return sameSet(got, []string{"127.0.2.105:8443"})
 	})
 
+	// Two more in dc2: one whose check is critical (as a gateway's until
+	// the agent first checks it), one in maintenance. The first is kept in
+	// UnhealthyGateways, for a prober; the second in neither list.
+	for _, id := range []string{"gw-critical", "gw-maintenance"} {
+		port := 9000 + len(id)
+		require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			Kind: api.ServiceKindMeshGateway, ID: id, Name: "mesh-gateway", Address: "127.0.2.6", Port: port,
+			TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "127.0.2.106", Port: port}},
+			Check:           &api.AgentServiceCheck{CheckID: id + "-ttl", TTL: "1h", Status: api.HealthPassing},
+		}))
+	}
+	require.NoError(t, dc2.Client.Agent().UpdateTTL("gw-critical-ttl", "down", api.HealthCritical))
+	require.NoError(t, dc2.Client.Agent().EnableServiceMaintenance("gw-maintenance", "on purpose"))
+	dc2Loc := mesh.Location{Datacenter: "dc2", Partition: "default"}
+	consultest.WaitFor(t, eventually, "the critical gateway apart, the one in maintenance in neither list", func() bool {
+		v := src.View()
+		return len(v.UnhealthyGateways[dc2Loc]) == 1 && v.UnhealthyGateways[dc2Loc][0].WAN == "127.0.2.106:9011" &&
+			len(v.GatewaysIn(dc2Loc)) == 1 && v.GatewaysIn(dc2Loc)[0].WAN == "127.0.2.105:8443"
+	})
+	for _, id := range []string{"gw-critical", "gw-maintenance"} {
+		require.NoError(t, dc2.Client.Agent().ServiceDeregister(id))
+	}
+	consultest.WaitFor(t, eventually, "the two to go", func() bool { return len(src.View().UnhealthyGateways[dc2Loc]) == 0 })
+
 	instances, err := consulview.AgentInstances(dc1.Client)
 	require.NoError(t, err)
 	require.Len(t, instances, 1)
