@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/gatewayhealth"
 	"github.com/meshgate/meshgate/internal/testrig/consultest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/registration"
@@ -39,7 +40,10 @@ type fedGateway struct {
 	agent *consultest.Agent
 	addr  string
 	src   *consulview.Source
-	srv   *gateway.Server
+	// health is src with other datacenters' gateways probed, as meshgateway
+	// runs it: what the gateway routes over.
+	health *gatewayhealth.Source
+	srv    *gateway.Server
 
 	mu     sync.Mutex
 	kinds  map[string]int   // connected connections by route kind
@@ -88,8 +92,9 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 	src, err := consulview.New(context.Background(), agent.Client, consulview.Options{WANFederation: true, WaitForAgent: true})
 	require.NoError(t, err)
 	g.src = src
+	g.health = gatewayhealth.New(src, gatewayhealth.Options{})
 	g.srv = &gateway.Server{
-		Router:         &routing.FederationRouter{Source: src, Next: &routing.PeeringRouter{Source: src}},
+		Router:         &routing.FederationRouter{Source: g.health, Next: &routing.PeeringRouter{Source: g.health}},
 		Observer:       g,
 		ConnectTimeout: 2 * time.Second,
 		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -116,6 +121,7 @@ func startFedGateway(t *testing.T, agent *consultest.Agent, addr string) *fedGat
 // would.
 func (g *fedGateway) stop() {
 	g.srv.Close()
+	g.health.Close()
 	g.src.Close()
 }
 
@@ -282,6 +288,10 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 		{gw1, "node-dc2.server.dc2.consul"}, // dc1's server going out
 		{gw2, "node-dc2.server.dc2.consul"}, // ... and arriving in dc2
 		{gw1, "node-dc1.server.dc1.consul"}, // dc2's server arriving in dc1
+		// dc2's WAN join through primary_gateways: Consul joins the
+		// placeholder node "*.dc1" (agent/retry_join.go), and its
+		// ServerSNI names no node then.
+		{gw1, "server.dc1.consul"},
 	} {
 		consultest.WaitFor(t, fedEventually, fmt.Sprintf("%s's gateway to carry a connection for %s", c.g.agent.Datacenter, c.name), func() bool {
 			return c.g.name(c.name) > 0
@@ -371,12 +381,29 @@ func TestServersFederateThroughMeshgateGateways(t *testing.T) {
 	})
 	dialledOnly(t, dc2, dc1, gw1.addr)
 	t.Logf("dc2 reached dc1 through dc1's gateway alone: %d connections for dc1's server since the stop", gw1.name("node-dc1.server.dc1.consul")-viaGw1)
+	// The catalog lists dc2's gateway as critical (a check of the test's
+	// own holds it there, as the agent's TCP check would until its next
+	// run after the restart), so dc1's view has left it out: only a probe
+	// of dc1's gateway can bring it back.
+	require.NoError(t, dc2.Client.Agent().CheckRegister(&api.AgentCheckRegistration{ID: "held-critical", Name: "held critical by the test",
+		ServiceID: "mesh-gateway", AgentServiceCheck: api.AgentServiceCheck{TTL: "1h", Status: api.HealthCritical}}))
+	dc2Loc := mesh.Location{Datacenter: "dc2", Partition: "default"}
+	consultest.WaitFor(t, fedEventually, "dc1's view to list dc2's gateway as critical", func() bool {
+		v := gw1.src.View()
+		return len(v.GatewaysIn(dc2Loc)) == 0 && len(v.UnhealthyGateways[dc2Loc]) == 1
+	})
 	stopped := time.Now()
 	gw2 = startFedGateway(t, dc2, addr2)
 	consultest.WaitFor(t, fedEventually, "dc1's queries of dc2 to answer again", func() bool {
 		nodes, err := nodesIn(dc1, "dc2")
 		return err == nil && len(nodes) == 1
 	})
+	t.Logf("dc1 reaches dc2 again %v after dc2's gateway came back, while the catalog lists it as critical (dc1's gateway probed it)",
+		time.Since(stopped).Round(time.Millisecond))
+	entries, _, err := dc2.Client.Health().Service("mesh-gateway", "", true, nil)
+	require.NoError(t, err)
+	require.Empty(t, entries, "the catalog still lists dc2's gateway as critical")
+	require.NoError(t, dc2.Client.Agent().CheckDeregister("held-critical"))
 	consultest.WaitFor(t, fedEventually, "dc2's queries of dc1 to answer again", func() bool {
 		nodes, err := nodesIn(dc2, "dc1")
 		return err == nil && len(nodes) == 1
