@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -48,6 +49,8 @@ type Applier struct {
 	applied func(opts proxyconfig.Gateway, addrs []string)
 	// registration, if set, hears of each registration FollowRegistration reads.
 	registration func(*api.AgentService)
+	// listen opens a new listener.
+	listen func(ctx context.Context, addr string) (net.Listener, error)
 
 	opts    atomic.Pointer[proxyconfig.Gateway]
 	mu      sync.Mutex
@@ -81,6 +84,11 @@ type Options struct {
 	// such as Proxy.AccessLogs. It is called from FollowRegistration's
 	// goroutine.
 	Registration func(*api.AgentService)
+	// Listen opens the listener of a bind address Apply adds (a program
+	// that takes its listeners over from a previous process on a binary
+	// upgrade gives its own); nil listens on TCP with no keepalive of the
+	// listener's own (the Server's TCPKeepAlive sets it per connection).
+	Listen func(ctx context.Context, addr string) (net.Listener, error)
 }
 
 // New returns an Applier of s with opts in force and no listener yet
@@ -92,7 +100,12 @@ func New(s *gateway.Server, opts proxyconfig.Gateway, o Options) *Applier {
 	if o.Name == "" {
 		o.Name = "liveconfig"
 	}
-	l := &Applier{s: s, log: o.Logger, name: o.Name, fixedTimeout: o.FixedConnectTimeout, applied: o.Applied, registration: o.Registration,
+	if o.Listen == nil {
+		o.Listen = func(ctx context.Context, addr string) (net.Listener, error) {
+			return (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", addr)
+		}
+	}
+	l := &Applier{s: s, log: o.Logger, name: o.Name, fixedTimeout: o.FixedConnectTimeout, applied: o.Applied, registration: o.Registration, listen: o.Listen,
 		open: map[string]net.Listener{}, retired: map[net.Listener]bool{}, ended: map[net.Listener]chan struct{}{}, served: make(chan error, 1)}
 	l.opts.Store(&opts)
 	return l
@@ -230,7 +243,7 @@ func (l *Applier) applyLocked(ctx context.Context, opts proxyconfig.Gateway, bin
 		if _, ok := l.open[a]; ok {
 			continue
 		}
-		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", a)
+		ln, err := l.listen(ctx, a)
 		if err != nil {
 			return fail(fmt.Errorf("listening on %s: %w", a, err))
 		}
@@ -262,6 +275,16 @@ func (l *Applier) applyLocked(ctx context.Context, opts proxyconfig.Gateway, bin
 			"opened", opened, "closed", closed, "connect_timeout", l.ConnectTimeout(opts).String(), "remote_keepalive", opts.RemoteKeepAlive.Enable)
 	}
 	return changed, addrs, nil
+}
+
+// Listeners returns the listeners open now, by the bind address each was
+// opened for. They stay the Applier's: the caller may read them or
+// duplicate their descriptors (a binary upgrade hands them to a new
+// process), not close them.
+func (l *Applier) Listeners() map[string]net.Listener {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.open)
 }
 
 // Listening returns the addresses listened on now, in no order.

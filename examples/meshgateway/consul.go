@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -29,6 +30,9 @@ type consulGateway struct {
 	own        string                     // where the gateway listens for its registration
 	id         string                     // the registration's ID
 	attached   bool                       // serving someone else's registration (-proxy-id)
+	// released: the registration is no longer this process's to remove
+	// (removed already, or handed over to a new process).
+	released atomic.Bool
 }
 
 // binds returns where the gateway listens for the registration svc and its
@@ -181,9 +185,9 @@ func waitGatewayService(ctx context.Context, client *api.Client, id string, wait
 }
 
 // deregisterIfRegistered removes the registration register made, if any
-// and if it is still this process's.
+// and if it is still this process's; only the first call does.
 func (g *consulGateway) deregisterIfRegistered() {
-	if g.registered == nil {
+	if g.registered == nil || g.released.Swap(true) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -195,3 +199,7 @@ func (g *consulGateway) deregisterIfRegistered() {
 		g.log.Warn("meshgateway: deregistering", "err", err)
 	}
 }
+
+// handedOver forgets the registration: a new process (a binary upgrade)
+// serves it now.
+func (g *consulGateway) handedOver() { g.released.Store(true) }

@@ -51,7 +51,10 @@ import (
 	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/meshgate/meshgate/gateway"
 	"github.com/meshgate/meshgate/gatewaycert"
+	"github.com/meshgate/meshgate/gatewayhealth"
 	"github.com/meshgate/meshgate/gatewaymetrics"
+	"github.com/meshgate/meshgate/handover"
+	"github.com/meshgate/meshgate/internal/drain"
 	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/liveconfig"
 	"github.com/meshgate/meshgate/mesh"
@@ -64,12 +67,11 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if len(os.Args) > 1 && os.Args[1] == "explain" {
 		os.Exit(cli.ExitCode(os.Stderr, "meshgateway", explainCommand(os.Args[2:], os.Stdout, os.Stderr)))
 	}
-	os.Exit(cli.ExitCode(os.Stderr, "meshgateway", run(ctx, os.Args[1:], os.Stderr, nil)))
+	ctx, hurry := stopSignals()
+	os.Exit(cli.ExitCode(os.Stderr, "meshgateway", serve(ctx, hurry, os.Args[1:], os.Stderr, nil)))
 }
 
 // addrList is a repeatable NAME=ADDR[,ADDR...] flag.
@@ -112,6 +114,12 @@ func (s *serviceFlag) Set(v string) error {
 
 // run serves until ctx ends. ready, if not nil, receives the listen address.
 func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- string) error {
+	return serve(ctx, nil, args, logOut, ready)
+}
+
+// serve is run; once ctx has ended, a receive from hurry (a second signal)
+// cuts the shutdown's grace period or drain short.
+func serve(ctx context.Context, hurry <-chan struct{}, args []string, logOut io.Writer, ready chan<- string) error {
 	fs := flag.NewFlagSet("meshgateway", flag.ContinueOnError)
 	fs.SetOutput(logOut)
 	services, remotes := &serviceFlag{addrList: addrList{}}, addrList{}
@@ -130,7 +138,10 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet second)")
 	engineName := fs.String("engine", "", "how connections are carried (gateway.Server.Engine): io_uring (a ring per core), epoll (an event loop per core) or goroutines (one per connection); empty: the fastest that works here. io_uring where the kernel refuses it serves with epoll, and the log says why")
 	eventLoop := fs.Bool("event-loop", true, "deprecated: -event-loop=false is -engine goroutines")
-	drain := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections")
+	drainFor := fs.Duration("drain", 30*time.Second, "how long shutdown waits for open connections once it stopped accepting; those still open then are closed")
+	shutdownGrace := fs.Duration("shutdown-grace", 5*time.Second, "with -consul or -admin: on SIGTERM, keep accepting this long after going into maintenance in Consul and answering 503 on /ready, so that sidecars and other gateways stop sending first; 0 stops accepting at once")
+	pidFile := fs.String("pid-file", "", "write the process's PID here once it serves (a binary upgrade's new process rewrites it), for systemd's PIDFile= and for kill -USR2")
+	probeInterval := fs.Duration("probe-interval", gatewayhealth.DefaultInterval, "probe the gateways of other datacenters and peers this often (a TCP connect; every quarter of it while one does not answer): those that do not answer are left out of routing, critical ones that do are routed; 0 turns probing off")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
 	accessLog := fs.String("access-log", "", "write one line per connection, forwarded or rejected, to this file (- for standard output); off by default")
@@ -160,6 +171,20 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected arguments %q", fs.Args())
 	}
+	if *probeInterval < 0 {
+		return cli.Usagef("-probe-interval %s: want 0 (off) or more", *probeInterval)
+	}
+	if *shutdownGrace < 0 {
+		return cli.Usagef("-shutdown-grace %s: want 0 or more", *shutdownGrace)
+	}
+	// Listeners handed over by a previous process (a binary upgrade), and
+	// the upgrade to the next one.
+	upgrader, err := handover.New(handover.Options{PIDFile: *pidFile})
+	if err != nil {
+		return err
+	}
+	defer upgrader.Close()
+	ctx = context.WithValue(ctx, handoverKey{}, upgrader)
 	*datacenter = strings.ToLower(*datacenter) // as Consul does with its agents' datacenter
 	newHandler, level, err := cli.Logging(*logFormat, *logLevel)
 	if err != nil {
@@ -185,6 +210,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if *envoyMetrics && *adminAddr == "" {
 		return cli.Usagef("-envoy-metrics needs -admin")
 	}
+	var adminLn net.Listener
+	stopAdmin := func() {}
 	if *adminAddr != "" {
 		registry = admin.Registry()
 		refusals := admin.NewRefusals(0)
@@ -195,8 +222,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 			}
 			return nil
 		}}
-		stopAdmin, err := admin.Serve(*adminAddr, admin.Endpoint{Registry: registry, Ready: readiness, Explain: explain, Refusals: refusals}, log, "meshgateway")
-		if err != nil {
+		if adminLn, err = listenTCP(ctx, *adminAddr); err != nil {
+			return fmt.Errorf("-admin: %w", err)
+		}
+		if stopAdmin, err = admin.Serve(*adminAddr, admin.Endpoint{Registry: registry, Ready: readiness, Explain: explain, Refusals: refusals,
+			Listener: adminLn}, log, "meshgateway"); err != nil {
 			return err
 		}
 		defer stopAdmin()
@@ -342,6 +372,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		if err != nil {
 			return err
 		}
+		if err := clearOwnMaintenance(ctx, client, g.id, log); err != nil {
+			log.Warn("meshgateway: could not check for a maintenance a previous run left", "err", err)
+		}
 		if *l7Flag == "terminate" {
 			var observer l7.Observer // its metrics, with -admin
 			if registry != nil {
@@ -386,8 +419,19 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	if len(opts.Unknown) > 0 {
 		log.Warn("meshgateway: Proxy.Config options Consul does not define are ignored", "options", opts.Unknown)
 	}
+	// Other datacenters' and peers' gateways probed; the routes read this.
+	inner := newSwapSource(src)
+	routed := mesh.Source(inner)
+	if *probeInterval > 0 {
+		health := gatewayhealth.New(inner, gatewayhealth.Options{Interval: *probeInterval, Timeout: min(gatewayhealth.DefaultTimeout, *probeInterval), Logger: log})
+		defer health.Close()
+		routed = health
+		if registry != nil {
+			registry.MustRegister(gatewaymetrics.RemoteGatewaysCollector(remoteGateways(health)))
+		}
+	}
 	v := src.View()
-	metrics.setSource(src)
+	metrics.setSource(routed)
 	if registry != nil {
 		observers = append(observers, metrics.observer(registry, *envoyMetrics, *serviceName, v, *listen, opts, servingNow.Load))
 	}
@@ -425,7 +469,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 	}
 	metrics.server.Store(s)
 	// The Proxy.Config options in force, applied while the gateway runs.
-	lvOpts := liveconfig.Options{Logger: log, Name: "meshgateway", FixedConnectTimeout: set["connect-timeout"]}
+	lvOpts := liveconfig.Options{Logger: log, Name: "meshgateway", FixedConnectTimeout: set["connect-timeout"], Listen: listenTCP}
 	if g != nil {
 		lvOpts.Applied = func(opts proxyconfig.Gateway, addrs []string) {
 			if err := g.checkFollows(ctx, opts, addrs); err != nil {
@@ -439,11 +483,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		}
 	}
 	lv := liveconfig.New(s, opts, lvOpts)
-	router.Store(lv.Router(gatewayRouter(src, l7mode, *serviceName)))
+	router.Store(lv.Router(gatewayRouter(routed, l7mode, *serviceName)))
 	lv.Serve(binds, listeners)
 	listeners = nil // Serve closes them
 	addrs := lv.Addrs(binds)
-	log.Info("meshgateway: serving", "listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
+	log.Info("meshgateway: serving", "version", cli.Version(), "pid", os.Getpid(), "inherited_listeners", upgrader.Inherited(),
+		"listen", strings.Join(addrs, ","), "datacenter", v.Datacenter, "trust_domain", v.TrustDomain,
 		"services", len(v.Services), "gateway_locations", len(v.Gateways), "connect_timeout", lv.ConnectTimeout(opts).String(),
 		"remote_keepalive", opts.RemoteKeepAlive.Enable, "wan_federation", v.Federation != nil,
 		"fips140", fips140.Enabled(), "fips140_enforced", fips140.Enforced(), "engine", string(engine))
@@ -470,12 +515,18 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stri
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 	}
+	usr2, stopUsr2 := upgradeSignals()
+	defer stopUsr2()
 	servingNow.Store(true)
 	readiness.Set("listener", nil)
+	if err := upgrader.Ready(); err != nil {
+		log.Warn("meshgateway: telling the previous process or the service manager that this one serves", "err", err)
+	}
 	if ready != nil {
 		ready <- addrs[0]
 	}
 	var serveErr error
+	upgraded := false
 wait:
 	for {
 		select {
@@ -484,21 +535,45 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services.addrList, remotes, *listen, l7mode, *serviceName}, src)
-			metrics.setSource(src)
+			src = reload(ctx, log, &router, lv, reloadFrom{configs, *datacenter, *trustDomain, services.addrList, remotes, *listen, l7mode, *serviceName,
+				func(next mesh.Source) mesh.Source { inner.store(next); return routed }}, src)
+			metrics.setSource(routed)
 			fields.applyAccessLogs(proxyDefaultsAccessLogs(src.View()))
 			fields.warner.Check(src.View())
+		case <-usr2:
+			log.Info("meshgateway: binary upgrade: starting the new binary with the listening sockets")
+			lns := handoverListeners(lv)
+			if adminLn != nil {
+				lns = append(lns, handover.Listener{Network: "tcp", Address: *adminAddr, Listener: adminLn})
+			}
+			if err := upgrader.Upgrade(ctx, lns); err != nil {
+				log.Error("meshgateway: binary upgrade failed; this process goes on serving", "err", err)
+				continue
+			}
+			log.Info("meshgateway: binary upgrade: the new process serves; this one stops accepting and drains")
+			upgraded = true
+			break wait
 		}
 	}
-	servingNow.Store(false)
-	readiness.Set("drain", errDraining)
-	log.Info("meshgateway: shutting down", "open_connections", s.ActiveConns(), "drain", *drain)
-	sctx, cancel := context.WithTimeout(context.Background(), *drain)
-	defer cancel()
-	if err := s.Shutdown(sctx); err != nil {
-		log.Warn("meshgateway: drain ended; closing the rest", "open_connections", s.ActiveConns())
-		s.Close()
+	plan := drain.Plan{Server: s, Drain: *drainFor, Logger: log, Name: "meshgateway"}
+	if upgraded {
+		// The sockets, the PID file and the registration are the new
+		// process's now.
+		stopAdmin()
+		if g != nil {
+			g.handedOver()
+		}
+	} else {
+		plan.Unready = func() { servingNow.Store(false); readiness.Set("drain", errDraining) }
+		if g != nil {
+			plan.Withdraw = g.withdraw
+			plan.Deregister = func(context.Context) error { g.deregisterIfRegistered(); return nil }
+		}
+		if g != nil || adminLn != nil {
+			plan.Grace = *shutdownGrace
+		}
 	}
+	plan.Run(hurry)
 	lv.Wait()
 	if serveErr != nil && !errors.Is(serveErr, gateway.ErrServerClosed) {
 		return serveErr
@@ -566,9 +641,7 @@ func listenAll(ctx context.Context, addrs []string, have net.Listener) ([]net.Li
 			out, kept = append(out, have), true
 			continue
 		}
-		// Keepalive is the Server's to set (TCPKeepAlive); the listener's
-		// default would add system calls to every connection.
-		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", addr)
+		ln, err := listenTCP(ctx, addr)
 		if err != nil {
 			return fail(fmt.Errorf("listening on %s: %w", addr, err))
 		}

@@ -31,6 +31,9 @@ func start(t *testing.T, args ...string) (string, *syncbuf.Buffer, func() error)
 	if !slices.Contains(args, "-proxy-id") { // which listens where its registration says
 		args = append([]string{"-listen", "127.0.0.1:0"}, args...)
 	}
+	if !slices.Contains(args, "-shutdown-grace") { // the tests of the grace period say so
+		args = append([]string{"-shutdown-grace", "0"}, args...)
+	}
 	go func() { done <- run(ctx, args, &logs, ready) }()
 	select {
 	case addr := <-ready:

@@ -23,6 +23,9 @@ type reloadFrom struct {
 	listen                  string
 	l7                      l7Handling
 	service                 string // the gateway's service name
+	// wrap returns the source to route over for a new one (the probes'
+	// wrapper, with next inside); nil routes over next itself.
+	wrap func(next mesh.Source) mesh.Source
 }
 
 // reload rereads the files, applies the proxy-defaults Config (listeners,
@@ -55,7 +58,11 @@ func reload(ctx context.Context, log *slog.Logger, router *gateway.Switch, lv *l
 		lv.SetCheck(check)
 		return refuse(err)
 	}
-	router.Store(lv.Router(gatewayRouter(src, from.l7, from.service)))
+	routed := mesh.Source(src)
+	if from.wrap != nil {
+		routed = from.wrap(src)
+	}
+	router.Store(lv.Router(gatewayRouter(routed, from.l7, from.service)))
 	added, removed, changed := serviceChanges(prev.View(), next)
 	log.Info("meshgateway: reloaded", "services", len(next.Services), "gateway_locations", len(next.Gateways), "peers", len(next.Peers),
 		"services_added", added, "services_removed", removed, "services_changed", changed)

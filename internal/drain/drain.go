@@ -84,6 +84,7 @@ func (p Plan) Run(hurry <-chan struct{}) Result {
 		name = "drain"
 	}
 	var res Result
+	log.Info(name+": shutting down", "open_connections", p.Server.ActiveConns(), "grace", p.Grace.String(), "drain", p.Drain.String())
 	if p.Unready != nil {
 		p.Unready()
 	}

@@ -35,6 +35,10 @@ type Endpoint struct {
 	// Refusals, when set, serves /refusals: the last ones kept, newest
 	// first, JSON (?n=N for fewer).
 	Refusals *Refusals
+	// Listener, when set, is served on instead of listening on the
+	// address (a listener a previous process handed over, in a binary
+	// upgrade); stop closes it.
+	Listener net.Listener
 }
 
 // Serve serves the endpoint e (and /debug/pprof/) on addr until the
@@ -85,9 +89,11 @@ func Serve(addr string, e Endpoint, log *slog.Logger, name string) (stop func(),
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("-admin: %w", err)
+	ln := e.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("-admin: %w", err)
+		}
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {

@@ -49,9 +49,18 @@ func Parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// Version returns the module's version from the build information: a tag,
-// a pseudo-version, or "(devel)" for a build from a work tree.
+// version, when set at link time (go build -ldflags
+// "-X github.com/meshgate/meshgate/examples/internal/cli.version=V"), is Version's
+// answer: a release's name, or a test's mark on one build.
+var version string
+
+// Version returns the version set at link time, else the module's version
+// from the build information: a tag, a pseudo-version, or "(devel)" for a
+// build from a work tree.
 func Version() string {
+	if version != "" {
+		return version
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "(unknown)"
