@@ -76,7 +76,7 @@ func (c *Source) loadGatewayNames(ctx context.Context, dc string, index uint64) 
 	}
 	c.dropGatewaysLocked(dc, names)
 	for name := range names {
-		c.ensureKeyedLocked(c.gwNames, "gateways ", dc+"/"+name, c.loadGateways)
+		c.ensureKeyedLocked(c.gwNames, gatewaysWatch, dc+"/"+name, c.loadGateways)
 	}
 	c.publishLocked()
 	return meta.LastIndex, nil
@@ -91,10 +91,14 @@ func (c *Source) dropGatewaysLocked(dc string, keep map[string][]string) {
 			stop()
 			delete(c.gwNames, key)
 			delete(c.state.gateways, key)
-			delete(c.failing, "gateways "+key)
+			delete(c.failing, gatewaysWatch+key)
 		}
 	}
 }
+
+// gatewaysWatch names the watches of one gateway service's instances in a
+// datacenter (key "dc/name").
+const gatewaysWatch = "gateways "
 
 // loadGateways reads the routable instances of one mesh gateway service of
 // a datacenter (key "dc/name").

@@ -297,7 +297,7 @@ func New(ctx context.Context, client *api.Client, opts Options) (*Source, error)
 	}
 	for key := range c.gwNames {
 		dc, _, _ := strings.Cut(key, "/")
-		if err := c.firstKeyed(c.gwNames, "gateways ", key, dc, c.loadGateways); err != nil {
+		if err := c.firstKeyed(c.gwNames, gatewaysWatch, key, dc, c.loadGateways); err != nil {
 			c.mu.Unlock()
 			c.Close()
 			return nil, err

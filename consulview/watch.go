@@ -48,7 +48,15 @@ func (c *Source) startKeyed(set map[string]context.CancelFunc, what, key string,
 	if c.opts.Once {
 		return // one view, no watch
 	}
-	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, laneShared)
+	l := laneShared
+	if what == gatewaysWatch {
+		// A datacenter's gateways going into maintenance (one that shuts
+		// down keeps serving only for its grace period) or coming back
+		// is what traffic to that datacenter waits on: their watches go
+		// before the other shared ones.
+		l = laneUrgent
+	}
+	c.watch(ctx, what+key, index, func(qctx context.Context, idx uint64) (uint64, error) { return load(qctx, key, idx) }, l)
 }
 
 // ensureKeyedLocked makes sure key has a watch: before the first load is
