@@ -86,7 +86,7 @@ func newFleetGateway(t *testing.T, agent *consultest.Agent, name, v1 string, ext
 	if err := agent.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		Kind: api.ServiceKindMeshGateway, ID: g.id, Name: "mesh-gateway", Address: host, Port: p,
 		TaggedAddresses: map[string]api.ServiceAddress{"lan": {Address: host, Port: p}, "wan": {Address: host, Port: p}},
-		Check: &api.AgentServiceCheck{Name: "mesh-gateway listening", TCP: g.addr, Interval: "10s", Timeout: "5s", Status: api.HealthPassing},
+		Check:           &api.AgentServiceCheck{Name: "mesh-gateway listening", TCP: g.addr, Interval: "10s", Timeout: "5s", Status: api.HealthPassing},
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -54,11 +54,14 @@ import (
 	"github.com/meshgate/meshgate/examples/internal/admin"
 	"github.com/meshgate/meshgate/examples/internal/cli"
 	"github.com/meshgate/meshgate/gateway"
+	"github.com/meshgate/meshgate/gatewayhealth"
+	"github.com/meshgate/meshgate/gatewaymetrics"
 	"github.com/meshgate/meshgate/internal/fipsmode"
 	"github.com/meshgate/meshgate/internal/problems"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/resolve"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func main() {
@@ -80,6 +83,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 	logFormat := fs.String("log-format", "text", "text (logfmt) or json, for the diagnostic log and the access log")
 	accessLog := fs.String("access-log", "", "write one line per upstream connection, naming the chain target that carried it, to this file (- for standard output); off by default")
 	adminAddr := fs.String("admin", "", "serve /metrics, /ready and /debug/pprof/ on this address, such as 127.0.0.1:19001; off by default (keep it off public interfaces)")
+	probeInterval := fs.Duration("probe-interval", gatewayhealth.DefaultInterval, "probe the gateways of other datacenters and peers this often (a TCP connect; every quarter of it while one does not answer): those that do not answer are left out, critical ones that do are used; 0 turns probing off")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -103,10 +107,14 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		defer closeLog()
 		obs.access = slog.New(newHandler(w, slog.LevelInfo))
 	}
+	if *probeInterval < 0 {
+		return cli.Usagef("-probe-interval %s: want 0 (off) or more", *probeInterval)
+	}
 	var serving atomic.Bool // for /ready
+	var registry *prometheus.Registry
 	if *adminAddr != "" {
-		reg := admin.Registry()
-		obs.metrics = newUpstreamMetrics(reg)
+		registry = admin.Registry()
+		obs.metrics = newUpstreamMetrics(registry)
 		readiness := &admin.Readiness{}
 		readiness.Add("serving", func() error {
 			if !serving.Load() {
@@ -114,7 +122,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 			}
 			return nil
 		})
-		stopAdmin, err := admin.Serve(*adminAddr, admin.Endpoint{Registry: reg, Ready: readiness}, log, "sidecar")
+		stopAdmin, err := admin.Serve(*adminAddr, admin.Endpoint{Registry: registry, Ready: readiness}, log, "sidecar")
 		if err != nil {
 			return err
 		}
@@ -150,13 +158,29 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready chan<- stru
 		return err
 	}
 	defer src.Close()
+	// Other datacenters' and peers' gateways probed: the Dialer reads this.
+	view := mesh.Source(src)
+	if *probeInterval > 0 {
+		health := gatewayhealth.New(src, gatewayhealth.Options{Interval: *probeInterval, Timeout: min(gatewayhealth.DefaultTimeout, *probeInterval), Logger: log})
+		defer health.Close()
+		view = health
+		if registry != nil {
+			registry.MustRegister(gatewaymetrics.RemoteGatewaysCollector(func() []gatewaymetrics.RemoteGateway {
+				var out []gatewaymetrics.RemoteGateway
+				for _, g := range health.Gateways() {
+					out = append(out, gatewaymetrics.RemoteGateway{Location: g.Location, Address: g.Address, Up: g.Up, Probe: g.Latency})
+				}
+				return out
+			}))
+		}
+	}
 	certs, err := sidecar.WatchCerts(ctx, client, reg.Service)
 	if err != nil {
 		return err
 	}
 	defer certs.Close()
 
-	s := &server{src: src, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
+	s := &server{src: src, view: view, certs: certs, client: client, current: &current, log: log, timeout: *connectTimeout, logged: map[int]string{},
 		servedBy: map[int]string{}, fromAgent: len(configs) == 0, obs: &obs}
 	binds := &binder{s: s, ctx: ctx, inbound: certs.AuthorizingServerTLSConfig(client, reg.Service), open: map[listener]net.Listener{}}
 	defer binds.closeAll()
@@ -411,6 +435,7 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 type server struct {
 	src     *consulview.Source
+	view    mesh.Source // src, with other datacenters' gateways probed
 	certs   *sidecar.Certs
 	client  *api.Client
 	current *atomic.Pointer[mesh.Instance]
@@ -467,7 +492,7 @@ func (s *server) handle(ctx context.Context, local net.Conn, port int) {
 		local.Close()
 		return
 	}
-	d := &sidecar.Dialer{Source: s.src, Certs: s.certs, Client: s.client, ConnectTimeout: s.timeout,
+	d := &sidecar.Dialer{Source: s.view, Certs: s.certs, Client: s.client, ConnectTimeout: s.timeout,
 		Instance: inst}
 	start := time.Now()
 	remote, plan, err := d.Dial(ctx, *up)
