@@ -29,9 +29,9 @@ import (
 	"github.com/meshgate/meshgate/consulview"
 	"github.com/meshgate/meshgate/gatewayhealth"
 	"github.com/meshgate/meshgate/internal/testrig/consultest"
-	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/meshgate/meshgate/mesh"
 	"github.com/meshgate/meshgate/sidecar"
+	"github.com/meshgate/meshgate/sidecar/sidecartest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )

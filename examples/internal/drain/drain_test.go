@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshgate/meshgate/examples/internal/drain"
 	"github.com/meshgate/meshgate/gateway"
-	"github.com/meshgate/meshgate/internal/drain"
 	"github.com/meshgate/meshgate/internal/testrig/echo"
 	"github.com/meshgate/meshgate/internal/testrig/hellotest"
 	"github.com/meshgate/meshgate/sni"
