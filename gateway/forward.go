@@ -57,6 +57,10 @@ func (f *Forwarder) Forward(client, upstream net.Conn, replay []byte) Stats {
 // ErrStopped is the Stats.Err of a connection ended by Start's stop function.
 var ErrStopped = errors.New("gateway: forwarding stopped")
 
+// ErrMaxConnectionLifetime is the Stats.Err of a connection the Server
+// closed at its MaxConnectionLifetime.
+var ErrMaxConnectionLifetime = errors.New("gateway: max connection lifetime reached")
+
 // Start forwards both ways like Forward but returns at once, once replay is
 // written; done is called once, with the stats, after both directions have
 // ended and both connections are closed (at once, from Start, if replay
@@ -65,16 +69,18 @@ var ErrStopped = errors.New("gateway: forwarding stopped")
 // instead of closing the connections directly, which would leave a parked
 // direction unfinished.
 func (f *Forwarder) Start(client, upstream net.Conn, replay []byte, done func(Stats)) (stop func()) {
-	stop, runDown := f.start(client, upstream, replay, done)
+	abort, runDown := f.start(client, upstream, replay, done)
 	go runDown()
-	return stop
+	return func() { abort(ErrStopped) }
 }
 
 // start is Start, except that the direction from upstream to client is left
 // for the caller to run, on a goroutine it already has: runDown returns when
 // that direction ends or parks. The Server runs it on the connection's own
-// goroutine, which saves starting one per connection.
-func (f *Forwarder) start(client, upstream net.Conn, replay []byte, done func(Stats)) (stop, runDown func()) {
+// goroutine, which saves starting one per connection. abort ends the
+// connection at once with err as its Stats.Err (Start's stop is
+// abort(ErrStopped)).
+func (f *Forwarder) start(client, upstream net.Conn, replay []byte, done func(Stats)) (abort func(error), runDown func()) {
 	start := time.Now()
 	var replayed int64
 	if len(replay) > 0 {
@@ -84,7 +90,7 @@ func (f *Forwarder) start(client, upstream net.Conn, replay []byte, done func(St
 			client.Close()
 			upstream.Close()
 			done(Stats{ClientToUpstream: replayed, Err: err, Duration: time.Since(start)})
-			return func() {}, func() {}
+			return func(error) {}, func() {}
 		}
 	}
 	idle := f.IdleTimeout
@@ -94,12 +100,12 @@ func (f *Forwarder) start(client, upstream net.Conn, replay []byte, done func(St
 	p := &pumps{idle: idle, a: client, b: upstream, done: done, start: start, replayed: replayed}
 	p.touch()
 	p.remaining.Store(2)
-	stop = func() { p.abort(ErrStopped) }
+	abort = p.abort
 	ct, ok1 := client.(*net.TCPConn)
 	ut, ok2 := upstream.(*net.TCPConn)
 	if ok1 && ok2 {
 		if runDown, ok := p.startSplice(ct, ut); ok {
-			return stop, runDown
+			return abort, runDown
 		}
 	}
 	if idle > 0 {
@@ -107,7 +113,7 @@ func (f *Forwarder) start(client, upstream net.Conn, replay []byte, done func(St
 		upstream.SetReadDeadline(p.start.Add(idle))
 	}
 	go p.copyUp()
-	return stop, p.copyDown
+	return abort, p.copyDown
 }
 
 // pumps is one forwarded connection: what both directions share.

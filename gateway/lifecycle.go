@@ -286,18 +286,58 @@ func (c *conn) Forward(client, upstream net.Conn, replay []byte, sent, received 
 		c.adopt(nil) // Close reaches it from now on, through the Forwarder's stop
 	}
 	f := Forwarder{IdleTimeout: s.IdleTimeout}
-	stop, runDown := f.start(client, upstream, replay, func(stats Stats) {
+	var lifetime *lifetimeTimer // nil: no MaxConnectionLifetime
+	if s.MaxConnectionLifetime > 0 {
+		lifetime = &lifetimeTimer{}
+	}
+	abort, runDown := f.start(client, upstream, replay, func(stats Stats) {
+		lifetime.end()
 		stats.ClientToUpstream += sent
 		stats.UpstreamToClient += received
 		stats.Duration = time.Since(c.start)
 		c.forwarded(stats)
 		c.forget()
 	})
+	stop := func() { abort(ErrStopped) }
 	c.stop.Store(&stop)
+	lifetime.arm(time.Until(c.start.Add(s.MaxConnectionLifetime)), func() { abort(ErrMaxConnectionLifetime) })
 	if s.hardClosed.Load() {
 		stop() // Close ran while forwarding started
 	}
 	return runDown
+}
+
+// lifetimeTimer ends a forwarded connection at the Server's
+// MaxConnectionLifetime; a nil one does nothing.
+type lifetimeTimer struct {
+	mu    sync.Mutex
+	ended bool
+	t     *time.Timer
+}
+
+// arm calls f after d, unless the connection has ended already.
+func (l *lifetimeTimer) arm(d time.Duration, f func()) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	if !l.ended {
+		l.t = time.AfterFunc(d, f)
+	}
+	l.mu.Unlock()
+}
+
+// end says the connection has ended: the timer goes.
+func (l *lifetimeTimer) end() {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.ended = true
+	if l.t != nil {
+		l.t.Stop()
+	}
+	l.mu.Unlock()
 }
 
 // adopt makes sockets the connection's, shared from now on (Close reaches
@@ -332,6 +372,10 @@ func (c *conn) ServeInProcess(client net.Conn, replay []byte) (run func()) {
 		stop() // Close ran while routing
 	}
 	return func() {
+		if max := s.MaxConnectionLifetime; max > 0 {
+			lifetime := time.AfterFunc(time.Until(c.start.Add(max)), stop)
+			defer lifetime.Stop()
+		}
 		c.serve(rc)
 		rc.Close()
 		stats := Stats{ClientToUpstream: rc.read.Load(), UpstreamToClient: rc.written.Load(), Duration: time.Since(c.start)}
@@ -348,9 +392,12 @@ func (c *conn) HandOver(client net.Conn, route engine.Route, replay []byte) {
 	c.s.goroutines.Continue(c, h, route, replay)
 }
 
-// Expired reports the idle timeout of a connection an engine forwards
-// itself.
+// Expired reports the idle timeout and the maximum lifetime of a
+// connection an engine forwards itself.
 func (c *conn) Expired(now, last time.Time) error {
+	if max := c.s.MaxConnectionLifetime; max > 0 && now.Sub(c.start) >= max {
+		return ErrMaxConnectionLifetime
+	}
 	idle := c.s.IdleTimeout
 	if idle == 0 {
 		idle = DefaultIdleTimeout

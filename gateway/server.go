@@ -43,6 +43,14 @@ type Server struct {
 	// either direction for this long: zero means DefaultIdleTimeout (1 h);
 	// negative means never.
 	IdleTimeout time.Duration
+	// MaxConnectionLifetime closes a forwarded connection, both ways, once
+	// it has been open this long, however busy: long-lived connections
+	// then spread again over a fleet whose members restarted, as with
+	// Envoy's max_downstream_connection_duration. Zero means never (the
+	// default, as Envoy's). The Stats.Err of a connection it ends is
+	// ErrMaxConnectionLifetime. Every engine honours it (the event loops
+	// within their 200 ms sweep).
+	MaxConnectionLifetime time.Duration
 	// MaxConns bounds the connections open at once; when it is reached the
 	// server stops accepting (new clients wait in the listen backlog) until
 	// one closes. Zero means no bound other than the descriptor limit: on

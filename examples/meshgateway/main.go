@@ -133,6 +133,7 @@ func serve(ctx context.Context, hurry <-chan struct{}, args []string, logOut io.
 	peekTimeout := fs.Duration("peek-timeout", sni.DefaultTimeout, "bound on reading a ClientHello")
 	connectTimeout := fs.Duration("connect-timeout", gateway.DefaultConnectTimeout, "bound on each upstream dial")
 	idleTimeout := fs.Duration("idle-timeout", gateway.DefaultIdleTimeout, "close connections idle both ways this long")
+	maxLifetime := fs.Duration("max-connection-lifetime", 0, "close connections open this long, however busy, so that long-lived ones spread again over a fleet after restarts (Envoy's max_downstream_connection_duration); 0, the default, never")
 	maxHello := fs.Int("max-hello", sni.DefaultMaxSize, "largest ClientHello accepted, bytes")
 	maxConns := fs.Int("max-conns", 0, "most connections open at once; 0 means no bound")
 	releaseMemory := fs.Bool("release-memory", true, "return memory to the system after a burst of connections (1,000 or more, then a quiet second)")
@@ -173,6 +174,9 @@ func serve(ctx context.Context, hurry <-chan struct{}, args []string, logOut io.
 	}
 	if *probeInterval < 0 {
 		return cli.Usagef("-probe-interval %s: want 0 (off) or more", *probeInterval)
+	}
+	if *maxLifetime < 0 {
+		return cli.Usagef("-max-connection-lifetime %s: want 0 (never) or more", *maxLifetime)
 	}
 	if *shutdownGrace < 0 {
 		return cli.Usagef("-shutdown-grace %s: want 0 or more", *shutdownGrace)
@@ -456,16 +460,17 @@ func serve(ctx context.Context, hurry <-chan struct{}, args []string, logOut io.
 		defer fields.envoy.Close()
 	}
 	s := &gateway.Server{
-		Router:         &router,
-		Observer:       gateway.MultiObserver(observers...),
-		PeekTimeout:    *peekTimeout,
-		MaxHelloSize:   *maxHello,
-		ConnectTimeout: *connectTimeout,
-		IdleTimeout:    *idleTimeout,
-		MaxConns:       *maxConns,
-		ReleaseMemory:  *releaseMemory,
-		Engine:         engine,
-		Logger:         log,
+		Router:                &router,
+		Observer:              gateway.MultiObserver(observers...),
+		PeekTimeout:           *peekTimeout,
+		MaxHelloSize:          *maxHello,
+		ConnectTimeout:        *connectTimeout,
+		IdleTimeout:           *idleTimeout,
+		MaxConnectionLifetime: *maxLifetime,
+		MaxConns:              *maxConns,
+		ReleaseMemory:         *releaseMemory,
+		Engine:                engine,
+		Logger:                log,
 	}
 	metrics.server.Store(s)
 	// The Proxy.Config options in force, applied while the gateway runs.
