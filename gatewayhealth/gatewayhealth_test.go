@@ -110,7 +110,9 @@ func TestGatewaysThatDoNotAnswerAreLeftOut(t *testing.T) {
 	s := gatewayhealth.New(source(view([]string{up, down}, nil)), gatewayhealth.Options{Interval: 50 * time.Millisecond, Logger: log})
 	defer s.Close()
 
-	waitFor(t, "the gateway that does not answer left out", func() bool { return slices.Equal(wans(s.View(), dc2), []string{up}) })
+	waitFor(t, "both probed, the gateway that does not answer left out", func() bool {
+		return len(s.Gateways()) == 2 && slices.Equal(wans(s.View(), dc2), []string{up})
+	})
 	local := s.View().GatewaysIn(mesh.Location{Datacenter: "dc1"})
 	if len(local) != 1 {
 		t.Errorf("local gateways %v: the local datacenter's are not probed nor filtered", local)
@@ -149,11 +151,17 @@ func TestAnUnhealthyGatewayThatAnswersIsRouted(t *testing.T) {
 	fresh := listen(t, "127.0.0.1:0").Addr().String() // critical in the catalog, yet serving
 	dead := deadAddr(t)
 	src := source(view([]string{healthy}, []string{fresh, dead}))
-	s := gatewayhealth.New(src, gatewayhealth.Options{Interval: time.Hour}) // only the first probes
+	gate := make(chan struct{}) // the probes wait for it
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		<-gate
+		return (&net.Dialer{}).DialContext(ctx, network, address)
+	}
+	s := gatewayhealth.New(src, gatewayhealth.Options{Interval: time.Hour, Timeout: time.Minute, Dial: dial}) // only the first probes
 	defer s.Close()
 	if got := wans(s.View(), dc2); !slices.Equal(got, []string{healthy}) {
 		t.Fatalf("before any probe: %v; want the catalog's routable one only", got)
 	}
+	close(gate)
 	waitFor(t, "the critical gateway that answers routed", func() bool { return slices.Equal(wans(s.View(), dc2), sorted(healthy, fresh)) })
 	// A view naming one more: it is probed at once, not an interval later.
 	another := listen(t, "127.0.0.1:0").Addr().String()

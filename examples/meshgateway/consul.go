@@ -200,6 +200,17 @@ func (g *consulGateway) deregisterIfRegistered() {
 	}
 }
 
+// deregisterNow removes the registration register made, and returns why
+// it could not: registration.ErrReplaced when another instance registered
+// it since (it is left to that one). Only the first call, of it or of
+// deregisterIfRegistered, does anything.
+func (g *consulGateway) deregisterNow(ctx context.Context) error {
+	if g.registered == nil || g.released.Swap(true) {
+		return nil
+	}
+	return g.registered.Deregister(ctx)
+}
+
 // handedOver forgets the registration: a new process (a binary upgrade)
 // serves it now.
 func (g *consulGateway) handedOver() { g.released.Store(true) }

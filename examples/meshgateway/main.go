@@ -572,7 +572,9 @@ wait:
 		plan.Unready = func() { servingNow.Store(false); readiness.Set("drain", errDraining) }
 		if g != nil {
 			plan.Withdraw = g.withdraw
-			plan.Deregister = func(context.Context) error { g.deregisterIfRegistered(); return nil }
+			if g.registered != nil { // a registration of its own
+				plan.Deregister = g.deregisterNow
+			}
 		}
 		if g != nil || adminLn != nil {
 			plan.Grace = *shutdownGrace
