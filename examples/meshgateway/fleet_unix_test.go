@@ -92,6 +92,9 @@ func newFleetGateway(t *testing.T, agent *consultest.Agent, name, v1 string, ext
 	}
 	g.args = append([]string{"-consul", "-proxy-id", g.id, "-admin", g.admin, "-pid-file", g.pidFile,
 		"-shutdown-grace", "2s", "-drain", "20s"}, extra...)
+	if engine := os.Getenv("FLEET_ENGINE"); engine != "" {
+		g.args = append(g.args, "-engine", engine)
+	}
 	t.Cleanup(g.killAll)
 	return g
 }
@@ -420,6 +423,9 @@ func (l *fleetLoad) firstServed(target int) time.Time {
 //
 // And two of bad input: an upgrade to a binary that exits at once leaves
 // the old process serving; -shutdown-grace 0 stops accepting at once.
+//
+// The gateways run the default engine (the fastest that works here);
+// FLEET_ENGINE=epoll (or goroutines, io_uring) runs them all on another.
 func TestFleet(t *testing.T) {
 	begun := time.Now()
 	v1, v2 := fleetBinaries(t, t.TempDir())
@@ -602,7 +608,7 @@ func TestFleet(t *testing.T) {
 			if err != nil {
 				t.Fatalf("3: a long connection in %s mode: %v", m, err)
 			}
-			defer c.Close()
+			t.Cleanup(func() { c.Close() })
 			if err := echoOnce(c); err != nil {
 				t.Fatalf("3: a long connection in %s mode: %v", m, err)
 			}
@@ -646,6 +652,11 @@ func TestFleet(t *testing.T) {
 	}
 	t.Logf("fleet: 3: long connections open at the kill that failed: remote mode %d of 10 (%d went through %s), local mode %d of 10 (through dc1's gateways, to either dc2 gateway)",
 		longFailed[api.MeshGatewayModeRemote], throughKilled, g.name, longFailed[api.MeshGatewayModeLocal])
+	for _, m := range modes {
+		for _, c := range long[m] {
+			c.Close()
+		}
+	}
 	time.Sleep(time.Second) // connections keep coming meanwhile
 	after = report(fmt.Sprintf("3 (%s killed; left out of the views after %v; %d short connections were being made at the kill)", g.name, outIn, inflight), before)
 	for _, m := range modes {
