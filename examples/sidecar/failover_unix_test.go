@@ -29,7 +29,7 @@ func TestSidecarFailsOverAndSaysWhichTarget(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{Datacenter: "dc1"})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", PrimaryDatacenter: "dc1", JoinWAN: dc1})
 	routingtest.StartGateway(t, dc1.Client)
-	routingtest.StartGateway(t, dc2.Client)
+	gw2 := routingtest.StartGateway(t, dc2.Client)
 	api1 := sidecartest.StartNative(t, dc1.Client, "api", sidecartest.WatchCerts(t, dc1.Client, "api"))
 	api2 := sidecartest.StartNative(t, dc2.Client, "api", sidecartest.WatchCerts(t, dc2.Client, "api"))
 	_, _, err := dc1.Client.ConfigEntries().Set(&api.ServiceResolverConfigEntry{Kind: api.ServiceResolver, Name: "api",
@@ -84,6 +84,12 @@ func TestSidecarFailsOverAndSaysWhichTarget(t *testing.T) {
 	metrics := scrapeText(t, "http://"+adminAddr+"/metrics")
 	assert.Contains(t, metrics, `meshgate_sidecar_upstream_connections_total{outcome="forwarded",target="api dc2",upstream="api"}`)
 	assert.Contains(t, metrics, `meshgate_sidecar_upstream_connections_total{outcome="forwarded",target="api dc1",upstream="api"}`)
+	// dc2's gateway, which the chain's failover target leads to, probed
+	// (-probe-interval, on by default) and up.
+	up := `meshgate_remote_gateway_up{address="` + gw2.Addr + `",location="dc2"} 1`
+	consultest.WaitFor(t, eventually, "dc2's gateway probed and up", func() bool {
+		return strings.Contains(scrapeText(t, "http://"+adminAddr+"/metrics"), up)
+	})
 
 	api1.SetHealth(t, api.HealthPassing)
 	consultest.WaitFor(t, eventually, "connections to come back", func() bool {

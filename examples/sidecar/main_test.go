@@ -16,7 +16,7 @@ import (
 const eventually = 60 * time.Second
 
 func TestUsage(t *testing.T) {
-	for args, want := range map[string]int{"-h": 0, "-version": 0, "-nope": 2, "extra": 2, "": 2, "-proxy-id x -log-level loud": 2} {
+	for args, want := range map[string]int{"-h": 0, "-version": 0, "-nope": 2, "extra": 2, "": 2, "-proxy-id x -log-level loud": 2, "-proxy-id x -probe-interval -1s": 2} {
 		var logs bytes.Buffer
 		err := run(context.Background(), strings.Fields(args), &logs, nil)
 		assert.Equal(t, want, cli.ExitCode(&logs, "sidecar", err), "%q: %s", args, logs.String())
