@@ -24,13 +24,16 @@ const (
 // short once, so that a watch waits for its turn at most about
 // (watches/slots) × crowdedWait, and sees a change within that. An urgent
 // watch (the peerings', which Consul's servers give the local gateway 3 s
-// to route) takes the next free slot before the others.
+// to route, and the gateways' of each datacenter) takes the next free slot
+// before the others, but never two in a row while another waits: however
+// many urgent watches there are, the others still get every second turn.
 type turns struct {
 	slots int
 
 	mu            sync.Mutex
 	busy          int
 	urgent, other []chan struct{} // waiting, in order
+	lastUrgent    bool            // the last slot handed on went to an urgent waiter
 	watches       int
 	long          map[*longPoll]struct{}
 }
@@ -129,17 +132,21 @@ func (t *turns) acquire(ctx context.Context, urgent bool) bool {
 }
 
 // releaseLocked hands the slot to the first urgent waiter, else the first
-// other one, else frees it. t.mu is held.
+// other one, else frees it; when the last one handed on went to an urgent
+// waiter and others wait, the first other one has it. t.mu is held.
 func (t *turns) releaseLocked() {
-	for _, q := range []*[]chan struct{}{&t.urgent, &t.other} {
-		if len(*q) > 0 {
-			ch := (*q)[0]
-			*q = (*q)[1:]
-			close(ch)
-			return
-		}
+	q := &t.other
+	if len(t.urgent) > 0 && (len(t.other) == 0 || !t.lastUrgent) {
+		q = &t.urgent
 	}
-	t.busy--
+	if len(*q) == 0 {
+		t.busy--
+		return
+	}
+	ch := (*q)[0]
+	*q = (*q)[1:]
+	t.lastUrgent = q == &t.urgent
+	close(ch)
 }
 
 func removeWaiter(q []chan struct{}, ch chan struct{}) []chan struct{} {

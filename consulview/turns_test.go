@@ -62,3 +62,48 @@ func TestTurns(t *testing.T) {
 	leave1()
 	assert.Equal(t, 0, tr.busy, "every slot back")
 }
+
+// Urgent watches go first, but however many there are they do not starve
+// the others: with one slot and urgent waiters always queued, every
+// second turn goes to the other waiter.
+func TestTurnsUrgentWatchesDoNotStarveTheOthers(t *testing.T) {
+	tr := newTurns(1)
+	ctx := context.Background()
+	for range 4 {
+		defer tr.join()()
+	}
+	_, held, ok := tr.take(ctx, true)
+	require.True(t, ok)
+	queued := func(urgent, other int) func() bool {
+		return func() bool {
+			tr.mu.Lock()
+			defer tr.mu.Unlock()
+			return len(tr.urgent) == urgent && len(tr.other) == other
+		}
+	}
+	var mu sync.Mutex
+	var order []string
+	granted := make(chan func() bool)
+	wait := func(name string, urgent bool) {
+		_, done, ok := tr.take(ctx, urgent)
+		if !ok {
+			return
+		}
+		mu.Lock()
+		order = append(order, name)
+		mu.Unlock()
+		granted <- done
+	}
+	go wait("urgent 1", true)
+	require.Eventually(t, queued(1, 0), 10*time.Second, time.Millisecond)
+	go wait("urgent 2", true)
+	require.Eventually(t, queued(2, 0), 10*time.Second, time.Millisecond)
+	go wait("other", false)
+	require.Eventually(t, queued(2, 1), 10*time.Second, time.Millisecond)
+	held()
+	(<-granted)() // urgent 1 (two urgent waiters were queued first)
+	(<-granted)() // then the other, though urgent 2 waited longer
+	(<-granted)()
+	assert.Equal(t, []string{"urgent 1", "other", "urgent 2"}, order)
+	assert.Equal(t, 0, tr.busy, "every slot back")
+}
