@@ -210,10 +210,22 @@ func (g *fleetGateway) killAll() {
 		g.pids[pid] = true
 	}
 	for pid := range g.pids {
-		if alive(pid) {
+		if alive(pid) && g.runs(pid) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// runs reports whether process pid runs the gateway's binary: a PID
+// recorded earlier may belong to any process by now (PIDs wrap around in
+// minutes on a busy machine), which must not be killed.
+func (g *fleetGateway) runs(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	argv0, _, _ := strings.Cut(string(b), "\x00")
+	return argv0 == g.bin
 }
 
 func (g *fleetGateway) log() string {
