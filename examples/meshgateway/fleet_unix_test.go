@@ -441,8 +441,8 @@ func (l *fleetLoad) firstServed(target int) time.Time {
 //     restart is routed again (before its catalog check passes);
 //  4. both dc2 gateways stopped, api failing over to dc3: the time until
 //     new connections reach dc3, 0 failed, and until they come back to dc2;
-//  5. the spread of connections over dc1's and dc2's gateways (each of
-//     dc2's carries some).
+//  5. the spread of connections over dc1's and dc2's gateways (each
+//     carries some).
 //
 // And two of bad input: an upgrade to a binary that exits at once leaves
 // the old process serving; -shutdown-grace 0 stops accepting at once.
@@ -813,9 +813,13 @@ func TestFleet(t *testing.T) {
 	for _, m := range modes {
 		t.Logf("fleet: 5: %s mode: the sidecar's first hop: %v", m, after[m].since(before[m]).firstHop)
 	}
-	// dc1's spread is the sidecar.Dialer's choice among a target's
-	// addresses (issue 34's, pinned by the sidecar package's tests): it is
-	// reported above. dc2's is the gateways' own round robin.
+	// dc1's spread is the sidecar.Dialer's among a target's addresses,
+	// dc2's the gateways' own round robin.
+	for name, n := range g1after {
+		if n-f1[name] == 0 {
+			t.Errorf("5: %s carried no connection of local mode in 5 s", name)
+		}
+	}
 	for name, n := range g2after {
 		if n-f2[name] == 0 {
 			t.Errorf("5: %s carried no connection in 5 s", name)
