@@ -400,6 +400,13 @@ func (c *Source) Close() {
 	c.wg.Wait()
 }
 
+// serverWaits and serverWait bound how long loadIdentity waits for the
+// catalog to list a Consul server: a first read, then blocking queries.
+const (
+	serverWaits = 4
+	serverWait  = 5 * time.Second
+)
+
 // loadIdentity learns the local datacenter and partition (Options, or
 // the catalog's entries of the local Consul servers), the trust domain
 // (the Connect CA roots, which need no permission) and, for WAN
@@ -407,18 +414,25 @@ func (c *Source) Close() {
 func (c *Source) loadIdentity() error {
 	dc, part, domain := c.opts.Datacenter, c.opts.Partition, c.opts.Domain
 	if dc == "" {
-		entries, meta, err := c.client.Health().Service("consul", "", false, nil)
-		if err != nil {
-			return classify(callServers, err)
-		}
-		if err := filtered(callServers, meta); err != nil {
-			return err
-		}
-		for _, e := range entries {
-			if e.Node != nil && e.Node.Datacenter != "" {
-				dc, part = e.Node.Datacenter, e.Node.Partition
-				break
+		// A cluster that has just elected its leader lists its servers a
+		// moment later (the leader registers them): wait for the entry
+		// with a blocking query, a few times, before giving up.
+		q := &api.QueryOptions{}
+		for try := 0; dc == "" && try < serverWaits; try++ {
+			entries, meta, err := c.client.Health().Service("consul", "", false, q)
+			if err != nil {
+				return classify(callServers, err)
 			}
+			if err := filtered(callServers, meta); err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if e.Node != nil && e.Node.Datacenter != "" {
+					dc, part = e.Node.Datacenter, e.Node.Partition
+					break
+				}
+			}
+			q = &api.QueryOptions{WaitIndex: max(meta.LastIndex, 1), WaitTime: serverWait}
 		}
 		if dc == "" {
 			return fmt.Errorf("consulview: the catalog lists no Consul server to say which datacenter this is (GET /v1/health/service/consul): set Options.Datacenter (meshgateway -datacenter)")
