@@ -248,43 +248,25 @@ func floorOf(picture [][]string, rel string) int {
 
 // moduleImports returns each package of the module with the packages it
 // imports (not its tests), as go list reports them.
-func moduleImports(t *testing.T) map[string][]string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,Error", "./...").Output()
-	require.NoError(t, err)
-	imports := map[string][]string{}
-	dec := json.NewDecoder(bytes.NewReader(out))
-	for {
-		var p struct {
-			ImportPath string
-			Imports    []string
-			Error      *struct{ Err string }
-		}
-		if err := dec.Decode(&p); err == io.EOF {
-			break
-		} else {
-			require.NoError(t, err)
-		}
-		require.Nil(t, p.Error, "go list %s", p.ImportPath)
-		imports[p.ImportPath] = p.Imports
-	}
-	require.NotEmpty(t, imports)
-	return imports
-}
+func moduleImports(t *testing.T) map[string][]string { return moduleList(t, "Imports") }
 
 // moduleDeps returns each package of the module with its non-test
 // dependencies, as go list -deps reports them.
-func moduleDeps(t *testing.T) map[string][]string {
+func moduleDeps(t *testing.T) map[string][]string { return moduleList(t, "Deps") }
+
+// moduleList returns field (Imports or Deps) of each package of the
+// module, as go list -json reports it.
+func moduleList(t *testing.T, field string) map[string][]string {
 	t.Helper()
-	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,Deps,Error", "./...").Output()
+	out, err := exec.Command("go", "list", "-e", "-json=ImportPath,"+field+",Error", "./...").Output()
 	require.NoError(t, err)
-	deps := map[string][]string{}
+	lists := map[string][]string{}
 	dec := json.NewDecoder(bytes.NewReader(out))
 	for {
 		var p struct {
-			ImportPath string
-			Deps       []string
-			Error      *struct{ Err string }
+			ImportPath    string
+			Imports, Deps []string
+			Error         *struct{ Err string }
 		}
 		if err := dec.Decode(&p); err == io.EOF {
 			break
@@ -292,8 +274,11 @@ func moduleDeps(t *testing.T) map[string][]string {
 			require.NoError(t, err)
 		}
 		require.Nil(t, p.Error, "go list %s", p.ImportPath)
-		deps[p.ImportPath] = p.Deps
+		lists[p.ImportPath] = p.Imports
+		if field == "Deps" {
+			lists[p.ImportPath] = p.Deps
+		}
 	}
-	require.NotEmpty(t, deps)
-	return deps
+	require.NotEmpty(t, lists)
+	return lists
 }
