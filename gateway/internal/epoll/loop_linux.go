@@ -583,23 +583,12 @@ func (l *evloop) routeConn(c *lconn) {
 	if !ok {
 		return
 	}
-	if route.InProcess || l.set.CustomDial || !allAddrPorts(route.Targets) {
+	if route.InProcess || l.set.CustomDial || !rawsock.AllAddrPorts(route.Targets) {
 		l.handOver(c, route)
 		return
 	}
 	c.connectTimeout, c.keepAlive, c.phase = route.ConnectTimeout, route.KeepAlive, phaseDial
 	l.dialNext(c)
-}
-
-// allAddrPorts reports whether every target is ip:port, which the loop
-// dials itself.
-func allAddrPorts(targets []string) bool {
-	for _, t := range targets {
-		if _, err := netip.ParseAddrPort(t); err != nil {
-			return false
-		}
-	}
-	return true
 }
 
 // dialNext dials the next target of c's route (the same one again after

@@ -67,3 +67,14 @@ func AddrPortOf(sa syscall.Sockaddr) netip.AddrPort {
 
 // TCPAddrOf converts a socket address to a *net.TCPAddr.
 func TCPAddrOf(sa syscall.Sockaddr) *net.TCPAddr { return net.TCPAddrFromAddrPort(AddrPortOf(sa)) }
+
+// AllAddrPorts reports whether every target is ip:port, which a raw-socket
+// engine dials itself (any other target goes through the Server's dialer).
+func AllAddrPorts(targets []string) bool {
+	for _, t := range targets {
+		if _, err := netip.ParseAddrPort(t); err != nil {
+			return false
+		}
+	}
+	return true
+}
